@@ -1,0 +1,35 @@
+-- Hidra tenant registry. The application owns this table: run this on purpose
+-- (from your migrations or `hidra init`). Safe to run more than once.
+CREATE TABLE IF NOT EXISTS "public"."tenants" (
+    "id" TEXT NOT NULL,
+    "name" TEXT NOT NULL,
+    "status" TEXT NOT NULL DEFAULT 'provisioning',
+    "strategy" TEXT NOT NULL DEFAULT 'schema',
+    "schema_name" TEXT NOT NULL,
+    "database_name" TEXT,
+    "server" TEXT,
+    "metadata" JSONB NOT NULL DEFAULT '{}'::jsonb,
+    "created_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
+    "updated_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT "tenants_pkey" PRIMARY KEY ("id"),
+    CONSTRAINT "tenants_schema_name_key" UNIQUE ("schema_name"),
+    CONSTRAINT "tenants_id_check" CHECK ("id" ~ '^[a-z][a-z0-9_-]{0,49}$')
+);
+
+-- Every change to a tenant row is announced, so that caches in every process
+-- serving this database drop their copy at once.
+CREATE OR REPLACE FUNCTION "public"."tenants_notify_change"() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('hidra_tenant_changes', OLD."id");
+    ELSE
+        PERFORM pg_notify('hidra_tenant_changes', NEW."id");
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS "tenants_notify_change" ON "public"."tenants";
+CREATE TRIGGER "tenants_notify_change" AFTER INSERT OR UPDATE OR DELETE ON "public"."tenants"
+    FOR EACH ROW EXECUTE FUNCTION "public"."tenants_notify_change"();

@@ -1,0 +1,57 @@
+//! The task-local "current tenant", for code that does not pass the tenant
+//! explicitly (background jobs, deep helpers, log fields).
+//!
+//! [`scope`] runs a future with a current tenant; [`current`] reads it.
+//!
+//! A task spawned with `tokio::spawn` does **not** inherit the current tenant:
+//! task-locals belong to one task, and silently carrying a tenant into work that
+//! outlives the request would be an isolation hazard. Carry it on purpose:
+//!
+//! ```
+//! # async fn run(tenant: hidra::Tenant) {
+//! let job = hidra::context::scope(tenant, async {
+//!     // ...
+//!     let carried = hidra::context::propagate(async {
+//!         assert!(hidra::context::current().is_some());
+//!     });
+//!     tokio::spawn(carried).await.unwrap();
+//! });
+//! job.await;
+//! # }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::tenant::{Tenant, TenantId};
+
+tokio::task_local! {
+    static CURRENT: Arc<Tenant>;
+}
+
+/// Runs `fut` with `tenant` as the current tenant of this task.
+pub async fn scope<F: Future>(tenant: impl Into<Arc<Tenant>>, fut: F) -> F::Output {
+    CURRENT.scope(tenant.into(), fut).await
+}
+
+/// The current tenant of this task, if it runs inside [`scope`].
+pub fn current() -> Option<Arc<Tenant>> {
+    CURRENT.try_with(Arc::clone).ok()
+}
+
+/// The id of the current tenant, if any.
+pub fn current_id() -> Option<TenantId> {
+    CURRENT.try_with(|t| t.id.clone()).ok()
+}
+
+/// Wraps `fut` so that it runs with the current tenant of the *calling* task
+/// (or none), for handing to `tokio::spawn`.
+pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
+    let tenant = current();
+    async move {
+        match tenant {
+            Some(t) => CURRENT.scope(t, fut).await,
+            None => fut.await,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The one error type of the core crate.
+//!
+//! Every fallible function of `hidra` returns [`Result`]. Variants say what went
+//! wrong and what to do about it; database failures keep the driver error as their
+//! [`source`](std::error::Error::source) so nothing is lost, and they are
+//! classified by SQLSTATE code or constraint name, never by message text.
+
+use std::borrow::Cow;
+
+use crate::tenant::{TenantId, TenantStatus};
+
+/// A boxed error from user code (seed hooks, custom stores).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as its default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in `hidra`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A tenant id broke one of the [`TenantId`] rules; no SQL was run for it.
+    #[error("invalid tenant id {id:?}: {reason}")]
+    InvalidTenantId {
+        /// The refused input (shown with escapes, never used in SQL).
+        id: String,
+        /// The rule it broke.
+        reason: Cow<'static, str>,
+    },
+
+    /// A configured name (schema prefix, table or column name) is not a safe
+    /// PostgreSQL identifier.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(Cow<'static, str>),
+
+    /// A tenant with this id is already registered (or being provisioned).
+    #[error("tenant `{0}` already exists; pick another id or deprovision the existing one first")]
+    AlreadyExists(TenantId),
+
+    /// Another tenant already uses the schema this id maps to (`acme-corp` and
+    /// `acme_corp` both map to `tenant_acme_corp`), or a stray schema of that name exists.
+    #[error(
+        "schema name `{schema}` for tenant `{id}` is already taken by another tenant or an existing schema; pick another id"
+    )]
+    SchemaTaken {
+        /// The tenant whose provisioning was refused.
+        id: TenantId,
+        /// The schema name in conflict.
+        schema: String,
+    },
+
+    /// No tenant with this id is registered.
+    #[error("tenant `{0}` not found")]
+    NotFound(TenantId),
+
+    /// The tenant is not in a state that allows the operation.
+    #[error("tenant `{id}` is {status}; {action} needs it to be {expected}")]
+    InvalidStatus {
+        /// The tenant concerned.
+        id: TenantId,
+        /// Its current status.
+        status: TenantStatus,
+        /// What it would have to be.
+        expected: &'static str,
+        /// The refused operation.
+        action: &'static str,
+    },
+
+    /// A destructive operation was called without the matching confirmation.
+    #[error(
+        "refusing to delete tenant `{0}` without confirmation: pass `Confirmation::of(&id)` for the same id"
+    )]
+    ConfirmationRequired(TenantId),
+
+    /// A statement of the tenant's schema SQL failed while provisioning; everything was rolled back.
+    #[error(
+        "schema step `{step}` failed while provisioning tenant `{id}`; the tenant was rolled back"
+    )]
+    SchemaStep {
+        /// The tenant being provisioned.
+        id: TenantId,
+        /// The name of the failing step.
+        step: String,
+        /// The database error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// The seed hook failed while provisioning; everything was rolled back.
+    #[error("seed hook failed while provisioning tenant `{id}`; the tenant was rolled back")]
+    Seed {
+        /// The tenant being provisioned.
+        id: TenantId,
+        /// What the hook returned.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The registry table is missing: the application has not created it yet.
+    #[error(
+        "the tenant registry table `{0}` does not exist; run the DDL from `hidra::registry_ddl` (or `hidra init`) first"
+    )]
+    RegistryMissing(String),
+
+    /// A registry row could not be decoded (unknown status, unexpected column type).
+    #[error("corrupt registry row for tenant `{id}`: {reason}")]
+    CorruptRecord {
+        /// The raw id of the row.
+        id: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The database refused or failed the operation.
+    #[error("database error while {context}")]
+    Database {
+        /// What hidra was doing.
+        context: &'static str,
+        /// The driver error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A throw-away PostgreSQL could not be started or reached (feature `testing`).
+    #[error("test database setup failed: {0}")]
+    Harness(String),
+}
+
+impl Error {
+    /// Wraps a driver error with what hidra was doing, as a closure for `map_err`.
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
+        move |source| Error::Database { context, source }
+    }
+
+    /// The SQLSTATE code of the underlying database error, if any (e.g. `"42P01"`).
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::Database { source, .. } | Error::SchemaStep { source, .. } => {
+                db_code(source).map(|(code, _)| code)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// SQLSTATE codes hidra classifies on.
+pub(crate) mod sqlstate {
+    pub(crate) const UNIQUE_VIOLATION: &str = "23505";
+    pub(crate) const DUPLICATE_SCHEMA: &str = "42P06";
+    pub(crate) const UNDEFINED_TABLE: &str = "42P01";
+}
+
+/// The SQLSTATE code and constraint name of a driver error, if it came from the server.
+pub(crate) fn db_code(err: &sqlx::Error) -> Option<(String, Option<String>)> {
+    match err {
+        sqlx::Error::Database(db) => Some((
+            db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            db.constraint().map(str::to_owned),
+        )),
+        _ => None,
+    }
+}

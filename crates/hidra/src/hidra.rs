@@ -1,0 +1,380 @@
+//! The [`Hidra`] handle and its builder: configuration, the one shared pool,
+//! registry access and tenant-scoped connections.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, Postgres};
+
+use crate::error::{BoxError, Error, Result};
+use crate::scope::{self, TenantConn, TenantTx};
+use crate::sql::{self, Ident};
+use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
+use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
+
+/// Reference data or other setup run inside a new tenant's schema while it is
+/// provisioned, in the same transaction: if it fails, the tenant is rolled back.
+///
+/// The connection's `search_path` is the new tenant's schema.
+pub trait Seed: Send + Sync + 'static {
+    /// Seeds `tenant`.
+    fn seed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<(), BoxError>>;
+}
+
+struct SeedFn<F>(F);
+
+impl<F> Seed for SeedFn<F>
+where
+    F: for<'a> Fn(&'a mut PgConnection, &'a Tenant) -> BoxFuture<'a, Result<(), BoxError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    fn seed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        (self.0)(conn, tenant)
+    }
+}
+
+/// One named step of the SQL that creates a tenant's schema.
+#[derive(Clone, Debug)]
+pub(crate) struct SchemaStep {
+    pub(crate) name: String,
+    pub(crate) sql: String,
+}
+
+/// Configures and connects a [`Hidra`].
+///
+/// ```no_run
+/// # async fn run() -> hidra::Result<()> {
+/// let hidra = hidra::Hidra::builder()
+///     .schema_prefix("tenant_")
+///     .schema_sql("001_customers", "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL)")
+///     .max_connections(20)
+///     .connect("postgres://postgres@127.0.0.1/app")
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[must_use]
+pub struct HidraBuilder {
+    schema_prefix: String,
+    shared_schemas: Vec<String>,
+    registry: Option<RegistryTable>,
+    store: Option<Arc<dyn TenantStore>>,
+    schema: Vec<SchemaStep>,
+    seed: Option<Arc<dyn Seed>>,
+    pool_options: PgPoolOptions,
+    errors: Vec<Error>,
+}
+
+impl fmt::Debug for HidraBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HidraBuilder")
+            .field("schema_prefix", &self.schema_prefix)
+            .field("shared_schemas", &self.shared_schemas)
+            .field("registry", &self.registry)
+            .field("schema_steps", &self.schema.len())
+            .field("seed", &self.seed.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for HidraBuilder {
+    fn default() -> Self {
+        HidraBuilder {
+            schema_prefix: "tenant_".into(),
+            shared_schemas: vec!["public".into()],
+            registry: None,
+            store: None,
+            schema: Vec::new(),
+            seed: None,
+            pool_options: PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(10)),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl HidraBuilder {
+    /// The prefix of tenant schema names (default `tenant_`): at most 13 bytes of
+    /// lowercase ASCII letters, digits and `_`.
+    pub fn schema_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.schema_prefix = prefix.into();
+        self
+    }
+
+    /// Schemas searched after the tenant's own (default `["public"]`), for
+    /// shared tables and extensions.
+    pub fn shared_schemas<I, S>(mut self, schemas: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.shared_schemas = schemas.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The registry table (default `public.tenants`), used through [`PgTenantStore`].
+    pub fn registry(mut self, registry: RegistryTable) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// A custom tenant store instead of [`PgTenantStore`].
+    pub fn store(mut self, store: impl TenantStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Appends a step to the SQL run in every new tenant's schema, in order.
+    /// Statements are unqualified: they run with the tenant's `search_path`.
+    pub fn schema_sql(mut self, name: impl Into<String>, sql: impl Into<String>) -> Self {
+        self.schema.push(SchemaStep {
+            name: name.into(),
+            sql: sql.into(),
+        });
+        self
+    }
+
+    /// Appends every `*.sql` file of `dir`, in file-name order, as schema steps.
+    pub fn schema_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref();
+        let read = || -> std::io::Result<Vec<SchemaStep>> {
+            let mut files: Vec<_> = std::fs::read_dir(dir)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+                .collect();
+            files.sort();
+            files
+                .into_iter()
+                .map(|p| {
+                    Ok(SchemaStep {
+                        name: p
+                            .file_name()
+                            .unwrap_or_default()
+                            .to_string_lossy()
+                            .into_owned(),
+                        sql: std::fs::read_to_string(&p)?,
+                    })
+                })
+                .collect()
+        };
+        match read() {
+            Ok(steps) => self.schema.extend(steps),
+            Err(e) => self.errors.push(Error::InvalidConfig(
+                format!("cannot read schema directory {}: {e}", dir.display()).into(),
+            )),
+        }
+        self
+    }
+
+    /// A seed hook run in every new tenant's schema after the schema SQL.
+    pub fn seed(mut self, seed: impl Seed) -> Self {
+        self.seed = Some(Arc::new(seed));
+        self
+    }
+
+    /// A seed hook from a closure returning a boxed future:
+    /// `|conn, tenant| Box::pin(async move { … })`.
+    pub fn seed_fn<F>(self, f: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut PgConnection, &'a Tenant) -> BoxFuture<'a, Result<(), BoxError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.seed(SeedFn(f))
+    }
+
+    /// Maximum connections of the shared pool (default 10).
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.pool_options = self.pool_options.max_connections(max);
+        self
+    }
+
+    /// Pool settings (sizes, timeouts, lifetimes). Hidra replaces
+    /// `test_before_acquire` and `before_acquire`: its own hook binds or resets
+    /// the `search_path` of every checkout, which also proves the connection alive.
+    pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
+        self.pool_options = options;
+        self
+    }
+
+    /// Connects to `url` and builds the handle.
+    pub async fn connect(self, url: &str) -> Result<Hidra> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| Error::InvalidConfig(format!("invalid database URL: {e}").into()))?;
+        self.connect_with(options).await
+    }
+
+    /// Connects with `options` and builds the handle.
+    pub async fn connect_with(mut self, options: PgConnectOptions) -> Result<Hidra> {
+        if let Some(err) = self.errors.pop() {
+            return Err(err);
+        }
+        let naming = SchemaNaming::new(self.schema_prefix)?;
+        let shared = self
+            .shared_schemas
+            .into_iter()
+            .map(|s| Ident::new(s, "shared schema name"))
+            .collect::<Result<Vec<_>>>()?;
+        let store: Arc<dyn TenantStore> = match (self.store, self.registry) {
+            (Some(store), _) => store,
+            (None, registry) => Arc::new(PgTenantStore::new(registry.unwrap_or_default())),
+        };
+        let pool = self
+            .pool_options
+            .test_before_acquire(false)
+            .before_acquire(scope::before_acquire)
+            .connect_with(options)
+            .await
+            .map_err(Error::db("connecting to PostgreSQL"))?;
+        Ok(Hidra {
+            inner: Arc::new(Inner {
+                pool,
+                naming,
+                shared,
+                store,
+                schema: self.schema,
+                seed: self.seed,
+            }),
+        })
+    }
+}
+
+/// The entry point: one per application, cheap to clone.
+///
+/// It owns the one connection pool shared by every schema-per-tenant tenant,
+/// the registry and the provisioning configuration. See the [crate docs](crate).
+#[derive(Clone)]
+pub struct Hidra {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
+    pub(crate) naming: SchemaNaming,
+    pub(crate) shared: Vec<Ident>,
+    pub(crate) store: Arc<dyn TenantStore>,
+    pub(crate) schema: Vec<SchemaStep>,
+    pub(crate) seed: Option<Arc<dyn Seed>>,
+}
+
+impl fmt::Debug for Hidra {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hidra")
+            .field("schema_prefix", &self.inner.naming.prefix())
+            .field("shared_schemas", &self.inner.shared)
+            .field("store", &self.inner.store)
+            .field("pool", &self.pool_status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A snapshot of the shared pool, for health checks and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Open connections.
+    pub size: u32,
+    /// Open connections not checked out.
+    pub idle: u32,
+    /// The configured maximum.
+    pub max: u32,
+}
+
+impl Hidra {
+    /// Starts configuring a handle.
+    pub fn builder() -> HidraBuilder {
+        HidraBuilder::default()
+    }
+
+    /// The schema name `id` maps to: the prefix plus the id with `-` replaced by `_`.
+    pub fn schema_name(&self, id: &TenantId) -> String {
+        self.inner.naming.schema_for(id).as_str().to_owned()
+    }
+
+    /// The tenant store.
+    pub fn store(&self) -> &dyn TenantStore {
+        &*self.inner.store
+    }
+
+    /// A connection bound to `tenant` (its schema first in `search_path`, then
+    /// the shared schemas). Not safe behind a transaction-pooling proxy; use
+    /// [`begin`](Self::begin) there.
+    ///
+    /// The record is trusted as given: check its status first if that matters
+    /// (the web layer does).
+    pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
+        let path = self.search_path(tenant)?;
+        let conn = scope::acquire_bound(&self.inner.pool, path).await?;
+        Ok(TenantConn::new(conn, tenant))
+    }
+
+    /// A transaction bound to `tenant` with a transaction-local `search_path`.
+    /// Safe behind a transaction-pooling proxy.
+    pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
+        let path = self.search_path(tenant)?;
+        let conn = scope::acquire_for_tx(&self.inner.pool).await?;
+        TenantTx::begin(conn, tenant, &path).await
+    }
+
+    /// A connection with the server's default `search_path`, for shared tables.
+    pub async fn acquire_shared(&self) -> Result<PoolConnection<Postgres>> {
+        scope::acquire_unscoped(&self.inner.pool).await
+    }
+
+    fn search_path(&self, tenant: &Tenant) -> Result<String> {
+        match tenant.placement.strategy {
+            Strategy::Schema => Ok(sql::search_path_value(
+                &tenant.placement.schema_ident()?,
+                &self.inner.shared,
+            )),
+        }
+    }
+
+    /// The tenant with this id, if registered (any status).
+    pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let mut conn = self.acquire_shared().await?;
+        self.inner.store.get(&mut conn, id).await
+    }
+
+    /// Whether a tenant with this id is registered (any status).
+    pub async fn exists(&self, id: &TenantId) -> Result<bool> {
+        Ok(self.tenant(id).await?.is_some())
+    }
+
+    /// A page of registered tenants, ordered by id.
+    pub async fn list(&self, page: &ListTenants) -> Result<Page<Tenant>> {
+        let mut conn = self.acquire_shared().await?;
+        self.inner.store.list(&mut conn, page).await
+    }
+
+    /// The state of the shared pool.
+    pub fn pool_status(&self) -> PoolStatus {
+        let pool = &self.inner.pool;
+        PoolStatus {
+            size: pool.size(),
+            idle: pool.num_idle() as u32,
+            max: pool.options().get_max_connections(),
+        }
+    }
+
+    /// Closes the pool, waiting for checked-out connections to come back.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+}

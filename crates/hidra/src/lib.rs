@@ -1,0 +1,87 @@
+//! Multi-tenancy for Rust services on PostgreSQL.
+//!
+//! Hidra gives every tenant of a SaaS its own PostgreSQL schema in one shared
+//! database, keeps a registry of tenants in a table the application owns,
+//! creates and removes tenants all or nothing, and hands out connections and
+//! transactions already scoped to one tenant, so that unqualified sqlx queries
+//! reach that tenant's tables and no other's.
+//!
+//! # Usage
+//!
+//! ```no_run
+//! use hidra::{Hidra, NewTenant, TenantId};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let hidra = Hidra::builder()
+//!     .schema_sql("001_customers", "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL)")
+//!     .connect("postgres://postgres@127.0.0.1/app")
+//!     .await?;
+//!
+//! // The application creates the registry table on purpose, once.
+//! let mut conn = hidra.acquire_shared().await?;
+//! sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+//!     .execute(&mut *conn)
+//!     .await?;
+//!
+//! let acme = hidra.provision(NewTenant::new(TenantId::new("acme")?).name("Acme")).await?;
+//!
+//! let mut conn = hidra.acquire(&acme).await?;
+//! sqlx::query("INSERT INTO customers (name) VALUES ($1)")
+//!     .bind("Wile E.")
+//!     .execute(&mut *conn)
+//!     .await?;
+//!
+//! let mut tx = hidra.begin(&acme).await?;
+//! let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM customers")
+//!     .fetch_one(&mut *tx)
+//!     .await?;
+//! tx.commit().await?;
+//! # let _ = n; Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! - A [`TenantId`] is validated before any SQL is built from it, and schema
+//!   names reach SQL only quoted, from one audited module.
+//! - Every checkout of the shared pool binds (or resets) the connection's
+//!   `search_path` in place of sqlx's liveness ping: no connection carries a
+//!   tenant into another tenant's or unscoped use, whatever happened to it
+//!   before (cancellation, panic). See [`TenantConn`] and [`TenantTx`], and
+//!   which of them is safe behind PgBouncer.
+//! - Provisioning is one transaction: a tenant exists fully or not at all.
+//!
+//! # Feature flags
+//!
+//! | feature   | default | what it adds |
+//! |-----------|---------|--------------|
+//! | `testing` | no      | [`testing`]: throw-away databases and PostgreSQL clusters for tests and demos |
+
+mod error;
+mod hidra;
+mod lifecycle;
+mod scope;
+mod sql;
+mod store;
+mod tenant;
+
+pub mod context;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use crate::error::{BoxError, Error, Result};
+pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
+pub use crate::lifecycle::Confirmation;
+pub use crate::scope::{TenantConn, TenantTx};
+pub use crate::sql::{Ident, TableName};
+pub use crate::store::{
+    ListTenants, MAX_PAGE_SIZE, Page, PgTenantStore, RegistryColumns, RegistryTable, TenantStore,
+};
+pub use crate::tenant::{
+    MAX_TENANT_ID_LEN, NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus,
+};
+
+/// The registry's change-notification channel; see [`RegistryTable::ddl`].
+pub use crate::store::CHANGES_CHANNEL;
+
+/// The sqlx this crate is built with, so users get the matching version.
+pub use sqlx;

@@ -1,0 +1,235 @@
+//! Creating and removing tenants, all or nothing: [`Hidra::provision`],
+//! [`Hidra::suspend`], [`Hidra::activate`], [`Hidra::deprovision`].
+//!
+//! Provisioning a schema-per-tenant tenant is **one transaction**: the registry
+//! row is claimed (status `provisioning`), the schema is created, the schema SQL
+//! and the seed hook run inside it, and the row becomes `active` just before
+//! commit. PostgreSQL's DDL is transactional, so any failure, a cancelled
+//! future or a crashed process leaves neither a schema nor a row behind. A
+//! concurrent provision of the same id waits on the row's unique key and then
+//! fails with [`Error::AlreadyExists`].
+
+use sqlx::Connection;
+
+use crate::error::{Error, Result, db_code, sqlstate};
+use crate::hidra::Hidra;
+use crate::sql;
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
+
+/// Proof that the caller means to delete a tenant and everything in it; see
+/// [`Hidra::deprovision`].
+#[derive(Clone, Debug)]
+pub struct Confirmation(TenantId);
+
+impl Confirmation {
+    /// Confirms the deletion of `id`. It only confirms that id.
+    pub fn of(id: &TenantId) -> Self {
+        Confirmation(id.clone())
+    }
+}
+
+impl Hidra {
+    /// Creates a tenant: registry row, schema, schema SQL, seed, then `active`.
+    ///
+    /// All or nothing: on any error nothing of the tenant remains. Fails with
+    /// [`Error::AlreadyExists`] if the id is taken and [`Error::SchemaTaken`] if
+    /// another id maps to the same schema name.
+    pub async fn provision(&self, new: NewTenant) -> Result<Tenant> {
+        let inner = &self.inner;
+        let schema = inner.naming.schema_for(&new.id);
+        let draft = Tenant {
+            name: new.name.unwrap_or_else(|| new.id.to_string()),
+            status: TenantStatus::Provisioning,
+            placement: Placement {
+                strategy: Strategy::Schema,
+                schema: schema.as_str().to_owned(),
+                database: None,
+                server: None,
+            },
+            metadata: new.metadata,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            id: new.id,
+        };
+        let id = draft.id.clone();
+        let started = std::time::Instant::now();
+
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning transaction"))?;
+
+        let tenant = inner.store.insert(&mut tx, &draft).await?;
+
+        sqlx::raw_sql(sql::create_schema(&schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| match db_code(&err) {
+                Some((code, _)) if code == sqlstate::DUPLICATE_SCHEMA => Error::SchemaTaken {
+                    id: id.clone(),
+                    schema: schema.to_string(),
+                },
+                _ => Error::Database {
+                    context: "creating the tenant schema",
+                    source: err,
+                },
+            })?;
+
+        let path = sql::search_path_value(&schema, &inner.shared);
+        sqlx::query("SELECT set_config('search_path', $1, true)")
+            .bind(&path)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("binding the new tenant's search_path"))?;
+
+        for step in &inner.schema {
+            sqlx::raw_sql(sql::owned(step.sql.clone()))
+                .execute(&mut *tx)
+                .await
+                .map_err(|source| Error::SchemaStep {
+                    id: id.clone(),
+                    step: step.name.clone(),
+                    source,
+                })?;
+        }
+
+        if let Some(seed) = &inner.seed {
+            seed.seed(&mut tx, &tenant)
+                .await
+                .map_err(|source| Error::Seed {
+                    id: id.clone(),
+                    source,
+                })?;
+        }
+
+        // Back to the session default so an unqualified registry table name
+        // cannot resolve to a table of the new tenant.
+        sqlx::raw_sql("SET LOCAL search_path TO DEFAULT")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("restoring the search_path"))?;
+        let tenant = inner
+            .store
+            .update_status(
+                &mut tx,
+                &id,
+                &[TenantStatus::Provisioning],
+                TenantStatus::Active,
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning transaction"))?;
+
+        tracing::info!(
+            tenant = %id,
+            schema = %schema,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "provisioned tenant"
+        );
+        Ok(tenant)
+    }
+
+    /// Suspends a tenant: its data stays, the web layer refuses its requests.
+    /// Suspending a suspended tenant is a no-op.
+    pub async fn suspend(&self, id: &TenantId) -> Result<Tenant> {
+        self.transition(
+            id,
+            &[TenantStatus::Active, TenantStatus::Suspended],
+            TenantStatus::Suspended,
+            "active or suspended",
+            "suspend",
+        )
+        .await
+    }
+
+    /// Re-activates a suspended tenant. Activating an active tenant is a no-op.
+    pub async fn activate(&self, id: &TenantId) -> Result<Tenant> {
+        self.transition(
+            id,
+            &[TenantStatus::Suspended, TenantStatus::Active],
+            TenantStatus::Active,
+            "suspended or active",
+            "activate",
+        )
+        .await
+    }
+
+    async fn transition(
+        &self,
+        id: &TenantId,
+        from: &[TenantStatus],
+        to: TenantStatus,
+        expected: &'static str,
+        action: &'static str,
+    ) -> Result<Tenant> {
+        let mut conn = self.acquire_shared().await?;
+        let store = &self.inner.store;
+        match store.update_status(&mut conn, id, from, to).await? {
+            Some(tenant) => {
+                tracing::info!(tenant = %id, status = %to, "tenant status changed");
+                Ok(tenant)
+            }
+            None => match store.get(&mut conn, id).await? {
+                None => Err(Error::NotFound(id.clone())),
+                Some(t) => Err(Error::InvalidStatus {
+                    id: id.clone(),
+                    status: t.status,
+                    expected,
+                    action,
+                }),
+            },
+        }
+    }
+
+    /// Deletes a tenant and all its data: drops its schema with everything in
+    /// it and removes its registry row.
+    ///
+    /// `confirm` must be [`Confirmation::of`] the same id. The tenant is first
+    /// marked `deleting` (so it stops being served), then the schema and the row
+    /// go in one transaction; if that fails the tenant stays `deleting` and
+    /// calling this again finishes the job.
+    pub async fn deprovision(&self, id: &TenantId, confirm: Confirmation) -> Result<()> {
+        if &confirm.0 != id {
+            return Err(Error::ConfirmationRequired(id.clone()));
+        }
+        let store = &self.inner.store;
+        let mut conn = self.acquire_shared().await?;
+        let tenant = store
+            .update_status(
+                &mut conn,
+                id,
+                &[
+                    TenantStatus::Provisioning,
+                    TenantStatus::Active,
+                    TenantStatus::Suspended,
+                    TenantStatus::Deleting,
+                ],
+                TenantStatus::Deleting,
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the deprovisioning transaction"))?;
+        match tenant.placement.strategy {
+            Strategy::Schema => {
+                let schema = tenant.placement.schema_ident()?;
+                sqlx::raw_sql(sql::drop_schema(&schema))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("dropping the tenant schema"))?;
+            }
+        }
+        store.delete(&mut tx, id).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the deprovisioning transaction"))?;
+        tracing::info!(tenant = %id, "deprovisioned tenant");
+        Ok(())
+    }
+}

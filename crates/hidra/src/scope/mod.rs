@@ -1,0 +1,271 @@
+//! Tenant-scoped database access: [`TenantConn`] and [`TenantTx`].
+//!
+//! One shared [`PgPool`](sqlx::PgPool) serves every schema-per-tenant tenant. A
+//! connection is bound to a tenant by its `search_path`, and the binding is
+//! made *as part of checking the connection out*, never left to chance:
+//!
+//! - Hidra owns its pool and never hands it out, so no checkout can bypass it
+//!   (sqlx's `Pool::try_acquire` skips the pool's hooks). It builds the pool
+//!   with sqlx's `test_before_acquire` ping turned off and a `before_acquire`
+//!   hook in its place. That hook is told, through a private task-local, what
+//!   the checkout is for: a tenant connection
+//!   ([`Hidra::acquire`](crate::Hidra::acquire)) gets the tenant's
+//!   `search_path`; a shared connection
+//!   ([`Hidra::acquire_shared`](crate::Hidra::acquire_shared)) and anything
+//!   else gets `RESET search_path`. Either statement replaces the ping sqlx
+//!   would otherwise send, so binding costs no extra round trip, and it also
+//!   proves the connection alive.
+//! - A new connection starts with the server default and is bound by
+//!   `acquire` itself.
+//! - [`Hidra::begin`](crate::Hidra::begin) sends `BEGIN` and a
+//!   transaction-local `set_config('search_path', …, true)` as one simple query:
+//!   one round trip, and the binding ends with the transaction.
+//!
+//! Because every checkout re-establishes the binding, what a connection carried
+//! before does not matter: a query cancelled mid-flight, a panicking handler or
+//! a stray `SET search_path` in user code cannot carry one tenant's
+//! `search_path` into the next use of that connection.
+//!
+//! # Behind PgBouncer (transaction pooling)
+//!
+//! A transaction-pooling proxy hands each *transaction* to any server
+//! connection, so session state leaks between its clients. [`TenantTx`] is safe
+//! there: its binding is transaction-local. [`TenantConn`] is **not**: its
+//! binding is a session setting, and statements outside a transaction may run
+//! on server connections bound by someone else. Behind such a proxy, use
+//! [`Hidra::begin`](crate::Hidra::begin) only.
+
+use std::cell::Cell;
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+
+use futures_util::future::BoxFuture;
+use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use crate::error::{Error, Result};
+use crate::tenant::{Tenant, TenantId};
+
+/// What the checkout in progress on this task is for.
+#[derive(Debug)]
+struct Checkout {
+    intent: Intent,
+    /// Set by the hook once it has bound the connection.
+    bound: Cell<bool>,
+}
+
+#[derive(Clone, Debug)]
+enum Intent {
+    /// Bind this session `search_path`.
+    Session(String),
+    /// A transaction-local binding follows in `BEGIN`: leave the session alone.
+    Transaction,
+    /// Unscoped: clear whatever a tenant left behind.
+    Reset,
+}
+
+tokio::task_local! {
+    static CHECKOUT: Checkout;
+}
+
+/// The `before_acquire` hook Hidra installs on its pool.
+pub(crate) fn before_acquire(
+    conn: &mut PgConnection,
+    _meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        let intent = CHECKOUT
+            .try_with(|c| c.intent.clone())
+            .unwrap_or(Intent::Reset);
+        match intent {
+            Intent::Session(path) => set_search_path(conn, &path).await?,
+            Intent::Transaction => {}
+            Intent::Reset => reset_search_path(conn).await?,
+        }
+        let _ = CHECKOUT.try_with(|c| c.bound.set(true));
+        Ok(true)
+    })
+}
+
+async fn set_search_path(conn: &mut PgConnection, path: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(path)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+async fn reset_search_path(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql("RESET search_path").execute(conn).await?;
+    Ok(())
+}
+
+/// Checks a connection out of `pool` with its `search_path` bound to `path`.
+pub(crate) async fn acquire_bound(
+    pool: &sqlx::PgPool,
+    path: String,
+) -> Result<PoolConnection<Postgres>> {
+    let (mut conn, bound) = checkout(pool, Intent::Session(path.clone())).await?;
+    if !bound {
+        // A freshly opened connection: the hook does not run for those.
+        set_search_path(&mut conn, &path)
+            .await
+            .map_err(Error::db("binding the tenant's search_path"))?;
+    }
+    Ok(conn)
+}
+
+/// Checks a connection out of `pool` with the server's default `search_path`.
+pub(crate) async fn acquire_unscoped(pool: &sqlx::PgPool) -> Result<PoolConnection<Postgres>> {
+    // A fresh connection already has the default; an idle one was reset by the hook.
+    Ok(checkout(pool, Intent::Reset).await?.0)
+}
+
+/// Checks a connection out of `pool` for a transaction-local binding.
+pub(crate) async fn acquire_for_tx(pool: &sqlx::PgPool) -> Result<PoolConnection<Postgres>> {
+    Ok(checkout(pool, Intent::Transaction).await?.0)
+}
+
+async fn checkout(pool: &sqlx::PgPool, intent: Intent) -> Result<(PoolConnection<Postgres>, bool)> {
+    let checkout = Checkout {
+        intent,
+        bound: Cell::new(false),
+    };
+    let (conn, bound) = CHECKOUT
+        .scope(checkout, async {
+            let conn = pool.acquire().await;
+            (conn, CHECKOUT.with(|c| c.bound.get()))
+        })
+        .await;
+    Ok((conn.map_err(Error::db("acquiring a connection"))?, bound))
+}
+
+/// A pooled connection whose `search_path` is bound to one tenant.
+///
+/// Dereferences to [`PgConnection`], so sqlx queries run on it unqualified
+/// against the tenant's tables: `query.fetch_one(&mut *conn)`. Dropping it
+/// returns the connection to the pool; its next checkout re-binds it.
+///
+/// Not safe behind a transaction-pooling proxy; see the [module docs](self).
+pub struct TenantConn {
+    conn: PoolConnection<Postgres>,
+    tenant: TenantId,
+}
+
+impl TenantConn {
+    pub(crate) fn new(conn: PoolConnection<Postgres>, tenant: &Tenant) -> Self {
+        TenantConn {
+            conn,
+            tenant: tenant.id.clone(),
+        }
+    }
+
+    /// The tenant this connection is bound to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+}
+
+impl fmt::Debug for TenantConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantConn")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for TenantConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl DerefMut for TenantConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl AsMut<PgConnection> for TenantConn {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+/// A transaction whose `search_path` is bound to one tenant with a
+/// transaction-local setting.
+///
+/// Dereferences to [`PgConnection`]. Call [`commit`](TenantTx::commit) to keep
+/// the work; dropping it without committing rolls back (also on panic).
+/// Safe behind a transaction-pooling proxy such as PgBouncer.
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    tenant: TenantId,
+}
+
+impl TenantTx {
+    pub(crate) async fn begin(
+        conn: PoolConnection<Postgres>,
+        tenant: &Tenant,
+        search_path: &str,
+    ) -> Result<Self> {
+        let tx = Transaction::begin(conn, Some(crate::sql::begin_scoped(search_path)))
+            .await
+            .map_err(Error::db("beginning a tenant transaction"))?;
+        Ok(TenantTx {
+            tx,
+            tenant: tenant.id.clone(),
+        })
+    }
+
+    /// The tenant this transaction is bound to.
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Commits the transaction.
+    pub async fn commit(self) -> Result<()> {
+        self.tx
+            .commit()
+            .await
+            .map_err(Error::db("committing a tenant transaction"))
+    }
+
+    /// Rolls the transaction back.
+    pub async fn rollback(self) -> Result<()> {
+        self.tx
+            .rollback()
+            .await
+            .map_err(Error::db("rolling back a tenant transaction"))
+    }
+}
+
+impl fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantTx")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+impl AsMut<PgConnection> for TenantTx {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}

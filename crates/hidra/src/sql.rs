@@ -1,0 +1,249 @@
+//! The one audited place where names become SQL text.
+//!
+//! Everything else in hidra binds values as parameters. Identifiers (schema, table
+//! and column names) cannot be parameters, so they are validated by the types here
+//! ([`Ident`]) and always written through [`Ident::quoted`], which doubles embedded
+//! quotes even though validation already forbids them. Statements built here are
+//! the only ones wrapped in [`sqlx::AssertSqlSafe`].
+
+use std::borrow::Cow;
+use std::fmt;
+
+use sqlx::{AssertSqlSafe, SqlStr};
+
+use crate::error::{Error, Result};
+
+/// PostgreSQL's identifier limit (`NAMEDATALEN - 1`), in bytes.
+pub(crate) const MAX_IDENT_BYTES: usize = 63;
+
+/// A validated PostgreSQL identifier: lowercase ASCII letters, digits and `_`,
+/// starting with a letter or `_`, at most 63 bytes.
+///
+/// Such names need no quoting to keep their meaning, and hidra quotes them anyway.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ident(String);
+
+impl Ident {
+    /// Validates `name` as an identifier. `what` names it in the error message.
+    pub fn new(name: impl Into<String>, what: &'static str) -> Result<Self> {
+        let name = name.into();
+        check_ident(&name).map_err(|reason| {
+            Error::InvalidConfig(Cow::Owned(format!("{what} {name:?} {reason}")))
+        })?;
+        Ok(Ident(name))
+    }
+
+    /// Builds an identifier the caller has already validated with the same rules.
+    pub(crate) fn trusted(name: String) -> Self {
+        debug_assert!(check_ident(&name).is_ok(), "untrusted identifier {name:?}");
+        Ident(name)
+    }
+
+    /// The bare name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a quoted SQL identifier: `"name"`.
+    pub fn quoted(&self) -> String {
+        quote_ident(&self.0)
+    }
+}
+
+impl fmt::Debug for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Ident {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+fn check_ident(name: &str) -> std::result::Result<(), &'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err("is empty"),
+        Some(c) if c.is_ascii_lowercase() || c == '_' => {}
+        Some(_) => return Err("must start with a lowercase ASCII letter or `_`"),
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        return Err("may only contain lowercase ASCII letters, digits and `_`");
+    }
+    if name.len() > MAX_IDENT_BYTES {
+        return Err("is longer than PostgreSQL's 63-byte identifier limit");
+    }
+    Ok(())
+}
+
+/// Quotes any string as a SQL identifier, doubling embedded double quotes.
+pub(crate) fn quote_ident(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 2);
+    out.push('"');
+    for c in name.chars() {
+        if c == '"' {
+            out.push('"');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// Quotes a string as a SQL literal (`'it''s'`), for the few statements that
+/// cannot take parameters (utility statements in a multi-statement simple query).
+pub(crate) fn quote_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\'' {
+            out.push('\'');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+/// A table name, optionally schema-qualified (`public.tenants`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct TableName {
+    schema: Option<Ident>,
+    name: Ident,
+}
+
+impl TableName {
+    /// Parses `table` or `schema.table`; each part must be a valid [`Ident`].
+    pub fn parse(s: &str) -> Result<Self> {
+        match s.split_once('.') {
+            Some((schema, name)) => Ok(TableName {
+                schema: Some(Ident::new(schema, "schema name")?),
+                name: Ident::new(name, "table name")?,
+            }),
+            None => Ok(TableName {
+                schema: None,
+                name: Ident::new(s, "table name")?,
+            }),
+        }
+    }
+
+    /// The unqualified table name.
+    pub fn name(&self) -> &Ident {
+        &self.name
+    }
+
+    /// The schema, if qualified.
+    pub fn schema(&self) -> Option<&Ident> {
+        self.schema.as_ref()
+    }
+
+    /// The quoted, possibly qualified name: `"public"."tenants"`.
+    pub fn quoted(&self) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", schema.quoted(), self.name.quoted()),
+            None => self.name.quoted(),
+        }
+    }
+}
+
+impl fmt::Debug for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => write!(f, "{}", self.name),
+        }
+    }
+}
+
+/// The value of `search_path` for a tenant schema followed by the shared schemas:
+/// `"tenant_acme", "public"`.
+pub(crate) fn search_path_value(schema: &Ident, shared: &[Ident]) -> String {
+    let mut out = schema.quoted();
+    for s in shared {
+        out.push_str(", ");
+        out.push_str(&s.quoted());
+    }
+    out
+}
+
+/// `BEGIN` plus a transaction-local `search_path`, sent as one simple query so
+/// the binding costs no extra round trip.
+pub(crate) fn begin_scoped(search_path: &str) -> SqlStr {
+    owned(format!(
+        "BEGIN; SELECT set_config('search_path', {}, true)",
+        quote_literal(search_path)
+    ))
+}
+
+/// `CREATE SCHEMA "name"`.
+pub(crate) fn create_schema(schema: &Ident) -> SqlStr {
+    owned(format!("CREATE SCHEMA {}", schema.quoted()))
+}
+
+/// `DROP SCHEMA IF EXISTS "name" CASCADE`.
+pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
+    owned(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
+}
+
+/// Marks a statement assembled from validated, quoted parts as safe.
+/// Shared (`Arc`) so that prepared statement texts clone cheaply.
+pub(crate) fn owned(sql: String) -> SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(std::sync::Arc::<str>::from(sql)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_doubles_quotes() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn idents_are_validated() {
+        assert!(Ident::new("tenant_acme", "x").is_ok());
+        assert!(Ident::new("_x1", "x").is_ok());
+        for bad in ["", "Acme", "a-b", "a b", "a\"b", "1a", "é", &"a".repeat(64)] {
+            assert!(Ident::new(bad, "x").is_err(), "{bad:?} accepted");
+        }
+        assert!(Ident::new("a".repeat(63), "x").is_ok());
+    }
+
+    #[test]
+    fn tables_parse_and_quote() {
+        let t = TableName::parse("public.tenants").unwrap();
+        assert_eq!(t.quoted(), "\"public\".\"tenants\"");
+        assert_eq!(TableName::parse("tenants").unwrap().quoted(), "\"tenants\"");
+        assert!(TableName::parse("public.ten;ants").is_err());
+        assert!(TableName::parse("a.b.c").is_err());
+    }
+
+    #[test]
+    fn search_path_is_quoted_list() {
+        let path = search_path_value(
+            &Ident::trusted("tenant_a".into()),
+            &[Ident::trusted("public".into())],
+        );
+        assert_eq!(path, "\"tenant_a\", \"public\"");
+        assert_eq!(
+            begin_scoped(&path).as_str(),
+            "BEGIN; SELECT set_config('search_path', '\"tenant_a\", \"public\"', true)"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! The tenant registry: the [`TenantStore`] trait and its PostgreSQL
+//! implementation over a table the application owns ([`PgTenantStore`]).
+//!
+//! Store methods take the connection to run on, so that the lifecycle can make
+//! a registry change and a schema change in one transaction.
+
+mod postgres;
+
+use futures_util::future::BoxFuture;
+use sqlx::PgConnection;
+
+use crate::error::Result;
+use crate::tenant::{Tenant, TenantId, TenantStatus};
+
+pub use postgres::{CHANGES_CHANNEL, PgTenantStore, RegistryColumns, RegistryTable};
+
+/// Largest page [`TenantStore::list`] returns.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// One page request for [`TenantStore::list`]: keyset pagination ordered by id.
+#[derive(Clone, Debug)]
+pub struct ListTenants {
+    /// Return tenants whose id sorts after this one (the previous page's `next`).
+    pub after: Option<TenantId>,
+    /// Page size, at most [`MAX_PAGE_SIZE`].
+    pub limit: u32,
+    /// Only tenants in this status.
+    pub status: Option<TenantStatus>,
+}
+
+impl Default for ListTenants {
+    fn default() -> Self {
+        ListTenants {
+            after: None,
+            limit: 100,
+            status: None,
+        }
+    }
+}
+
+impl ListTenants {
+    /// The first page of `limit` tenants.
+    pub fn first(limit: u32) -> Self {
+        ListTenants {
+            limit,
+            ..Default::default()
+        }
+    }
+
+    /// Only tenants in `status`.
+    pub fn status(mut self, status: TenantStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Continue after `id`.
+    pub fn after(mut self, id: TenantId) -> Self {
+        self.after = Some(id);
+        self
+    }
+}
+
+/// One page of tenants.
+#[derive(Clone, Debug)]
+pub struct Page<T> {
+    /// The tenants of this page, in id order.
+    pub items: Vec<T>,
+    /// Pass as [`ListTenants::after`] to get the next page; `None` on the last page.
+    pub next: Option<TenantId>,
+}
+
+/// Where tenant records live.
+///
+/// The default, [`PgTenantStore`], keeps them in a PostgreSQL table the
+/// application owns. Implement this trait to keep them elsewhere or in another
+/// shape; every method runs on the connection it is given so that it can take
+/// part in the caller's transaction.
+pub trait TenantStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The tenant with this id, if registered.
+    fn get<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>>;
+
+    /// A page of tenants ordered by id.
+    fn list<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        page: &'a ListTenants,
+    ) -> BoxFuture<'a, Result<Page<Tenant>>>;
+
+    /// Registers a new tenant. Fails with [`Error::AlreadyExists`](crate::Error::AlreadyExists)
+    /// or [`Error::SchemaTaken`](crate::Error::SchemaTaken) on a conflict.
+    fn insert<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<Tenant>>;
+
+    /// Moves a tenant to `to` if its status is one of `from`; returns the
+    /// updated record, or `None` when no tenant with this id is in one of those
+    /// statuses.
+    fn update_status<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        from: &'a [TenantStatus],
+        to: TenantStatus,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>>;
+
+    /// Removes a tenant's record; returns whether one was removed.
+    fn delete<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+    ) -> BoxFuture<'a, Result<bool>>;
+}

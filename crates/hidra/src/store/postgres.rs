@@ -1,0 +1,453 @@
+use futures_util::future::BoxFuture;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row, SqlStr};
+
+use super::{ListTenants, MAX_PAGE_SIZE, Page, TenantStore};
+use crate::error::{Error, Result, db_code, sqlstate};
+use crate::sql::{self, Ident, TableName};
+use crate::tenant::{Placement, Tenant, TenantId, TenantStatus};
+
+/// The channel on which the registry table's trigger announces changed tenant
+/// ids (`NOTIFY hidra_tenant_changes, '<id>'`), so caches in every process can
+/// drop their copy at once.
+pub const CHANGES_CHANNEL: &str = "hidra_tenant_changes";
+
+/// Column names of the registry table; defaults match [`RegistryTable::ddl`].
+#[derive(Clone, Debug)]
+pub struct RegistryColumns {
+    /// Tenant id (`TEXT`, primary key).
+    pub id: String,
+    /// Display name (`TEXT`).
+    pub name: String,
+    /// Lifecycle status (`TEXT`).
+    pub status: String,
+    /// Isolation strategy (`TEXT`).
+    pub strategy: String,
+    /// Tenant schema (`TEXT`, unique).
+    pub schema_name: String,
+    /// Tenant database, when the strategy has one (`TEXT NULL`).
+    pub database_name: String,
+    /// Server holding the data (`TEXT NULL`).
+    pub server: String,
+    /// Free-form metadata (`JSONB`).
+    pub metadata: String,
+    /// Creation time (`TIMESTAMPTZ`).
+    pub created_at: String,
+    /// Last change (`TIMESTAMPTZ`).
+    pub updated_at: String,
+}
+
+impl Default for RegistryColumns {
+    fn default() -> Self {
+        RegistryColumns {
+            id: "id".into(),
+            name: "name".into(),
+            status: "status".into(),
+            strategy: "strategy".into(),
+            schema_name: "schema_name".into(),
+            database_name: "database_name".into(),
+            server: "server".into(),
+            metadata: "metadata".into(),
+            created_at: "created_at".into(),
+            updated_at: "updated_at".into(),
+        }
+    }
+}
+
+/// Where the registry lives: the table name (default `public.tenants`) and its
+/// column names.
+///
+/// The application owns this table: hidra never creates it implicitly. Create it
+/// on purpose with the DDL from [`RegistryTable::ddl`] (shipped as
+/// `sql/registry.sql` for the default names), from your own migrations or with
+/// `hidra init`.
+///
+/// ```
+/// use hidra::RegistryTable;
+///
+/// let registry = RegistryTable::new("app.customers_registry")?;
+/// assert!(registry.ddl().contains("CREATE TABLE IF NOT EXISTS \"app\".\"customers_registry\""));
+/// # Ok::<(), hidra::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct RegistryTable {
+    table: TableName,
+    columns: Columns,
+}
+
+#[derive(Clone, Debug)]
+struct Columns {
+    id: Ident,
+    name: Ident,
+    status: Ident,
+    strategy: Ident,
+    schema_name: Ident,
+    database_name: Ident,
+    server: Ident,
+    metadata: Ident,
+    created_at: Ident,
+    updated_at: Ident,
+}
+
+impl Default for RegistryTable {
+    fn default() -> Self {
+        RegistryTable::new("public.tenants").expect("default registry table name is valid")
+    }
+}
+
+impl RegistryTable {
+    /// A registry in `table` (`name` or `schema.name`) with the default column names.
+    pub fn new(table: &str) -> Result<Self> {
+        Self::with_columns(table, RegistryColumns::default())
+    }
+
+    /// A registry in `table` with custom column names.
+    pub fn with_columns(table: &str, c: RegistryColumns) -> Result<Self> {
+        let col = |name: String| Ident::new(name, "registry column name");
+        Ok(RegistryTable {
+            table: TableName::parse(table)?,
+            columns: Columns {
+                id: col(c.id)?,
+                name: col(c.name)?,
+                status: col(c.status)?,
+                strategy: col(c.strategy)?,
+                schema_name: col(c.schema_name)?,
+                database_name: col(c.database_name)?,
+                server: col(c.server)?,
+                metadata: col(c.metadata)?,
+                created_at: col(c.created_at)?,
+                updated_at: col(c.updated_at)?,
+            },
+        })
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    fn schema_constraint(&self) -> String {
+        format!("{}_{}_key", self.table.name(), self.columns.schema_name)
+    }
+
+    /// The recommended DDL for this table: the table, its constraints and the
+    /// trigger that announces changes on [`CHANGES_CHANNEL`]. Idempotent.
+    pub fn ddl(&self) -> String {
+        let c = &self.columns;
+        let t = self.table.quoted();
+        let bare = self.table.name().as_str();
+        let func = match self.table.schema() {
+            Some(s) => format!(
+                "{}.{}",
+                s.quoted(),
+                sql::quote_ident(&format!("{bare}_notify_change"))
+            ),
+            None => sql::quote_ident(&format!("{bare}_notify_change")),
+        };
+        format!(
+            r#"-- Hidra tenant registry. The application owns this table: run this on purpose
+-- (from your migrations or `hidra init`). Safe to run more than once.
+CREATE TABLE IF NOT EXISTS {t} (
+    {id} TEXT NOT NULL,
+    {name} TEXT NOT NULL,
+    {status} TEXT NOT NULL DEFAULT 'provisioning',
+    {strategy} TEXT NOT NULL DEFAULT 'schema',
+    {schema_name} TEXT NOT NULL,
+    {database_name} TEXT,
+    {server} TEXT,
+    {metadata} JSONB NOT NULL DEFAULT '{{}}'::jsonb,
+    {created_at} TIMESTAMPTZ NOT NULL DEFAULT now(),
+    {updated_at} TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT {pkey} PRIMARY KEY ({id}),
+    CONSTRAINT {schema_key} UNIQUE ({schema_name}),
+    CONSTRAINT {id_check} CHECK ({id} ~ '^[a-z][a-z0-9_-]{{0,49}}$')
+);
+
+-- Every change to a tenant row is announced, so that caches in every process
+-- serving this database drop their copy at once.
+CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        PERFORM pg_notify('{channel}', OLD.{id});
+    ELSE
+        PERFORM pg_notify('{channel}', NEW.{id});
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS {trigger} ON {t};
+CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
+    FOR EACH ROW EXECUTE FUNCTION {func}();
+"#,
+            id = c.id.quoted(),
+            name = c.name.quoted(),
+            status = c.status.quoted(),
+            strategy = c.strategy.quoted(),
+            schema_name = c.schema_name.quoted(),
+            database_name = c.database_name.quoted(),
+            server = c.server.quoted(),
+            metadata = c.metadata.quoted(),
+            created_at = c.created_at.quoted(),
+            updated_at = c.updated_at.quoted(),
+            pkey = sql::quote_ident(&format!("{bare}_pkey")),
+            schema_key = sql::quote_ident(&self.schema_constraint()),
+            id_check = sql::quote_ident(&format!("{bare}_{}_check", c.id)),
+            trigger = sql::quote_ident(&format!("{bare}_notify_change")),
+            channel = CHANGES_CHANNEL,
+        )
+    }
+}
+
+/// The PostgreSQL [`TenantStore`], over a [`RegistryTable`].
+#[derive(Clone, Debug)]
+pub struct PgTenantStore {
+    registry: RegistryTable,
+    q: Statements,
+}
+
+#[derive(Clone, Debug)]
+struct Statements {
+    get: SqlStr,
+    list: SqlStr,
+    insert: SqlStr,
+    update_status: SqlStr,
+    delete: SqlStr,
+}
+
+impl Default for PgTenantStore {
+    fn default() -> Self {
+        PgTenantStore::new(RegistryTable::default())
+    }
+}
+
+impl PgTenantStore {
+    /// A store over `registry`.
+    pub fn new(registry: RegistryTable) -> Self {
+        let c = &registry.columns;
+        let t = registry.table.quoted();
+        let cols = format!(
+            "{}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
+            c.id.quoted(),
+            c.name.quoted(),
+            c.status.quoted(),
+            c.strategy.quoted(),
+            c.schema_name.quoted(),
+            c.database_name.quoted(),
+            c.server.quoted(),
+            c.metadata.quoted(),
+            c.created_at.quoted(),
+            c.updated_at.quoted(),
+        );
+        let id = c.id.quoted();
+        let status = c.status.quoted();
+        let q = Statements {
+            get: sql::owned(format!("SELECT {cols} FROM {t} WHERE {id} = $1")),
+            list: sql::owned(format!(
+                "SELECT {cols} FROM {t} WHERE ($1::text IS NULL OR {id} > $1) \
+                 AND ($2::text IS NULL OR {status} = $2) ORDER BY {id} LIMIT $3"
+            )),
+            insert: sql::owned(format!(
+                "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now()) \
+                 RETURNING {cols}"
+            )),
+            update_status: sql::owned(format!(
+                "UPDATE {t} SET {status} = $2, {updated} = now() \
+                 WHERE {id} = $1 AND {status} = ANY($3) RETURNING {cols}",
+                updated = c.updated_at.quoted(),
+            )),
+            delete: sql::owned(format!("DELETE FROM {t} WHERE {id} = $1")),
+        };
+        PgTenantStore { registry, q }
+    }
+
+    /// The table this store reads and writes.
+    pub fn registry(&self) -> &RegistryTable {
+        &self.registry
+    }
+
+    fn map_err(&self, context: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
+        move |err| match db_code(&err) {
+            Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => {
+                Error::RegistryMissing(self.registry.table.to_string())
+            }
+            _ => Error::Database {
+                context,
+                source: err,
+            },
+        }
+    }
+}
+
+fn decode(row: &PgRow) -> Result<Tenant> {
+    let raw_id: String = row.try_get(0).map_err(Error::db("decoding a tenant row"))?;
+    let corrupt = |reason: String| Error::CorruptRecord {
+        id: raw_id.clone(),
+        reason,
+    };
+    let id = TenantId::new(&raw_id).map_err(|e| corrupt(e.to_string()))?;
+    let get_str = |i: usize| -> Result<String> {
+        row.try_get::<String, _>(i)
+            .map_err(|e| corrupt(e.to_string()))
+    };
+    let get_opt = |i: usize| -> Result<Option<String>> {
+        row.try_get::<Option<String>, _>(i)
+            .map_err(|e| corrupt(e.to_string()))
+    };
+    Ok(Tenant {
+        name: get_str(1)?,
+        status: get_str(2)?.parse().map_err(corrupt)?,
+        placement: Placement {
+            strategy: get_str(3)?.parse().map_err(corrupt)?,
+            schema: get_str(4)?,
+            database: get_opt(5)?,
+            server: get_opt(6)?,
+        },
+        metadata: row.try_get(7).map_err(|e| corrupt(e.to_string()))?,
+        created_at: row.try_get(8).map_err(|e| corrupt(e.to_string()))?,
+        updated_at: row.try_get(9).map_err(|e| corrupt(e.to_string()))?,
+        id,
+    })
+}
+
+impl TenantStore for PgTenantStore {
+    fn get<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let row = sqlx::query(self.q.get.clone())
+                .bind(id.as_str())
+                .fetch_optional(conn)
+                .await
+                .map_err(self.map_err("reading the tenant registry"))?;
+            row.as_ref().map(decode).transpose()
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        page: &'a ListTenants,
+    ) -> BoxFuture<'a, Result<Page<Tenant>>> {
+        Box::pin(async move {
+            let limit = page.limit.clamp(1, MAX_PAGE_SIZE);
+            let rows = sqlx::query(self.q.list.clone())
+                .bind(page.after.as_ref().map(TenantId::as_str))
+                .bind(page.status.map(|s| s.as_str()))
+                .bind(i64::from(limit) + 1)
+                .fetch_all(conn)
+                .await
+                .map_err(self.map_err("listing tenants"))?;
+            let mut items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+            let next = if items.len() > limit as usize {
+                items.truncate(limit as usize);
+                items.last().map(|t| t.id.clone())
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+    }
+
+    fn insert<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<Tenant>> {
+        Box::pin(async move {
+            let result = sqlx::query(self.q.insert.clone())
+                .bind(tenant.id.as_str())
+                .bind(&tenant.name)
+                .bind(tenant.status.as_str())
+                .bind(tenant.placement.strategy.as_str())
+                .bind(&tenant.placement.schema)
+                .bind(tenant.placement.database.as_deref())
+                .bind(tenant.placement.server.as_deref())
+                .bind(&tenant.metadata)
+                .fetch_one(conn)
+                .await;
+            match result {
+                Ok(row) => decode(&row),
+                Err(err) => Err(match db_code(&err) {
+                    Some((code, constraint)) if code == sqlstate::UNIQUE_VIOLATION => {
+                        if constraint.as_deref() == Some(self.registry.schema_constraint().as_str())
+                        {
+                            Error::SchemaTaken {
+                                id: tenant.id.clone(),
+                                schema: tenant.placement.schema.clone(),
+                            }
+                        } else {
+                            Error::AlreadyExists(tenant.id.clone())
+                        }
+                    }
+                    _ => self.map_err("registering a tenant")(err),
+                }),
+            }
+        })
+    }
+
+    fn update_status<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        from: &'a [TenantStatus],
+        to: TenantStatus,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+            let row = sqlx::query(self.q.update_status.clone())
+                .bind(id.as_str())
+                .bind(to.as_str())
+                .bind(&from)
+                .fetch_optional(conn)
+                .await
+                .map_err(self.map_err("updating a tenant's status"))?;
+            row.as_ref().map(decode).transpose()
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let done = sqlx::query(self.q.delete.clone())
+                .bind(id.as_str())
+                .execute(conn)
+                .await
+                .map_err(self.map_err("deleting a tenant record"))?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_ddl_matches_the_generator() {
+        let shipped = include_str!("../../sql/registry.sql");
+        assert_eq!(shipped, RegistryTable::default().ddl());
+    }
+
+    #[test]
+    fn custom_names_are_validated_and_quoted() {
+        let cols = RegistryColumns {
+            status: "state".into(),
+            ..Default::default()
+        };
+        let r = RegistryTable::with_columns("app.orgs", cols).unwrap();
+        assert!(r.ddl().contains("\"state\" TEXT NOT NULL"));
+        let bad = RegistryColumns {
+            status: "state; drop".into(),
+            ..Default::default()
+        };
+        assert!(RegistryTable::with_columns("orgs", bad).is_err());
+        assert!(RegistryTable::new("Orgs").is_err());
+    }
+}

@@ -1,0 +1,450 @@
+//! Throw-away PostgreSQL for tests and demos (feature `testing`).
+//!
+//! Hidra's own tests, the tests of applications built on it, and the demo's
+//! zero-setup default all need a PostgreSQL server to talk to and a database no
+//! one else uses. This module finds or starts the server and hands out databases
+//! that disappear afterwards:
+//!
+//! - [`PgServer::get`] resolves a server once per process: `DATABASE_URL` if it is
+//!   set, else a server on `127.0.0.1:5432` (user `postgres`, no password) if one
+//!   answers, else a private [`TempCluster`] started from the installed server
+//!   binaries (`apt-get install -y postgresql`), removed when the process exits.
+//! - [`TestDatabase::create`] creates a uniquely named database on that server for
+//!   one test and drops it at the end, even when the test panics.
+//!
+//! Needs PostgreSQL 13 or newer (`DROP DATABASE ... WITH (FORCE)`) and a Unix host.
+//!
+//! ```no_run
+//! use hidra::testing::TestDatabase;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let db = TestDatabase::create().await?;
+//! let pool = sqlx::PgPool::connect_with(db.connect_options()).await?;
+//! sqlx::query("CREATE TABLE t (id INT)").execute(&pool).await?;
+//! pool.close().await;
+//! db.drop_now().await?; // or let it drop
+//! # Ok(()) }
+//! ```
+
+mod cluster;
+
+use std::time::Duration;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use tokio::sync::OnceCell;
+
+use crate::error::{Error, Result};
+use crate::sql::Ident;
+
+pub use self::cluster::TempCluster;
+
+/// The server tried when `DATABASE_URL` is not set.
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// How long a server may take to answer a probe or an administrative connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long dropping a database from `Drop` may take to connect.
+const DROP_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLSTATE `object_in_use`: the template database is busy (concurrent `CREATE DATABASE`).
+const OBJECT_IN_USE: &str = "55006";
+
+/// The process-wide server.
+static SERVER: OnceCell<PgServer> = OnceCell::const_new();
+
+/// Where a PostgreSQL server answers, resolved once per process.
+///
+/// See [`PgServer::get`] for the order in which servers are tried.
+#[derive(Debug)]
+pub struct PgServer {
+    /// The administrative URL.
+    url: String,
+    /// The cluster started for this process, if no server was found.
+    cluster: Option<TempCluster>,
+}
+
+impl PgServer {
+    /// The server of this process, resolved on first use:
+    ///
+    /// 1. `DATABASE_URL`, if set, used as is; it must answer within two seconds,
+    ///    else this fails with [`Error::Harness`] naming the URL (password hidden).
+    /// 2. `postgres://postgres@127.0.0.1:5432/postgres`, if something answers there
+    ///    within two seconds.
+    /// 3. A [`TempCluster`] started from the installed server binaries; it is
+    ///    stopped and removed when the process exits.
+    ///
+    /// Later calls return the same server, from any tokio runtime. A failed
+    /// resolution is retried by the next call.
+    ///
+    /// ```no_run
+    /// # async fn run() -> hidra::Result<()> {
+    /// let server = hidra::testing::PgServer::get().await?;
+    /// println!("tests use {} (temporary: {})", server.url(), server.is_temporary());
+    /// # Ok(()) }
+    /// ```
+    pub async fn get() -> Result<&'static PgServer> {
+        SERVER.get_or_try_init(PgServer::resolve).await
+    }
+
+    /// Finds or starts a server (see [`get`](PgServer::get)).
+    async fn resolve() -> Result<PgServer> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => {
+                probe(&url).await.map_err(|e| {
+                    Error::Harness(format!(
+                        "DATABASE_URL {} does not answer: {e}; start that server or unset DATABASE_URL",
+                        redact(&url)
+                    ))
+                })?;
+                tracing::debug!(url = %redact(&url), "using the PostgreSQL server of DATABASE_URL");
+                return Ok(PgServer { url, cluster: None });
+            }
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(Error::Harness(
+                    "DATABASE_URL is not valid UTF-8; fix or unset it".to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        match probe(DEFAULT_URL).await {
+            Ok(()) => {
+                tracing::debug!(url = DEFAULT_URL, "using the local PostgreSQL server");
+                return Ok(PgServer {
+                    url: DEFAULT_URL.to_owned(),
+                    cluster: None,
+                });
+            }
+            Err(reason) => tracing::debug!(
+                url = DEFAULT_URL,
+                %reason,
+                "no usable local PostgreSQL server; starting a throw-away cluster"
+            ),
+        }
+        let cluster = TempCluster::start().await?;
+        Ok(PgServer {
+            url: cluster.url().to_owned(),
+            cluster: Some(cluster),
+        })
+    }
+
+    /// The administrative URL: `DATABASE_URL` as given, or the `postgres`
+    /// database of the local or temporary server.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this process started the server (a [`TempCluster`]).
+    pub fn is_temporary(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// The URL of another database on the same server, with the same user,
+    /// password and parameters.
+    ///
+    /// ```
+    /// # use hidra::testing::PgServer;
+    /// # fn check(server: &PgServer) {
+    /// // postgres://postgres@127.0.0.1:5432/postgres -> postgres://postgres@127.0.0.1:5432/app
+    /// let url = server.url_for_database("app");
+    /// # let _ = url; }
+    /// ```
+    pub fn url_for_database(&self, db: &str) -> String {
+        replace_database(&self.url, db)
+    }
+}
+
+/// A uniquely named database created on the [`PgServer`] for one test and
+/// dropped at the end.
+///
+/// Its name is `hidra_test_<pid>_<random hex>`. [`drop_now`](TestDatabase::drop_now)
+/// drops it and reports errors; if it is simply dropped (the test returned early
+/// or panicked) the database is dropped anyway, on a short-lived thread, and
+/// errors are only logged. Open connections to it are terminated either way.
+///
+/// ```no_run
+/// use hidra::testing::TestDatabase;
+///
+/// #[tokio::test]
+/// async fn works() {
+///     let db = TestDatabase::create().await.unwrap();
+///     let pool = sqlx::PgPool::connect(db.url()).await.unwrap();
+///     // ...
+/// } // `db` is dropped here, even if an assertion above panicked.
+/// ```
+#[derive(Debug)]
+pub struct TestDatabase {
+    /// The database name.
+    name: String,
+    /// Its URL.
+    url: String,
+    /// Its connect options.
+    options: PgConnectOptions,
+    /// The server it lives on.
+    server: &'static PgServer,
+    /// Whether it was dropped already.
+    dropped: bool,
+}
+
+impl TestDatabase {
+    /// Creates a new database on [`PgServer::get`]'s server.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// let db = hidra::testing::TestDatabase::create().await?;
+    /// let pool = sqlx::PgPool::connect_with(db.connect_options()).await?;
+    /// # drop(pool); Ok(()) }
+    /// ```
+    pub async fn create() -> Result<TestDatabase> {
+        let server = PgServer::get().await?;
+        let name = format!(
+            "hidra_test_{}_{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        );
+        let ident = Ident::new(name.clone(), "test database name")?;
+        let options: PgConnectOptions = server
+            .url
+            .parse::<PgConnectOptions>()
+            .map_err(|e| {
+                Error::Harness(format!("invalid server URL {}: {e}", redact(server.url())))
+            })?
+            .database(&name);
+        let mut conn = admin_connect(server.url(), CONNECT_TIMEOUT).await?;
+        let sql = format!("CREATE DATABASE {}", ident.quoted());
+        let mut attempt = 0u64;
+        let created = loop {
+            attempt += 1;
+            match sqlx::raw_sql(AssertSqlSafe(sql.as_str()))
+                .execute(&mut conn)
+                .await
+            {
+                // Someone is connected to the template (or another CREATE DATABASE
+                // holds it on old servers): wait a little and try again.
+                Err(sqlx::Error::Database(e))
+                    if attempt < 10 && e.code().as_deref() == Some(OBJECT_IN_USE) =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                }
+                other => break other,
+            }
+        };
+        let _ = conn.close().await;
+        created.map_err(Error::db("creating a test database"))?;
+        tracing::debug!(database = %name, "created a test database");
+        Ok(TestDatabase {
+            url: server.url_for_database(&name),
+            name,
+            options,
+            server,
+            dropped: false,
+        })
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL of the database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Connect options for the database, for `PgPoolOptions::connect_with`.
+    pub fn connect_options(&self) -> PgConnectOptions {
+        self.options.clone()
+    }
+
+    /// Drops the database now (`DROP DATABASE ... WITH (FORCE)`, which ends open
+    /// connections to it) and reports failure.
+    pub async fn drop_now(mut self) -> Result<()> {
+        drop_database(self.server.url(), &self.name, CONNECT_TIMEOUT).await?;
+        self.dropped = true;
+        Ok(())
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if self.dropped {
+            return;
+        }
+        self.dropped = true;
+        // Drop usually runs inside a tokio runtime (the test's), where blocking on
+        // a future is not allowed: use a fresh thread with its own runtime.
+        let admin_url = self.server.url().to_owned();
+        let name = self.name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("hidra-drop-test-db".to_owned())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| Error::Harness(format!("could not start a tokio runtime: {e}")))?;
+                runtime.block_on(drop_database(&admin_url, &name, DROP_CONNECT_TIMEOUT))
+            });
+        let outcome = match spawned {
+            Ok(handle) => match handle.join() {
+                Ok(result) => result,
+                Err(_) => Err(Error::Harness("the drop thread panicked".to_owned())),
+            },
+            Err(e) => Err(Error::Harness(format!("could not spawn a thread: {e}"))),
+        };
+        if let Err(error) = outcome {
+            tracing::warn!(database = %self.name, %error, "could not drop the test database");
+        }
+    }
+}
+
+/// Connects to `url` within `timeout`, or explains why not.
+async fn probe(url: &str) -> std::result::Result<(), String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect(url)).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.close().await;
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
+}
+
+/// An administrative connection to the server.
+async fn admin_connect(url: &str, timeout: Duration) -> Result<PgConnection> {
+    match tokio::time::timeout(timeout, PgConnection::connect(url)).await {
+        Ok(result) => result.map_err(Error::db("connecting to the test PostgreSQL server")),
+        Err(_) => Err(Error::Harness(format!(
+            "the test PostgreSQL server {} did not answer within {} s",
+            redact(url),
+            timeout.as_secs()
+        ))),
+    }
+}
+
+/// `DROP DATABASE IF EXISTS "name" WITH (FORCE)` on the server of `admin_url`.
+async fn drop_database(admin_url: &str, name: &str, timeout: Duration) -> Result<()> {
+    let ident = Ident::new(name.to_owned(), "test database name")?;
+    let mut conn = admin_connect(admin_url, timeout).await?;
+    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident.quoted());
+    let dropped = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await;
+    let _ = conn.close().await;
+    dropped.map_err(Error::db("dropping a test database"))?;
+    tracing::debug!(database = %name, "dropped a test database");
+    Ok(())
+}
+
+/// `url` with its database (the path) replaced by `db`, keeping the query string.
+fn replace_database(url: &str, db: &str) -> String {
+    let (head, query) = url.split_at(url.find('?').unwrap_or(url.len()));
+    let authority = head.find("://").map_or(0, |i| i + 3);
+    let base = match head[authority..].find('/') {
+        Some(slash) => &head[..authority + slash],
+        None => head,
+    };
+    format!("{base}/{}{query}", percent_encode(db))
+}
+
+/// Percent-encodes everything but unreserved URL characters.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for byte in s.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `url` with its password, if any, replaced by `***`, for messages.
+fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let Some(at) = authority.rfind('@') else {
+        return url.to_owned();
+    };
+    let Some(colon) = authority[..at].find(':') else {
+        return url.to_owned();
+    };
+    format!(
+        "{}{}:***{}",
+        &url[..scheme_end],
+        &authority[..colon],
+        &url[scheme_end + at..]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_replaced_in_urls() {
+        assert_eq!(
+            replace_database(
+                "postgres://postgres@127.0.0.1:5432/postgres",
+                "hidra_test_1_ab"
+            ),
+            "postgres://postgres@127.0.0.1:5432/hidra_test_1_ab"
+        );
+        assert_eq!(
+            replace_database("postgres://u:p@h/app?sslmode=disable", "x"),
+            "postgres://u:p@h/x?sslmode=disable"
+        );
+        assert_eq!(
+            replace_database("postgres://h:5433", "x"),
+            "postgres://h:5433/x"
+        );
+        assert_eq!(
+            replace_database("postgres://h?host=/run/postgresql", "x"),
+            "postgres://h/x?host=/run/postgresql"
+        );
+        assert_eq!(replace_database("postgres:///app", "x"), "postgres:///x");
+        assert_eq!(
+            replace_database("postgres://h/a", "my db"),
+            "postgres://h/my%20db"
+        );
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://user:secret@db:5432/app?x=1"),
+            "postgres://user:***@db:5432/app?x=1"
+        );
+        assert_eq!(redact("postgres://user@db/app"), "postgres://user@db/app");
+        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
+    }
+
+    #[tokio::test]
+    async fn databases_are_created_and_dropped() {
+        let db = TestDatabase::create().await.unwrap();
+        assert!(db.name().starts_with("hidra_test_"));
+        let mut conn = PgConnection::connect_with(&db.connect_options())
+            .await
+            .unwrap();
+        let (current,): (String,) = sqlx::query_as("SELECT current_database()")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(current, db.name());
+        // The open connection does not stop the drop.
+        let name = db.name().to_owned();
+        db.drop_now().await.unwrap();
+        let server = PgServer::get().await.unwrap();
+        let mut admin = PgConnection::connect(server.url()).await.unwrap();
+        let (exists,): (bool,) =
+            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+        assert!(!exists);
+    }
+}

@@ -1,0 +1,78 @@
+//! Shared setup for the integration tests: a throw-away database per test with
+//! the registry table created, and a `Hidra` connected to it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use hidra::testing::TestDatabase;
+use hidra::{Hidra, HidraBuilder, NewTenant, Tenant, TenantId};
+
+/// The tenant schema used by most tests: a marker row that says whose schema it is.
+pub const MARKER_SCHEMA: &str = "CREATE TABLE marker (tenant TEXT NOT NULL);
+CREATE TABLE items (id BIGSERIAL PRIMARY KEY, label TEXT NOT NULL);";
+
+pub struct Ctx {
+    pub db: TestDatabase,
+    pub hidra: Hidra,
+}
+
+/// A fresh database with the registry table, and a `Hidra` built from `builder`.
+pub async fn setup_with(builder: HidraBuilder) -> Ctx {
+    let db = TestDatabase::create().await.expect("create test database");
+    let hidra = builder
+        .connect_with(db.connect_options())
+        .await
+        .expect("connect hidra");
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await
+        .expect("create registry");
+    Ctx { db, hidra }
+}
+
+/// `setup_with` the marker schema and a pool of `max` connections.
+pub async fn setup(max: u32) -> Ctx {
+    setup_with(
+        Hidra::builder()
+            .schema_sql("001_marker", MARKER_SCHEMA)
+            .max_connections(max),
+    )
+    .await
+}
+
+pub fn id(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+/// Provisions `name` and writes its marker row.
+pub async fn tenant_with_marker(hidra: &Hidra, name: &str) -> Tenant {
+    let tenant = hidra.provision(NewTenant::new(id(name))).await.unwrap();
+    let mut conn = hidra.acquire(&tenant).await.unwrap();
+    sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    tenant
+}
+
+/// Names of the schemas that exist in the test database.
+pub async fn schemas(hidra: &Hidra) -> Vec<String> {
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' \
+         AND nspname NOT IN ('public', 'information_schema') ORDER BY 1",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}
+
+/// Ids in the registry table.
+pub async fn registry_ids(hidra: &Hidra) -> Vec<String> {
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::query_scalar("SELECT id FROM public.tenants ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+}

@@ -1,0 +1,55 @@
+//! The task-local current tenant.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn scope_sets_current_and_spawn_does_not_inherit() {
+    let ctx = setup(2).await;
+    let t = ctx
+        .hidra
+        .provision(hidra::NewTenant::new(id("ctx")))
+        .await
+        .unwrap();
+    assert!(hidra::context::current().is_none());
+    hidra::context::scope(t.clone(), async {
+        assert_eq!(hidra::context::current_id(), Some(id("ctx")));
+        // A plain spawn does not inherit the tenant...
+        let plain = tokio::spawn(async { hidra::context::current_id() });
+        assert_eq!(plain.await.unwrap(), None);
+        // ...propagate carries it on purpose.
+        let carried = tokio::spawn(hidra::context::propagate(async {
+            hidra::context::current_id()
+        }));
+        assert_eq!(carried.await.unwrap(), Some(id("ctx")));
+    })
+    .await;
+    assert!(hidra::context::current().is_none());
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn scope_ends_with_a_panicking_future_on_the_same_task() {
+    use futures_util::FutureExt;
+    use std::panic::AssertUnwindSafe;
+
+    let ctx = setup(1).await;
+    let t = ctx
+        .hidra
+        .provision(hidra::NewTenant::new(id("boom")))
+        .await
+        .unwrap();
+    let res = AssertUnwindSafe(hidra::context::scope(t, async {
+        assert!(hidra::context::current().is_some());
+        panic!("inside scope");
+    }))
+    .catch_unwind()
+    .await;
+    assert!(res.is_err());
+    assert!(
+        hidra::context::current().is_none(),
+        "tenant outlived its scope"
+    );
+    ctx.db.drop_now().await.unwrap();
+}

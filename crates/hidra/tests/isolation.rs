@@ -1,0 +1,298 @@
+//! Tenant isolation through `acquire` and `begin`, under concurrency,
+//! cancellation and panics. Every test runs against a real PostgreSQL.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use hidra::{Hidra, Tenant};
+use rand::Rng;
+
+async fn marker_via_conn(hidra: &Hidra, tenant: &Tenant) -> String {
+    let mut conn = hidra.acquire(tenant).await.unwrap();
+    sqlx::query_scalar("SELECT tenant FROM marker")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn marker_via_tx(hidra: &Hidra, tenant: &Tenant) -> String {
+    let mut tx = hidra.begin(tenant).await.unwrap();
+    let m = sqlx::query_scalar("SELECT tenant FROM marker")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    m
+}
+
+/// Asserts that every connection of the pool is clean for unscoped use and
+/// correct for every tenant.
+async fn assert_pool_clean(hidra: &Hidra, tenants: &[Tenant], pool_size: usize) {
+    // Check out every connection at once, so each one is inspected.
+    let mut shared = Vec::new();
+    for _ in 0..pool_size {
+        shared.push(hidra.acquire_shared().await.unwrap());
+    }
+    for conn in &mut shared {
+        let path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            path, "\"$user\", public",
+            "unscoped connection kept a tenant path"
+        );
+        let err = sqlx::query("SELECT 1 FROM marker")
+            .execute(&mut **conn)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("does not exist"), "{err}");
+    }
+    drop(shared);
+    for tenant in tenants {
+        let mut conns = Vec::new();
+        for _ in 0..pool_size {
+            conns.push(hidra.acquire(tenant).await.unwrap());
+        }
+        for conn in &mut conns {
+            let m: String = sqlx::query_scalar("SELECT tenant FROM marker")
+                .fetch_one(&mut **conn)
+                .await
+                .unwrap();
+            assert_eq!(m, tenant.id.as_str());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_tenants_same_tables_see_only_their_rows() {
+    let ctx = setup(4).await;
+    let h = &ctx.hidra;
+    let a = tenant_with_marker(h, "alpha").await;
+    let b = tenant_with_marker(h, "beta").await;
+
+    for (tenant, labels) in [(&a, ["a1", "a2"]), (&b, ["b1", "b2"])] {
+        let mut conn = h.acquire(tenant).await.unwrap();
+        for l in labels {
+            sqlx::query("INSERT INTO items (label) VALUES ($1)")
+                .bind(l)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+    for (tenant, want) in [(&a, vec!["a1", "a2"]), (&b, vec!["b1", "b2"])] {
+        let mut conn = h.acquire(tenant).await.unwrap();
+        let got: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY id")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+        drop(conn);
+        let mut tx = h.begin(tenant).await.unwrap();
+        let got: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY id")
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(got, want);
+        tx.rollback().await.unwrap();
+    }
+    // A write through a rolled-back transaction leaves nothing.
+    let mut tx = h.begin(&a).await.unwrap();
+    sqlx::query("INSERT INTO items (label) VALUES ('ghost')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(marker_via_conn(h, &a).await, "alpha");
+    let mut conn = h.acquire(&a).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE label = 'ghost'")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(conn);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_interleaved_tasks_never_read_another_tenant() {
+    const POOL: u32 = 6;
+    let ctx = setup(POOL).await;
+    let h = ctx.hidra.clone();
+    let mut tenants = Vec::new();
+    for i in 0..8 {
+        tenants.push(tenant_with_marker(&h, &format!("t{i}")).await);
+    }
+    let tenants = Arc::new(tenants);
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for n in 0..1600usize {
+        let (h, tenants, wrong) = (h.clone(), tenants.clone(), wrong.clone());
+        tasks.push(tokio::spawn(async move {
+            let tenant = &tenants[n % tenants.len()];
+            let m = if n % 3 == 0 {
+                marker_via_tx(&h, tenant).await
+            } else {
+                marker_via_conn(&h, tenant).await
+            };
+            if m != tenant.id.as_str() {
+                wrong.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong-tenant reads");
+    assert_pool_clean(&h, &tenants, POOL as usize).await;
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancelled_queries_do_not_leak_bindings() {
+    const POOL: u32 = 5;
+    let ctx = setup(POOL).await;
+    let h = ctx.hidra.clone();
+    let mut tenants = Vec::new();
+    for i in 0..8 {
+        tenants.push(tenant_with_marker(&h, &format!("c{i}")).await);
+    }
+    let tenants = Arc::new(tenants);
+    let wrong = Arc::new(AtomicUsize::new(0));
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for n in 0..1600usize {
+        let (h, tenants, wrong, cancelled) =
+            (h.clone(), tenants.clone(), wrong.clone(), cancelled.clone());
+        tasks.push(tokio::spawn(async move {
+            let tenant = &tenants[n % tenants.len()];
+            let budget = Duration::from_micros(rand::rng().random_range(0..3000));
+            let work = async {
+                if n % 2 == 0 {
+                    let mut conn = h.acquire(tenant).await.unwrap();
+                    sqlx::query_scalar::<_, String>(
+                        "SELECT tenant FROM marker, pg_sleep(random() * 0.002)",
+                    )
+                    .fetch_one(&mut *conn)
+                    .await
+                    .unwrap()
+                } else {
+                    let mut tx = h.begin(tenant).await.unwrap();
+                    let m = sqlx::query_scalar::<_, String>(
+                        "SELECT tenant FROM marker, pg_sleep(random() * 0.002)",
+                    )
+                    .fetch_one(&mut *tx)
+                    .await
+                    .unwrap();
+                    tx.commit().await.unwrap();
+                    m
+                }
+            };
+            match tokio::time::timeout(budget, work).await {
+                Ok(m) if m != tenant.id.as_str() => {
+                    wrong.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    cancelled.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "wrong-tenant reads");
+    assert!(
+        cancelled.load(Ordering::Relaxed) > 100,
+        "the test should cancel many in-flight queries, cancelled {}",
+        cancelled.load(Ordering::Relaxed)
+    );
+    // Let sqlx finish returning the cancelled connections.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_pool_clean(&h, &tenants, POOL as usize).await;
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn panicking_tasks_do_not_leak_bindings() {
+    const POOL: u32 = 4;
+    let ctx = setup(POOL).await;
+    let h = ctx.hidra.clone();
+    let mut tenants = Vec::new();
+    for i in 0..8 {
+        tenants.push(tenant_with_marker(&h, &format!("p{i}")).await);
+    }
+    let tenants = Arc::new(tenants);
+    let mut tasks = Vec::new();
+    for n in 0..1600usize {
+        let (h, tenants) = (h.clone(), tenants.clone());
+        tasks.push(tokio::spawn(async move {
+            let tenant = &tenants[n % tenants.len()];
+            if n % 4 == 0 {
+                let mut conn = h.acquire(tenant).await.unwrap();
+                sqlx::query("SELECT tenant FROM marker")
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap();
+                panic!("handler bug while holding a tenant connection");
+            }
+            if n % 4 == 1 {
+                let mut tx = h.begin(tenant).await.unwrap();
+                sqlx::query("INSERT INTO items (label) VALUES ('from-panic')")
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                panic!("handler bug inside a tenant transaction");
+            }
+            marker_via_conn(&h, tenant).await == tenant.id.as_str()
+        }));
+    }
+    let (mut panics, mut ok) = (0, 0);
+    for t in tasks {
+        match t.await {
+            Ok(true) => ok += 1,
+            Ok(false) => panic!("wrong-tenant read"),
+            Err(e) if e.is_panic() => panics += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!((ok, panics), (800, 800));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_pool_clean(&h, &tenants, POOL as usize).await;
+    // The panicking transactions rolled back.
+    for t in tenants.iter() {
+        let mut conn = h.acquire(t).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stray_set_search_path_does_not_survive_the_checkout() {
+    let ctx = setup(1).await;
+    let h = &ctx.hidra;
+    let a = tenant_with_marker(h, "left").await;
+    let b = tenant_with_marker(h, "right").await;
+    // User code points tenant A's connection at B's schema and returns it.
+    let mut conn = h.acquire(&a).await.unwrap();
+    sqlx::raw_sql("SET search_path TO tenant_right")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert_eq!(marker_via_conn(h, &a).await, "left");
+    assert_eq!(marker_via_tx(h, &a).await, "left");
+    assert_eq!(marker_via_conn(h, &b).await, "right");
+    assert_pool_clean(h, &[a, b], 1).await;
+    ctx.db.drop_now().await.unwrap();
+}

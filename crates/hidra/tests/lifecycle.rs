@@ -1,0 +1,308 @@
+//! Provisioning, suspension and deprovisioning: all or nothing.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use hidra::{Confirmation, Error, Hidra, ListTenants, NewTenant, TenantStatus};
+
+#[tokio::test]
+async fn provision_creates_an_active_tenant_with_its_schema() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    let t = h
+        .provision(
+            NewTenant::new(id("acme-corp"))
+                .name("Acme Corp")
+                .metadata(serde_json::json!({"plan": "pro"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.status, TenantStatus::Active);
+    assert_eq!(t.name, "Acme Corp");
+    assert_eq!(t.placement.schema, "tenant_acme_corp");
+    assert_eq!(t.metadata["plan"], "pro");
+    assert_eq!(schemas(h).await, vec!["tenant_acme_corp"]);
+    assert_eq!(h.tenant(&id("acme-corp")).await.unwrap(), Some(t.clone()));
+    assert!(h.exists(&id("acme-corp")).await.unwrap());
+    assert!(!h.exists(&id("globex")).await.unwrap());
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn second_id_mapping_to_the_same_schema_is_refused() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    h.provision(NewTenant::new(id("acme-corp"))).await.unwrap();
+    let err = h
+        .provision(NewTenant::new(id("acme_corp")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::SchemaTaken { schema, .. } if schema == "tenant_acme_corp"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("already taken"), "{err}");
+    assert_eq!(registry_ids(h).await, vec!["acme-corp"]);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stray_schema_of_the_same_name_is_refused_and_left_alone() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    let mut conn = h.acquire_shared().await.unwrap();
+    sqlx::raw_sql("CREATE SCHEMA tenant_stray; CREATE TABLE tenant_stray.keep (x int)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let err = h.provision(NewTenant::new(id("stray"))).await.unwrap_err();
+    assert!(matches!(err, Error::SchemaTaken { .. }), "{err:?}");
+    assert!(registry_ids(h).await.is_empty());
+    assert_eq!(schemas(h).await, vec!["tenant_stray"]);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn schema_sql_failing_halfway_rolls_everything_back() {
+    let ctx = setup_with(
+        Hidra::builder()
+            .schema_sql(
+                "001_ok",
+                "CREATE TABLE first (id int); CREATE TABLE second (id int);",
+            )
+            .schema_sql("002_ok", "INSERT INTO first VALUES (1);")
+            .schema_sql(
+                "003_broken",
+                "CREATE TABLE third (id int); CREATE TABLE first (id int);",
+            )
+            .schema_sql("004_never", "CREATE TABLE fourth (id int);"),
+    )
+    .await;
+    let h = &ctx.hidra;
+    let err = h
+        .provision(NewTenant::new(id("halfway")))
+        .await
+        .unwrap_err();
+    match &err {
+        Error::SchemaStep { step, id: tid, .. } => {
+            assert_eq!(step, "003_broken");
+            assert_eq!(tid.as_str(), "halfway");
+        }
+        other => panic!("expected SchemaStep, got {other:?}"),
+    }
+    assert_eq!(err.sqlstate().as_deref(), Some("42P07"));
+    assert!(schemas(h).await.is_empty(), "schema left behind");
+    assert!(registry_ids(h).await.is_empty(), "registry row left behind");
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn failing_seed_rolls_everything_back_and_a_good_seed_runs_in_the_schema() {
+    let ctx = setup_with(
+        Hidra::builder()
+            .schema_sql("001", "CREATE TABLE roles (name TEXT PRIMARY KEY)")
+            .seed_fn(|conn, tenant| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO roles (name) VALUES ('admin')")
+                        .execute(&mut *conn)
+                        .await?;
+                    if tenant.id.as_str().starts_with("bad") {
+                        return Err("reference data unavailable".into());
+                    }
+                    Ok(())
+                })
+            }),
+    )
+    .await;
+    let h = &ctx.hidra;
+    let err = h
+        .provision(NewTenant::new(id("bad-seed")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Seed { .. }), "{err:?}");
+    assert!(schemas(h).await.is_empty());
+    assert!(registry_ids(h).await.is_empty());
+
+    let good = h.provision(NewTenant::new(id("good-seed"))).await.unwrap();
+    let mut conn = h.acquire(&good).await.unwrap();
+    let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM roles")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(roles, vec!["admin"]);
+    drop(conn);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_provisions_of_one_id_exactly_one_wins() {
+    let ctx = setup(12).await;
+    let h = Arc::new(ctx.hidra.clone());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            h.provision(NewTenant::new(id("contested"))).await
+        }));
+    }
+    let (mut won, mut exists) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(t) => {
+                assert_eq!(t.status, TenantStatus::Active);
+                won += 1
+            }
+            Err(Error::AlreadyExists(i)) => {
+                assert_eq!(i.as_str(), "contested");
+                exists += 1
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((won, exists), (1, 7));
+    assert_eq!(schemas(&h).await, vec!["tenant_contested"]);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelled_provisioning_leaves_nothing() {
+    let ctx = setup_with(
+        Hidra::builder().schema_sql("001_slow", "CREATE TABLE t (id int); SELECT pg_sleep(0.5);"),
+    )
+    .await;
+    let h = &ctx.hidra;
+    let res = tokio::time::timeout(
+        std::time::Duration::from_millis(150),
+        h.provision(NewTenant::new(id("interrupted"))),
+    )
+    .await;
+    assert!(res.is_err(), "provisioning should have been cut off");
+    // The server finishes the statement and rolls back when the connection is
+    // returned; wait for that.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(schemas(h).await.is_empty());
+    assert!(registry_ids(h).await.is_empty());
+    // And the id is free again.
+    h.provision(NewTenant::new(id("interrupted")))
+        .await
+        .unwrap();
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn suspend_activate_and_their_errors() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    h.provision(NewTenant::new(id("acme"))).await.unwrap();
+    let t = h.suspend(&id("acme")).await.unwrap();
+    assert_eq!(t.status, TenantStatus::Suspended);
+    assert_eq!(
+        h.suspend(&id("acme")).await.unwrap().status,
+        TenantStatus::Suspended
+    );
+    assert_eq!(
+        h.activate(&id("acme")).await.unwrap().status,
+        TenantStatus::Active
+    );
+    assert!(matches!(
+        h.suspend(&id("nobody")).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        h.activate(&id("nobody")).await,
+        Err(Error::NotFound(_))
+    ));
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn deprovision_needs_confirmation_and_removes_everything() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    let keep = tenant_with_marker(h, "keep").await;
+    tenant_with_marker(h, "doomed").await;
+
+    let err = h
+        .deprovision(&id("doomed"), Confirmation::of(&id("keep")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ConfirmationRequired(_)), "{err:?}");
+    assert_eq!(schemas(h).await, vec!["tenant_doomed", "tenant_keep"]);
+
+    h.deprovision(&id("doomed"), Confirmation::of(&id("doomed")))
+        .await
+        .unwrap();
+    assert_eq!(schemas(h).await, vec!["tenant_keep"]);
+    assert_eq!(registry_ids(h).await, vec!["keep"]);
+    assert!(matches!(
+        h.deprovision(&id("doomed"), Confirmation::of(&id("doomed")))
+            .await,
+        Err(Error::NotFound(_))
+    ));
+    // The survivor is untouched.
+    let mut conn = h.acquire(&keep).await.unwrap();
+    let m: String = sqlx::query_scalar("SELECT tenant FROM marker")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(m, "keep");
+    drop(conn);
+    // The id can be provisioned again, empty.
+    let again = h.provision(NewTenant::new(id("doomed"))).await.unwrap();
+    let mut conn = h.acquire(&again).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM marker")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(conn);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn list_paginates_by_id_and_filters_by_status() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    for i in 0..7 {
+        h.provision(NewTenant::new(id(&format!("t{i}"))))
+            .await
+            .unwrap();
+    }
+    h.suspend(&id("t3")).await.unwrap();
+    let mut seen = Vec::new();
+    let mut page = ListTenants::first(3);
+    loop {
+        let p = h.list(&page).await.unwrap();
+        assert!(p.items.len() <= 3);
+        seen.extend(p.items.iter().map(|t| t.id.to_string()));
+        match p.next {
+            Some(next) => page = ListTenants::first(3).after(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec!["t0", "t1", "t2", "t3", "t4", "t5", "t6"]);
+    let suspended = h
+        .list(&ListTenants::first(10).status(TenantStatus::Suspended))
+        .await
+        .unwrap();
+    assert_eq!(suspended.items.len(), 1);
+    assert_eq!(suspended.items[0].id.as_str(), "t3");
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_registry_table_is_a_clear_error() {
+    let db = hidra::testing::TestDatabase::create().await.unwrap();
+    let h = Hidra::builder()
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let err = h.provision(NewTenant::new(id("early"))).await.unwrap_err();
+    assert!(matches!(err, Error::RegistryMissing(_)), "{err:?}");
+    assert!(err.to_string().contains("hidra init"), "{err}");
+    assert!(schemas(&h).await.is_empty());
+    db.drop_now().await.unwrap();
+}

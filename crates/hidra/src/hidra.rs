@@ -363,6 +363,28 @@ impl Hidra {
         self.inner.store.list(&mut conn, page).await
     }
 
+    /// A listener subscribed to [`CHANGES_CHANNEL`](crate::CHANGES_CHANNEL), on
+    /// which the registry's trigger announces the id of every changed tenant.
+    /// Caches use it to drop stale entries at once.
+    ///
+    /// It uses its own connection, not one of the shared pool, and reconnects
+    /// by itself (a reconnect may miss notifications: treat it as "everything
+    /// changed").
+    pub async fn changes_listener(&self) -> Result<sqlx::postgres::PgListener> {
+        let options = (*self.inner.pool.connect_options()).clone();
+        let own = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own)
+            .await
+            .map_err(Error::db("connecting the registry change listener"))?;
+        listener
+            .listen(crate::store::CHANGES_CHANNEL)
+            .await
+            .map_err(Error::db("listening for registry changes"))?;
+        Ok(listener)
+    }
+
     /// The state of the shared pool.
     pub fn pool_status(&self) -> PoolStatus {
         let pool = &self.inner.pool;

@@ -296,3 +296,50 @@ async fn a_stray_set_search_path_does_not_survive_the_checkout() {
     assert_pool_clean(h, &[a, b], 1).await;
     ctx.db.drop_now().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_transaction_left_open_is_rolled_back_not_inherited() {
+    let ctx = setup(1).await;
+    let h = &ctx.hidra;
+    let a = tenant_with_marker(h, "opener").await;
+    let b = tenant_with_marker(h, "victim").await;
+    // User code opens a raw transaction on tenant A's connection, writes, and
+    // drops the connection without finishing it.
+    let mut conn = h.acquire(&a).await.unwrap();
+    sqlx::raw_sql("BEGIN; INSERT INTO items (label) VALUES ('uncommitted')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    // Tenant B's work must not run inside A's transaction (its COMMIT would
+    // otherwise commit A's write), and B's binding must hold afterwards.
+    let mut tx = h.begin(&b).await.unwrap();
+    sqlx::query("INSERT INTO items (label) VALUES ('b-row')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(marker_via_conn(h, &b).await, "victim");
+    let mut conn = h.acquire(&a).await.unwrap();
+    let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM items")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert!(
+        labels.is_empty(),
+        "A's abandoned write was committed: {labels:?}"
+    );
+    drop(conn);
+    // Same through an unscoped and a tenant checkout.
+    for _ in 0..2 {
+        let mut conn = h.acquire(&a).await.unwrap();
+        sqlx::raw_sql("BEGIN; SET LOCAL search_path TO tenant_victim")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        drop(conn);
+        assert_eq!(marker_via_conn(h, &a).await, "opener");
+    }
+    assert_pool_clean(h, &[a, b], 1).await;
+    ctx.db.drop_now().await.unwrap();
+}

@@ -12,9 +12,12 @@
 //!   ([`Hidra::acquire`](crate::Hidra::acquire)) gets the tenant's
 //!   `search_path`; a shared connection
 //!   ([`Hidra::acquire_shared`](crate::Hidra::acquire_shared)) and anything
-//!   else gets `RESET search_path`. Either statement replaces the ping sqlx
-//!   would otherwise send, so binding costs no extra round trip, and it also
-//!   proves the connection alive.
+//!   else gets `RESET search_path`; a transaction checkout
+//!   ([`Hidra::begin`](crate::Hidra::begin)) leaves the session alone. The
+//!   same statement checks that the connection is not inside a transaction an
+//!   earlier user left open (such a connection is closed, which rolls that
+//!   transaction back). It replaces the ping sqlx would otherwise send, so
+//!   binding costs no extra round trip, and it also proves the connection alive.
 //! - A new connection starts with the server default and is bound by
 //!   `acquire` itself.
 //! - [`Hidra::begin`](crate::Hidra::begin) sends `BEGIN` and a
@@ -22,9 +25,10 @@
 //!   one round trip, and the binding ends with the transaction.
 //!
 //! Because every checkout re-establishes the binding, what a connection carried
-//! before does not matter: a query cancelled mid-flight, a panicking handler or
-//! a stray `SET search_path` in user code cannot carry one tenant's
-//! `search_path` into the next use of that connection.
+//! before does not matter: a query cancelled mid-flight, a panicking handler, a
+//! stray `SET search_path` or a raw `BEGIN` left open in user code cannot carry
+//! one tenant's `search_path` or transaction into the next use of that
+//! connection.
 //!
 //! # Behind PgBouncer (transaction pooling)
 //!
@@ -41,7 +45,7 @@ use std::ops::{Deref, DerefMut};
 
 use futures_util::future::BoxFuture;
 use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
-use sqlx::{PgConnection, Postgres, Transaction};
+use sqlx::{PgConnection, Postgres, Row, Transaction};
 
 use crate::error::{Error, Result};
 use crate::tenant::{Tenant, TenantId};
@@ -68,7 +72,14 @@ tokio::task_local! {
     static CHECKOUT: Checkout;
 }
 
-/// The `before_acquire` hook Hidra installs on its pool.
+/// The `before_acquire` hook Hidra installs on its pool, in place of sqlx's ping.
+///
+/// It runs one simple query that proves the connection alive, checks that it is
+/// not inside a transaction some earlier user left open (`now()`, the start of
+/// the transaction, equals `statement_timestamp()` only when this statement
+/// started it), and binds or resets the `search_path`. A connection found inside
+/// a leftover transaction is refused, so sqlx closes it (the server rolls that
+/// transaction back) and hands out another.
 pub(crate) fn before_acquire(
     conn: &mut PgConnection,
     _meta: PoolConnectionMetadata,
@@ -77,27 +88,35 @@ pub(crate) fn before_acquire(
         let intent = CHECKOUT
             .try_with(|c| c.intent.clone())
             .unwrap_or(Intent::Reset);
-        match intent {
-            Intent::Session(path) => set_search_path(conn, &path).await?,
-            Intent::Transaction => {}
-            Intent::Reset => reset_search_path(conn).await?,
+        let clean = prepare(conn, &intent).await?;
+        if clean {
+            let _ = CHECKOUT.try_with(|c| c.bound.set(true));
+        } else {
+            tracing::warn!("closing a pooled connection returned inside an open transaction");
         }
-        let _ = CHECKOUT.try_with(|c| c.bound.set(true));
-        Ok(true)
+        Ok(clean)
     })
 }
 
-async fn set_search_path(conn: &mut PgConnection, path: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('search_path', $1, false)")
-        .bind(path)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn reset_search_path(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql("RESET search_path").execute(conn).await?;
-    Ok(())
+/// Runs the checkout statement for `intent`; returns whether the connection was
+/// outside any transaction.
+async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx::Error> {
+    const FRESH: &str = "SELECT now() = statement_timestamp()";
+    let statement = match intent {
+        Intent::Session(path) => crate::sql::owned(format!(
+            "{FRESH}, set_config('search_path', {}, false)",
+            crate::sql::quote_literal(path)
+        )),
+        Intent::Transaction => sqlx::SqlSafeStr::into_sql_str(FRESH),
+        Intent::Reset => sqlx::SqlSafeStr::into_sql_str(
+            "RESET search_path; SELECT now() = statement_timestamp()",
+        ),
+    };
+    let rows = sqlx::raw_sql(statement).fetch_all(conn).await?;
+    match rows.first() {
+        Some(row) => row.try_get::<bool, _>(0),
+        None => Ok(false),
+    }
 }
 
 /// Checks a connection out of `pool` with its `search_path` bound to `path`.
@@ -105,10 +124,11 @@ pub(crate) async fn acquire_bound(
     pool: &sqlx::PgPool,
     path: String,
 ) -> Result<PoolConnection<Postgres>> {
-    let (mut conn, bound) = checkout(pool, Intent::Session(path.clone())).await?;
+    let intent = Intent::Session(path);
+    let (mut conn, bound) = checkout(pool, intent.clone()).await?;
     if !bound {
         // A freshly opened connection: the hook does not run for those.
-        set_search_path(&mut conn, &path)
+        prepare(&mut conn, &intent)
             .await
             .map_err(Error::db("binding the tenant's search_path"))?;
     }

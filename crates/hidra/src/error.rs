@@ -72,18 +72,30 @@ pub enum Error {
     )]
     ConfirmationRequired(TenantId),
 
-    /// A statement of the tenant's schema SQL failed while provisioning; everything was rolled back.
+    /// A migration failed on one schema; that schema was left at its previous version.
     #[error(
-        "schema step `{step}` failed while provisioning tenant `{id}`; the tenant was rolled back"
+        "migration {migration} failed on schema `{schema}`; the schema was left as it was: fix the migration and run again"
     )]
-    SchemaStep {
-        /// The tenant being provisioned.
-        id: TenantId,
-        /// The name of the failing step.
-        step: String,
+    MigrationFailed {
+        /// The schema being migrated.
+        schema: String,
+        /// The failing migration: `version (description)`.
+        migration: String,
         /// The database error.
         #[source]
         source: sqlx::Error,
+    },
+
+    /// The migrations recorded in a schema differ from the ones given: an
+    /// applied migration was edited, removed or renumbered.
+    #[error(
+        "schema `{schema}`: {detail}; an applied migration must never change: restore it and add a new migration instead"
+    )]
+    ChecksumMismatch {
+        /// The schema concerned.
+        schema: String,
+        /// What differs.
+        detail: String,
     },
 
     /// The seed hook failed while provisioning; everything was rolled back.
@@ -135,7 +147,7 @@ impl Error {
     /// The SQLSTATE code of the underlying database error, if any (e.g. `"42P01"`).
     pub fn sqlstate(&self) -> Option<String> {
         match self {
-            Error::Database { source, .. } | Error::SchemaStep { source, .. } => {
+            Error::Database { source, .. } | Error::MigrationFailed { source, .. } => {
                 db_code(source).map(|(code, _)| code)
             }
             _ => None,

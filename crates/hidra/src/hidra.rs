@@ -2,7 +2,6 @@
 //! registry access and tenant-scoped connections.
 
 use std::fmt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{BoxError, Error, Result};
+use crate::migrate::Migrations;
 use crate::scope::{self, TenantConn, TenantTx};
 use crate::sql::{self, Ident};
 use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
@@ -48,20 +48,13 @@ where
     }
 }
 
-/// One named step of the SQL that creates a tenant's schema.
-#[derive(Clone, Debug)]
-pub(crate) struct SchemaStep {
-    pub(crate) name: String,
-    pub(crate) sql: String,
-}
-
 /// Configures and connects a [`Hidra`].
 ///
 /// ```no_run
 /// # async fn run() -> hidra::Result<()> {
 /// let hidra = hidra::Hidra::builder()
 ///     .schema_prefix("tenant_")
-///     .schema_sql("001_customers", "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL)")
+///     .schema_sql("customers", "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL)")
 ///     .max_connections(20)
 ///     .connect("postgres://postgres@127.0.0.1/app")
 ///     .await?;
@@ -73,10 +66,11 @@ pub struct HidraBuilder {
     shared_schemas: Vec<String>,
     registry: Option<RegistryTable>,
     store: Option<Arc<dyn TenantStore>>,
-    schema: Vec<SchemaStep>,
+    tenant_migrations: Migrations,
+    shared_migrations: Migrations,
+    warm_pool: usize,
     seed: Option<Arc<dyn Seed>>,
     pool_options: PgPoolOptions,
-    errors: Vec<Error>,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -85,7 +79,9 @@ impl fmt::Debug for HidraBuilder {
             .field("schema_prefix", &self.schema_prefix)
             .field("shared_schemas", &self.shared_schemas)
             .field("registry", &self.registry)
-            .field("schema_steps", &self.schema.len())
+            .field("tenant_migrations", &self.tenant_migrations.len())
+            .field("shared_migrations", &self.shared_migrations.len())
+            .field("warm_pool", &self.warm_pool)
             .field("seed", &self.seed.is_some())
             .finish_non_exhaustive()
     }
@@ -98,12 +94,13 @@ impl Default for HidraBuilder {
             shared_schemas: vec!["public".into()],
             registry: None,
             store: None,
-            schema: Vec::new(),
+            tenant_migrations: Migrations::new(),
+            shared_migrations: Migrations::new(),
+            warm_pool: 0,
             seed: None,
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10)),
-            errors: Vec::new(),
         }
     }
 }
@@ -139,45 +136,33 @@ impl HidraBuilder {
         self
     }
 
-    /// Appends a step to the SQL run in every new tenant's schema, in order.
-    /// Statements are unqualified: they run with the tenant's `search_path`.
-    pub fn schema_sql(mut self, name: impl Into<String>, sql: impl Into<String>) -> Self {
-        self.schema.push(SchemaStep {
-            name: name.into(),
-            sql: sql.into(),
-        });
+    /// The migrations of every tenant schema (see [`crate::migrate`]).
+    /// Replaces any set before, including [`schema_sql`](Self::schema_sql) steps.
+    pub fn tenant_migrations(mut self, migrations: Migrations) -> Self {
+        self.tenant_migrations = migrations;
         self
     }
 
-    /// Appends every `*.sql` file of `dir`, in file-name order, as schema steps.
-    pub fn schema_dir(mut self, dir: impl AsRef<Path>) -> Self {
-        let dir = dir.as_ref();
-        let read = || -> std::io::Result<Vec<SchemaStep>> {
-            let mut files: Vec<_> = std::fs::read_dir(dir)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "sql"))
-                .collect();
-            files.sort();
-            files
-                .into_iter()
-                .map(|p| {
-                    Ok(SchemaStep {
-                        name: p
-                            .file_name()
-                            .unwrap_or_default()
-                            .to_string_lossy()
-                            .into_owned(),
-                        sql: std::fs::read_to_string(&p)?,
-                    })
-                })
-                .collect()
-        };
-        match read() {
-            Ok(steps) => self.schema.extend(steps),
-            Err(e) => self.errors.push(Error::InvalidConfig(
-                format!("cannot read schema directory {}: {e}", dir.display()).into(),
-            )),
-        }
+    /// Appends a tenant migration numbered after the last one: SQL run in
+    /// every tenant schema, unqualified (the tenant's schema is first in
+    /// `search_path`).
+    pub fn schema_sql(mut self, description: impl Into<String>, sql: impl Into<String>) -> Self {
+        self.tenant_migrations = self.tenant_migrations.push(description, sql);
+        self
+    }
+
+    /// The migrations of the shared schema, applied by
+    /// [`Hidra::migrate_shared`] (the registry table, lookups).
+    pub fn shared_migrations(mut self, migrations: Migrations) -> Self {
+        self.shared_migrations = migrations;
+        self
+    }
+
+    /// Keep this many spare tenant schemas ready so that provisioning is a
+    /// rename (see [`crate::migrate`]'s warm pool). Default 0: off. Start
+    /// [`Hidra::spawn_warm_pool`] to keep it topped up.
+    pub fn warm_pool(mut self, spares: usize) -> Self {
+        self.warm_pool = spares;
         self
     }
 
@@ -222,10 +207,7 @@ impl HidraBuilder {
     }
 
     /// Connects with `options` and builds the handle.
-    pub async fn connect_with(mut self, options: PgConnectOptions) -> Result<Hidra> {
-        if let Some(err) = self.errors.pop() {
-            return Err(err);
-        }
+    pub async fn connect_with(self, options: PgConnectOptions) -> Result<Hidra> {
         let naming = SchemaNaming::new(self.schema_prefix)?;
         let shared = self
             .shared_schemas
@@ -249,8 +231,11 @@ impl HidraBuilder {
                 naming,
                 shared,
                 store,
-                schema: self.schema,
+                tenant_migrations: self.tenant_migrations,
+                shared_migrations: self.shared_migrations,
+                warm_pool: self.warm_pool,
                 seed: self.seed,
+                internal_ready: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -270,8 +255,12 @@ pub(crate) struct Inner {
     pub(crate) naming: SchemaNaming,
     pub(crate) shared: Vec<Ident>,
     pub(crate) store: Arc<dyn TenantStore>,
-    pub(crate) schema: Vec<SchemaStep>,
+    pub(crate) tenant_migrations: Migrations,
+    pub(crate) shared_migrations: Migrations,
+    pub(crate) warm_pool: usize,
     pub(crate) seed: Option<Arc<dyn Seed>>,
+    /// Set once hidra's internal schema is known to exist.
+    pub(crate) internal_ready: tokio::sync::OnceCell<()>,
 }
 
 impl fmt::Debug for Hidra {

@@ -65,12 +65,14 @@ mod store;
 mod tenant;
 
 pub mod context;
+pub mod migrate;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use crate::error::{BoxError, Error, Result};
 pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
 pub use crate::lifecycle::Confirmation;
+pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
 pub use crate::scope::{TenantConn, TenantTx};
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{

@@ -13,6 +13,7 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
+use crate::migrate;
 use crate::sql;
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
@@ -29,7 +30,17 @@ impl Confirmation {
 }
 
 impl Hidra {
-    /// Creates a tenant: registry row, schema, schema SQL, seed, then `active`.
+    /// Creates hidra's internal schema once per process, if missing.
+    pub(crate) async fn ensure_internal(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
+        self.inner
+            .internal_ready
+            .get_or_try_init(|| migrate::ensure_internal(conn))
+            .await
+            .map(|_| ())
+    }
+
+    /// Creates a tenant: registry row, schema with every tenant migration (or a
+    /// spare schema from the warm pool, renamed), seed, then `active`.
     ///
     /// All or nothing: on any error nothing of the tenant remains. Fails with
     /// [`Error::AlreadyExists`] if the id is taken and [`Error::SchemaTaken`] if
@@ -53,8 +64,13 @@ impl Hidra {
         };
         let id = draft.id.clone();
         let started = std::time::Instant::now();
+        let taken = || Error::SchemaTaken {
+            id: id.clone(),
+            schema: schema.to_string(),
+        };
 
         let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await?;
         let mut tx = conn
             .begin()
             .await
@@ -62,39 +78,57 @@ impl Hidra {
 
         let tenant = inner.store.insert(&mut tx, &draft).await?;
 
-        sqlx::raw_sql(sql::create_schema(&schema))
-            .execute(&mut *tx)
-            .await
-            .map_err(|err| match db_code(&err) {
-                Some((code, _)) if code == sqlstate::DUPLICATE_SCHEMA => Error::SchemaTaken {
-                    id: id.clone(),
-                    schema: schema.to_string(),
-                },
-                _ => Error::Database {
-                    context: "creating the tenant schema",
-                    source: err,
-                },
-            })?;
-
+        let migrations = &inner.tenant_migrations;
         let path = sql::search_path_value(&schema, &inner.shared);
-        sqlx::query("SELECT set_config('search_path', $1, true)")
-            .bind(&path)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("binding the new tenant's search_path"))?;
-
-        for step in &inner.schema {
-            sqlx::raw_sql(sql::owned(step.sql.clone()))
-                .execute(&mut *tx)
+        let claimed = if inner.warm_pool > 0 {
+            migrate::claim_spare(&mut tx, migrations, &schema)
                 .await
-                .map_err(|source| Error::SchemaStep {
-                    id: id.clone(),
-                    step: step.name.clone(),
-                    source,
-                })?;
+                .map_err(|e| match e.sqlstate().as_deref() {
+                    Some(sqlstate::DUPLICATE_SCHEMA) => taken(),
+                    _ => e,
+                })?
+        } else {
+            None
+        };
+        if claimed.is_none() {
+            // The schema, every migration, the history and the bookkeeping in
+            // one round trip.
+            let all: Vec<_> = migrations.iter().cloned().collect();
+            let batch = sql::migration_batch(
+                &sql::Batch {
+                    schema: &schema,
+                    search_path: &path,
+                    own_transaction: None,
+                    create_schema: true,
+                    create_history: true,
+                },
+                &all,
+                migrations.latest(),
+                migrations.latest_digest(),
+            );
+            if let Err((source, applied)) = migrate::execute_batch(&mut tx, batch).await {
+                let code = db_code(&source).map(|(code, _)| code);
+                return Err(match (code.as_deref(), all.get(applied)) {
+                    (Some(sqlstate::DUPLICATE_SCHEMA), _) if applied == 0 => taken(),
+                    (_, Some(m)) => Error::MigrationFailed {
+                        schema: schema.to_string(),
+                        migration: migrate::label(m).into_owned(),
+                        source,
+                    },
+                    (_, None) => Error::Database {
+                        context: "creating the tenant schema",
+                        source,
+                    },
+                });
+            }
         }
 
         if let Some(seed) = &inner.seed {
+            sqlx::query("SELECT set_config('search_path', $1, true)")
+                .bind(&path)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("binding the new tenant's search_path"))?;
             seed.seed(&mut tx, &tenant)
                 .await
                 .map_err(|source| Error::Seed {
@@ -126,6 +160,7 @@ impl Hidra {
         tracing::info!(
             tenant = %id,
             schema = %schema,
+            from_warm_pool = claimed.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "provisioned tenant"
         );
@@ -197,6 +232,7 @@ impl Hidra {
         }
         let store = &self.inner.store;
         let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await?;
         let tenant = store
             .update_status(
                 &mut conn,
@@ -226,6 +262,11 @@ impl Hidra {
             }
         }
         store.delete(&mut tx, id).await?;
+        sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
+            .bind(&tenant.placement.schema)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("forgetting the tenant's schema version"))?;
         tx.commit()
             .await
             .map_err(Error::db("committing the deprovisioning transaction"))?;

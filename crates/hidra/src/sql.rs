@@ -189,11 +189,6 @@ pub(crate) fn begin_scoped(search_path: &str) -> SqlStr {
     ))
 }
 
-/// `CREATE SCHEMA "name"`.
-pub(crate) fn create_schema(schema: &Ident) -> SqlStr {
-    owned(format!("CREATE SCHEMA {}", schema.quoted()))
-}
-
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.
 pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
     owned(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
@@ -203,6 +198,141 @@ pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
 /// Shared (`Arc`) so that prepared statement texts clone cheaply.
 pub(crate) fn owned(sql: String) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(std::sync::Arc::<str>::from(sql)))
+}
+
+/// A bytea literal: `'\\x0a1b…'::bytea`.
+pub(crate) fn bytea_literal(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2 + 12);
+    out.push_str("'\\x");
+    for b in bytes {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out.push_str("'::bytea");
+    out
+}
+
+/// The advisory lock key of a schema's migrations (stable across processes).
+fn migration_lock_key(schema: &Ident) -> String {
+    format!(
+        "hashtextextended({}, 0)",
+        quote_literal(&format!("hidra.migrate.{schema}"))
+    )
+}
+
+/// What a migration batch should do besides running the migrations.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    pub(crate) schema: &'a Ident,
+    pub(crate) search_path: &'a str,
+    /// Wrap in `BEGIN … COMMIT` with the schema's advisory lock and a check that
+    /// `hidra.schema_versions` still says this version (`None`: no row).
+    pub(crate) own_transaction: Option<Option<i64>>,
+    /// Create the schema first.
+    pub(crate) create_schema: bool,
+    /// Create the history table (new schema, or one that never had it).
+    pub(crate) create_history: bool,
+}
+
+/// SQLSTATE raised by a batch whose schema another runner migrated since the plan.
+pub(crate) const CONCURRENT_MIGRATION: &str = "HM001";
+
+/// Column name of the row each applied migration returns, so the caller can
+/// tell how far a failed batch got.
+pub(crate) const APPLIED_COLUMN: &str = "hidra_applied";
+
+/// Builds one simple-query batch that applies `migrations` (in order) to a
+/// schema and records them in its history and in `hidra.schema_versions`.
+///
+/// Each migration's SQL is the application's own, trusted text. It must not
+/// contain transaction control (`BEGIN`, `COMMIT`).
+pub(crate) fn migration_batch(
+    b: &Batch<'_>,
+    migrations: &[crate::migrate::Migration],
+    final_version: i64,
+    final_digest: &[u8],
+) -> SqlStr {
+    let schema_lit = quote_literal(b.schema.as_str());
+    let mut sql = String::new();
+    if let Some(expected) = b.own_transaction {
+        sql.push_str("BEGIN;\n");
+        sql.push_str(&format!(
+            "SELECT pg_advisory_xact_lock({});\n",
+            migration_lock_key(b.schema)
+        ));
+        let expected = expected.map_or("NULL".to_owned(), |v| v.to_string());
+        sql.push_str(&format!(
+            "DO $hidra$ BEGIN IF (SELECT version FROM hidra.schema_versions WHERE schema_name = {schema_lit}) \
+             IS DISTINCT FROM {expected} THEN RAISE EXCEPTION 'schema {} was migrated by another runner' \
+             USING ERRCODE = '{CONCURRENT_MIGRATION}'; END IF; END $hidra$;\n",
+            b.schema.as_str().replace('\'', "''"),
+        ));
+    }
+    if b.create_schema {
+        sql.push_str(&format!("CREATE SCHEMA {};\n", b.schema.quoted()));
+    }
+    sql.push_str(&format!(
+        "SELECT set_config('search_path', {}, true);\n",
+        quote_literal(b.search_path)
+    ));
+    if b.create_history {
+        sql.push_str(crate::migrate::TENANT_HISTORY_DDL);
+        sql.push_str(";\n");
+    }
+    for m in migrations {
+        sql.push_str("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
+        sql.push_str(&m.sql);
+        sql.push_str("\n;\n");
+        sql.push_str(&format!(
+            "INSERT INTO _hidra_migrations (version, description, checksum, duration_ms) \
+             VALUES ({}, {}, {}, (extract(epoch FROM clock_timestamp() - current_setting('hidra.t0')::timestamptz) * 1000)::bigint) \
+             RETURNING version AS {APPLIED_COLUMN};\n",
+            m.version,
+            quote_literal(&m.description),
+            bytea_literal(&m.checksum),
+        ));
+    }
+    sql.push_str(&format!(
+        "INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES ({schema_lit}, {final_version}, {}) \
+         ON CONFLICT (schema_name) DO UPDATE SET version = EXCLUDED.version, digest = EXCLUDED.digest, updated_at = now();\n",
+        bytea_literal(final_digest),
+    ));
+    if b.own_transaction.is_some() {
+        sql.push_str("COMMIT;\n");
+    } else {
+        sql.push_str("SET LOCAL search_path TO DEFAULT;\n");
+    }
+    owned(sql)
+}
+
+/// Session-level advisory lock / unlock of a schema's migrations, for
+/// migrations that cannot run in a transaction.
+pub(crate) fn migration_session_lock(schema: &Ident, lock: bool) -> SqlStr {
+    let f = if lock {
+        "pg_advisory_lock"
+    } else {
+        "pg_advisory_unlock"
+    };
+    owned(format!("SELECT {f}({})", migration_lock_key(schema)))
+}
+
+/// `SET search_path TO …` for the session (no-transaction migrations only).
+pub(crate) fn set_session_search_path(search_path: &str) -> SqlStr {
+    owned(format!(
+        "SELECT set_config('search_path', {}, false)",
+        quote_literal(search_path)
+    ))
+}
+
+/// `ALTER SCHEMA "from" RENAME TO "to"` and the matching bookkeeping row.
+pub(crate) fn rename_schema(from: &Ident, to: &Ident) -> SqlStr {
+    owned(format!(
+        "ALTER SCHEMA {} RENAME TO {};\n\
+         UPDATE hidra.schema_versions SET schema_name = {} WHERE schema_name = {};",
+        from.quoted(),
+        to.quoted(),
+        quote_literal(to.as_str()),
+        quote_literal(from.as_str()),
+    ))
 }
 
 #[cfg(test)]
@@ -241,6 +371,7 @@ mod tests {
             &[Ident::trusted("public".into())],
         );
         assert_eq!(path, "\"tenant_a\", \"public\"");
+        assert_eq!(bytea_literal(&[0, 255]), "'\\x00ff'::bytea");
         assert_eq!(
             begin_scoped(&path).as_str(),
             "BEGIN; SELECT set_config('search_path', '\"tenant_a\", \"public\"', true)"

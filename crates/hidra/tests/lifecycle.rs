@@ -87,11 +87,13 @@ async fn schema_sql_failing_halfway_rolls_everything_back() {
         .await
         .unwrap_err();
     match &err {
-        Error::SchemaStep { step, id: tid, .. } => {
-            assert_eq!(step, "003_broken");
-            assert_eq!(tid.as_str(), "halfway");
+        Error::MigrationFailed {
+            migration, schema, ..
+        } => {
+            assert_eq!(migration, "3 (003_broken)");
+            assert_eq!(schema, "tenant_halfway");
         }
-        other => panic!("expected SchemaStep, got {other:?}"),
+        other => panic!("expected MigrationFailed, got {other:?}"),
     }
     assert_eq!(err.sqlstate().as_deref(), Some("42P07"));
     assert!(schemas(h).await.is_empty(), "schema left behind");

@@ -61,7 +61,7 @@ pub async fn schemas(hidra: &Hidra) -> Vec<String> {
     let mut conn = hidra.acquire_shared().await.unwrap();
     sqlx::query_scalar(
         "SELECT nspname::text FROM pg_namespace WHERE nspname NOT LIKE 'pg\\_%' \
-         AND nspname NOT IN ('public', 'information_schema') ORDER BY 1",
+         AND nspname NOT IN ('public', 'information_schema', 'hidra') ORDER BY 1",
     )
     .fetch_all(&mut *conn)
     .await

@@ -1,0 +1,306 @@
+//! Schema migrations for the shared schema and for every tenant schema.
+//!
+//! Migrations use sqlx's file format (`<version>_<description>.sql`, a first
+//! line `-- no-transaction` for statements such as `CREATE INDEX CONCURRENTLY`
+//! that cannot run in a transaction), embedded at compile time with
+//! [`sqlx::migrate!`] or loaded from a directory at run time:
+//!
+//! ```no_run
+//! # async fn run() -> hidra::Result<()> {
+//! use hidra::{Hidra, Migrations};
+//!
+//! let hidra = Hidra::builder()
+//!     .shared_migrations(Migrations::from_dir("migrations/shared").await?)
+//!     // or, embedded at compile time: Migrations::from_sqlx(&sqlx::migrate!("migrations/tenant"))
+//!     .tenant_migrations(Migrations::from_dir("migrations/tenant").await?)
+//!     .connect("postgres://postgres@127.0.0.1/app")
+//!     .await?;
+//! hidra.migrate_shared().await?;
+//! let summary = hidra.migrator().concurrency(8).run().await?;
+//! println!("{summary}");
+//! # Ok(()) }
+//! ```
+//!
+//! # How tenant migrations are kept
+//!
+//! Each tenant schema keeps its own history in `_hidra_migrations` (version,
+//! description, checksum, applied_at, duration). Hidra also keeps one row per
+//! schema in `hidra.schema_versions`: the version and a digest of the checksums
+//! applied so far, written in the same transaction. Planning a run over every
+//! tenant therefore takes a handful of queries, whatever the number of
+//! tenants, and an edited migration is detected as a digest mismatch without
+//! reading every history.
+//!
+//! All pending transactional migrations of a tenant are applied in **one
+//! transaction and one round trip**, under a per-tenant advisory lock and a
+//! check that nobody else migrated the tenant since the plan was made: two
+//! runners (two deploys, two pods) never apply a migration twice. A
+//! `-- no-transaction` migration is applied on its own, under a session-level
+//! lock of that tenant.
+//!
+//! New tenants get every migration in one round trip inside their
+//! provisioning transaction (so a `-- no-transaction` migration must also be
+//! valid inside a transaction there), or come from the warm pool of spare
+//! schemas already at the latest version.
+
+mod bookkeeping;
+mod runner;
+mod shared;
+mod warm;
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+pub(crate) use bookkeeping::{TENANT_HISTORY_DDL, ensure_internal};
+pub use runner::{
+    Failure, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary, Target,
+};
+pub use shared::SharedReport;
+pub use warm::WarmPoolStatus;
+pub(crate) use warm::claim_spare;
+
+/// One migration: a version, a description and the SQL to run.
+#[derive(Clone, Debug)]
+pub struct Migration {
+    /// Version; migrations apply in increasing order.
+    pub version: i64,
+    /// What it does (from the file name).
+    pub description: String,
+    /// The SQL, run with the target schema first in `search_path`.
+    pub sql: String,
+    /// SHA-384 of the SQL, as sqlx computes it.
+    pub checksum: Vec<u8>,
+    /// Must run outside a transaction (`-- no-transaction` on its first line).
+    pub no_tx: bool,
+}
+
+/// An ordered set of migrations, for the shared schema or for tenant schemas.
+#[derive(Clone, Debug, Default)]
+pub struct Migrations {
+    list: Arc<[Migration]>,
+    /// `digests[i]` is the digest after applying `list[..i]`; `digests[0]` is empty.
+    digests: Arc<[Vec<u8>]>,
+}
+
+impl Migrations {
+    /// No migrations.
+    pub fn new() -> Self {
+        Self::from_list(Vec::new()).expect("an empty set is valid")
+    }
+
+    /// The up-migrations of a sqlx [`Migrator`](sqlx::migrate::Migrator), such
+    /// as the one [`sqlx::migrate!`] embeds at compile time.
+    pub fn from_sqlx(migrator: &sqlx::migrate::Migrator) -> Self {
+        let list = migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .map(|m| Migration {
+                version: m.version,
+                description: m.description.to_string(),
+                sql: m.sql.as_str().to_owned(),
+                checksum: m.checksum.to_vec(),
+                no_tx: m.no_tx,
+            })
+            .collect();
+        // sqlx has already sorted and de-duplicated them.
+        Self::from_list(list).expect("sqlx migrations are ordered and unique")
+    }
+
+    /// Loads the migrations of a directory at run time (sqlx's file format).
+    pub async fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|e| {
+            Error::InvalidConfig(
+                format!("cannot load migrations from {}: {e}", dir.display()).into(),
+            )
+        })?;
+        Ok(Self::from_sqlx(&migrator))
+    }
+
+    /// Appends a migration numbered after the last one.
+    pub fn push(self, description: impl Into<String>, sql: impl Into<String>) -> Self {
+        let mut list = self.list.to_vec();
+        let sql = sql.into();
+        list.push(Migration {
+            version: list.last().map_or(1, |m| m.version + 1),
+            description: description.into(),
+            checksum: checksum(&sql),
+            no_tx: sql.starts_with("-- no-transaction"),
+            sql,
+        });
+        Self::from_list(list).expect("appended versions increase")
+    }
+
+    /// Builds a set from migrations in increasing version order.
+    pub fn from_list(list: Vec<Migration>) -> Result<Self> {
+        if let Some(w) = list.windows(2).find(|w| w[0].version >= w[1].version) {
+            return Err(Error::InvalidConfig(
+                format!(
+                    "migration versions must increase: {} is followed by {}",
+                    w[0].version, w[1].version
+                )
+                .into(),
+            ));
+        }
+        if let Some(m) = list.iter().find(|m| m.version <= 0) {
+            return Err(Error::InvalidConfig(
+                format!("migration versions must be positive, found {}", m.version).into(),
+            ));
+        }
+        let mut digests = Vec::with_capacity(list.len() + 1);
+        digests.push(Vec::new());
+        for m in &list {
+            let prev = digests.last().expect("non-empty");
+            digests.push(chain(prev, m.version, &m.checksum));
+        }
+        Ok(Migrations {
+            list: list.into(),
+            digests: digests.into(),
+        })
+    }
+
+    /// The migrations, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Migration> {
+        self.list.iter()
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The version of the last migration, 0 when there are none.
+    pub fn latest(&self) -> i64 {
+        self.list.last().map_or(0, |m| m.version)
+    }
+
+    /// The digest of every migration (the state of an up-to-date schema).
+    pub(crate) fn latest_digest(&self) -> &[u8] {
+        self.digests.last().expect("digests has len + 1 entries")
+    }
+
+    /// The expected digest of a schema at `version`, if `version` is one of
+    /// ours (or 0).
+    pub(crate) fn digest_at(&self, version: i64) -> Option<&[u8]> {
+        if version == 0 {
+            return Some(&self.digests[0]);
+        }
+        let i = self.list.iter().position(|m| m.version == version)?;
+        Some(&self.digests[i + 1])
+    }
+
+    /// The migrations after `version`.
+    pub(crate) fn after(&self, version: i64) -> &[Migration] {
+        let i = self.list.partition_point(|m| m.version <= version);
+        &self.list[i..]
+    }
+
+    /// The digest after applying `m` on top of `prev`.
+    pub(crate) fn next_digest(prev: &[u8], m: &Migration) -> Vec<u8> {
+        chain(prev, m.version, &m.checksum)
+    }
+}
+
+/// Runs a batch from [`sql::migration_batch`](crate::sql::migration_batch).
+/// On failure, returns the error and how many migrations of the batch were
+/// applied before it (the next one failed).
+pub(crate) async fn execute_batch(
+    conn: &mut sqlx::PgConnection,
+    batch: sqlx::SqlStr,
+) -> std::result::Result<(), (sqlx::Error, usize)> {
+    use futures_util::StreamExt;
+    use sqlx::Row;
+
+    let mut applied = 0usize;
+    let mut stream = sqlx::raw_sql(batch).fetch_many(conn);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(sqlx::Either::Right(row))
+                if row.try_get::<i64, _>(crate::sql::APPLIED_COLUMN).is_ok() =>
+            {
+                applied += 1;
+            }
+            Ok(_) => {}
+            Err(e) => return Err((e, applied)),
+        }
+    }
+    Ok(())
+}
+
+fn chain(prev: &[u8], version: i64, checksum: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(version.to_be_bytes());
+    h.update(checksum);
+    h.finalize().to_vec()
+}
+
+/// SHA-384 of a migration's SQL, the checksum sqlx stores.
+pub(crate) fn checksum(sql: &str) -> Vec<u8> {
+    sha2::Sha384::digest(sql.as_bytes()).to_vec()
+}
+
+/// Describes a migration for messages: `3 (add loyalty points)`.
+pub(crate) fn label(m: &Migration) -> Cow<'_, str> {
+    format!("{} ({})", m.version, m.description).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn push_numbers_and_digests_chain() {
+        let m = Migrations::new()
+            .push("one", "CREATE TABLE a (x int)")
+            .push("two", "SELECT 1");
+        assert_eq!(m.latest(), 2);
+        assert_eq!(m.after(0).len(), 2);
+        assert_eq!(m.after(1)[0].description, "two");
+        assert!(m.after(2).is_empty());
+        assert_eq!(m.digest_at(2), Some(m.latest_digest()));
+        assert_ne!(m.digest_at(1), m.digest_at(2));
+        assert_eq!(m.digest_at(7), None);
+        // Editing an applied migration changes every later digest.
+        let edited = Migrations::new()
+            .push("one", "CREATE TABLE a (y int)")
+            .push("two", "SELECT 1");
+        assert_ne!(edited.latest_digest(), m.latest_digest());
+        // sqlx's checksum is SHA-384 of the text.
+        assert_eq!(m.iter().next().unwrap().checksum.len(), 48);
+    }
+
+    #[test]
+    fn order_is_enforced() {
+        let mk = |v| Migration {
+            version: v,
+            description: String::new(),
+            sql: String::new(),
+            checksum: vec![],
+            no_tx: false,
+        };
+        assert!(Migrations::from_list(vec![mk(2), mk(1)]).is_err());
+        assert!(Migrations::from_list(vec![mk(1), mk(1)]).is_err());
+        assert!(Migrations::from_list(vec![mk(0)]).is_err());
+        assert!(Migrations::from_list(vec![mk(1), mk(5)]).is_ok());
+    }
+
+    #[test]
+    fn no_transaction_marker_is_detected() {
+        let m = Migrations::new().push(
+            "idx",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x)",
+        );
+        assert!(m.iter().next().unwrap().no_tx);
+    }
+}

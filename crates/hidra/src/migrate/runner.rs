@@ -1,0 +1,743 @@
+//! The fan-out runner: plan with a handful of queries, apply with bounded
+//! concurrency, one lock and one round trip per tenant, report per tenant.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use sqlx::pool::PoolConnection;
+use sqlx::{Postgres, Row};
+
+use super::{Migration, Migrations, label};
+use crate::error::{Error, Result, db_code};
+use crate::hidra::Hidra;
+use crate::sql::{self, Batch, Ident};
+use crate::store::{ListTenants, MAX_PAGE_SIZE};
+use crate::tenant::{Strategy, TenantId, TenantStatus};
+
+/// One schema the runner migrates: a tenant's, or a spare of the warm pool.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The schema.
+    pub schema: String,
+    /// The tenant owning it; `None` for a spare schema.
+    pub tenant: Option<TenantId>,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.tenant {
+            Some(id) => write!(f, "{id}"),
+            None => write!(f, "spare {}", self.schema),
+        }
+    }
+}
+
+/// A schema with migrations to apply.
+#[derive(Clone, Debug)]
+pub struct PlannedTarget {
+    /// The schema.
+    pub target: Target,
+    /// Its current version (0: none applied).
+    pub version: i64,
+    /// Versions still to apply, in order.
+    pub pending: Vec<i64>,
+    /// What `hidra.schema_versions` says (`None`: no row yet).
+    recorded: Option<i64>,
+    /// The schema has no history table yet.
+    no_history: bool,
+}
+
+/// What a run would do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Schemas with pending migrations.
+    pub pending: Vec<PlannedTarget>,
+    /// Schemas already at the latest version.
+    pub current: Vec<Target>,
+    /// Schemas that cannot be migrated (edited migration, unknown version).
+    pub refused: Vec<Failure>,
+    /// The latest version.
+    pub latest: i64,
+}
+
+/// A schema that failed, with why.
+#[derive(Debug)]
+pub struct Failure {
+    /// The schema.
+    pub target: Target,
+    /// Why.
+    pub error: Error,
+}
+
+/// The outcome of a run: every schema is in exactly one list.
+#[derive(Debug, Default)]
+pub struct RunSummary {
+    /// Schemas migrated (or, on a dry run, that would be): target, from, to.
+    pub migrated: Vec<(Target, i64, i64)>,
+    /// Schemas already at the latest version.
+    pub current: usize,
+    /// Schemas that failed, each with its error.
+    pub failed: Vec<Failure>,
+    /// Nothing was applied.
+    pub dry_run: bool,
+    /// How long the run took.
+    pub elapsed: Duration,
+}
+
+impl RunSummary {
+    /// No schema failed.
+    pub fn is_success(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+impl fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verb = if self.dry_run {
+            "would migrate"
+        } else {
+            "migrated"
+        };
+        write!(
+            f,
+            "{verb} {}, already current {}, failed {} ({:.2?})",
+            self.migrated.len(),
+            self.current,
+            self.failed.len(),
+            self.elapsed
+        )?;
+        for failure in &self.failed {
+            write!(f, "\n  {}: {}", failure.target, failure.error)?;
+            let mut source = std::error::Error::source(&failure.error);
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Progress of a run, passed to [`MigrationRunner::on_progress`] after each schema.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Schemas to migrate in this run.
+    pub total: usize,
+    /// Schemas finished (migrated or failed).
+    pub done: usize,
+    /// Schemas failed so far.
+    pub failed: usize,
+    /// The schema just finished.
+    pub target: Target,
+}
+
+/// Per schema: current version and pending count, for `migrate status`.
+#[derive(Clone, Debug)]
+pub struct MigrationStatus {
+    /// The schema.
+    pub target: Target,
+    /// Its current version (0: none).
+    pub version: i64,
+    /// Migrations still to apply.
+    pub pending: usize,
+    /// Why it cannot be migrated, if so (edited migration, unknown version).
+    pub problem: Option<String>,
+}
+
+type ProgressFn = Arc<dyn Fn(&Progress) + Send + Sync>;
+
+/// Applies pending tenant migrations to every tenant (or a subset); see the
+/// [module docs](crate::migrate). Made by [`Hidra::migrator`].
+#[must_use]
+pub struct MigrationRunner {
+    hidra: Hidra,
+    concurrency: usize,
+    only: Option<Vec<TenantId>>,
+    dry_run: bool,
+    progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for MigrationRunner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MigrationRunner")
+            .field("concurrency", &self.concurrency)
+            .field("only", &self.only)
+            .field("dry_run", &self.dry_run)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Hidra {
+    /// A runner for the tenant migrations, with concurrency defaulting to the
+    /// pool size minus one (at least 1).
+    pub fn migrator(&self) -> MigrationRunner {
+        let max = self.pool_status().max as usize;
+        MigrationRunner {
+            hidra: self.clone(),
+            concurrency: max.saturating_sub(1).max(1),
+            only: None,
+            dry_run: false,
+            progress: None,
+        }
+    }
+
+    /// Per schema (tenants and spares): current version and pending count.
+    pub async fn migration_status(&self) -> Result<Vec<MigrationStatus>> {
+        let plan = self.migrator().plan().await?;
+        let mut out: Vec<MigrationStatus> = plan
+            .current
+            .into_iter()
+            .map(|target| MigrationStatus {
+                target,
+                version: plan.latest,
+                pending: 0,
+                problem: None,
+            })
+            .chain(plan.pending.into_iter().map(|p| MigrationStatus {
+                target: p.target,
+                version: p.version,
+                pending: p.pending.len(),
+                problem: None,
+            }))
+            .chain(plan.refused.into_iter().map(|f| MigrationStatus {
+                target: f.target,
+                version: -1,
+                pending: 0,
+                problem: Some(f.error.to_string()),
+            }))
+            .collect();
+        out.sort_by(|a, b| a.target.schema.cmp(&b.target.schema));
+        Ok(out)
+    }
+}
+
+impl MigrationRunner {
+    /// How many schemas are migrated at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Only these tenants (spares are then skipped).
+    pub fn tenants(mut self, ids: impl IntoIterator<Item = TenantId>) -> Self {
+        self.only = Some(ids.into_iter().collect());
+        self
+    }
+
+    /// Plan only: report what would be applied, apply nothing.
+    pub fn dry_run(mut self, yes: bool) -> Self {
+        self.dry_run = yes;
+        self
+    }
+
+    /// Called after each schema is done, from the runner's tasks.
+    pub fn on_progress(mut self, f: impl Fn(&Progress) + Send + Sync + 'static) -> Self {
+        self.progress = Some(Arc::new(f));
+        self
+    }
+
+    fn migrations(&self) -> &Migrations {
+        &self.hidra.inner.tenant_migrations
+    }
+
+    /// Decides what is pending for every target with a handful of queries: the
+    /// registry (pages of 1,000), `hidra.schema_versions` and the spares.
+    pub async fn plan(&self) -> Result<Plan> {
+        let hidra = &self.hidra;
+        let migrations = self.migrations();
+        let mut conn = hidra.acquire_shared().await?;
+        super::ensure_internal(&mut conn).await?;
+
+        let mut targets = Vec::new();
+        match &self.only {
+            Some(ids) => {
+                for id in ids {
+                    let t = hidra
+                        .inner
+                        .store
+                        .get(&mut conn, id)
+                        .await?
+                        .ok_or_else(|| Error::NotFound(id.clone()))?;
+                    targets.push(t);
+                }
+            }
+            None => {
+                let mut page = ListTenants::first(MAX_PAGE_SIZE);
+                loop {
+                    let p = hidra.inner.store.list(&mut conn, &page).await?;
+                    targets.extend(p.items);
+                    match p.next {
+                        Some(next) => page = ListTenants::first(MAX_PAGE_SIZE).after(next),
+                        None => break,
+                    }
+                }
+            }
+        }
+        let mut all: Vec<Target> = targets
+            .into_iter()
+            .filter(|t| {
+                t.placement.strategy == Strategy::Schema
+                    && matches!(t.status, TenantStatus::Active | TenantStatus::Suspended)
+            })
+            .map(|t| Target {
+                schema: t.placement.schema,
+                tenant: Some(t.id),
+            })
+            .collect();
+        if self.only.is_none() {
+            let spares: Vec<String> =
+                sqlx::query_scalar("SELECT schema_name FROM hidra.spare_schemas ORDER BY 1")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(Error::db("listing spare schemas"))?;
+            all.extend(spares.into_iter().map(|schema| Target {
+                schema,
+                tenant: None,
+            }));
+        }
+
+        let recorded: HashMap<String, (i64, Vec<u8>)> =
+            sqlx::query("SELECT schema_name, version, digest FROM hidra.schema_versions")
+                .fetch(&mut *conn)
+                .map_ok(|row| (row.get::<String, _>(0), (row.get(1), row.get(2))))
+                .try_collect()
+                .await
+                .map_err(Error::db("reading schema versions"))?;
+
+        let mut plan = Plan {
+            latest: migrations.latest(),
+            ..Plan::default()
+        };
+        for target in all {
+            let (version, digest, recorded_version, no_history) = match recorded.get(&target.schema)
+            {
+                Some((v, d)) => (*v, d.clone(), Some(*v), false),
+                // Not recorded: read the schema's own history (rare: schemas
+                // made before hidra kept the summary, or by other means).
+                None => {
+                    let (v, d, has_table) = read_history(&mut conn, &target.schema).await?;
+                    (v, d, None, !has_table)
+                }
+            };
+            match migrations.digest_at(version) {
+                None => plan.refused.push(Failure {
+                    error: Error::ChecksumMismatch {
+                        schema: target.schema.clone(),
+                        detail: format!(
+                            "it is at version {version}, which is not among the migrations given (latest {})",
+                            migrations.latest()
+                        ),
+                    },
+                    target,
+                }),
+                Some(expected) if expected != digest.as_slice() => {
+                    let detail = explain_mismatch(&mut conn, &target.schema, migrations).await;
+                    plan.refused.push(Failure {
+                        error: Error::ChecksumMismatch {
+                            schema: target.schema.clone(),
+                            detail,
+                        },
+                        target,
+                    });
+                }
+                Some(_) => {
+                    let pending: Vec<i64> =
+                        migrations.after(version).iter().map(|m| m.version).collect();
+                    if pending.is_empty() {
+                        plan.current.push(target);
+                    } else {
+                        plan.pending.push(PlannedTarget {
+                            target,
+                            version,
+                            pending,
+                            recorded: recorded_version,
+                            no_history,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Plans, then applies what is pending. Returns `Ok` with a summary even
+    /// when some schemas failed: check [`RunSummary::is_success`].
+    pub async fn run(self) -> Result<RunSummary> {
+        let this = &self;
+        let started = Instant::now();
+        let plan = self.plan().await?;
+        let mut summary = RunSummary {
+            current: plan.current.len(),
+            failed: plan.refused,
+            dry_run: self.dry_run,
+            ..RunSummary::default()
+        };
+        if self.dry_run {
+            summary.migrated = plan
+                .pending
+                .into_iter()
+                .map(|p| (p.target, p.version, plan.latest))
+                .collect();
+            summary.elapsed = started.elapsed();
+            return Ok(summary);
+        }
+        let total = plan.pending.len();
+        let done = AtomicUsize::new(0);
+        let failed = AtomicUsize::new(0);
+        let results: Vec<(Target, i64, Result<Option<i64>>)> = futures_util::stream::iter(
+            plan.pending,
+        )
+        .map(|p| {
+            let (done, failed) = (&done, &failed);
+            async move {
+                let from = p.version;
+                let target = p.target.clone();
+                let result = this.apply(p).await;
+                let d = done.fetch_add(1, Ordering::Relaxed) + 1;
+                let f = failed.load(Ordering::Relaxed) + usize::from(result.is_err());
+                if result.is_err() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                match &result {
+                    Ok(Some(to)) => tracing::debug!(schema = %target.schema, from, to, "migrated"),
+                    Ok(None) => {
+                        tracing::debug!(schema = %target.schema, "migrated by another runner")
+                    }
+                    Err(e) => {
+                        tracing::warn!(schema = %target.schema, error = %e, "migration failed")
+                    }
+                }
+                if let Some(progress) = &this.progress {
+                    progress(&Progress {
+                        total,
+                        done: d,
+                        failed: f,
+                        target: target.clone(),
+                    });
+                }
+                (target, from, result)
+            }
+        })
+        .buffer_unordered(self.concurrency)
+        .collect()
+        .await;
+        for (target, from, result) in results {
+            match result {
+                Ok(Some(to)) => summary.migrated.push((target, from, to)),
+                Ok(None) => summary.current += 1,
+                Err(error) => summary.failed.push(Failure { target, error }),
+            }
+        }
+        summary.migrated.sort_by(|a, b| a.0.schema.cmp(&b.0.schema));
+        summary
+            .failed
+            .sort_by(|a, b| a.target.schema.cmp(&b.target.schema));
+        summary.elapsed = started.elapsed();
+        tracing::info!(
+            migrated = summary.migrated.len(),
+            current = summary.current,
+            failed = summary.failed.len(),
+            elapsed_ms = summary.elapsed.as_millis() as u64,
+            "tenant migration run finished"
+        );
+        Ok(summary)
+    }
+
+    /// Brings one schema to the latest version; returns the version reached,
+    /// or `None` when another runner had already done it all.
+    async fn apply(&self, mut p: PlannedTarget) -> Result<Option<i64>> {
+        let hidra = &self.hidra;
+        let migrations = self.migrations();
+        let schema = Ident::new(p.target.schema.clone(), "tenant schema name")?;
+        let path = sql::search_path_value(&schema, &hidra.inner.shared);
+        let mut conn = hidra.acquire_shared().await?;
+        let mut raced = 0;
+        let mut applied_any = false;
+        loop {
+            let pending = migrations.after(p.version);
+            if pending.is_empty() {
+                return Ok(applied_any.then_some(p.version));
+            }
+            // Transactional migrations up to the next no-transaction one go in one batch.
+            let n = pending.iter().take_while(|m| !m.no_tx).count();
+            let step = if n > 0 {
+                self.apply_batch(&mut conn, &schema, &path, &p, &pending[..n])
+                    .await
+            } else {
+                apply_no_tx(&mut conn, &schema, &path, &p, &pending[0], migrations).await
+            };
+            match step {
+                Ok(version) => {
+                    applied_any = true;
+                    p.version = version;
+                    p.recorded = Some(version);
+                    p.no_history = false;
+                }
+                Err(Step::Raced) if raced < 3 => {
+                    // Another runner moved this schema since the plan: re-read it.
+                    raced += 1;
+                    let (v, _, has_table) = read_history(&mut conn, &p.target.schema).await?;
+                    p.version = v;
+                    p.recorded = recorded_version(&mut conn, &p.target.schema).await?;
+                    p.no_history = !has_table;
+                }
+                Err(Step::Raced) => {
+                    return Err(Error::Database {
+                        context: "migrating a schema that other runners keep changing",
+                        source: sqlx::Error::Protocol("concurrent migration runners".into()),
+                    });
+                }
+                Err(Step::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn apply_batch(
+        &self,
+        conn: &mut PoolConnection<Postgres>,
+        schema: &Ident,
+        path: &str,
+        p: &PlannedTarget,
+        batch: &[Migration],
+    ) -> Result<i64, Step> {
+        let migrations = self.migrations();
+        let last = batch.last().expect("non-empty batch");
+        let digest = migrations.digest_at(last.version).expect("our own version");
+        let sql = sql::migration_batch(
+            &Batch {
+                schema,
+                search_path: path,
+                own_transaction: Some(p.recorded),
+                create_schema: false,
+                create_history: p.no_history,
+            },
+            batch,
+            last.version,
+            digest,
+        );
+        let Err((err, applied)) = super::execute_batch(conn, sql).await else {
+            return Ok(last.version);
+        };
+        // The batch stopped inside its transaction: end it.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
+        if db_code(&err).is_some_and(|(code, _)| code == sql::CONCURRENT_MIGRATION) {
+            return Err(Step::Raced);
+        }
+        let failing = batch.get(applied).unwrap_or(last);
+        Err(Step::Failed(Error::MigrationFailed {
+            schema: schema.to_string(),
+            migration: label(failing).into_owned(),
+            source: err,
+        }))
+    }
+}
+
+enum Step {
+    Raced,
+    Failed(Error),
+}
+
+impl From<Error> for Step {
+    fn from(e: Error) -> Self {
+        Step::Failed(e)
+    }
+}
+
+/// A migration that cannot run in a transaction, on its own, under a
+/// session-level lock. The connection is closed if this is interrupted, which
+/// releases the lock.
+async fn apply_no_tx(
+    conn: &mut PoolConnection<Postgres>,
+    schema: &Ident,
+    path: &str,
+    p: &PlannedTarget,
+    m: &Migration,
+    migrations: &Migrations,
+) -> Result<i64, Step> {
+    struct CloseUnlessDone<'a>(&'a mut PoolConnection<Postgres>, bool);
+    impl Drop for CloseUnlessDone<'_> {
+        fn drop(&mut self) {
+            if !self.1 {
+                self.0.close_on_drop();
+            }
+        }
+    }
+    let mut guard = CloseUnlessDone(conn, false);
+    let c = &mut **guard.0;
+    let db = |context| move |source| Step::Failed(Error::Database { context, source });
+
+    sqlx::raw_sql(sql::migration_session_lock(schema, true))
+        .execute(&mut *c)
+        .await
+        .map_err(db("locking a schema for migration"))?;
+    let now = recorded_version(c, schema.as_str()).await?;
+    let result = if now != p.recorded {
+        Err(Step::Raced)
+    } else {
+        run_no_tx(c, schema, path, p, m, migrations).await
+    };
+    sqlx::raw_sql("RESET search_path")
+        .execute(&mut *c)
+        .await
+        .map_err(db("resetting the search_path"))?;
+    sqlx::raw_sql(sql::migration_session_lock(schema, false))
+        .execute(&mut *c)
+        .await
+        .map_err(db("unlocking a schema after migration"))?;
+    guard.1 = true;
+    result
+}
+
+async fn run_no_tx(
+    c: &mut sqlx::PgConnection,
+    schema: &Ident,
+    path: &str,
+    p: &PlannedTarget,
+    m: &Migration,
+    migrations: &Migrations,
+) -> Result<i64, Step> {
+    let started = Instant::now();
+    sqlx::raw_sql(sql::set_session_search_path(path))
+        .execute(&mut *c)
+        .await
+        .map_err(|source| {
+            Step::Failed(Error::Database {
+                context: "binding a schema for migration",
+                source,
+            })
+        })?;
+    if p.no_history {
+        sqlx::raw_sql(super::TENANT_HISTORY_DDL)
+            .execute(&mut *c)
+            .await
+            .map_err(|source| {
+                Step::Failed(Error::Database {
+                    context: "creating the migration history table",
+                    source,
+                })
+            })?;
+    }
+    sqlx::raw_sql(sql::owned(m.sql.clone()))
+        .execute(&mut *c)
+        .await
+        .map_err(|source| {
+            Step::Failed(Error::MigrationFailed {
+                schema: schema.to_string(),
+                migration: label(m).into_owned(),
+                source,
+            })
+        })?;
+    let prev = migrations
+        .digest_at(p.version)
+        .expect("planned version is ours");
+    let digest = Migrations::next_digest(prev, m);
+    let record = async {
+        let mut tx = sqlx::Connection::begin(&mut *c).await?;
+        sqlx::query(
+            "INSERT INTO _hidra_migrations (version, description, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(m.version)
+        .bind(&m.description)
+        .bind(&m.checksum)
+        .bind(started.elapsed().as_millis() as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES ($1, $2, $3) \
+             ON CONFLICT (schema_name) DO UPDATE SET version = EXCLUDED.version, digest = EXCLUDED.digest, updated_at = now()",
+        )
+        .bind(schema.as_str())
+        .bind(m.version)
+        .bind(&digest)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    };
+    record.await.map_err(|source| {
+        Step::Failed(Error::Database {
+            context: "recording a no-transaction migration",
+            source,
+        })
+    })?;
+    Ok(m.version)
+}
+
+async fn recorded_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result<Option<i64>> {
+    sqlx::query_scalar("SELECT version FROM hidra.schema_versions WHERE schema_name = $1")
+        .bind(schema)
+        .fetch_optional(conn)
+        .await
+        .map_err(Error::db("reading a schema version"))
+}
+
+/// Reads a schema's own history: (version, digest of what it applied, whether
+/// the history table exists).
+async fn read_history(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(i64, Vec<u8>, bool)> {
+    let schema = Ident::new(schema.to_owned(), "tenant schema name")?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("{}._hidra_migrations", schema.quoted()))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::db("looking for a migration history"))?;
+    if !exists {
+        return Ok((0, Vec::new(), false));
+    }
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sql::owned(format!(
+        "SELECT version, checksum FROM {}._hidra_migrations ORDER BY version",
+        schema.quoted()
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::db("reading a migration history"))?;
+    let mut digest = Vec::new();
+    let mut version = 0;
+    for (v, checksum) in rows {
+        let m = Migration {
+            version: v,
+            description: String::new(),
+            sql: String::new(),
+            checksum,
+            no_tx: false,
+        };
+        digest = Migrations::next_digest(&digest, &m);
+        version = v;
+    }
+    Ok((version, digest, true))
+}
+
+/// Names the first applied migration whose checksum differs from ours.
+async fn explain_mismatch(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    migrations: &Migrations,
+) -> String {
+    let Ok(ident) = Ident::new(schema.to_owned(), "tenant schema name") else {
+        return "its schema name is invalid".into();
+    };
+    let rows: Vec<(i64, String, Vec<u8>)> = match sqlx::query_as(sql::owned(format!(
+        "SELECT version, description, checksum FROM {}._hidra_migrations ORDER BY version",
+        ident.quoted()
+    )))
+    .fetch_all(&mut *conn)
+    .await
+    {
+        Ok(rows) => rows,
+        Err(_) => return "its recorded digest differs from the migrations given".into(),
+    };
+    for (version, description, checksum) in rows {
+        match migrations.iter().find(|m| m.version == version) {
+            None => return format!("applied migration {version} ({description}) is missing"),
+            Some(m) if m.checksum != checksum => {
+                return format!(
+                    "applied migration {version} ({description}) was edited (checksum mismatch)"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    "its recorded digest differs from the migrations given".into()
+}

@@ -1,0 +1,132 @@
+//! Migrations of the shared schema (`public`): the registry table, lookups.
+
+use std::time::Instant;
+
+use sqlx::Connection;
+
+use super::label;
+use crate::error::{Error, Result};
+use crate::hidra::Hidra;
+
+/// Advisory lock key held while shared migrations run.
+const SHARED_LOCK: i64 = 0x6869_6472_615f_0002;
+
+/// What [`Hidra::migrate_shared`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedReport {
+    /// Versions applied by this call.
+    pub applied: Vec<i64>,
+    /// The shared schema's version afterwards.
+    pub version: i64,
+}
+
+impl Hidra {
+    /// Applies the pending shared migrations, in order, each in its own
+    /// transaction (or none, for `-- no-transaction`), under one lock so that
+    /// two processes never run them at once. Applied migrations are checked:
+    /// an edited one is an [`Error::ChecksumMismatch`] and nothing runs.
+    pub async fn migrate_shared(&self) -> Result<SharedReport> {
+        let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await?;
+        // Session-level lock: if this future is dropped the connection is
+        // closed (below), which releases it.
+        conn.close_on_drop();
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(SHARED_LOCK)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("locking the shared migrations"))?;
+        let result = self.migrate_shared_locked(&mut conn).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(SHARED_LOCK)
+            .execute(&mut *conn)
+            .await;
+        let report = result?;
+        unlocked.map_err(Error::db("unlocking the shared migrations"))?;
+        Ok(report)
+    }
+
+    async fn migrate_shared_locked(&self, conn: &mut sqlx::PgConnection) -> Result<SharedReport> {
+        let migrations = &self.inner.shared_migrations;
+        let applied: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT version, description, checksum FROM hidra.shared_migrations ORDER BY version",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading the shared migration history"))?;
+        for (version, description, checksum) in &applied {
+            match migrations.iter().find(|m| m.version == *version) {
+                None => {
+                    return Err(Error::ChecksumMismatch {
+                        schema: "shared".into(),
+                        detail: format!("applied migration {version} ({description}) is missing"),
+                    });
+                }
+                Some(m) if &m.checksum != checksum => {
+                    return Err(Error::ChecksumMismatch {
+                        schema: "shared".into(),
+                        detail: format!(
+                            "applied migration {version} ({description}) was edited (checksum mismatch)"
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        let current = applied.last().map_or(0, |a| a.0);
+        let mut report = SharedReport {
+            applied: Vec::new(),
+            version: current,
+        };
+        for m in migrations.after(current) {
+            let started = Instant::now();
+            let failed = |source| Error::MigrationFailed {
+                schema: "shared".into(),
+                migration: label(m).into_owned(),
+                source,
+            };
+            let record = sqlx::query(
+                "INSERT INTO hidra.shared_migrations (version, description, checksum, duration_ms) \
+                 VALUES ($1, $2, $3, $4)",
+            );
+            if m.no_tx {
+                sqlx::raw_sql(crate::sql::owned(m.sql.clone()))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(failed)?;
+                record
+                    .bind(m.version)
+                    .bind(&m.description)
+                    .bind(&m.checksum)
+                    .bind(started.elapsed().as_millis() as i64)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(Error::db("recording a shared migration"))?;
+            } else {
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(Error::db("beginning a shared migration"))?;
+                sqlx::raw_sql(crate::sql::owned(m.sql.clone()))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(failed)?;
+                record
+                    .bind(m.version)
+                    .bind(&m.description)
+                    .bind(&m.checksum)
+                    .bind(started.elapsed().as_millis() as i64)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("recording a shared migration"))?;
+                tx.commit()
+                    .await
+                    .map_err(Error::db("committing a shared migration"))?;
+            }
+            tracing::info!(version = m.version, description = %m.description, "applied shared migration");
+            report.applied.push(m.version);
+            report.version = m.version;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,497 @@
+//! Tenant migrations: checksums, failure isolation, concurrent runners,
+//! resumability, fast provisioning and the warm pool.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use hidra::{Error, Hidra, HidraBuilder, Migrations, NewTenant, Tenant};
+
+const REFERENCE_SCHEMA: &str = include_str!("../../../../shared/bench/reference_schema.sql");
+const REFERENCE_MIGRATION: &str = include_str!("../../../../shared/bench/reference_migration.sql");
+
+fn v1() -> Migrations {
+    Migrations::new().push(
+        "counter",
+        "CREATE TABLE applied (version int NOT NULL, at timestamptz DEFAULT now());",
+    )
+}
+
+fn v2() -> Migrations {
+    v1().push(
+        "loyalty",
+        "CREATE TABLE loyalty (id int PRIMARY KEY); INSERT INTO applied (version) VALUES (2);",
+    )
+}
+
+fn v3() -> Migrations {
+    v2().push("points", "ALTER TABLE loyalty ADD COLUMN points int NOT NULL DEFAULT 0; INSERT INTO applied (version) VALUES (3);")
+}
+
+async fn hidra_with(ctx: &Ctx, migrations: Migrations, pool: u32) -> Hidra {
+    builder_with(migrations, pool)
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap()
+}
+
+fn builder_with(migrations: Migrations, pool: u32) -> HidraBuilder {
+    Hidra::builder()
+        .tenant_migrations(migrations)
+        .max_connections(pool)
+}
+
+async fn provision_n(h: &Hidra, prefix: &str, n: usize) -> Vec<Tenant> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            h.provision(NewTenant::new(id(&format!("{prefix}{i}"))))
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+async fn scalar_i64(h: &Hidra, t: &Tenant, sql: &'static str) -> i64 {
+    let mut conn = h.acquire(t).await.unwrap();
+    sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap()
+}
+
+async fn recorded_version(h: &Hidra, schema: &str) -> Option<i64> {
+    let mut conn = h.acquire_shared().await.unwrap();
+    sqlx::query_scalar("SELECT version FROM hidra.schema_versions WHERE schema_name = $1")
+        .bind(schema)
+        .fetch_optional(&mut *conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn provisioning_records_history_and_a_noop_run_changes_nothing() {
+    let ctx = setup_with(builder_with(v3(), 4)).await;
+    let h = &ctx.hidra;
+    let tenants = provision_n(h, "t", 3).await;
+    for t in &tenants {
+        let n = scalar_i64(h, t, "SELECT count(*) FROM _hidra_migrations").await;
+        assert_eq!(n, 3);
+        let checksums_ok = {
+            let mut conn = h.acquire(t).await.unwrap();
+            let rows: Vec<(i64, Vec<u8>)> =
+                sqlx::query_as("SELECT version, checksum FROM _hidra_migrations ORDER BY version")
+                    .fetch_all(&mut *conn)
+                    .await
+                    .unwrap();
+            rows.iter()
+                .zip(v3().iter())
+                .all(|((v, c), m)| *v == m.version && *c == m.checksum)
+        };
+        assert!(checksums_ok);
+        assert_eq!(recorded_version(h, &t.placement.schema).await, Some(3));
+    }
+    let summary = h.migrator().run().await.unwrap();
+    assert!(summary.is_success(), "{summary}");
+    assert_eq!((summary.migrated.len(), summary.current), (0, 3));
+    let status = h.migration_status().await.unwrap();
+    assert_eq!(status.len(), 3);
+    assert!(
+        status
+            .iter()
+            .all(|s| s.version == 3 && s.pending == 0 && s.problem.is_none())
+    );
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn pending_migrations_apply_once_and_dry_run_applies_nothing() {
+    let ctx = setup_with(builder_with(v1(), 4)).await;
+    let tenants = provision_n(&ctx.hidra, "t", 5).await;
+    let h3 = hidra_with(&ctx, v3(), 4).await;
+
+    let plan = h3.migrator().dry_run(true).run().await.unwrap();
+    assert!(plan.dry_run);
+    assert_eq!(plan.migrated.len(), 5);
+    assert!(
+        plan.migrated
+            .iter()
+            .all(|(_, from, to)| (*from, *to) == (1, 3))
+    );
+    for t in &tenants {
+        assert_eq!(recorded_version(&h3, &t.placement.schema).await, Some(1));
+    }
+    let status = h3.migration_status().await.unwrap();
+    assert!(status.iter().all(|s| s.version == 1 && s.pending == 2));
+
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = events.clone();
+    let summary = h3
+        .migrator()
+        .concurrency(3)
+        .on_progress(move |p| sink.lock().unwrap().push((p.done, p.total)))
+        .run()
+        .await
+        .unwrap();
+    assert!(summary.is_success(), "{summary}");
+    assert_eq!(summary.migrated.len(), 5);
+    let mut seen = events.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(seen, (1..=5).map(|d| (d, 5)).collect::<Vec<_>>());
+    for t in &tenants {
+        assert_eq!(scalar_i64(&h3, t, "SELECT count(*) FROM applied").await, 2);
+        assert_eq!(
+            scalar_i64(&h3, t, "SELECT max(version) FROM _hidra_migrations").await,
+            3
+        );
+        assert_eq!(recorded_version(&h3, &t.placement.schema).await, Some(3));
+    }
+    // Run again: nothing to do.
+    let again = h3.migrator().run().await.unwrap();
+    assert_eq!((again.migrated.len(), again.current), (0, 5));
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_edited_migration_is_reported_never_rerun() {
+    let ctx = setup_with(builder_with(v2(), 4)).await;
+    let tenants = provision_n(&ctx.hidra, "t", 2).await;
+    let edited = Migrations::new()
+        .push("counter", "CREATE TABLE applied (version bigint NOT NULL);")
+        .push("loyalty", "CREATE TABLE loyalty (id int PRIMARY KEY);")
+        .push("more", "CREATE TABLE more (id int);");
+    let h = hidra_with(&ctx, edited, 4).await;
+    let summary = h.migrator().run().await.unwrap();
+    assert!(!summary.is_success());
+    assert_eq!(summary.migrated.len(), 0);
+    assert_eq!(summary.failed.len(), 2);
+    for f in &summary.failed {
+        match &f.error {
+            Error::ChecksumMismatch { detail, .. } => {
+                assert!(
+                    detail.contains("migration 1 (counter) was edited"),
+                    "{detail}"
+                )
+            }
+            other => panic!("expected a checksum mismatch, got {other:?}"),
+        }
+    }
+    assert!(
+        summary.to_string().contains("checksum mismatch"),
+        "{summary}"
+    );
+    for t in &tenants {
+        assert_eq!(recorded_version(&h, &t.placement.schema).await, Some(2));
+        let mut conn = h.acquire(t).await.unwrap();
+        let more: Option<String> = sqlx::query_scalar("SELECT to_regclass('more')::text")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(more, None, "nothing may run on a mismatching schema");
+    }
+    let status = h.migration_status().await.unwrap();
+    assert!(status.iter().all(|s| s.problem.is_some()));
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn one_failing_tenant_does_not_stop_the_others_and_a_rerun_finishes_it() {
+    let ctx = setup_with(builder_with(v1(), 4)).await;
+    let tenants = provision_n(&ctx.hidra, "t", 8).await;
+    // A conflicting object in one tenant.
+    let mut conn = ctx.hidra.acquire(&tenants[5]).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE loyalty (something_else text)")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let h = hidra_with(&ctx, v3(), 4).await;
+    let summary = h.migrator().run().await.unwrap();
+    assert!(!summary.is_success());
+    assert_eq!(summary.migrated.len(), 7);
+    assert_eq!(summary.failed.len(), 1);
+    let failure = &summary.failed[0];
+    assert_eq!(failure.target.tenant.as_ref().unwrap().as_str(), "t5");
+    match &failure.error {
+        Error::MigrationFailed { migration, .. } => assert_eq!(migration, "2 (loyalty)"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(failure.error.sqlstate().as_deref(), Some("42P07"));
+    // The failed tenant is untouched: still at 1, nothing half-applied.
+    assert_eq!(
+        recorded_version(&h, &tenants[5].placement.schema).await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar_i64(&h, &tenants[5], "SELECT count(*) FROM applied").await,
+        0
+    );
+    assert_eq!(
+        scalar_i64(
+            &h,
+            &tenants[5],
+            "SELECT max(version) FROM _hidra_migrations"
+        )
+        .await,
+        1
+    );
+
+    // Fix and re-run: only the failed tenant is migrated.
+    let mut conn = h.acquire(&tenants[5]).await.unwrap();
+    sqlx::raw_sql("DROP TABLE loyalty")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let rerun = h.migrator().run().await.unwrap();
+    assert!(rerun.is_success(), "{rerun}");
+    assert_eq!(rerun.migrated.len(), 1);
+    assert_eq!(rerun.current, 7);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_concurrent_runners_apply_each_migration_exactly_once() {
+    let ctx = setup_with(builder_with(v1(), 6)).await;
+    let tenants = provision_n(&ctx.hidra, "t", 50).await;
+    let a = hidra_with(&ctx, v3(), 6).await;
+    let b = hidra_with(&ctx, v3(), 6).await;
+    let (ra, rb) = tokio::join!(
+        a.migrator().concurrency(5).run(),
+        b.migrator().concurrency(5).run()
+    );
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert!(ra.is_success(), "{ra}");
+    assert!(rb.is_success(), "{rb}");
+    // Every tenant was migrated by exactly one runner (the other found it done).
+    assert_eq!(ra.migrated.len() + rb.migrated.len(), 50, "{ra}\n{rb}");
+    for t in &tenants {
+        assert_eq!(
+            scalar_i64(&a, t, "SELECT count(*) FROM applied").await,
+            2,
+            "{}",
+            t.id
+        );
+        assert_eq!(
+            scalar_i64(&a, t, "SELECT count(*) FROM _hidra_migrations").await,
+            3
+        );
+    }
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_cancelled_run_leaves_consistent_schemas_and_resumes() {
+    let slow = v1().push(
+        "slow",
+        "CREATE TABLE loyalty (id int PRIMARY KEY); INSERT INTO applied (version) VALUES (2); SELECT pg_sleep(0.05);",
+    );
+    let ctx = setup_with(builder_with(v1(), 3)).await;
+    let tenants = provision_n(&ctx.hidra, "t", 30).await;
+    let h = hidra_with(&ctx, slow, 3).await;
+    let cut = tokio::time::timeout(
+        Duration::from_millis(300),
+        h.migrator().concurrency(2).run(),
+    )
+    .await;
+    assert!(cut.is_err(), "the run should have been cut off");
+    // Let in-flight statements finish on the server.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut done = 0;
+    for t in &tenants {
+        let recorded = recorded_version(&h, &t.placement.schema).await.unwrap();
+        let applied = scalar_i64(&h, t, "SELECT count(*) FROM applied").await;
+        let history = scalar_i64(&h, t, "SELECT max(version) FROM _hidra_migrations").await;
+        // Each tenant is entirely before or entirely after the migration.
+        assert_eq!(recorded, history, "{}", t.id);
+        assert_eq!(applied, if recorded == 2 { 1 } else { 0 }, "{}", t.id);
+        done += usize::from(recorded == 2);
+    }
+    assert!(done > 0 && done < 30, "cut off after {done} tenants");
+
+    let resumed = h.migrator().run().await.unwrap();
+    assert!(resumed.is_success(), "{resumed}");
+    assert_eq!(resumed.migrated.len(), 30 - done);
+    assert_eq!(resumed.current, done);
+    for t in &tenants {
+        assert_eq!(scalar_i64(&h, t, "SELECT count(*) FROM applied").await, 1);
+    }
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_no_transaction_migration_runs_on_its_own() {
+    let ctx = setup_with(builder_with(v2(), 4)).await;
+    let tenants = provision_n(&ctx.hidra, "t", 3).await;
+    let with_index = v2()
+        .push(
+            "concurrent index",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY loyalty_id_idx ON loyalty (id)",
+        )
+        .push("after", "INSERT INTO applied (version) VALUES (4);");
+    let h = hidra_with(&ctx, with_index, 4).await;
+    let summary = h.migrator().run().await.unwrap();
+    assert!(summary.is_success(), "{summary}");
+    assert_eq!(summary.migrated.len(), 3);
+    for t in &tenants {
+        assert_eq!(
+            scalar_i64(&h, t, "SELECT count(*) FROM pg_indexes WHERE indexname = 'loyalty_id_idx' AND schemaname = current_schema()").await,
+            1
+        );
+        assert_eq!(
+            scalar_i64(&h, t, "SELECT count(*) FROM _hidra_migrations").await,
+            4
+        );
+        assert_eq!(recorded_version(&h, &t.placement.schema).await, Some(4));
+    }
+    // The pool is clean afterwards: no session search_path or lock left.
+    let mut conn = h.acquire_shared().await.unwrap();
+    let locks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(locks, 0);
+    drop(conn);
+    ctx.db.drop_now().await.unwrap();
+}
+
+/// A description of a schema from the catalog, with its name replaced, that two
+/// equal schemas share: tables, columns, types, defaults, constraints, indexes,
+/// sequences and views.
+async fn describe(h: &Hidra, schema: &str) -> Vec<String> {
+    let mut conn = h.acquire_shared().await.unwrap();
+    let rows: Vec<String> = sqlx::query_scalar(
+        r#"
+        SELECT 'table ' || c.relname || ' ' || c.relkind::text
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relkind IN ('r', 'v', 'S', 'i', 'p', 'm')
+        UNION ALL
+        SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+               || ' notnull=' || a.attnotnull || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+          FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+          LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+         WHERE n.nspname = $1 AND a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'v')
+        UNION ALL
+        SELECT 'constraint ' || c.relname || ' ' || k.conname || ' ' || pg_get_constraintdef(k.oid)
+          FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1
+        UNION ALL
+        SELECT 'index ' || indexname || ' ' || indexdef FROM pg_indexes WHERE schemaname = $1
+        UNION ALL
+        SELECT 'sequence ' || sequencename || ' ' || data_type || ' ' || start_value || ' ' || increment_by
+          FROM pg_sequences WHERE schemaname = $1
+        UNION ALL
+        SELECT 'view ' || viewname || ' ' || definition FROM pg_views WHERE schemaname = $1
+        "#,
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    let mut rows: Vec<String> = rows
+        .into_iter()
+        .map(|r| r.replace(schema, "<schema>"))
+        .collect();
+    rows.sort();
+    rows
+}
+
+fn reference() -> Migrations {
+    Migrations::new()
+        .push("reference schema", REFERENCE_SCHEMA)
+        .push("reference migration", REFERENCE_MIGRATION)
+}
+
+#[tokio::test]
+async fn fast_provisioned_schema_equals_migrations_applied_one_by_one() {
+    let ctx = setup_with(builder_with(reference(), 4)).await;
+    // Fast path: every migration in one batch at provisioning.
+    let fast = ctx
+        .hidra
+        .provision(NewTenant::new(id("fast")))
+        .await
+        .unwrap();
+    // Slow path: provisioned at version 1, then migrated to 2 by the runner.
+    let first_only = hidra_with(
+        &ctx,
+        Migrations::new().push("reference schema", REFERENCE_SCHEMA),
+        4,
+    )
+    .await;
+    let slow = first_only
+        .provision(NewTenant::new(id("slow")))
+        .await
+        .unwrap();
+    let summary = ctx.hidra.migrator().run().await.unwrap();
+    assert_eq!(summary.migrated.len(), 1, "{summary}");
+    // From the warm pool.
+    let warm = Hidra::builder()
+        .tenant_migrations(reference())
+        .warm_pool(1)
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap();
+    assert_eq!(warm.top_up_spares().await.unwrap(), 1);
+    let from_pool = warm.provision(NewTenant::new(id("pooled"))).await.unwrap();
+    assert_eq!(warm.warm_pool_status().await.unwrap().spares, 0);
+
+    let a = describe(&ctx.hidra, &fast.placement.schema).await;
+    let b = describe(&ctx.hidra, &slow.placement.schema).await;
+    let c = describe(&ctx.hidra, &from_pool.placement.schema).await;
+    assert!(
+        a.len() > 80,
+        "the description should cover the whole schema: {a:#?}"
+    );
+    assert!(a.iter().any(|r| r.contains("loyalty_points")));
+    assert!(a.iter().any(|r| r.starts_with("view open_orders")));
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_warm_pool_is_claimed_once_per_tenant_and_migrated_like_tenants() {
+    let ctx = setup_with(builder_with(v2(), 8).warm_pool(3)).await;
+    let h = &ctx.hidra;
+    assert_eq!(h.top_up_spares().await.unwrap(), 3);
+    assert_eq!(h.top_up_spares().await.unwrap(), 0);
+    // A new migration: spares are brought up to date by the runner.
+    let h3 = Hidra::builder()
+        .tenant_migrations(v3())
+        .warm_pool(3)
+        .max_connections(8)
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap();
+    assert_eq!(h3.warm_pool_status().await.unwrap().ready, 0);
+    let summary = h3.migrator().run().await.unwrap();
+    assert_eq!(summary.migrated.len(), 3, "{summary}");
+    assert!(summary.migrated.iter().all(|(t, _, _)| t.tenant.is_none()));
+    assert_eq!(h3.warm_pool_status().await.unwrap().ready, 3);
+
+    // Concurrent sign-ups each get their own schema.
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let h3 = h3.clone();
+        tasks.push(tokio::spawn(async move {
+            h3.provision(NewTenant::new(id(&format!("s{i}"))))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut schemas_seen = std::collections::HashSet::new();
+    for t in tasks {
+        let t = t.await.unwrap();
+        assert!(schemas_seen.insert(t.placement.schema.clone()));
+        assert_eq!(scalar_i64(&h3, &t, "SELECT count(*) FROM applied").await, 2);
+        assert_eq!(recorded_version(&h3, &t.placement.schema).await, Some(3));
+    }
+    assert_eq!(h3.warm_pool_status().await.unwrap().spares, 0);
+    let all = schemas(&h3).await;
+    assert_eq!(all.len(), 5, "{all:?}");
+    assert!(all.iter().all(|s| s.starts_with("tenant_s")), "{all:?}");
+    ctx.db.drop_now().await.unwrap();
+}

@@ -1,0 +1,73 @@
+//! Shared pieces of the Hidra benchmark binaries: locating the reference
+//! schema, timing, percentiles.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Reads a file of `../shared/bench/` (beside the workspace root) unless
+/// `path` is given.
+pub fn read_reference(path: Option<PathBuf>, file: &str) -> anyhow::Result<String> {
+    let path = path.unwrap_or_else(|| workspace_root().join("../shared/bench").join(file));
+    std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+}
+
+/// Splits a plain SQL script (no dollar quoting) into its statements.
+pub fn statements(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .map(|l| match l.find("--") {
+            Some(i) => &l[..i],
+            None => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    without_comments
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `p`-th percentile (0–100) of sorted durations.
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Rate per second of `n` items in `elapsed`.
+pub fn rate(n: usize, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_drops_comments() {
+        let s = statements(
+            "-- header; with semicolon\nCREATE TABLE a (x int); -- tail\n\nCREATE VIEW v AS SELECT 1;\n",
+        );
+        assert_eq!(
+            s,
+            vec!["CREATE TABLE a (x int)", "CREATE VIEW v AS SELECT 1"]
+        );
+    }
+
+    #[test]
+    fn percentiles() {
+        let d: Vec<_> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&d, 50.0), Duration::from_millis(51));
+        assert_eq!(percentile(&d, 99.0), Duration::from_millis(99));
+    }
+}

@@ -495,3 +495,75 @@ async fn the_warm_pool_is_claimed_once_per_tenant_and_migrated_like_tenants() {
     assert!(all.iter().all(|s| s.starts_with("tenant_s")), "{all:?}");
     ctx.db.drop_now().await.unwrap();
 }
+
+#[tokio::test]
+async fn shared_migrations_apply_once_in_order_and_detect_edits() {
+    let db = hidra::testing::TestDatabase::create().await.unwrap();
+    let registry = hidra::RegistryTable::default().ddl();
+    let shared = Migrations::new()
+        .push("registry", registry.clone())
+        .push("lookups", "CREATE TABLE public.plans (name TEXT PRIMARY KEY); INSERT INTO public.plans VALUES ('free');");
+    let h = Hidra::builder()
+        .shared_migrations(shared.clone())
+        .tenant_migrations(v1())
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    // Two processes starting at once: the lock makes one of them apply everything.
+    let h2 = h.clone();
+    let (a, b) = tokio::join!(h.migrate_shared(), h2.migrate_shared());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut applied = [a.applied.clone(), b.applied.clone()].concat();
+    applied.sort();
+    assert_eq!(applied, vec![1, 2]);
+    assert_eq!((a.version, b.version), (2, 2));
+    // The registry now exists: tenants can be provisioned.
+    h.provision(NewTenant::new(id("after-init"))).await.unwrap();
+    assert_eq!(h.migrate_shared().await.unwrap().applied, Vec::<i64>::new());
+
+    let edited = Hidra::builder()
+        .shared_migrations(
+            Migrations::new()
+                .push("registry", registry)
+                .push("lookups", "CREATE TABLE public.plans (name TEXT);"),
+        )
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let err = edited.migrate_shared().await.unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("2 (lookups) was edited"), "{err}");
+    db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn deprovisioning_forgets_the_schema_version() {
+    let ctx = setup_with(builder_with(v1(), 2)).await;
+    let t = ctx
+        .hidra
+        .provision(NewTenant::new(id("gone")))
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded_version(&ctx.hidra, &t.placement.schema).await,
+        Some(1)
+    );
+    ctx.hidra
+        .deprovision(&t.id, hidra::Confirmation::of(&t.id))
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded_version(&ctx.hidra, &t.placement.schema).await,
+        None
+    );
+    let summary = ctx.hidra.migrator().run().await.unwrap();
+    assert_eq!(
+        (
+            summary.migrated.len(),
+            summary.current,
+            summary.failed.len()
+        ),
+        (0, 0, 0)
+    );
+    ctx.db.drop_now().await.unwrap();
+}

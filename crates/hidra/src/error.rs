@@ -136,6 +136,12 @@ pub enum Error {
     /// A throw-away PostgreSQL could not be started or reached (feature `testing`).
     #[error("test database setup failed: {0}")]
     Harness(String),
+
+    /// An authentication or authorization check refused (feature `auth`); the
+    /// [`AuthError`](crate::auth::AuthError) names the kind of refusal.
+    #[cfg(feature = "auth")]
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl Error {

@@ -55,6 +55,7 @@
 //! | feature   | default | what it adds |
 //! |-----------|---------|--------------|
 //! | `testing` | no      | [`testing`]: throw-away databases and PostgreSQL clusters for tests and demos |
+//! | `auth`    | no      | [`auth`]: tenant-bound JWTs, argon2id passwords, login through a shared email lookup, role permissions, per-tenant API keys |
 
 mod error;
 mod hidra;
@@ -64,6 +65,8 @@ mod sql;
 mod store;
 mod tenant;
 
+#[cfg(feature = "auth")]
+pub mod auth;
 pub mod context;
 pub mod migrate;
 #[cfg(feature = "testing")]

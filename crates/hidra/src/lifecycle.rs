@@ -11,7 +11,7 @@
 
 use sqlx::Connection;
 
-use crate::error::{Error, Result, db_code, sqlstate};
+use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::migrate;
 use crate::sql;
@@ -90,69 +90,52 @@ impl Hidra {
         } else {
             None
         };
+        let mut reached = migrations.latest();
         if claimed.is_none() {
             // The schema, every migration, the history and the bookkeeping in
             // one round trip.
-            let all: Vec<_> = migrations.iter().cloned().collect();
-            let batch = sql::migration_batch(
-                &sql::Batch {
-                    schema: &schema,
-                    search_path: &path,
-                    own_transaction: None,
-                    create_schema: true,
-                    create_history: true,
-                },
-                &all,
-                migrations.latest(),
-                migrations.latest_digest(),
-            );
-            if let Err((source, applied)) = migrate::execute_batch(&mut tx, batch).await {
-                let code = db_code(&source).map(|(code, _)| code);
-                return Err(match (code.as_deref(), all.get(applied)) {
-                    (Some(sqlstate::DUPLICATE_SCHEMA), _) if applied == 0 => taken(),
-                    (_, Some(m)) => Error::MigrationFailed {
+            reached = migrate::create_schema(&mut tx, &schema, &path, migrations)
+                .await
+                .map_err(|(source, failed)| match failed {
+                    None => taken(),
+                    Some(m) => Error::MigrationFailed {
                         schema: schema.to_string(),
-                        migration: migrate::label(m).into_owned(),
+                        migration: migrate::label(&m).into_owned(),
                         source,
                     },
-                    (_, None) => Error::Database {
-                        context: "creating the tenant schema",
-                        source,
-                    },
-                });
-            }
-        }
-
-        if let Some(seed) = &inner.seed {
-            sqlx::query("SELECT set_config('search_path', $1, true)")
-                .bind(&path)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("binding the new tenant's search_path"))?;
-            seed.seed(&mut tx, &tenant)
-                .await
-                .map_err(|source| Error::Seed {
-                    id: id.clone(),
-                    source,
                 })?;
         }
+        if reached < migrations.latest() {
+            // `-- no-transaction` migrations cannot run in this transaction:
+            // commit the tenant as `provisioning` (the web layer refuses it),
+            // let the runner finish it, then activate; undo it all on failure.
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the provisioning transaction"))?;
+            let finished = async {
+                self.migrator()
+                    .finish(schema.as_str(), Some(id.clone()), reached)
+                    .await?;
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(Error::db("beginning the provisioning transaction"))?;
+                let tenant = self.activate_new(&mut tx, &tenant, &path).await?;
+                tx.commit()
+                    .await
+                    .map_err(Error::db("committing the provisioning transaction"))?;
+                Ok(tenant)
+            }
+            .await;
+            if finished.is_err()
+                && let Err(undo) = self.undo_provisioning(&tenant).await
+            {
+                tracing::error!(tenant = %id, error = %undo, "could not undo a failed provisioning; deprovision it");
+            }
+            return finished;
+        }
 
-        // Back to the session default so an unqualified registry table name
-        // cannot resolve to a table of the new tenant.
-        sqlx::raw_sql("SET LOCAL search_path TO DEFAULT")
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("restoring the search_path"))?;
-        let tenant = inner
-            .store
-            .update_status(
-                &mut tx,
-                &id,
-                &[TenantStatus::Provisioning],
-                TenantStatus::Active,
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        let tenant = self.activate_new(&mut tx, &tenant, &path).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the provisioning transaction"))?;
@@ -165,6 +148,62 @@ impl Hidra {
             "provisioned tenant"
         );
         Ok(tenant)
+    }
+
+    /// Seeds a new tenant and marks it active, in the caller's transaction.
+    async fn activate_new(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        path: &str,
+    ) -> Result<Tenant> {
+        let inner = &self.inner;
+        let id = &tenant.id;
+        if let Some(seed) = &inner.seed {
+            sqlx::query("SELECT set_config('search_path', $1, true)")
+                .bind(path)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("binding the new tenant's search_path"))?;
+            seed.seed(tx, tenant).await.map_err(|source| Error::Seed {
+                id: id.clone(),
+                source,
+            })?;
+        }
+        // Back to the session default so an unqualified registry table name
+        // cannot resolve to a table of the new tenant.
+        sqlx::raw_sql("SET LOCAL search_path TO DEFAULT")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("restoring the search_path"))?;
+        inner
+            .store
+            .update_status(tx, id, &[TenantStatus::Provisioning], TenantStatus::Active)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.clone()))
+    }
+
+    /// Removes what a failed two-phase provisioning left: schema, bookkeeping, row.
+    async fn undo_provisioning(&self, tenant: &Tenant) -> Result<()> {
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning rollback"))?;
+        let schema = tenant.placement.schema_ident()?;
+        sqlx::raw_sql(sql::drop_schema(&schema))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("dropping the tenant schema"))?;
+        sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
+            .bind(schema.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("forgetting the tenant's schema version"))?;
+        self.inner.store.delete(&mut tx, &tenant.id).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning rollback"))
     }
 
     /// Suspends a tenant: its data stays, the web layer refuses its requests.

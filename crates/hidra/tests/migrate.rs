@@ -355,6 +355,39 @@ async fn a_no_transaction_migration_runs_on_its_own() {
             .unwrap();
     assert_eq!(locks, 0);
     drop(conn);
+
+    // New tenants get it too: provisioning commits them as `provisioning`, the
+    // runner applies the rest, then they become active.
+    let fresh = h.provision(NewTenant::new(id("fresh"))).await.unwrap();
+    assert_eq!(fresh.status, hidra::TenantStatus::Active);
+    assert_eq!(
+        scalar_i64(&h, &fresh, "SELECT count(*) FROM _hidra_migrations").await,
+        4
+    );
+    assert_eq!(
+        scalar_i64(&h, &fresh, "SELECT count(*) FROM applied").await,
+        2
+    );
+    assert_eq!(recorded_version(&h, "tenant_fresh").await, Some(4));
+
+    // And a failure after the first commit undoes everything.
+    let broken = hidra_with(
+        &ctx,
+        v2().push(
+            "broken index",
+            "-- no-transaction\nCREATE INDEX CONCURRENTLY nope_idx ON no_such_table (id)",
+        ),
+        4,
+    )
+    .await;
+    let err = broken
+        .provision(NewTenant::new(id("doomed")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MigrationFailed { .. }), "{err:?}");
+    assert!(!schemas(&h).await.contains(&"tenant_doomed".to_string()));
+    assert!(!registry_ids(&h).await.contains(&"doomed".to_string()));
+    assert_eq!(recorded_version(&h, "tenant_doomed").await, None);
     ctx.db.drop_now().await.unwrap();
 }
 

@@ -211,6 +211,48 @@ impl Migrations {
     }
 }
 
+/// Creates `schema` (inside the caller's transaction, in one round trip) with
+/// every migration that can run in a transaction: all of them, or those before
+/// the first `-- no-transaction` one, which the runner applies after commit.
+/// Returns the version reached, or the error and the migration that failed
+/// (`None`: creating the schema itself failed).
+pub(crate) async fn create_schema(
+    conn: &mut sqlx::PgConnection,
+    schema: &crate::sql::Ident,
+    search_path: &str,
+    migrations: &Migrations,
+) -> std::result::Result<i64, (sqlx::Error, Option<Migration>)> {
+    let upto = migrations
+        .iter()
+        .position(|m| m.no_tx)
+        .unwrap_or(migrations.len());
+    let batch: Vec<Migration> = migrations.iter().take(upto).cloned().collect();
+    let version = batch.last().map_or(0, |m| m.version);
+    let digest = migrations.digest_at(version).expect("our own version");
+    let sql = crate::sql::migration_batch(
+        &crate::sql::Batch {
+            schema,
+            search_path,
+            own_transaction: None,
+            create_schema: true,
+            create_history: true,
+        },
+        &batch,
+        version,
+        digest,
+    );
+    match execute_batch(conn, sql).await {
+        Ok(()) => Ok(version),
+        Err((e, 0))
+            if crate::error::db_code(&e)
+                .is_some_and(|(code, _)| code == crate::error::sqlstate::DUPLICATE_SCHEMA) =>
+        {
+            Err((e, None))
+        }
+        Err((e, applied)) => Err((e, batch.get(applied).cloned())),
+    }
+}
+
 /// Runs a batch from [`sql::migration_batch`](crate::sql::migration_batch).
 /// On failure, returns the error and how many migrations of the batch were
 /// applied before it (the next one failed).

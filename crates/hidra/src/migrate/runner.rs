@@ -447,6 +447,26 @@ impl MigrationRunner {
         Ok(summary)
     }
 
+    /// Brings a schema just created at `version` (recorded) to the latest version.
+    pub(crate) async fn finish(
+        &self,
+        schema: &str,
+        tenant: Option<TenantId>,
+        version: i64,
+    ) -> Result<()> {
+        let p = PlannedTarget {
+            target: Target {
+                schema: schema.to_owned(),
+                tenant,
+            },
+            version,
+            pending: Vec::new(),
+            recorded: Some(version),
+            no_history: false,
+        };
+        self.apply(p).await.map(|_| ())
+    }
+
     /// Brings one schema to the latest version; returns the version reached,
     /// or `None` when another runner had already done it all.
     async fn apply(&self, mut p: PlannedTarget) -> Result<Option<i64>> {

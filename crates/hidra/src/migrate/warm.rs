@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use super::{Migrations, execute_batch, label};
+use super::{Migrations, label};
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::sql::{self, Batch, Ident};
+use crate::sql::{self, Ident};
 
 /// How full the warm pool is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,32 +92,19 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning a spare schema"))?;
-        let all: Vec<_> = migrations.iter().cloned().collect();
-        let batch = sql::migration_batch(
-            &Batch {
-                schema: &schema,
-                search_path: &path,
-                own_transaction: None,
-                create_schema: true,
-                create_history: true,
-            },
-            &all,
-            migrations.latest(),
-            migrations.latest_digest(),
-        );
-        if let Err((source, applied)) = execute_batch(&mut tx, batch).await {
-            return Err(match all.get(applied) {
+        let version = super::create_schema(&mut tx, &schema, &path, migrations)
+            .await
+            .map_err(|(source, failed)| match failed {
                 Some(m) => Error::MigrationFailed {
                     schema: schema.to_string(),
-                    migration: label(m).into_owned(),
+                    migration: label(&m).into_owned(),
                     source,
                 },
                 None => Error::Database {
                     context: "creating a spare schema",
                     source,
                 },
-            });
-        }
+            })?;
         sqlx::query("INSERT INTO hidra.spare_schemas (schema_name) VALUES ($1)")
             .bind(schema.as_str())
             .execute(&mut *tx)
@@ -126,6 +113,12 @@ impl Hidra {
         tx.commit()
             .await
             .map_err(Error::db("committing a spare schema"))?;
+        if version < migrations.latest() {
+            // `-- no-transaction` migrations: the runner finishes the spare.
+            self.migrator()
+                .finish(schema.as_str(), None, version)
+                .await?;
+        }
         Ok(())
     }
 }

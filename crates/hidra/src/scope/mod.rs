@@ -166,7 +166,7 @@ async fn checkout(pool: &sqlx::PgPool, intent: Intent) -> Result<(PoolConnection
 /// against the tenant's tables: `query.fetch_one(&mut *conn)`. Dropping it
 /// returns the connection to the pool; its next checkout re-binds it.
 ///
-/// Not safe behind a transaction-pooling proxy; see the [module docs](self).
+/// Not safe behind a transaction-pooling proxy; use [`Hidra::begin`](crate::Hidra::begin) there.
 pub struct TenantConn {
     conn: PoolConnection<Postgres>,
     tenant: TenantId,

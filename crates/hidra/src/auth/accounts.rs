@@ -1,0 +1,693 @@
+//! Users, registration and login through a shared lookup table:
+//! [`LoginTable`], [`Accounts`].
+
+use std::fmt;
+
+use sqlx::{PgConnection, SqlStr};
+
+use super::{AuthError, Claims, Jwt, Passwords, TenantsRef, refuse, shared_table};
+use crate::error::{Error, Result, db_code, sqlstate};
+use crate::hidra::Hidra;
+use crate::sql::{self, TableName};
+use crate::tenant::{Tenant, TenantId};
+
+/// The longest email address accepted (RFC 5321's path limit).
+const MAX_EMAIL_BYTES: usize = 254;
+
+/// SQLSTATE `foreign_key_violation`.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+
+/// The unique constraint PostgreSQL names for `users.email TEXT UNIQUE`.
+const USERS_EMAIL_KEY: &str = "users_email_key";
+
+/// The shared table that maps a login email to its tenant (default
+/// `public.hidra_logins`), so that login needs only an email and a password.
+///
+/// # One email, one tenant
+///
+/// The email is the table's primary key: **an email address is unique across
+/// all tenants**. A person who works for two customers signs up twice with two
+/// addresses (or plus-addresses). The alternative, asking for the tenant at
+/// login, would leak which tenants exist and complicate every client; a
+/// global unique email keeps login a single lookup and lets a registration
+/// fail early and clearly with [`AuthError::EmailTaken`]. Emails are stored
+/// trimmed and lowercased.
+///
+/// The row references the registry (`ON DELETE CASCADE`, default
+/// `public.tenants (id)`), so deprovisioning a tenant frees its users' emails.
+///
+/// The application owns this table: create it on purpose with
+/// [`LoginTable::ddl`] after the registry table.
+///
+/// ```
+/// use hidra::auth::LoginTable;
+///
+/// let ddl = LoginTable::default().ddl();
+/// assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"public\".\"hidra_logins\""));
+/// assert!(ddl.contains("REFERENCES \"public\".\"tenants\" (\"id\") ON DELETE CASCADE"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct LoginTable {
+    table: TableName,
+    tenants: Option<TenantsRef>,
+}
+
+impl Default for LoginTable {
+    fn default() -> Self {
+        LoginTable {
+            table: TableName::parse("public.hidra_logins").expect("valid default table name"),
+            tenants: Some(TenantsRef::default()),
+        }
+    }
+}
+
+impl LoginTable {
+    /// The lookup in `table`, which must be schema-qualified (`schema.name`).
+    pub fn new(table: &str) -> Result<Self> {
+        Ok(LoginTable {
+            table: shared_table(table, "login table")?,
+            tenants: Some(TenantsRef::default()),
+        })
+    }
+
+    /// References the registry `table` and its id `column` instead of
+    /// `public.tenants (id)`.
+    pub fn referencing(mut self, table: &str, column: &str) -> Result<Self> {
+        self.tenants = Some(TenantsRef::new(table, column)?);
+        Ok(self)
+    }
+
+    /// No foreign key to the registry (for a custom [`TenantStore`](crate::TenantStore)
+    /// that is not a table): then remove a tenant's rows yourself when deprovisioning it.
+    pub fn without_tenant_reference(mut self) -> Self {
+        self.tenants = None;
+        self
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    fn pkey(&self) -> String {
+        format!("{}_pkey", self.table.name())
+    }
+
+    /// The recommended DDL: the table, keyed by email, and an index on the
+    /// tenant. Idempotent.
+    pub fn ddl(&self) -> String {
+        let t = self.table.quoted();
+        let bare = self.table.name().as_str();
+        format!(
+            r#"-- Hidra login lookup: the tenant of every login email. Emails are unique across
+-- tenants (the primary key), stored trimmed and lowercased. The application owns
+-- this table: run this on purpose, after the tenant registry. Safe to run twice.
+CREATE TABLE IF NOT EXISTS {t} (
+    email      TEXT NOT NULL,
+    tenant_id  TEXT NOT NULL{fk},
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT {pkey} PRIMARY KEY (email),
+    CONSTRAINT {check} CHECK (email LIKE '%_@_%')
+);
+CREATE INDEX IF NOT EXISTS {idx} ON {t} (tenant_id);
+"#,
+            fk = TenantsRef::clause(&self.tenants),
+            pkey = sql::quote_ident(&self.pkey()),
+            check = sql::quote_ident(&format!("{bare}_email_check")),
+            idx = sql::quote_ident(&format!("{bare}_tenant_id_idx")),
+        )
+    }
+}
+
+/// A user to register; see [`Accounts::register`].
+#[derive(Clone)]
+pub struct NewUser {
+    email: String,
+    full_name: String,
+    password: String,
+    roles: Vec<String>,
+}
+
+impl fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewUser")
+            .field("email", &self.email)
+            .field("full_name", &self.full_name)
+            .field("password", &"[redacted]")
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+impl NewUser {
+    /// A user with this email, name and password, and no roles yet.
+    pub fn new(
+        email: impl Into<String>,
+        full_name: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        NewUser {
+            email: email.into(),
+            full_name: full_name.into(),
+            password: password.into(),
+            roles: Vec::new(),
+        }
+    }
+
+    /// Adds a role, by name; it must exist in the tenant's `roles` table.
+    pub fn role(mut self, role: impl Into<String>) -> Self {
+        self.roles.push(role.into());
+        self
+    }
+
+    /// Adds roles, by name.
+    pub fn roles<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.roles.extend(roles.into_iter().map(Into::into));
+        self
+    }
+}
+
+/// A registered user, as stored in its tenant's `users` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct User {
+    /// `users.id`, also the `sub` of the user's tokens.
+    pub id: i64,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Its login email, trimmed and lowercased.
+    pub email: String,
+    /// Its display name.
+    pub full_name: String,
+    /// Its role names, sorted.
+    pub roles: Vec<String>,
+}
+
+/// A successful login: the token to hand to the client, its claims and the user.
+#[derive(Clone)]
+pub struct Login {
+    token: String,
+    claims: Claims,
+    user: User,
+}
+
+impl fmt::Debug for Login {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Login")
+            .field("token", &"[redacted]")
+            .field("claims", &self.claims)
+            .field("user", &self.user)
+            .finish()
+    }
+}
+
+impl Login {
+    /// The signed token.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// What the token says.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// The user who logged in.
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    /// The signed token, by value.
+    pub fn into_token(self) -> String {
+        self.token
+    }
+}
+
+/// Registration and login over the tenants' `users` tables and the shared
+/// [`LoginTable`].
+///
+/// Cheap to clone. Each tenant's schema needs the `users`, `roles` and
+/// `user_roles` tables described in the [module docs](super#tenant-tables).
+///
+/// ```no_run
+/// use hidra::auth::{Accounts, Jwt, NewUser};
+/// use hidra::{Hidra, TenantId};
+///
+/// # async fn run(hidra: Hidra) -> hidra::Result<()> {
+/// let accounts = Accounts::new(hidra.clone(), Jwt::hs256([7u8; 32])?);
+/// let acme = hidra.tenant(&TenantId::new("acme")?).await?.expect("provisioned");
+/// let user = accounts
+///     .register(&acme, NewUser::new("Ada@Acme.test", "Ada", "correct horse").role("admin"))
+///     .await?;
+/// assert_eq!(user.email, "ada@acme.test");
+///
+/// let login = accounts.login("ada@acme.test", "correct horse").await?;
+/// assert_eq!(login.claims().tenant, acme.id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Accounts {
+    hidra: Hidra,
+    jwt: Jwt,
+    passwords: Passwords,
+    logins: LoginTable,
+    q: Statements,
+}
+
+#[derive(Clone)]
+struct Statements {
+    lookup: SqlStr,
+    insert: SqlStr,
+    delete: SqlStr,
+}
+
+impl Statements {
+    fn new(logins: &LoginTable) -> Self {
+        let t = logins.table.quoted();
+        Statements {
+            lookup: sql::owned(format!("SELECT tenant_id FROM {t} WHERE email = $1")),
+            insert: sql::owned(format!(
+                "INSERT INTO {t} (email, tenant_id) VALUES ($1, $2)"
+            )),
+            delete: sql::owned(format!(
+                "DELETE FROM {t} WHERE email = $1 AND tenant_id = $2"
+            )),
+        }
+    }
+}
+
+impl fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Accounts")
+            .field("jwt", &self.jwt)
+            .field("passwords", &self.passwords)
+            .field("logins", &self.logins)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Trims and lowercases an email and checks its shape.
+fn normalize_email(email: &str) -> Result<String> {
+    let email = email.trim().to_lowercase();
+    let valid = email.len() <= MAX_EMAIL_BYTES
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && matches!(email.rsplit_once('@'), Some((local, domain)) if !local.is_empty() && !domain.is_empty());
+    if valid {
+        Ok(email)
+    } else {
+        refuse(AuthError::InvalidEmail)
+    }
+}
+
+/// Runs CPU-heavy password work off the async executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => panic!("a password hashing task was cancelled (is the runtime shutting down?)"),
+    }
+}
+
+/// A user row found for login.
+struct Found {
+    tenant: TenantId,
+    id: i64,
+    full_name: String,
+    hash: String,
+    roles: Vec<String>,
+}
+
+impl Accounts {
+    /// Accounts over `hidra`'s tenants, issuing tokens with `jwt`, hashing with
+    /// [`Passwords::new`] and looking emails up in [`LoginTable::default`].
+    pub fn new(hidra: Hidra, jwt: Jwt) -> Self {
+        let logins = LoginTable::default();
+        Accounts {
+            q: Statements::new(&logins),
+            hidra,
+            jwt,
+            passwords: Passwords::new(),
+            logins,
+        }
+    }
+
+    /// Uses `passwords` to hash and verify.
+    pub fn with_passwords(mut self, passwords: Passwords) -> Self {
+        self.passwords = passwords;
+        self
+    }
+
+    /// Uses another lookup table.
+    pub fn with_login_table(mut self, logins: LoginTable) -> Self {
+        self.q = Statements::new(&logins);
+        self.logins = logins;
+        self
+    }
+
+    /// The token issuer.
+    pub fn jwt(&self) -> &Jwt {
+        &self.jwt
+    }
+
+    /// The password hasher.
+    pub fn passwords(&self) -> &Passwords {
+        &self.passwords
+    }
+
+    /// The lookup table.
+    pub fn login_table(&self) -> &LoginTable {
+        &self.logins
+    }
+
+    /// Registers a user in `tenant`: its `users` row, its `user_roles` and its
+    /// lookup row, in **one transaction** (bound to the tenant), so that
+    /// neither row exists without the other.
+    ///
+    /// Fails with [`AuthError::InvalidEmail`], [`AuthError::InvalidPassword`],
+    /// [`AuthError::UnknownRole`], or [`AuthError::EmailTaken`] when the email
+    /// is registered already, in this tenant or any other. The tenant's
+    /// status is not checked: that is the caller's business (sign-up creates
+    /// the first user right after provisioning).
+    pub async fn register(&self, tenant: &Tenant, user: NewUser) -> Result<User> {
+        let email = normalize_email(&user.email)?;
+        self.passwords.check_policy(&user.password)?;
+        let mut roles = user.roles;
+        roles.sort();
+        roles.dedup();
+
+        let passwords = self.passwords.clone();
+        let password = user.password;
+        let hash = blocking(move || passwords.hash(&password)).await?;
+
+        let mut tx = self.hidra.begin(tenant).await?;
+        let id = insert_user(&mut tx, &tenant.id, &email, &user.full_name, &hash).await?;
+        grant_roles(&mut tx, id, &roles).await?;
+        sqlx::query(self.q.insert.clone())
+            .bind(&email)
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(|err| match db_code(&err) {
+                Some((code, constraint))
+                    if code == sqlstate::UNIQUE_VIOLATION
+                        && constraint.as_deref() == Some(self.logins.pkey().as_str()) =>
+                {
+                    Error::Auth(AuthError::EmailTaken)
+                }
+                Some((code, _)) if code == FOREIGN_KEY_VIOLATION => {
+                    Error::NotFound(tenant.id.clone())
+                }
+                Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::InvalidConfig(
+                    format!(
+                        "the login table `{}` does not exist; create it with `LoginTable::ddl()` first",
+                        self.logins.table
+                    )
+                    .into(),
+                ),
+                _ => Error::Database {
+                    context: "writing the login lookup row",
+                    source: err,
+                },
+            })?;
+        tx.commit().await?;
+        tracing::debug!(tenant = %tenant.id, user = id, "registered a user");
+        Ok(User {
+            id,
+            tenant: tenant.id.clone(),
+            email,
+            full_name: user.full_name,
+            roles,
+        })
+    }
+
+    /// Logs in: finds the tenant of `email` in the lookup table, checks
+    /// `password` against that tenant's `users` (active users only, and only
+    /// in an active tenant) and issues a token with the user's roles.
+    ///
+    /// An unknown email, a wrong password, an inactive user and a tenant
+    /// that is not active all fail with the same
+    /// [`AuthError::InvalidCredentials`], and take comparable time: when
+    /// there is no user to check, the password is verified against a dummy
+    /// hash.
+    pub async fn login(&self, email: &str, password: &str) -> Result<Login> {
+        let found = match normalize_email(email) {
+            Ok(email) => self.find(&email).await?.map(|f| (email, f)),
+            Err(_) => None,
+        };
+        let passwords = self.passwords.clone();
+        let password = password.to_owned();
+        let hash = found.as_ref().map(|(_, f)| f.hash.clone());
+        let ok = blocking(move || passwords.verify_or_dummy(&password, hash.as_deref())).await;
+        let Some((email, found)) = found.filter(|_| ok) else {
+            tracing::debug!("refused a login");
+            return refuse(AuthError::InvalidCredentials);
+        };
+        let claims = self
+            .jwt
+            .claims(found.id.to_string(), &found.tenant, found.roles.clone());
+        let token = self.jwt.sign(&claims)?;
+        tracing::debug!(tenant = %found.tenant, user = found.id, "logged in");
+        Ok(Login {
+            token,
+            claims,
+            user: User {
+                id: found.id,
+                tenant: found.tenant,
+                email,
+                full_name: found.full_name,
+                roles: found.roles,
+            },
+        })
+    }
+
+    /// The tenant and active user row of `email`, if any.
+    async fn find(&self, email: &str) -> Result<Option<Found>> {
+        let Some(tenant_id) = self.tenant_of_normalized(email).await? else {
+            return Ok(None);
+        };
+        let tenant = match self.hidra.tenant(&tenant_id).await? {
+            Some(t) if t.is_active() => t,
+            _ => return Ok(None),
+        };
+        let mut tx = self.hidra.begin(&tenant).await?;
+        let row: Option<(i64, String, String)> = sqlx::query_as(
+            "SELECT id, full_name, password_hash FROM users WHERE email = $1 AND is_active",
+        )
+        .bind(email)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(Error::db("reading the user for login"))?;
+        let Some((id, full_name, hash)) = row else {
+            return Ok(None);
+        };
+        let roles = roles_of(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some(Found {
+            tenant: tenant.id,
+            id,
+            full_name,
+            hash,
+            roles,
+        }))
+    }
+
+    async fn tenant_of_normalized(&self, email: &str) -> Result<Option<TenantId>> {
+        let mut conn = self.hidra.acquire_shared().await?;
+        let raw: Option<String> = sqlx::query_scalar(self.q.lookup.clone())
+            .bind(email)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::db("looking up the tenant of a login email"))?;
+        Ok(raw.and_then(|raw| match TenantId::new(&raw) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::warn!(error = %e, "the login table holds an invalid tenant id");
+                None
+            }
+        }))
+    }
+
+    /// The tenant `email` is registered in, if any. For administration (the
+    /// answer says whether an email exists: never show it to anonymous clients).
+    pub async fn tenant_of(&self, email: &str) -> Result<Option<TenantId>> {
+        match normalize_email(email) {
+            Ok(email) => self.tenant_of_normalized(&email).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Removes the user `email` from `tenant`: its `users` row (and, by the
+    /// reference schema's cascade, its `user_roles`) and its lookup row, in one
+    /// transaction. Returns whether a user was removed.
+    pub async fn delete_user(&self, tenant: &Tenant, email: &str) -> Result<bool> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(false);
+        };
+        let mut tx = self.hidra.begin(tenant).await?;
+        let users = sqlx::query("DELETE FROM users WHERE email = $1")
+            .bind(&email)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a user"))?
+            .rows_affected();
+        let lookups = sqlx::query(self.q.delete.clone())
+            .bind(&email)
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a login lookup row"))?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(users + lookups > 0)
+    }
+
+    /// Sets a new password for the user `email` of `tenant` (after
+    /// [`Passwords::check_policy`]). Returns whether the user exists.
+    pub async fn set_password(&self, tenant: &Tenant, email: &str, password: &str) -> Result<bool> {
+        let Ok(email) = normalize_email(email) else {
+            return Ok(false);
+        };
+        let passwords = self.passwords.clone();
+        let password = password.to_owned();
+        let hash = blocking(move || passwords.hash(&password)).await?;
+        let mut tx = self.hidra.begin(tenant).await?;
+        let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE email = $1")
+            .bind(&email)
+            .bind(&hash)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("setting a user's password"))?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(updated > 0)
+    }
+}
+
+async fn insert_user(
+    conn: &mut PgConnection,
+    tenant: &TenantId,
+    email: &str,
+    full_name: &str,
+    hash: &str,
+) -> Result<i64> {
+    sqlx::query_scalar(
+        "INSERT INTO users (email, full_name, password_hash) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(email)
+    .bind(full_name)
+    .bind(hash)
+    .fetch_one(conn)
+    .await
+    .map_err(|err| match db_code(&err) {
+        Some((code, constraint))
+            if code == sqlstate::UNIQUE_VIOLATION
+                && constraint.as_deref() == Some(USERS_EMAIL_KEY) =>
+        {
+            Error::Auth(AuthError::EmailTaken)
+        }
+        Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::InvalidConfig(
+            format!(
+                "tenant `{tenant}` has no `users` table; its schema needs `users`, `roles` and \
+                 `user_roles` (see `hidra::auth`)"
+            )
+            .into(),
+        ),
+        _ => Error::Database {
+            context: "inserting a user",
+            source: err,
+        },
+    })
+}
+
+async fn grant_roles(conn: &mut PgConnection, user: i64, roles: &[String]) -> Result<()> {
+    if roles.is_empty() {
+        return Ok(());
+    }
+    let found: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, name FROM roles WHERE name = ANY($1)")
+            .bind(roles)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::db("reading the tenant's roles"))?;
+    if let Some(missing) = roles.iter().find(|r| !found.iter().any(|(_, n)| n == *r)) {
+        return refuse(AuthError::UnknownRole(missing.clone()));
+    }
+    let ids: Vec<i64> = found.iter().map(|(id, _)| *id).collect();
+    sqlx::query("INSERT INTO user_roles (user_id, role_id) SELECT $1, unnest($2::bigint[])")
+        .bind(user)
+        .bind(&ids)
+        .execute(conn)
+        .await
+        .map_err(Error::db("granting roles to a user"))?;
+    Ok(())
+}
+
+async fn roles_of(conn: &mut PgConnection, user: i64) -> Result<Vec<String>> {
+    sqlx::query_scalar(
+        "SELECT r.name FROM user_roles ur JOIN roles r ON r.id = ur.role_id \
+         WHERE ur.user_id = $1 ORDER BY r.name",
+    )
+    .bind(user)
+    .fetch_all(conn)
+    .await
+    .map_err(Error::db("reading a user's roles"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalized() {
+        assert_eq!(
+            normalize_email("  Ada@Example.COM ").unwrap(),
+            "ada@example.com"
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.com",
+            "ada@",
+            "a da@x.y",
+            "a\n@b.c",
+            &format!("{}@x.y", "a".repeat(260)),
+        ] {
+            assert!(
+                matches!(
+                    normalize_email(bad),
+                    Err(Error::Auth(AuthError::InvalidEmail))
+                ),
+                "{bad:?} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn login_table_must_be_qualified_and_ddl_quotes() {
+        assert!(LoginTable::new("hidra_logins").is_err());
+        let t = LoginTable::new("auth.logins")
+            .unwrap()
+            .referencing("app.registry", "tenant_key")
+            .unwrap();
+        let ddl = t.ddl();
+        assert!(
+            ddl.contains("CREATE TABLE IF NOT EXISTS \"auth\".\"logins\""),
+            "{ddl}"
+        );
+        assert!(ddl.contains("REFERENCES \"app\".\"registry\" (\"tenant_key\") ON DELETE CASCADE"));
+        assert!(ddl.contains("CONSTRAINT \"logins_pkey\" PRIMARY KEY (email)"));
+        let ddl = t.without_tenant_reference().ddl();
+        assert!(!ddl.contains("REFERENCES"));
+        assert!(LoginTable::new("a.b;drop").is_err());
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let user = NewUser::new("a@b.c", "A", "hunter2hunter2");
+        assert!(!format!("{user:?}").contains("hunter2"));
+    }
+}

@@ -12,9 +12,11 @@ CREATE TABLE IF NOT EXISTS "public"."tenants" (
     "created_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
     "updated_at" TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT "tenants_pkey" PRIMARY KEY ("id"),
-    CONSTRAINT "tenants_schema_name_key" UNIQUE ("schema_name"),
+    CONSTRAINT "tenants_database_name_key" UNIQUE ("database_name"),
     CONSTRAINT "tenants_id_check" CHECK ("id" ~ '^[a-z][a-z0-9_-]{0,49}$')
 );
+-- Each schema-per-tenant tenant has its own schema; row-level tenants share one.
+CREATE UNIQUE INDEX IF NOT EXISTS "tenants_schema_name_key" ON "public"."tenants" ("schema_name") WHERE "strategy" = 'schema';
 
 -- Every change to a tenant row is announced, so that caches in every process
 -- serving this database drop their copy at once.

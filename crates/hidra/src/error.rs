@@ -133,6 +133,10 @@ pub enum Error {
         source: sqlx::Error,
     },
 
+    /// Row-level isolation does not hold (see [`crate::rls`]); nothing was done.
+    #[error("row-level security is not safe to rely on: {}", .0.join("; "))]
+    RowLevelInsecure(Vec<String>),
+
     /// A throw-away PostgreSQL could not be started or reached (feature `testing`).
     #[error("test database setup failed: {0}")]
     Harness(String),

@@ -71,6 +71,8 @@ pub struct HidraBuilder {
     warm_pool: usize,
     seed: Option<Arc<dyn Seed>>,
     pool_options: PgPoolOptions,
+    default_strategy: Strategy,
+    row_level: (String, String),
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -98,6 +100,8 @@ impl Default for HidraBuilder {
             shared_migrations: Migrations::new(),
             warm_pool: 0,
             seed: None,
+            default_strategy: Strategy::Schema,
+            row_level: ("public".into(), crate::rls::DEFAULT_TENANT_COLUMN.into()),
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10)),
@@ -184,6 +188,20 @@ impl HidraBuilder {
         self.seed(SeedFn(f))
     }
 
+    /// The strategy of tenants provisioned without one (default
+    /// [`Strategy::Schema`]).
+    pub fn default_strategy(mut self, strategy: Strategy) -> Self {
+        self.default_strategy = strategy;
+        self
+    }
+
+    /// Where row-level tenants' tables live (default schema `public`) and
+    /// their tenant column (default `tenant_id`); see [`crate::rls`].
+    pub fn row_level(mut self, schema: impl Into<String>, column: impl Into<String>) -> Self {
+        self.row_level = (schema.into(), column.into());
+        self
+    }
+
     /// Maximum connections of the shared pool (default 10).
     pub fn max_connections(mut self, max: u32) -> Self {
         self.pool_options = self.pool_options.max_connections(max);
@@ -214,6 +232,10 @@ impl HidraBuilder {
             .into_iter()
             .map(|s| Ident::new(s, "shared schema name"))
             .collect::<Result<Vec<_>>>()?;
+        let row_level = RowLevelConfig {
+            schema: Ident::new(self.row_level.0, "row-level schema name")?,
+            column: Ident::new(self.row_level.1, "tenant column name")?,
+        };
         let store: Arc<dyn TenantStore> = match (self.store, self.registry) {
             (Some(store), _) => store,
             (None, registry) => Arc::new(PgTenantStore::new(registry.unwrap_or_default())),
@@ -236,6 +258,9 @@ impl HidraBuilder {
                 warm_pool: self.warm_pool,
                 seed: self.seed,
                 internal_ready: tokio::sync::OnceCell::new(),
+                default_strategy: self.default_strategy,
+                row_level,
+                row_level_audited: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -261,6 +286,17 @@ pub(crate) struct Inner {
     pub(crate) seed: Option<Arc<dyn Seed>>,
     /// Set once hidra's internal schema is known to exist.
     pub(crate) internal_ready: tokio::sync::OnceCell<()>,
+    pub(crate) default_strategy: Strategy,
+    pub(crate) row_level: RowLevelConfig,
+    /// Set once the row-level audit passed in this process.
+    pub(crate) row_level_audited: tokio::sync::OnceCell<()>,
+}
+
+/// Where row-level tenants' rows live.
+#[derive(Clone, Debug)]
+pub(crate) struct RowLevelConfig {
+    pub(crate) schema: Ident,
+    pub(crate) column: Ident,
 }
 
 impl fmt::Debug for Hidra {
@@ -308,17 +344,17 @@ impl Hidra {
     /// The record is trusted as given: check its status first if that matters
     /// (the web layer does).
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
-        let path = self.search_path(tenant)?;
-        let conn = scope::acquire_bound(&self.inner.pool, path).await?;
+        let binding = self.binding(tenant)?;
+        let conn = scope::acquire_bound(&self.inner.pool, binding).await?;
         Ok(TenantConn::new(conn, tenant))
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
     /// Safe behind a transaction-pooling proxy.
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
-        let path = self.search_path(tenant)?;
+        let binding = self.binding(tenant)?;
         let conn = scope::acquire_for_tx(&self.inner.pool).await?;
-        TenantTx::begin(conn, tenant, &path).await
+        TenantTx::begin(conn, tenant, &binding).await
     }
 
     /// A connection with the server's default `search_path`, for shared tables.
@@ -326,13 +362,27 @@ impl Hidra {
         scope::acquire_unscoped(&self.inner.pool).await
     }
 
-    fn search_path(&self, tenant: &Tenant) -> Result<String> {
-        match tenant.placement.strategy {
-            Strategy::Schema => Ok(sql::search_path_value(
-                &tenant.placement.schema_ident()?,
-                &self.inner.shared,
-            )),
-        }
+    /// What a checkout for `tenant` binds.
+    pub(crate) fn binding(&self, tenant: &Tenant) -> Result<scope::Binding> {
+        let schema = tenant.placement.schema_ident()?;
+        let shared: Vec<Ident> = self
+            .inner
+            .shared
+            .iter()
+            .filter(|s| **s != schema)
+            .cloned()
+            .collect();
+        let search_path = sql::search_path_value(&schema, &shared);
+        Ok(match tenant.placement.strategy {
+            Strategy::Schema | Strategy::Database => scope::Binding {
+                search_path,
+                tenant_id: String::new(),
+            },
+            Strategy::RowLevel => scope::Binding {
+                search_path,
+                tenant_id: tenant.id.to_string(),
+            },
+        })
     }
 
     /// The tenant with this id, if registered (any status).

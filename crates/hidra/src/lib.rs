@@ -60,6 +60,7 @@
 mod error;
 mod hidra;
 mod lifecycle;
+mod moves;
 mod scope;
 mod sql;
 mod store;
@@ -69,6 +70,7 @@ mod tenant;
 pub mod auth;
 pub mod context;
 pub mod migrate;
+pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
 

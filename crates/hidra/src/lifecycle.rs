@@ -14,6 +14,7 @@ use sqlx::Connection;
 use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::migrate;
+use crate::scope;
 use crate::sql;
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
@@ -46,22 +47,75 @@ impl Hidra {
     /// [`Error::AlreadyExists`] if the id is taken and [`Error::SchemaTaken`] if
     /// another id maps to the same schema name.
     pub async fn provision(&self, new: NewTenant) -> Result<Tenant> {
-        let inner = &self.inner;
-        let schema = inner.naming.schema_for(&new.id);
-        let draft = Tenant {
+        match new.strategy.unwrap_or(self.inner.default_strategy) {
+            Strategy::Schema => self.provision_schema(new).await,
+            Strategy::RowLevel => self.provision_row_level(new).await,
+            Strategy::Database => self.provision_database(new).await,
+        }
+    }
+
+    /// A row-level tenant is a registry row (and its seed rows), in one
+    /// transaction, once the row-level audit has passed.
+    async fn provision_row_level(&self, new: NewTenant) -> Result<Tenant> {
+        self.require_row_level_audit().await?;
+        let draft = self.draft(
+            new,
+            Placement {
+                strategy: Strategy::RowLevel,
+                schema: self.inner.row_level.schema.to_string(),
+                database: None,
+                server: None,
+            },
+        );
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning transaction"))?;
+        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let binding = self.binding(&tenant)?;
+        let tenant = self.activate_new(&mut tx, &tenant, &binding).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning transaction"))?;
+        tracing::info!(tenant = %tenant.id, strategy = "row_level", "provisioned tenant");
+        Ok(tenant)
+    }
+
+    async fn provision_database(&self, new: NewTenant) -> Result<Tenant> {
+        Err(Error::InvalidConfig(
+            format!(
+                "tenant `{}`: database-per-tenant provisioning is not available in this build",
+                new.id
+            )
+            .into(),
+        ))
+    }
+
+    pub(crate) fn draft(&self, new: NewTenant, placement: Placement) -> Tenant {
+        Tenant {
             name: new.name.unwrap_or_else(|| new.id.to_string()),
             status: TenantStatus::Provisioning,
-            placement: Placement {
+            placement,
+            metadata: new.metadata,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+            id: new.id,
+        }
+    }
+
+    async fn provision_schema(&self, new: NewTenant) -> Result<Tenant> {
+        let inner = &self.inner;
+        let schema = inner.naming.schema_for(&new.id);
+        let draft = self.draft(
+            new,
+            Placement {
                 strategy: Strategy::Schema,
                 schema: schema.as_str().to_owned(),
                 database: None,
                 server: None,
             },
-            metadata: new.metadata,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-            id: new.id,
-        };
+        );
         let id = draft.id.clone();
         let started = std::time::Instant::now();
         let taken = || Error::SchemaTaken {
@@ -79,7 +133,8 @@ impl Hidra {
         let tenant = inner.store.insert(&mut tx, &draft).await?;
 
         let migrations = &inner.tenant_migrations;
-        let path = sql::search_path_value(&schema, &inner.shared);
+        let binding = self.binding(&tenant)?;
+        let path = binding.search_path.clone();
         let claimed = if inner.warm_pool > 0 {
             migrate::claim_spare(&mut tx, migrations, &schema)
                 .await
@@ -120,7 +175,7 @@ impl Hidra {
                     .begin()
                     .await
                     .map_err(Error::db("beginning the provisioning transaction"))?;
-                let tenant = self.activate_new(&mut tx, &tenant, &path).await?;
+                let tenant = self.activate_new(&mut tx, &tenant, &binding).await?;
                 tx.commit()
                     .await
                     .map_err(Error::db("committing the provisioning transaction"))?;
@@ -135,7 +190,7 @@ impl Hidra {
             return finished;
         }
 
-        let tenant = self.activate_new(&mut tx, &tenant, &path).await?;
+        let tenant = self.activate_new(&mut tx, &tenant, &binding).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the provisioning transaction"))?;
@@ -155,13 +210,14 @@ impl Hidra {
         &self,
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
-        path: &str,
+        binding: &scope::Binding,
     ) -> Result<Tenant> {
         let inner = &self.inner;
         let id = &tenant.id;
         if let Some(seed) = &inner.seed {
-            sqlx::query("SELECT set_config('search_path', $1, true)")
-                .bind(path)
+            sqlx::query("SELECT set_config('search_path', $1, true), set_config('hidra.tenant_id', $2, true)")
+                .bind(&binding.search_path)
+                .bind(&binding.tenant_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db("binding the new tenant's search_path"))?;
@@ -172,15 +228,47 @@ impl Hidra {
         }
         // Back to the session default so an unqualified registry table name
         // cannot resolve to a table of the new tenant.
-        sqlx::raw_sql("SET LOCAL search_path TO DEFAULT")
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("restoring the search_path"))?;
+        sqlx::raw_sql(
+            "SET LOCAL search_path TO DEFAULT; SELECT set_config('hidra.tenant_id', '', true)",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("restoring the search_path"))?;
         inner
             .store
             .update_status(tx, id, &[TenantStatus::Provisioning], TenantStatus::Active)
             .await?
             .ok_or_else(|| Error::NotFound(id.clone()))
+    }
+
+    /// Deletes every row of a row-level tenant, children first, with the tenant
+    /// bound so that the policies let exactly its rows through.
+    pub(crate) async fn delete_row_level_rows(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<()> {
+        sqlx::query("SELECT set_config('hidra.tenant_id', $1, true)")
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("binding the row-level tenant"))?;
+        let tables = self.row_level_tables(tx).await?;
+        let column = self.inner.row_level.column.quoted();
+        for (_, table, _) in tables.iter().rev() {
+            sqlx::query(sql::owned(format!(
+                "DELETE FROM {table} WHERE {column} = $1"
+            )))
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a row-level tenant's rows"))?;
+        }
+        sqlx::query("SELECT set_config('hidra.tenant_id', '', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("unbinding the row-level tenant"))?;
+        Ok(())
     }
 
     /// Removes what a failed two-phase provisioning left: schema, bookkeeping, row.
@@ -299,13 +387,17 @@ impl Hidra {
                     .await
                     .map_err(Error::db("dropping the tenant schema"))?;
             }
+            Strategy::RowLevel => self.delete_row_level_rows(&mut tx, &tenant).await?,
+            Strategy::Database => {}
         }
         store.delete(&mut tx, id).await?;
-        sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
-            .bind(&tenant.placement.schema)
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("forgetting the tenant's schema version"))?;
+        if tenant.placement.strategy == Strategy::Schema {
+            sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
+                .bind(&tenant.placement.schema)
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("forgetting the tenant's schema version"))?;
+        }
         tx.commit()
             .await
             .map_err(Error::db("committing the deprovisioning transaction"))?;

@@ -180,13 +180,25 @@ pub(crate) fn search_path_value(schema: &Ident, shared: &[Ident]) -> String {
     out
 }
 
-/// `BEGIN` plus a transaction-local `search_path`, sent as one simple query so
-/// the binding costs no extra round trip.
-pub(crate) fn begin_scoped(search_path: &str) -> SqlStr {
+/// The setting row-level security policies read the current tenant from.
+pub(crate) const TENANT_SETTING: &str = "hidra.tenant_id";
+
+/// `BEGIN` plus a transaction-local `search_path` and row-level tenant, sent as
+/// one simple query so the binding costs no extra round trip.
+pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
     owned(format!(
-        "BEGIN; SELECT set_config('search_path', {}, true)",
-        quote_literal(search_path)
+        "BEGIN; SELECT set_config('search_path', {}, true), set_config('{TENANT_SETTING}', {}, true)",
+        quote_literal(&b.search_path),
+        quote_literal(&b.tenant_id),
     ))
+}
+
+/// The unscoped checkout statement: default `search_path`, no row-level
+/// tenant, and the leftover-transaction check (see `scope`).
+pub(crate) fn reset_statement() -> SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(
+        "RESET search_path; SELECT now() = statement_timestamp(), set_config('hidra.tenant_id', '', false)",
+    )
 }
 
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.
@@ -372,9 +384,15 @@ mod tests {
         );
         assert_eq!(path, "\"tenant_a\", \"public\"");
         assert_eq!(bytea_literal(&[0, 255]), "'\\x00ff'::bytea");
+        let b = crate::scope::Binding {
+            search_path: path,
+            tenant_id: "o'neil".into(),
+        };
         assert_eq!(
-            begin_scoped(&path).as_str(),
-            "BEGIN; SELECT set_config('search_path', '\"tenant_a\", \"public\"', true)"
+            begin_scoped(&b).as_str(),
+            "BEGIN; SELECT set_config('search_path', '\"tenant_a\", \"public\"', true), \
+             set_config('hidra.tenant_id', 'o''neil', true)"
         );
+        assert!(reset_statement().as_str().contains(TENANT_SETTING));
     }
 }

@@ -58,10 +58,19 @@ struct Checkout {
     bound: Cell<bool>,
 }
 
+/// What a tenant checkout binds: the `search_path`, and the tenant id the
+/// row-level security policies read (`hidra.tenant_id`, empty for tenants
+/// isolated otherwise, so no row-level tenant survives on the connection).
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    pub(crate) search_path: String,
+    pub(crate) tenant_id: String,
+}
+
 #[derive(Clone, Debug)]
 enum Intent {
-    /// Bind this session `search_path`.
-    Session(String),
+    /// Bind this session `search_path` and row-level tenant.
+    Session(Binding),
     /// A transaction-local binding follows in `BEGIN`: leave the session alone.
     Transaction,
     /// Unscoped: clear whatever a tenant left behind.
@@ -103,14 +112,14 @@ pub(crate) fn before_acquire(
 async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx::Error> {
     const FRESH: &str = "SELECT now() = statement_timestamp()";
     let statement = match intent {
-        Intent::Session(path) => crate::sql::owned(format!(
-            "{FRESH}, set_config('search_path', {}, false)",
-            crate::sql::quote_literal(path)
+        Intent::Session(b) => crate::sql::owned(format!(
+            "{FRESH}, set_config('search_path', {}, false), set_config('{}', {}, false)",
+            crate::sql::quote_literal(&b.search_path),
+            crate::sql::TENANT_SETTING,
+            crate::sql::quote_literal(&b.tenant_id),
         )),
         Intent::Transaction => sqlx::SqlSafeStr::into_sql_str(FRESH),
-        Intent::Reset => sqlx::SqlSafeStr::into_sql_str(
-            "RESET search_path; SELECT now() = statement_timestamp()",
-        ),
+        Intent::Reset => crate::sql::reset_statement(),
     };
     let rows = sqlx::raw_sql(statement).fetch_all(conn).await?;
     match rows.first() {
@@ -119,12 +128,12 @@ async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx:
     }
 }
 
-/// Checks a connection out of `pool` with its `search_path` bound to `path`.
+/// Checks a connection out of `pool` bound to a tenant.
 pub(crate) async fn acquire_bound(
     pool: &sqlx::PgPool,
-    path: String,
+    binding: Binding,
 ) -> Result<PoolConnection<Postgres>> {
-    let intent = Intent::Session(path);
+    let intent = Intent::Session(binding);
     let (mut conn, bound) = checkout(pool, intent.clone()).await?;
     if !bound {
         // A freshly opened connection: the hook does not run for those.
@@ -229,9 +238,9 @@ impl TenantTx {
     pub(crate) async fn begin(
         conn: PoolConnection<Postgres>,
         tenant: &Tenant,
-        search_path: &str,
+        binding: &Binding,
     ) -> Result<Self> {
-        let tx = Transaction::begin(conn, Some(crate::sql::begin_scoped(search_path)))
+        let tx = Transaction::begin(conn, Some(crate::sql::begin_scoped(binding)))
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {

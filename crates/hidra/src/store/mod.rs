@@ -10,7 +10,7 @@ use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
 use crate::error::Result;
-use crate::tenant::{Tenant, TenantId, TenantStatus};
+use crate::tenant::{Placement, Tenant, TenantId, TenantStatus};
 
 pub use postgres::{CHANGES_CHANNEL, PgTenantStore, RegistryColumns, RegistryTable};
 
@@ -109,10 +109,37 @@ pub trait TenantStore: Send + Sync + std::fmt::Debug + 'static {
         to: TenantStatus,
     ) -> BoxFuture<'a, Result<Option<Tenant>>>;
 
+    /// Records a new placement (strategy, schema, database, server) for a
+    /// tenant, when it moves between strategies; returns the updated record.
+    fn update_placement<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        placement: &'a Placement,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>>;
+
     /// Removes a tenant's record; returns whether one was removed.
     fn delete<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         id: &'a TenantId,
     ) -> BoxFuture<'a, Result<bool>>;
+
+    /// The tenant serving the custom domain `host` (lowercase, no port), for
+    /// the web layer's custom-domain resolution.
+    ///
+    /// [`PgTenantStore`] looks for `host` in the JSON array `domains` of each
+    /// tenant's metadata (`{"domains": ["shop.acme.com"]}`); a domain listed by
+    /// two tenants is an [`Error::InvalidConfig`](crate::Error::InvalidConfig).
+    /// With many tenants, index it:
+    /// `CREATE INDEX ON tenants USING gin ((metadata->'domains'))`.
+    /// The default implementation knows no custom domains.
+    fn find_by_domain<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        let _ = (conn, host);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }

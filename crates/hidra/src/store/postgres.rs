@@ -130,6 +130,10 @@ impl RegistryTable {
         format!("{}_{}_key", self.table.name(), self.columns.schema_name)
     }
 
+    fn database_constraint(&self) -> String {
+        format!("{}_{}_key", self.table.name(), self.columns.database_name)
+    }
+
     /// The recommended DDL for this table: the table, its constraints and the
     /// trigger that announces changes on [`CHANGES_CHANNEL`]. Idempotent.
     pub fn ddl(&self) -> String {
@@ -159,9 +163,11 @@ CREATE TABLE IF NOT EXISTS {t} (
     {created_at} TIMESTAMPTZ NOT NULL DEFAULT now(),
     {updated_at} TIMESTAMPTZ NOT NULL DEFAULT now(),
     CONSTRAINT {pkey} PRIMARY KEY ({id}),
-    CONSTRAINT {schema_key} UNIQUE ({schema_name}),
+    CONSTRAINT {database_key} UNIQUE ({database_name}),
     CONSTRAINT {id_check} CHECK ({id} ~ '^[a-z][a-z0-9_-]{{0,49}}$')
 );
+-- Each schema-per-tenant tenant has its own schema; row-level tenants share one.
+CREATE UNIQUE INDEX IF NOT EXISTS {schema_key} ON {t} ({schema_name}) WHERE {strategy} = 'schema';
 
 -- Every change to a tenant row is announced, so that caches in every process
 -- serving this database drop their copy at once.
@@ -193,6 +199,7 @@ CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
             updated_at = c.updated_at.quoted(),
             pkey = sql::quote_ident(&format!("{bare}_pkey")),
             schema_key = sql::quote_ident(&self.schema_constraint()),
+            database_key = sql::quote_ident(&self.database_constraint()),
             id_check = sql::quote_ident(&format!("{bare}_{}_check", c.id)),
             trigger = sql::quote_ident(&format!("{bare}_notify_change")),
             channel = CHANGES_CHANNEL,
@@ -213,7 +220,9 @@ struct Statements {
     list: SqlStr,
     insert: SqlStr,
     update_status: SqlStr,
+    update_placement: SqlStr,
     delete: SqlStr,
+    find_by_domain: SqlStr,
 }
 
 impl Default for PgTenantStore {
@@ -257,7 +266,21 @@ impl PgTenantStore {
                  WHERE {id} = $1 AND {status} = ANY($3) RETURNING {cols}",
                 updated = c.updated_at.quoted(),
             )),
+            update_placement: sql::owned(format!(
+                "UPDATE {t} SET {strategy} = $2, {schema} = $3, {database} = $4, {server} = $5, \
+                 {updated} = now() WHERE {id} = $1 RETURNING {cols}",
+                strategy = c.strategy.quoted(),
+                schema = c.schema_name.quoted(),
+                database = c.database_name.quoted(),
+                server = c.server.quoted(),
+                updated = c.updated_at.quoted(),
+            )),
             delete: sql::owned(format!("DELETE FROM {t} WHERE {id} = $1")),
+            find_by_domain: sql::owned(format!(
+                "SELECT {cols} FROM {t} WHERE {metadata}->'domains' @> jsonb_build_array($1::text) \
+                 ORDER BY {id} LIMIT 2",
+                metadata = c.metadata.quoted(),
+            )),
         };
         PgTenantStore { registry, q }
     }
@@ -373,11 +396,16 @@ impl TenantStore for PgTenantStore {
                 Ok(row) => decode(&row),
                 Err(err) => Err(match db_code(&err) {
                     Some((code, constraint)) if code == sqlstate::UNIQUE_VIOLATION => {
-                        if constraint.as_deref() == Some(self.registry.schema_constraint().as_str())
-                        {
+                        let r = &self.registry;
+                        if constraint.as_deref() == Some(r.schema_constraint().as_str()) {
                             Error::SchemaTaken {
                                 id: tenant.id.clone(),
                                 schema: tenant.placement.schema.clone(),
+                            }
+                        } else if constraint.as_deref() == Some(r.database_constraint().as_str()) {
+                            Error::SchemaTaken {
+                                id: tenant.id.clone(),
+                                schema: tenant.placement.database.clone().unwrap_or_default(),
                             }
                         } else {
                             Error::AlreadyExists(tenant.id.clone())
@@ -409,6 +437,32 @@ impl TenantStore for PgTenantStore {
         })
     }
 
+    fn update_placement<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        placement: &'a Placement,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let row = sqlx::query(self.q.update_placement.clone())
+                .bind(id.as_str())
+                .bind(placement.strategy.as_str())
+                .bind(&placement.schema)
+                .bind(placement.database.as_deref())
+                .bind(placement.server.as_deref())
+                .fetch_optional(conn)
+                .await
+                .map_err(|err| match db_code(&err) {
+                    Some((code, _)) if code == sqlstate::UNIQUE_VIOLATION => Error::SchemaTaken {
+                        id: id.clone(),
+                        schema: placement.schema.clone(),
+                    },
+                    _ => self.map_err("updating a tenant's placement")(err),
+                })?;
+            row.as_ref().map(decode).transpose()
+        })
+    }
+
     fn delete<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -421,6 +475,33 @@ impl TenantStore for PgTenantStore {
                 .await
                 .map_err(self.map_err("deleting a tenant record"))?;
             Ok(done.rows_affected() > 0)
+        })
+    }
+
+    fn find_by_domain<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let rows = sqlx::query(self.q.find_by_domain.clone())
+                .bind(host)
+                .fetch_all(conn)
+                .await
+                .map_err(self.map_err("looking up a custom domain"))?;
+            match rows.as_slice() {
+                [] => Ok(None),
+                [row] => decode(row).map(Some),
+                [a, b, ..] => Err(Error::InvalidConfig(
+                    format!(
+                        "custom domain {host:?} is listed by tenants `{}` and `{}`; \
+                         a domain must belong to one tenant",
+                        decode(a)?.id,
+                        decode(b)?.id
+                    )
+                    .into(),
+                )),
+            }
         })
     }
 }

@@ -71,6 +71,12 @@ pub enum Strategy {
     /// Its own PostgreSQL schema in the shared database, reached through `search_path`.
     #[default]
     Schema,
+    /// Rows in shared tables carrying a tenant column, filtered by PostgreSQL
+    /// row-level security policies bound to the `hidra.tenant_id` setting.
+    RowLevel,
+    /// Its own database on the server, reached through a small per-database
+    /// pool under a global connection budget.
+    Database,
 }
 
 impl Strategy {
@@ -78,6 +84,8 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::Schema => "schema",
+            Strategy::RowLevel => "row_level",
+            Strategy::Database => "database",
         }
     }
 }
@@ -88,6 +96,8 @@ impl FromStr for Strategy {
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         match s {
             "schema" => Ok(Strategy::Schema),
+            "row_level" => Ok(Strategy::RowLevel),
+            "database" => Ok(Strategy::Database),
             other => Err(format!("unknown isolation strategy {other:?}")),
         }
     }
@@ -104,7 +114,8 @@ impl fmt::Display for Strategy {
 pub struct Placement {
     /// The isolation strategy.
     pub strategy: Strategy,
-    /// The tenant's schema.
+    /// The schema holding its tables: its own (schema per tenant), the shared
+    /// schema of the row-level tables, or the schema inside its own database.
     pub schema: String,
     /// The tenant's own database, for strategies that have one.
     pub database: Option<String>,
@@ -151,6 +162,7 @@ pub struct NewTenant {
     pub(crate) id: TenantId,
     pub(crate) name: Option<String>,
     pub(crate) metadata: serde_json::Value,
+    pub(crate) strategy: Option<Strategy>,
 }
 
 impl NewTenant {
@@ -160,6 +172,7 @@ impl NewTenant {
             id,
             name: None,
             metadata: serde_json::Value::Object(Default::default()),
+            strategy: None,
         }
     }
 
@@ -172,6 +185,13 @@ impl NewTenant {
     /// Sets the free-form metadata stored with the tenant.
     pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
         self.metadata = metadata;
+        self
+    }
+
+    /// How to isolate it (default: the handle's default strategy, normally
+    /// [`Strategy::Schema`]).
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = Some(strategy);
         self
     }
 

@@ -1,0 +1,343 @@
+//! Row-level isolation with PostgreSQL row-level security (RLS).
+//!
+//! Tenants with [`Strategy::RowLevel`](crate::Strategy::RowLevel) keep their
+//! rows in shared tables that carry a tenant column (default `tenant_id`).
+//! Every Hidra checkout sets the `hidra.tenant_id` setting: to the tenant's id
+//! for a row-level tenant (transaction-local in [`Hidra::begin`]), to the empty
+//! string for everything else, so the policies below see a tenant only while
+//! that tenant's work runs.
+//!
+//! [`tenant_table_sql`] gives the migration that makes a table tenant-scoped:
+//! the column, a default taken from the setting, `ENABLE` and `FORCE ROW LEVEL
+//! SECURITY`, and one policy for reads (`USING`) and writes (`WITH CHECK`). The
+//! policy fails closed: with no tenant bound no row is visible and every insert
+//! is refused.
+//!
+//! RLS does not apply to superusers nor to roles with `BYPASSRLS`, and applies
+//! to a table's owner only when `FORCE` is set. [`Hidra::audit_row_level`]
+//! checks all of it; provisioning a row-level tenant refuses to proceed while
+//! the audit has findings.
+//!
+//! Keys of tenant-scoped tables should include the tenant column (or be UUIDs):
+//! rows of every tenant share the table, and a tenant moved in from its own
+//! schema brings its own ids.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::hidra::Hidra;
+use crate::sql::{self, Ident, TableName};
+
+/// The default tenant column of row-level tables.
+pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
+
+/// The name of the policy [`tenant_table_sql`] creates.
+pub const POLICY_NAME: &str = "hidra_tenant_isolation";
+
+/// The SQL (for a migration) that makes `table` tenant-scoped with the default
+/// tenant column. The table must be empty or already have the column filled.
+///
+/// ```
+/// let sql = hidra::rls::tenant_table_sql("public.customers")?;
+/// assert!(sql.contains("FORCE ROW LEVEL SECURITY"));
+/// # Ok::<(), hidra::Error>(())
+/// ```
+pub fn tenant_table_sql(table: &str) -> Result<String> {
+    tenant_table_sql_with(table, DEFAULT_TENANT_COLUMN)
+}
+
+/// [`tenant_table_sql`] with another tenant column name.
+pub fn tenant_table_sql_with(table: &str, column: &str) -> Result<String> {
+    let t = TableName::parse(table)?.quoted();
+    let c = Ident::new(column, "tenant column name")?.quoted();
+    let bound = format!(
+        "NULLIF(current_setting('{}', true), '')",
+        sql::TENANT_SETTING
+    );
+    Ok(format!(
+        "ALTER TABLE {t} ADD COLUMN IF NOT EXISTS {c} TEXT;\n\
+         ALTER TABLE {t} ALTER COLUMN {c} SET DEFAULT {bound};\n\
+         ALTER TABLE {t} ALTER COLUMN {c} SET NOT NULL;\n\
+         ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;\n\
+         ALTER TABLE {t} FORCE ROW LEVEL SECURITY;\n\
+         DROP POLICY IF EXISTS {POLICY_NAME} ON {t};\n\
+         CREATE POLICY {POLICY_NAME} ON {t} USING ({c} = {bound}) WITH CHECK ({c} = {bound});\n"
+    ))
+}
+
+/// One problem found by [`Hidra::audit_row_level`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Finding {
+    /// The application connects as a superuser: RLS never applies to it.
+    Superuser {
+        /// The role.
+        role: String,
+    },
+    /// The application's role has `BYPASSRLS`.
+    BypassRls {
+        /// The role.
+        role: String,
+    },
+    /// A table with the tenant column does not enable row-level security.
+    NotEnabled {
+        /// The table.
+        table: String,
+    },
+    /// A table with the tenant column does not force row-level security.
+    NotForced {
+        /// The table.
+        table: String,
+    },
+    /// A table with the tenant column has no policy.
+    NoPolicy {
+        /// The table.
+        table: String,
+    },
+    /// The application's role owns a table without `FORCE`: as owner it
+    /// bypasses the policies.
+    OwnerWithoutForce {
+        /// The table.
+        table: String,
+        /// The role.
+        role: String,
+    },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Finding::Superuser { role } => write!(
+                f,
+                "role `{role}` is a superuser, which row-level security never restricts; connect as an ordinary role"
+            ),
+            Finding::BypassRls { role } => write!(
+                f,
+                "role `{role}` has BYPASSRLS; run `ALTER ROLE {role} NOBYPASSRLS`"
+            ),
+            Finding::NotEnabled { table } => write!(
+                f,
+                "table {table} has the tenant column but row-level security is not enabled; run `ALTER TABLE {table} ENABLE ROW LEVEL SECURITY`"
+            ),
+            Finding::NotForced { table } => write!(
+                f,
+                "table {table} does not force row-level security; run `ALTER TABLE {table} FORCE ROW LEVEL SECURITY`"
+            ),
+            Finding::NoPolicy { table } => write!(
+                f,
+                "table {table} has the tenant column but no policy; apply `hidra::rls::tenant_table_sql` to it"
+            ),
+            Finding::OwnerWithoutForce { table, role } => write!(
+                f,
+                "role `{role}` owns table {table}, which does not force row-level security, so the owner bypasses it"
+            ),
+        }
+    }
+}
+
+/// What [`Hidra::audit_row_level`] found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    /// The role the application connects as.
+    pub role: String,
+    /// Tables with the tenant column that were checked.
+    pub tables: Vec<String>,
+    /// Every problem found; empty when row-level isolation holds.
+    pub findings: Vec<Finding>,
+}
+
+impl AuditReport {
+    /// No findings.
+    pub fn is_clean(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+impl fmt::Display for AuditReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_clean() {
+            return write!(
+                f,
+                "row-level security: ok ({} tables, role `{}`)",
+                self.tables.len(),
+                self.role
+            );
+        }
+        write!(f, "row-level security: {} findings", self.findings.len())?;
+        for finding in &self.findings {
+            write!(f, "\n  - {finding}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Hidra {
+    /// Checks that row-level isolation holds for the role Hidra connects as and
+    /// for every table with the tenant column in the row-level schema and the
+    /// shared schemas. Lists every finding.
+    pub async fn audit_row_level(&self) -> Result<AuditReport> {
+        let mut conn = self.acquire_shared().await?;
+        let (role, superuser, bypass): (String, bool, bool) = sqlx::query_as(
+            "SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::db("reading the application role"))?;
+        let mut report = AuditReport {
+            role: role.clone(),
+            ..AuditReport::default()
+        };
+        if superuser {
+            report
+                .findings
+                .push(Finding::Superuser { role: role.clone() });
+        }
+        if bypass {
+            report
+                .findings
+                .push(Finding::BypassRls { role: role.clone() });
+        }
+        let mut schemas: Vec<String> = vec![self.inner.row_level.schema.to_string()];
+        schemas.extend(self.inner.shared.iter().map(|s| s.to_string()));
+        let tables: Vec<(String, bool, bool, String, bool)> = sqlx::query_as(
+            "SELECT c.oid::regclass::text, c.relrowsecurity, c.relforcerowsecurity, \
+                    pg_get_userbyid(c.relowner)::text, \
+                    EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY($1) \
+             ORDER BY 1",
+        )
+        .bind(&schemas)
+        .bind(self.inner.row_level.column.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading row-level tables"))?;
+        for (table, enabled, forced, owner, has_policy) in tables {
+            if !enabled {
+                report.findings.push(Finding::NotEnabled {
+                    table: table.clone(),
+                });
+            }
+            if !forced {
+                report.findings.push(Finding::NotForced {
+                    table: table.clone(),
+                });
+                if owner == role {
+                    report.findings.push(Finding::OwnerWithoutForce {
+                        table: table.clone(),
+                        role: role.clone(),
+                    });
+                }
+            }
+            if !has_policy {
+                report.findings.push(Finding::NoPolicy {
+                    table: table.clone(),
+                });
+            }
+            report.tables.push(table);
+        }
+        Ok(report)
+    }
+
+    /// Fails closed, once per process, when row-level isolation does not hold.
+    pub(crate) async fn require_row_level_audit(&self) -> Result<()> {
+        self.inner
+            .row_level_audited
+            .get_or_try_init(|| async {
+                let report = self.audit_row_level().await?;
+                if report.is_clean() {
+                    Ok(())
+                } else {
+                    Err(Error::RowLevelInsecure(
+                        report.findings.iter().map(ToString::to_string).collect(),
+                    ))
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The tables holding row-level tenants' rows, parents before children
+    /// (the order to insert in; delete in reverse): bare name, quoted
+    /// qualified name, columns.
+    pub(crate) async fn row_level_tables(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<Vec<(String, String, Vec<String>)>> {
+        let rl = &self.inner.row_level;
+        let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+            "SELECT c.relname::text, format('%I.%I', n.nspname, c.relname), \
+                    array_agg(a2.attname::text ORDER BY a2.attnum) \
+             FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
+             JOIN pg_attribute a2 ON a2.attrelid = c.oid AND a2.attnum > 0 AND NOT a2.attisdropped \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 AND c.relrowsecurity \
+             GROUP BY c.relname, c.oid, n.nspname",
+        )
+        .bind(rl.schema.as_str())
+        .bind(rl.column.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading row-level tables"))?;
+        let edges: Vec<(String, String)> = sqlx::query_as(
+            "SELECT ch.relname::text, pa.relname::text FROM pg_constraint k \
+             JOIN pg_class ch ON ch.oid = k.conrelid JOIN pg_class pa ON pa.oid = k.confrelid \
+             JOIN pg_namespace n ON n.oid = ch.relnamespace \
+             WHERE k.contype = 'f' AND n.nspname = $1 AND ch.oid <> pa.oid",
+        )
+        .bind(rl.schema.as_str())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading foreign keys"))?;
+        // Parents first: repeatedly place the tables whose parents (within
+        // the row-level set) are all placed.
+        let names: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let mut placed = HashSet::new();
+        let mut ordered = Vec::new();
+        let mut remaining = rows;
+        while !remaining.is_empty() {
+            let (ready, rest): (Vec<_>, Vec<_>) = remaining.into_iter().partition(|(name, ..)| {
+                edges
+                    .iter()
+                    .filter(|(child, _)| child == name)
+                    .all(|(_, parent)| placed.contains(parent) || !names.contains(parent))
+            });
+            if ready.is_empty() {
+                // A cycle of foreign keys: no order satisfies it; keep the rest.
+                ordered.extend(rest);
+                break;
+            }
+            for (name, qualified, cols) in ready {
+                placed.insert(name.clone());
+                ordered.push((name, qualified, cols));
+            }
+            remaining = rest;
+        }
+        Ok(ordered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_sql_is_quoted_and_fails_closed() {
+        let sql = tenant_table_sql("public.customers").unwrap();
+        assert!(sql.contains("ALTER TABLE \"public\".\"customers\" ENABLE ROW LEVEL SECURITY"));
+        assert!(sql.contains("FORCE ROW LEVEL SECURITY"));
+        assert!(sql.contains(
+            "USING (\"tenant_id\" = NULLIF(current_setting('hidra.tenant_id', true), ''))"
+        ));
+        assert!(sql.contains("WITH CHECK"));
+        assert!(tenant_table_sql("public.cust;omers").is_err());
+        assert!(tenant_table_sql_with("t", "Tenant").is_err());
+    }
+}

@@ -1,0 +1,375 @@
+//! Row-level isolation, its audit, and moves between strategies. Runs as an
+//! ordinary role created by the test: row-level security never restricts a
+//! superuser.
+
+mod common;
+
+use common::*;
+use hidra::rls::{Finding, tenant_table_sql};
+use hidra::testing::{PgServer, TestDatabase};
+use hidra::{Error, Hidra, Migrations, NewTenant, Strategy, Tenant};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+const TENANT_TABLES: &str = "
+CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, customer_id BIGINT NOT NULL REFERENCES customers(id), total INT NOT NULL);
+";
+
+struct RlsCtx {
+    db: TestDatabase,
+    role: String,
+    hidra: Hidra,
+}
+
+async fn admin(url: &str) -> PgConnection {
+    PgConnection::connect(url).await.unwrap()
+}
+
+/// A database, an ordinary role owning the row-level tables, and a Hidra
+/// connected as that role.
+async fn rls_setup() -> RlsCtx {
+    let db = TestDatabase::create().await.unwrap();
+    let role = format!("hidra_app_{}", &db.name()[db.name().len() - 8..]);
+    let mut su = admin(db.url()).await;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS;
+         GRANT CREATE ON DATABASE \"{db}\" TO {role};
+         GRANT ALL ON SCHEMA public TO {role};",
+        db = db.name()
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let hidra = Hidra::builder()
+        .tenant_migrations(Migrations::new().push("tables", TENANT_TABLES))
+        .max_connections(4)
+        .connect_with(db.connect_options().username(&role))
+        .await
+        .unwrap();
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let shared = TENANT_TABLES.replace("CREATE TABLE ", "CREATE TABLE public.");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "{shared}\n{}\n{}",
+        tenant_table_sql("public.customers").unwrap(),
+        tenant_table_sql("public.orders").unwrap()
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    RlsCtx { db, role, hidra }
+}
+
+async fn teardown(ctx: RlsCtx) {
+    ctx.hidra.close().await;
+    let server = PgServer::get().await.unwrap();
+    ctx.db.drop_now().await.unwrap();
+    let mut su = admin(server.url()).await;
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {}", ctx.role)))
+        .execute(&mut su)
+        .await
+        .unwrap();
+}
+
+async fn names(h: &Hidra, t: &Tenant) -> Vec<String> {
+    let mut conn = h.acquire(t).await.unwrap();
+    sqlx::query_scalar("SELECT name FROM customers ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn row_level(h: &Hidra, name: &str) -> Tenant {
+    h.provision(NewTenant::new(id(name)).strategy(Strategy::RowLevel))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_row_level_tenant_cannot_touch_another_tenants_rows() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    assert!(h.audit_row_level().await.unwrap().is_clean());
+    let a = row_level(h, "alpha").await;
+    let b = row_level(h, "beta").await;
+    assert_eq!(a.placement.strategy, Strategy::RowLevel);
+    assert_eq!(a.placement.schema, "public");
+
+    for (t, n) in [(&a, "a-cust"), (&b, "b-cust")] {
+        let mut tx = h.begin(t).await.unwrap();
+        sqlx::query("INSERT INTO customers (name) VALUES ($1)")
+            .bind(n)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(names(h, &a).await, vec!["a-cust"]);
+    assert_eq!(names(h, &b).await, vec!["b-cust"]);
+
+    let mut conn = h.acquire(&a).await.unwrap();
+    // Update and delete reach none of B's rows.
+    let updated = sqlx::query("UPDATE customers SET name = 'hijacked' WHERE name = 'b-cust'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 0);
+    let deleted = sqlx::query("DELETE FROM customers WHERE name = 'b-cust'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 0);
+    // Inserting a row for B while bound to A is refused by the policy.
+    let err = sqlx::query("INSERT INTO customers (name, tenant_id) VALUES ('forged', 'beta')")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    // Moving one of A's rows to B is refused too.
+    let err = sqlx::query("UPDATE customers SET tenant_id = 'beta'")
+        .execute(&mut *conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("row-level security"), "{err}");
+    drop(conn);
+    assert_eq!(names(h, &b).await, vec!["b-cust"]);
+
+    // No tenant bound: nothing visible, inserts refused.
+    let mut shared = h.acquire_shared().await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut *shared)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(
+        sqlx::query("INSERT INTO customers (name) VALUES ('orphan')")
+            .execute(&mut *shared)
+            .await
+            .is_err()
+    );
+    drop(shared);
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn a_row_level_binding_never_outlives_its_checkout() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let a = row_level(h, "alpha").await;
+    let s = h.provision(NewTenant::new(id("schemy"))).await.unwrap();
+    let mut tx = h.begin(&a).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) VALUES ('a1')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    // Hammer a small pool with alternating checkouts: a schema tenant and an
+    // unscoped user never see A's rows, A always does.
+    for _ in 0..50 {
+        assert_eq!(names(h, &a).await, vec!["a1"]);
+        let mut conn = h.acquire(&s).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.customers")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "a schema tenant saw row-level rows");
+        drop(conn);
+        let mut shared = h.acquire_shared().await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+            .fetch_one(&mut *shared)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "an unscoped checkout saw row-level rows");
+    }
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn the_audit_finds_every_misconfiguration_and_provisioning_fails_closed() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let mut conn = h.acquire_shared().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE public.not_enabled (id int, tenant_id text);
+         CREATE TABLE public.not_forced (id int, tenant_id text);
+         ALTER TABLE public.not_forced ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p ON public.not_forced USING (tenant_id = current_setting('hidra.tenant_id', true));
+         CREATE TABLE public.no_policy (id int, tenant_id text);
+         ALTER TABLE public.no_policy ENABLE ROW LEVEL SECURITY;
+         ALTER TABLE public.no_policy FORCE ROW LEVEL SECURITY;",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let report = h.audit_row_level().await.unwrap();
+    let role = ctx.role.clone();
+    for expected in [
+        Finding::NotEnabled {
+            table: "not_enabled".into(),
+        },
+        Finding::NotForced {
+            table: "not_forced".into(),
+        },
+        Finding::OwnerWithoutForce {
+            table: "not_forced".into(),
+            role: role.clone(),
+        },
+        Finding::NoPolicy {
+            table: "no_policy".into(),
+        },
+    ] {
+        assert!(
+            report.findings.contains(&expected),
+            "missing {expected:?} in {report}"
+        );
+    }
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Superuser { .. } | Finding::BypassRls { .. }))
+    );
+    let err = h
+        .provision(NewTenant::new(id("unsafe")).strategy(Strategy::RowLevel))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::RowLevelInsecure(_)), "{err:?}");
+    assert!(registry_ids(h).await.is_empty());
+
+    // BYPASSRLS on the role, and a superuser connection.
+    let mut su = admin(ctx.db.url()).await;
+    sqlx::raw_sql(AssertSqlSafe(format!("ALTER ROLE {role} BYPASSRLS")))
+        .execute(&mut su)
+        .await
+        .unwrap();
+    let report = h.audit_row_level().await.unwrap();
+    assert!(
+        report
+            .findings
+            .contains(&Finding::BypassRls { role: role.clone() }),
+        "{report}"
+    );
+    let as_superuser = Hidra::builder()
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap();
+    let report = as_superuser.audit_row_level().await.unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f, Finding::Superuser { .. })),
+        "{report}"
+    );
+    as_superuser.close().await;
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn deprovisioning_a_row_level_tenant_removes_only_its_rows() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let a = row_level(h, "alpha").await;
+    let b = row_level(h, "beta").await;
+    for t in [&a, &b] {
+        let mut tx = h.begin(t).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO customers (name) VALUES ('c');
+             INSERT INTO orders (customer_id, total) SELECT id, 10 FROM customers;",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    h.deprovision(&a.id, hidra::Confirmation::of(&a.id))
+        .await
+        .unwrap();
+    let mut su = admin(ctx.db.url()).await;
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT tenant_id FROM public.customers UNION ALL SELECT tenant_id FROM public.orders",
+    )
+    .fetch_all(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(left, vec!["beta", "beta"]);
+    assert_eq!(registry_ids(h).await, vec!["beta"]);
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn a_move_keeps_every_row_and_leaves_nothing_behind() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let a = row_level(h, "mover").await;
+    let other = row_level(h, "stayer").await;
+    for t in [&a, &other] {
+        let mut tx = h.begin(t).await.unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 20) g;
+             INSERT INTO orders (customer_id, total) SELECT id, id * 10 FROM customers;",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    async fn snapshot(h: &Hidra, t: &Tenant) -> Vec<(i64, String, i64, i32)> {
+        let mut conn = h.acquire(t).await.unwrap();
+        sqlx::query_as(
+            "SELECT c.id, c.name, o.id, o.total FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY c.id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+    }
+    let before = snapshot(h, &a).await;
+    assert_eq!(before.len(), 20);
+
+    // Row level -> own schema.
+    let moved = h.move_tenant(&a.id, Strategy::Schema).await.unwrap();
+    assert_eq!(moved.placement.strategy, Strategy::Schema);
+    assert_eq!(moved.placement.schema, "tenant_mover");
+    assert_eq!(snapshot(h, &moved).await, before);
+    let mut su = admin(ctx.db.url()).await;
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM public.customers WHERE tenant_id = 'mover') \
+              + (SELECT count(*) FROM public.orders WHERE tenant_id = 'mover')",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "rows left behind in the shared tables");
+    // New rows continue after the copied ids.
+    let mut conn = h.acquire(&moved).await.unwrap();
+    let new_id: i64 =
+        sqlx::query_scalar("INSERT INTO customers (name) VALUES ('new') RETURNING id")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert!(new_id > before.iter().map(|r| r.0).max().unwrap());
+    sqlx::query("DELETE FROM customers WHERE id = $1")
+        .bind(new_id)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    // The other tenant is untouched.
+    assert_eq!(snapshot(h, &other).await.len(), 20);
+
+    // And back to row level.
+    let back = h.move_tenant(&a.id, Strategy::RowLevel).await.unwrap();
+    assert_eq!(back.placement.strategy, Strategy::RowLevel);
+    assert_eq!(snapshot(h, &back).await, before);
+    assert!(
+        !schemas(h).await.contains(&"tenant_mover".to_string()),
+        "schema left behind"
+    );
+    assert_eq!(snapshot(h, &other).await.len(), 20);
+    teardown(ctx).await;
+}

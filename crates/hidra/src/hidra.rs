@@ -12,7 +12,7 @@ use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{BoxError, Error, Result};
 use crate::migrate::Migrations;
-use crate::scope::{self, TenantConn, TenantTx};
+use crate::scope::{self, DatabasePoolConfig, Pooled, TenantConn, TenantDatabases, TenantTx};
 use crate::sql::{self, Ident};
 use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
 use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
@@ -73,6 +73,8 @@ pub struct HidraBuilder {
     pool_options: PgPoolOptions,
     default_strategy: Strategy,
     row_level: (String, String),
+    databases: DatabasePoolConfig,
+    database_prefix: String,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -102,6 +104,8 @@ impl Default for HidraBuilder {
             seed: None,
             default_strategy: Strategy::Schema,
             row_level: ("public".into(), crate::rls::DEFAULT_TENANT_COLUMN.into()),
+            databases: DatabasePoolConfig::default(),
+            database_prefix: "tenant_".into(),
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10)),
@@ -202,6 +206,21 @@ impl HidraBuilder {
         self
     }
 
+    /// Connections to database-per-tenant tenants: a small pool per tenant
+    /// database under one global budget; see [`DatabasePoolConfig`].
+    pub fn database_per_tenant(mut self, config: DatabasePoolConfig) -> Self {
+        self.databases = config;
+        self
+    }
+
+    /// The prefix of tenant database names (default `tenant_`), at most 13
+    /// bytes. Databases are server-wide: give each deployment sharing a server
+    /// its own prefix. The template database is `<prefix>_tpl`.
+    pub fn database_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.database_prefix = prefix.into();
+        self
+    }
+
     /// Maximum connections of the shared pool (default 10).
     pub fn max_connections(mut self, max: u32) -> Self {
         self.pool_options = self.pool_options.max_connections(max);
@@ -240,6 +259,8 @@ impl HidraBuilder {
             (Some(store), _) => store,
             (None, registry) => Arc::new(PgTenantStore::new(registry.unwrap_or_default())),
         };
+        let database_naming = SchemaNaming::new(self.database_prefix)?;
+        let tenant_db_options = options.clone();
         let pool = self
             .pool_options
             .test_before_acquire(false)
@@ -247,6 +268,7 @@ impl HidraBuilder {
             .connect_with(options)
             .await
             .map_err(Error::db("connecting to PostgreSQL"))?;
+        let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         Ok(Hidra {
             inner: Arc::new(Inner {
                 pool,
@@ -261,6 +283,9 @@ impl HidraBuilder {
                 default_strategy: self.default_strategy,
                 row_level,
                 row_level_audited: tokio::sync::OnceCell::new(),
+                databases,
+                database_naming,
+                template_ready: tokio::sync::OnceCell::new(),
             }),
         })
     }
@@ -290,6 +315,10 @@ pub(crate) struct Inner {
     pub(crate) row_level: RowLevelConfig,
     /// Set once the row-level audit passed in this process.
     pub(crate) row_level_audited: tokio::sync::OnceCell<()>,
+    pub(crate) databases: TenantDatabases,
+    pub(crate) database_naming: SchemaNaming,
+    /// Set once the template database is known to be at the latest version.
+    pub(crate) template_ready: tokio::sync::OnceCell<()>,
 }
 
 /// Where row-level tenants' rows live.
@@ -308,6 +337,20 @@ impl fmt::Debug for Hidra {
             .field("pool", &self.pool_status())
             .finish_non_exhaustive()
     }
+}
+
+/// The database of a database-per-tenant tenant, validated.
+pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
+    let name = tenant
+        .placement
+        .database
+        .as_deref()
+        .ok_or_else(|| Error::CorruptRecord {
+            id: tenant.id.to_string(),
+            reason: "a database-per-tenant tenant without a database name".into(),
+        })?;
+    Ident::new(name, "tenant database name")?;
+    Ok(name)
 }
 
 /// A snapshot of the shared pool, for health checks and metrics.
@@ -344,14 +387,30 @@ impl Hidra {
     /// The record is trusted as given: check its status first if that matters
     /// (the web layer does).
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
+        if tenant.placement.strategy == Strategy::Database {
+            let conn = self
+                .inner
+                .databases
+                .acquire(tenant_database(tenant)?)
+                .await?;
+            return Ok(TenantConn::new(Pooled::Database(conn), tenant));
+        }
         let binding = self.binding(tenant)?;
         let conn = scope::acquire_bound(&self.inner.pool, binding).await?;
-        Ok(TenantConn::new(conn, tenant))
+        Ok(TenantConn::new(Pooled::Shared(conn), tenant))
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
     /// Safe behind a transaction-pooling proxy.
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
+        if tenant.placement.strategy == Strategy::Database {
+            let conn = self
+                .inner
+                .databases
+                .acquire(tenant_database(tenant)?)
+                .await?;
+            return TenantTx::begin_in_database(conn, tenant).await;
+        }
         let binding = self.binding(tenant)?;
         let conn = scope::acquire_for_tx(&self.inner.pool).await?;
         TenantTx::begin(conn, tenant, &binding).await
@@ -434,8 +493,14 @@ impl Hidra {
         }
     }
 
-    /// Closes the pool, waiting for checked-out connections to come back.
+    /// The connections to tenant databases (database per tenant).
+    pub fn tenant_databases(&self) -> &TenantDatabases {
+        &self.inner.databases
+    }
+
+    /// Closes the pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
+        self.inner.databases.close().await;
         self.inner.pool.close().await;
     }
 }

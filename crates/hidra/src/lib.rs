@@ -61,6 +61,7 @@ mod error;
 mod hidra;
 mod lifecycle;
 mod moves;
+mod per_database;
 mod scope;
 mod sql;
 mod store;
@@ -78,7 +79,9 @@ pub use crate::error::{BoxError, Error, Result};
 pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
-pub use crate::scope::{TenantConn, TenantTx};
+pub use crate::scope::{
+    DatabasePoolConfig, DatabasePoolStats, DbConn, TenantConn, TenantDatabases, TenantTx,
+};
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{
     ListTenants, MAX_PAGE_SIZE, Page, PgTenantStore, RegistryColumns, RegistryTable, TenantStore,

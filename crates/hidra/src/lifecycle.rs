@@ -82,16 +82,6 @@ impl Hidra {
         Ok(tenant)
     }
 
-    async fn provision_database(&self, new: NewTenant) -> Result<Tenant> {
-        Err(Error::InvalidConfig(
-            format!(
-                "tenant `{}`: database-per-tenant provisioning is not available in this build",
-                new.id
-            )
-            .into(),
-        ))
-    }
-
     pub(crate) fn draft(&self, new: NewTenant, placement: Placement) -> Tenant {
         Tenant {
             name: new.name.unwrap_or_else(|| new.id.to_string()),
@@ -169,7 +159,7 @@ impl Hidra {
                 .map_err(Error::db("committing the provisioning transaction"))?;
             let finished = async {
                 self.migrator()
-                    .finish(schema.as_str(), Some(id.clone()), reached)
+                    .finish(schema.as_str(), Some(id.clone()), None, reached)
                     .await?;
                 let mut tx = conn
                     .begin()
@@ -375,6 +365,10 @@ impl Hidra {
             .await?
             .ok_or_else(|| Error::NotFound(id.clone()))?;
 
+        if tenant.placement.strategy == Strategy::Database {
+            // Outside any transaction: PostgreSQL cannot drop a database in one.
+            self.drop_tenant_database(&tenant).await?;
+        }
         let mut tx = conn
             .begin()
             .await

@@ -211,6 +211,7 @@ impl Hidra {
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
              WHERE c.relkind IN ('r', 'p') AND n.nspname = ANY($1) \
+               AND NOT starts_with(c.relname, 'hidra_') \
              ORDER BY 1",
         )
         .bind(&schemas)
@@ -279,6 +280,7 @@ impl Hidra {
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
              JOIN pg_attribute a2 ON a2.attrelid = c.oid AND a2.attnum > 0 AND NOT a2.attisdropped \
              WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 AND c.relrowsecurity \
+               AND NOT starts_with(c.relname, 'hidra_') \
              GROUP BY c.relname, c.oid, n.nspname",
         )
         .bind(rl.schema.as_str())

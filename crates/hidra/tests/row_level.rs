@@ -200,7 +200,8 @@ async fn the_audit_finds_every_misconfiguration_and_provisioning_fails_closed() 
          CREATE POLICY p ON public.not_forced USING (tenant_id = current_setting('hidra.tenant_id', true));
          CREATE TABLE public.no_policy (id int, tenant_id text);
          ALTER TABLE public.no_policy ENABLE ROW LEVEL SECURITY;
-         ALTER TABLE public.no_policy FORCE ROW LEVEL SECURITY;",
+         ALTER TABLE public.no_policy FORCE ROW LEVEL SECURITY;
+         CREATE TABLE public.hidra_lookup (email text, tenant_id text);",
     )
     .execute(&mut *conn)
     .await

@@ -60,6 +60,7 @@ pub(crate) use bookkeeping::{TENANT_HISTORY_DDL, ensure_internal};
 pub use runner::{
     Failure, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary, Target,
 };
+pub(crate) use runner::{read_history, recorded_state};
 pub use shared::SharedReport;
 pub use warm::WarmPoolStatus;
 pub(crate) use warm::claim_spare;
@@ -80,11 +81,17 @@ pub struct Migration {
 }
 
 /// An ordered set of migrations, for the shared schema or for tenant schemas.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Migrations {
     list: Arc<[Migration]>,
     /// `digests[i]` is the digest after applying `list[..i]`; `digests[0]` is empty.
     digests: Arc<[Vec<u8>]>,
+}
+
+impl Default for Migrations {
+    fn default() -> Self {
+        Migrations::new()
+    }
 }
 
 impl Migrations {
@@ -300,6 +307,13 @@ pub(crate) fn label(m: &Migration) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_set_is_empty_and_usable() {
+        let m = Migrations::default();
+        assert_eq!(m.latest(), 0);
+        assert!(m.latest_digest().is_empty());
+    }
 
     #[test]
     fn push_numbers_and_digests_chain() {

@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
-use sqlx::pool::PoolConnection;
-use sqlx::{Postgres, Row};
+use sqlx::Row;
 
 use super::{Migration, Migrations, label};
 use crate::error::{Error, Result, db_code};
 use crate::hidra::Hidra;
+use crate::scope::Pooled;
 use crate::sql::{self, Batch, Ident};
 use crate::store::{ListTenants, MAX_PAGE_SIZE};
 use crate::tenant::{Strategy, TenantId, TenantStatus};
@@ -23,15 +23,19 @@ use crate::tenant::{Strategy, TenantId, TenantStatus};
 pub struct Target {
     /// The schema.
     pub schema: String,
-    /// The tenant owning it; `None` for a spare schema.
+    /// The tenant owning it; `None` for a spare schema or the template database.
     pub tenant: Option<TenantId>,
+    /// The database holding it, for database-per-tenant tenants (`None`: the
+    /// shared database).
+    pub database: Option<String>,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.tenant {
-            Some(id) => write!(f, "{id}"),
-            None => write!(f, "spare {}", self.schema),
+        match (&self.tenant, &self.database) {
+            (Some(id), _) => write!(f, "{id}"),
+            (None, Some(db)) => write!(f, "database {db}"),
+            (None, None) => write!(f, "spare {}", self.schema),
         }
     }
 }
@@ -280,12 +284,13 @@ impl MigrationRunner {
         let mut all: Vec<Target> = targets
             .into_iter()
             .filter(|t| {
-                t.placement.strategy == Strategy::Schema
+                matches!(t.placement.strategy, Strategy::Schema | Strategy::Database)
                     && matches!(t.status, TenantStatus::Active | TenantStatus::Suspended)
             })
             .map(|t| Target {
                 schema: t.placement.schema,
                 tenant: Some(t.id),
+                database: t.placement.database,
             })
             .collect();
         if self.only.is_none() {
@@ -297,6 +302,7 @@ impl MigrationRunner {
             all.extend(spares.into_iter().map(|schema| Target {
                 schema,
                 tenant: None,
+                database: None,
             }));
         }
 
@@ -313,13 +319,25 @@ impl MigrationRunner {
             ..Plan::default()
         };
         for target in all {
-            let (version, digest, recorded_version, no_history) = match recorded.get(&target.schema)
-            {
-                Some((v, d)) => (*v, d.clone(), Some(*v), false),
+            // A tenant database keeps its own bookkeeping: one round trip each.
+            let mut own = match &target.database {
+                Some(db) => Some(Pooled::Database(hidra.inner.databases.acquire(db).await?)),
+                None => None,
+            };
+            let recorded_here = match &mut own {
+                Some(c) => recorded_state(c, &target.schema).await?,
+                None => recorded.get(&target.schema).cloned(),
+            };
+            let conn: &mut sqlx::PgConnection = match &mut own {
+                Some(c) => c,
+                None => &mut conn,
+            };
+            let (version, digest, recorded_version, no_history) = match recorded_here {
+                Some((v, d)) => (v, d, Some(v), false),
                 // Not recorded: read the schema's own history (rare: schemas
                 // made before hidra kept the summary, or by other means).
                 None => {
-                    let (v, d, has_table) = read_history(&mut conn, &target.schema).await?;
+                    let (v, d, has_table) = read_history(conn, &target.schema).await?;
                     (v, d, None, !has_table)
                 }
             };
@@ -335,7 +353,7 @@ impl MigrationRunner {
                     target,
                 }),
                 Some(expected) if expected != digest.as_slice() => {
-                    let detail = explain_mismatch(&mut conn, &target.schema, migrations).await;
+                    let detail = explain_mismatch(conn, &target.schema, migrations).await;
                     plan.refused.push(Failure {
                         error: Error::ChecksumMismatch {
                             schema: target.schema.clone(),
@@ -452,17 +470,33 @@ impl MigrationRunner {
         &self,
         schema: &str,
         tenant: Option<TenantId>,
+        database: Option<String>,
         version: i64,
     ) -> Result<()> {
+        let target = Target {
+            schema: schema.to_owned(),
+            tenant,
+            database,
+        };
+        self.finish_target(target, version, Some(version), false)
+            .await
+    }
+
+    /// Brings `target` from `version` to the latest version, knowing what its
+    /// bookkeeping says (`recorded`) and whether it has a history table.
+    pub(crate) async fn finish_target(
+        &self,
+        target: Target,
+        version: i64,
+        recorded: Option<i64>,
+        no_history: bool,
+    ) -> Result<()> {
         let p = PlannedTarget {
-            target: Target {
-                schema: schema.to_owned(),
-                tenant,
-            },
+            target,
             version,
             pending: Vec::new(),
-            recorded: Some(version),
-            no_history: false,
+            recorded,
+            no_history,
         };
         self.apply(p).await.map(|_| ())
     }
@@ -474,7 +508,10 @@ impl MigrationRunner {
         let migrations = self.migrations();
         let schema = Ident::new(p.target.schema.clone(), "tenant schema name")?;
         let path = sql::search_path_value(&schema, &hidra.inner.shared);
-        let mut conn = hidra.acquire_shared().await?;
+        let mut conn = match &p.target.database {
+            Some(db) => Pooled::Database(hidra.inner.databases.acquire(db).await?),
+            None => Pooled::Shared(hidra.acquire_shared().await?),
+        };
         let mut raced = 0;
         let mut applied_any = false;
         loop {
@@ -518,7 +555,7 @@ impl MigrationRunner {
 
     async fn apply_batch(
         &self,
-        conn: &mut PoolConnection<Postgres>,
+        conn: &mut Pooled,
         schema: &Ident,
         path: &str,
         p: &PlannedTarget,
@@ -571,18 +608,20 @@ impl From<Error> for Step {
 /// session-level lock. The connection is closed if this is interrupted, which
 /// releases the lock.
 async fn apply_no_tx(
-    conn: &mut PoolConnection<Postgres>,
+    conn: &mut Pooled,
     schema: &Ident,
     path: &str,
     p: &PlannedTarget,
     m: &Migration,
     migrations: &Migrations,
 ) -> Result<i64, Step> {
-    struct CloseUnlessDone<'a>(&'a mut PoolConnection<Postgres>, bool);
+    // A tenant database's connection cannot be closed on drop; an interrupted
+    // run there keeps the lock until that idle connection is reaped.
+    struct CloseUnlessDone<'a>(&'a mut Pooled, bool);
     impl Drop for CloseUnlessDone<'_> {
         fn drop(&mut self) {
-            if !self.1 {
-                self.0.close_on_drop();
+            if let (false, Pooled::Shared(c)) = (self.1, &mut *self.0) {
+                c.close_on_drop();
             }
         }
     }
@@ -686,6 +725,18 @@ async fn run_no_tx(
     Ok(m.version)
 }
 
+/// What a database's own `hidra.schema_versions` says of `schema`.
+pub(crate) async fn recorded_state(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+) -> Result<Option<(i64, Vec<u8>)>> {
+    sqlx::query_as("SELECT version, digest FROM hidra.schema_versions WHERE schema_name = $1")
+        .bind(schema)
+        .fetch_optional(conn)
+        .await
+        .map_err(Error::db("reading a tenant database's schema version"))
+}
+
 async fn recorded_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result<Option<i64>> {
     sqlx::query_scalar("SELECT version FROM hidra.schema_versions WHERE schema_name = $1")
         .bind(schema)
@@ -696,7 +747,10 @@ async fn recorded_version(conn: &mut sqlx::PgConnection, schema: &str) -> Result
 
 /// Reads a schema's own history: (version, digest of what it applied, whether
 /// the history table exists).
-async fn read_history(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(i64, Vec<u8>, bool)> {
+pub(crate) async fn read_history(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+) -> Result<(i64, Vec<u8>, bool)> {
     let schema = Ident::new(schema.to_owned(), "tenant schema name")?;
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(format!("{}._hidra_migrations", schema.quoted()))

@@ -116,7 +116,7 @@ impl Hidra {
         if version < migrations.latest() {
             // `-- no-transaction` migrations: the runner finishes the spare.
             self.migrator()
-                .finish(schema.as_str(), None, version)
+                .finish(schema.as_str(), None, None, version)
                 .await?;
         }
         Ok(())

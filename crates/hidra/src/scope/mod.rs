@@ -39,6 +39,9 @@
 //! on server connections bound by someone else. Behind such a proxy, use
 //! [`Hidra::begin`](crate::Hidra::begin) only.
 
+mod databases;
+pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
+
 use std::cell::Cell;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -177,12 +180,38 @@ async fn checkout(pool: &sqlx::PgPool, intent: Intent) -> Result<(PoolConnection
 ///
 /// Not safe behind a transaction-pooling proxy; use [`Hidra::begin`](crate::Hidra::begin) there.
 pub struct TenantConn {
-    conn: PoolConnection<Postgres>,
+    conn: Pooled,
     tenant: TenantId,
 }
 
+/// A connection from the shared pool or from a tenant database's pool.
+pub(crate) enum Pooled {
+    Shared(PoolConnection<Postgres>),
+    Database(DbConn),
+}
+
+impl Deref for Pooled {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        match self {
+            Pooled::Shared(c) => c,
+            Pooled::Database(c) => c,
+        }
+    }
+}
+
+impl DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        match self {
+            Pooled::Shared(c) => c,
+            Pooled::Database(c) => c,
+        }
+    }
+}
+
 impl TenantConn {
-    pub(crate) fn new(conn: PoolConnection<Postgres>, tenant: &Tenant) -> Self {
+    pub(crate) fn new(conn: Pooled, tenant: &Tenant) -> Self {
         TenantConn {
             conn,
             tenant: tenant.id.clone(),
@@ -229,9 +258,19 @@ impl AsMut<PgConnection> for TenantConn {
 /// Dereferences to [`PgConnection`]. Call [`commit`](TenantTx::commit) to keep
 /// the work; dropping it without committing rolls back (also on panic).
 /// Safe behind a transaction-pooling proxy such as PgBouncer.
+///
+/// For a database-per-tenant tenant the transaction is opened with a plain
+/// `BEGIN` on the tenant's own connection: nest with explicit `SAVEPOINT`s
+/// there, not `Connection::begin`. A dropped, unfinished transaction is rolled
+/// back when its connection is next checked out (the connection is closed).
 pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
+    tx: Tx,
     tenant: TenantId,
+}
+
+enum Tx {
+    Shared(Transaction<'static, Postgres>),
+    Database(DbConn),
 }
 
 impl TenantTx {
@@ -244,7 +283,18 @@ impl TenantTx {
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
-            tx,
+            tx: Tx::Shared(tx),
+            tenant: tenant.id.clone(),
+        })
+    }
+
+    pub(crate) async fn begin_in_database(mut conn: DbConn, tenant: &Tenant) -> Result<Self> {
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("beginning a tenant transaction"))?;
+        Ok(TenantTx {
+            tx: Tx::Database(conn),
             tenant: tenant.id.clone(),
         })
     }
@@ -256,19 +306,25 @@ impl TenantTx {
 
     /// Commits the transaction.
     pub async fn commit(self) -> Result<()> {
-        self.tx
-            .commit()
-            .await
-            .map_err(Error::db("committing a tenant transaction"))
+        let fail = Error::db("committing a tenant transaction");
+        match self.tx {
+            Tx::Shared(tx) => tx.commit().await.map_err(fail),
+            Tx::Database(mut conn) => finish(&mut conn, "COMMIT").await.map_err(fail),
+        }
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(self) -> Result<()> {
-        self.tx
-            .rollback()
-            .await
-            .map_err(Error::db("rolling back a tenant transaction"))
+        let fail = Error::db("rolling back a tenant transaction");
+        match self.tx {
+            Tx::Shared(tx) => tx.rollback().await.map_err(fail),
+            Tx::Database(mut conn) => finish(&mut conn, "ROLLBACK").await.map_err(fail),
+        }
     }
+}
+
+async fn finish(conn: &mut PgConnection, statement: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(statement).execute(conn).await.map(|_| ())
 }
 
 impl fmt::Debug for TenantTx {
@@ -283,18 +339,24 @@ impl Deref for TenantTx {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        &self.tx
+        match &self.tx {
+            Tx::Shared(tx) => tx,
+            Tx::Database(c) => c,
+        }
     }
 }
 
 impl DerefMut for TenantTx {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        match &mut self.tx {
+            Tx::Shared(tx) => tx,
+            Tx::Database(c) => c,
+        }
     }
 }
 
 impl AsMut<PgConnection> for TenantTx {
     fn as_mut(&mut self) -> &mut PgConnection {
-        &mut self.tx
+        self
     }
 }

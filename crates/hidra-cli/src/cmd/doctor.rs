@@ -1,0 +1,407 @@
+//! `hidra doctor`: read-only checks of a deployment.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result, bail};
+use hidra::sqlx;
+use hidra::{ListTenants, MAX_PAGE_SIZE, Strategy, Tenant, TenantId};
+use serde::Serialize;
+
+use super::NO_TENANT_MIGRATIONS;
+use super::migrate::{behind, shared_state};
+use crate::config::Settings;
+use crate::db::{self, Needs, redact};
+use crate::output::{self, outln, plural};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum Status {
+    Ok,
+    Problem,
+    Skipped,
+}
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    status: Status,
+    detail: String,
+    items: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    ok: bool,
+    problems: usize,
+    checks: Vec<Check>,
+}
+
+impl Report {
+    fn add(&mut self, name: &'static str, status: Status, detail: String, items: Vec<String>) {
+        self.checks.push(Check {
+            name,
+            status,
+            detail,
+            items,
+        });
+    }
+
+    fn ok(&mut self, name: &'static str, detail: String) {
+        self.add(name, Status::Ok, detail, Vec::new());
+    }
+
+    fn problem(&mut self, name: &'static str, detail: String, items: Vec<String>) {
+        self.add(name, Status::Problem, detail, items);
+    }
+
+    fn skipped(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.add(name, Status::Skipped, detail.into(), Vec::new());
+    }
+
+    /// Prints the report; fails when it holds a problem.
+    fn finish(mut self, json: bool) -> Result<()> {
+        self.problems = self
+            .checks
+            .iter()
+            .filter(|c| c.status == Status::Problem)
+            .count();
+        self.ok = self.problems == 0;
+        if json {
+            output::json(&self)?;
+        } else {
+            let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
+            for c in &self.checks {
+                let status = match c.status {
+                    Status::Ok => "ok",
+                    Status::Problem => "PROBLEM",
+                    Status::Skipped => "skipped",
+                };
+                outln!("{status:<8} {:<width$}  {}", c.name, c.detail)?;
+                for item in &c.items {
+                    outln!("{:<8} {:<width$}    - {item}", "", "")?;
+                }
+            }
+        }
+        match self.problems {
+            0 => Ok(()),
+            1 => bail!("doctor found 1 problem"),
+            n => bail!("doctor found {n} problems"),
+        }
+    }
+}
+
+pub(crate) async fn run(settings: &Settings, json: bool) -> Result<()> {
+    // A broken configuration is an error, not a finding.
+    let loaded = db::load(
+        settings,
+        Needs {
+            tenant_migrations: true,
+            shared_migrations: true,
+            ..Needs::default()
+        },
+    )
+    .await?;
+    let registry = db::registry(settings)?;
+    let mut report = Report::default();
+
+    let db = match db::open(settings, loaded, 2).await {
+        Ok(db) => db,
+        Err(err) => {
+            report.problem("database", output::one_line(err.as_ref()), Vec::new());
+            return report.finish(json);
+        }
+    };
+    report.ok(
+        "database",
+        format!(
+            "PostgreSQL {} at {}",
+            db.server_version,
+            redact(&settings.database_url)
+        ),
+    );
+    let hidra = &db.hidra;
+
+    let mut conn = hidra.acquire_shared().await?;
+    let registry_exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(registry.table().quoted())
+        .fetch_one(&mut *conn)
+        .await
+        .context("looking for the registry table")?;
+    let internal_exists: bool = sqlx::query_scalar(
+        "SELECT to_regclass('hidra.schema_versions') IS NOT NULL \
+         AND to_regclass('hidra.shared_migrations') IS NOT NULL \
+         AND to_regclass('hidra.spare_schemas') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context("looking for hidra's internal schema")?;
+    let schemas: HashSet<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
+        .fetch_all(&mut *conn)
+        .await
+        .context("listing schemas")?
+        .into_iter()
+        .collect();
+    drop(conn);
+
+    let tenants = if registry_exists {
+        let tenants = all_tenants(hidra).await?;
+        report.ok(
+            "registry",
+            format!(
+                "{}: {}",
+                registry.table(),
+                plural(tenants.len(), "tenant", "tenants")
+            ),
+        );
+        Some(tenants)
+    } else {
+        report.problem(
+            "registry",
+            format!(
+                "the registry table {} does not exist; run `hidra init`",
+                registry.table()
+            ),
+            Vec::new(),
+        );
+        None
+    };
+    if internal_exists {
+        report.ok("internal schema", "hidra".to_owned());
+    } else {
+        report.problem(
+            "internal schema",
+            "hidra's internal schema is missing or incomplete; run `hidra init`".to_owned(),
+            Vec::new(),
+        );
+    }
+
+    match &tenants {
+        Some(tenants) => {
+            schema_checks(&mut report, settings, tenants, &schemas);
+        }
+        None => {
+            report.skipped("orphan schemas", "needs the registry table");
+            report.skipped("missing schemas", "needs the registry table");
+        }
+    }
+
+    match (&db.shared_migrations, internal_exists) {
+        (None, _) => report.skipped(
+            "shared migrations",
+            "no shared migrations configured (--shared-migrations DIR or HIDRA_SHARED_MIGRATIONS)",
+        ),
+        (Some(_), false) => report.skipped("shared migrations", "needs hidra's internal schema"),
+        (Some(migrations), true) => {
+            let state = shared_state(hidra, migrations).await?;
+            match (&state.problem, state.pending.is_empty()) {
+                (Some(problem), _) => {
+                    report.problem("shared migrations", problem.clone(), Vec::new())
+                }
+                (None, true) => report.ok(
+                    "shared migrations",
+                    format!("at version {}, up to date", state.version),
+                ),
+                (None, false) => report.problem(
+                    "shared migrations",
+                    format!(
+                        "at version {}, {} pending; run `hidra migrate`",
+                        state.version,
+                        state.pending.len()
+                    ),
+                    Vec::new(),
+                ),
+            }
+        }
+    }
+
+    match (&db.tenant_migrations, tenants.is_some() && internal_exists) {
+        (None, _) => report.skipped("tenant migrations", NO_TENANT_MIGRATIONS),
+        (Some(_), false) => report.skipped(
+            "tenant migrations",
+            "needs the registry table and hidra's internal schema",
+        ),
+        (Some(migrations), true) => {
+            let late = behind(hidra).await?;
+            if late.is_empty() {
+                report.ok(
+                    "tenant migrations",
+                    format!("every schema at version {}", migrations.latest()),
+                );
+            } else {
+                let items = late
+                    .iter()
+                    .map(|s| {
+                        let who = match &s.target.tenant {
+                            Some(id) => format!("{id} ({})", s.target.schema),
+                            None => format!("spare schema {}", s.target.schema),
+                        };
+                        match &s.problem {
+                            Some(problem) => format!("{who}: {problem}"),
+                            None => format!("{who}: version {}, {} pending", s.version, s.pending),
+                        }
+                    })
+                    .collect();
+                report.problem(
+                    "tenant migrations",
+                    format!(
+                        "{} behind version {} or refusing it; run `hidra migrate`",
+                        plural(late.len(), "schema is", "schemas are"),
+                        migrations.latest()
+                    ),
+                    items,
+                );
+            }
+        }
+    }
+
+    // Row-level security protects row-level tenants only: audit it when
+    // there are some (provisioning one already refuses a failing audit).
+    let row_level = tenants.as_ref().map_or(0, |ts| {
+        ts.iter()
+            .filter(|t| t.placement.strategy == Strategy::RowLevel)
+            .count()
+    });
+    if tenants.is_none() {
+        report.skipped("row-level security", "needs the registry table");
+    } else if row_level == 0 {
+        report.skipped("row-level security", "no row-level tenants");
+    } else {
+        let audit = hidra.audit_row_level().await?;
+        let scope = format!(
+            "{}, {} as role `{}`",
+            plural(row_level, "row-level tenant", "row-level tenants"),
+            plural(
+                audit.tables.len(),
+                "tenant-scoped table",
+                "tenant-scoped tables"
+            ),
+            audit.role
+        );
+        if audit.is_clean() {
+            report.ok("row-level security", scope);
+        } else {
+            report.problem(
+                "row-level security",
+                format!(
+                    "{} ({scope})",
+                    plural(audit.findings.len(), "finding", "findings")
+                ),
+                audit.findings.iter().map(ToString::to_string).collect(),
+            );
+        }
+    }
+
+    report.finish(json)
+}
+
+/// Schemas named like tenants without a registry row, and registry rows
+/// without their schema.
+fn schema_checks(
+    report: &mut Report,
+    settings: &Settings,
+    tenants: &[Tenant],
+    schemas: &HashSet<String>,
+) {
+    let prefix = settings.schema_prefix.as_str();
+    let registered: HashSet<&str> = tenants
+        .iter()
+        .map(|t| t.placement.schema.as_str())
+        .collect();
+    let mut orphans: Vec<&String> = schemas
+        .iter()
+        .filter(|s| !registered.contains(s.as_str()))
+        .filter(|s| !settings.shared_schemas.contains(s))
+        .filter(|s| named_like_tenant(s, prefix))
+        .collect();
+    orphans.sort();
+    if orphans.is_empty() {
+        report.ok(
+            "orphan schemas",
+            format!("no schema named like a tenant (`{prefix}…`) lacks a registry row"),
+        );
+    } else {
+        report.problem(
+            "orphan schemas",
+            format!(
+                "{} named like a tenant (`{prefix}…`) but without a registry row",
+                plural(orphans.len(), "schema", "schemas")
+            ),
+            orphans.into_iter().cloned().collect(),
+        );
+    }
+
+    // Only schema-per-tenant tenants own a schema in this database.
+    let missing: Vec<String> = tenants
+        .iter()
+        .filter(|t| t.placement.strategy == Strategy::Schema)
+        .filter(|t| !schemas.contains(&t.placement.schema))
+        .map(|t| format!("{} (schema {}, {})", t.id, t.placement.schema, t.status))
+        .collect();
+    if missing.is_empty() {
+        report.ok(
+            "missing schemas",
+            "every schema-per-tenant tenant has its schema".to_owned(),
+        );
+    } else {
+        report.problem(
+            "missing schemas",
+            format!(
+                "{} without a schema",
+                plural(
+                    missing.len(),
+                    "schema-per-tenant tenant",
+                    "schema-per-tenant tenants"
+                )
+            ),
+            missing,
+        );
+    }
+}
+
+/// Whether `schema` is what some tenant id maps to with `prefix`.
+fn named_like_tenant(schema: &str, prefix: &str) -> bool {
+    let Some(suffix) = schema.strip_prefix(prefix) else {
+        return false;
+    };
+    let reserved = schema == "public"
+        || schema == "information_schema"
+        || schema == "hidra"
+        || schema.starts_with("pg_")
+        || schema.starts_with("hidra_");
+    // Schema names use `_` where ids may have `-`; `_` is valid in ids too.
+    !reserved && TenantId::new(suffix).is_ok()
+}
+
+async fn all_tenants(hidra: &hidra::Hidra) -> Result<Vec<Tenant>> {
+    let mut tenants = Vec::new();
+    let mut page = ListTenants::first(MAX_PAGE_SIZE);
+    loop {
+        let p = hidra.list(&page).await?;
+        tenants.extend(p.items);
+        match p.next {
+            Some(next) => page = ListTenants::first(MAX_PAGE_SIZE).after(next),
+            None => return Ok(tenants),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_like_schema_names() {
+        assert!(named_like_tenant("tenant_acme", "tenant_"));
+        assert!(named_like_tenant("tenant_acme_corp", "tenant_"));
+        assert!(!named_like_tenant("tenant_", "tenant_"));
+        assert!(!named_like_tenant("tenant_1x", "tenant_"));
+        assert!(!named_like_tenant("billing", "tenant_"));
+        // With no prefix, only names that are valid ids and not reserved.
+        assert!(named_like_tenant("acme", ""));
+        assert!(!named_like_tenant("public", ""));
+        assert!(!named_like_tenant("hidra", ""));
+        assert!(!named_like_tenant("hidra_spare_0a1b", ""));
+        assert!(!named_like_tenant("pg_toast", ""));
+        assert!(!named_like_tenant("information_schema", ""));
+    }
+}

@@ -1,0 +1,90 @@
+//! `hidra init`
+
+use anyhow::{Context, Result};
+use hidra::auth::{ApiKeyTable, LoginTable};
+use hidra::sqlx::{self, AssertSqlSafe};
+
+use crate::config::Settings;
+use crate::db::{self, Needs};
+use crate::output::outln;
+
+/// Creates the registry table, the auth tables and hidra's internal schema,
+/// then applies the shared migrations. Every step is idempotent.
+pub(crate) async fn run(settings: &Settings) -> Result<()> {
+    let registry = db::registry(settings)?;
+    let (table, id_column) = (settings.registry_table.as_str(), "id");
+    let logins = LoginTable::default().referencing(table, id_column)?;
+    let keys = ApiKeyTable::default().referencing(table, id_column)?;
+
+    let db = db::connect(
+        settings,
+        Needs {
+            shared_migrations: true,
+            ..Needs::default()
+        },
+    )
+    .await?;
+    let hidra = &db.hidra;
+
+    // The registry and the tables that reference it, in one implicit
+    // transaction (one simple-protocol query).
+    let mut ddl = String::new();
+    if let Some(schema) = registry.table().schema() {
+        ddl.push_str(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {};\n",
+            schema.quoted()
+        ));
+    }
+    ddl.push_str(&registry.ddl());
+    ddl.push_str(&logins.ddl());
+    ddl.push_str(&keys.ddl());
+    let mut conn = hidra.acquire_shared().await?;
+    sqlx::raw_sql(AssertSqlSafe(ddl))
+        .execute(&mut *conn)
+        .await
+        .context("creating the registry and auth tables")?;
+    drop(conn);
+    outln!("registry table  {}: ready", registry.table())?;
+    outln!("login table     {}: ready", logins.table())?;
+    outln!("API key table   {}: ready", keys.table())?;
+
+    match &db.shared_migrations {
+        Some(migrations) => {
+            // Also creates hidra's internal schema.
+            let report = hidra.migrate_shared().await?;
+            outln!("internal schema hidra: ready")?;
+            if report.applied.is_empty() {
+                outln!(
+                    "shared migrations: up to date (version {}, {} known)",
+                    report.version,
+                    migrations.len()
+                )?;
+            } else {
+                outln!(
+                    "shared migrations: applied {} (now at version {})",
+                    join(&report.applied),
+                    report.version
+                )?;
+            }
+        }
+        None => {
+            // No public call only creates hidra's internal schema; reading
+            // the warm pool's status creates it when missing and changes
+            // nothing else.
+            hidra.warm_pool_status().await?;
+            outln!("internal schema hidra: ready")?;
+            outln!(
+                "shared migrations: none configured (--shared-migrations DIR or HIDRA_SHARED_MIGRATIONS)"
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn join(versions: &[i64]) -> String {
+    versions
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

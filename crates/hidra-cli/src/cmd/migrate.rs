@@ -1,0 +1,378 @@
+//! `hidra migrate` and `hidra migrate status`
+
+use anyhow::{Context, Result, bail};
+use hidra::migrate::{Failure, MigrationStatus, Target};
+use hidra::sqlx;
+use hidra::{Hidra, Migrations, RunSummary};
+use serde::Serialize;
+
+use super::init::join;
+use super::{NO_TENANT_MIGRATIONS, tenant_id};
+use crate::config::Settings;
+use crate::db::{self, Needs};
+use crate::opt::{MigrateArgs, MigrateCommand, MigrateRun};
+use crate::output::{self, Table, note, outln, plural};
+use crate::progress::Reporter;
+
+pub(crate) async fn run(settings: &Settings, args: MigrateArgs) -> Result<()> {
+    match args.command {
+        Some(MigrateCommand::Status { json }) => status(settings, json).await,
+        None => migrate(settings, args.run).await,
+    }
+}
+
+/// Where the shared schema stands.
+#[derive(Debug, Serialize)]
+pub(crate) struct SharedState {
+    /// The last applied version (0: none).
+    pub(crate) version: i64,
+    /// Versions still to apply.
+    pub(crate) pending: Vec<i64>,
+    /// Why it cannot be migrated (an applied migration edited or missing).
+    pub(crate) problem: Option<String>,
+}
+
+/// Reads the shared migration history without changing anything.
+///
+/// The core has no read-only status for shared migrations (only
+/// `Hidra::migrate_shared`, which applies them), so this reads hidra's
+/// history table `hidra.shared_migrations` directly.
+pub(crate) async fn shared_state(hidra: &Hidra, migrations: &Migrations) -> Result<SharedState> {
+    let mut conn = hidra.acquire_shared().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('hidra.shared_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await
+            .context("looking for the shared migration history")?;
+    let applied: Vec<(i64, Vec<u8>)> = if exists {
+        sqlx::query_as("SELECT version, checksum FROM hidra.shared_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
+            .await
+            .context("reading the shared migration history")?
+    } else {
+        Vec::new()
+    };
+    let version = applied.last().map_or(0, |a| a.0);
+    let problem = applied.iter().find_map(|(v, checksum)| {
+        match migrations.iter().find(|m| m.version == *v) {
+            None => Some(format!(
+                "applied shared migration {v} is missing from the migrations given"
+            )),
+            Some(m) if &m.checksum != checksum => Some(format!(
+                "applied shared migration {v} ({}) was edited (checksum mismatch)",
+                m.description
+            )),
+            Some(_) => None,
+        }
+    });
+    let pending = migrations
+        .iter()
+        .filter(|m| m.version > version)
+        .map(|m| m.version)
+        .collect();
+    Ok(SharedState {
+        version,
+        pending,
+        problem,
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct RunJson {
+    dry_run: bool,
+    /// The shared step, when shared migrations are configured.
+    shared: Option<SharedJson>,
+    /// The tenant step, when tenant migrations are configured.
+    tenants: Option<TenantsJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct SharedJson {
+    version: i64,
+    applied: Vec<i64>,
+    pending: Vec<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TenantsJson {
+    latest: i64,
+    migrated: Vec<MigratedJson>,
+    current: usize,
+    failed: Vec<FailedJson>,
+    elapsed_ms: u128,
+}
+
+#[derive(Debug, Serialize)]
+struct MigratedJson {
+    tenant: Option<String>,
+    schema: String,
+    from: i64,
+    to: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct FailedJson {
+    tenant: Option<String>,
+    schema: String,
+    error: String,
+}
+
+fn tenant_of(target: &Target) -> Option<String> {
+    target.tenant.as_ref().map(ToString::to_string)
+}
+
+async fn migrate(settings: &Settings, run: MigrateRun) -> Result<()> {
+    let ids = run
+        .tenants
+        .iter()
+        .map(|raw| tenant_id(raw))
+        .collect::<Result<Vec<_>>>()?;
+    if settings.tenant_migrations.is_none() {
+        if settings.shared_migrations.is_none() {
+            bail!("nothing to migrate: {NO_TENANT_MIGRATIONS}, and no shared migrations either");
+        }
+        if !ids.is_empty() {
+            bail!("cannot migrate tenants: {NO_TENANT_MIGRATIONS}");
+        }
+    }
+    let concurrency = run.concurrency.unwrap_or(settings.concurrency);
+    let db = db::connect(
+        settings,
+        Needs {
+            tenant_migrations: true,
+            shared_migrations: true,
+            pool_size: concurrency + 1,
+        },
+    )
+    .await?;
+    let hidra = &db.hidra;
+
+    let shared = match &db.shared_migrations {
+        None => None,
+        Some(migrations) if run.dry_run => {
+            let state = shared_state(hidra, migrations).await?;
+            if let Some(problem) = state.problem {
+                bail!("shared migrations: {problem}; restore it and add a new migration instead");
+            }
+            Some(SharedJson {
+                version: state.version,
+                applied: Vec::new(),
+                pending: state.pending,
+            })
+        }
+        Some(_) => {
+            let report = hidra.migrate_shared().await?;
+            Some(SharedJson {
+                version: report.version,
+                applied: report.applied,
+                pending: Vec::new(),
+            })
+        }
+    };
+    if let Some(s) = &shared
+        && !run.json
+    {
+        if !s.applied.is_empty() {
+            outln!(
+                "shared: applied {} (now at version {})",
+                join(&s.applied),
+                s.version
+            )?;
+        } else if !s.pending.is_empty() {
+            outln!(
+                "shared: would apply {} (now at version {})",
+                join(&s.pending),
+                s.version
+            )?;
+        } else {
+            outln!("shared: up to date (version {})", s.version)?;
+        }
+    }
+
+    let Some(tenant_migrations) = &db.tenant_migrations else {
+        if run.json {
+            output::json(&RunJson {
+                dry_run: run.dry_run,
+                shared,
+                tenants: None,
+            })?;
+        } else {
+            note!("note: {NO_TENANT_MIGRATIONS}; tenants were not migrated");
+        }
+        return Ok(());
+    };
+
+    let mut runner = hidra
+        .migrator()
+        .concurrency(concurrency as usize)
+        .dry_run(run.dry_run);
+    if !ids.is_empty() {
+        runner = runner.tenants(ids);
+    }
+    let reporter = Reporter::new();
+    if !run.dry_run {
+        runner = runner.on_progress(reporter.callback());
+    }
+    let summary = runner.run().await;
+    reporter.finish();
+    let summary: RunSummary = summary?;
+
+    if run.json {
+        output::json(&RunJson {
+            dry_run: run.dry_run,
+            shared,
+            tenants: Some(TenantsJson {
+                latest: tenant_migrations.latest(),
+                migrated: summary
+                    .migrated
+                    .iter()
+                    .map(|(target, from, to)| MigratedJson {
+                        tenant: tenant_of(target),
+                        schema: target.schema.clone(),
+                        from: *from,
+                        to: *to,
+                    })
+                    .collect(),
+                current: summary.current,
+                failed: summary
+                    .failed
+                    .iter()
+                    .map(|Failure { target, error }| FailedJson {
+                        tenant: tenant_of(target),
+                        schema: target.schema.clone(),
+                        error: output::one_line(error),
+                    })
+                    .collect(),
+                elapsed_ms: summary.elapsed.as_millis(),
+            }),
+        })?;
+    } else {
+        outln!("tenants: {summary}")?;
+        if summary.dry_run {
+            for (target, from, to) in &summary.migrated {
+                outln!("  {target}: {from} -> {to}")?;
+            }
+        }
+    }
+    if !summary.is_success() {
+        let total = summary.failed.len() + summary.migrated.len() + summary.current;
+        bail!(
+            "{} of {total} schemas failed to migrate (listed above); the others are unaffected",
+            summary.failed.len()
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct StatusJson {
+    shared: Option<SharedState>,
+    tenants: Option<TenantStatusJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct TenantStatusJson {
+    latest: i64,
+    schemas: Vec<SchemaStatusJson>,
+}
+
+#[derive(Debug, Serialize)]
+struct SchemaStatusJson {
+    tenant: Option<String>,
+    schema: String,
+    /// `None` when the schema's history cannot be matched to the migrations.
+    version: Option<i64>,
+    pending: usize,
+    problem: Option<String>,
+}
+
+impl From<&MigrationStatus> for SchemaStatusJson {
+    fn from(s: &MigrationStatus) -> Self {
+        SchemaStatusJson {
+            tenant: tenant_of(&s.target),
+            schema: s.target.schema.clone(),
+            version: s.problem.is_none().then_some(s.version),
+            pending: s.pending,
+            problem: s.problem.clone(),
+        }
+    }
+}
+
+async fn status(settings: &Settings, json: bool) -> Result<()> {
+    if settings.tenant_migrations.is_none() && settings.shared_migrations.is_none() {
+        bail!("{NO_TENANT_MIGRATIONS}, and no shared migrations either");
+    }
+    let db = db::connect(
+        settings,
+        Needs {
+            tenant_migrations: true,
+            shared_migrations: true,
+            ..Needs::default()
+        },
+    )
+    .await?;
+    let hidra = &db.hidra;
+    let shared = match &db.shared_migrations {
+        Some(m) => Some(shared_state(hidra, m).await?),
+        None => None,
+    };
+    let tenants = match &db.tenant_migrations {
+        Some(m) => {
+            let statuses = hidra.migration_status().await?;
+            Some(TenantStatusJson {
+                latest: m.latest(),
+                schemas: statuses.iter().map(SchemaStatusJson::from).collect(),
+            })
+        }
+        None => None,
+    };
+    if json {
+        return output::json(&StatusJson { shared, tenants });
+    }
+    if let Some(s) = &shared {
+        match &s.problem {
+            Some(problem) => outln!("shared: version {}; problem: {problem}", s.version)?,
+            None if s.pending.is_empty() => outln!("shared: version {}, up to date", s.version)?,
+            None => outln!(
+                "shared: version {}, pending {}",
+                s.version,
+                join(&s.pending)
+            )?,
+        }
+    }
+    let Some(t) = tenants else {
+        note!("note: {NO_TENANT_MIGRATIONS}");
+        return Ok(());
+    };
+    let behind = t.schemas.iter().filter(|s| s.pending > 0).count();
+    let broken = t.schemas.iter().filter(|s| s.problem.is_some()).count();
+    outln!(
+        "tenants: latest version {}; {}, {behind} behind, {broken} with problems",
+        t.latest,
+        plural(t.schemas.len(), "schema", "schemas")
+    )?;
+    if t.schemas.is_empty() {
+        return Ok(());
+    }
+    let mut table = Table::new(["TENANT", "SCHEMA", "VERSION", "PENDING", "PROBLEM"]);
+    for s in &t.schemas {
+        table.row(vec![
+            s.tenant.clone().unwrap_or_else(|| "(spare)".to_owned()),
+            s.schema.clone(),
+            s.version.map_or_else(|| "?".to_owned(), |v| v.to_string()),
+            s.pending.to_string(),
+            s.problem.clone().unwrap_or_default(),
+        ]);
+    }
+    table.print()
+}
+
+/// Used by `doctor`: the schemas behind on or refusing the tenant migrations.
+pub(crate) async fn behind(hidra: &Hidra) -> Result<Vec<MigrationStatus>> {
+    Ok(hidra
+        .migration_status()
+        .await?
+        .into_iter()
+        .filter(|s| s.pending > 0 || s.problem.is_some())
+        .collect())
+}

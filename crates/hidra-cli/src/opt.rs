@@ -1,0 +1,413 @@
+//! The command line: every option's `///` comment is its help text.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Operate a Hidra deployment: set up the database, manage tenants, run
+/// migrations, issue API keys and diagnose problems.
+///
+/// Settings come from flags, then the environment (`DATABASE_URL`, `HIDRA_*`),
+/// then the configuration file (`--config FILE`, or `hidra.toml` in the
+/// current directory), then the defaults.
+#[derive(Debug, Parser)]
+#[command(name = "hidra", version, max_term_width = 100)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) global: GlobalOpts,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// Options every subcommand accepts.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Configuration")]
+pub(crate) struct GlobalOpts {
+    /// PostgreSQL URL of the application's database
+    /// [default: postgres://postgres@127.0.0.1:5432/postgres]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        value_name = "URL"
+    )]
+    pub(crate) database_url: Option<String>,
+
+    /// Configuration file (TOML) [default: hidra.toml in the current directory, if present]
+    #[arg(
+        long,
+        env = "HIDRA_CONFIG",
+        hide_env_values = true,
+        global = true,
+        value_name = "FILE"
+    )]
+    pub(crate) config: Option<PathBuf>,
+
+    /// Prefix of tenant schema names; must match the application's [default: tenant_]
+    #[arg(
+        long,
+        env = "HIDRA_SCHEMA_PREFIX",
+        hide_env_values = true,
+        global = true,
+        value_name = "PREFIX"
+    )]
+    pub(crate) schema_prefix: Option<String>,
+
+    /// The tenant registry table, `name` or `schema.name` [default: public.tenants]
+    #[arg(
+        long,
+        env = "HIDRA_REGISTRY_TABLE",
+        hide_env_values = true,
+        global = true,
+        value_name = "TABLE"
+    )]
+    pub(crate) registry_table: Option<String>,
+
+    /// Schemas searched after a tenant's own, comma-separated [default: public]
+    #[arg(
+        long,
+        env = "HIDRA_SHARED_SCHEMAS",
+        hide_env_values = true,
+        global = true,
+        value_name = "SCHEMAS",
+        value_delimiter = ','
+    )]
+    pub(crate) shared_schemas: Option<Vec<String>>,
+
+    /// Schema of the row-level tenants' shared tables [default: public]
+    #[arg(
+        long,
+        env = "HIDRA_ROW_LEVEL_SCHEMA",
+        hide_env_values = true,
+        global = true,
+        value_name = "SCHEMA"
+    )]
+    pub(crate) row_level_schema: Option<String>,
+
+    /// Tenant column of the row-level tables [default: tenant_id]
+    #[arg(
+        long,
+        env = "HIDRA_TENANT_COLUMN",
+        hide_env_values = true,
+        global = true,
+        value_name = "COLUMN"
+    )]
+    pub(crate) tenant_column: Option<String>,
+
+    /// Directory of tenant migrations, in sqlx's format (`<version>_<description>.sql`)
+    #[arg(
+        long,
+        env = "HIDRA_TENANT_MIGRATIONS",
+        hide_env_values = true,
+        global = true,
+        value_name = "DIR"
+    )]
+    pub(crate) tenant_migrations: Option<PathBuf>,
+
+    /// Directory of shared migrations, in sqlx's format
+    #[arg(
+        long,
+        env = "HIDRA_SHARED_MIGRATIONS",
+        hide_env_values = true,
+        global = true,
+        value_name = "DIR"
+    )]
+    pub(crate) shared_migrations: Option<PathBuf>,
+
+    /// Seconds to wait for the database to answer [default: 5]
+    #[arg(long, env = "HIDRA_CONNECT_TIMEOUT", hide_env_values = true, global = true, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) connect_timeout: Option<u64>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the registry table, the auth tables (logins, API keys) and
+    /// hidra's internal schema, then apply the shared migrations if a
+    /// directory is configured. Safe to run again.
+    Init,
+
+    /// Create, list, inspect, suspend, activate and delete tenants.
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+
+    /// Apply pending migrations: the shared ones, then every tenant's.
+    Migrate(MigrateArgs),
+
+    /// Create, list, rotate, revoke and verify per-tenant API keys.
+    ///
+    /// Keys are stored as a keyed hash: `create`, `rotate` and `verify` need
+    /// the application's pepper in the environment variable
+    /// `HIDRA_API_KEY_PEPPER` (at least 32 bytes).
+    #[command(subcommand, name = "api-key")]
+    ApiKey(ApiKeyCommand),
+
+    /// Check the deployment: database reachable, registry and schemas in
+    /// agreement, migrations applied everywhere, and row-level security when
+    /// there are row-level tenants. Exits with 1 if it finds a problem.
+    Doctor {
+        /// Print the report as JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hidra tenant …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum TenantCommand {
+    /// Create a tenant: registry row, schema and every tenant migration, all
+    /// or nothing.
+    Create {
+        /// The tenant id: lowercase ASCII letters, digits, `-` and `_`, 1–50
+        /// characters, starting with a letter
+        id: String,
+        /// Display name [default: the id]
+        #[arg(long)]
+        name: Option<String>,
+        /// How to isolate it [default: schema]
+        #[arg(long, value_parser = ["schema", "row_level", "database"])]
+        strategy: Option<String>,
+        /// Free-form metadata, a JSON object (e.g. '{"plan":"pro"}')
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+        /// Print the new tenant as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List tenants, ordered by id.
+    List {
+        /// Only tenants in this status
+        #[arg(long, value_parser = ["provisioning", "active", "suspended", "deleting"])]
+        status: Option<String>,
+        /// At most this many tenants [default: all]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        limit: Option<u32>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Show one tenant.
+    Show {
+        /// The tenant id
+        id: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Suspend a tenant: its data stays, the application refuses its requests.
+    Suspend {
+        /// The tenant id
+        id: String,
+    },
+
+    /// Re-activate a suspended tenant.
+    Activate {
+        /// The tenant id
+        id: String,
+    },
+
+    /// Delete a tenant and all its data (its schema is dropped).
+    ///
+    /// Asks for the id again on a terminal; without a terminal, `--yes` is
+    /// required.
+    Delete {
+        /// The tenant id
+        id: String,
+        /// Do not ask for confirmation
+        #[arg(long, short)]
+        yes: bool,
+    },
+}
+
+/// `hidra migrate [status]`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub(crate) struct MigrateArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<MigrateCommand>,
+
+    #[command(flatten)]
+    pub(crate) run: MigrateRun,
+}
+
+/// Options of a migration run.
+#[derive(Debug, Args)]
+pub(crate) struct MigrateRun {
+    /// Only this tenant (repeat for several; spare schemas are then skipped).
+    /// The shared migrations are applied first either way
+    #[arg(long = "tenant", value_name = "ID")]
+    pub(crate) tenants: Vec<String>,
+
+    /// How many schemas to migrate at once [default: 4]
+    #[arg(
+        long,
+        env = "HIDRA_CONCURRENCY",
+        hide_env_values = true,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=256)
+    )]
+    pub(crate) concurrency: Option<u32>,
+
+    /// Report what would be applied, apply nothing
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `hidra migrate status`
+#[derive(Debug, Subcommand)]
+pub(crate) enum MigrateCommand {
+    /// Show every tenant schema's version and pending migrations, and the
+    /// shared schema's.
+    Status {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `hidra api-key …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApiKeyCommand {
+    /// Create a key for a tenant. The key is printed once, on standard
+    /// output; it cannot be shown again.
+    Create {
+        /// The tenant id
+        tenant: String,
+        /// A name for people ("ci", "billing export")
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// A scope the key grants (repeat for several; `*` and `prefix:*`
+        /// allowed). A key without scopes passes no scope check
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// Expire the key after this long: `90d`, `12h`, `30m`, `1w2d`
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        expires_in: Option<Duration>,
+        /// Print the key and its record as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List a tenant's keys (never their secrets).
+    List {
+        /// The tenant id
+        tenant: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Replace a key with a new one (same name, scopes and lifetime); the
+    /// old key keeps working for the application's grace period. The new
+    /// key is printed once.
+    Rotate {
+        /// The key id: the 24 hex digits after `hk_`, as `list` shows them
+        key_id: String,
+        /// Print the new key and its record as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Revoke a key at once.
+    Revoke {
+        /// The key id: the 24 hex digits after `hk_`, as `list` shows them
+        key_id: String,
+    },
+
+    /// Check a key and show its tenant and scopes. Exits with 1 if it is
+    /// refused.
+    Verify {
+        /// The full key `hk_<id>_<secret>` [default: read one line from standard input]
+        key: Option<String>,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses `90d`, `12h`, `30m`, `45s`, `2w` and sums like `1d12h`.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!(
+            "invalid duration {s:?}: expected a number and a unit (s, m, h, d, w), e.g. 90d or 1d12h"
+        )
+    };
+    let mut total: u64 = 0;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let unit_len = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        let seconds = match &rest[digits..digits + unit_len] {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3_600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(seconds)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
+        rest = &rest[digits + unit_len..];
+    }
+    if total == 0 {
+        return Err(format!("duration {s:?} must be longer than zero"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("45s"), Ok(Duration::from_secs(45)));
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86_400)));
+        assert_eq!(
+            parse_duration("1d12h"),
+            Ok(Duration::from_secs(86_400 + 12 * 3_600))
+        );
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(2 * 604_800)));
+        for bad in [
+            "",
+            "d",
+            "12",
+            "12x",
+            "1.5h",
+            "-1h",
+            "0s",
+            "99999999999999999999s",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Database per tenant: provisioning from a template database kept at the
+//! latest migration (`CREATE DATABASE … TEMPLATE`), and dropping.
+//!
+//! Every tenant database holds its tables in `public`, with its own history
+//! (`public._hidra_migrations`) and bookkeeping (`hidra.schema_versions`),
+//! copied from the template. The template is `<database prefix>_tpl`; it is
+//! created and migrated on the first database provisioning of a process,
+//! under an exclusive advisory lock, while creating databases from it takes the
+//! same lock shared, so a template is never migrated while it is copied.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::hidra::{Hidra, tenant_database};
+use crate::migrate::{self, Target};
+use crate::sql::{self, Ident};
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantStatus};
+
+/// Advisory lock key guarding the template database.
+const TEMPLATE_LOCK: i64 = 0x6869_6472_615f_0003;
+
+/// The schema of a tenant database that holds its tables.
+const TENANT_DB_SCHEMA: &str = "public";
+
+impl Hidra {
+    fn template_database(&self) -> Ident {
+        Ident::trusted(format!("{}_tpl", self.inner.database_naming.prefix()))
+    }
+
+    /// Creates the template database if missing and brings it to the latest
+    /// tenant migration, once per process.
+    pub(crate) async fn ensure_template(&self) -> Result<Ident> {
+        let tpl = self.template_database();
+        self.inner
+            .template_ready
+            .get_or_try_init(|| async {
+                let mut conn = self.acquire_shared().await?;
+                // A session lock: if this is interrupted the connection is
+                // closed, which releases it.
+                conn.close_on_drop();
+                lock(&mut conn, "pg_advisory_lock").await?;
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                )
+                .bind(tpl.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("looking for the template database"))?;
+                if !exists {
+                    sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", tpl.quoted())))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::db("creating the template database"))?;
+                }
+                let (version, recorded, no_history) = {
+                    let mut t = self.inner.databases.acquire(tpl.as_str()).await?;
+                    migrate::ensure_internal(&mut t).await?;
+                    match migrate::recorded_state(&mut t, TENANT_DB_SCHEMA).await? {
+                        Some((v, _)) => (v, Some(v), false),
+                        None => {
+                            let (v, _, has) =
+                                migrate::read_history(&mut t, TENANT_DB_SCHEMA).await?;
+                            (v, None, !has)
+                        }
+                    }
+                };
+                let target = Target {
+                    schema: TENANT_DB_SCHEMA.into(),
+                    tenant: None,
+                    database: Some(tpl.to_string()),
+                };
+                self.migrator()
+                    .finish_target(target, version, recorded, no_history)
+                    .await?;
+                // No connection to the template may stay open: it could not be copied.
+                self.inner.databases.evict(tpl.as_str()).await;
+                lock(&mut conn, "pg_advisory_unlock").await?;
+                Ok::<(), Error>(())
+            })
+            .await?;
+        Ok(tpl)
+    }
+
+    /// Creates a database-per-tenant tenant: registry row (`provisioning`),
+    /// database copied from the template, seed, `active`. On failure the
+    /// database and the row are removed.
+    pub(crate) async fn provision_database(&self, new: NewTenant) -> Result<Tenant> {
+        let database = self.inner.database_naming.schema_for(&new.id);
+        let draft = self.draft(
+            new,
+            Placement {
+                strategy: Strategy::Database,
+                schema: TENANT_DB_SCHEMA.into(),
+                database: Some(database.to_string()),
+                server: None,
+            },
+        );
+        let started = std::time::Instant::now();
+        let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await?;
+        let tenant = self.inner.store.insert(&mut conn, &draft).await?;
+        drop(conn);
+        match self.build_database(&tenant, &database).await {
+            Ok(active) => {
+                tracing::info!(
+                    tenant = %active.id,
+                    database = %database,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "provisioned tenant database"
+                );
+                Ok(active)
+            }
+            Err(e) => {
+                let undo = async {
+                    self.drop_tenant_database(&tenant).await?;
+                    let mut conn = self.acquire_shared().await?;
+                    self.inner.store.delete(&mut conn, &tenant.id).await
+                };
+                if let Err(undo) = undo.await {
+                    tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed provisioning; deprovision it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn build_database(&self, tenant: &Tenant, database: &Ident) -> Result<Tenant> {
+        let tpl = self.ensure_template().await?;
+        {
+            let mut conn = self.acquire_shared().await?;
+            conn.close_on_drop();
+            lock(&mut conn, "pg_advisory_lock_shared").await?;
+            let created = create_from_template(&mut conn, database, &tpl).await;
+            lock(&mut conn, "pg_advisory_unlock_shared").await?;
+            created.map_err(|source| match crate::error::db_code(&source) {
+                Some((code, _)) if code == "42P04" => Error::SchemaTaken {
+                    id: tenant.id.clone(),
+                    schema: database.to_string(),
+                },
+                _ => Error::Database {
+                    context: "creating the tenant database",
+                    source,
+                },
+            })?;
+        }
+        if let Some(seed) = &self.inner.seed {
+            let mut tx = self.begin(tenant).await?;
+            seed.seed(&mut tx, tenant)
+                .await
+                .map_err(|source| Error::Seed {
+                    id: tenant.id.clone(),
+                    source,
+                })?;
+            tx.commit().await?;
+        }
+        let mut conn = self.acquire_shared().await?;
+        self.inner
+            .store
+            .update_status(
+                &mut conn,
+                &tenant.id,
+                &[TenantStatus::Provisioning],
+                TenantStatus::Active,
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+
+    /// Closes the tenant's pooled connections and drops its database
+    /// (terminating any other connection to it).
+    pub(crate) async fn drop_tenant_database(&self, tenant: &Tenant) -> Result<()> {
+        let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
+        self.inner.databases.evict(database.as_str()).await;
+        let mut conn = self.acquire_shared().await?;
+        sqlx::raw_sql(sql::owned(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            database.quoted()
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::db("dropping the tenant database"))?;
+        Ok(())
+    }
+}
+
+async fn lock(conn: &mut sqlx::PgConnection, function: &'static str) -> Result<()> {
+    sqlx::query(sql::owned(format!("SELECT {function}($1)")))
+        .bind(TEMPLATE_LOCK)
+        .execute(conn)
+        .await
+        .map_err(Error::db("locking the template database"))?;
+    Ok(())
+}
+
+/// `CREATE DATABASE … TEMPLATE …`, retried while another session briefly
+/// holds a connection to the template (SQLSTATE 55006).
+async fn create_from_template(
+    conn: &mut sqlx::PgConnection,
+    database: &Ident,
+    template: &Ident,
+) -> std::result::Result<(), sqlx::Error> {
+    let statement = format!(
+        "CREATE DATABASE {} TEMPLATE {}",
+        database.quoted(),
+        template.quoted()
+    );
+    let mut attempt = 0;
+    loop {
+        match sqlx::raw_sql(sql::owned(statement.clone()))
+            .execute(&mut *conn)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if attempt < 20
+                    && crate::error::db_code(&e).is_some_and(|(code, _)| code == "55006") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! Database per tenant, and three strategies side by side in one deployment.
+//! Runs as an ordinary role (with CREATEDB) created by the test.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use common::*;
+use hidra::rls::tenant_table_sql;
+use hidra::testing::{PgServer, TestDatabase};
+use hidra::{DatabasePoolConfig, Hidra, HidraBuilder, Migrations, NewTenant, Strategy, Tenant};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+const TABLES: &str = "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);";
+
+struct DbCtx {
+    db: TestDatabase,
+    role: String,
+    prefix: String,
+    hidra: Hidra,
+}
+
+fn migrations() -> Migrations {
+    Migrations::new().push("customers", TABLES)
+}
+
+async fn setup(builder: impl FnOnce(HidraBuilder) -> HidraBuilder) -> DbCtx {
+    let db = TestDatabase::create().await.unwrap();
+    let tag = &db.name()[db.name().len() - 8..];
+    let role = format!("hidra_app_{tag}");
+    let prefix = format!("d{tag}_");
+    let mut su = PgConnection::connect(db.url()).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE ROLE {role} LOGIN CREATEDB NOSUPERUSER NOBYPASSRLS;
+         GRANT CREATE ON DATABASE \"{db}\" TO {role};
+         GRANT ALL ON SCHEMA public TO {role};",
+        db = db.name()
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let hidra = builder(
+        Hidra::builder()
+            .tenant_migrations(migrations())
+            .database_prefix(&prefix)
+            .seed_fn(|conn, tenant| {
+                Box::pin(async move {
+                    sqlx::query("INSERT INTO customers (name) VALUES ($1)")
+                        .bind(format!("first customer of {}", tenant.id))
+                        .execute(&mut *conn)
+                        .await?;
+                    Ok(())
+                })
+            }),
+    )
+    .connect_with(db.connect_options().username(&role))
+    .await
+    .unwrap();
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    DbCtx {
+        db,
+        role,
+        prefix,
+        hidra,
+    }
+}
+
+async fn databases_with_prefix(prefix: &str) -> Vec<String> {
+    let server = PgServer::get().await.unwrap();
+    let mut su = PgConnection::connect(server.url()).await.unwrap();
+    sqlx::query_scalar(
+        "SELECT datname::text FROM pg_database WHERE starts_with(datname, $1) ORDER BY 1",
+    )
+    .bind(prefix)
+    .fetch_all(&mut su)
+    .await
+    .unwrap()
+}
+
+async fn teardown(ctx: DbCtx) {
+    ctx.hidra.close().await;
+    let server = PgServer::get().await.unwrap();
+    let mut su = PgConnection::connect(server.url()).await.unwrap();
+    for db in databases_with_prefix(&ctx.prefix).await {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"
+        )))
+        .execute(&mut su)
+        .await
+        .unwrap();
+    }
+    ctx.db.drop_now().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP ROLE IF EXISTS {}", ctx.role)))
+        .execute(&mut su)
+        .await
+        .unwrap();
+}
+
+/// The one handler every strategy goes through.
+async fn customer_names(h: &Hidra, t: &Tenant) -> Vec<String> {
+    let mut conn = h.acquire(t).await.unwrap();
+    sqlx::query_scalar("SELECT name FROM customers ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+}
+
+async fn add_customer(h: &Hidra, t: &Tenant, name: &str) {
+    let mut tx = h.begin(t).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) VALUES ($1)")
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
+async fn database_tenant(h: &Hidra, name: &str) -> Tenant {
+    h.provision(NewTenant::new(id(name)).strategy(Strategy::Database))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn database_tenants_are_isolated_migrated_and_dropped() {
+    let ctx = setup(|b| b).await;
+    let h = &ctx.hidra;
+    let a = database_tenant(h, "alpha").await;
+    let b = database_tenant(h, "beta").await;
+    assert_eq!(a.placement.strategy, Strategy::Database);
+    assert_eq!(
+        a.placement.database.as_deref(),
+        Some(&*format!("{}alpha", ctx.prefix))
+    );
+    add_customer(h, &a, "a-only").await;
+    assert_eq!(
+        customer_names(h, &a).await,
+        vec!["first customer of alpha", "a-only"]
+    );
+    assert_eq!(customer_names(h, &b).await, vec!["first customer of beta"]);
+    // A rolled-back transaction leaves nothing.
+    let mut tx = h.begin(&b).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) VALUES ('ghost')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(customer_names(h, &b).await.len(), 1);
+
+    // The runner migrates tenant databases too.
+    let v2 = Hidra::builder()
+        .tenant_migrations(
+            migrations().push("email", "ALTER TABLE customers ADD COLUMN email TEXT;"),
+        )
+        .database_prefix(&ctx.prefix)
+        .connect_with(ctx.db.connect_options().username(&ctx.role))
+        .await
+        .unwrap();
+    let summary = v2.migrator().run().await.unwrap();
+    assert!(summary.is_success(), "{summary}");
+    assert_eq!(summary.migrated.len(), 2, "{summary}");
+    let mut conn = v2.acquire(&a).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(email) FROM customers")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(conn);
+    // New tenants come from the template, which is brought up to date first.
+    let c = database_tenant(&v2, "gamma").await;
+    let mut conn = v2.acquire(&c).await.unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT max(version) FROM _hidra_migrations")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(versions, 2);
+    drop(conn);
+    assert_eq!(v2.migrator().run().await.unwrap().current, 3);
+    v2.close().await;
+
+    // Deprovisioning drops the database and its pool.
+    let db_a = a.placement.database.clone().unwrap();
+    h.deprovision(&a.id, hidra::Confirmation::of(&a.id))
+        .await
+        .unwrap();
+    let left = databases_with_prefix(&ctx.prefix).await;
+    assert!(!left.contains(&db_a), "{left:?}");
+    assert_eq!(customer_names(h, &b).await.len(), 1);
+    let stats = h.tenant_databases().stats();
+    assert!(stats.databases <= 1, "{stats:?}");
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn a_failed_database_provisioning_leaves_nothing() {
+    let ctx = setup(|b| {
+        b.seed_fn(|_, tenant| {
+            Box::pin(async move {
+                if tenant.id.as_str() == "broken" {
+                    return Err("no reference data".into());
+                }
+                Ok(())
+            })
+        })
+    })
+    .await;
+    let h = &ctx.hidra;
+    let err = h
+        .provision(NewTenant::new(id("broken")).strategy(Strategy::Database))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, hidra::Error::Seed { .. }), "{err:?}");
+    assert!(registry_ids(h).await.is_empty());
+    let left = databases_with_prefix(&ctx.prefix).await;
+    assert_eq!(
+        left,
+        vec![format!("{}_tpl", ctx.prefix)],
+        "only the template may remain"
+    );
+    teardown(ctx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_connection_budget_holds_under_200_concurrent_tenants() {
+    const BUDGET: u32 = 10;
+    const TENANTS: usize = 200;
+    let ctx = setup(|b| {
+        b.max_connections(5).database_per_tenant(
+            DatabasePoolConfig::default()
+                .with_budget(BUDGET)
+                .with_per_database(2),
+        )
+    })
+    .await;
+    let h = ctx.hidra.clone();
+    // Provision 200 tenant databases, a few at a time.
+    let mut tenants = Vec::new();
+    for chunk in (0..TENANTS).collect::<Vec<_>>().chunks(4) {
+        let futs = chunk.iter().map(|i| {
+            let h = h.clone();
+            async move { database_tenant(&h, &format!("t{i}")).await }
+        });
+        tenants.extend(futures_util::future::join_all(futs).await);
+    }
+    let tenants = Arc::new(tenants);
+
+    // Watch the server's connections to the tenant databases.
+    let stop = Arc::new(AtomicBool::new(false));
+    let max_seen = Arc::new(AtomicI64::new(0));
+    let watcher = {
+        let (stop, max_seen, prefix) = (stop.clone(), max_seen.clone(), ctx.prefix.clone());
+        let url = PgServer::get().await.unwrap().url().to_owned();
+        tokio::spawn(async move {
+            let mut su = PgConnection::connect(&url).await.unwrap();
+            let mut samples = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity WHERE starts_with(datname, $1) AND datname <> $1 || '_tpl'",
+                )
+                .bind(&prefix)
+                .fetch_one(&mut su)
+                .await
+                .unwrap();
+                max_seen.fetch_max(n, Ordering::Relaxed);
+                samples += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            samples
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..TENANTS {
+        let (h, tenants) = (h.clone(), tenants.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in 0..3 {
+                let tenant = &tenants[(t * 7 + k * 13) % tenants.len()];
+                let names = customer_names(&h, tenant).await;
+                assert_eq!(names, vec![format!("first customer of {}", tenant.id)]);
+                assert!(h.tenant_databases().stats().open <= BUDGET);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.await.unwrap();
+    let max = max_seen.load(Ordering::Relaxed);
+    assert!(samples > 10, "too few samples: {samples}");
+    assert!(max > 0, "the watcher should see tenant connections");
+    assert!(
+        max <= BUDGET as i64,
+        "{max} server connections for a budget of {BUDGET}"
+    );
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn three_strategies_are_served_by_the_same_handler() {
+    let ctx = setup(|b| b).await;
+    let h = &ctx.hidra;
+    // The row-level tables, tenant-scoped, owned by the application role.
+    let mut conn = h.acquire_shared().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "{}\n{}",
+        TABLES.replace("CREATE TABLE ", "CREATE TABLE public."),
+        tenant_table_sql("public.customers").unwrap()
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+
+    let schema = h.provision(NewTenant::new(id("in-schema"))).await.unwrap();
+    let rows = h
+        .provision(NewTenant::new(id("in-rows")).strategy(Strategy::RowLevel))
+        .await
+        .unwrap();
+    let database = database_tenant(h, "in-db").await;
+    for t in [&schema, &rows, &database] {
+        add_customer(h, t, &format!("second of {}", t.id)).await;
+    }
+    for t in [&schema, &rows, &database] {
+        assert_eq!(
+            customer_names(h, t).await,
+            vec![
+                format!("first customer of {}", t.id),
+                format!("second of {}", t.id)
+            ],
+            "{}",
+            t.id
+        );
+    }
+    let listed = h.list(&hidra::ListTenants::first(10)).await.unwrap();
+    let strategies: Vec<Strategy> = listed.items.iter().map(|t| t.placement.strategy).collect();
+    assert_eq!(
+        strategies,
+        vec![Strategy::Database, Strategy::RowLevel, Strategy::Schema]
+    );
+    teardown(ctx).await;
+}

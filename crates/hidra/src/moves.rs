@@ -6,6 +6,14 @@
 //! placement is switched and the old copy is removed. Every reader sees the
 //! tenant either entirely before or entirely after the move; a failure changes
 //! nothing.
+//!
+//! To or from its own database, the rows stream through `COPY … (FORMAT
+//! binary)` between two connections. The source's tables stay locked against
+//! writes in a transaction of the shared database until the placement is
+//! switched there; the copy is committed in the target database first, so a
+//! failure before the switch leaves the tenant where it was (a half-made
+//! target database is dropped). A move between row level and its own database
+//! goes through its own schema: two moves, each consistent.
 
 use std::collections::HashSet;
 
@@ -52,8 +60,26 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning the move"))?;
-        let moved = match (tenant.placement.strategy, to) {
+        match (tenant.placement.strategy, to) {
             (from, to) if from == to => return Ok(tenant),
+            (Strategy::Schema, Strategy::Database) => {
+                drop(tx);
+                return self.schema_to_database(&tenant).await;
+            }
+            (Strategy::Database, Strategy::Schema) => {
+                drop(tx);
+                return self.database_to_schema(&tenant).await;
+            }
+            (Strategy::RowLevel, Strategy::Database) | (Strategy::Database, Strategy::RowLevel) => {
+                drop(tx);
+                drop(conn);
+                let via = Box::pin(self.move_tenant(id, Strategy::Schema)).await?;
+                let _ = via;
+                return Box::pin(self.move_tenant(id, to)).await;
+            }
+            _ => {}
+        }
+        let moved = match (tenant.placement.strategy, to) {
             (Strategy::RowLevel, Strategy::Schema) => {
                 self.row_level_to_schema(&mut tx, &tenant).await?
             }
@@ -223,6 +249,230 @@ impl Hidra {
             .await?
             .ok_or_else(|| Error::NotFound(tenant.id.clone()))
     }
+}
+
+impl Hidra {
+    async fn schema_to_database(&self, tenant: &Tenant) -> Result<Tenant> {
+        let database = self.inner.database_naming.schema_for(&tenant.id);
+        let schema = tenant.placement.schema_ident()?;
+        self.create_tenant_database(tenant, &database).await?;
+        let result = async {
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("beginning the move"))?;
+            let tables = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
+            lock(&mut tx, tables.iter().map(|t| t.1.clone())).await?;
+            {
+                let mut target = self.inner.databases.acquire(database.as_str()).await?;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *target)
+                    .await
+                    .map_err(Error::db("beginning the copy"))?;
+                let target_tables = crate::rls::tables_in_order(
+                    &mut target,
+                    crate::per_database::TENANT_DB_SCHEMA,
+                    None,
+                )
+                .await?;
+                truncate(&mut target, &target_tables).await?;
+                for (name, source, cols) in &tables {
+                    let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name)
+                    else {
+                        ensure_empty(&mut tx, source, &tenant.id, "").await?;
+                        continue;
+                    };
+                    copy_rows(&mut tx, source, &mut target, dest, cols, dest_cols).await?;
+                    advance_sequences(
+                        &mut target,
+                        dest,
+                        crate::per_database::TENANT_DB_SCHEMA,
+                        name,
+                    )
+                    .await?;
+                }
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut *target)
+                    .await
+                    .map_err(Error::db("committing the copy"))?;
+            }
+            let placement = Placement {
+                strategy: Strategy::Database,
+                schema: crate::per_database::TENANT_DB_SCHEMA.into(),
+                database: Some(database.to_string()),
+                server: None,
+            };
+            let moved = self
+                .inner
+                .store
+                .update_placement(&mut tx, &tenant.id, &placement)
+                .await?
+                .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+            sqlx::raw_sql(sql::drop_schema(&schema))
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("dropping the tenant schema"))?;
+            sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
+                .bind(schema.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("forgetting the tenant's schema version"))?;
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the move"))?;
+            Ok(moved)
+        }
+        .await;
+        if result.is_err() {
+            let half_made = Tenant {
+                placement: Placement {
+                    strategy: Strategy::Database,
+                    schema: crate::per_database::TENANT_DB_SCHEMA.into(),
+                    database: Some(database.to_string()),
+                    server: None,
+                },
+                ..tenant.clone()
+            };
+            if let Err(e) = self.drop_tenant_database(&half_made).await {
+                tracing::error!(tenant = %tenant.id, error = %e, "could not drop the half-made database of a failed move");
+            }
+        } else {
+            tracing::info!(tenant = %tenant.id, from = "schema", to = "database", "moved tenant");
+        }
+        result
+    }
+
+    async fn database_to_schema(&self, tenant: &Tenant) -> Result<Tenant> {
+        let inner = &self.inner;
+        let database = crate::hidra::tenant_database(tenant)?.to_owned();
+        let schema = inner.naming.schema_for(&tenant.id);
+        let mut source = inner.databases.acquire(&database).await?;
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *source)
+            .await
+            .map_err(Error::db("beginning the move"))?;
+        let tables =
+            crate::rls::tables_in_order(&mut source, crate::per_database::TENANT_DB_SCHEMA, None)
+                .await?;
+        lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the move"))?;
+        let path = sql::search_path_value(&schema, &inner.shared);
+        let migrations = &inner.tenant_migrations;
+        let reached = migrate::create_schema(&mut tx, &schema, &path, migrations)
+            .await
+            .map_err(|(source, failed)| match failed {
+                None => Error::SchemaTaken {
+                    id: tenant.id.clone(),
+                    schema: schema.to_string(),
+                },
+                Some(m) => Error::MigrationFailed {
+                    schema: schema.to_string(),
+                    migration: migrate::label(&m).into_owned(),
+                    source,
+                },
+            })?;
+        if reached < migrations.latest() {
+            return Err(Error::InvalidConfig(
+                "a move builds the new schema in one transaction: `-- no-transaction` migrations cannot be part of it".into(),
+            ));
+        }
+        let target_tables = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
+        truncate(&mut tx, &target_tables).await?;
+        for (name, from, cols) in &tables {
+            let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
+                ensure_empty(&mut source, from, &tenant.id, "").await?;
+                continue;
+            };
+            copy_rows(&mut source, from, &mut tx, dest, cols, dest_cols).await?;
+            advance_sequences(&mut tx, dest, schema.as_str(), name).await?;
+        }
+        let placement = Placement {
+            strategy: Strategy::Schema,
+            schema: schema.to_string(),
+            database: None,
+            server: None,
+        };
+        let moved = inner
+            .store
+            .update_placement(&mut tx, &tenant.id, &placement)
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the move"))?;
+        // The switch is committed: the old database only has to go.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+        drop(source);
+        drop(conn);
+        if let Err(e) = self.drop_tenant_database(tenant).await {
+            tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database; drop it by hand");
+        }
+        tracing::info!(tenant = %tenant.id, from = "database", to = "schema", "moved tenant");
+        Ok(moved)
+    }
+}
+
+/// Empties freshly built tables (rows that migrations inserted) before the
+/// tenant's own rows are copied in.
+async fn truncate(
+    conn: &mut sqlx::PgConnection,
+    tables: &[(String, String, Vec<String>)],
+) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<&str> = tables.iter().map(|t| t.1.as_str()).collect();
+    sqlx::raw_sql(sql::owned(format!("TRUNCATE {}", list.join(", "))))
+        .execute(conn)
+        .await
+        .map_err(Error::db("emptying the new tables"))?;
+    Ok(())
+}
+
+/// Streams the rows of `from` into `to` with binary `COPY`, over the columns
+/// both tables have.
+async fn copy_rows(
+    source: &mut sqlx::PgConnection,
+    from: &str,
+    target: &mut sqlx::PgConnection,
+    to: &str,
+    cols: &[String],
+    target_cols: &[String],
+) -> Result<()> {
+    let common: Vec<String> = cols
+        .iter()
+        .filter(|c| target_cols.contains(c))
+        .map(|c| sql::quote_ident(c))
+        .collect();
+    let list = common.join(", ");
+    let mut copy_in = target
+        .copy_in_raw(&format!("COPY {to} ({list}) FROM STDIN (FORMAT binary)"))
+        .await
+        .map_err(Error::db("starting to copy rows in"))?;
+    let mut stream = source
+        .copy_out_raw(&format!("COPY {from} ({list}) TO STDOUT (FORMAT binary)"))
+        .await
+        .map_err(Error::db("starting to copy rows out"))?;
+    use futures_util::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(Error::db("copying rows out"))?;
+        copy_in
+            .send(chunk)
+            .await
+            .map_err(Error::db("copying rows in"))?;
+    }
+    drop(stream);
+    copy_in
+        .finish()
+        .await
+        .map_err(Error::db("finishing the row copy"))?;
+    Ok(())
 }
 
 /// Blocks writers of `tables` until the move commits; readers go on.

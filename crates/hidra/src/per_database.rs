@@ -20,7 +20,7 @@ use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantStatus};
 const TEMPLATE_LOCK: i64 = 0x6869_6472_615f_0003;
 
 /// The schema of a tenant database that holds its tables.
-const TENANT_DB_SCHEMA: &str = "public";
+pub(crate) const TENANT_DB_SCHEMA: &str = "public";
 
 impl Hidra {
     fn template_database(&self) -> Ident {
@@ -125,24 +125,7 @@ impl Hidra {
     }
 
     async fn build_database(&self, tenant: &Tenant, database: &Ident) -> Result<Tenant> {
-        let tpl = self.ensure_template().await?;
-        {
-            let mut conn = self.acquire_shared().await?;
-            conn.close_on_drop();
-            lock(&mut conn, "pg_advisory_lock_shared").await?;
-            let created = create_from_template(&mut conn, database, &tpl).await;
-            lock(&mut conn, "pg_advisory_unlock_shared").await?;
-            created.map_err(|source| match crate::error::db_code(&source) {
-                Some((code, _)) if code == "42P04" => Error::SchemaTaken {
-                    id: tenant.id.clone(),
-                    schema: database.to_string(),
-                },
-                _ => Error::Database {
-                    context: "creating the tenant database",
-                    source,
-                },
-            })?;
-        }
+        self.create_tenant_database(tenant, database).await?;
         if let Some(seed) = &self.inner.seed {
             let mut tx = self.begin(tenant).await?;
             seed.seed(&mut tx, tenant)
@@ -164,6 +147,30 @@ impl Hidra {
             )
             .await?
             .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+
+    /// Creates `database` from the template (brought up to date first).
+    pub(crate) async fn create_tenant_database(
+        &self,
+        tenant: &Tenant,
+        database: &Ident,
+    ) -> Result<()> {
+        let tpl = self.ensure_template().await?;
+        let mut conn = self.acquire_shared().await?;
+        conn.close_on_drop();
+        lock(&mut conn, "pg_advisory_lock_shared").await?;
+        let created = create_from_template(&mut conn, database, &tpl).await;
+        lock(&mut conn, "pg_advisory_unlock_shared").await?;
+        created.map_err(|source| match crate::error::db_code(&source) {
+            Some((code, _)) if code == "42P04" => Error::SchemaTaken {
+                id: tenant.id.clone(),
+                schema: database.to_string(),
+            },
+            _ => Error::Database {
+                context: "creating the tenant database",
+                source,
+            },
+        })
     }
 
     /// Closes the tenant's pooled connections and drops its database

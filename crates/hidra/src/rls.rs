@@ -272,58 +272,71 @@ impl Hidra {
         conn: &mut sqlx::PgConnection,
     ) -> Result<Vec<(String, String, Vec<String>)>> {
         let rl = &self.inner.row_level;
-        let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
-            "SELECT c.relname::text, format('%I.%I', n.nspname, c.relname), \
-                    array_agg(a2.attname::text ORDER BY a2.attnum) \
-             FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
-             JOIN pg_attribute a2 ON a2.attrelid = c.oid AND a2.attnum > 0 AND NOT a2.attisdropped \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 AND c.relrowsecurity \
-               AND NOT starts_with(c.relname, 'hidra_') \
-             GROUP BY c.relname, c.oid, n.nspname",
-        )
-        .bind(rl.schema.as_str())
-        .bind(rl.column.as_str())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::db("reading row-level tables"))?;
-        let edges: Vec<(String, String)> = sqlx::query_as(
-            "SELECT ch.relname::text, pa.relname::text FROM pg_constraint k \
-             JOIN pg_class ch ON ch.oid = k.conrelid JOIN pg_class pa ON pa.oid = k.confrelid \
-             JOIN pg_namespace n ON n.oid = ch.relnamespace \
-             WHERE k.contype = 'f' AND n.nspname = $1 AND ch.oid <> pa.oid",
-        )
-        .bind(rl.schema.as_str())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::db("reading foreign keys"))?;
-        // Parents first: repeatedly place the tables whose parents (within
-        // the row-level set) are all placed.
-        let names: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
-        let mut placed = HashSet::new();
-        let mut ordered = Vec::new();
-        let mut remaining = rows;
-        while !remaining.is_empty() {
-            let (ready, rest): (Vec<_>, Vec<_>) = remaining.into_iter().partition(|(name, ..)| {
-                edges
-                    .iter()
-                    .filter(|(child, _)| child == name)
-                    .all(|(_, parent)| placed.contains(parent) || !names.contains(parent))
-            });
-            if ready.is_empty() {
-                // A cycle of foreign keys: no order satisfies it; keep the rest.
-                ordered.extend(rest);
-                break;
-            }
-            for (name, qualified, cols) in ready {
-                placed.insert(name.clone());
-                ordered.push((name, qualified, cols));
-            }
-            remaining = rest;
-        }
-        Ok(ordered)
+        tables_in_order(conn, rl.schema.as_str(), Some(rl.column.as_str())).await
     }
+}
+
+/// The tables of `schema` (only the row-level ones — RLS on and the tenant
+/// column `tenant_column` — when that is given), parents before children by
+/// their foreign keys: bare name, quoted qualified name, columns in order.
+/// Hidra's own `hidra_*` tables and migration history are left out.
+pub(crate) async fn tables_in_order(
+    conn: &mut sqlx::PgConnection,
+    schema: &str,
+    tenant_column: Option<&str>,
+) -> Result<Vec<(String, String, Vec<String>)>> {
+    let rows: Vec<(String, String, Vec<String>)> = sqlx::query_as(
+        "SELECT c.relname::text, format('%I.%I', n.nspname, c.relname), \
+                array_agg(a2.attname::text ORDER BY a2.attnum) \
+         FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_attribute a2 ON a2.attrelid = c.oid AND a2.attnum > 0 AND NOT a2.attisdropped \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname = $1 \
+           AND NOT starts_with(c.relname, 'hidra_') AND c.relname <> '_hidra_migrations' \
+           AND ($2::text IS NULL OR (c.relrowsecurity AND EXISTS ( \
+                SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped))) \
+         GROUP BY c.relname, c.oid, n.nspname",
+    )
+    .bind(schema)
+    .bind(tenant_column)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::db("reading a schema's tables"))?;
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "SELECT ch.relname::text, pa.relname::text FROM pg_constraint k \
+         JOIN pg_class ch ON ch.oid = k.conrelid JOIN pg_class pa ON pa.oid = k.confrelid \
+         JOIN pg_namespace n ON n.oid = ch.relnamespace \
+         WHERE k.contype = 'f' AND n.nspname = $1 AND ch.oid <> pa.oid",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(Error::db("reading foreign keys"))?;
+    // Parents first: repeatedly place the tables whose parents (within the
+    // set) are all placed.
+    let names: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let mut placed = HashSet::new();
+    let mut ordered = Vec::new();
+    let mut remaining = rows;
+    while !remaining.is_empty() {
+        let (ready, rest): (Vec<_>, Vec<_>) = remaining.into_iter().partition(|(name, ..)| {
+            edges
+                .iter()
+                .filter(|(child, _)| child == name)
+                .all(|(_, parent)| placed.contains(parent) || !names.contains(parent))
+        });
+        if ready.is_empty() {
+            // A cycle of foreign keys: no order satisfies it; keep the rest.
+            ordered.extend(rest);
+            break;
+        }
+        for (name, qualified, cols) in ready {
+            placed.insert(name.clone());
+            ordered.push((name, qualified, cols));
+        }
+        remaining = rest;
+    }
+    Ok(ordered)
 }
 
 #[cfg(test)]

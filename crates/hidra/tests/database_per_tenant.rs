@@ -346,3 +346,70 @@ async fn three_strategies_are_served_by_the_same_handler() {
     );
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() {
+    let ctx = setup(|b| {
+        b.tenant_migrations(
+            Migrations::new().push(
+                "customers and orders",
+                "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+                 CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, customer_id BIGINT NOT NULL REFERENCES customers(id), total INT NOT NULL);",
+            ),
+        )
+    })
+    .await;
+    let h = &ctx.hidra;
+    let t = h.provision(NewTenant::new(id("mover"))).await.unwrap();
+    let mut tx = h.begin(&t).await.unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 50) g;
+         INSERT INTO orders (customer_id, total) SELECT id, id * 3 FROM customers;",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    async fn snapshot(h: &Hidra, t: &Tenant) -> Vec<(i64, String, i64, i32)> {
+        let mut conn = h.acquire(t).await.unwrap();
+        sqlx::query_as(
+            "SELECT c.id, c.name, o.id, o.total FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY c.id",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+    }
+    let before = snapshot(h, &t).await;
+    assert_eq!(before.len(), 51, "50 customers and the seeded one");
+
+    let in_db = h.move_tenant(&t.id, Strategy::Database).await.unwrap();
+    assert_eq!(in_db.placement.strategy, Strategy::Database);
+    assert_eq!(snapshot(h, &in_db).await, before);
+    assert!(
+        !schemas(h).await.contains(&"tenant_mover".to_string()),
+        "old schema left behind"
+    );
+    // Sequences continue after the copied ids.
+    let mut conn = h.acquire(&in_db).await.unwrap();
+    let next: i64 = sqlx::query_scalar("INSERT INTO customers (name) VALUES ('n') RETURNING id")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert!(next > 51);
+    sqlx::query("DELETE FROM customers WHERE id = $1")
+        .bind(next)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    let back = h.move_tenant(&t.id, Strategy::Schema).await.unwrap();
+    assert_eq!(back.placement.strategy, Strategy::Schema);
+    assert_eq!(snapshot(h, &back).await, before);
+    let dbs = databases_with_prefix(&ctx.prefix).await;
+    assert!(
+        !dbs.contains(&format!("{}mover", ctx.prefix)),
+        "old database left behind: {dbs:?}"
+    );
+    teardown(ctx).await;
+}

@@ -50,6 +50,28 @@
 //!   which of them is safe behind PgBouncer.
 //! - Provisioning is one transaction: a tenant exists fully or not at all.
 //!
+//! # Strategies
+//!
+//! Each tenant has a [`Placement`] naming its [`Strategy`]; tenants of all three
+//! coexist and are served by the same code, since [`Hidra::acquire`] and
+//! [`Hidra::begin`] pick the mechanism:
+//!
+//! | strategy | data lives in | bound by |
+//! |---|---|---|
+//! | [`Strategy::Schema`] (default) | the tenant's schema in the shared database | `search_path` |
+//! | [`Strategy::RowLevel`] | shared tables with a tenant column ([`rls`]) | `hidra.tenant_id` read by RLS policies |
+//! | [`Strategy::Database`] | the tenant's own database | a per-database pool under a global budget ([`TenantDatabases`]) |
+//!
+//! [`Hidra::move_tenant`] moves a tenant between strategies keeping every row;
+//! [`migrate`] migrates schema and database tenants alike.
+//!
+//! # Behind PgBouncer
+//!
+//! A transaction-pooling proxy hands each transaction to any server
+//! connection, so session settings leak between its clients. [`Hidra::begin`]
+//! binds with transaction-local settings and is safe there;
+//! [`Hidra::acquire`] binds the session and is not.
+//!
 //! # Feature flags
 //!
 //! | feature   | default | what it adds |

@@ -1,0 +1,147 @@
+//! The one error type of the crate, which is also the rejection of its
+//! extractors.
+//!
+//! Every [`Error`] turns into a response with a status and a small JSON body
+//! (`{"error": "<code>"}`, plus a `message` for mistakes in the application's
+//! own setup). Database and driver text never reaches the client: it is logged
+//! with `tracing` at the `error` level and kept as the error's
+//! [`source`](std::error::Error::source).
+
+use std::borrow::Cow;
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+
+/// A boxed error from a custom [`TenantResolver`](crate::TenantResolver).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`Error`] as its default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong between a request and a tenant-scoped handler.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request names more than one tenant: two sources disagree, a
+    /// verified source (token, API key) disagrees with another, or one header
+    /// carries several different ids. Answered with `403 Forbidden`.
+    #[error(
+        "the request names more than one tenant; send one tenant id, and the same one in every place"
+    )]
+    Conflict,
+
+    /// A resolver found credentials it refuses (an invalid token, an unknown
+    /// API key). Answered with `401 Unauthorized`.
+    #[error("unauthorized: {0}")]
+    Unauthorized(Cow<'static, str>),
+
+    /// An extractor found no tenant: the route is not behind
+    /// [`TenantLayer`](crate::TenantLayer) or is excluded from it. A mistake in
+    /// the application's setup, answered with `500`.
+    #[error(
+        "no tenant in request extensions: is `TenantLayer` installed, and is this route not excluded from it?"
+    )]
+    MissingTenant,
+
+    /// [`TenantTx`](crate::TenantTx) was extracted while another `TenantTx` of
+    /// the same request was still alive. Answered with `500`.
+    #[error(
+        "`TenantTx` was extracted twice for one request; extract it once and pass it to the code that needs it"
+    )]
+    TxInUse,
+
+    /// A [`TenantTx`](crate::TenantTx) was still held (moved into a spawned
+    /// task?) when the response was ready, so it could not be committed; it
+    /// rolls back when dropped. Answered with `500`.
+    #[error(
+        "a `TenantTx` outlived its request and was not committed; do not move it into spawned tasks"
+    )]
+    TxOutlivedRequest,
+
+    /// The tenant registry could not be read. Answered with `503`. (Shared:
+    /// concurrent lookups of one id wait on one read and get the same error.)
+    #[error("could not read the tenant registry")]
+    Registry(#[source] std::sync::Arc<hidra::Error>),
+
+    /// Committing the request's [`TenantTx`](crate::TenantTx) failed (a
+    /// deferred constraint, a serialization failure, a lost connection): the
+    /// handler's work is lost. Answered with `500`.
+    #[error("committing the request's transaction failed")]
+    Commit(#[source] hidra::Error),
+
+    /// The database failed while acquiring a connection or beginning or
+    /// rolling back a transaction. Answered with `503`.
+    #[error("database error while {context}")]
+    Database {
+        /// What was being done.
+        context: &'static str,
+        /// What the core returned.
+        #[source]
+        source: hidra::Error,
+    },
+
+    /// A custom resolver failed. Answered with `500`.
+    #[error("a tenant resolver failed")]
+    Resolver(#[source] BoxError),
+}
+
+impl Error {
+    /// The HTTP status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Conflict => StatusCode::FORBIDDEN,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::MissingTenant
+            | Error::TxInUse
+            | Error::TxOutlivedRequest
+            | Error::Commit(_)
+            | Error::Resolver(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Registry(_) | Error::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The stable code in the response body's `error` field.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Conflict => "tenant_conflict",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::MissingTenant
+            | Error::TxInUse
+            | Error::TxOutlivedRequest
+            | Error::Commit(_)
+            | Error::Resolver(_) => "internal_error",
+            Error::Registry(_) | Error::Database { .. } => "service_unavailable",
+        }
+    }
+
+    /// A message safe to show a client: only for mistakes in the
+    /// application's setup, never database text.
+    fn public_message(&self) -> Option<String> {
+        match self {
+            Error::MissingTenant | Error::TxInUse | Error::TxOutlivedRequest => {
+                Some(self.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn db(context: &'static str) -> impl FnOnce(hidra::Error) -> Error {
+        move |source| Error::Database { context, source }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = &self as &dyn std::error::Error, "request failed");
+        } else {
+            tracing::debug!(error = %self, "request refused");
+        }
+        let body = match self.public_message() {
+            Some(message) => serde_json::json!({ "error": self.code(), "message": message }),
+            None => serde_json::json!({ "error": self.code() }),
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,351 @@
+//! Extractors: [`Tenant`], [`TenantConn`] and [`TenantTx`].
+//!
+//! They read what [`TenantLayer`](crate::TenantLayer) put in the request
+//! extensions, so they work with any router state. Behind an excluded route or
+//! without the layer they reject with
+//! [`Error::MissingTenant`] (`500`, with a message saying so); `Option<Tenant>`
+//! is `None` there instead.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use hidra::sqlx::PgConnection;
+use hidra::{Hidra, TenantId};
+use http::Extensions;
+use http::request::Parts;
+
+use crate::error::{Error, Result};
+
+/// What the layer leaves in the request extensions: the tenant, the handle
+/// and the slot of the request's transaction, in one allocation.
+#[derive(Clone)]
+pub(crate) struct Scope(Arc<ScopeInner>);
+
+struct ScopeInner {
+    tenant: Tenant,
+    hidra: Hidra,
+    tx: Mutex<TxState>,
+}
+
+/// The request's transaction between the extractor and the layer.
+#[derive(Default)]
+struct TxState {
+    /// The transaction, while no [`TenantTx`] holds it.
+    tx: Option<hidra::TenantTx>,
+    /// Whether a [`TenantTx`] holds it now.
+    lent: bool,
+}
+
+impl Scope {
+    pub(crate) fn new(tenant: Tenant, hidra: Hidra) -> Self {
+        Scope(Arc::new(ScopeInner {
+            tenant,
+            hidra,
+            tx: Mutex::new(TxState::default()),
+        }))
+    }
+
+    fn tx_state(&self) -> MutexGuard<'_, TxState> {
+        // No code panics while holding the lock; a poisoned one is still sound.
+        self.0.tx.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The transaction, if the handler began one; fails if a [`TenantTx`]
+    /// still holds it.
+    pub(crate) fn take_tx(&self) -> Result<Option<hidra::TenantTx>> {
+        let mut state = self.tx_state();
+        if state.lent {
+            return Err(Error::TxOutlivedRequest);
+        }
+        Ok(state.tx.take())
+    }
+}
+
+fn scope(extensions: &Extensions) -> Result<&Scope> {
+    extensions.get::<Scope>().ok_or(Error::MissingTenant)
+}
+
+/// The tenant of the request, as resolved by [`TenantLayer`](crate::TenantLayer):
+/// registered and active.
+///
+/// Dereferences to [`hidra::Tenant`]. Use `Option<Tenant>` on routes that may
+/// run without one (excluded routes).
+///
+/// ```
+/// use hidra_axum::Tenant;
+///
+/// async fn whoami(tenant: Tenant) -> String {
+///     format!("{} ({})", tenant.name, tenant.id)
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(whoami);
+/// ```
+#[derive(Clone)]
+pub struct Tenant(pub Arc<hidra::Tenant>);
+
+impl Tenant {
+    /// The tenant record.
+    pub fn into_inner(self) -> Arc<hidra::Tenant> {
+        self.0
+    }
+
+    /// The tenant [`TenantLayer`](crate::TenantLayer) resolved for a request,
+    /// from its extensions (for plain tower services).
+    pub fn from_extensions(extensions: &Extensions) -> Option<Tenant> {
+        extensions.get::<Scope>().map(|s| s.0.tenant.clone())
+    }
+}
+
+impl fmt::Debug for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Tenant").field(&self.0.id).finish()
+    }
+}
+
+impl Deref for Tenant {
+    type Target = hidra::Tenant;
+
+    fn deref(&self) -> &hidra::Tenant {
+        &self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        Tenant::from_extensions(&parts.extensions).ok_or(Error::MissingTenant)
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(Tenant::from_extensions(&parts.extensions))
+    }
+}
+
+/// A pooled connection bound to the request's tenant
+/// ([`Hidra::acquire`](hidra::Hidra::acquire)).
+///
+/// Dereferences to [`PgConnection`]: unqualified queries reach the tenant's
+/// tables. Not safe behind a transaction-pooling proxy (PgBouncer); use
+/// [`TenantTx`] there. Fails with `503` if no connection can be had.
+///
+/// ```
+/// use hidra_axum::TenantConn;
+///
+/// async fn count(mut conn: TenantConn) -> Result<String, hidra_axum::Error> {
+///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+///         .fetch_one(&mut *conn)
+///         .await
+///         .unwrap_or_default();
+///     Ok(n.to_string())
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(count);
+/// ```
+pub struct TenantConn(hidra::TenantConn);
+
+impl TenantConn {
+    /// The tenant this connection is bound to.
+    pub fn tenant(&self) -> &TenantId {
+        self.0.tenant()
+    }
+
+    /// The core's connection.
+    pub fn into_inner(self) -> hidra::TenantConn {
+        self.0
+    }
+}
+
+impl fmt::Debug for TenantConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TenantConn").field(self.0.tenant()).finish()
+    }
+}
+
+impl Deref for TenantConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl DerefMut for TenantConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+impl AsMut<PgConnection> for TenantConn {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        let scope = &scope(&parts.extensions)?.0;
+        let conn = scope
+            .hidra
+            .acquire(&scope.tenant)
+            .await
+            .map_err(Error::db("acquiring a tenant connection"))?;
+        Ok(TenantConn(conn))
+    }
+}
+
+/// A transaction bound to the request's tenant
+/// ([`Hidra::begin`](hidra::Hidra::begin)), settled by the layer: committed
+/// when the handler's response is a success (`2xx` or `3xx`), rolled back on
+/// any other response or if the handler panics. A failed commit turns the
+/// response into a `500`.
+///
+/// Dereferences to [`PgConnection`]. Safe behind a transaction-pooling proxy.
+/// [`commit`](TenantTx::commit) and [`rollback`](TenantTx::rollback) settle it
+/// early. Extract it at most once per request (a second extraction while the
+/// first is alive fails with `500`), and do not move it into spawned tasks.
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use hidra_axum::TenantTx;
+///
+/// async fn create(mut tx: TenantTx) -> Result<StatusCode, StatusCode> {
+///     sqlx::query("INSERT INTO customers (name) VALUES ('Wile E.')")
+///         .execute(&mut *tx)
+///         .await
+///         .map_err(|_| StatusCode::UNPROCESSABLE_ENTITY)?; // rolled back
+///     Ok(StatusCode::CREATED) // committed
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::post(create);
+/// ```
+pub struct TenantTx {
+    /// Always `Some` until consumed or dropped.
+    tx: Option<hidra::TenantTx>,
+    scope: Scope,
+}
+
+impl TenantTx {
+    fn tx(&self) -> &hidra::TenantTx {
+        self.tx
+            .as_ref()
+            .expect("a TenantTx holds its transaction until it is consumed")
+    }
+
+    fn tx_mut(&mut self) -> &mut hidra::TenantTx {
+        self.tx
+            .as_mut()
+            .expect("a TenantTx holds its transaction until it is consumed")
+    }
+
+    /// Takes the transaction for good: the layer will find nothing to settle.
+    fn consume(mut self) -> Option<hidra::TenantTx> {
+        let tx = self.tx.take();
+        self.scope.tx_state().lent = false;
+        tx
+    }
+
+    /// The tenant this transaction is bound to.
+    pub fn tenant(&self) -> &TenantId {
+        self.tx().tenant()
+    }
+
+    /// Commits now instead of when the response is ready.
+    pub async fn commit(self) -> Result<()> {
+        match self.consume() {
+            Some(tx) => tx.commit().await.map_err(Error::Commit),
+            None => Ok(()),
+        }
+    }
+
+    /// Rolls back now, whatever the response.
+    pub async fn rollback(self) -> Result<()> {
+        match self.consume() {
+            Some(tx) => tx
+                .rollback()
+                .await
+                .map_err(Error::db("rolling back the request's transaction")),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TenantTx {
+    /// Hands the transaction back to the layer, which settles it.
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            let mut state = self.scope.tx_state();
+            state.tx = Some(tx);
+            state.lent = false;
+        }
+    }
+}
+
+impl fmt::Debug for TenantTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TenantTx")
+            .field(&self.tx.as_ref().map(|tx| tx.tenant()))
+            .finish()
+    }
+}
+
+impl Deref for TenantTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        self.tx()
+    }
+}
+
+impl DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        self.tx_mut()
+    }
+}
+
+impl AsMut<PgConnection> for TenantTx {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        self.tx_mut()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        let scope = scope(&parts.extensions)?.clone();
+        let existing = {
+            let mut state = scope.tx_state();
+            if state.lent {
+                return Err(Error::TxInUse);
+            }
+            state.lent = true;
+            state.tx.take()
+        };
+        let tx = match existing {
+            Some(tx) => tx,
+            None => match scope.0.hidra.begin(&scope.0.tenant).await {
+                Ok(tx) => tx,
+                Err(source) => {
+                    scope.tx_state().lent = false;
+                    return Err(Error::Database {
+                        context: "beginning the request's transaction",
+                        source,
+                    });
+                }
+            },
+        };
+        Ok(TenantTx {
+            tx: Some(tx),
+            scope,
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! Health routes, mountable in one line: [`router`] or [`Health`].
+//!
+//! | route              | answers |
+//! |--------------------|---------|
+//! | `/health`          | `200 {"status":"ok"}`: the process is up |
+//! | `/health/live`     | `200 {"status":"ok"}`: the process is up (liveness probe) |
+//! | `/health/ready`    | `200 {"status":"ready"}` when the database answers within the timeout (default 2 s), else `503 {"status":"unavailable"}` (readiness probe) |
+//! | `/health/detailed` | the database check with its latency, the pool's size and idle connections, and the registry cache's size and hit rate, as JSON; `503` when the database does not answer |
+//!
+//! Exclude them from the tenant layer
+//! ([`TenantLayer::with_excluded("/health")`](crate::TenantLayer::with_excluded)).
+//! `/health/detailed` tells how busy the service is: serve it on an internal
+//! listener or behind authentication if that matters. No database error text
+//! is ever part of a response.
+//!
+//! ```no_run
+//! use axum::Router;
+//! use hidra_axum::{TenantLayer, health::Health};
+//!
+//! # fn run(hidra: hidra::Hidra, api: Router) {
+//! let tenants = TenantLayer::new(hidra.clone()).with_excluded("/health");
+//! let app: Router = api
+//!     .merge(Health::new(hidra).with_cache(tenants.cache().clone()).router())
+//!     .layer(tenants);
+//! # }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use hidra::Hidra;
+use http::StatusCode;
+use serde_json::json;
+
+use crate::cache::TenantCache;
+
+/// The health routes for `hidra`, without cache figures; see [`Health`] for
+/// more.
+pub fn router<S>(hidra: Hidra) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    Health::new(hidra).router()
+}
+
+/// Configures the health routes.
+#[derive(Clone, Debug)]
+#[must_use]
+pub struct Health {
+    hidra: Hidra,
+    cache: Option<TenantCache>,
+    timeout: Duration,
+}
+
+impl Health {
+    /// Health routes for `hidra`.
+    pub fn new(hidra: Hidra) -> Self {
+        Health {
+            hidra,
+            cache: None,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Reports this cache's size and hit rate in `/health/detailed`
+    /// (see [`TenantLayer::cache`](crate::TenantLayer::cache)).
+    pub fn with_cache(mut self, cache: TenantCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// How long the database may take to answer (default 2 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The router, to `merge` into the application's.
+    pub fn router<S>(self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        Router::new()
+            .route("/health", get(up))
+            .route("/health/live", get(up))
+            .route("/health/ready", get(ready))
+            .route("/health/detailed", get(detailed))
+            .with_state(self)
+    }
+
+    /// Runs `SELECT 1` on a shared connection within the timeout; returns the
+    /// round-trip time.
+    async fn ping(&self) -> Option<Duration> {
+        let started = Instant::now();
+        let check = async {
+            let mut conn = self.hidra.acquire_shared().await?;
+            hidra::sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .map_err(|source| hidra::Error::Database {
+                    context: "checking the database",
+                    source,
+                })
+        };
+        match tokio::time::timeout(self.timeout, check).await {
+            Ok(Ok(_)) => Some(started.elapsed()),
+            Ok(Err(error)) => {
+                tracing::warn!(
+                    error = &error as &dyn std::error::Error,
+                    "health check: database unavailable"
+                );
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "health check: database did not answer in time"
+                );
+                None
+            }
+        }
+    }
+}
+
+async fn up() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(health): State<Health>) -> Response {
+    match health.ping().await {
+        Some(_) => Json(json!({ "status": "ready" })).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable" })),
+        )
+            .into_response(),
+    }
+}
+
+async fn detailed(State(health): State<Health>) -> Response {
+    let latency = health.ping().await;
+    let pool = health.hidra.pool_status();
+    let cache = health.cache.as_ref().map(|cache| {
+        let stats = cache.stats();
+        json!({
+            "entries": stats.entries,
+            "hits": stats.hits,
+            "misses": stats.misses,
+            "hit_rate": stats.hit_rate(),
+        })
+    });
+    let body = json!({
+        "status": if latency.is_some() { "ok" } else { "unavailable" },
+        "database": {
+            "reachable": latency.is_some(),
+            "latency_ms": latency.map(|d| d.as_secs_f64() * 1000.0),
+        },
+        "pool": { "size": pool.size, "idle": pool.idle, "max": pool.max },
+        "cache": cache,
+    });
+    let status = if latency.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

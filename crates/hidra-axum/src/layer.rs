@@ -1,0 +1,441 @@
+//! [`TenantLayer`] and [`TenantService`]: resolve, validate, look up and check
+//! the tenant of every request before the inner service runs.
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::OriginalUri;
+use axum::response::{IntoResponse, Response};
+use hidra::{Hidra, TenantId};
+use http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use tower::{Layer, Service};
+use tracing::Instrument;
+
+use crate::cache::TenantCache;
+use crate::error::{BoxError, Error};
+use crate::extract::{Scope, Tenant};
+use crate::future::ResponseFuture;
+use crate::resolve::{HeaderResolver, Resolution, ResolveContext, TenantResolver};
+
+/// The header whose value is recorded as `request_id` in the request span and
+/// in refusal logs, when present.
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Makes a service multi-tenant: every request is resolved to an active tenant
+/// or refused before the inner service sees it.
+///
+/// For each request that is not [excluded](TenantLayer::with_excluded):
+///
+/// 1. **Resolve.** Every resolver of the chain runs, in order (with none
+///    configured, [`HeaderResolver`] reads `X-Tenant-ID`). The first candidate
+///    decides the tenant — unless a *verified* source (a token, an API key)
+///    gave one: then every candidate must equal it. A request whose sources
+///    disagree with a verified one is refused with **403** (`tenant_conflict`):
+///    a client-controlled header must never override a credential, and the
+///    request is ambiguous anyway. (Two unverified sources that disagree do not
+///    conflict: the first in the chain wins.)
+/// 2. **Validate** the candidate with [`TenantId::new`]; nothing reaches the
+///    registry otherwise.
+/// 3. **Look up** the tenant through the [`TenantCache`] (a hit costs no
+///    database round trip).
+/// 4. **Check** that it is `active`.
+/// 5. **Run** the inner service with the tenant in the request extensions
+///    (for the extractors, or [`Tenant::from_extensions`] in plain tower code),
+///    inside a `tracing` span `tenant` with the field `tenant = <id>` (and
+///    `request_id` from `X-Request-ID` when present), and inside
+///    [`hidra::context::scope`]. A [`TenantTx`](crate::TenantTx) extracted by
+///    the handler is committed when the response is a success (`2xx`, `3xx`)
+///    and rolled back otherwise, or when the handler panics.
+///
+/// A missing id, a malformed id, an unknown tenant and a tenant that is not
+/// active all get **the same response**, byte for byte (default `404` with
+/// `{"error":"tenant_not_found"}`, see [`with_not_found`](Self::with_not_found)),
+/// so that no client can learn which tenants exist. The real reason is logged
+/// at `debug` level with the request id.
+///
+/// ```no_run
+/// use axum::{Router, routing::get};
+/// use hidra_axum::{TenantConn, TenantLayer};
+///
+/// async fn count(mut conn: TenantConn) -> String {
+///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+///         .fetch_one(&mut *conn)
+///         .await
+///         .unwrap_or(0);
+///     n.to_string()
+/// }
+///
+/// # async fn run(hidra: hidra::Hidra) -> Result<(), Box<dyn std::error::Error>> {
+/// let tenants = TenantLayer::new(hidra.clone()).with_excluded("/health");
+/// let app = Router::new()
+///     .route("/customers/count", get(count))
+///     .merge(hidra_axum::health::router(hidra.clone()))
+///     .layer(tenants);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app).await?;
+/// # Ok(()) }
+/// ```
+///
+/// With [`PathPrefixResolver`](crate::PathPrefixResolver), which rewrites the
+/// path, wrap the whole router instead (`Router::layer` runs after routing):
+///
+/// ```no_run
+/// use axum::{Router, ServiceExt, extract::Request};
+/// use hidra_axum::{PathPrefixResolver, TenantLayer};
+/// use tower::Layer as _;
+///
+/// # async fn run(hidra: hidra::Hidra, router: Router) -> Result<(), Box<dyn std::error::Error>> {
+/// let app = TenantLayer::new(hidra)
+///     .with_resolver(PathPrefixResolver::new())
+///     .layer(router);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, ServiceExt::<Request>::into_make_service(app)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct TenantLayer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Clone)]
+pub(crate) struct Shared {
+    hidra: Hidra,
+    cache: TenantCache,
+    resolvers: Vec<Arc<dyn TenantResolver>>,
+    /// Used while `resolvers` is empty.
+    fallback: Arc<dyn TenantResolver>,
+    excluded: Vec<String>,
+    not_found: (StatusCode, Bytes),
+}
+
+impl fmt::Debug for TenantLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &*self.shared;
+        f.debug_struct("TenantLayer")
+            .field("resolvers", &s.resolvers)
+            .field("excluded", &s.excluded)
+            .field("not_found_status", &s.not_found.0)
+            .field("cache", &s.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TenantLayer {
+    /// A layer over `hidra`'s tenants, with a default [`TenantCache`] and no
+    /// resolver yet (until one is added, `X-Tenant-ID` is read).
+    pub fn new(hidra: Hidra) -> Self {
+        let cache = TenantCache::new(hidra.clone());
+        TenantLayer {
+            shared: Arc::new(Shared {
+                hidra,
+                cache,
+                resolvers: Vec::new(),
+                fallback: Arc::new(HeaderResolver::default()),
+                excluded: Vec::new(),
+                not_found: (
+                    StatusCode::NOT_FOUND,
+                    Bytes::from_static(br#"{"error":"tenant_not_found"}"#),
+                ),
+            }),
+        }
+    }
+
+    /// Appends a resolver to the chain.
+    pub fn with_resolver(mut self, resolver: impl TenantResolver) -> Self {
+        Arc::make_mut(&mut self.shared)
+            .resolvers
+            .push(Arc::new(resolver));
+        self
+    }
+
+    /// Serves paths under `prefix` without a tenant: `"/health"` covers
+    /// `/health` and `/health/...` (not `/healthz`). Call once per prefix.
+    pub fn with_excluded(mut self, prefix: impl Into<String>) -> Self {
+        let prefix = prefix.into();
+        let prefix = prefix.trim_end_matches('/');
+        Arc::make_mut(&mut self.shared)
+            .excluded
+            .push(if prefix.is_empty() {
+                "/".into()
+            } else {
+                prefix.into()
+            });
+        self
+    }
+
+    /// The one response for a missing, malformed, unknown or inactive tenant
+    /// (default `404` `{"error":"tenant_not_found"}`), sent as JSON.
+    pub fn with_not_found(mut self, status: StatusCode, body: &serde_json::Value) -> Self {
+        Arc::make_mut(&mut self.shared).not_found = (status, Bytes::from(body.to_string()));
+        self
+    }
+
+    /// Uses `cache` (configured, or shared with the health routes or another
+    /// layer) instead of the default one.
+    pub fn with_cache(mut self, cache: TenantCache) -> Self {
+        Arc::make_mut(&mut self.shared).cache = cache;
+        self
+    }
+
+    /// The registry cache, e.g. for [`health::Health::with_cache`](crate::health::Health::with_cache).
+    pub fn cache(&self) -> &TenantCache {
+        &self.shared.cache
+    }
+}
+
+impl<S> Layer<S> for TenantLayer {
+    type Service = TenantService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TenantService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service of [`TenantLayer`].
+#[derive(Clone)]
+pub struct TenantService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for TenantService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TenantService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> TenantService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for TenantService<S>
+where
+    S: Service<Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The clone may not be ready: keep the one that is, leave the clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        ResponseFuture::new(Box::pin(handle(shared, inner, req)))
+    }
+}
+
+/// Why a request gets the uniform not-found answer; logged, never sent.
+#[derive(Debug)]
+enum Missing {
+    NoCandidate,
+    Malformed(hidra::Error),
+    Unknown(TenantId),
+    Inactive(TenantId, hidra::TenantStatus),
+}
+
+impl fmt::Display for Missing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Missing::NoCandidate => f.write_str("no resolver found a tenant id"),
+            Missing::Malformed(e) => write!(f, "{e}"),
+            Missing::Unknown(id) => write!(f, "tenant `{id}` is not registered"),
+            Missing::Inactive(id, status) => write!(f, "tenant `{id}` is {status}"),
+        }
+    }
+}
+
+enum Refusal {
+    Missing(Missing),
+    Error(Error),
+}
+
+impl From<Error> for Refusal {
+    fn from(e: Error) -> Self {
+        Refusal::Error(e)
+    }
+}
+
+async fn handle<S, ReqBody, ResBody>(
+    shared: Arc<Shared>,
+    mut inner: S,
+    req: Request<ReqBody>,
+) -> Result<Response, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    if shared.is_excluded(req.uri().path()) {
+        return inner.call(req).await.map(|res| res.map(Body::new));
+    }
+    let (mut parts, body) = req.into_parts();
+    let request_id = parts
+        .headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+
+    let tenant = match shared.resolve(&mut parts).await {
+        Ok(tenant) => tenant,
+        Err(Refusal::Missing(reason)) => {
+            tracing::debug!(
+                request_id = request_id.as_deref(),
+                %reason,
+                "refusing request: tenant not found"
+            );
+            return Ok(shared.not_found());
+        }
+        Err(Refusal::Error(error)) => {
+            tracing::debug!(request_id = request_id.as_deref(), %error, "refusing request");
+            return Ok(error.into_response());
+        }
+    };
+
+    let span = tracing::info_span!(
+        "tenant",
+        tenant = %tenant.id,
+        request_id = tracing::field::Empty
+    );
+    if let Some(id) = &request_id {
+        span.record("request_id", id.as_str());
+    }
+    let scope = Scope::new(Tenant(Arc::clone(&tenant)), shared.hidra.clone());
+    parts.extensions.insert(scope.clone());
+    let req = Request::from_parts(parts, body);
+
+    let response = hidra::context::scope(Arc::clone(&tenant), inner.call(req))
+        .instrument(span.clone())
+        .await?
+        .map(Body::new);
+    Ok(finish(scope, response).instrument(span).await)
+}
+
+/// Commits or rolls back the request's transaction, if the handler began one.
+async fn finish(scope: Scope, response: Response) -> Response {
+    match scope.take_tx() {
+        Ok(None) => response,
+        // Boxed: settling is a large future, needed only when there is a
+        // transaction.
+        Ok(Some(tx)) => Box::pin(settle(tx, response)).await,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn settle(tx: hidra::TenantTx, response: Response) -> Response {
+    let status = response.status();
+    if status.is_success() || status.is_redirection() {
+        match tx.commit().await {
+            Ok(()) => response,
+            Err(source) => Error::Commit(source).into_response(),
+        }
+    } else {
+        if let Err(error) = tx.rollback().await {
+            // The connection is closed by sqlx if it cannot roll back; the
+            // response stands.
+            tracing::warn!(
+                error = &error as &dyn std::error::Error,
+                "rolling back the request's transaction failed"
+            );
+        }
+        response
+    }
+}
+
+impl Shared {
+    fn is_excluded(&self, path: &str) -> bool {
+        self.excluded.iter().any(|prefix| {
+            prefix == "/"
+                || path
+                    .strip_prefix(prefix.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
+    }
+
+    fn not_found(&self) -> Response {
+        let (status, body) = &self.not_found;
+        let mut res = Response::new(Body::from(body.clone()));
+        *res.status_mut() = *status;
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        res
+    }
+
+    async fn resolve(
+        &self,
+        parts: &mut http::request::Parts,
+    ) -> Result<Arc<hidra::Tenant>, Refusal> {
+        let chain = if self.resolvers.is_empty() {
+            std::slice::from_ref(&self.fallback)
+        } else {
+            &self.resolvers[..]
+        };
+        let cx = ResolveContext::new(&self.cache);
+        let mut found: Vec<Resolution> = Vec::new();
+        let mut new_uri = None;
+        for resolver in chain {
+            if let Some(mut resolution) = resolver.resolve(parts, cx).await? {
+                if let Some(uri) = resolution.take_uri() {
+                    new_uri = Some(uri);
+                }
+                found.push(resolution);
+            }
+        }
+        if let Some(verified) = found.iter().find(|r| r.is_verified())
+            && found.iter().any(|r| r.candidate() != verified.candidate())
+        {
+            return Err(Error::Conflict.into());
+        }
+        if let Some(uri) = new_uri {
+            if parts.extensions.get::<OriginalUri>().is_none() {
+                parts.extensions.insert(OriginalUri(parts.uri.clone()));
+            }
+            parts.uri = uri;
+        }
+        let Some(first) = found.first() else {
+            return Err(Refusal::Missing(Missing::NoCandidate));
+        };
+        let id = TenantId::new(first.candidate())
+            .map_err(|e| Refusal::Missing(Missing::Malformed(e)))?;
+        let Some(tenant) = self.cache.get(&id).await? else {
+            return Err(Refusal::Missing(Missing::Unknown(id)));
+        };
+        if !tenant.is_active() {
+            return Err(Refusal::Missing(Missing::Inactive(id, tenant.status)));
+        }
+        Ok(tenant)
+    }
+}

@@ -1,0 +1,466 @@
+//! Finding the tenant id of a request: the [`TenantResolver`] trait and the
+//! built-in resolvers ([`HeaderResolver`], [`SubdomainResolver`],
+//! [`PathPrefixResolver`], [`CookieResolver`]).
+//!
+//! A resolver reads the request head and returns a raw id *candidate*, not yet
+//! validated, and whether its source is *verified* (a signed token, an API key
+//! checked against the database) or merely claimed by the client (a header, a
+//! host name, a path, a cookie). [`TenantLayer`](crate::TenantLayer) runs its
+//! resolvers as a chain; see its docs for how candidates are combined.
+
+use std::fmt;
+
+use futures_util::future::BoxFuture;
+use http::request::Parts;
+use http::{HeaderName, Uri, header};
+
+use crate::cache::TenantCache;
+use crate::error::{Error, Result};
+
+/// What a resolver found: a raw tenant id candidate and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolution {
+    candidate: String,
+    verified: bool,
+    uri: Option<Uri>,
+}
+
+impl Resolution {
+    /// A candidate the client merely claims (header, host, path, cookie).
+    pub fn claimed(candidate: impl Into<String>) -> Self {
+        Resolution {
+            candidate: candidate.into(),
+            verified: false,
+            uri: None,
+        }
+    }
+
+    /// A candidate from a verified source (a signed token's claim, an API key
+    /// found in the database). A request whose other sources disagree with it
+    /// is refused with `403`.
+    pub fn verified(candidate: impl Into<String>) -> Self {
+        Resolution {
+            candidate: candidate.into(),
+            verified: true,
+            uri: None,
+        }
+    }
+
+    /// Replaces the request's URI before the inner service sees it (the path
+    /// resolver strips its prefix this way).
+    pub fn with_uri(mut self, uri: Uri) -> Self {
+        self.uri = Some(uri);
+        self
+    }
+
+    /// The raw, unvalidated id.
+    pub fn candidate(&self) -> &str {
+        &self.candidate
+    }
+
+    /// Whether the source is verified.
+    pub fn is_verified(&self) -> bool {
+        self.verified
+    }
+
+    /// The URI the request continues with, if the resolver rewrote it.
+    pub fn uri(&self) -> Option<&Uri> {
+        self.uri.as_ref()
+    }
+
+    pub(crate) fn take_uri(&mut self) -> Option<Uri> {
+        self.uri.take()
+    }
+}
+
+/// What a resolver may use besides the request: the registry, through the cache.
+#[derive(Clone, Copy, Debug)]
+pub struct ResolveContext<'a> {
+    cache: &'a TenantCache,
+}
+
+impl<'a> ResolveContext<'a> {
+    /// A context over `cache` (the layer builds one per request).
+    pub fn new(cache: &'a TenantCache) -> Self {
+        ResolveContext { cache }
+    }
+
+    /// The registry cache.
+    pub fn cache(&self) -> &'a TenantCache {
+        self.cache
+    }
+
+    /// The Hidra handle.
+    pub fn hidra(&self) -> &'a hidra::Hidra {
+        self.cache.hidra()
+    }
+}
+
+/// Finds a tenant id candidate in a request.
+///
+/// Return `Ok(None)` when the request carries nothing for this resolver,
+/// `Ok(Some(_))` with a raw candidate (the layer validates it, so do not
+/// reject malformed ids yourself: a uniform answer is the layer's job), and
+/// `Err` only when the request must be refused outright
+/// ([`Error::Unauthorized`] for a bad credential, [`Error::Conflict`]).
+///
+/// ```
+/// use futures_util::future::BoxFuture;
+/// use hidra_axum::{Error, ResolveContext, Resolution, TenantResolver};
+///
+/// /// Tenant from a query parameter `?tenant=...`.
+/// #[derive(Debug)]
+/// struct QueryParam;
+///
+/// impl TenantResolver for QueryParam {
+///     fn resolve<'a>(
+///         &'a self,
+///         parts: &'a http::request::Parts,
+///         _cx: ResolveContext<'a>,
+///     ) -> BoxFuture<'a, Result<Option<Resolution>, Error>> {
+///         let found = parts.uri.query().and_then(|q| {
+///             q.split('&').find_map(|kv| kv.strip_prefix("tenant=")).map(Resolution::claimed)
+///         });
+///         Box::pin(std::future::ready(Ok(found)))
+///     }
+/// }
+/// ```
+pub trait TenantResolver: Send + Sync + fmt::Debug + 'static {
+    /// Looks for a candidate in `parts`.
+    fn resolve<'a>(
+        &'a self,
+        parts: &'a Parts,
+        cx: ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Resolution>>>;
+}
+
+fn ready<'a>(value: Result<Option<Resolution>>) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    Box::pin(std::future::ready(value))
+}
+
+/// The tenant id from a request header (default `X-Tenant-ID`).
+///
+/// A header sent more than once with different values is a
+/// [`Conflict`](Error::Conflict).
+#[derive(Clone, Debug)]
+pub struct HeaderResolver {
+    name: HeaderName,
+}
+
+impl Default for HeaderResolver {
+    fn default() -> Self {
+        HeaderResolver {
+            name: HeaderName::from_static("x-tenant-id"),
+        }
+    }
+}
+
+impl HeaderResolver {
+    /// The default header, `X-Tenant-ID`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Another header.
+    pub fn named(name: HeaderName) -> Self {
+        HeaderResolver { name }
+    }
+}
+
+impl TenantResolver for HeaderResolver {
+    fn resolve<'a>(
+        &'a self,
+        parts: &'a Parts,
+        _cx: ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+        let mut values = parts.headers.get_all(&self.name).iter();
+        let found = match values.next() {
+            None => Ok(None),
+            Some(first) => {
+                if values.any(|v| v != first) {
+                    Err(Error::Conflict)
+                } else {
+                    // Non-UTF-8 bytes cannot form a valid id: pass a candidate
+                    // that fails validation, so the answer stays uniform.
+                    Ok(Some(Resolution::claimed(
+                        first.to_str().unwrap_or("\u{fffd}").trim(),
+                    )))
+                }
+            }
+        };
+        ready(found)
+    }
+}
+
+/// The tenant id from the host name: the label before a base domain
+/// (`acme.example.com` → `acme`), and optionally custom domains looked up in
+/// the registry.
+///
+/// A custom domain is a host name listed in a tenant's
+/// `metadata.domains` (a JSON array, e.g. `{"domains": ["shop.acme.com"]}`),
+/// looked up with
+/// [`TenantStore::find_by_domain`](hidra::TenantStore::find_by_domain) through
+/// the [`TenantCache`]. Unknown hosts are cached too, for the negative TTL:
+/// a client inventing host names costs one registry read per new name, as one
+/// inventing tenant ids does; rate-limit in front if that matters.
+///
+/// The host comes from the URI's authority (HTTP/2) or the `Host` header, port
+/// removed and lowercased. The base domain itself and ignored labels (e.g.
+/// `www`, `api`) yield no candidate; several labels (`a.b.example.com`) yield
+/// a candidate that fails validation.
+///
+/// ```
+/// let resolver = hidra_axum::SubdomainResolver::new("example.com")
+///     .ignore(["www", "api"])
+///     .with_custom_domains();
+/// # let _ = resolver;
+/// ```
+#[derive(Clone, Debug)]
+pub struct SubdomainResolver {
+    /// `.example.com`
+    suffix: String,
+    ignored: Vec<String>,
+    custom_domains: bool,
+}
+
+impl SubdomainResolver {
+    /// Subdomains of `base_domain` (e.g. `example.com`).
+    pub fn new(base_domain: impl AsRef<str>) -> Self {
+        let base = base_domain
+            .as_ref()
+            .trim()
+            .trim_matches('.')
+            .to_ascii_lowercase();
+        SubdomainResolver {
+            suffix: format!(".{base}"),
+            ignored: Vec::new(),
+            custom_domains: false,
+        }
+    }
+
+    /// Labels that are not tenants (`www`, `api`, …).
+    pub fn ignore<I, S>(mut self, labels: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ignored
+            .extend(labels.into_iter().map(|s| s.into().to_ascii_lowercase()));
+        self
+    }
+
+    /// Also resolve hosts outside the base domain through the registry.
+    pub fn with_custom_domains(mut self) -> Self {
+        self.custom_domains = true;
+        self
+    }
+}
+
+/// The request's host, lowercased and without port.
+fn request_host(parts: &Parts) -> Option<String> {
+    let raw = match parts.uri.authority() {
+        Some(authority) => authority.host().to_owned(),
+        None => {
+            let value = parts.headers.get(header::HOST)?.to_str().ok()?;
+            let value = value.trim();
+            // `[::1]:8080` or `host:8080`
+            if let Some(rest) = value.strip_prefix('[') {
+                format!("[{}]", rest.split(']').next()?)
+            } else {
+                value.split(':').next()?.to_owned()
+            }
+        }
+    };
+    let host = raw.trim_end_matches('.').to_ascii_lowercase();
+    (!host.is_empty()).then_some(host)
+}
+
+impl TenantResolver for SubdomainResolver {
+    fn resolve<'a>(
+        &'a self,
+        parts: &'a Parts,
+        cx: ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+        let Some(host) = request_host(parts) else {
+            return ready(Ok(None));
+        };
+        if let Some(label) = host.strip_suffix(&self.suffix) {
+            let found = if label.is_empty() || self.ignored.iter().any(|i| i == label) {
+                None
+            } else {
+                Some(Resolution::claimed(label))
+            };
+            return ready(Ok(found));
+        }
+        if !self.custom_domains || host == self.suffix[1..] {
+            return ready(Ok(None));
+        }
+        Box::pin(async move {
+            Ok(cx
+                .cache()
+                .tenant_for_domain(&host)
+                .await?
+                .map(|id| Resolution::claimed(id.as_str())))
+        })
+    }
+}
+
+/// The tenant id from a path prefix (`/t/{tenant}/...`), which is stripped so
+/// routes are written once: `/t/acme/customers/7` reaches the `/customers/7`
+/// route, with [`OriginalUri`](axum::extract::OriginalUri) still holding the
+/// full path.
+///
+/// Because it rewrites the URI, the layer must run **before routing**: wrap
+/// the whole router (`TenantLayer::layer(router)` or
+/// `ServiceBuilder::new().layer(tenant_layer).service(router)`), not
+/// `Router::layer`, which runs after a route was chosen.
+#[derive(Clone, Debug)]
+pub struct PathPrefixResolver {
+    /// `/t/`
+    prefix: String,
+}
+
+impl Default for PathPrefixResolver {
+    fn default() -> Self {
+        PathPrefixResolver {
+            prefix: "/t/".into(),
+        }
+    }
+}
+
+impl PathPrefixResolver {
+    /// The default prefix, `/t/{tenant}`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Another prefix: `"/tenants"` reads `/tenants/{tenant}/...`.
+    pub fn prefix(prefix: impl AsRef<str>) -> Self {
+        let p = prefix.as_ref().trim_matches('/');
+        PathPrefixResolver {
+            prefix: if p.is_empty() {
+                "/".into()
+            } else {
+                format!("/{p}/")
+            },
+        }
+    }
+}
+
+impl TenantResolver for PathPrefixResolver {
+    fn resolve<'a>(
+        &'a self,
+        parts: &'a Parts,
+        _cx: ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+        let Some(rest) = parts.uri.path().strip_prefix(self.prefix.as_str()) else {
+            return ready(Ok(None));
+        };
+        let (candidate, tail) = match rest.find('/') {
+            Some(slash) => (&rest[..slash], &rest[slash..]),
+            None => (rest, "/"),
+        };
+        let path_and_query = match parts.uri.query() {
+            Some(q) => format!("{tail}?{q}"),
+            None => tail.to_owned(),
+        };
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = parts.uri.scheme().cloned();
+        uri.authority = parts.uri.authority().cloned();
+        let resolution = Resolution::claimed(candidate);
+        let found = match path_and_query.parse().ok().and_then(|pq| {
+            uri.path_and_query = Some(pq);
+            Uri::from_parts(uri).ok()
+        }) {
+            Some(uri) => resolution.with_uri(uri),
+            // Cannot happen for a tail of a valid path; keep the URI then.
+            None => resolution,
+        };
+        ready(Ok(Some(found)))
+    }
+}
+
+/// The tenant id from a cookie (default name `tenant`).
+#[derive(Clone, Debug)]
+pub struct CookieResolver {
+    name: String,
+}
+
+impl Default for CookieResolver {
+    fn default() -> Self {
+        CookieResolver {
+            name: "tenant".into(),
+        }
+    }
+}
+
+impl CookieResolver {
+    /// The cookie `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        CookieResolver { name: name.into() }
+    }
+}
+
+impl TenantResolver for CookieResolver {
+    fn resolve<'a>(
+        &'a self,
+        parts: &'a Parts,
+        _cx: ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+        let mut found: Option<&str> = None;
+        for value in parts.headers.get_all(header::COOKIE) {
+            let Ok(value) = value.to_str() else { continue };
+            for pair in value.split(';') {
+                let Some((name, v)) = pair.trim().split_once('=') else {
+                    continue;
+                };
+                if name.trim() != self.name {
+                    continue;
+                }
+                let v = v.trim().trim_matches('"');
+                match found {
+                    Some(previous) if previous != v => return ready(Err(Error::Conflict)),
+                    _ => found = Some(v),
+                }
+            }
+        }
+        ready(Ok(found.map(Resolution::claimed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::builder().uri(uri);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn hosts_are_normalised() {
+        assert_eq!(
+            request_host(&parts("/", &[("host", "Acme.Example.COM:8080")])).as_deref(),
+            Some("acme.example.com")
+        );
+        assert_eq!(
+            request_host(&parts("http://x.example.com./a", &[])).as_deref(),
+            Some("x.example.com")
+        );
+        assert_eq!(
+            request_host(&parts("/", &[("host", "[::1]:80")])).as_deref(),
+            Some("[::1]")
+        );
+        assert_eq!(request_host(&parts("/", &[])), None);
+    }
+
+    #[test]
+    fn path_prefixes_are_normalised() {
+        assert_eq!(PathPrefixResolver::prefix("tenants").prefix, "/tenants/");
+        assert_eq!(PathPrefixResolver::prefix("/org/").prefix, "/org/");
+        assert_eq!(PathPrefixResolver::new().prefix, "/t/");
+    }
+}

@@ -1,0 +1,347 @@
+//! Shared setup for the web tests: a throw-away database per test with the
+//! registry table, a `Hidra` over a store that counts registry reads, tenants
+//! with a marker row, and a small app exercising every extractor.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{OriginalUri, Query};
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing;
+use futures_util::future::BoxFuture;
+use hidra::testing::TestDatabase;
+use hidra::{
+    Hidra, ListTenants, NewTenant, Page, PgTenantStore, TenantId, TenantStatus, TenantStore,
+};
+use hidra_axum::{Tenant, TenantConn, TenantTx};
+use http_body_util::BodyExt;
+use sqlx::PgConnection;
+use tower::ServiceExt;
+
+/// Each tenant's schema: a marker row saying whose schema it is, and items.
+pub const MARKER_SCHEMA: &str = "CREATE TABLE marker (tenant TEXT NOT NULL);
+CREATE TABLE items (id BIGSERIAL PRIMARY KEY, label TEXT NOT NULL);
+CREATE TABLE deferred (v INT, CONSTRAINT deferred_v_key UNIQUE (v) DEFERRABLE INITIALLY DEFERRED);";
+
+/// A [`PgTenantStore`] that counts the registry reads made through it.
+#[derive(Debug, Clone, Default)]
+pub struct CountingStore {
+    inner: PgTenantStore,
+    pub gets: Arc<AtomicUsize>,
+    pub domain_lookups: Arc<AtomicUsize>,
+}
+
+impl CountingStore {
+    pub fn gets(&self) -> usize {
+        self.gets.load(Ordering::SeqCst)
+    }
+
+    pub fn domain_lookups(&self) -> usize {
+        self.domain_lookups.load(Ordering::SeqCst)
+    }
+}
+
+impl TenantStore for CountingStore {
+    fn get<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
+        self.gets.fetch_add(1, Ordering::SeqCst);
+        self.inner.get(conn, id)
+    }
+
+    fn list<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        page: &'a ListTenants,
+    ) -> BoxFuture<'a, hidra::Result<Page<hidra::Tenant>>> {
+        self.inner.list(conn, page)
+    }
+
+    fn insert<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a hidra::Tenant,
+    ) -> BoxFuture<'a, hidra::Result<hidra::Tenant>> {
+        self.inner.insert(conn, tenant)
+    }
+
+    fn update_status<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        from: &'a [TenantStatus],
+        to: TenantStatus,
+    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
+        self.inner.update_status(conn, id, from, to)
+    }
+
+    fn update_placement<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        placement: &'a hidra::Placement,
+    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
+        self.inner.update_placement(conn, id, placement)
+    }
+
+    fn delete<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+    ) -> BoxFuture<'a, hidra::Result<bool>> {
+        self.inner.delete(conn, id)
+    }
+
+    fn find_by_domain<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        host: &'a str,
+    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
+        self.domain_lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.find_by_domain(conn, host)
+    }
+}
+
+pub struct Ctx {
+    pub db: TestDatabase,
+    pub hidra: Hidra,
+    pub store: CountingStore,
+}
+
+/// A fresh database with the registry table, and a `Hidra` with the marker
+/// schema, a pool of `max` connections and a counting store.
+pub async fn setup(max: u32) -> Ctx {
+    let db = TestDatabase::create().await.expect("create test database");
+    let store = CountingStore::default();
+    let hidra = Hidra::builder()
+        .schema_sql("001_marker", MARKER_SCHEMA)
+        .max_connections(max)
+        .store(store.clone())
+        .connect_with(db.connect_options())
+        .await
+        .expect("connect hidra");
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await
+        .expect("create registry");
+    Ctx { db, hidra, store }
+}
+
+pub fn id(s: &str) -> TenantId {
+    TenantId::new(s).unwrap()
+}
+
+/// Provisions `name` (with `metadata`) and writes its marker row.
+pub async fn tenant_with(hidra: &Hidra, name: &str, metadata: serde_json::Value) -> hidra::Tenant {
+    let tenant = hidra
+        .provision(NewTenant::new(id(name)).metadata(metadata))
+        .await
+        .unwrap();
+    let mut conn = hidra.acquire(&tenant).await.unwrap();
+    sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
+        .bind(name)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    tenant
+}
+
+/// Provisions `name` and writes its marker row.
+pub async fn tenant_with_marker(hidra: &Hidra, name: &str) -> hidra::Tenant {
+    tenant_with(hidra, name, serde_json::json!({})).await
+}
+
+async fn marker(mut conn: TenantConn) -> Result<String, StatusCode> {
+    sqlx::query_scalar("SELECT tenant FROM marker")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn marker_tx(mut tx: TenantTx) -> Result<String, StatusCode> {
+    sqlx::query_scalar("SELECT tenant FROM marker")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn whoami(tenant: Tenant) -> String {
+    tenant.id.to_string()
+}
+
+async fn maybe_tenant(tenant: Option<Tenant>) -> String {
+    match tenant {
+        Some(t) => format!("tenant {}", t.id),
+        None => "no tenant".into(),
+    }
+}
+
+async fn path(OriginalUri(original): OriginalUri, req: Request<Body>) -> String {
+    format!("{} <- {}", req.uri(), original)
+}
+
+async fn current() -> String {
+    hidra::context::current_id()
+        .map(|id| id.to_string())
+        .unwrap_or_else(|| "none".into())
+}
+
+#[derive(serde::Deserialize)]
+pub struct Write {
+    label: String,
+    #[serde(default)]
+    fail: bool,
+    #[serde(default)]
+    redirect: bool,
+}
+
+/// Inserts an item in a `TenantTx`, then answers 500 (`fail`), 303
+/// (`redirect`) or 201.
+async fn write_item(Query(w): Query<Write>, mut tx: TenantTx) -> axum::response::Response {
+    sqlx::query("INSERT INTO items (label) VALUES ($1)")
+        .bind(&w.label)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    if w.fail {
+        (StatusCode::INTERNAL_SERVER_ERROR, "failed after writing").into_response()
+    } else if w.redirect {
+        (StatusCode::SEE_OTHER, [("location", "/items")]).into_response()
+    } else {
+        (StatusCode::CREATED, "written").into_response()
+    }
+}
+
+/// Inserts an item in a `TenantTx`, then panics.
+async fn write_then_panic(Query(w): Query<Write>, mut tx: TenantTx) -> &'static str {
+    sqlx::query("INSERT INTO items (label) VALUES ($1)")
+        .bind(&w.label)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    panic!("handler panicked after writing {}", w.label);
+}
+
+/// Inserts an item and commits explicitly, then answers 500.
+async fn write_commit_then_fail(Query(w): Query<Write>, mut tx: TenantTx) -> StatusCode {
+    sqlx::query("INSERT INTO items (label) VALUES ($1)")
+        .bind(&w.label)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+/// Breaks a deferred unique constraint, which only fails at commit, and answers 200.
+async fn break_at_commit(mut tx: TenantTx) -> &'static str {
+    sqlx::query("INSERT INTO deferred (v) VALUES (1), (1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    "looks fine"
+}
+
+async fn two_tx(_a: TenantTx, _b: TenantTx) -> &'static str {
+    "unreachable"
+}
+
+async fn items(mut conn: TenantConn) -> String {
+    let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    labels.join(",")
+}
+
+/// The routes every test uses, without the tenant layer.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/marker", routing::get(marker))
+        .route("/marker-tx", routing::get(marker_tx))
+        .route("/whoami", routing::get(whoami))
+        .route("/maybe", routing::get(maybe_tenant))
+        .route("/path/{*rest}", routing::get(path))
+        .route("/current", routing::get(current))
+        .route("/public/maybe", routing::get(maybe_tenant))
+        .route("/items", routing::get(items).post(write_item))
+        .route("/items/panic", routing::post(write_then_panic))
+        .route(
+            "/items/commit-then-fail",
+            routing::post(write_commit_then_fail),
+        )
+        .route("/two-tx", routing::get(two_tx))
+        .route("/break-at-commit", routing::post(break_at_commit))
+}
+
+/// Sends `req` through `app` in process.
+pub async fn send<S>(app: S, req: Request<Body>) -> (StatusCode, http::HeaderMap, Bytes)
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
+    let res = app.oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, body)
+}
+
+/// A GET of `uri` with `headers`.
+pub fn get_req(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::get(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// A POST of `uri` with `headers`.
+pub fn post_req(uri: &str, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::post(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::empty()).unwrap()
+}
+
+/// GET `uri` through `app` and return status and body text.
+pub async fn get<S>(app: &S, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, String)
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone,
+{
+    let (status, _, body) = send(app.clone(), get_req(uri, headers)).await;
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+/// Item labels of `tenant`, read directly.
+pub async fn item_labels(hidra: &Hidra, tenant: &hidra::Tenant) -> Vec<String> {
+    let mut conn = hidra.acquire(tenant).await.unwrap();
+    sqlx::query_scalar("SELECT label FROM items ORDER BY id")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap()
+}
+
+/// Serves `app` on a free port of 127.0.0.1 until the test's runtime ends.
+pub async fn serve(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}

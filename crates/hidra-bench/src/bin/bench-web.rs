@@ -1,0 +1,529 @@
+//! Tenant-scoped HTTP requests through Hidra's web layer against raw sqlx,
+//! measured in the same run on the same database.
+//!
+//! ```sh
+//! cargo run --release -p hidra-bench --bin bench-web
+//! cargo run --release -p hidra-bench --bin bench-web -- --duration 20 --rounds 5
+//! ```
+//!
+//! One fresh database holds 100 tenants provisioned with
+//! `../shared/bench/reference_schema.sql` and 1,000 customers each. Axum
+//! servers listen on loopback, each with a pool of the same size, all serving
+//! `GET /customers/{id}` for the tenant named by `X-Tenant-ID`:
+//!
+//! - **hidra**: behind `TenantLayer` (registry cache), the handler taking a
+//!   `TenantConn` and running an unqualified query;
+//! - **raw**: plain sqlx, no tenancy at all: a schema-qualified query chosen
+//!   by the header, on a default `PgPoolOptions` pool (which pings every
+//!   connection it hands out). The baseline of the ratio;
+//! - **raw, no ping**: the same with `test_before_acquire(false)`. Hidra's
+//!   pool replaces sqlx's ping with its own binding statement, so this is the
+//!   baseline without any per-checkout statement;
+//! - **raw, no ping, behind TenantLayer**: what the web layer alone costs;
+//! - **raw search_path**: plain sqlx binding the connection itself with a
+//!   prepared `set_config('search_path', $1, false)` before the same
+//!   unqualified query as hidra's: the floor of any `search_path` binding.
+//!   Switching a connection's `search_path` makes PostgreSQL re-plan its
+//!   cached statements, which a schema-qualified query never pays.
+//!
+//! A small load generator (keep-alive HTTP/1.1 connections, concurrency 32,
+//! a random tenant and customer per request) drives each server in turn for a
+//! fixed time after a warm-up, and reports requests per second and p50/p99
+//! latency, then the ratios to raw. The variants alternate within each round
+//! and the figures are medians over the rounds (the ratios: medians of the
+//! ratios within a round), so a burst of other work on the machine skews one
+//! round, not the result.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use clap::Parser;
+use hidra::testing::TestDatabase;
+use hidra::{Hidra, NewTenant, TenantId};
+use hidra_axum::{TenantConn, TenantLayer};
+use hidra_bench::{percentile, rate, read_reference};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool, SqlSafeStr, SqlStr};
+
+#[derive(Parser, Debug)]
+#[command(about = "Benchmark tenant-scoped HTTP requests through hidra-axum against raw sqlx")]
+struct Args {
+    /// Tenants to provision.
+    #[arg(long, default_value_t = 100)]
+    tenants: usize,
+    /// Customers per tenant.
+    #[arg(long, default_value_t = 1000)]
+    customers: i64,
+    /// Concurrent keep-alive connections of the load generator.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measured seconds per variant and round.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Warm-up seconds before each measurement.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Rounds; the variants alternate within each round.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Connections of each server's pool (the same for all).
+    #[arg(long, default_value_t = 10)]
+    pool: u32,
+    /// Reference schema (default: ../shared/bench/reference_schema.sql).
+    #[arg(long)]
+    schema: Option<PathBuf>,
+    /// Measure only these variants (hidra, raw, raw-noping, layer,
+    /// search-path); the ratios need all five.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// An empty database to use instead of a throw-away one.
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(serde::Serialize, sqlx::FromRow)]
+struct Customer {
+    id: i64,
+    name: String,
+    email: Option<String>,
+}
+
+async fn hidra_customer(
+    Path(id): Path<i64>,
+    mut conn: TenantConn,
+) -> Result<axum::Json<Customer>, StatusCode> {
+    sqlx::query_as("SELECT id, name, email FROM customers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .map(axum::Json)
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+/// The raw server: a pool and one schema-qualified statement per tenant.
+#[derive(Clone)]
+struct Raw {
+    pool: PgPool,
+    queries: Arc<HashMap<String, SqlStr>>,
+}
+
+async fn raw_customer(
+    State(raw): State<Raw>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Customer>, StatusCode> {
+    let query = headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| raw.queries.get(t))
+        .ok_or(StatusCode::NOT_FOUND)?;
+    sqlx::query_as(query.clone())
+        .bind(id)
+        .fetch_optional(&raw.pool)
+        .await
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?
+        .map(axum::Json)
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+/// The `search_path` floor: plain sqlx binding each checkout itself.
+#[derive(Clone)]
+struct Bind {
+    pool: PgPool,
+    paths: Arc<HashMap<String, String>>,
+}
+
+async fn bind_customer(
+    State(b): State<Bind>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Customer>, StatusCode> {
+    let path = headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| b.paths.get(t))
+        .ok_or(StatusCode::NOT_FOUND)?;
+    let fail = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    let mut conn = b.pool.acquire().await.map_err(fail)?;
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(path)
+        .execute(&mut *conn)
+        .await
+        .map_err(fail)?;
+    sqlx::query_as("SELECT id, name, email FROM customers WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(fail)?
+        .map(axum::Json)
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+async fn serve(app: Router) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// What one load run measured.
+#[derive(Default)]
+struct Measured {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Measured {
+    fn merge(&mut self, other: Measured) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.latencies.extend(other.latencies);
+    }
+}
+
+/// Drives `addr` with `concurrency` keep-alive connections for
+/// `warmup + duration`, recording only after the warm-up.
+async fn load(
+    addr: SocketAddr,
+    tenants: Arc<Vec<String>>,
+    customers: i64,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = measure_from + duration;
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let tenants = Arc::clone(&tenants);
+        workers.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut rng = StdRng::from_rng(&mut rand::rng());
+            let mut out = Measured::default();
+            loop {
+                let now = Instant::now();
+                if now >= until {
+                    break;
+                }
+                let tenant = &tenants[rng.random_range(0..tenants.len())];
+                let id = rng.random_range(1..=customers);
+                let req = http::Request::get(format!("/customers/{id}"))
+                    .header("host", "127.0.0.1")
+                    .header("x-tenant-id", tenant)
+                    .body(Empty::<Bytes>::new())?;
+                sender.ready().await?;
+                let res = sender.send_request(req).await?;
+                let ok = res.status() == StatusCode::OK;
+                let body = res.into_body().collect().await?.to_bytes();
+                let took = now.elapsed();
+                if now >= measure_from {
+                    out.requests += 1;
+                    out.latencies.push(took);
+                    // The answer must be the customer asked for.
+                    let expected = format!("{{\"id\":{id},");
+                    if !ok || !body.starts_with(expected.as_bytes()) {
+                        out.errors += 1;
+                    }
+                }
+            }
+            anyhow::Ok(out)
+        }));
+    }
+    let mut total = Measured::default();
+    for worker in workers {
+        total.merge(worker.await??);
+    }
+    total.elapsed = duration;
+    Ok(total)
+}
+
+struct Variant {
+    key: &'static str,
+    name: &'static str,
+    addr: SocketAddr,
+    measured: Measured,
+    /// Throughput, p50 and p99 of each round.
+    rounds: Vec<(f64, Duration, Duration)>,
+}
+
+/// The median of `values` (sorted in place).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        0.0
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let schema_sql = read_reference(args.schema.clone(), "reference_schema.sql")?;
+
+    let db;
+    let options: PgConnectOptions = match &args.database_url {
+        Some(url) => url.parse().context("invalid --database-url")?,
+        None => {
+            db = TestDatabase::create().await?;
+            println!("database: throw-away {}", db.name());
+            db.connect_options()
+        }
+    };
+
+    let hidra = Hidra::builder()
+        .schema_sql("reference schema", schema_sql)
+        .max_connections(args.pool)
+        .connect_with(options.clone())
+        .await?;
+    let mut conn = hidra.acquire_shared().await?;
+    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await?;
+    drop(conn);
+
+    let started = Instant::now();
+    let mut tenants = Vec::new();
+    let mut queries = HashMap::new();
+    let mut paths = HashMap::new();
+    for i in 0..args.tenants {
+        let id = TenantId::new(format!("bench-{i:04}"))?;
+        let tenant = hidra.provision(NewTenant::new(id.clone())).await?;
+        let mut conn = hidra.acquire(&tenant).await?;
+        sqlx::query(
+            "INSERT INTO customers (name, email, phone) \
+             SELECT 'Customer ' || g, 'customer' || g || '@example.com', '+1 555 ' || g \
+             FROM generate_series(1, $1) AS g",
+        )
+        .bind(args.customers)
+        .execute(&mut *conn)
+        .await?;
+        drop(conn);
+        let schema = hidra::Ident::new(hidra.schema_name(&id), "schema")?;
+        queries.insert(
+            id.to_string(),
+            AssertSqlSafe(format!(
+                "SELECT id, name, email FROM {}.customers WHERE id = $1",
+                schema.quoted()
+            ))
+            .into_sql_str(),
+        );
+        paths.insert(id.to_string(), format!("{}, public", schema.quoted()));
+        tenants.push(id.to_string());
+    }
+    let mut conn = hidra.acquire_shared().await?;
+    sqlx::raw_sql("ANALYZE").execute(&mut *conn).await?;
+    drop(conn);
+    println!(
+        "provisioned {} tenants with {} customers each in {:.1} s",
+        args.tenants,
+        args.customers,
+        started.elapsed().as_secs_f64()
+    );
+
+    let hidra_app = Router::new()
+        .route("/customers/{id}", get(hidra_customer))
+        .layer(TenantLayer::new(hidra.clone()));
+    let queries = Arc::new(queries);
+    let raw_pool = PgPoolOptions::new()
+        .max_connections(args.pool)
+        .connect_with(options.clone())
+        .await?;
+    let raw_app = Router::new()
+        .route("/customers/{id}", get(raw_customer))
+        .with_state(Raw {
+            pool: raw_pool,
+            queries: Arc::clone(&queries),
+        });
+    let layered_app = Router::new()
+        .route("/customers/{id}", get(raw_customer))
+        .with_state(Raw {
+            pool: PgPoolOptions::new()
+                .max_connections(args.pool)
+                .test_before_acquire(false)
+                .connect_with(options.clone())
+                .await?,
+            queries: Arc::clone(&queries),
+        })
+        .layer(TenantLayer::new(hidra.clone()));
+    let noping_pool = PgPoolOptions::new()
+        .max_connections(args.pool)
+        .test_before_acquire(false)
+        .connect_with(options.clone())
+        .await?;
+    let bind_app = Router::new()
+        .route("/customers/{id}", get(bind_customer))
+        .with_state(Bind {
+            pool: PgPoolOptions::new()
+                .max_connections(args.pool)
+                .test_before_acquire(false)
+                .connect_with(options)
+                .await?,
+            paths: Arc::new(paths),
+        });
+    let noping_app = Router::new()
+        .route("/customers/{id}", get(raw_customer))
+        .with_state(Raw {
+            pool: noping_pool,
+            queries,
+        });
+
+    let mut variants = vec![
+        Variant {
+            key: "hidra",
+            name: "hidra (TenantLayer + TenantConn)",
+            addr: serve(hidra_app).await?,
+            measured: Measured::default(),
+            rounds: Vec::new(),
+        },
+        Variant {
+            key: "raw",
+            name: "raw sqlx (default pool)",
+            addr: serve(raw_app).await?,
+            measured: Measured::default(),
+            rounds: Vec::new(),
+        },
+        Variant {
+            key: "raw-noping",
+            name: "raw sqlx (no ping)",
+            addr: serve(noping_app).await?,
+            measured: Measured::default(),
+            rounds: Vec::new(),
+        },
+        Variant {
+            key: "layer",
+            name: "raw sqlx (no ping) + TenantLayer",
+            addr: serve(layered_app).await?,
+            measured: Measured::default(),
+            rounds: Vec::new(),
+        },
+        Variant {
+            key: "search-path",
+            name: "raw sqlx, search_path per request",
+            addr: serve(bind_app).await?,
+            measured: Measured::default(),
+            rounds: Vec::new(),
+        },
+    ];
+
+    println!(
+        "load: concurrency {}, {} s warm-up + {} s measured per variant, {} round(s), pools of {}",
+        args.concurrency, args.warmup, args.duration, args.rounds, args.pool
+    );
+    let tenants = Arc::new(tenants);
+    for round in 1..=args.rounds {
+        for v in &mut variants {
+            if !args.only.is_empty() && !args.only.iter().any(|k| k == v.key) {
+                continue;
+            }
+            let m = load(
+                v.addr,
+                Arc::clone(&tenants),
+                args.customers,
+                args.concurrency,
+                Duration::from_secs(args.warmup),
+                Duration::from_secs(args.duration),
+            )
+            .await?;
+            let mut sorted = m.latencies.clone();
+            sorted.sort_unstable();
+            let row = (
+                rate(m.requests, m.elapsed),
+                percentile(&sorted, 50.0),
+                percentile(&sorted, 99.0),
+            );
+            println!(
+                "  round {round}: {:<34} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
+                v.name,
+                row.0,
+                ms(row.1),
+                ms(row.2)
+            );
+            v.rounds.push(row);
+            v.measured.merge(m);
+        }
+    }
+
+    // The machine may be shared: every figure below is the median over the
+    // rounds, and every ratio the median of the ratios measured within one
+    // round, back to back.
+    println!();
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>7}   (median of {} rounds)",
+        "variant", "req/s", "p50 ms", "p99 ms", "errors", args.rounds
+    );
+    for v in variants.iter().filter(|v| !v.rounds.is_empty()) {
+        let mut tput: Vec<f64> = v.rounds.iter().map(|r| r.0).collect();
+        let mut p50: Vec<f64> = v.rounds.iter().map(|r| ms(r.1)).collect();
+        let mut p99: Vec<f64> = v.rounds.iter().map(|r| ms(r.2)).collect();
+        println!(
+            "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            v.name,
+            median(&mut tput),
+            median(&mut p50),
+            median(&mut p99),
+            v.measured.errors
+        );
+    }
+    let errors: usize = variants.iter().map(|v| v.measured.errors).sum();
+    anyhow::ensure!(
+        errors == 0,
+        "{errors} requests failed or got a wrong answer"
+    );
+    if !args.only.is_empty() {
+        return Ok(());
+    }
+    println!();
+    let ratio = |a: usize, b: usize| {
+        let per_round = |f: &dyn Fn(&(f64, Duration, Duration)) -> f64| {
+            let mut r: Vec<f64> = variants[a]
+                .rounds
+                .iter()
+                .zip(&variants[b].rounds)
+                .map(|(x, y)| f(x) / f(y))
+                .collect();
+            median(&mut r)
+        };
+        format!(
+            "throughput {:.3}, p50 {:.3}, p99 {:.3}",
+            per_round(&|r| r.0),
+            per_round(&|r| ms(r.1)),
+            per_round(&|r| ms(r.2)),
+        )
+    };
+    println!("hidra / raw (default pool):           {}", ratio(0, 1));
+    println!("hidra / raw (no ping):                {}", ratio(0, 2));
+    println!("TenantLayer alone (no ping):          {}", ratio(3, 2));
+    println!("search_path floor / raw (default):    {}", ratio(4, 1));
+    println!("hidra / search_path floor:            {}", ratio(0, 4));
+    Ok(())
+}

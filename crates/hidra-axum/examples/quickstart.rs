@@ -30,7 +30,10 @@ type Answer = Result<Json<Value>, (StatusCode, Json<Value>)>;
 
 fn internal(e: sqlx::Error) -> (StatusCode, Json<Value>) {
     tracing::error!(error = %e, "query failed");
-    (StatusCode::INTERNAL_SERVER_ERROR, Json(json!({ "error": "internal" })))
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({ "error": "internal" })),
+    )
 }
 
 /// `GET /customers`: the tenant's customers, nobody else's.
@@ -75,13 +78,16 @@ async fn create(mut tx: TenantTx, Json(body): Json<NewCustomer>) -> Answer {
             Json(json!({ "error": "validation", "field": "name" })),
         ));
     }
-    let id: i64 = sqlx::query_scalar("INSERT INTO customers (name, email) VALUES ($1, $2) RETURNING id")
-        .bind(&body.name)
-        .bind(&body.email)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(internal)?;
-    Ok(Json(json!({ "id": id, "name": body.name, "email": body.email })))
+    let id: i64 =
+        sqlx::query_scalar("INSERT INTO customers (name, email) VALUES ($1, $2) RETURNING id")
+            .bind(&body.name)
+            .bind(&body.email)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(internal)?;
+    Ok(Json(
+        json!({ "id": id, "name": body.name, "email": body.email }),
+    ))
 }
 
 #[tokio::main]
@@ -141,7 +147,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  curl -s -H 'X-Tenant-ID: acme' -H 'content-type: application/json' -d '{{\"name\":\"Daffy\"}}' {base}/customers"
     );
-    println!("  curl -s -i -H 'X-Tenant-ID: nobody' {base}/customers   # 404, same as any unknown tenant");
+    println!(
+        "  curl -s -i -H 'X-Tenant-ID: nobody' {base}/customers   # 404, same as any unknown tenant"
+    );
     println!("  curl -s {base}/health/detailed\n");
     println!("Ctrl-C stops it and drops its database.");
 

@@ -83,6 +83,57 @@ pub enum Error {
     /// A custom resolver failed. Answered with `500`.
     #[error("a tenant resolver failed")]
     Resolver(#[source] BoxError),
+
+    /// An operation of the core failed for another reason than an
+    /// authentication refusal (see [`From<hidra::Error>`](#impl-From<Error>-for-Error)).
+    /// Answered with `500`.
+    #[error("a hidra operation failed")]
+    Core(#[source] hidra::Error),
+
+    /// An authentication or authorization check refused (feature `auth`).
+    /// Answered by kind, with the same body for every kind of a status:
+    ///
+    /// | kind | status | body |
+    /// |------|--------|------|
+    /// | [`is_unauthenticated`](hidra::auth::AuthError::is_unauthenticated) (bad token, key, credentials) | 401 | `{"error":"unauthorized"}` |
+    /// | [`is_forbidden`](hidra::auth::AuthError::is_forbidden) (wrong tenant, missing role, permission, scope) | 403 | `{"error":"forbidden"}` |
+    /// | `EmailTaken` | 409 | `{"error":"email_taken","message":…}` |
+    /// | `InvalidEmail`, `InvalidPassword`, `UnknownRole` | 422 | `{"error":"invalid_email"`/`"invalid_password"`/`"unknown_role","message":…}` |
+    ///
+    /// The `message` of 409 and 422 is the kind's own text, which says how to
+    /// fix the request and nothing else.
+    #[cfg(feature = "auth")]
+    #[error(transparent)]
+    Auth(#[from] hidra::auth::AuthError),
+}
+
+/// Keeps authentication refusals as `Error::Auth` (feature `auth`), so that
+/// handlers can use `?` on the core's login, registration and guard calls;
+/// every other core error becomes [`Error::Core`] (`500`, logged, never sent).
+impl From<hidra::Error> for Error {
+    fn from(error: hidra::Error) -> Self {
+        match error {
+            #[cfg(feature = "auth")]
+            hidra::Error::Auth(kind) => Error::Auth(kind),
+            other => Error::Core(other),
+        }
+    }
+}
+
+#[cfg(feature = "auth")]
+fn auth_status(kind: &hidra::auth::AuthError) -> (StatusCode, &'static str) {
+    use hidra::auth::AuthError;
+    if kind.is_unauthenticated() {
+        return (StatusCode::UNAUTHORIZED, "unauthorized");
+    }
+    match kind {
+        AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+        AuthError::InvalidEmail => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
+        AuthError::InvalidPassword { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_password"),
+        AuthError::UnknownRole(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_role"),
+        // `is_forbidden`, and any future kind: refuse.
+        _ => (StatusCode::FORBIDDEN, "forbidden"),
+    }
 }
 
 impl Error {
@@ -95,8 +146,11 @@ impl Error {
             | Error::TxInUse
             | Error::TxOutlivedRequest
             | Error::Commit(_)
-            | Error::Resolver(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            | Error::Resolver(_)
+            | Error::Core(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Registry(_) | Error::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            #[cfg(feature = "auth")]
+            Error::Auth(kind) => auth_status(kind).0,
         }
     }
 
@@ -109,8 +163,11 @@ impl Error {
             | Error::TxInUse
             | Error::TxOutlivedRequest
             | Error::Commit(_)
-            | Error::Resolver(_) => "internal_error",
+            | Error::Resolver(_)
+            | Error::Core(_) => "internal_error",
             Error::Registry(_) | Error::Database { .. } => "service_unavailable",
+            #[cfg(feature = "auth")]
+            Error::Auth(kind) => auth_status(kind).1,
         }
     }
 
@@ -120,6 +177,15 @@ impl Error {
         match self {
             Error::MissingTenant | Error::TxInUse | Error::TxOutlivedRequest => {
                 Some(self.to_string())
+            }
+            #[cfg(feature = "auth")]
+            Error::Auth(kind)
+                if matches!(
+                    self.status(),
+                    StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY
+                ) =>
+            {
+                Some(kind.to_string())
             }
             _ => None,
         }

@@ -52,6 +52,18 @@ impl Scope {
         self.0.tx.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The request's tenant.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) fn tenant(&self) -> &Tenant {
+        &self.0.tenant
+    }
+
+    /// The Hidra handle.
+    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
+    pub(crate) fn hidra(&self) -> &Hidra {
+        &self.0.hidra
+    }
+
     /// The transaction, if the handler began one; fails if a [`TenantTx`]
     /// still holds it.
     pub(crate) fn take_tx(&self) -> Result<Option<hidra::TenantTx>> {
@@ -63,7 +75,7 @@ impl Scope {
     }
 }
 
-fn scope(extensions: &Extensions) -> Result<&Scope> {
+pub(crate) fn scope(extensions: &Extensions) -> Result<&Scope> {
     extensions.get::<Scope>().ok_or(Error::MissingTenant)
 }
 

@@ -419,6 +419,9 @@ impl Shared {
         {
             return Err(Error::Conflict.into());
         }
+        for resolution in &mut found {
+            parts.extensions.extend(resolution.take_extensions());
+        }
         if let Some(uri) = new_uri {
             if parts.extensions.get::<OriginalUri>().is_none() {
                 parts.extensions.insert(OriginalUri(parts.uri.clone()));

@@ -13,6 +13,12 @@
 //! - Refusals leak nothing: a missing, malformed, unknown or suspended tenant
 //!   all get the same response, byte for byte.
 //! - [`health`] routes for probes and dashboards.
+//! - With the feature `auth`: the tenant from a verified JWT
+//!   ([`JwtResolver`][auth-jwtresolver]) or API key
+//!   ([`ApiKeyResolver`][auth-apikeyresolver]), the verified principal
+//!   ([`Auth`][auth-auth]) and guards ([`RequireRole`][auth-requirerole],
+//!   [`RequirePermission`][auth-requirepermission],
+//!   [`RequireScope`][auth-requirescope]).
 //!
 //! The core crate knows nothing of HTTP; this crate depends on it, never the
 //! reverse.
@@ -66,17 +72,110 @@
 //! |-----------|--------|------|
 //! | no id, malformed id, unknown tenant, tenant not active | 404 (configurable) | `{"error":"tenant_not_found"}` (configurable), identical for all four |
 //! | sources disagree with a verified one | 403 | `{"error":"tenant_conflict"}` |
-//! | a resolver refuses a credential | 401 | `{"error":"unauthorized"}` |
+//! | a resolver refuses a credential; a guard finds none | 401 | `{"error":"unauthorized"}` |
+//! | a guard finds a role, permission or scope missing (`auth`) | 403 | `{"error":"forbidden"}` |
 //! | registry or database unreachable | 503 | `{"error":"service_unavailable"}` |
 //! | commit of a [`TenantTx`] failed | 500 | `{"error":"internal_error"}` |
 //! | extractor used without the layer | 500 | ``{"error":"internal_error","message":"no tenant in request extensions: is `TenantLayer` installed, …"}`` |
 //!
 //! Database text is never sent; it is logged with `tracing`.
 //!
+//! # Authentication (feature `auth`)
+//!
+//! ```no_run
+//! # #[cfg(feature = "auth")]
+//! # mod example {
+//! use axum::{Router, routing::get};
+//! use hidra::auth::{ApiKeys, Jwt};
+//! use hidra_axum::{
+//!     ApiKeyResolver, Auth, HeaderResolver, JwtResolver, Permission, PermissionCache,
+//!     RequirePermission, RequireRole, Role, TenantLayer,
+//! };
+//!
+//! struct Admin;
+//! impl Role for Admin {
+//!     const NAME: &'static str = "admin";
+//! }
+//!
+//! struct CustomersRead;
+//! impl Permission for CustomersRead {
+//!     const NAME: &'static str = "customers:read";
+//! }
+//!
+//! async fn me(auth: Auth) -> String {
+//!     auth.subject().to_owned()
+//! }
+//!
+//! async fn customers(_: RequirePermission<CustomersRead>) -> &'static str {
+//!     "[]"
+//! }
+//!
+//! async fn settings(_: RequireRole<Admin>) -> &'static str {
+//!     "{}"
+//! }
+//!
+//! # pub async fn run(hidra: hidra::Hidra) -> Result<(), Box<dyn std::error::Error>> {
+//! let jwt = Jwt::hs256(std::env::var("JWT_SECRET")?)?;
+//! let keys = ApiKeys::new(hidra.clone(), std::env::var("API_KEY_PEPPER")?)?;
+//! let tenants = TenantLayer::new(hidra)
+//!     .with_resolver(JwtResolver::new(jwt)) // Authorization: Bearer <jwt>
+//!     .with_resolver(ApiKeyResolver::new(keys)) // X-API-Key or Bearer hk_…
+//!     .with_resolver(HeaderResolver::new()); // X-Tenant-ID, must agree with them
+//! let app: Router = Router::new()
+//!     .route("/me", get(me))
+//!     .route("/customers", get(customers))
+//!     .route("/settings", get(settings))
+//!     .with_state(PermissionCache::new())
+//!     .layer(tenants);
+//! # let _ = app; Ok(()) }
+//! # }
+//! ```
+//!
+//! A bad token or key is refused by the layer with one `401` body whatever
+//! the reason; a request without credentials passes the layer and is refused
+//! by the guards that need them. [`Error`] maps the core's
+//! [`AuthError`][auth-autherror] kinds to `401`, `403`, `409` and `422` (see
+//! [`Error::Auth`][auth-error-auth]), so handlers can use `?` on login and
+//! registration.
+//!
 //! # Feature flags
 //!
-//! None yet: everything above is always built.
+//! | feature | default | what it adds |
+//! |---------|---------|--------------|
+//! | `auth` | no | resolvers from a verified JWT or API key, the [`Auth`][auth-auth] extractor, role, permission and scope guards (see [Authentication](#authentication-feature-auth)); enables `hidra/auth` |
+//!
+//! Everything else is always built.
+//!
 
+// The links to the items of the feature `auth`: to the items when it is
+// enabled, to the feature table otherwise.
+#![cfg_attr(
+    feature = "auth",
+    doc = "\n\
+    [auth-jwtresolver]: crate::JwtResolver\n\
+    [auth-apikeyresolver]: crate::ApiKeyResolver\n\
+    [auth-auth]: crate::Auth\n\
+    [auth-requirerole]: crate::RequireRole\n\
+    [auth-requirepermission]: crate::RequirePermission\n\
+    [auth-requirescope]: crate::RequireScope\n\
+    [auth-error-auth]: crate::Error::Auth\n\
+    [auth-autherror]: hidra::auth::AuthError"
+)]
+#![cfg_attr(
+    not(feature = "auth"),
+    doc = "\n\
+    [auth-jwtresolver]: #feature-flags\n\
+    [auth-apikeyresolver]: #feature-flags\n\
+    [auth-auth]: #feature-flags\n\
+    [auth-requirerole]: #feature-flags\n\
+    [auth-requirepermission]: #feature-flags\n\
+    [auth-requirescope]: #feature-flags\n\
+    [auth-error-auth]: #feature-flags\n\
+    [auth-autherror]: #feature-flags"
+)]
+
+#[cfg(feature = "auth")]
+mod auth;
 mod cache;
 mod error;
 mod extract;
@@ -86,6 +185,11 @@ mod resolve;
 pub mod future;
 pub mod health;
 
+#[cfg(feature = "auth")]
+pub use crate::auth::{
+    ApiKeyResolver, Auth, JwtResolver, Permission, PermissionCache, RequirePermission, RequireRole,
+    RequireScope, Role,
+};
 pub use crate::cache::{CacheStats, TenantCache, TenantCacheBuilder};
 pub use crate::error::{BoxError, Error, Result};
 pub use crate::extract::{Tenant, TenantConn, TenantTx};

@@ -12,18 +12,34 @@ use std::fmt;
 
 use futures_util::future::BoxFuture;
 use http::request::Parts;
-use http::{HeaderName, Uri, header};
+use http::{Extensions, HeaderName, Uri, header};
 
 use crate::cache::TenantCache;
 use crate::error::{Error, Result};
 
 /// What a resolver found: a raw tenant id candidate and where it came from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// It may also carry [extensions](Resolution::with_extension) for the request
+/// (e.g. the verified claims of a token), which the layer inserts into the
+/// request once it accepts it. Equality compares the candidate, whether it is
+/// verified and the URI, not the extensions.
+#[derive(Clone, Debug)]
 pub struct Resolution {
     candidate: String,
     verified: bool,
     uri: Option<Uri>,
+    extensions: Extensions,
 }
+
+impl PartialEq for Resolution {
+    fn eq(&self, other: &Self) -> bool {
+        self.candidate == other.candidate
+            && self.verified == other.verified
+            && self.uri == other.uri
+    }
+}
+
+impl Eq for Resolution {}
 
 impl Resolution {
     /// A candidate the client merely claims (header, host, path, cookie).
@@ -32,6 +48,7 @@ impl Resolution {
             candidate: candidate.into(),
             verified: false,
             uri: None,
+            extensions: Extensions::new(),
         }
     }
 
@@ -43,6 +60,7 @@ impl Resolution {
             candidate: candidate.into(),
             verified: true,
             uri: None,
+            extensions: Extensions::new(),
         }
     }
 
@@ -51,6 +69,21 @@ impl Resolution {
     pub fn with_uri(mut self, uri: Uri) -> Self {
         self.uri = Some(uri);
         self
+    }
+
+    /// Adds `value` to the request's extensions, for the handler's extractors
+    /// (the `JwtResolver` of the feature `auth` hands over the verified
+    /// claims this way). The layer inserts it only when the request is
+    /// accepted: not when another source conflicts, nor when the tenant is
+    /// unknown or inactive.
+    pub fn with_extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
+        self
+    }
+
+    /// The extensions added with [`with_extension`](Resolution::with_extension).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
     }
 
     /// The raw, unvalidated id.
@@ -70,6 +103,10 @@ impl Resolution {
 
     pub(crate) fn take_uri(&mut self) -> Option<Uri> {
         self.uri.take()
+    }
+
+    pub(crate) fn take_extensions(&mut self) -> Extensions {
+        std::mem::take(&mut self.extensions)
     }
 }
 
@@ -407,25 +444,31 @@ impl TenantResolver for CookieResolver {
         parts: &'a Parts,
         _cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>> {
-        let mut found: Option<&str> = None;
-        for value in parts.headers.get_all(header::COOKIE) {
-            let Ok(value) = value.to_str() else { continue };
-            for pair in value.split(';') {
-                let Some((name, v)) = pair.trim().split_once('=') else {
-                    continue;
-                };
-                if name.trim() != self.name {
-                    continue;
-                }
-                let v = v.trim().trim_matches('"');
-                match found {
-                    Some(previous) if previous != v => return ready(Err(Error::Conflict)),
-                    _ => found = Some(v),
-                }
+        ready(cookie(parts, &self.name).map(|found| found.map(Resolution::claimed)))
+    }
+}
+
+/// The value of the cookie `name`, unquoted; the same cookie sent with two
+/// different values is a [`Conflict`](Error::Conflict).
+pub(crate) fn cookie<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>> {
+    let mut found: Option<&str> = None;
+    for value in parts.headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((n, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if n.trim() != name {
+                continue;
+            }
+            let v = v.trim().trim_matches('"');
+            match found {
+                Some(previous) if previous != v => return Err(Error::Conflict),
+                _ => found = Some(v),
             }
         }
-        ready(Ok(found.map(Resolution::claimed)))
     }
+    Ok(found)
 }
 
 #[cfg(test)]

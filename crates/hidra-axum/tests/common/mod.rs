@@ -118,10 +118,19 @@ pub struct Ctx {
 /// A fresh database with the registry table, and a `Hidra` with the marker
 /// schema, a pool of `max` connections and a counting store.
 pub async fn setup(max: u32) -> Ctx {
+    setup_with_schema(max, "").await
+}
+
+/// [`setup`], with `extra` SQL run in every tenant's schema after the marker
+/// schema (when not empty).
+pub async fn setup_with_schema(max: u32, extra: &str) -> Ctx {
     let db = TestDatabase::create().await.expect("create test database");
     let store = CountingStore::default();
-    let hidra = Hidra::builder()
-        .schema_sql("001_marker", MARKER_SCHEMA)
+    let mut builder = Hidra::builder().schema_sql("001_marker", MARKER_SCHEMA);
+    if !extra.is_empty() {
+        builder = builder.schema_sql("002_extra", extra);
+    }
+    let hidra = builder
         .max_connections(max)
         .store(store.clone())
         .connect_with(db.connect_options())

@@ -15,8 +15,23 @@ use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::migrate;
 use crate::scope;
-use crate::sql;
+use crate::sql::{self, Ident};
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
+
+/// Drops a tenant schema with everything in it and forgets its version, in the
+/// caller's transaction.
+pub(crate) async fn drop_tenant_schema(tx: &mut sqlx::PgConnection, schema: &Ident) -> Result<()> {
+    sqlx::raw_sql(sql::drop_schema(schema))
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("dropping the tenant schema"))?;
+    sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
+        .bind(schema.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("forgetting the tenant's schema version"))?;
+    Ok(())
+}
 
 /// Proof that the caller means to delete a tenant and everything in it; see
 /// [`Hidra::deprovision`].
@@ -269,15 +284,7 @@ impl Hidra {
             .await
             .map_err(Error::db("beginning the provisioning rollback"))?;
         let schema = tenant.placement.schema_ident()?;
-        sqlx::raw_sql(sql::drop_schema(&schema))
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("dropping the tenant schema"))?;
-        sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
-            .bind(schema.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("forgetting the tenant's schema version"))?;
+        drop_tenant_schema(&mut tx, &schema).await?;
         self.inner.store.delete(&mut tx, &tenant.id).await?;
         tx.commit()
             .await
@@ -375,23 +382,12 @@ impl Hidra {
             .map_err(Error::db("beginning the deprovisioning transaction"))?;
         match tenant.placement.strategy {
             Strategy::Schema => {
-                let schema = tenant.placement.schema_ident()?;
-                sqlx::raw_sql(sql::drop_schema(&schema))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(Error::db("dropping the tenant schema"))?;
+                drop_tenant_schema(&mut tx, &tenant.placement.schema_ident()?).await?;
             }
             Strategy::RowLevel => self.delete_row_level_rows(&mut tx, &tenant).await?,
             Strategy::Database => {}
         }
         store.delete(&mut tx, id).await?;
-        if tenant.placement.strategy == Strategy::Schema {
-            sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
-                .bind(&tenant.placement.schema)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("forgetting the tenant's schema version"))?;
-        }
         tx.commit()
             .await
             .map_err(Error::db("committing the deprovisioning transaction"))?;

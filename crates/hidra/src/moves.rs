@@ -21,6 +21,7 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
+use crate::lifecycle::drop_tenant_schema;
 use crate::migrate;
 use crate::sql::{self, Ident};
 use crate::tenant::{Placement, Strategy, Tenant, TenantId, TenantStatus};
@@ -118,25 +119,8 @@ impl Hidra {
             search_path: sql::search_path_value(&schema, &inner.shared),
             tenant_id: String::new(),
         };
-        let migrations = &inner.tenant_migrations;
-        let reached = migrate::create_schema(tx, &schema, &binding.search_path, migrations)
-            .await
-            .map_err(|(source, failed)| match failed {
-                None => Error::SchemaTaken {
-                    id: tenant.id.clone(),
-                    schema: schema.to_string(),
-                },
-                Some(m) => Error::MigrationFailed {
-                    schema: schema.to_string(),
-                    migration: migrate::label(&m).into_owned(),
-                    source,
-                },
-            })?;
-        if reached < migrations.latest() {
-            return Err(Error::InvalidConfig(
-                "a move builds the new schema in one transaction: `-- no-transaction` migrations cannot be part of it".into(),
-            ));
-        }
+        self.build_schema_for_move(tx, tenant, &schema, &binding.search_path)
+            .await?;
         bind_row_level(tx, tenant.id.as_str()).await?;
         let column = inner.row_level.column.as_str();
         for (name, source, cols) in &tables {
@@ -228,15 +212,7 @@ impl Hidra {
             advance_sequences(tx, target, inner.row_level.schema.as_str(), name).await?;
         }
         unbind_row_level(tx).await?;
-        sqlx::raw_sql(sql::drop_schema(&schema))
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("dropping the tenant schema"))?;
-        sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
-            .bind(schema.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("forgetting the tenant's schema version"))?;
+        drop_tenant_schema(tx, &schema).await?;
         let placement = Placement {
             strategy: Strategy::RowLevel,
             schema: inner.row_level.schema.to_string(),
@@ -309,15 +285,7 @@ impl Hidra {
                 .update_placement(&mut tx, &tenant.id, &placement)
                 .await?
                 .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
-            sqlx::raw_sql(sql::drop_schema(&schema))
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("dropping the tenant schema"))?;
-            sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
-                .bind(schema.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("forgetting the tenant's schema version"))?;
+            drop_tenant_schema(&mut tx, &schema).await?;
             tx.commit()
                 .await
                 .map_err(Error::db("committing the move"))?;
@@ -363,25 +331,8 @@ impl Hidra {
             .await
             .map_err(Error::db("beginning the move"))?;
         let path = sql::search_path_value(&schema, &inner.shared);
-        let migrations = &inner.tenant_migrations;
-        let reached = migrate::create_schema(&mut tx, &schema, &path, migrations)
-            .await
-            .map_err(|(source, failed)| match failed {
-                None => Error::SchemaTaken {
-                    id: tenant.id.clone(),
-                    schema: schema.to_string(),
-                },
-                Some(m) => Error::MigrationFailed {
-                    schema: schema.to_string(),
-                    migration: migrate::label(&m).into_owned(),
-                    source,
-                },
-            })?;
-        if reached < migrations.latest() {
-            return Err(Error::InvalidConfig(
-                "a move builds the new schema in one transaction: `-- no-transaction` migrations cannot be part of it".into(),
-            ));
-        }
+        self.build_schema_for_move(&mut tx, tenant, &schema, &path)
+            .await?;
         let target_tables = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
         truncate(&mut tx, &target_tables).await?;
         for (name, from, cols) in &tables {
@@ -415,6 +366,39 @@ impl Hidra {
         }
         tracing::info!(tenant = %tenant.id, from = "database", to = "schema", "moved tenant");
         Ok(moved)
+    }
+}
+
+impl Hidra {
+    /// Builds a tenant's schema with every tenant migration inside the move's
+    /// transaction.
+    async fn build_schema_for_move(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        schema: &Ident,
+        search_path: &str,
+    ) -> Result<()> {
+        let migrations = &self.inner.tenant_migrations;
+        let reached = migrate::create_schema(tx, schema, search_path, migrations)
+            .await
+            .map_err(|(source, failed)| match failed {
+                None => Error::SchemaTaken {
+                    id: tenant.id.clone(),
+                    schema: schema.to_string(),
+                },
+                Some(m) => Error::MigrationFailed {
+                    schema: schema.to_string(),
+                    migration: migrate::label(&m).into_owned(),
+                    source,
+                },
+            })?;
+        if reached < migrations.latest() {
+            return Err(Error::InvalidConfig(
+                "a move builds the new schema in one transaction: `-- no-transaction` migrations cannot be part of it".into(),
+            ));
+        }
+        Ok(())
     }
 }
 

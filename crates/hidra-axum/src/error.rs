@@ -208,6 +208,14 @@ impl IntoResponse for Error {
             Some(message) => serde_json::json!({ "error": self.code(), "message": message }),
             None => serde_json::json!({ "error": self.code() }),
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            // RFC 6750: a 401 names the scheme the client should use.
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }

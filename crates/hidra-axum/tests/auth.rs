@@ -323,6 +323,11 @@ async fn bad_tokens_all_get_the_same_401() {
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}");
         assert_eq!(body, UNAUTHORIZED, "{what}");
+        assert_eq!(
+            headers.get("www-authenticate").map(|v| v.as_bytes()),
+            Some(&b"Bearer"[..]),
+            "{what}"
+        );
         answers.push((what, status, headers, body));
     }
     // Byte for byte, headers included.

@@ -75,6 +75,7 @@ pub struct HidraBuilder {
     row_level: (String, String),
     databases: DatabasePoolConfig,
     database_prefix: String,
+    audit_row_level: bool,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -106,6 +107,7 @@ impl Default for HidraBuilder {
             row_level: ("public".into(), crate::rls::DEFAULT_TENANT_COLUMN.into()),
             databases: DatabasePoolConfig::default(),
             database_prefix: "tenant_".into(),
+            audit_row_level: false,
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10)),
@@ -221,6 +223,14 @@ impl HidraBuilder {
         self
     }
 
+    /// Run [`Hidra::audit_row_level`] when connecting and fail with
+    /// [`Error::RowLevelInsecure`] on any finding (default off; provisioning a
+    /// row-level tenant runs it regardless).
+    pub fn audit_row_level_on_connect(mut self, yes: bool) -> Self {
+        self.audit_row_level = yes;
+        self
+    }
+
     /// Maximum connections of the shared pool (default 10).
     pub fn max_connections(mut self, max: u32) -> Self {
         self.pool_options = self.pool_options.max_connections(max);
@@ -269,7 +279,7 @@ impl HidraBuilder {
             .await
             .map_err(Error::db("connecting to PostgreSQL"))?;
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
-        Ok(Hidra {
+        let hidra = Hidra {
             inner: Arc::new(Inner {
                 pool,
                 naming,
@@ -287,7 +297,11 @@ impl HidraBuilder {
                 database_naming,
                 template_ready: tokio::sync::OnceCell::new(),
             }),
-        })
+        };
+        if self.audit_row_level {
+            hidra.require_row_level_audit().await?;
+        }
+        Ok(hidra)
     }
 }
 

@@ -94,6 +94,12 @@ async fn a_row_level_tenant_cannot_touch_another_tenants_rows() {
     let ctx = rls_setup().await;
     let h = &ctx.hidra;
     assert!(h.audit_row_level().await.unwrap().is_clean());
+    let audited = Hidra::builder()
+        .audit_row_level_on_connect(true)
+        .connect_with(ctx.db.connect_options().username(&ctx.role))
+        .await
+        .expect("a clean setup passes the startup audit");
+    audited.close().await;
     let a = row_level(h, "alpha").await;
     let b = row_level(h, "beta").await;
     assert_eq!(a.placement.strategy, Strategy::RowLevel);
@@ -234,6 +240,16 @@ async fn the_audit_finds_every_misconfiguration_and_provisioning_fails_closed() 
             .findings
             .iter()
             .any(|f| matches!(f, Finding::Superuser { .. } | Finding::BypassRls { .. }))
+    );
+    // Run at startup, the audit refuses to connect.
+    let at_startup = Hidra::builder()
+        .audit_row_level_on_connect(true)
+        .connect_with(ctx.db.connect_options().username(&role))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(at_startup, Error::RowLevelInsecure(_)),
+        "{at_startup:?}"
     );
     let err = h
         .provision(NewTenant::new(id("unsafe")).strategy(Strategy::RowLevel))

@@ -32,7 +32,7 @@ impl Hidra {
     /// How many spare schemas exist and are ready.
     pub async fn warm_pool_status(&self) -> Result<WarmPoolStatus> {
         let mut conn = self.acquire_shared().await?;
-        super::ensure_internal(&mut conn).await?;
+        self.ensure_internal(&mut conn).await?;
         let migrations = &self.inner.tenant_migrations;
         let (spares, ready): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE v.version = $1 AND v.digest = $2) \

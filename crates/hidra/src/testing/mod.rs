@@ -158,7 +158,8 @@ impl PgServer {
 /// A uniquely named database created on the [`PgServer`] for one test and
 /// dropped at the end.
 ///
-/// Its name is `hidra_test_<pid>_<random hex>`. [`drop_now`](TestDatabase::drop_now)
+/// Its name is `hidra_test_<pid>_<random hex>` (another prefix:
+/// [`create_with_prefix`](TestDatabase::create_with_prefix)). [`drop_now`](TestDatabase::drop_now)
 /// drops it and reports errors; if it is simply dropped (the test returned early
 /// or panicked) the database is dropped anyway, on a short-lived thread, and
 /// errors are only logged. Open connections to it are terminated either way.
@@ -197,9 +198,33 @@ impl TestDatabase {
     /// # drop(pool); Ok(()) }
     /// ```
     pub async fn create() -> Result<TestDatabase> {
+        TestDatabase::create_with_prefix("hidra_test").await
+    }
+
+    /// Like [`create`](TestDatabase::create), with the name
+    /// `<prefix>_<pid>_<random hex>`; the prefix must be a valid identifier
+    /// of at most 30 bytes.
+    ///
+    /// ```no_run
+    /// # async fn run() -> hidra::Result<()> {
+    /// let db = hidra::testing::TestDatabase::create_with_prefix("myapp_demo").await?;
+    /// assert!(db.name().starts_with("myapp_demo_"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_with_prefix(prefix: &str) -> Result<TestDatabase> {
+        if prefix.is_empty()
+            || prefix.len() > 30
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(Error::Harness(format!(
+                "invalid test database prefix {prefix:?}: use 1 to 30 lowercase letters, digits or `_`"
+            )));
+        }
         let server = PgServer::get().await?;
         let name = format!(
-            "hidra_test_{}_{:016x}",
+            "{prefix}_{}_{:016x}",
             std::process::id(),
             rand::random::<u64>()
         );

@@ -1,0 +1,66 @@
+//! The OpenAPI description of the API, served at `/docs` (Scalar UI) and
+//! `/docs/openapi.json`.
+
+use axum::Router;
+use axum::routing::get;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_scalar::{Scalar, Servable};
+
+use crate::routes::{account, customers, orders, products, users};
+use crate::state::AppState;
+
+/// The API's OpenAPI document.
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "Hidra demo SaaS API",
+        description = "A multi-tenant API built with Hidra: every company (tenant) has its own \
+            PostgreSQL schema. Sign up or log in to get a bearer token; the token names the \
+            tenant. An `X-Tenant-ID` header or a `<tenant>.<base domain>` host may name it too, \
+            but must agree with the token (else 403)."
+    ),
+    paths(
+        account::signup, account::login, account::me,
+        users::list, users::create, users::show, users::update, users::delete,
+        customers::list, customers::create, customers::show, customers::update, customers::delete,
+        products::list, products::create, products::show, products::update, products::delete,
+        orders::create, orders::list, orders::show,
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "account", description = "Sign-up, login, the current user"),
+        (name = "users", description = "The tenant's users (admins only)"),
+        (name = "customers", description = "The tenant's customers"),
+        (name = "products", description = "The tenant's catalogue"),
+        (name = "orders", description = "Orders, placed in one transaction"),
+    )
+)]
+pub struct ApiDoc;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// `/docs` and `/docs/openapi.json`.
+pub fn router() -> Router<AppState> {
+    let doc = ApiDoc::openapi();
+    let json = doc.clone();
+    Router::new().merge(Scalar::with_url("/docs", doc)).route(
+        "/docs/openapi.json",
+        get(|| async move { axum::Json(json) }),
+    )
+}

@@ -1,0 +1,195 @@
+//! The API's error responses: one JSON shape for every failure.
+//!
+//! `{"error": "<code>", "message": "<what to do>"}`, plus `"fields"` for
+//! validation failures. Database text never reaches a client; it is logged.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// SQLSTATE `unique_violation`.
+const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE `foreign_key_violation`.
+const FOREIGN_KEY_VIOLATION: &str = "23503";
+/// SQLSTATE `check_violation`.
+const CHECK_VIOLATION: &str = "23514";
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body or the query failed validation; `fields` says why, per field.
+    #[error("the request is invalid; see `fields`")]
+    Validation(FieldErrors),
+
+    /// The body is not JSON of the expected shape.
+    #[error("{0}")]
+    BadRequest(String),
+
+    /// No such resource in this tenant.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+
+    /// The request conflicts with existing data (a duplicate key, a taken
+    /// tenant id or email, too little stock).
+    #[error("{0}")]
+    Conflict(String),
+
+    /// A library error from Hidra's web crate (auth, tenancy); it knows its
+    /// status and body.
+    #[error(transparent)]
+    Web(#[from] hidra_axum::Error),
+
+    /// Anything else: logged, answered with a bare 500.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Validation messages per field, in field order.
+pub type FieldErrors = BTreeMap<String, Vec<String>>;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable code: `validation_failed`, `bad_request`,
+    /// `not_found`, `conflict`, `unauthorized`, `forbidden`,
+    /// `tenant_not_found`, `tenant_conflict`, `internal_error`.
+    pub error: String,
+    /// What went wrong and what to do about it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// For `validation_failed`: the messages per field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fields: Option<FieldErrors>,
+}
+
+impl ApiError {
+    /// A validation failure of one field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let mut fields = FieldErrors::new();
+        fields.insert(field.to_owned(), vec![message.into()]);
+        ApiError::Validation(fields)
+    }
+
+    /// Maps a database error: unique and foreign-key violations become 409
+    /// and 422 with `what` in the message, anything else is internal.
+    pub fn from_db(what: &'static str) -> impl FnOnce(sqlx::Error) -> ApiError {
+        move |error| {
+            let code = error
+                .as_database_error()
+                .and_then(|e| e.code())
+                .map(|c| c.into_owned());
+            match code.as_deref() {
+                Some(UNIQUE_VIOLATION) => {
+                    ApiError::Conflict(format!("a {what} with these values already exists"))
+                }
+                Some(FOREIGN_KEY_VIOLATION) => ApiError::Conflict(format!(
+                    "the {what} is referenced by other records or references a missing one"
+                )),
+                Some(CHECK_VIOLATION) => {
+                    ApiError::BadRequest(format!("the {what} breaks a database constraint"))
+                }
+                _ => ApiError::Internal(anyhow::Error::new(error).context(what)),
+            }
+        }
+    }
+}
+
+impl From<hidra::Error> for ApiError {
+    fn from(error: hidra::Error) -> Self {
+        ApiError::Web(error.into())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        ApiError::Internal(error.into())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::BadRequest(rejection.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, error, message, fields) = match self {
+            ApiError::Web(e) => return e.into_response(),
+            ApiError::Validation(fields) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("the request is invalid; see `fields`".to_owned()),
+                Some(fields),
+            ),
+            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", Some(m), None),
+            ApiError::NotFound(what) => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                Some(format!("{what} not found")),
+                None,
+            ),
+            ApiError::Conflict(m) => (StatusCode::CONFLICT, "conflict", Some(m), None),
+            ApiError::Internal(e) => {
+                tracing::error!(error = format!("{e:#}"), "request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    None,
+                    None,
+                )
+            }
+        };
+        let body = ErrorBody {
+            error: error.to_owned(),
+            message,
+            fields,
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// Collects validation failures of a request body, field by field.
+#[derive(Debug, Default)]
+pub struct Checks {
+    fields: FieldErrors,
+}
+
+impl Checks {
+    /// Records `message` for `field` unless `ok`.
+    pub fn check(&mut self, ok: bool, field: &str, message: &str) -> &mut Self {
+        if !ok {
+            self.fields
+                .entry(field.to_owned())
+                .or_default()
+                .push(message.to_owned());
+        }
+        self
+    }
+
+    /// `Ok` when every check passed, else the 422 naming every failure.
+    pub fn finish(&mut self) -> Result<(), ApiError> {
+        if self.fields.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(std::mem::take(&mut self.fields)))
+        }
+    }
+}

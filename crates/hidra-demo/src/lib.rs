@@ -1,0 +1,321 @@
+//! The Hidra demo: a multi-tenant SaaS API on axum and PostgreSQL.
+//!
+//! Companies sign up (`POST /signup`): each becomes a tenant with its own
+//! PostgreSQL schema, migrated and seeded with its roles, and a first admin.
+//! Users log in (`POST /login`) and get a JWT naming their tenant; with it
+//! they manage users (admins), customers, products and orders, and never see
+//! another company's data. Health probes at `/health`, OpenAPI docs at
+//! `/docs`, Prometheus metrics at `/metrics`.
+//!
+//! ```sh
+//! cargo run -p hidra-demo
+//! ```
+//!
+//! Without `DATABASE_URL` it needs no setup: it uses the PostgreSQL on
+//! 127.0.0.1:5432 (or starts a throw-away one from the installed server
+//! binaries), works in a fresh database dropped when it stops, and creates two
+//! demo tenants. With `DATABASE_URL` it uses that database and creates demo
+//! data only with `--demo-data`.
+//!
+//! The binary is `src/main.rs`; [`run`] is the whole application, so tests can
+//! start it in process too.
+
+pub mod demo_data;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod observability;
+pub mod permissions;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use hidra::auth::{Accounts, ApiKeyTable, Jwt, LoginTable};
+use hidra::testing::{PgServer, TestDatabase};
+use hidra::{Hidra, Migrations, RegistryTable};
+use hidra_axum::{HeaderResolver, JwtResolver, PermissionCache, SubdomainResolver, TenantLayer};
+use sqlx::postgres::PgConnectOptions;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::observability::REQUEST_ID;
+use crate::state::AppState;
+
+/// The tenant schema: the reference schema of Hidra's benchmarks and the
+/// tenant's roles.
+static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/tenant");
+
+/// How the demo runs: flags, or the environment variables named.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "hidra-demo", version, about)]
+pub struct Config {
+    /// The database to use. Unset: a fresh throw-away database (dropped on
+    /// exit) on 127.0.0.1:5432, or on a throw-away server, with demo data.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// The address to listen on.
+    #[arg(long, env = "HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+
+    /// The port to listen on (0: any free port).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// Create the demo tenants (acme, globex) even though DATABASE_URL is set.
+    #[arg(long, env = "HIDRA_DEMO_DATA")]
+    pub demo_data: bool,
+
+    /// Requests to `<tenant>.<base domain>` resolve to that tenant.
+    #[arg(long, env = "HIDRA_BASE_DOMAIN", default_value = "localhost")]
+    pub base_domain: String,
+
+    /// The HS256 secret of the tokens (at least 32 bytes). Unset: a random one
+    /// per run, so tokens do not survive a restart.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Token lifetime, in seconds.
+    #[arg(long, env = "HIDRA_TOKEN_TTL", default_value_t = 3600)]
+    pub token_ttl: u64,
+
+    /// Spare tenant schemas kept ready, so that a sign-up is a rename.
+    #[arg(long, env = "HIDRA_WARM_POOL", default_value_t = 0)]
+    pub warm_pool: usize,
+
+    /// Database connections of the shared pool.
+    #[arg(long, env = "HIDRA_MAX_CONNECTIONS", default_value_t = 20)]
+    pub max_connections: u32,
+}
+
+/// Where the data lives.
+struct Database {
+    options: PgConnectOptions,
+    /// The throw-away database of the zero-setup mode, dropped on exit.
+    throwaway: Option<TestDatabase>,
+}
+
+async fn open_database(config: &Config) -> anyhow::Result<Database> {
+    if let Some(url) = config
+        .database_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        let options = url
+            .parse()
+            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        return Ok(Database {
+            options,
+            throwaway: None,
+        });
+    }
+    let server = PgServer::get().await?;
+    if server.is_temporary() {
+        tracing::info!(
+            "no PostgreSQL answered on 127.0.0.1:5432: started a throw-away server for this run"
+        );
+    }
+    let db = TestDatabase::create_with_prefix("hidra_demo").await?;
+    tracing::info!(
+        database = db.name(),
+        "DATABASE_URL is unset: working in a fresh throw-away database, dropped on exit"
+    );
+    Ok(Database {
+        options: db.connect_options(),
+        throwaway: Some(db),
+    })
+}
+
+/// Creates the shared tables (registry, logins, API keys) if missing and
+/// brings every tenant to the latest migration.
+async fn prepare(hidra: &Hidra) -> anyhow::Result<()> {
+    let ddl = [
+        RegistryTable::default().ddl(),
+        LoginTable::default().ddl(),
+        ApiKeyTable::default().ddl(),
+    ]
+    .concat();
+    let mut conn = hidra.acquire_shared().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&mut *conn)
+        .await
+        .context("creating the registry and auth tables")?;
+    drop(conn);
+    hidra.migrate_shared().await?;
+    let summary = hidra.migrator().run().await?;
+    anyhow::ensure!(
+        summary.is_success(),
+        "some tenants could not be migrated: {summary:?}"
+    );
+    Ok(())
+}
+
+fn jwt(config: &Config) -> anyhow::Result<Jwt> {
+    let secret = match &config.jwt_secret {
+        Some(secret) => secret.clone(),
+        None => {
+            tracing::warn!("JWT_SECRET is unset: using a random secret, tokens end with this run");
+            (0..32)
+                .map(|_| format!("{:02x}", rand::random::<u8>()))
+                .collect()
+        }
+    };
+    Ok(Jwt::hs256(secret)
+        .context("JWT_SECRET is not usable")?
+        .with_ttl(Duration::from_secs(config.token_ttl)))
+}
+
+/// The application: routes, tenant layer, logs, request ids and metrics.
+pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
+    // Tenant from the token; a header or subdomain may name it too, but must
+    // agree with a token (else 403).
+    let tenants = TenantLayer::new(state.hidra.clone())
+        .with_cache(state.tenants.clone())
+        .with_resolver(JwtResolver::new(jwt))
+        .with_resolver(HeaderResolver::new())
+        .with_resolver(SubdomainResolver::new(base_domain));
+    Router::new()
+        .merge(
+            routes::tenant_routes()
+                .layer(axum::middleware::from_fn(observability::record_tenant))
+                .layer(tenants),
+        )
+        .merge(routes::public_routes())
+        .merge(docs::router())
+        .route("/metrics", get(observability::metrics))
+        .route("/", get(index))
+        .merge(
+            hidra_axum::health::Health::new(state.hidra.clone())
+                .with_cache(state.tenants.clone())
+                .router(),
+        )
+        .with_state(state)
+        .layer(CatchPanicLayer::custom(observability::panic_response))
+        .layer(axum::middleware::from_fn(observability::observe))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn index() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({
+        "name": "Hidra demo SaaS API",
+        "docs": "/docs",
+        "openapi": "/docs/openapi.json",
+        "health": "/health",
+        "metrics": "/metrics",
+        "signup": "POST /signup",
+        "login": "POST /login",
+    }))
+}
+
+/// Runs the demo until `shutdown` completes, then finishes the requests in
+/// flight, closes the pool and drops the throw-away database, if any.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let database = open_database(&config).await?;
+    let demo_data = config.demo_data || database.throwaway.is_some();
+    let result = serve(&config, database.options.clone(), demo_data, shutdown).await;
+    if let Some(db) = database.throwaway {
+        let name = db.name().to_owned();
+        match db.drop_now().await {
+            Ok(()) => tracing::info!(database = %name, "dropped the throw-away database"),
+            Err(e) => {
+                tracing::warn!(database = %name, error = %e, "could not drop the throw-away database")
+            }
+        }
+    }
+    result
+}
+
+async fn serve(
+    config: &Config,
+    options: PgConnectOptions,
+    demo_data: bool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let hidra = Hidra::builder()
+        .tenant_migrations(Migrations::from_sqlx(&TENANT_MIGRATIONS))
+        .warm_pool(config.warm_pool)
+        .max_connections(config.max_connections)
+        .connect_with(options)
+        .await
+        .context("connecting to PostgreSQL")?;
+    prepare(&hidra).await?;
+    let warm_pool = (config.warm_pool > 0).then(|| hidra.spawn_warm_pool(Duration::from_secs(5)));
+
+    let jwt = jwt(config)?;
+    let accounts = Accounts::new(hidra.clone(), jwt.clone());
+    if demo_data {
+        let created = demo_data::seed(&hidra, &accounts).await?;
+        tracing::info!(created, "demo tenants ready");
+    }
+    let state = AppState {
+        tenants: hidra_axum::TenantCache::new(hidra.clone()),
+        permissions: PermissionCache::new(),
+        metrics: observability::install_recorder(),
+        accounts,
+        hidra: hidra.clone(),
+    };
+    let app = app(state, jwt, &config.base_domain);
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.port))
+        .await
+        .with_context(|| format!("listening on {}:{}", config.bind, config.port))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("listening on {base}");
+    print_welcome(&base, demo_data);
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("stopped accepting requests; in-flight requests finished");
+    if let Some(task) = warm_pool {
+        task.abort();
+    }
+    hidra.close().await;
+    Ok(())
+}
+
+fn print_welcome(base: &str, demo_data: bool) {
+    println!(
+        "\nHidra demo SaaS API. Docs: {base}/docs  Health: {base}/health  Metrics: {base}/metrics\n"
+    );
+    if demo_data {
+        println!("Demo tenants (password '{}'):", demo_data::PASSWORD);
+        for (tenant, email) in demo_data::logins() {
+            println!("  {tenant:<8} {email}");
+        }
+        println!("\nTry:\n");
+        println!(
+            "  TOKEN=$(curl -s {base}/login -H 'content-type: application/json' \\\n      -d '{{\"email\":\"admin@acme.test\",\"password\":\"{}\"}}' | sed 's/.*\"token\":\"\\([^\"]*\\)\".*/\\1/')",
+            demo_data::PASSWORD
+        );
+        println!("  curl -s {base}/customers -H \"Authorization: Bearer $TOKEN\"");
+        println!(
+            "  curl -s {base}/customers -H \"Authorization: Bearer $TOKEN\" -H 'content-type: application/json' -d '{{\"name\":\"Daffy Duck\"}}'"
+        );
+        println!(
+            "  curl -s -i {base}/customers -H \"Authorization: Bearer $TOKEN\" -H 'X-Tenant-ID: globex'   # 403: not your tenant"
+        );
+    }
+    println!(
+        "  curl -s {base}/signup -H 'content-type: application/json' \\\n      -d '{{\"tenant\":\"initech\",\"company\":\"Initech\",\"email\":\"bill@initech.test\",\"full_name\":\"Bill\",\"password\":\"tps-reports\"}}'"
+    );
+    println!(
+        "\nCtrl-C stops it{}.",
+        if demo_data {
+            " and drops its throw-away database when it made one"
+        } else {
+            ""
+        }
+    );
+}

@@ -1,0 +1,245 @@
+//! Sign-up, login and `/me`.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use hidra::auth::{AuthError, NewUser, User};
+use hidra::{Confirmation, NewTenant, TenantId};
+use hidra_axum::{Auth, TenantConn};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::users::{UserView, find_user};
+use crate::error::{ApiError, Checks, ErrorBody};
+use crate::extract::{Json, looks_like_email};
+use crate::state::AppState;
+
+/// A company signing up: its tenant and its first admin.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignUp {
+    /// The tenant id: lowercase letters, digits, `-` and `_`, starting with
+    /// a letter, at most 50 characters (`acme-corp`; its schema is
+    /// `tenant_acme_corp`).
+    pub tenant: String,
+    /// The company's display name.
+    pub company: String,
+    /// The admin's login email, unique across all tenants.
+    pub email: String,
+    /// The admin's name.
+    pub full_name: String,
+    /// At least 8 characters.
+    pub password: String,
+}
+
+/// A tenant as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TenantView {
+    /// Its id.
+    #[schema(value_type = String)]
+    pub id: TenantId,
+    /// Its display name.
+    pub name: String,
+    /// `active` once provisioned.
+    pub status: String,
+}
+
+/// A new tenant, its admin and the admin's token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedUp {
+    /// The tenant created.
+    pub tenant: TenantView,
+    /// Its first admin.
+    pub user: UserView,
+    /// A bearer token for the admin.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+}
+
+/// Credentials.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Credentials {
+    /// The login email.
+    pub email: String,
+    /// The password.
+    pub password: String,
+}
+
+/// A token for a user.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Session {
+    /// A bearer token: `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the token expires.
+    pub expires_in: u64,
+    /// The user's tenant.
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+    /// The user.
+    pub user: UserView,
+}
+
+/// Maps the account errors that concern the request body to field errors.
+pub(crate) fn account_error(error: hidra::Error) -> ApiError {
+    match &error {
+        hidra::Error::Auth(AuthError::EmailTaken) => {
+            ApiError::Conflict("this email is already registered; sign in instead".into())
+        }
+        hidra::Error::Auth(AuthError::InvalidEmail) => {
+            ApiError::field("email", "must be an email address")
+        }
+        hidra::Error::Auth(e @ AuthError::InvalidPassword { .. }) => {
+            ApiError::field("password", e.to_string())
+        }
+        hidra::Error::Auth(AuthError::UnknownRole(role)) => {
+            ApiError::field("roles", format!("no role named {role:?}"))
+        }
+        _ => error.into(),
+    }
+}
+
+/// Signs a company up: provisions its tenant (schema, migrations, roles) and
+/// registers its first admin, or leaves nothing behind.
+#[utoipa::path(post, path = "/signup", tag = "account", request_body = SignUp,
+    responses((status = 201, body = SignedUp),
+        (status = 409, body = ErrorBody, description = "tenant id or email taken"),
+        (status = 422, body = ErrorBody)))]
+pub async fn signup(
+    State(state): State<AppState>,
+    Json(body): Json<SignUp>,
+) -> Result<(StatusCode, Json<SignedUp>), ApiError> {
+    let mut checks = Checks::default();
+    let id = TenantId::new(&body.tenant);
+    if let Err(hidra::Error::InvalidTenantId { reason, .. }) = &id {
+        checks.check(false, "tenant", reason);
+    }
+    let company_ok = !body.company.trim().is_empty() && body.company.chars().count() <= 200;
+    let name_ok = !body.full_name.trim().is_empty() && body.full_name.chars().count() <= 200;
+    let password = state.accounts.passwords().check_policy(&body.password);
+    checks
+        .check(company_ok, "company", "must be 1 to 200 characters")
+        .check(
+            looks_like_email(&body.email),
+            "email",
+            "must be an email address",
+        )
+        .check(name_ok, "full_name", "must be 1 to 200 characters")
+        .check(
+            password.is_ok(),
+            "password",
+            "must be at least 8 characters",
+        )
+        .finish()?;
+    let id = id?;
+
+    // Provisioning and registration run to the end even if the client goes
+    // away, so that a disconnect cannot leave a tenant without its admin.
+    tokio::spawn(async move { create_tenant(&state, id, body).await })
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+}
+
+async fn create_tenant(
+    state: &AppState,
+    id: TenantId,
+    body: SignUp,
+) -> Result<(StatusCode, Json<SignedUp>), ApiError> {
+    if state.accounts.tenant_of(&body.email).await?.is_some() {
+        return Err(account_error(AuthError::EmailTaken.into()));
+    }
+    let new = NewTenant::new(id.clone()).name(body.company.trim());
+    let tenant = match state.hidra.provision(new).await {
+        Ok(tenant) => tenant,
+        Err(hidra::Error::AlreadyExists(_) | hidra::Error::SchemaTaken { .. }) => {
+            return Err(ApiError::Conflict(format!(
+                "the tenant id {id:?} is taken; choose another"
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let admin = NewUser::new(&body.email, body.full_name.trim(), &body.password).role("admin");
+    let user = match state.accounts.register(&tenant, admin).await {
+        Ok(user) => user,
+        Err(e) => {
+            // Undo the tenant: sign-up is all or nothing.
+            if let Err(undo) = state
+                .hidra
+                .deprovision(&tenant.id, Confirmation::of(&tenant.id))
+                .await
+            {
+                tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed sign-up");
+            }
+            return Err(account_error(e));
+        }
+    };
+    tracing::info!(tenant = %tenant.id, "tenant signed up");
+    let jwt = state.accounts.jwt();
+    let token = jwt.issue(user.id.to_string(), &tenant.id, &user.roles)?;
+    let view = TenantView {
+        id: tenant.id.clone(),
+        name: tenant.name.clone(),
+        status: tenant.status.to_string(),
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(SignedUp {
+            tenant: view,
+            user: UserView::registered(user),
+            token,
+            token_type: "Bearer",
+            expires_in: jwt.ttl().as_secs(),
+        }),
+    ))
+}
+
+/// Logs a user in: the tenant is found from the email.
+#[utoipa::path(post, path = "/login", tag = "account", request_body = Credentials,
+    responses((status = 200, body = Session),
+        (status = 401, body = ErrorBody, description = "the same for an unknown email and a wrong password")))]
+pub async fn login(
+    State(state): State<AppState>,
+    Json(body): Json<Credentials>,
+) -> Result<Json<Session>, ApiError> {
+    let login = state.accounts.login(&body.email, &body.password).await?;
+    let user: User = login.user().clone();
+    Ok(Json(Session {
+        expires_in: state.accounts.jwt().ttl().as_secs(),
+        tenant: user.tenant.clone(),
+        token: login.into_token(),
+        token_type: "Bearer",
+        user: UserView::registered(user),
+    }))
+}
+
+/// The signed-in user and its tenant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Me {
+    /// The user.
+    #[serde(flatten)]
+    pub user: UserView,
+    /// Its tenant.
+    #[schema(value_type = String)]
+    pub tenant: TenantId,
+}
+
+/// The signed-in user.
+#[utoipa::path(get, path = "/me", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+pub async fn me(auth: Auth, mut conn: TenantConn) -> Result<Json<Me>, ApiError> {
+    let id: i64 = auth
+        .subject()
+        .parse()
+        .map_err(|_| ApiError::NotFound("user"))?;
+    let user = find_user(&mut conn, id)
+        .await?
+        .ok_or(ApiError::NotFound("user"))?;
+    Ok(Json(Me {
+        user,
+        tenant: auth.tenant().clone(),
+    }))
+}

@@ -1,0 +1,277 @@
+//! `/users`: the tenant's users and their roles, managed by its admins.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use hidra::auth::{NewUser, User};
+use hidra_axum::{RequirePermission, Tenant, TenantConn, TenantTx};
+use serde::{Deserialize, Serialize};
+use sqlx::PgConnection;
+use utoipa::ToSchema;
+
+use super::account::account_error;
+use crate::error::{ApiError, Checks, ErrorBody};
+use crate::extract::{Json, PageParams, Paginated, Path, Query, looks_like_email};
+use crate::permissions::UsersManage;
+use crate::state::AppState;
+
+/// A user of the tenant.
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
+pub struct UserView {
+    /// Its id, unique within the tenant; the `sub` of its tokens.
+    pub id: i64,
+    /// Its login email.
+    pub email: String,
+    /// Its name.
+    pub full_name: String,
+    /// Its role names: `admin`, `member`, `viewer`.
+    pub roles: Vec<String>,
+    /// Whether it may log in.
+    pub is_active: bool,
+}
+
+impl UserView {
+    /// The view of a user just registered (active).
+    pub fn registered(user: User) -> Self {
+        UserView {
+            id: user.id,
+            email: user.email,
+            full_name: user.full_name,
+            roles: user.roles,
+            is_active: true,
+        }
+    }
+}
+
+/// A user to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewUserBody {
+    /// Its login email, unique across all tenants.
+    pub email: String,
+    /// Its name.
+    pub full_name: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// Its roles (default `["member"]`).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
+/// Changes to a user: absent fields stay as they are.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserPatch {
+    /// A new name.
+    pub full_name: Option<String>,
+    /// Its new set of roles (replaces the old one).
+    pub roles: Option<Vec<String>>,
+    /// `false` stops it from logging in.
+    pub is_active: Option<bool>,
+}
+
+const SELECT: &str = "SELECT u.id, u.email, u.full_name, u.is_active, \
+     coalesce(array_agg(r.name ORDER BY r.name) FILTER (WHERE r.name IS NOT NULL), '{}') AS roles \
+     FROM users u LEFT JOIN user_roles ur ON ur.user_id = u.id LEFT JOIN roles r ON r.id = ur.role_id";
+
+/// The user `id` of the connection's tenant.
+pub(crate) async fn find_user(
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<Option<UserView>, ApiError> {
+    Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} WHERE u.id = $1 GROUP BY u.id"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// The id of the signed-in user.
+fn me(admin: &RequirePermission<UsersManage>) -> Option<i64> {
+    admin.subject().parse().ok()
+}
+
+fn check_name(checks: &mut Checks, name: &str) {
+    checks.check(
+        !name.trim().is_empty() && name.chars().count() <= 200,
+        "full_name",
+        "must be 1 to 200 characters",
+    );
+}
+
+/// Lists the tenant's users.
+#[utoipa::path(get, path = "/users", tag = "users", params(PageParams),
+    security(("bearer" = [])),
+    responses((status = 200, body = Paginated<UserView>), (status = 403, body = ErrorBody)))]
+pub async fn list(
+    _: RequirePermission<UsersManage>,
+    mut conn: TenantConn,
+    Query(params): Query<PageParams>,
+) -> Result<Json<Paginated<UserView>>, ApiError> {
+    let page = params.page()?;
+    let items: Vec<UserView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "{SELECT} GROUP BY u.id ORDER BY u.id LIMIT $1 OFFSET $2"
+    )))
+    .bind(page.limit)
+    .bind(page.offset)
+    .fetch_all(&mut *conn)
+    .await?;
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(Json(Paginated::new(items, page, total)))
+}
+
+/// Creates a user who can then log in.
+#[utoipa::path(post, path = "/users", tag = "users", request_body = NewUserBody,
+    security(("bearer" = [])),
+    responses((status = 201, body = UserView), (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create(
+    _: RequirePermission<UsersManage>,
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Json(body): Json<NewUserBody>,
+) -> Result<(StatusCode, Json<UserView>), ApiError> {
+    let mut checks = Checks::default();
+    check_name(&mut checks, &body.full_name);
+    checks
+        .check(
+            looks_like_email(&body.email),
+            "email",
+            "must be an email address",
+        )
+        .check(
+            state
+                .accounts
+                .passwords()
+                .check_policy(&body.password)
+                .is_ok(),
+            "password",
+            "must be at least 8 characters",
+        )
+        .finish()?;
+    let roles = body.roles.unwrap_or_else(|| vec!["member".to_owned()]);
+    let new = NewUser::new(&body.email, body.full_name.trim(), &body.password).roles(roles);
+    let user = state
+        .accounts
+        .register(&tenant, new)
+        .await
+        .map_err(account_error)?;
+    Ok((StatusCode::CREATED, Json(UserView::registered(user))))
+}
+
+/// One user.
+#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
+pub async fn show(
+    _: RequirePermission<UsersManage>,
+    mut conn: TenantConn,
+    Path(id): Path<i64>,
+) -> Result<Json<UserView>, ApiError> {
+    find_user(&mut conn, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("user"))
+}
+
+/// Renames, re-roles, deactivates or reactivates a user. Admins cannot take
+/// their own admin role or deactivate themselves. Tokens already issued keep
+/// their roles until they expire.
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", request_body = UserPatch,
+    security(("bearer" = [])),
+    responses((status = 200, body = UserView), (status = 404, body = ErrorBody),
+        (status = 422, body = ErrorBody)))]
+pub async fn update(
+    admin: RequirePermission<UsersManage>,
+    mut tx: TenantTx,
+    Path(id): Path<i64>,
+    Json(patch): Json<UserPatch>,
+) -> Result<Json<UserView>, ApiError> {
+    let mut checks = Checks::default();
+    if let Some(name) = &patch.full_name {
+        check_name(&mut checks, name);
+    }
+    let myself = me(&admin) == Some(id);
+    checks
+        .check(
+            !(myself && patch.is_active == Some(false)),
+            "is_active",
+            "you cannot deactivate yourself",
+        )
+        .check(
+            !(myself
+                && patch
+                    .roles
+                    .as_ref()
+                    .is_some_and(|r| !r.iter().any(|r| r == "admin"))),
+            "roles",
+            "you cannot take away your own admin role",
+        )
+        .finish()?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "UPDATE users SET full_name = coalesce($2, full_name), \
+             is_active = coalesce($3, is_active) WHERE id = $1 RETURNING id",
+    )
+    .bind(id)
+    .bind(patch.full_name.as_deref().map(str::trim))
+    .bind(patch.is_active)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if found.is_none() {
+        return Err(ApiError::NotFound("user"));
+    }
+    if let Some(roles) = &patch.roles {
+        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM roles WHERE name = ANY($1)")
+            .bind(roles)
+            .fetch_all(&mut *tx)
+            .await?;
+        if let Some(unknown) = roles.iter().find(|r| !known.contains(r)) {
+            return Err(ApiError::field(
+                "roles",
+                format!("no role named {unknown:?}"),
+            ));
+        }
+        sqlx::query("DELETE FROM user_roles WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO user_roles (user_id, role_id) \
+             SELECT $1, id FROM roles WHERE name = ANY($2)",
+        )
+        .bind(id)
+        .bind(roles)
+        .execute(&mut *tx)
+        .await?;
+    }
+    find_user(&mut tx, id)
+        .await?
+        .map(Json)
+        .ok_or(ApiError::NotFound("user"))
+}
+
+/// Deletes a user (and its login); admins cannot delete themselves.
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+    responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn delete(
+    admin: RequirePermission<UsersManage>,
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    mut conn: TenantConn,
+    Path(id): Path<i64>,
+) -> Result<StatusCode, ApiError> {
+    if me(&admin) == Some(id) {
+        return Err(ApiError::field("id", "you cannot delete yourself"));
+    }
+    let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    drop(conn);
+    let email = email.ok_or(ApiError::NotFound("user"))?;
+    match state.accounts.delete_user(&tenant, &email).await? {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(ApiError::NotFound("user")),
+    }
+}

@@ -1,0 +1,28 @@
+//! What every handler can reach.
+
+use axum::extract::FromRef;
+use hidra::Hidra;
+use hidra::auth::Accounts;
+use hidra_axum::{PermissionCache, TenantCache};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// The application state, cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// Tenancy: scoped connections, provisioning.
+    pub hidra: Hidra,
+    /// Registration and login.
+    pub accounts: Accounts,
+    /// Each tenant's role permissions, for the guards.
+    pub permissions: PermissionCache,
+    /// The tenant layer's registry cache (for `/metrics`).
+    pub tenants: TenantCache,
+    /// Renders `/metrics`; `None` when another recorder was installed first.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl FromRef<AppState> for PermissionCache {
+    fn from_ref(state: &AppState) -> Self {
+        state.permissions.clone()
+    }
+}

@@ -24,6 +24,7 @@ pub mod demo_data;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod live_users;
 pub mod observability;
 pub mod permissions;
 pub mod routes;
@@ -183,6 +184,10 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
     Router::new()
         .merge(
             routes::tenant_routes()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    live_users::check,
+                ))
                 .layer(axum::middleware::from_fn(observability::record_tenant))
                 .layer(tenants),
         )
@@ -260,6 +265,7 @@ async fn serve(
     let state = AppState {
         tenants: hidra_axum::TenantCache::new(hidra.clone()),
         permissions: PermissionCache::new(),
+        live_users: live_users::LiveUsers::default(),
         metrics: observability::install_recorder(),
         accounts,
         hidra: hidra.clone(),

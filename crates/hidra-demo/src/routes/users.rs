@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use hidra::auth::{NewUser, User};
-use hidra_axum::{RequirePermission, Tenant, TenantConn, TenantTx};
+use hidra_axum::{RequirePermission, Tenant, TenantConn};
 use serde::{Deserialize, Serialize};
 use sqlx::PgConnection;
 use utoipa::ToSchema;
@@ -184,7 +184,8 @@ pub async fn show(
         (status = 422, body = ErrorBody)))]
 pub async fn update(
     admin: RequirePermission<UsersManage>,
-    mut tx: TenantTx,
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     Path(id): Path<i64>,
     Json(patch): Json<UserPatch>,
 ) -> Result<Json<UserView>, ApiError> {
@@ -209,6 +210,9 @@ pub async fn update(
             "you cannot take away your own admin role",
         )
         .finish()?;
+    // Committed here, not by the layer, so that the user's cached state is
+    // dropped only once the change is visible.
+    let mut tx = state.hidra.begin(&tenant).await?;
     let found: Option<i64> = sqlx::query_scalar(
         "UPDATE users SET full_name = coalesce($2, full_name), \
              is_active = coalesce($3, is_active) WHERE id = $1 RETURNING id",
@@ -245,10 +249,12 @@ pub async fn update(
         .execute(&mut *tx)
         .await?;
     }
-    find_user(&mut tx, id)
+    let user = find_user(&mut tx, id)
         .await?
-        .map(Json)
-        .ok_or(ApiError::NotFound("user"))
+        .ok_or(ApiError::NotFound("user"))?;
+    tx.commit().await?;
+    state.live_users.invalidate(&tenant.id, id).await;
+    Ok(Json(user))
 }
 
 /// Deletes a user (and its login); admins cannot delete themselves.
@@ -270,7 +276,9 @@ pub async fn delete(
         .await?;
     drop(conn);
     let email = email.ok_or(ApiError::NotFound("user"))?;
-    match state.accounts.delete_user(&tenant, &email).await? {
+    let deleted = state.accounts.delete_user(&tenant, &email).await?;
+    state.live_users.invalidate(&tenant.id, id).await;
+    match deleted {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError::NotFound("user")),
     }

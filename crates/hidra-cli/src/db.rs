@@ -99,10 +99,8 @@ pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) ->
             settings.tenant_column.clone(),
         )
         .registry(registry)
-        // `Migrations::new()`, not `default()`: the derived default of the
-        // core's `Migrations` lacks its digest table and panics when used.
-        .tenant_migrations(tenant.clone().unwrap_or_else(Migrations::new))
-        .shared_migrations(shared.clone().unwrap_or_else(Migrations::new))
+        .tenant_migrations(tenant.clone().unwrap_or_default())
+        .shared_migrations(shared.clone().unwrap_or_default())
         .pool_options(pool)
         .connect_with(options)
         .await

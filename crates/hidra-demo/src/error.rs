@@ -62,8 +62,10 @@ pub struct ErrorBody {
     /// What went wrong and what to do about it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// For `validation_failed`: the messages per field.
+    /// For `validation_failed`: the messages per field,
+    /// `{"name": ["must be 1 to 200 characters"]}`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<std::collections::HashMap<String, Vec<String>>>)]
     pub fields: Option<FieldErrors>,
 }
 

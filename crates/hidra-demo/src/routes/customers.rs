@@ -153,7 +153,7 @@ pub async fn create(
 }
 
 /// One customer.
-#[utoipa::path(get, path = "/customers/{id}", tag = "customers", security(("bearer" = [])),
+#[utoipa::path(get, path = "/customers/{id}", tag = "customers", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = Customer), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<CustomersRead>,
@@ -171,7 +171,7 @@ pub async fn show(
 }
 
 /// Changes some fields of a customer.
-#[utoipa::path(patch, path = "/customers/{id}", tag = "customers", request_body = CustomerPatch,
+#[utoipa::path(patch, path = "/customers/{id}", tag = "customers", params(("id" = i64, Path)), request_body = CustomerPatch,
     security(("bearer" = [])),
     responses((status = 200, body = Customer), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
@@ -212,7 +212,7 @@ pub async fn update(
 }
 
 /// Deletes a customer that has no orders.
-#[utoipa::path(delete, path = "/customers/{id}", tag = "customers", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/customers/{id}", tag = "customers", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     _: RequirePermission<CustomersWrite>,

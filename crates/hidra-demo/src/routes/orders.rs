@@ -249,7 +249,7 @@ pub async fn list(
 }
 
 /// One order with its items.
-#[utoipa::path(get, path = "/orders/{id}", tag = "orders", security(("bearer" = [])),
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<OrdersRead>,

@@ -151,7 +151,7 @@ pub async fn create(
 }
 
 /// One product.
-#[utoipa::path(get, path = "/products/{id}", tag = "products", security(("bearer" = [])),
+#[utoipa::path(get, path = "/products/{id}", tag = "products", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<ProductsRead>,
@@ -169,7 +169,7 @@ pub async fn show(
 }
 
 /// Changes some fields of a product.
-#[utoipa::path(patch, path = "/products/{id}", tag = "products", request_body = ProductPatch,
+#[utoipa::path(patch, path = "/products/{id}", tag = "products", params(("id" = i64, Path)), request_body = ProductPatch,
     security(("bearer" = [])),
     responses((status = 200, body = Product), (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -206,7 +206,7 @@ pub async fn update(
 }
 
 /// Deletes a product that no order refers to.
-#[utoipa::path(delete, path = "/products/{id}", tag = "products", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/products/{id}", tag = "products", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     _: RequirePermission<ProductsWrite>,

@@ -162,7 +162,7 @@ pub async fn create(
 }
 
 /// One user.
-#[utoipa::path(get, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(get, path = "/users/{id}", tag = "users", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<UsersManage>,
@@ -178,7 +178,7 @@ pub async fn show(
 /// Renames, re-roles, deactivates or reactivates a user. Admins cannot take
 /// their own admin role or deactivate themselves. Tokens already issued keep
 /// their roles until they expire.
-#[utoipa::path(patch, path = "/users/{id}", tag = "users", request_body = UserPatch,
+#[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = i64, Path)), request_body = UserPatch,
     security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 404, body = ErrorBody),
         (status = 422, body = ErrorBody)))]
@@ -258,7 +258,7 @@ pub async fn update(
 }
 
 /// Deletes a user (and its login); admins cannot delete themselves.
-#[utoipa::path(delete, path = "/users/{id}", tag = "users", security(("bearer" = [])),
+#[utoipa::path(delete, path = "/users/{id}", tag = "users", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 204), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn delete(
     admin: RequirePermission<UsersManage>,

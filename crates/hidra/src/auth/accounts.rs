@@ -20,75 +20,37 @@ const FOREIGN_KEY_VIOLATION: &str = "23503";
 /// The unique constraint PostgreSQL names for `users.email TEXT UNIQUE`.
 const USERS_EMAIL_KEY: &str = "users_email_key";
 
-/// The shared table that maps a login email to its tenant (default
-/// `public.hidra_logins`), so that login needs only an email and a password.
-///
-/// # One email, one tenant
-///
-/// The email is the table's primary key: **an email address is unique across
-/// all tenants**. A person who works for two customers signs up twice with two
-/// addresses (or plus-addresses). The alternative, asking for the tenant at
-/// login, would leak which tenants exist and complicate every client; a
-/// global unique email keeps login a single lookup and lets a registration
-/// fail early and clearly with [`AuthError::EmailTaken`]. Emails are stored
-/// trimmed and lowercased.
-///
-/// The row references the registry (`ON DELETE CASCADE`, default
-/// `public.tenants (id)`), so deprovisioning a tenant frees its users' emails.
-///
-/// The application owns this table: create it on purpose with
-/// [`LoginTable::ddl`] after the registry table.
-///
-/// ```
-/// use hidra::auth::LoginTable;
-///
-/// let ddl = LoginTable::default().ddl();
-/// assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"public\".\"hidra_logins\""));
-/// assert!(ddl.contains("REFERENCES \"public\".\"tenants\" (\"id\") ON DELETE CASCADE"));
-/// ```
-#[derive(Clone, Debug)]
-pub struct LoginTable {
-    table: TableName,
-    tenants: Option<TenantsRef>,
-}
-
-impl Default for LoginTable {
-    fn default() -> Self {
-        LoginTable {
-            table: TableName::parse("public.hidra_logins").expect("valid default table name"),
-            tenants: Some(TenantsRef::default()),
-        }
-    }
+super::shared_table_config! {
+    /// The shared table that maps a login email to its tenant (default
+    /// `public.hidra_logins`), so that login needs only an email and a password.
+    ///
+    /// # One email, one tenant
+    ///
+    /// The email is the table's primary key: **an email address is unique across
+    /// all tenants**. A person who works for two customers signs up twice with two
+    /// addresses (or plus-addresses). The alternative, asking for the tenant at
+    /// login, would leak which tenants exist and complicate every client; a
+    /// global unique email keeps login a single lookup and lets a registration
+    /// fail early and clearly with [`AuthError::EmailTaken`]. Emails are stored
+    /// trimmed and lowercased.
+    ///
+    /// The row references the registry (`ON DELETE CASCADE`, default
+    /// `public.tenants (id)`), so deprovisioning a tenant frees its users' emails.
+    ///
+    /// The application owns this table: create it on purpose with
+    /// [`LoginTable::ddl`] after the registry table.
+    ///
+    /// ```
+    /// use hidra::auth::LoginTable;
+    ///
+    /// let ddl = LoginTable::default().ddl();
+    /// assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"public\".\"hidra_logins\""));
+    /// assert!(ddl.contains("REFERENCES \"public\".\"tenants\" (\"id\") ON DELETE CASCADE"));
+    /// ```
+    LoginTable, "public.hidra_logins", "login table", "remove the tenant's rows"
 }
 
 impl LoginTable {
-    /// The lookup in `table`, which must be schema-qualified (`schema.name`).
-    pub fn new(table: &str) -> Result<Self> {
-        Ok(LoginTable {
-            table: shared_table(table, "login table")?,
-            tenants: Some(TenantsRef::default()),
-        })
-    }
-
-    /// References the registry `table` and its id `column` instead of
-    /// `public.tenants (id)`.
-    pub fn referencing(mut self, table: &str, column: &str) -> Result<Self> {
-        self.tenants = Some(TenantsRef::new(table, column)?);
-        Ok(self)
-    }
-
-    /// No foreign key to the registry (for a custom [`TenantStore`](crate::TenantStore)
-    /// that is not a table): then remove a tenant's rows yourself when deprovisioning it.
-    pub fn without_tenant_reference(mut self) -> Self {
-        self.tenants = None;
-        self
-    }
-
-    /// The table name.
-    pub fn table(&self) -> &TableName {
-        &self.table
-    }
-
     fn pkey(&self) -> String {
         format!("{}_pkey", self.table.name())
     }

@@ -36,64 +36,25 @@ const FOREIGN_KEY_VIOLATION: &str = "23503";
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The shared table of API keys (default `public.hidra_api_keys`).
-///
-/// The application owns it: create it on purpose with [`ApiKeyTable::ddl`],
-/// after the registry table. Rows reference the registry
-/// (`ON DELETE CASCADE`, default `public.tenants (id)`), so deprovisioning a
-/// tenant removes its keys.
-///
-/// ```
-/// use hidra::auth::ApiKeyTable;
-///
-/// let ddl = ApiKeyTable::default().ddl();
-/// assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"public\".\"hidra_api_keys\""));
-/// assert!(ddl.contains("hash         BYTEA NOT NULL"));
-/// ```
-#[derive(Clone, Debug)]
-pub struct ApiKeyTable {
-    table: TableName,
-    tenants: Option<TenantsRef>,
-}
-
-impl Default for ApiKeyTable {
-    fn default() -> Self {
-        ApiKeyTable {
-            table: TableName::parse("public.hidra_api_keys").expect("valid default table name"),
-            tenants: Some(TenantsRef::default()),
-        }
-    }
+super::shared_table_config! {
+    /// The shared table of API keys (default `public.hidra_api_keys`).
+    ///
+    /// The application owns it: create it on purpose with [`ApiKeyTable::ddl`],
+    /// after the registry table. Rows reference the registry
+    /// (`ON DELETE CASCADE`, default `public.tenants (id)`), so deprovisioning a
+    /// tenant removes its keys.
+    ///
+    /// ```
+    /// use hidra::auth::ApiKeyTable;
+    ///
+    /// let ddl = ApiKeyTable::default().ddl();
+    /// assert!(ddl.contains("CREATE TABLE IF NOT EXISTS \"public\".\"hidra_api_keys\""));
+    /// assert!(ddl.contains("hash         BYTEA NOT NULL"));
+    /// ```
+    ApiKeyTable, "public.hidra_api_keys", "API key table", "revoke the tenant's keys"
 }
 
 impl ApiKeyTable {
-    /// Keys in `table`, which must be schema-qualified (`schema.name`).
-    pub fn new(table: &str) -> Result<Self> {
-        Ok(ApiKeyTable {
-            table: shared_table(table, "API key table")?,
-            tenants: Some(TenantsRef::default()),
-        })
-    }
-
-    /// References the registry `table` and its id `column` instead of
-    /// `public.tenants (id)`.
-    pub fn referencing(mut self, table: &str, column: &str) -> Result<Self> {
-        self.tenants = Some(TenantsRef::new(table, column)?);
-        Ok(self)
-    }
-
-    /// No foreign key to the registry (for a custom
-    /// [`TenantStore`](crate::TenantStore) that is not a table): then revoke a
-    /// tenant's keys yourself when deprovisioning it.
-    pub fn without_tenant_reference(mut self) -> Self {
-        self.tenants = None;
-        self
-    }
-
-    /// The table name.
-    pub fn table(&self) -> &TableName {
-        &self.table
-    }
-
     /// The recommended DDL: the table, keyed by key id, and an index on the
     /// tenant. Idempotent.
     pub fn ddl(&self) -> String {

@@ -257,6 +257,61 @@ pub(crate) fn refuse<T>(kind: AuthError) -> crate::Result<T> {
     Err(Error::Auth(kind))
 }
 
+/// The configuration every shared auth table has: its schema-qualified name
+/// and its optional foreign key to the registry. `$default` is the default
+/// table, `$what` names it in errors, `$unreferenced` says what to do without
+/// the foreign key.
+macro_rules! shared_table_config {
+    ($(#[$doc:meta])* $ty:ident, $default:literal, $what:literal, $unreferenced:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $ty {
+            table: TableName,
+            tenants: Option<TenantsRef>,
+        }
+
+        impl Default for $ty {
+            fn default() -> Self {
+                $ty {
+                    table: TableName::parse($default).expect("valid default table name"),
+                    tenants: Some(TenantsRef::default()),
+                }
+            }
+        }
+
+        impl $ty {
+            #[doc = concat!("The ", $what, " `table`, which must be schema-qualified (`schema.name`).")]
+            pub fn new(table: &str) -> Result<Self> {
+                Ok($ty {
+                    table: shared_table(table, $what)?,
+                    tenants: Some(TenantsRef::default()),
+                })
+            }
+
+            /// References the registry `table` and its id `column` instead of
+            /// `public.tenants (id)`.
+            pub fn referencing(mut self, table: &str, column: &str) -> Result<Self> {
+                self.tenants = Some(TenantsRef::new(table, column)?);
+                Ok(self)
+            }
+
+            /// No foreign key to the registry (for a custom
+            /// [`TenantStore`](crate::TenantStore) that is not a table):
+            #[doc = concat!("then ", $unreferenced, " yourself when deprovisioning a tenant.")]
+            pub fn without_tenant_reference(mut self) -> Self {
+                self.tenants = None;
+                self
+            }
+
+            /// The table name.
+            pub fn table(&self) -> &TableName {
+                &self.table
+            }
+        }
+    };
+}
+pub(crate) use shared_table_config;
+
 /// Which registry table a shared auth table references, so that removing a
 /// tenant removes its logins and keys (`ON DELETE CASCADE`).
 #[derive(Clone, Debug)]

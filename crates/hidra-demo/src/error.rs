@@ -115,7 +115,12 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        ApiError::BadRequest(rejection.body_text())
+        match rejection {
+            // Well-formed JSON of the wrong shape (a missing field, a string
+            // for a number): a validation failure of the body.
+            JsonRejection::JsonDataError(e) => ApiError::field("body", e.body_text()),
+            other => ApiError::BadRequest(other.body_text()),
+        }
     }
 }
 

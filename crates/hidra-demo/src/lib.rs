@@ -69,8 +69,10 @@ pub struct Config {
     #[arg(long, env = "PORT", default_value_t = 3000)]
     pub port: u16,
 
-    /// Create the demo tenants (acme, globex) even though DATABASE_URL is set.
-    #[arg(long, env = "HIDRA_DEMO_DATA")]
+    /// Create the demo tenants (acme, globex) even though DATABASE_URL is set
+    /// (environment: 1, true or yes).
+    #[arg(long, env = "HIDRA_DEMO_DATA", action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new())]
     pub demo_data: bool,
 
     /// Requests to `<tenant>.<base domain>` resolve to that tenant.

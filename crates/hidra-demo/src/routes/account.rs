@@ -20,14 +20,19 @@ pub struct SignUp {
     /// The tenant id: lowercase letters, digits, `-` and `_`, starting with
     /// a letter, at most 50 characters (`acme-corp`; its schema is
     /// `tenant_acme_corp`).
+    #[serde(default)]
     pub tenant: String,
     /// The company's display name.
+    #[serde(default)]
     pub company: String,
     /// The admin's login email, unique across all tenants.
+    #[serde(default)]
     pub email: String,
     /// The admin's name.
+    #[serde(default)]
     pub full_name: String,
     /// At least 8 characters.
+    #[serde(default)]
     pub password: String,
 }
 

@@ -47,10 +47,13 @@ impl UserView {
 #[serde(deny_unknown_fields)]
 pub struct NewUserBody {
     /// Its login email, unique across all tenants.
+    #[serde(default)]
     pub email: String,
     /// Its name.
+    #[serde(default)]
     pub full_name: String,
     /// At least 8 characters.
+    #[serde(default)]
     pub password: String,
     /// Its roles (default `["member"]`).
     #[serde(default)]

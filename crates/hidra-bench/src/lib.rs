@@ -9,10 +9,10 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Reads a file of `../shared/bench/` (beside the workspace root) unless
-/// `path` is given.
+/// Reads a file of the workspace's `bench/` (the reference tenant schema and
+/// migration, copies of the shared `../shared/bench/`) unless `path` is given.
 pub fn read_reference(path: Option<PathBuf>, file: &str) -> anyhow::Result<String> {
-    let path = path.unwrap_or_else(|| workspace_root().join("../shared/bench").join(file));
+    let path = path.unwrap_or_else(|| workspace_root().join("bench").join(file));
     std::fs::read_to_string(&path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
@@ -69,5 +69,30 @@ mod tests {
         let d: Vec<_> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&d, 50.0), Duration::from_millis(51));
         assert_eq!(percentile(&d, 99.0), Duration::from_millis(99));
+    }
+
+    /// The workspace keeps copies of the reference files so that a checkout
+    /// builds and tests alone; they must stay identical to the shared
+    /// originals (checked where those exist) and to the demo's first tenant
+    /// migration.
+    #[test]
+    fn reference_copies_are_identical() {
+        for file in ["reference_schema.sql", "reference_migration.sql"] {
+            let copy = read_reference(None, file).unwrap();
+            let original = workspace_root().join("../shared/bench").join(file);
+            if let Ok(original) = std::fs::read_to_string(&original) {
+                assert_eq!(
+                    copy, original,
+                    "bench/{file} differs from ../shared/bench/{file}"
+                );
+            }
+        }
+        let demo =
+            workspace_root().join("crates/hidra-demo/migrations/tenant/0001_reference_schema.sql");
+        assert_eq!(
+            std::fs::read_to_string(demo).unwrap(),
+            read_reference(None, "reference_schema.sql").unwrap(),
+            "the demo's first tenant migration is the reference schema"
+        );
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::*;
 use hidra::{Error, Hidra, HidraBuilder, Migrations, NewTenant, Tenant};
 
-const REFERENCE_SCHEMA: &str = include_str!("../../../../shared/bench/reference_schema.sql");
-const REFERENCE_MIGRATION: &str = include_str!("../../../../shared/bench/reference_migration.sql");
+const REFERENCE_SCHEMA: &str = include_str!("../../../bench/reference_schema.sql");
+const REFERENCE_MIGRATION: &str = include_str!("../../../bench/reference_migration.sql");
 
 fn v1() -> Migrations {
     Migrations::new().push(

@@ -8,8 +8,8 @@
 //!
 //! Every phase runs in its own fresh database so that catalog size is the
 //! same for a figure and its floor. The tenant schema is
-//! `../shared/bench/reference_schema.sql`, the migration
-//! `../shared/bench/reference_migration.sql`.
+//! `bench/reference_schema.sql`, the migration
+//! `bench/reference_migration.sql`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,10 +43,10 @@ struct Args {
     /// Sign-ups timed for the latency figures.
     #[arg(long, default_value_t = 60)]
     signups: usize,
-    /// Reference schema (default: ../shared/bench/reference_schema.sql).
+    /// Reference schema (default: bench/reference_schema.sql).
     #[arg(long)]
     schema: Option<PathBuf>,
-    /// Reference migration (default: ../shared/bench/reference_migration.sql).
+    /// Reference migration (default: bench/reference_migration.sql).
     #[arg(long)]
     migration: Option<PathBuf>,
     /// Skip phases: any of floor-provision, provision, replay, latency, migrate.

@@ -13,7 +13,7 @@
 //! are dropped, also after an error or Ctrl-C (best effort).
 //!
 //! 1. **Point reads.** Schema and database tenants are provisioned with
-//!    `../shared/bench/reference_schema.sql`; the row-level tenants share a
+//!    `bench/reference_schema.sql`; the row-level tenants share a
 //!    `public.customers` table, the reference one made tenant-scoped with
 //!    [`hidra::rls::tenant_table_sql`]. Every tenant gets 1,000 customers. For
 //!    a fixed time after a warm-up, 32 tasks each pick a random tenant and one
@@ -106,7 +106,7 @@ struct Args {
     /// Concurrent tasks of the budget run.
     #[arg(long, default_value_t = 64)]
     budget_concurrency: usize,
-    /// Reference schema (default: ../shared/bench/reference_schema.sql).
+    /// Reference schema (default: bench/reference_schema.sql).
     #[arg(long)]
     schema: Option<PathBuf>,
     /// Skip phases: any of reads, provision, budget.

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! One fresh database holds 100 tenants provisioned with
-//! `../shared/bench/reference_schema.sql` and 1,000 customers each. Axum
+//! `bench/reference_schema.sql` and 1,000 customers each. Axum
 //! servers listen on loopback, each with a pool of the same size, all serving
 //! `GET /customers/{id}` for the tenant named by `X-Tenant-ID`:
 //!
@@ -82,7 +82,7 @@ struct Args {
     /// Connections of each server's pool (the same for all).
     #[arg(long, default_value_t = 10)]
     pool: u32,
-    /// Reference schema (default: ../shared/bench/reference_schema.sql).
+    /// Reference schema (default: bench/reference_schema.sql).
     #[arg(long)]
     schema: Option<PathBuf>,
     /// Measure only these variants (hidra, raw, raw-noping, layer,

@@ -157,10 +157,14 @@ pub async fn create(
             price_cents,
         });
     }
-    let total: i64 = items
+    let total = items
         .iter()
-        .map(|i| i.price_cents * i64::from(i.quantity))
-        .sum();
+        .try_fold(0i64, |sum, i| {
+            i.price_cents
+                .checked_mul(i64::from(i.quantity))
+                .and_then(|line| sum.checked_add(line))
+        })
+        .ok_or_else(|| ApiError::field("items", "the order total is too large"))?;
 
     let quantity_list: Vec<i32> = items.iter().map(|i| i.quantity).collect();
     let prices: Vec<i64> = items.iter().map(|i| i.price_cents).collect();

@@ -108,7 +108,7 @@ pub async fn seed(hidra: &Hidra, accounts: &Accounts) -> anyhow::Result<usize> {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        tracing::info!(tenant = demo.id, "created demo tenant");
+        tracing::info!(tenant = %demo.id, "created demo tenant");
         created += 1;
     }
     Ok(created)

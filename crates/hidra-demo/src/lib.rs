@@ -57,7 +57,8 @@ static TENANT_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 #[command(name = "hidra-demo", version, about)]
 pub struct Config {
     /// The database to use. Unset: a fresh throw-away database (dropped on
-    /// exit) on 127.0.0.1:5432, or on a throw-away server, with demo data.
+    /// exit) on 127.0.0.1:5432 (or HIDRA_LOCAL_PG_URL), or on a throw-away
+    /// server started for the run when none answers there, with demo data.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
@@ -121,7 +122,7 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
     let server = PgServer::get().await?;
     if server.is_temporary() {
         tracing::info!(
-            "no PostgreSQL answered on 127.0.0.1:5432: started a throw-away server for this run"
+            "no PostgreSQL answered at the local address: started a throw-away server for this run"
         );
     }
     let db = TestDatabase::create_with_prefix("hidra_demo").await?;

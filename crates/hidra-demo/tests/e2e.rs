@@ -1964,3 +1964,53 @@ async fn restart_on_the_same_database_keeps_tenants() {
     );
     pg.close().await;
 }
+
+/// A port nothing listens on (bound, then released).
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().expect("its address").port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_setup_without_any_server_starts_and_removes_a_throwaway_cluster() {
+    // No DATABASE_URL and nothing answering at the local address: the demo
+    // must start its own PostgreSQL from the installed server binaries.
+    let nowhere = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
+    let mut demo = Demo::start_with(
+        None,
+        &["--port", "0"],
+        &[("HIDRA_LOCAL_PG_URL", nowhere.as_str())],
+    )
+    .await;
+    let stderr = demo.output.stderr();
+    let data_dir = stderr
+        .lines()
+        .find(|l| l.contains("started a throw-away PostgreSQL cluster"))
+        .and_then(|l| l.split("data_dir=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "the demo must say that it started a throw-away server{}",
+                demo.output.context()
+            )
+        });
+    assert!(
+        data_dir.exists(),
+        "{} exists while it runs",
+        data_dir.display()
+    );
+    check_demo_tenants(&demo).await;
+    demo.shut_down("TERM").await;
+    // The cluster goes with the process (its watchdog removes it).
+    let cluster = data_dir.parent().unwrap_or(&data_dir).to_path_buf();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while cluster.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        !cluster.exists(),
+        "the throw-away cluster {} outlived the demo",
+        cluster.display()
+    );
+}

@@ -38,6 +38,10 @@ const DEMO_ENV: &[&str] = &[
     "JWT_SECRET",
     "HOST",
     "LOG_FORMAT",
+    "HIDRA_LOCAL_PG_URL",
+    "HIDRA_TOKEN_TTL",
+    "HIDRA_WARM_POOL",
+    "HIDRA_MAX_CONNECTIONS",
 ];
 
 /// The output of the child, kept for failure messages.

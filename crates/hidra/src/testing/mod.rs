@@ -6,9 +6,10 @@
 //! that disappear afterwards:
 //!
 //! - [`PgServer::get`] resolves a server once per process: `DATABASE_URL` if it is
-//!   set, else a server on `127.0.0.1:5432` (user `postgres`, no password) if one
-//!   answers, else a private [`TempCluster`] started from the installed server
-//!   binaries (`apt-get install -y postgresql`), removed when the process exits.
+//!   set, else a server on `127.0.0.1:5432` (user `postgres`, no password;
+//!   `HIDRA_LOCAL_PG_URL` names another local address) if one answers, else a
+//!   private [`TempCluster`] started from the installed server binaries
+//!   (`apt-get install -y postgresql`), removed when the process exits.
 //! - [`TestDatabase::create`] creates a uniquely named database on that server for
 //!   one test and drops it at the end, even when the test panics.
 //!
@@ -42,6 +43,10 @@ pub use self::cluster::TempCluster;
 /// The server tried when `DATABASE_URL` is not set.
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+/// Overrides [`DEFAULT_URL`]: a local server elsewhere, or (pointing at a
+/// closed port) always a throw-away cluster.
+const LOCAL_URL_VAR: &str = "HIDRA_LOCAL_PG_URL";
+
 /// How long a server may take to answer a probe or an administrative connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -70,8 +75,8 @@ impl PgServer {
     ///
     /// 1. `DATABASE_URL`, if set, used as is; it must answer within two seconds,
     ///    else this fails with [`Error::Harness`] naming the URL (password hidden).
-    /// 2. `postgres://postgres@127.0.0.1:5432/postgres`, if something answers there
-    ///    within two seconds.
+    /// 2. `postgres://postgres@127.0.0.1:5432/postgres` (or `HIDRA_LOCAL_PG_URL`
+    ///    if set), if something answers there within two seconds.
     /// 3. A [`TempCluster`] started from the installed server binaries; it is
     ///    stopped and removed when the process exits.
     ///
@@ -108,16 +113,20 @@ impl PgServer {
             }
             _ => {}
         }
-        match probe(DEFAULT_URL).await {
+        let local = std::env::var(LOCAL_URL_VAR)
+            .ok()
+            .filter(|u| !u.trim().is_empty())
+            .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        match probe(&local).await {
             Ok(()) => {
-                tracing::debug!(url = DEFAULT_URL, "using the local PostgreSQL server");
+                tracing::debug!(url = %redact(&local), "using the local PostgreSQL server");
                 return Ok(PgServer {
-                    url: DEFAULT_URL.to_owned(),
+                    url: local,
                     cluster: None,
                 });
             }
             Err(reason) => tracing::debug!(
-                url = DEFAULT_URL,
+                url = %redact(&local),
                 %reason,
                 "no usable local PostgreSQL server; starting a throw-away cluster"
             ),

@@ -3,11 +3,11 @@
 
 use axum::Router;
 use axum::routing::get;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_scalar::{Scalar, Servable};
 
-use crate::routes::{account, customers, orders, products, users};
+use crate::routes::{account, api_keys, customers, orders, products, users};
 use crate::state::AppState;
 
 /// The API's OpenAPI document.
@@ -17,12 +17,13 @@ use crate::state::AppState;
         title = "Hidra demo SaaS API",
         description = "A multi-tenant API built with Hidra: every company (tenant) has its own \
             PostgreSQL schema. Sign up or log in to get a bearer token; the token names the \
-            tenant. An `X-Tenant-ID` header or a `<tenant>.<base domain>` host may name it too, \
+            tenant. Machine clients send an API key (`X-API-Key: hk_…`) instead. An `X-Tenant-ID` header or a `<tenant>.<base domain>` host may name it too, \
             but must agree with the token (else 403)."
     ),
     paths(
         account::signup, account::login, account::me,
         users::list, users::create, users::show, users::update, users::delete,
+        api_keys::list, api_keys::create, api_keys::rotate, api_keys::revoke,
         customers::list, customers::create, customers::show, customers::update, customers::delete,
         products::list, products::create, products::show, products::update, products::delete,
         orders::create, orders::list, orders::show,
@@ -31,6 +32,7 @@ use crate::state::AppState;
     tags(
         (name = "account", description = "Sign-up, login, the current user"),
         (name = "users", description = "The tenant's users (admins only)"),
+        (name = "api-keys", description = "Keys for machine clients, sent as `X-API-Key` (admins only)"),
         (name = "customers", description = "The tenant's customers"),
         (name = "products", description = "The tenant's catalogue"),
         (name = "orders", description = "Orders, placed in one transaction"),
@@ -43,6 +45,10 @@ struct Bearer;
 impl Modify for Bearer {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(

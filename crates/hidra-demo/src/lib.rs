@@ -37,10 +37,12 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use hidra::auth::{Accounts, ApiKeyTable, Jwt, LoginTable};
+use hidra::auth::{Accounts, ApiKeyTable, ApiKeys, Jwt, LoginTable};
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{Hidra, Migrations, RegistryTable};
-use hidra_axum::{HeaderResolver, JwtResolver, PermissionCache, SubdomainResolver, TenantLayer};
+use hidra_axum::{
+    ApiKeyResolver, HeaderResolver, JwtResolver, PermissionCache, SubdomainResolver, TenantLayer,
+};
 use sqlx::postgres::PgConnectOptions;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -84,6 +86,12 @@ pub struct Config {
     /// per run, so tokens do not survive a restart.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// The pepper of the API key hashes (at least 32 bytes; the `hidra api-key`
+    /// commands read the same variable). Unset: a random one per run, so keys
+    /// do not survive a restart.
+    #[arg(long, env = "HIDRA_API_KEY_PEPPER", hide_env_values = true)]
+    pub api_key_pepper: Option<String>,
 
     /// Token lifetime, in seconds.
     #[arg(long, env = "HIDRA_TOKEN_TTL", default_value_t = 3600)]
@@ -160,16 +168,18 @@ async fn prepare(hidra: &Hidra) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 32 random bytes, hex-encoded.
+fn random_secret() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
 fn jwt(config: &Config) -> anyhow::Result<Jwt> {
-    let secret = match &config.jwt_secret {
-        Some(secret) => secret.clone(),
-        None => {
-            tracing::warn!("JWT_SECRET is unset: using a random secret, tokens end with this run");
-            (0..32)
-                .map(|_| format!("{:02x}", rand::random::<u8>()))
-                .collect()
-        }
-    };
+    let secret = config.jwt_secret.clone().unwrap_or_else(|| {
+        tracing::warn!("JWT_SECRET is unset: using a random secret, tokens end with this run");
+        random_secret()
+    });
     Ok(Jwt::hs256(secret)
         .context("JWT_SECRET is not usable")?
         .with_ttl(Duration::from_secs(config.token_ttl)))
@@ -177,11 +187,12 @@ fn jwt(config: &Config) -> anyhow::Result<Jwt> {
 
 /// The application: routes, tenant layer, logs, request ids and metrics.
 pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
-    // Tenant from the token; a header or subdomain may name it too, but must
-    // agree with a token (else 403).
+    // Tenant from the token or API key; a header or subdomain may name it
+    // too, but must agree with them (else 403).
     let tenants = TenantLayer::new(state.hidra.clone())
         .with_cache(state.tenants.clone())
         .with_resolver(JwtResolver::new(jwt))
+        .with_resolver(ApiKeyResolver::new(state.api_keys.clone()))
         .with_resolver(HeaderResolver::new())
         .with_resolver(SubdomainResolver::new(base_domain));
     Router::new()
@@ -261,6 +272,14 @@ async fn serve(
 
     let jwt = jwt(config)?;
     let accounts = Accounts::new(hidra.clone(), jwt.clone());
+    let pepper = config.api_key_pepper.clone().unwrap_or_else(|| {
+        tracing::warn!(
+            "HIDRA_API_KEY_PEPPER is unset: using a random pepper, API keys end with this run"
+        );
+        random_secret()
+    });
+    let api_keys =
+        ApiKeys::new(hidra.clone(), pepper).context("HIDRA_API_KEY_PEPPER is not usable")?;
     if demo_data {
         let created = demo_data::seed(&hidra, &accounts).await?;
         tracing::info!(created, "demo tenants ready");
@@ -271,6 +290,7 @@ async fn serve(
         live_users: live_users::LiveUsers::default(),
         metrics: observability::install_recorder(),
         accounts,
+        api_keys,
         hidra: hidra.clone(),
     };
     let app = app(state, jwt, &config.base_domain);

@@ -35,3 +35,13 @@ permissions! {
     /// Manage the tenant's users and their roles.
     UsersManage = "users:manage";
 }
+
+/// The permissions an API key may be given (user management is for people).
+pub const FOR_KEYS: &[&str] = &[
+    CustomersRead::NAME,
+    CustomersWrite::NAME,
+    ProductsRead::NAME,
+    ProductsWrite::NAME,
+    OrdersRead::NAME,
+    OrdersWrite::NAME,
+];

@@ -2,7 +2,7 @@
 
 use axum::extract::FromRef;
 use hidra::Hidra;
-use hidra::auth::Accounts;
+use hidra::auth::{Accounts, ApiKeys};
 use hidra_axum::{PermissionCache, TenantCache};
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -13,6 +13,8 @@ pub struct AppState {
     pub hidra: Hidra,
     /// Registration and login.
     pub accounts: Accounts,
+    /// The tenants' API keys.
+    pub api_keys: ApiKeys,
     /// Each tenant's role permissions, for the guards.
     pub permissions: PermissionCache,
     /// The tenant layer's registry cache (for `/metrics`).

@@ -2014,3 +2014,131 @@ async fn zero_setup_without_any_server_starts_and_removes_a_throwaway_cluster() 
         cluster.display()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_scoped_tenant_bound_and_revocable() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    let a = signup_ok(&demo, "keys-a", "keys-a", "Keys Alpha", "ada@keys-a.test").await;
+    let b = signup_ok(&demo, "keys-b", "keys-b", "Keys Bravo", "bob@keys-b.test").await;
+    let a_customer = create_customer(&demo, &a.token, "KEYS-A only").await;
+    create_customer(&demo, &b.token, "KEYS-B only").await;
+
+    // Only admins manage keys; scopes must be permissions of the API.
+    let r = demo
+        .post(
+            "/api-keys",
+            Some(&a.token),
+            json!({ "name": "bad", "scopes": ["users:manage"] }),
+        )
+        .await;
+    demo.expect_invalid(&r, "scopes");
+    let r = demo
+        .post(
+            "/api-keys",
+            Some(&a.token),
+            json!({ "name": "ci", "scopes": ["customers:read"] }),
+        )
+        .await;
+    let created = demo.expect(&r, 201);
+    let key = created["key"]
+        .as_str()
+        .expect("the secret, once")
+        .to_owned();
+    let key_id = created["key_id"].as_str().expect("a key id").to_owned();
+    assert!(key.starts_with(&format!("hk_{key_id}_")), "{r}");
+    let r = demo.get("/api-keys", Some(&a.token)).await;
+    let listed = demo.expect(&r, 200);
+    assert!(
+        !listed.to_string().contains(&key),
+        "a listing never shows the secret: {r}"
+    );
+    assert_eq!(listed[0]["key_id"], key_id.as_str(), "{r}");
+    let r = demo.get("/api-keys", Some(&b.token)).await;
+    assert_eq!(
+        demo.expect(&r, 200),
+        json!([]),
+        "B sees none of A's keys: {r}"
+    );
+
+    // The key reads A's customers, nothing else, and never B's.
+    let with_key = |extra: &'static [(&'static str, &'static str)]| {
+        let mut headers: Vec<(&str, &str)> = vec![("x-api-key", key.as_str())];
+        headers.extend_from_slice(extra);
+        headers
+    };
+    let r = demo.get_with("/customers", None, &with_key(&[])).await;
+    let page = demo.expect(&r, 200);
+    let names: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["KEYS-A only"], "{r}");
+    let path = format!("/customers/{a_customer}");
+    let r = demo.get_with(&path, None, &with_key(&[])).await;
+    demo.expect(&r, 200);
+    let r = demo
+        .send(
+            Method::POST,
+            "/customers",
+            None,
+            &with_key(&[]),
+            Body::Json(json!({ "name": "no" })),
+        )
+        .await;
+    demo.expect_error(&r, 403, "forbidden");
+    let r = demo.get_with("/api-keys", None, &with_key(&[])).await;
+    demo.expect_error(&r, 403, "forbidden");
+    let r = demo
+        .get_with("/customers", None, &with_key(&[("x-tenant-id", "keys-b")]))
+        .await;
+    demo.expect_error(&r, 403, "tenant_conflict");
+    let r = demo
+        .get_with(
+            "/customers",
+            None,
+            &with_key(&[("host", "keys-b.localhost")]),
+        )
+        .await;
+    demo.expect_error(&r, 403, "tenant_conflict");
+    // A's key with B's token: two verified sources that disagree.
+    let r = demo
+        .get_with("/customers", Some(&b.token), &with_key(&[]))
+        .await;
+    demo.expect_error(&r, 403, "tenant_conflict");
+    // A forged key (right id, wrong secret) is refused like any bad credential.
+    let forged = format!("hk_{key_id}_{}", "0".repeat(64));
+    let r = demo
+        .get_with("/customers", None, &[("x-api-key", forged.as_str())])
+        .await;
+    demo.expect_error(&r, 401, "unauthorized");
+
+    // B cannot revoke A's key; A can, and then it stops working.
+    let r = demo
+        .delete(&format!("/api-keys/{key_id}"), Some(&b.token))
+        .await;
+    demo.expect_error(&r, 404, "not_found");
+    let r = demo.get_with("/customers", None, &with_key(&[])).await;
+    demo.expect(&r, 200);
+    let r = demo
+        .delete(&format!("/api-keys/{key_id}"), Some(&a.token))
+        .await;
+    demo.expect(&r, 204);
+    let r = demo.get_with("/customers", None, &with_key(&[])).await;
+    demo.expect_error(&r, 401, "unauthorized");
+
+    // Only a hash is stored.
+    let pg = pool(db.url()).await;
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, ' ') FROM hidra_api_keys t")
+        .fetch_one(&pg)
+        .await
+        .expect("read the key table");
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(
+        !dump.contains(secret),
+        "the key table holds the secret: {dump}"
+    );
+    pg.close().await;
+}

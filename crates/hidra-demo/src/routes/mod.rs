@@ -1,6 +1,7 @@
 //! The API's routes.
 
 pub mod account;
+pub mod api_keys;
 pub mod customers;
 pub mod orders;
 mod patch;
@@ -8,7 +9,7 @@ pub mod products;
 pub mod users;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::state::AppState;
 
@@ -22,6 +23,9 @@ pub fn tenant_routes() -> Router<AppState> {
             "/users/{id}",
             get(users::show).patch(users::update).delete(users::delete),
         )
+        .route("/api-keys", get(api_keys::list).post(api_keys::create))
+        .route("/api-keys/{key_id}", delete(api_keys::revoke))
+        .route("/api-keys/{key_id}/rotate", post(api_keys::rotate))
         .route("/customers", get(customers::list).post(customers::create))
         .route(
             "/customers/{id}",

@@ -2142,3 +2142,60 @@ async fn api_keys_are_scoped_tenant_bound_and_revocable() {
     );
     pg.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_suspended_by_another_process_is_refused_within_seconds() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    let a = signup_ok(
+        &demo,
+        "pause-a",
+        "pause-a",
+        "Pause Alpha",
+        "ada@pause-a.test",
+    )
+    .await;
+    let b = signup_ok(
+        &demo,
+        "pause-b",
+        "pause-b",
+        "Pause Bravo",
+        "bob@pause-b.test",
+    )
+    .await;
+    for acc in [&a, &b] {
+        let r = demo.get("/customers", Some(&acc.token)).await;
+        demo.expect(&r, 200);
+    }
+
+    // Another process (the CLI, an admin tool) suspends A through the library.
+    let ops = hidra::Hidra::builder()
+        .connect(db.url())
+        .await
+        .expect("connect as an operator");
+    let id = hidra::TenantId::new("pause-a").unwrap();
+    ops.suspend(&id).await.expect("suspend A");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let r = demo.get("/customers", Some(&a.token)).await;
+        if r.status == 404 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    demo.expect_error(&refused, 404, "tenant_not_found");
+    let r = demo.get("/customers", Some(&b.token)).await;
+    demo.expect(&r, 200);
+
+    ops.activate(&id).await.expect("activate A");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let back = loop {
+        let r = demo.get("/customers", Some(&a.token)).await;
+        if r.status == 200 || Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    demo.expect(&back, 200);
+    ops.close().await;
+}

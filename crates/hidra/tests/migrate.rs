@@ -542,6 +542,20 @@ async fn shared_migrations_apply_once_in_order_and_detect_edits() {
         .connect_with(db.connect_options())
         .await
         .unwrap();
+    // Status reads without creating anything.
+    let before = h.shared_migration_status().await.unwrap();
+    assert_eq!((before.version, before.pending.clone()), (0, vec![1, 2]));
+    assert_eq!(before.problem, None);
+    let mut conn = h.acquire_shared().await.unwrap();
+    let internal: bool = sqlx::query_scalar("SELECT to_regnamespace('hidra') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    assert!(
+        !internal,
+        "reading the status must not create hidra's schema"
+    );
     // Two processes starting at once: the lock makes one of them apply everything.
     let h2 = h.clone();
     let (a, b) = tokio::join!(h.migrate_shared(), h2.migrate_shared());
@@ -563,6 +577,19 @@ async fn shared_migrations_apply_once_in_order_and_detect_edits() {
         .connect_with(db.connect_options())
         .await
         .unwrap();
+    let after = h.shared_migration_status().await.unwrap();
+    assert_eq!(
+        (after.version, after.pending, after.problem),
+        (2, vec![], None)
+    );
+    let status = edited.shared_migration_status().await.unwrap();
+    assert!(
+        status
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("2 (lookups) was edited")),
+        "{status:?}"
+    );
     let err = edited.migrate_shared().await.unwrap_err();
     assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err:?}");
     assert!(err.to_string().contains("2 (lookups) was edited"), "{err}");

@@ -191,8 +191,8 @@ pub(crate) async fn run(settings: &Settings, json: bool) -> Result<()> {
             "no shared migrations configured (--shared-migrations DIR or HIDRA_SHARED_MIGRATIONS)",
         ),
         (Some(_), false) => report.skipped("shared migrations", "needs hidra's internal schema"),
-        (Some(migrations), true) => {
-            let state = shared_state(hidra, migrations).await?;
+        (Some(_), true) => {
+            let state = shared_state(hidra).await?;
             match (&state.problem, state.pending.is_empty()) {
                 (Some(problem), _) => {
                     report.problem("shared migrations", problem.clone(), Vec::new())

@@ -68,10 +68,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<()> {
             }
         }
         None => {
-            // No public call only creates hidra's internal schema; reading
-            // the warm pool's status creates it when missing and changes
-            // nothing else.
-            hidra.warm_pool_status().await?;
+            hidra.init_internal_schema().await?;
             outln!("internal schema hidra: ready")?;
             outln!(
                 "shared migrations: none configured (--shared-migrations DIR or HIDRA_SHARED_MIGRATIONS)"

@@ -1,9 +1,8 @@
 //! `hidra migrate` and `hidra migrate status`
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hidra::migrate::{Failure, MigrationStatus, Target};
-use hidra::sqlx;
-use hidra::{Hidra, Migrations, RunSummary};
+use hidra::{Hidra, RunSummary};
 use serde::Serialize;
 
 use super::init::join;
@@ -33,47 +32,12 @@ pub(crate) struct SharedState {
 }
 
 /// Reads the shared migration history without changing anything.
-///
-/// The core has no read-only status for shared migrations (only
-/// `Hidra::migrate_shared`, which applies them), so this reads hidra's
-/// history table `hidra.shared_migrations` directly.
-pub(crate) async fn shared_state(hidra: &Hidra, migrations: &Migrations) -> Result<SharedState> {
-    let mut conn = hidra.acquire_shared().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('hidra.shared_migrations') IS NOT NULL")
-            .fetch_one(&mut *conn)
-            .await
-            .context("looking for the shared migration history")?;
-    let applied: Vec<(i64, Vec<u8>)> = if exists {
-        sqlx::query_as("SELECT version, checksum FROM hidra.shared_migrations ORDER BY version")
-            .fetch_all(&mut *conn)
-            .await
-            .context("reading the shared migration history")?
-    } else {
-        Vec::new()
-    };
-    let version = applied.last().map_or(0, |a| a.0);
-    let problem = applied.iter().find_map(|(v, checksum)| {
-        match migrations.iter().find(|m| m.version == *v) {
-            None => Some(format!(
-                "applied shared migration {v} is missing from the migrations given"
-            )),
-            Some(m) if &m.checksum != checksum => Some(format!(
-                "applied shared migration {v} ({}) was edited (checksum mismatch)",
-                m.description
-            )),
-            Some(_) => None,
-        }
-    });
-    let pending = migrations
-        .iter()
-        .filter(|m| m.version > version)
-        .map(|m| m.version)
-        .collect();
+pub(crate) async fn shared_state(hidra: &Hidra) -> Result<SharedState> {
+    let status = hidra.shared_migration_status().await?;
     Ok(SharedState {
-        version,
-        pending,
-        problem,
+        version: status.version,
+        pending: status.pending,
+        problem: status.problem,
     })
 }
 
@@ -150,7 +114,7 @@ async fn migrate(settings: &Settings, run: MigrateRun) -> Result<()> {
     let shared = match &db.shared_migrations {
         None => None,
         Some(migrations) if run.dry_run => {
-            let state = shared_state(hidra, migrations).await?;
+            let state = shared_state(hidra).await?;
             if let Some(problem) = state.problem {
                 bail!("shared migrations: {problem}; restore it and add a new migration instead");
             }
@@ -313,7 +277,7 @@ async fn status(settings: &Settings, json: bool) -> Result<()> {
     .await?;
     let hidra = &db.hidra;
     let shared = match &db.shared_migrations {
-        Some(m) => Some(shared_state(hidra, m).await?),
+        Some(_) => Some(shared_state(hidra).await?),
         None => None,
     };
     let tenants = match &db.tenant_migrations {

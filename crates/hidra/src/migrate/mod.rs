@@ -61,7 +61,7 @@ pub use runner::{
     Failure, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary, Target,
 };
 pub(crate) use runner::{read_history, recorded_state};
-pub use shared::SharedReport;
+pub use shared::{SharedReport, SharedStatus};
 pub use warm::WarmPoolStatus;
 pub(crate) use warm::claim_spare;
 

@@ -20,7 +20,72 @@ pub struct SharedReport {
     pub version: i64,
 }
 
+/// Where the shared schema stands, from [`Hidra::shared_migration_status`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SharedStatus {
+    /// The last shared migration applied (0: none).
+    pub version: i64,
+    /// Versions configured but not applied yet, in order.
+    pub pending: Vec<i64>,
+    /// Why [`Hidra::migrate_shared`] would refuse to run: an applied migration
+    /// that is missing from the configured ones or was edited.
+    pub problem: Option<String>,
+}
+
 impl Hidra {
+    /// Reads the shared migration history against the configured shared
+    /// migrations, changing nothing (not even creating hidra's internal
+    /// schema: a database never migrated is at version 0).
+    pub async fn shared_migration_status(&self) -> Result<SharedStatus> {
+        let mut conn = self.acquire_shared().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass('hidra.shared_migrations') IS NOT NULL")
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("looking for the shared migration history"))?;
+        let applied: Vec<(i64, Vec<u8>)> = if exists {
+            sqlx::query_as("SELECT version, checksum FROM hidra.shared_migrations ORDER BY version")
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(Error::db("reading the shared migration history"))?
+        } else {
+            Vec::new()
+        };
+        let migrations = &self.inner.shared_migrations;
+        let version = applied.last().map_or(0, |a| a.0);
+        let problem = applied.iter().find_map(|(v, checksum)| {
+            match migrations.iter().find(|m| m.version == *v) {
+                None => Some(format!(
+                    "applied shared migration {v} is missing from the configured migrations"
+                )),
+                Some(m) if &m.checksum != checksum => Some(format!(
+                    "applied shared migration {v} ({}) was edited (checksum mismatch)",
+                    m.description
+                )),
+                Some(_) => None,
+            }
+        });
+        Ok(SharedStatus {
+            version,
+            pending: migrations
+                .after(version)
+                .iter()
+                .map(|m| m.version)
+                .collect(),
+            problem,
+        })
+    }
+
+    /// Creates hidra's internal schema (`hidra`: migration bookkeeping, the
+    /// warm pool) if it is missing. Idempotent and safe to run from several
+    /// processes at once; [`migrate_shared`](Hidra::migrate_shared), the
+    /// runner and provisioning call it themselves.
+    pub async fn init_internal_schema(&self) -> Result<()> {
+        let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await
+    }
+
     /// Applies the pending shared migrations, in order, each in its own
     /// transaction (or none, for `-- no-transaction`), under one lock so that
     /// two processes never run them at once. Applied migrations are checked:

@@ -6,6 +6,7 @@ use hidra::auth::{AuthError, NewUser, User};
 use hidra::{Confirmation, NewTenant, TenantId};
 use hidra_axum::{Auth, TenantConn};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use utoipa::ToSchema;
 
 use super::users::{UserView, find_user};
@@ -141,10 +142,13 @@ pub async fn signup(
         )
         .finish()?;
     let id = id?;
+    // The request span has a `tenant` field; a sign-up fills it itself.
+    tracing::Span::current().record("tenant", tracing::field::display(&id));
 
     // Provisioning and registration run to the end even if the client goes
     // away, so that a disconnect cannot leave a tenant without its admin.
-    tokio::spawn(async move { create_tenant(&state, id, body).await })
+    let work = async move { create_tenant(&state, id, body).await };
+    tokio::spawn(work.instrument(tracing::Span::current()))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
 }

@@ -4,8 +4,9 @@
 //! PostgreSQL schema, migrated and seeded with its roles, and a first admin.
 //! Users log in (`POST /login`) and get a JWT naming their tenant; with it
 //! they manage users (admins), customers, products and orders, and never see
-//! another company's data. Health probes at `/health`, OpenAPI docs at
-//! `/docs`, Prometheus metrics at `/metrics`.
+//! another company's data. Machine clients use per-tenant API keys
+//! (`/api-keys`). Health probes at `/health`, OpenAPI docs at `/docs`,
+//! Prometheus metrics at `/metrics`.
 //!
 //! ```sh
 //! cargo run -p hidra-demo

@@ -191,6 +191,17 @@ impl Checks {
         self
     }
 
+    /// Records a failure for `field` unless `value` has 1 to `max`
+    /// characters besides surrounding whitespace.
+    pub fn text(&mut self, field: &str, value: &str, max: usize) -> &mut Self {
+        let len = value.trim().chars().count();
+        self.check(
+            (1..=max).contains(&len),
+            field,
+            &format!("must be 1 to {max} characters"),
+        )
+    }
+
     /// `Ok` when every check passed, else the 422 naming every failure.
     pub fn finish(&mut self) -> Result<(), ApiError> {
         if self.fields.is_empty() {

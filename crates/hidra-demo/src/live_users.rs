@@ -18,6 +18,7 @@ use hidra_axum::{Auth, Tenant};
 use moka::future::Cache;
 
 use crate::error::ApiError;
+use crate::routes::users::find_user;
 use crate::state::AppState;
 
 /// How long a user's state is trusted without reading it again.
@@ -67,16 +68,8 @@ pub async fn check(State(state): State<AppState>, request: Request, next: Next) 
         .cache
         .try_get_with(key, async {
             let mut conn = state.hidra.acquire(&tenant).await?;
-            let roles: Option<Vec<String>> = sqlx::query_scalar(
-                "SELECT coalesce(array_agg(r.name) FILTER (WHERE r.name IS NOT NULL), '{}') \
-                 FROM users u LEFT JOIN user_roles ur ON ur.user_id = u.id \
-                 LEFT JOIN roles r ON r.id = ur.role_id \
-                 WHERE u.id = $1 AND u.is_active GROUP BY u.id",
-            )
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(ApiError::from)?;
+            let user = find_user(&mut conn, id).await?;
+            let roles = user.filter(|u| u.is_active).map(|u| u.roles);
             Ok::<_, ApiError>(roles.map(Arc::new))
         })
         .await;

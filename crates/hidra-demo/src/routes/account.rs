@@ -124,17 +124,15 @@ pub async fn signup(
     if let Err(hidra::Error::InvalidTenantId { reason, .. }) = &id {
         checks.check(false, "tenant", reason);
     }
-    let company_ok = !body.company.trim().is_empty() && body.company.chars().count() <= 200;
-    let name_ok = !body.full_name.trim().is_empty() && body.full_name.chars().count() <= 200;
     let password = state.accounts.passwords().check_policy(&body.password);
     checks
-        .check(company_ok, "company", "must be 1 to 200 characters")
+        .text("company", &body.company, 200)
         .check(
             looks_like_email(&body.email),
             "email",
             "must be an email address",
         )
-        .check(name_ok, "full_name", "must be 1 to 200 characters")
+        .text("full_name", &body.full_name, 200)
         .check(
             password.is_ok(),
             "password",

@@ -8,7 +8,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use hidra::auth::{ApiKeyInfo, CreatedApiKey, NewApiKey};
+use hidra::auth::{ApiKeyInfo, AuthError, CreatedApiKey, NewApiKey};
 use hidra_axum::{RequirePermission, Tenant};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -101,6 +101,21 @@ fn valid_scope(scope: &str) -> bool {
     }
 }
 
+/// Maps the refusals of key management: a key of another tenant is as
+/// unknown as a key that does not exist.
+fn key_error(error: hidra::Error) -> ApiError {
+    match error {
+        hidra::Error::Auth(AuthError::UnknownKey) => ApiError::NotFound("API key"),
+        hidra::Error::Auth(AuthError::KeyRevoked) => {
+            ApiError::Conflict("the key is revoked; create a new one".into())
+        }
+        hidra::Error::Auth(AuthError::KeyRotated) => {
+            ApiError::Conflict("the key was already rotated; rotate its successor".into())
+        }
+        other => other.into(),
+    }
+}
+
 /// Lists the tenant's keys, revoked ones included.
 #[utoipa::path(get, path = "/api-keys", tag = "api-keys", security(("bearer" = [])),
     responses((status = 200, body = Vec<ApiKeyView>), (status = 403, body = ErrorBody)))]
@@ -124,9 +139,8 @@ pub async fn create(
     Tenant(tenant): Tenant,
     Json(body): Json<NewKeyBody>,
 ) -> Result<(StatusCode, Json<NewKeyView>), ApiError> {
-    let name_ok = !body.name.trim().is_empty() && body.name.chars().count() <= 100;
     Checks::default()
-        .check(name_ok, "name", "must be 1 to 100 characters")
+        .text("name", &body.name, 100)
         .check(
             !body.scopes.is_empty(),
             "scopes",
@@ -162,10 +176,11 @@ pub async fn rotate(
     Tenant(tenant): Tenant,
     Path(key_id): Path<String>,
 ) -> Result<(StatusCode, Json<NewKeyView>), ApiError> {
-    if state.api_keys.get(&tenant.id, &key_id).await?.is_none() {
-        return Err(ApiError::NotFound("API key"));
-    }
-    let created = state.api_keys.rotate(&tenant.id, &key_id).await?;
+    let created = state
+        .api_keys
+        .rotate(&tenant.id, &key_id)
+        .await
+        .map_err(key_error)?;
     Ok((StatusCode::CREATED, Json(created.into())))
 }
 
@@ -179,10 +194,11 @@ pub async fn revoke(
     Tenant(tenant): Tenant,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state.api_keys.get(&tenant.id, &key_id).await?.is_none() {
-        return Err(ApiError::NotFound("API key"));
-    }
-    state.api_keys.revoke(&tenant.id, &key_id).await?;
+    state
+        .api_keys
+        .revoke(&tenant.id, &key_id)
+        .await
+        .map_err(key_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -74,14 +74,6 @@ pub struct CustomerQuery {
     pub offset: Option<i64>,
 }
 
-fn check_name(checks: &mut Checks, name: &str) {
-    checks.check(
-        !name.trim().is_empty() && name.chars().count() <= 200,
-        "name",
-        "must be 1 to 200 characters",
-    );
-}
-
 fn check_email(checks: &mut Checks, email: Option<&str>) {
     checks.check(
         email.is_none_or(looks_like_email),
@@ -135,7 +127,7 @@ pub async fn create(
     Json(new): Json<NewCustomer>,
 ) -> Result<(StatusCode, Json<Customer>), ApiError> {
     let mut checks = Checks::default();
-    check_name(&mut checks, &new.name);
+    checks.text("name", &new.name, 200);
     check_email(&mut checks, new.email.as_deref());
     checks.finish()?;
     let customer: Customer = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -183,7 +175,7 @@ pub async fn update(
 ) -> Result<Json<Customer>, ApiError> {
     let mut checks = Checks::default();
     if let Some(name) = &patch.name {
-        check_name(&mut checks, name);
+        checks.text("name", name, 200);
     }
     check_email(&mut checks, patch.email.clone().flatten().as_deref());
     checks.finish()?;

@@ -74,11 +74,7 @@ fn check(
         );
     }
     if let Some(name) = name {
-        checks.check(
-            !name.trim().is_empty() && name.chars().count() <= 200,
-            "name",
-            "must be 1 to 200 characters",
-        );
+        checks.text("name", name, 200);
     }
     checks.check(
         price.is_none_or(|p| p >= 0),

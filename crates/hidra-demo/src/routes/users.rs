@@ -94,14 +94,6 @@ fn me(admin: &RequirePermission<UsersManage>) -> Option<i64> {
     admin.subject().parse().ok()
 }
 
-fn check_name(checks: &mut Checks, name: &str) {
-    checks.check(
-        !name.trim().is_empty() && name.chars().count() <= 200,
-        "full_name",
-        "must be 1 to 200 characters",
-    );
-}
-
 /// Lists the tenant's users.
 #[utoipa::path(get, path = "/users", tag = "users", params(PageParams),
     security(("bearer" = [])),
@@ -137,7 +129,7 @@ pub async fn create(
     Json(body): Json<NewUserBody>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let mut checks = Checks::default();
-    check_name(&mut checks, &body.full_name);
+    checks.text("full_name", &body.full_name, 200);
     checks
         .check(
             looks_like_email(&body.email),
@@ -194,7 +186,7 @@ pub async fn update(
 ) -> Result<Json<UserView>, ApiError> {
     let mut checks = Checks::default();
     if let Some(name) = &patch.full_name {
-        check_name(&mut checks, name);
+        checks.text("full_name", name, 200);
     }
     let myself = me(&admin) == Some(id);
     checks

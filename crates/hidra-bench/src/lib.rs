@@ -1,8 +1,14 @@
 //! Shared pieces of the Hidra benchmark binaries: locating the reference
 //! schema, timing, percentiles.
 
+use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use sqlx::{Connection, PgConnection};
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -47,6 +53,93 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Rate per second of `n` items in `elapsed`.
 pub fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
+}
+
+/// Runs `f(i)` for `i` in `0..n` on `concurrency` tasks; returns the results
+/// in order of `i` and the time it all took.
+pub async fn fan_out<T, F, Fut>(
+    n: usize,
+    concurrency: usize,
+    f: F,
+) -> anyhow::Result<(Vec<T>, Duration)>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
+{
+    let f = Arc::new(f);
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1).min(n.max(1)) {
+        let (f, next) = (f.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(out);
+                }
+                out.push((i, f(i).await?));
+            }
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    let mut first_error = None;
+    for t in tasks {
+        match t.await? {
+            Ok(out) => all.extend(out),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let elapsed = t0.elapsed();
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    all.sort_by_key(|(i, _)| *i);
+    Ok((all.into_iter().map(|(_, t)| t).collect(), elapsed))
+}
+
+/// Runs `job(conn, i)` for `i` in `0..n` over `conns` plain connections to
+/// `url`, each worker taking the next `i`; returns the time the jobs took
+/// (connecting is not counted).
+pub async fn per_connection<F>(
+    url: &str,
+    conns: usize,
+    n: usize,
+    job: F,
+) -> anyhow::Result<Duration>
+where
+    F: for<'c> Fn(&'c mut PgConnection, usize) -> BoxFuture<'c, anyhow::Result<()>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut connections = Vec::new();
+    for _ in 0..conns.max(1) {
+        connections.push(PgConnection::connect(url).await?);
+    }
+    let (job, next) = (Arc::new(job), Arc::new(AtomicUsize::new(0)));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for mut conn in connections {
+        let (job, next) = (job.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(());
+                }
+                job(&mut conn, i).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(t0.elapsed())
 }
 
 #[cfg(test)]

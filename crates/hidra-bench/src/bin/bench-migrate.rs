@@ -13,15 +13,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 use hidra::testing::TestDatabase;
 use hidra::{Hidra, Migrations, NewTenant, TenantId};
-use hidra_bench::{percentile, rate, read_reference, statements};
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use hidra_bench::{fan_out, per_connection, percentile, rate, read_reference, statements};
+use sqlx::{AssertSqlSafe, Connection};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -226,26 +225,16 @@ async fn provision_many(
     n: usize,
     conns: usize,
 ) -> anyhow::Result<Duration> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (hidra, next, prefix) = (hidra.clone(), next.clone(), prefix.to_owned());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                let id = TenantId::new(format!("{prefix}{i}"))?;
-                hidra.provision(NewTenant::new(id)).await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(t0.elapsed())
+    let (hidra, prefix) = (hidra.clone(), prefix.to_owned());
+    let (_, elapsed) = fan_out(n, conns, move |i| {
+        let (hidra, id) = (hidra.clone(), TenantId::new(format!("{prefix}{i}")));
+        async move {
+            hidra.provision(NewTenant::new(id?)).await?;
+            Ok(())
+        }
+    })
+    .await?;
+    Ok(elapsed)
 }
 
 /// Runs `sql(i)` for `i` in `0..n` as one simple query each, over `conns`
@@ -256,32 +245,14 @@ async fn parallel(
     n: usize,
     sql: impl Fn(usize) -> String + Send + Sync + 'static,
 ) -> anyhow::Result<Duration> {
-    let sql = Arc::new(sql);
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut connections = Vec::new();
-    for _ in 0..conns {
-        connections.push(PgConnection::connect(url).await?);
-    }
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for mut conn in connections {
-        let (sql, next) = (sql.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                sqlx::raw_sql(AssertSqlSafe(sql(i)))
-                    .execute(&mut conn)
-                    .await?;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(t0.elapsed())
+    per_connection(url, conns, n, move |conn, i| {
+        let sql = sql(i);
+        Box::pin(async move {
+            sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+            Ok(())
+        })
+    })
+    .await
 }
 
 /// Provisioning as the peers do it: registry row, schema, then each statement
@@ -292,47 +263,32 @@ async fn replay(
     n: usize,
     stmts: Arc<Vec<String>>,
 ) -> anyhow::Result<Duration> {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut connections = Vec::new();
-    for _ in 0..conns {
-        connections.push(PgConnection::connect(url).await?);
-    }
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for mut conn in connections {
-        let (stmts, next) = (stmts.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(());
-                }
-                let mut tx = conn.begin().await?;
-                sqlx::query("INSERT INTO tenants (id, name, schema_name, status) VALUES ($1, $1, $2, 'provisioning')")
-                    .bind(format!("r{i}"))
-                    .bind(format!("tenant_r{i}"))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA tenant_r{i}")))
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL search_path TO tenant_r{i}")))
-                    .execute(&mut *tx)
-                    .await?;
-                for s in stmts.iter() {
-                    sqlx::raw_sql(AssertSqlSafe(s.clone())).execute(&mut *tx).await?;
-                }
-                sqlx::raw_sql("SET LOCAL search_path TO DEFAULT").execute(&mut *tx).await?;
-                sqlx::query("UPDATE tenants SET status = 'active' WHERE id = $1")
-                    .bind(format!("r{i}"))
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
+    per_connection(url, conns, n, move |conn, i| {
+        let stmts = stmts.clone();
+        Box::pin(async move {
+            let mut tx = conn.begin().await?;
+            sqlx::query("INSERT INTO tenants (id, name, schema_name, status) VALUES ($1, $1, $2, 'provisioning')")
+                .bind(format!("r{i}"))
+                .bind(format!("tenant_r{i}"))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA tenant_r{i}")))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(AssertSqlSafe(format!("SET LOCAL search_path TO tenant_r{i}")))
+                .execute(&mut *tx)
+                .await?;
+            for s in stmts.iter() {
+                sqlx::raw_sql(AssertSqlSafe(s.clone())).execute(&mut *tx).await?;
             }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(t0.elapsed())
+            sqlx::raw_sql("SET LOCAL search_path TO DEFAULT").execute(&mut *tx).await?;
+            sqlx::query("UPDATE tenants SET status = 'active' WHERE id = $1")
+                .bind(format!("r{i}"))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    })
+    .await
 }

@@ -41,7 +41,6 @@
 //! The machine these figures come from is usually shared with other work:
 //! treat them as noisy and compare ratios within one run, not across runs.
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,7 +51,7 @@ use clap::Parser;
 use hidra::rls::tenant_table_sql;
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{DatabasePoolConfig, Hidra, Ident, Migrations, NewTenant, Strategy, Tenant, TenantId};
-use hidra_bench::{percentile, rate, read_reference, statements};
+use hidra_bench::{fan_out, percentile, rate, read_reference, statements};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -822,53 +821,6 @@ async fn fill_many(hidra: &Hidra, tenants: &[Tenant], n: i32) -> anyhow::Result<
     })
     .await?;
     Ok(ids)
-}
-
-/// Runs `f(i)` for `i` in `0..n` on `concurrency` tasks; returns the results
-/// in order of `i` and the time it all took.
-async fn fan_out<T, F, Fut>(
-    n: usize,
-    concurrency: usize,
-    f: F,
-) -> anyhow::Result<(Vec<T>, Duration)>
-where
-    T: Send + 'static,
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = anyhow::Result<T>> + Send + 'static,
-{
-    let f = Arc::new(f);
-    let next = Arc::new(AtomicUsize::new(0));
-    let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency.max(1).min(n.max(1)) {
-        let (f, next) = (f.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(out);
-                }
-                out.push((i, f(i).await?));
-            }
-        }));
-    }
-    let mut all = Vec::with_capacity(n);
-    let mut first_error = None;
-    for t in tasks {
-        match t.await? {
-            Ok(out) => all.extend(out),
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    let elapsed = t0.elapsed();
-    if let Some(e) = first_error {
-        return Err(e);
-    }
-    all.sort_by_key(|(i, _)| *i);
-    Ok((all.into_iter().map(|(_, t)| t).collect(), elapsed))
 }
 
 // ---------------------------------------------------------------------------

@@ -53,7 +53,6 @@ impl Scope {
     }
 
     /// The request's tenant.
-    #[cfg_attr(not(feature = "auth"), allow(dead_code))]
     pub(crate) fn tenant(&self) -> &Tenant {
         &self.0.tenant
     }

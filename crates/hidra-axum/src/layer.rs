@@ -101,7 +101,8 @@ pub struct TenantLayer {
 
 #[derive(Clone)]
 pub(crate) struct Shared {
-    hidra: Hidra,
+    /// The registry cache; its `Hidra` handle is also the one connections
+    /// come from, so records and connections always share one database.
     cache: TenantCache,
     resolvers: Vec<Arc<dyn TenantResolver>>,
     /// Used while `resolvers` is empty.
@@ -126,10 +127,9 @@ impl TenantLayer {
     /// A layer over `hidra`'s tenants, with a default [`TenantCache`] and no
     /// resolver yet (until one is added, `X-Tenant-ID` is read).
     pub fn new(hidra: Hidra) -> Self {
-        let cache = TenantCache::new(hidra.clone());
+        let cache = TenantCache::new(hidra);
         TenantLayer {
             shared: Arc::new(Shared {
-                hidra,
                 cache,
                 resolvers: Vec::new(),
                 fallback: Arc::new(HeaderResolver::default()),
@@ -173,7 +173,8 @@ impl TenantLayer {
     }
 
     /// Uses `cache` (configured, or shared with the health routes or another
-    /// layer) instead of the default one.
+    /// layer) instead of the default one. The cache's [`Hidra`] handle is
+    /// then also the one the request's connections come from.
     pub fn with_cache(mut self, cache: TenantCache) -> Self {
         Arc::make_mut(&mut self.shared).cache = cache;
         self
@@ -329,7 +330,7 @@ where
     if let Some(id) = &request_id {
         span.record("request_id", id.as_str());
     }
-    let scope = Scope::new(Tenant(Arc::clone(&tenant)), shared.hidra.clone());
+    let scope = Scope::new(Tenant(Arc::clone(&tenant)), shared.cache.hidra().clone());
     parts.extensions.insert(scope.clone());
     let req = Request::from_parts(parts, body);
 
@@ -405,6 +406,11 @@ impl Shared {
         };
         let cx = ResolveContext::new(&self.cache);
         let mut found: Vec<Resolution> = Vec::new();
+        // Nested layers: the tenant an outer layer resolved binds this one
+        // too, so an inner chain (say, a header alone) cannot replace it.
+        if let Some(outer) = parts.extensions.get::<Scope>() {
+            found.push(Resolution::verified(outer.tenant().id.as_str()));
+        }
         let mut new_uri = None;
         for resolver in chain {
             if let Some(mut resolution) = resolver.resolve(parts, cx).await? {

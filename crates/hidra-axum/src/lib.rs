@@ -64,7 +64,9 @@
 //! tenant, unless a *verified* source (a signed token's claim, an API key)
 //! gave one: then every candidate must be that same id, or the request is
 //! refused with `403 {"error":"tenant_conflict"}`. A header can never steer a
-//! request away from the tenant of its credentials. See [`TenantLayer`].
+//! request away from the tenant of its credentials. Nested layers count the
+//! tenant an outer layer resolved as verified: an inner layer agrees with it
+//! or refuses. See [`TenantLayer`].
 //!
 //! # Errors
 //!

@@ -394,3 +394,38 @@ async fn excluded_routes_need_no_tenant() {
     let app = routes().layer(TenantLayer::new(ctx.hidra.clone()).with_excluded("/may"));
     assert_eq!(get(&app, "/maybe", &[]).await.0, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn an_inner_layer_cannot_replace_the_tenant_of_an_outer_one() {
+    let ctx = setup(4).await;
+    tenant_with_marker(&ctx.hidra, "alpha").await;
+    tenant_with_marker(&ctx.hidra, "beta").await;
+    // Outer layer: `x-outer`; inner layer: the default `X-Tenant-ID`.
+    let inner = TenantLayer::new(ctx.hidra.clone());
+    let outer = TenantLayer::new(ctx.hidra.clone())
+        .with_resolver(HeaderResolver::named("x-outer".parse().unwrap()));
+    let app = routes().layer(inner).layer(outer);
+
+    assert_eq!(
+        get(&app, "/marker", &[("x-outer", "alpha")]).await,
+        (StatusCode::OK, "alpha".into()),
+        "the inner layer keeps the outer tenant"
+    );
+    assert_eq!(
+        get(
+            &app,
+            "/marker",
+            &[("x-outer", "alpha"), ("x-tenant-id", "alpha")]
+        )
+        .await,
+        (StatusCode::OK, "alpha".into())
+    );
+    let (status, body) = get(
+        &app,
+        "/marker",
+        &[("x-outer", "alpha"), ("x-tenant-id", "beta")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body, json!({ "error": "tenant_conflict" }).to_string());
+}

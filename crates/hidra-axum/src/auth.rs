@@ -22,6 +22,8 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
@@ -626,7 +628,10 @@ impl<P: Permission, S: Send + Sync> FromRequestParts<S> for RequireScope<P> {
 /// seen after the TTL, or at once after [`invalidate`](PermissionCache::invalidate).
 #[derive(Clone)]
 pub struct PermissionCache {
-    cache: moka::future::Cache<TenantId, Arc<RolePermissions>>,
+    /// Keyed by id; the value remembers which incarnation of the tenant
+    /// (its `created_at`) it was read from, so that a tenant deleted and
+    /// provisioned again under the same id never inherits the old roles.
+    cache: moka::future::Cache<TenantId, (DateTime<Utc>, Arc<RolePermissions>)>,
     ttl: Duration,
     capacity: u64,
 }
@@ -677,7 +682,9 @@ impl PermissionCache {
     /// The role permissions of `tenant`, from the cache or read from its
     /// `roles` table through `hidra`.
     pub async fn get(&self, hidra: &Hidra, tenant: &hidra::Tenant) -> Result<Arc<RolePermissions>> {
-        if let Some(found) = self.cache.get(&tenant.id).await {
+        if let Some((created_at, found)) = self.cache.get(&tenant.id).await
+            && created_at == tenant.created_at
+        {
             return Ok(found);
         }
         let mut conn = hidra
@@ -690,7 +697,7 @@ impl PermissionCache {
                 .map_err(Error::db("reading the tenant's roles"))?,
         );
         self.cache
-            .insert(tenant.id.clone(), Arc::clone(&loaded))
+            .insert(tenant.id.clone(), (tenant.created_at, Arc::clone(&loaded)))
             .await;
         Ok(loaded)
     }

@@ -623,3 +623,54 @@ async fn auth_errors_map_to_statuses() {
         )
     );
 }
+
+#[tokio::test]
+async fn a_tenant_provisioned_again_under_its_old_id_does_not_inherit_cached_permissions() {
+    let t = setup().await;
+    let c = tenant_with_marker(&t.ctx.hidra, "c").await;
+    let delete = |auth: String| {
+        let app = t.app.clone();
+        async move {
+            send(
+                app,
+                common::post_req("/customers/delete", &[("authorization", &auth)]),
+            )
+            .await
+            .0
+        }
+    };
+    // The first `c` lets its viewers delete; the guard caches that.
+    let mut conn = t.ctx.hidra.acquire(&c).await.unwrap();
+    sqlx::query("UPDATE roles SET permissions = '{customers:*}' WHERE name = 'viewer'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let viewer = bearer(&t.token("c", &["viewer"]));
+    assert_eq!(delete(viewer.clone()).await, StatusCode::OK);
+
+    // `c` is deleted and a new tenant takes the id: its viewers only read.
+    let cid = id("c");
+    t.ctx
+        .hidra
+        .deprovision(&cid, hidra::Confirmation::of(&cid))
+        .await
+        .unwrap();
+    let again = tenant_with_marker(&t.ctx.hidra, "c").await;
+    assert_ne!(again.created_at, c.created_at);
+    // Wait until the layer's registry cache has seen the new record.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (status, body) = t.get("/marker", &[("authorization", &viewer)]).await;
+        if status == StatusCode::OK || std::time::Instant::now() > deadline {
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "c"));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        delete(viewer).await,
+        StatusCode::FORBIDDEN,
+        "the old tenant's cached roles must not apply to the new one"
+    );
+}

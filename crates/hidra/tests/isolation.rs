@@ -298,6 +298,33 @@ async fn a_stray_set_search_path_does_not_survive_the_checkout() {
 }
 
 #[tokio::test]
+async fn a_transaction_ended_early_by_user_code_does_not_fall_back_to_an_earlier_tenant() {
+    let ctx = setup(1).await;
+    let h = &ctx.hidra;
+    let a = tenant_with_marker(h, "first").await;
+    let b = tenant_with_marker(h, "second").await;
+    // The only connection last served A with a session binding.
+    assert_eq!(marker_via_conn(h, &a).await, "first");
+    // B's transaction is ended by a raw COMMIT in user code: its
+    // transaction-local binding goes, and A's must not be what is left.
+    let mut tx = h.begin(&b).await.unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut *tx).await.unwrap();
+    let seen: Option<String> = sqlx::query_scalar("SELECT tenant FROM marker")
+        .fetch_optional(&mut *tx)
+        .await
+        .ok()
+        .flatten();
+    assert_ne!(
+        seen.as_deref(),
+        Some("first"),
+        "B's transaction read A's rows"
+    );
+    drop(tx);
+    assert_pool_clean(h, &[a, b], 1).await;
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_transaction_left_open_is_rolled_back_not_inherited() {
     let ctx = setup(1).await;
     let h = &ctx.hidra;

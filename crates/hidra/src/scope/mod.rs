@@ -11,9 +11,11 @@
 //!   the checkout is for: a tenant connection
 //!   ([`Hidra::acquire`](crate::Hidra::acquire)) gets the tenant's
 //!   `search_path`; a shared connection
-//!   ([`Hidra::acquire_shared`](crate::Hidra::acquire_shared)) and anything
-//!   else gets `RESET search_path`; a transaction checkout
-//!   ([`Hidra::begin`](crate::Hidra::begin)) leaves the session alone. The
+//!   ([`Hidra::acquire_shared`](crate::Hidra::acquire_shared)), a
+//!   transaction checkout ([`Hidra::begin`](crate::Hidra::begin), whose
+//!   binding is transaction-local) and anything else get `RESET search_path`
+//!   and no row-level tenant, so no session binding of an earlier tenant is
+//!   left under a transaction that user code might end early. The
 //!   same statement checks that the connection is not inside a transaction an
 //!   earlier user left open (such a connection is closed, which rolls that
 //!   transaction back). It replaces the ping sqlx would otherwise send, so
@@ -74,8 +76,6 @@ pub(crate) struct Binding {
 enum Intent {
     /// Bind this session `search_path` and row-level tenant.
     Session(Binding),
-    /// A transaction-local binding follows in `BEGIN`: leave the session alone.
-    Transaction,
     /// Unscoped: clear whatever a tenant left behind.
     Reset,
 }
@@ -121,7 +121,6 @@ async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx:
             crate::sql::TENANT_SETTING,
             crate::sql::quote_literal(&b.tenant_id),
         )),
-        Intent::Transaction => sqlx::SqlSafeStr::into_sql_str(FRESH),
         Intent::Reset => crate::sql::reset_statement(),
     };
     let rows = sqlx::raw_sql(statement).fetch_all(conn).await?;
@@ -153,9 +152,12 @@ pub(crate) async fn acquire_unscoped(pool: &sqlx::PgPool) -> Result<PoolConnecti
     Ok(checkout(pool, Intent::Reset).await?.0)
 }
 
-/// Checks a connection out of `pool` for a transaction-local binding.
+/// Checks a connection out of `pool` for a transaction-local binding. The
+/// session is reset too: should user code end the transaction early (a raw
+/// `COMMIT`), the transaction-local binding goes with it and what remains
+/// must be no tenant, not the tenant the connection last served.
 pub(crate) async fn acquire_for_tx(pool: &sqlx::PgPool) -> Result<PoolConnection<Postgres>> {
-    Ok(checkout(pool, Intent::Transaction).await?.0)
+    acquire_unscoped(pool).await
 }
 
 async fn checkout(pool: &sqlx::PgPool, intent: Intent) -> Result<(PoolConnection<Postgres>, bool)> {

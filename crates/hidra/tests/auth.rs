@@ -1215,3 +1215,96 @@ async fn missing_shared_tables_are_explained() {
     assert!(user_emails(&ctx.hidra, &ctx.acme).await.is_empty());
     ctx.db.drop_now().await.unwrap();
 }
+
+#[tokio::test]
+async fn database_per_tenant_users_register_log_in_and_leave_through_the_shared_lookup() {
+    let ctx = setup().await;
+    let tag = &ctx.db.name()[ctx.db.name().len() - 8..];
+    let hidra = hidra::Hidra::builder()
+        .schema_sql("auth tables", TENANT_SQL)
+        .database_per_tenant(hidra::DatabasePoolConfig::default())
+        .database_prefix(format!("a{tag}_"))
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap();
+    let solo = hidra
+        .provision(hidra::NewTenant::new(id("solo")).strategy(hidra::Strategy::Database))
+        .await
+        .unwrap();
+    let accounts = hidra::auth::Accounts::new(hidra.clone(), ctx.jwt.clone())
+        .with_passwords(cheap_passwords());
+
+    accounts
+        .register(
+            &solo,
+            NewUser::new("ann@solo.test", "Ann", "correct horse").role("admin"),
+        )
+        .await
+        .unwrap();
+    // The lookup is in the shared database, the user in the tenant's own.
+    assert_eq!(
+        accounts.tenant_of("ann@solo.test").await.unwrap(),
+        Some(id("solo"))
+    );
+    let login = accounts
+        .login("ann@solo.test", "correct horse")
+        .await
+        .unwrap();
+    assert_eq!(login.claims().tenant, id("solo"));
+    assert_eq!(
+        user_emails(&hidra, &solo).await,
+        vec!["ann@solo.test".to_owned()]
+    );
+    // The email is unique across strategies, both ways.
+    let err = ctx
+        .accounts
+        .register(
+            &ctx.acme,
+            NewUser::new("ann@solo.test", "Other Ann", "correct horse"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(AuthError::EmailTaken)), "{err:?}");
+    ctx.accounts
+        .register(
+            &ctx.acme,
+            NewUser::new("bob@acme.test", "Bob", "correct horse"),
+        )
+        .await
+        .unwrap();
+    let err = accounts
+        .register(
+            &solo,
+            NewUser::new("bob@acme.test", "Bob Two", "correct horse"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Auth(AuthError::EmailTaken)), "{err:?}");
+    assert_eq!(
+        user_emails(&hidra, &solo).await,
+        vec!["ann@solo.test".to_owned()]
+    );
+    // A user the tenant database refuses gives its email back.
+    let err = accounts
+        .register(
+            &solo,
+            NewUser::new("cid@solo.test", "Cid", "correct horse").role("no-such-role"),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Auth(AuthError::UnknownRole(_))),
+        "{err:?}"
+    );
+    assert_eq!(accounts.tenant_of("cid@solo.test").await.unwrap(), None);
+    // Deleting the user frees the email.
+    assert!(accounts.delete_user(&solo, "ann@solo.test").await.unwrap());
+    assert_eq!(accounts.tenant_of("ann@solo.test").await.unwrap(), None);
+    assert!(user_emails(&hidra, &solo).await.is_empty());
+
+    hidra
+        .deprovision(&id("solo"), Confirmation::of(&id("solo")))
+        .await
+        .unwrap();
+    hidra.close().await;
+}

@@ -9,7 +9,7 @@ use super::{AuthError, Claims, Jwt, Passwords, TenantsRef, refuse, shared_table}
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::sql::{self, TableName};
-use crate::tenant::{Tenant, TenantId};
+use crate::tenant::{Strategy, Tenant, TenantId};
 
 /// The longest email address accepted (RFC 5321's path limit).
 const MAX_EMAIL_BYTES: usize = 254;
@@ -345,13 +345,72 @@ impl Accounts {
         let password = user.password;
         let hash = blocking(move || passwords.hash(&password)).await?;
 
+        if tenant.placement.strategy == Strategy::Database {
+            // The lookup lives in the shared database, the user in the
+            // tenant's own: claim the email first, give it back if the user
+            // cannot be written.
+            let mut shared = self.hidra.acquire_shared().await?;
+            self.insert_lookup(&mut shared, &email, tenant).await?;
+            let written = async {
+                let mut tx = self.hidra.begin(tenant).await?;
+                let id = insert_user(&mut tx, &tenant.id, &email, &user.full_name, &hash).await?;
+                grant_roles(&mut tx, id, &roles).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(id)
+            }
+            .await;
+            let id = match written {
+                Ok(id) => id,
+                Err(e) => {
+                    sqlx::query(self.q.delete.clone())
+                        .bind(&email)
+                        .bind(tenant.id.as_str())
+                        .execute(&mut *shared)
+                        .await
+                        .map_err(Error::db("giving back a login lookup row"))?;
+                    return Err(e);
+                }
+            };
+            return Ok(self.registered(id, tenant, email, user.full_name, roles));
+        }
         let mut tx = self.hidra.begin(tenant).await?;
         let id = insert_user(&mut tx, &tenant.id, &email, &user.full_name, &hash).await?;
         grant_roles(&mut tx, id, &roles).await?;
+        self.insert_lookup(&mut tx, &email, tenant).await?;
+        tx.commit().await?;
+        Ok(self.registered(id, tenant, email, user.full_name, roles))
+    }
+
+    fn registered(
+        &self,
+        id: i64,
+        tenant: &Tenant,
+        email: String,
+        full_name: String,
+        roles: Vec<String>,
+    ) -> User {
+        tracing::debug!(tenant = %tenant.id, user = id, "registered a user");
+        User {
+            id,
+            tenant: tenant.id.clone(),
+            email,
+            full_name,
+            roles,
+        }
+    }
+
+    /// Writes the login lookup row of `email`, on a connection to the shared
+    /// database.
+    async fn insert_lookup(
+        &self,
+        conn: &mut PgConnection,
+        email: &str,
+        tenant: &Tenant,
+    ) -> Result<()> {
         sqlx::query(self.q.insert.clone())
-            .bind(&email)
+            .bind(email)
             .bind(tenant.id.as_str())
-            .execute(&mut *tx)
+            .execute(conn)
             .await
             .map_err(|err| match db_code(&err) {
                 Some((code, constraint))
@@ -375,15 +434,7 @@ impl Accounts {
                     source: err,
                 },
             })?;
-        tx.commit().await?;
-        tracing::debug!(tenant = %tenant.id, user = id, "registered a user");
-        Ok(User {
-            id,
-            tenant: tenant.id.clone(),
-            email,
-            full_name: user.full_name,
-            roles,
-        })
+        Ok(())
     }
 
     /// Logs in: finds the tenant of `email` in the lookup table, checks
@@ -496,14 +547,25 @@ impl Accounts {
             .await
             .map_err(Error::db("deleting a user"))?
             .rows_affected();
-        let lookups = sqlx::query(self.q.delete.clone())
-            .bind(&email)
-            .bind(tenant.id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("deleting a login lookup row"))?
-            .rows_affected();
-        tx.commit().await?;
+        let delete_lookup = |conn| async {
+            sqlx::query(self.q.delete.clone())
+                .bind(&email)
+                .bind(tenant.id.as_str())
+                .execute(conn)
+                .await
+                .map(|done| done.rows_affected())
+                .map_err(Error::db("deleting a login lookup row"))
+        };
+        let lookups = if tenant.placement.strategy == Strategy::Database {
+            // The lookup is in the shared database: after the user is gone.
+            tx.commit().await?;
+            let mut shared = self.hidra.acquire_shared().await?;
+            delete_lookup(&mut *shared).await?
+        } else {
+            let deleted = delete_lookup(&mut *tx).await?;
+            tx.commit().await?;
+            deleted
+        };
         Ok(users + lookups > 0)
     }
 

@@ -1307,4 +1307,12 @@ async fn database_per_tenant_users_register_log_in_and_leave_through_the_shared_
         .await
         .unwrap();
     hidra.close().await;
+    // The template database outlives the tenants; it is this test's to drop.
+    let mut conn = ctx.hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"a{tag}__tpl\" WITH (FORCE)"
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
 }

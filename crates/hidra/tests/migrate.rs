@@ -627,3 +627,42 @@ async fn deprovisioning_forgets_the_schema_version() {
     );
     ctx.db.drop_now().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_shared_migration_numbered_below_the_applied_ones_is_reported_not_skipped() {
+    let db = hidra::testing::TestDatabase::create().await.unwrap();
+    let all = Migrations::new()
+        .push("one", "CREATE TABLE public.g1 (x INT)")
+        .push("two", "CREATE TABLE public.g2 (x INT)")
+        .push("three", "CREATE TABLE public.g3 (x INT)");
+    let list: Vec<hidra::migrate::Migration> = all.iter().cloned().collect();
+    // A branch that shipped 1 and 3 first.
+    let gapped = Migrations::from_list(vec![list[0].clone(), list[2].clone()]).unwrap();
+    let early = Hidra::builder()
+        .shared_migrations(gapped)
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    assert_eq!(early.migrate_shared().await.unwrap().applied, vec![1, 3]);
+    early.close().await;
+    // Then 2 arrives: it would never run, so both calls say so.
+    let h = Hidra::builder()
+        .shared_migrations(all)
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let status = h.shared_migration_status().await.unwrap();
+    assert_eq!((status.version, status.pending.clone()), (3, vec![]));
+    assert!(
+        status
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("migration 2 (two)")),
+        "{status:?}"
+    );
+    let err = h.migrate_shared().await.unwrap_err();
+    assert!(matches!(err, Error::ChecksumMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("migration 2 (two)"), "{err}");
+    h.close().await;
+    db.drop_now().await.unwrap();
+}

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use sqlx::Connection;
 
-use super::label;
+use super::{Migrations, label};
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 
@@ -33,6 +33,57 @@ pub struct SharedStatus {
     pub problem: Option<String>,
 }
 
+/// One applied shared migration, as recorded.
+#[derive(sqlx::FromRow)]
+struct Applied {
+    version: i64,
+    description: String,
+    checksum: Vec<u8>,
+}
+
+async fn read_history(conn: &mut sqlx::PgConnection) -> Result<Vec<Applied>> {
+    sqlx::query_as(
+        "SELECT version, description, checksum FROM hidra.shared_migrations ORDER BY version",
+    )
+    .fetch_all(conn)
+    .await
+    .map_err(Error::db("reading the shared migration history"))
+}
+
+/// Why the configured `migrations` cannot continue the `applied` history: an
+/// applied migration missing or edited, or a configured one numbered below
+/// the last applied version that was never applied (it would be skipped).
+fn history_problem(migrations: &Migrations, applied: &[Applied]) -> Option<String> {
+    for a in applied {
+        match migrations.iter().find(|m| m.version == a.version) {
+            None => {
+                return Some(format!(
+                    "applied migration {} ({}) is missing from the configured migrations",
+                    a.version, a.description
+                ));
+            }
+            Some(m) if m.checksum != a.checksum => {
+                return Some(format!(
+                    "applied migration {} ({}) was edited (checksum mismatch)",
+                    a.version, a.description
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let last = applied.last().map_or(0, |a| a.version);
+    migrations
+        .iter()
+        .find(|m| m.version < last && !applied.iter().any(|a| a.version == m.version))
+        .map(|m| {
+            format!(
+                "migration {} ({}) is numbered below the last applied one ({last}) but was never \
+                 applied; give it a version above {last}",
+                m.version, m.description
+            )
+        })
+}
+
 impl Hidra {
     /// Reads the shared migration history against the configured shared
     /// migrations, changing nothing (not even creating hidra's internal
@@ -44,28 +95,14 @@ impl Hidra {
                 .fetch_one(&mut *conn)
                 .await
                 .map_err(Error::db("looking for the shared migration history"))?;
-        let applied: Vec<(i64, Vec<u8>)> = if exists {
-            sqlx::query_as("SELECT version, checksum FROM hidra.shared_migrations ORDER BY version")
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(Error::db("reading the shared migration history"))?
+        let applied = if exists {
+            read_history(&mut conn).await?
         } else {
             Vec::new()
         };
         let migrations = &self.inner.shared_migrations;
-        let version = applied.last().map_or(0, |a| a.0);
-        let problem = applied.iter().find_map(|(v, checksum)| {
-            match migrations.iter().find(|m| m.version == *v) {
-                None => Some(format!(
-                    "applied shared migration {v} is missing from the configured migrations"
-                )),
-                Some(m) if &m.checksum != checksum => Some(format!(
-                    "applied shared migration {v} ({}) was edited (checksum mismatch)",
-                    m.description
-                )),
-                Some(_) => None,
-            }
-        });
+        let version = applied.last().map_or(0, |a| a.version);
+        let problem = history_problem(migrations, &applied);
         Ok(SharedStatus {
             version,
             pending: migrations
@@ -113,32 +150,14 @@ impl Hidra {
 
     async fn migrate_shared_locked(&self, conn: &mut sqlx::PgConnection) -> Result<SharedReport> {
         let migrations = &self.inner.shared_migrations;
-        let applied: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT version, description, checksum FROM hidra.shared_migrations ORDER BY version",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(Error::db("reading the shared migration history"))?;
-        for (version, description, checksum) in &applied {
-            match migrations.iter().find(|m| m.version == *version) {
-                None => {
-                    return Err(Error::ChecksumMismatch {
-                        schema: "shared".into(),
-                        detail: format!("applied migration {version} ({description}) is missing"),
-                    });
-                }
-                Some(m) if &m.checksum != checksum => {
-                    return Err(Error::ChecksumMismatch {
-                        schema: "shared".into(),
-                        detail: format!(
-                            "applied migration {version} ({description}) was edited (checksum mismatch)"
-                        ),
-                    });
-                }
-                Some(_) => {}
-            }
+        let applied = read_history(conn).await?;
+        if let Some(detail) = history_problem(migrations, &applied) {
+            return Err(Error::ChecksumMismatch {
+                schema: "shared".into(),
+                detail,
+            });
         }
-        let current = applied.last().map_or(0, |a| a.0);
+        let current = applied.last().map_or(0, |a| a.version);
         let mut report = SharedReport {
             applied: Vec::new(),
             version: current,

@@ -254,7 +254,7 @@ impl MigrationRunner {
         let hidra = &self.hidra;
         let migrations = self.migrations();
         let mut conn = hidra.acquire_shared().await?;
-        super::ensure_internal(&mut conn).await?;
+        hidra.ensure_internal(&mut conn).await?;
 
         let mut targets = Vec::new();
         match &self.only {

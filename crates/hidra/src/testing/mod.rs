@@ -62,12 +62,31 @@ static SERVER: OnceCell<PgServer> = OnceCell::const_new();
 /// Where a PostgreSQL server answers, resolved once per process.
 ///
 /// See [`PgServer::get`] for the order in which servers are tried.
-#[derive(Debug)]
 pub struct PgServer {
     /// The administrative URL.
     url: String,
     /// The cluster started for this process, if no server was found.
     cluster: Option<TempCluster>,
+}
+
+// By hand: the URLs may carry a password.
+impl std::fmt::Debug for PgServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgServer")
+            .field("url", &redact(&self.url))
+            .field("cluster", &self.cluster)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TestDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDatabase")
+            .field("name", &self.name)
+            .field("url", &redact(&self.url))
+            .field("dropped", &self.dropped)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PgServer {
@@ -183,7 +202,6 @@ impl PgServer {
 ///     // ...
 /// } // `db` is dropped here, even if an assertion above panicked.
 /// ```
-#[derive(Debug)]
 pub struct TestDatabase {
     /// The database name.
     name: String,
@@ -417,6 +435,17 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let server = PgServer {
+            url: "postgres://app:s3cret@db.internal:5432/postgres".to_owned(),
+            cluster: None,
+        };
+        let shown = format!("{server:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("db.internal"), "{shown}");
+    }
 
     #[test]
     fn database_is_replaced_in_urls() {

@@ -220,7 +220,7 @@ impl Hidra {
         let inner = &self.inner;
         let id = &tenant.id;
         if let Some(seed) = &inner.seed {
-            sqlx::query("SELECT set_config('search_path', $1, true), set_config('hidra.tenant_id', $2, true)")
+            sqlx::query(sql::BIND_LOCAL)
                 .bind(&binding.search_path)
                 .bind(&binding.tenant_id)
                 .execute(&mut *tx)
@@ -233,12 +233,10 @@ impl Hidra {
         }
         // Back to the session default so an unqualified registry table name
         // cannot resolve to a table of the new tenant.
-        sqlx::raw_sql(
-            "SET LOCAL search_path TO DEFAULT; SELECT set_config('hidra.tenant_id', '', true)",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("restoring the search_path"))?;
+        sqlx::raw_sql(sql::UNBIND_LOCAL)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("restoring the search_path"))?;
         inner
             .store
             .update_status(tx, id, &[TenantStatus::Provisioning], TenantStatus::Active)
@@ -253,7 +251,7 @@ impl Hidra {
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
     ) -> Result<()> {
-        sqlx::query("SELECT set_config('hidra.tenant_id', $1, true)")
+        sqlx::query(sql::BIND_TENANT_LOCAL)
             .bind(tenant.id.as_str())
             .execute(&mut *tx)
             .await
@@ -269,7 +267,8 @@ impl Hidra {
             .await
             .map_err(Error::db("deleting a row-level tenant's rows"))?;
         }
-        sqlx::query("SELECT set_config('hidra.tenant_id', '', true)")
+        sqlx::query(sql::BIND_TENANT_LOCAL)
+            .bind("")
             .execute(&mut *tx)
             .await
             .map_err(Error::db("unbinding the row-level tenant"))?;

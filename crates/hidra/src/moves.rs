@@ -476,7 +476,7 @@ async fn lock(tx: &mut sqlx::PgConnection, tables: impl Iterator<Item = String>)
 }
 
 async fn bind_row_level(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
-    sqlx::query("SELECT set_config('hidra.tenant_id', $1, true)")
+    sqlx::query(crate::sql::BIND_TENANT_LOCAL)
         .bind(id)
         .execute(&mut *tx)
         .await

@@ -180,8 +180,48 @@ pub(crate) fn search_path_value(schema: &Ident, shared: &[Ident]) -> String {
     out
 }
 
+/// The setting's name as a literal, so that the statements below can be
+/// built at compile time with `concat!`.
+macro_rules! tenant_setting {
+    () => {
+        "hidra.tenant_id"
+    };
+}
+
+/// The leftover-transaction check as a literal (see `scope`): `now()`, the
+/// start of the transaction, equals `statement_timestamp()` only when this
+/// simple query started it.
+macro_rules! fresh_check {
+    () => {
+        "SELECT now() = statement_timestamp()"
+    };
+}
+
 /// The setting row-level security policies read the current tenant from.
-pub(crate) const TENANT_SETTING: &str = "hidra.tenant_id";
+pub(crate) const TENANT_SETTING: &str = tenant_setting!();
+
+/// The checkout statement of a connection that needs no binding: true only
+/// outside a transaction left open earlier.
+pub(crate) const FRESH_CHECK: &str = fresh_check!();
+
+/// A transaction-local `search_path` (`$1`) and row-level tenant (`$2`).
+pub(crate) const BIND_LOCAL: &str = concat!(
+    "SELECT set_config('search_path', $1, true), set_config('",
+    tenant_setting!(),
+    "', $2, true)"
+);
+
+/// A transaction-local row-level tenant (`$1`; `''` for none).
+pub(crate) const BIND_TENANT_LOCAL: &str =
+    concat!("SELECT set_config('", tenant_setting!(), "', $1, true)");
+
+/// Back to the session's `search_path` and no row-level tenant, for the rest
+/// of the transaction.
+pub(crate) const UNBIND_LOCAL: &str = concat!(
+    "SET LOCAL search_path TO DEFAULT; SELECT set_config('",
+    tenant_setting!(),
+    "', '', true)"
+);
 
 /// `BEGIN` plus a transaction-local `search_path` and row-level tenant, sent as
 /// one simple query so the binding costs no extra round trip.
@@ -193,12 +233,26 @@ pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
     ))
 }
 
+/// The tenant checkout statement: the leftover-transaction check and the
+/// session `search_path` and row-level tenant, in one simple query.
+pub(crate) fn bind_session(b: &crate::scope::Binding) -> SqlStr {
+    owned(format!(
+        "{FRESH_CHECK}, set_config('search_path', {}, false), set_config('{TENANT_SETTING}', {}, false)",
+        quote_literal(&b.search_path),
+        quote_literal(&b.tenant_id),
+    ))
+}
+
 /// The unscoped checkout statement: default `search_path`, no row-level
 /// tenant, and the leftover-transaction check (see `scope`).
 pub(crate) fn reset_statement() -> SqlStr {
-    sqlx::SqlSafeStr::into_sql_str(
-        "RESET search_path; SELECT now() = statement_timestamp(), set_config('hidra.tenant_id', '', false)",
-    )
+    sqlx::SqlSafeStr::into_sql_str(concat!(
+        "RESET search_path; ",
+        fresh_check!(),
+        ", set_config('",
+        tenant_setting!(),
+        "', '', false)"
+    ))
 }
 
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.

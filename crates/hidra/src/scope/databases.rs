@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -56,9 +56,6 @@ const CLOSED_CONTEXT: &str = "acquiring a tenant database connection";
 
 /// How long closing one connection may take before its socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The checkout statement: true only outside a transaction left open earlier.
-const CHECK: &str = "SELECT now() = statement_timestamp()";
 
 /// How the connections to tenant databases are limited and recycled.
 ///
@@ -973,11 +970,10 @@ async fn close_quietly(mut conn: PgConnection, check: Option<ExitCheck>) {
 /// Whether an idle connection is alive and outside any transaction; see the
 /// leftover-transaction rule in the parent module.
 async fn is_clean(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let row = sqlx::raw_sql(CHECK).fetch_optional(conn).await?;
-    match row {
-        Some(row) => row.try_get::<bool, _>(0),
-        None => Ok(false),
-    }
+    let row = sqlx::raw_sql(crate::sql::FRESH_CHECK)
+        .fetch_optional(conn)
+        .await?;
+    super::is_fresh(row.as_ref())
 }
 
 /// The error of an acquire on closed pools.

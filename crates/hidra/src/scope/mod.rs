@@ -113,21 +113,18 @@ pub(crate) fn before_acquire(
 /// Runs the checkout statement for `intent`; returns whether the connection was
 /// outside any transaction.
 async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx::Error> {
-    const FRESH: &str = "SELECT now() = statement_timestamp()";
     let statement = match intent {
-        Intent::Session(b) => crate::sql::owned(format!(
-            "{FRESH}, set_config('search_path', {}, false), set_config('{}', {}, false)",
-            crate::sql::quote_literal(&b.search_path),
-            crate::sql::TENANT_SETTING,
-            crate::sql::quote_literal(&b.tenant_id),
-        )),
+        Intent::Session(b) => crate::sql::bind_session(b),
         Intent::Reset => crate::sql::reset_statement(),
     };
-    let rows = sqlx::raw_sql(statement).fetch_all(conn).await?;
-    match rows.first() {
-        Some(row) => row.try_get::<bool, _>(0),
-        None => Ok(false),
-    }
+    let row = sqlx::raw_sql(statement).fetch_optional(conn).await?;
+    is_fresh(row.as_ref())
+}
+
+/// Reads the leftover-transaction check's answer (the first column of the
+/// first row); no row counts as not fresh.
+fn is_fresh(row: Option<&sqlx::postgres::PgRow>) -> Result<bool, sqlx::Error> {
+    row.map_or(Ok(false), |row| row.try_get::<bool, _>(0))
 }
 
 /// Checks a connection out of `pool` bound to a tenant.

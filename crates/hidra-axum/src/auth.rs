@@ -35,7 +35,7 @@ use http::{Extensions, HeaderName, header};
 
 use crate::error::{Error, Result};
 use crate::extract::{Tenant, scope};
-use crate::resolve::{Resolution, ResolveContext, TenantResolver, cookie};
+use crate::resolve::{Resolution, ResolveContext, TenantResolver, cookie, ready, single};
 
 /// The prefix of every Hidra API key: how a bearer token is told apart from a
 /// JWT.
@@ -51,28 +51,18 @@ fn unauthorized(reason: &'static str) -> Error {
 /// Other schemes (`Basic`, …) are not ours: they yield nothing. Two different
 /// bearer tokens are refused.
 fn bearer(parts: &Parts) -> Result<Option<&str>> {
-    let mut found: Option<&str> = None;
-    for value in parts.headers.get_all(header::AUTHORIZATION) {
-        let Ok(value) = value.to_str() else { continue };
-        let Some((scheme, token)) = value.trim().split_once(' ') else {
-            continue;
-        };
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            continue;
-        }
-        let token = token.trim();
-        match found {
-            Some(previous) if previous != token => {
-                return Err(unauthorized("several different bearer tokens"));
-            }
-            _ => found = Some(token),
-        }
-    }
-    Ok(found)
-}
-
-fn ready<'a>(value: Result<Option<Resolution>>) -> BoxFuture<'a, Result<Option<Resolution>>> {
-    Box::pin(std::future::ready(value))
+    let tokens = parts
+        .headers
+        .get_all(header::AUTHORIZATION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .filter_map(|value| {
+            let (scheme, token) = value.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| Ok(token.trim()))
+        });
+    single(tokens, || unauthorized("several different bearer tokens"))
 }
 
 /// Resolves the tenant from a JWT verified with [`Jwt`]: the token's tenant
@@ -212,21 +202,17 @@ impl ApiKeyResolver {
     }
 
     fn key<'a>(&self, parts: &'a Parts) -> Result<Option<&'a str>> {
-        let mut found: Option<&str> = bearer(parts)?.filter(|t| t.starts_with(API_KEY_PREFIX));
-        for value in parts.headers.get_all(&self.header) {
-            // Non-UTF-8 bytes cannot be a key: refuse like a wrong key.
-            let value = value
+        let from_bearer = bearer(parts)?.filter(|t| t.starts_with(API_KEY_PREFIX));
+        // Non-UTF-8 bytes cannot be a key: refuse like a wrong key.
+        let from_header = parts.headers.get_all(&self.header).iter().map(|value| {
+            value
                 .to_str()
-                .map_err(|_| unauthorized("malformed API key header"))?
-                .trim();
-            match found {
-                Some(previous) if previous != value => {
-                    return Err(unauthorized("several different API keys"));
-                }
-                _ => found = Some(value),
-            }
-        }
-        Ok(found)
+                .map(str::trim)
+                .map_err(|_| unauthorized("malformed API key header"))
+        });
+        single(from_bearer.map(Ok).into_iter().chain(from_header), || {
+            unauthorized("several different API keys")
+        })
     }
 }
 
@@ -253,10 +239,7 @@ impl TenantResolver for ApiKeyResolver {
                     );
                     Err(unauthorized("invalid API key"))
                 }
-                Err(source) => Err(Error::Database {
-                    context: "verifying an API key",
-                    source,
-                }),
+                Err(source) => Err(Error::db("verifying an API key")(source)),
             }
         })
     }

@@ -376,10 +376,7 @@ impl TenantCache {
             &format!("{BARRIER_PREFIX}{}:{barrier}", state.instance),
         )
         .await
-        .map_err(|source| Error::Database {
-            context: "sending a cache barrier",
-            source,
-        })?;
+        .map_err(Error::db("sending a cache barrier"))?;
         drop(conn);
         // The sender lives in `state`, which `self` keeps alive: this cannot
         // fail, only wait.

@@ -347,10 +347,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
                 Ok(tx) => tx,
                 Err(source) => {
                     scope.tx_state().lent = false;
-                    return Err(Error::Database {
-                        context: "beginning the request's transaction",
-                        source,
-                    });
+                    return Err(Error::db("beginning the request's transaction")(source));
                 }
             },
         };

@@ -171,8 +171,28 @@ pub trait TenantResolver: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<Option<Resolution>>>;
 }
 
-fn ready<'a>(value: Result<Option<Resolution>>) -> BoxFuture<'a, Result<Option<Resolution>>> {
+/// A resolver's answer that needed no waiting.
+pub(crate) fn ready<'a>(
+    value: Result<Option<Resolution>>,
+) -> BoxFuture<'a, Result<Option<Resolution>>> {
     Box::pin(std::future::ready(value))
+}
+
+/// The one value among `values`: `None` without any, `conflict()` when two
+/// differ, the first error met otherwise.
+pub(crate) fn single<'a>(
+    values: impl IntoIterator<Item = Result<&'a str>>,
+    conflict: impl FnOnce() -> Error,
+) -> Result<Option<&'a str>> {
+    let mut found = None;
+    for value in values {
+        let value = value?;
+        match found {
+            Some(previous) if previous != value => return Err(conflict()),
+            _ => found = Some(value),
+        }
+    }
+    Ok(found)
 }
 
 /// The tenant id from a request header (default `X-Tenant-ID`).
@@ -451,24 +471,17 @@ impl TenantResolver for CookieResolver {
 /// The value of the cookie `name`, unquoted; the same cookie sent with two
 /// different values is a [`Conflict`](Error::Conflict).
 pub(crate) fn cookie<'a>(parts: &'a Parts, name: &str) -> Result<Option<&'a str>> {
-    let mut found: Option<&str> = None;
-    for value in parts.headers.get_all(header::COOKIE) {
-        let Ok(value) = value.to_str() else { continue };
-        for pair in value.split(';') {
-            let Some((n, v)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if n.trim() != name {
-                continue;
-            }
-            let v = v.trim().trim_matches('"');
-            match found {
-                Some(previous) if previous != v => return Err(Error::Conflict),
-                _ => found = Some(v),
-            }
-        }
-    }
-    Ok(found)
+    let values = parts
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| {
+            let (n, v) = pair.trim().split_once('=')?;
+            (n.trim() == name).then(|| Ok(v.trim().trim_matches('"')))
+        });
+    single(values, || Error::Conflict)
 }
 
 #[cfg(test)]

@@ -34,7 +34,8 @@
 
 use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -284,22 +285,36 @@ impl TenantCache {
     /// concurrent misses for one id.
     async fn load(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>> {
         let state = &*self.handle.state;
+        let fetch = async { Ok(state.hidra.tenant(id).await?.map(Arc::new)) };
+        self.load_slot(&state.tenants, id.clone(), fetch).await
+    }
+
+    /// Fills `cache[key]` with what `fetch` reads, coalescing concurrent
+    /// misses; a value read while a change was announced is served to its
+    /// request, which raced with the change, but not kept (it may be stale).
+    async fn load_slot<K, V>(
+        &self,
+        cache: &Cache<K, Slot<V>>,
+        key: K,
+        fetch: impl Future<Output = hidra::Result<Option<V>>>,
+    ) -> Result<Option<V>>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let generation = &self.handle.state.generation;
         let load = async {
-            let started = state.generation.load(Ordering::SeqCst);
-            let value = state.hidra.tenant(id).await?.map(Arc::new);
+            let started = generation.load(Ordering::SeqCst);
+            let value = fetch.await?;
             Ok::<_, hidra::Error>(Slot { value, started })
         };
-        let entry = state
-            .tenants
-            .entry_by_ref(id)
+        let entry = cache
+            .entry(key.clone())
             .or_try_insert_with(load)
             .await
             .map_err(Error::Registry)?;
-        if entry.is_fresh() && entry.value().started != state.generation.load(Ordering::SeqCst) {
-            // A change was announced while this record was read: it may be
-            // stale. Serve it to this request, which raced with the change,
-            // but do not keep it.
-            state.tenants.invalidate(id).await;
+        if entry.is_fresh() && entry.value().started != generation.load(Ordering::SeqCst) {
+            cache.invalidate(&key).await;
         }
         Ok(entry.into_value().value)
     }
@@ -319,27 +334,12 @@ impl TenantCache {
     /// The miss path of [`tenant_for_domain`](Self::tenant_for_domain).
     async fn load_domain(&self, host: &str) -> Result<Option<TenantId>> {
         let state = &*self.handle.state;
-        let load = async {
-            let started = state.generation.load(Ordering::SeqCst);
+        let fetch = async {
             let mut conn = state.hidra.acquire_shared().await?;
-            let value = state
-                .hidra
-                .store()
-                .find_by_domain(&mut conn, host)
-                .await?
-                .map(|t| t.id);
-            Ok::<_, hidra::Error>(Slot { value, started })
+            let found = state.hidra.store().find_by_domain(&mut conn, host).await?;
+            Ok(found.map(|t| t.id))
         };
-        let entry = state
-            .domains
-            .entry(host.to_owned())
-            .or_try_insert_with(load)
-            .await
-            .map_err(Error::Registry)?;
-        if entry.is_fresh() && entry.value().started != state.generation.load(Ordering::SeqCst) {
-            state.domains.invalidate(host).await;
-        }
-        Ok(entry.into_value().value)
+        self.load_slot(&state.domains, host.to_owned(), fetch).await
     }
 
     /// Drops the entry of `id` (and every custom-domain mapping).

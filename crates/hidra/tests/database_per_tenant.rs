@@ -361,30 +361,13 @@ async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() 
     .await;
     let h = &ctx.hidra;
     let t = h.provision(NewTenant::new(id("mover"))).await.unwrap();
-    let mut tx = h.begin(&t).await.unwrap();
-    sqlx::raw_sql(
-        "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 50) g;
-         INSERT INTO orders (customer_id, total) SELECT id, id * 3 FROM customers;",
-    )
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
-    async fn snapshot(h: &Hidra, t: &Tenant) -> Vec<(i64, String, i64, i32)> {
-        let mut conn = h.acquire(t).await.unwrap();
-        sqlx::query_as(
-            "SELECT c.id, c.name, o.id, o.total FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY c.id",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap()
-    }
-    let before = snapshot(h, &t).await;
+    fill_customers_and_orders(h, &t, 50, 3).await;
+    let before = customers_and_orders(h, &t).await;
     assert_eq!(before.len(), 51, "50 customers and the seeded one");
 
     let in_db = h.move_tenant(&t.id, Strategy::Database).await.unwrap();
     assert_eq!(in_db.placement.strategy, Strategy::Database);
-    assert_eq!(snapshot(h, &in_db).await, before);
+    assert_eq!(customers_and_orders(h, &in_db).await, before);
     assert!(
         !schemas(h).await.contains(&"tenant_mover".to_string()),
         "old schema left behind"
@@ -405,7 +388,7 @@ async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() 
 
     let back = h.move_tenant(&t.id, Strategy::Schema).await.unwrap();
     assert_eq!(back.placement.strategy, Strategy::Schema);
-    assert_eq!(snapshot(h, &back).await, before);
+    assert_eq!(customers_and_orders(h, &back).await, before);
     let dbs = databases_with_prefix(&ctx.prefix).await;
     assert!(
         !dbs.contains(&format!("{}mover", ctx.prefix)),

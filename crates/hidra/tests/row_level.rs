@@ -326,33 +326,16 @@ async fn a_move_keeps_every_row_and_leaves_nothing_behind() {
     let a = row_level(h, "mover").await;
     let other = row_level(h, "stayer").await;
     for t in [&a, &other] {
-        let mut tx = h.begin(t).await.unwrap();
-        sqlx::raw_sql(
-            "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 20) g;
-             INSERT INTO orders (customer_id, total) SELECT id, id * 10 FROM customers;",
-        )
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        fill_customers_and_orders(h, t, 20, 10).await;
     }
-    async fn snapshot(h: &Hidra, t: &Tenant) -> Vec<(i64, String, i64, i32)> {
-        let mut conn = h.acquire(t).await.unwrap();
-        sqlx::query_as(
-            "SELECT c.id, c.name, o.id, o.total FROM customers c JOIN orders o ON o.customer_id = c.id ORDER BY c.id",
-        )
-        .fetch_all(&mut *conn)
-        .await
-        .unwrap()
-    }
-    let before = snapshot(h, &a).await;
+    let before = customers_and_orders(h, &a).await;
     assert_eq!(before.len(), 20);
 
     // Row level -> own schema.
     let moved = h.move_tenant(&a.id, Strategy::Schema).await.unwrap();
     assert_eq!(moved.placement.strategy, Strategy::Schema);
     assert_eq!(moved.placement.schema, "tenant_mover");
-    assert_eq!(snapshot(h, &moved).await, before);
+    assert_eq!(customers_and_orders(h, &moved).await, before);
     let mut su = admin(ctx.db.url()).await;
     let left: i64 = sqlx::query_scalar(
         "SELECT (SELECT count(*) FROM public.customers WHERE tenant_id = 'mover') \
@@ -377,16 +360,16 @@ async fn a_move_keeps_every_row_and_leaves_nothing_behind() {
         .unwrap();
     drop(conn);
     // The other tenant is untouched.
-    assert_eq!(snapshot(h, &other).await.len(), 20);
+    assert_eq!(customers_and_orders(h, &other).await.len(), 20);
 
     // And back to row level.
     let back = h.move_tenant(&a.id, Strategy::RowLevel).await.unwrap();
     assert_eq!(back.placement.strategy, Strategy::RowLevel);
-    assert_eq!(snapshot(h, &back).await, before);
+    assert_eq!(customers_and_orders(h, &back).await, before);
     assert!(
         !schemas(h).await.contains(&"tenant_mover".to_string()),
         "schema left behind"
     );
-    assert_eq!(snapshot(h, &other).await.len(), 20);
+    assert_eq!(customers_and_orders(h, &other).await.len(), 20);
     teardown(ctx).await;
 }

@@ -76,3 +76,34 @@ pub async fn registry_ids(hidra: &Hidra) -> Vec<String> {
         .await
         .unwrap()
 }
+
+/// Writes `n` customers, each with one order of `factor` × its id.
+pub async fn fill_customers_and_orders(hidra: &Hidra, tenant: &Tenant, n: i32, factor: i32) {
+    let mut tx = hidra.begin(tenant).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, $1) g")
+        .bind(n)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO orders (customer_id, total) SELECT id, id * $1 FROM customers \
+         WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = customers.id)",
+    )
+    .bind(factor)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// Every customer of `tenant` with its orders, in id order: what a move must keep.
+pub async fn customers_and_orders(hidra: &Hidra, tenant: &Tenant) -> Vec<(i64, String, i64, i32)> {
+    let mut conn = hidra.acquire(tenant).await.unwrap();
+    sqlx::query_as(
+        "SELECT c.id, c.name, o.id, o.total FROM customers c \
+         JOIN orders o ON o.customer_id = c.id ORDER BY c.id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap()
+}

@@ -6,18 +6,24 @@ mod common;
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::http::StatusCode;
 use common::*;
 use hidra::{Confirmation, Hidra, NewTenant};
-use hidra_axum::TenantLayer;
+use hidra_axum::{TenantCache, TenantLayer};
+
+/// The test routes behind a default layer, and that layer's cache.
+fn app_with_cache(hidra: &Hidra) -> (Router, TenantCache) {
+    let layer = TenantLayer::new(hidra.clone());
+    let cache = layer.cache().clone();
+    (routes().layer(layer), cache)
+}
 
 #[tokio::test]
 async fn a_second_request_reads_no_registry() {
     let ctx = setup(2).await;
     tenant_with_marker(&ctx.hidra, "alpha").await;
-    let layer = TenantLayer::new(ctx.hidra.clone());
-    let cache = layer.cache().clone();
-    let app = routes().layer(layer);
+    let (app, cache) = app_with_cache(&ctx.hidra);
     let h = [("x-tenant-id", "alpha")];
 
     let before = ctx.store.gets();
@@ -54,9 +60,7 @@ async fn concurrent_misses_for_one_tenant_read_the_registry_once() {
 #[tokio::test]
 async fn unknown_ids_are_cached_until_registered() {
     let ctx = setup(2).await;
-    let layer = TenantLayer::new(ctx.hidra.clone());
-    let cache = layer.cache().clone();
-    let app = routes().layer(layer);
+    let (app, cache) = app_with_cache(&ctx.hidra);
     let h = [("x-tenant-id", "ghost")];
 
     let before = ctx.store.gets();
@@ -78,9 +82,7 @@ async fn unknown_ids_are_cached_until_registered() {
 async fn suspension_through_the_library_is_seen_on_the_next_request() {
     let ctx = setup(2).await;
     tenant_with_marker(&ctx.hidra, "alpha").await;
-    let layer = TenantLayer::new(ctx.hidra.clone());
-    let cache = layer.cache().clone();
-    let app = routes().layer(layer);
+    let (app, cache) = app_with_cache(&ctx.hidra);
     let h = [("x-tenant-id", "alpha")];
     assert_eq!(get(&app, "/marker", &h).await.0, StatusCode::OK);
     assert_eq!(get(&app, "/marker", &h).await.0, StatusCode::OK);
@@ -102,9 +104,7 @@ async fn changes_made_by_another_process_reach_the_cache() {
     let ctx = setup(2).await;
     tenant_with_marker(&ctx.hidra, "alpha").await;
     tenant_with_marker(&ctx.hidra, "beta").await;
-    let layer = TenantLayer::new(ctx.hidra.clone());
-    let cache = layer.cache().clone();
-    let app = routes().layer(layer);
+    let (app, cache) = app_with_cache(&ctx.hidra);
     for t in ["alpha", "beta"] {
         assert_eq!(
             get(&app, "/whoami", &[("x-tenant-id", t)]).await.0,
@@ -144,9 +144,7 @@ async fn changes_made_by_another_process_reach_the_cache() {
 async fn a_lost_listener_clears_the_cache_when_it_is_back() {
     let ctx = setup(2).await;
     tenant_with_marker(&ctx.hidra, "alpha").await;
-    let layer = TenantLayer::new(ctx.hidra.clone());
-    let cache = layer.cache().clone();
-    let app = routes().layer(layer);
+    let (app, cache) = app_with_cache(&ctx.hidra);
     let h = [("x-tenant-id", "alpha")];
     assert_eq!(get(&app, "/whoami", &h).await.0, StatusCode::OK);
     cache.sync().await.unwrap();

@@ -431,27 +431,9 @@ async fn register_then_login_issues_a_token_with_the_users_roles() {
 #[tokio::test]
 async fn login_with_unknown_email_or_wrong_password_fails_identically() {
     let ctx = setup().await;
-    ctx.accounts
-        .register(
-            &ctx.acme,
-            NewUser::new("ada@acme.test", "Ada", "correct horse"),
-        )
-        .await
-        .unwrap();
-    ctx.accounts
-        .register(
-            &ctx.acme,
-            NewUser::new("old@acme.test", "Old", "correct horse"),
-        )
-        .await
-        .unwrap();
-    ctx.accounts
-        .register(
-            &ctx.globex,
-            NewUser::new("gus@globex.test", "Gus", "correct horse"),
-        )
-        .await
-        .unwrap();
+    ctx.user(&ctx.acme, "ada@acme.test", "Ada", &[]).await;
+    ctx.user(&ctx.acme, "old@acme.test", "Old", &[]).await;
+    ctx.user(&ctx.globex, "gus@globex.test", "Gus", &[]).await;
     let mut conn = ctx.hidra.acquire(&ctx.acme).await.unwrap();
     sqlx::query("UPDATE users SET is_active = FALSE WHERE email = 'old@acme.test'")
         .execute(&mut *conn)
@@ -603,13 +585,7 @@ async fn registration_is_atomic_when_the_user_insert_fails() {
 #[tokio::test]
 async fn an_email_is_unique_across_tenants() {
     let ctx = setup().await;
-    ctx.accounts
-        .register(
-            &ctx.acme,
-            NewUser::new("ada@x.test", "Ada", "correct horse"),
-        )
-        .await
-        .unwrap();
+    ctx.user(&ctx.acme, "ada@x.test", "Ada", &[]).await;
     let err = ctx
         .accounts
         .register(
@@ -675,13 +651,7 @@ async fn deleting_users_and_tenants_frees_their_emails() {
         [("gus@x.test".to_owned(), "globex".to_owned())]
     );
     // The email can be registered again, in another tenant.
-    ctx.accounts
-        .register(
-            &ctx.globex,
-            NewUser::new("ada@x.test", "Ada", "correct horse"),
-        )
-        .await
-        .unwrap();
+    ctx.user(&ctx.globex, "ada@x.test", "Ada", &[]).await;
     // Deprovisioning a tenant removes its lookup rows (foreign key cascade).
     ctx.hidra
         .deprovision(&ctx.globex.id, Confirmation::of(&ctx.globex.id))
@@ -698,13 +668,7 @@ async fn deleting_users_and_tenants_frees_their_emails() {
 #[tokio::test]
 async fn passwords_can_be_changed() {
     let ctx = setup().await;
-    ctx.accounts
-        .register(
-            &ctx.acme,
-            NewUser::new("ada@x.test", "Ada", "correct horse"),
-        )
-        .await
-        .unwrap();
+    ctx.user(&ctx.acme, "ada@x.test", "Ada", &[]).await;
     assert!(
         ctx.accounts
             .set_password(&ctx.acme, "ada@x.test", "battery staple")
@@ -733,13 +697,7 @@ async fn passwords_can_be_changed() {
 #[tokio::test]
 async fn permissions_come_from_the_tenants_roles() {
     let ctx = setup().await;
-    ctx.accounts
-        .register(
-            &ctx.acme,
-            NewUser::new("sam@x.test", "Sam", "correct horse").role("sales"),
-        )
-        .await
-        .unwrap();
+    ctx.user(&ctx.acme, "sam@x.test", "Sam", &["sales"]).await;
     let login = ctx
         .accounts
         .login("sam@x.test", "correct horse")
@@ -1265,13 +1223,7 @@ async fn database_per_tenant_users_register_log_in_and_leave_through_the_shared_
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Auth(AuthError::EmailTaken)), "{err:?}");
-    ctx.accounts
-        .register(
-            &ctx.acme,
-            NewUser::new("bob@acme.test", "Bob", "correct horse"),
-        )
-        .await
-        .unwrap();
+    ctx.user(&ctx.acme, "bob@acme.test", "Bob", &[]).await;
     let err = accounts
         .register(
             &solo,

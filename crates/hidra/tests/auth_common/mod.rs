@@ -9,7 +9,9 @@
 
 use std::path::PathBuf;
 
-use hidra::auth::{Accounts, ApiKeyTable, ApiKeys, AuthError, Jwt, LoginTable, Passwords};
+use hidra::auth::{
+    Accounts, ApiKeyTable, ApiKeys, AuthError, Jwt, LoginTable, NewUser, Passwords, User,
+};
 use hidra::testing::TestDatabase;
 use hidra::{Error, Hidra, NewTenant, Tenant, TenantId};
 
@@ -230,4 +232,17 @@ pub async fn dump_everything(hidra: &Hidra) -> Vec<String> {
         rows.extend(found.into_iter().map(|r| format!("{schema}.{table}: {r}")));
     }
     rows
+}
+
+impl Ctx {
+    /// Registers `email` in `tenant` with the password `correct horse`.
+    pub async fn user(&self, tenant: &Tenant, email: &str, name: &str, roles: &[&str]) -> User {
+        self.accounts
+            .register(
+                tenant,
+                NewUser::new(email, name, "correct horse").roles(roles.iter().copied()),
+            )
+            .await
+            .unwrap()
+    }
 }

@@ -255,6 +255,31 @@ pub(crate) fn reset_statement() -> SqlStr {
     ))
 }
 
+/// The history table every tenant schema keeps, created in `schema` (named,
+/// not found through `search_path`: a migration may change that).
+pub(crate) fn tenant_history_ddl(schema: &Ident) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {}._hidra_migrations (
+    version     BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    checksum    BYTEA NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    duration_ms BIGINT NOT NULL
+)",
+        schema.quoted()
+    )
+}
+
+/// The statement recording one applied migration in `schema`'s history
+/// (`$1` version, `$2` description, `$3` checksum, `$4` duration in ms).
+pub(crate) fn record_history(schema: &Ident) -> String {
+    format!(
+        "INSERT INTO {}._hidra_migrations (version, description, checksum, duration_ms) \
+         VALUES ($1, $2, $3, $4)",
+        schema.quoted()
+    )
+}
+
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.
 pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
     owned(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
@@ -341,7 +366,7 @@ pub(crate) fn migration_batch(
         quote_literal(b.search_path)
     ));
     if b.create_history {
-        sql.push_str(crate::migrate::TENANT_HISTORY_DDL);
+        sql.push_str(&tenant_history_ddl(b.schema));
         sql.push_str(";\n");
     }
     for m in migrations {
@@ -349,9 +374,10 @@ pub(crate) fn migration_batch(
         sql.push_str(&m.sql);
         sql.push_str("\n;\n");
         sql.push_str(&format!(
-            "INSERT INTO _hidra_migrations (version, description, checksum, duration_ms) \
+            "INSERT INTO {}._hidra_migrations (version, description, checksum, duration_ms) \
              VALUES ({}, {}, {}, (extract(epoch FROM clock_timestamp() - current_setting('hidra.t0')::timestamptz) * 1000)::bigint) \
              RETURNING version AS {APPLIED_COLUMN};\n",
+            b.schema.quoted(),
             m.version,
             quote_literal(&m.description),
             bytea_literal(&m.checksum),

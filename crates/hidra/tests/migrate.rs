@@ -666,3 +666,32 @@ async fn a_shared_migration_numbered_below_the_applied_ones_is_reported_not_skip
     h.close().await;
     db.drop_now().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_history_is_written_in_the_tenants_schema_even_if_a_migration_moves_search_path() {
+    let migrations = Migrations::new()
+        .push("table", "CREATE TABLE a (x INT)")
+        .push("wanders", "SET LOCAL search_path TO public");
+    let ctx = setup_with(builder_with(migrations.clone(), 2)).await;
+    let h = &ctx.hidra;
+    h.provision(NewTenant::new(id("wanderer"))).await.unwrap();
+    let mut conn = h.acquire_shared().await.unwrap();
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tenant_wanderer._hidra_migrations")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 2);
+    let stray: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._hidra_migrations') IS NOT NULL")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert!(!stray, "no history outside the tenant's schema");
+    drop(conn);
+    // One more migration, through the runner: recorded in the same place.
+    let h2 = hidra_with(&ctx, migrations.push("more", "CREATE TABLE b (x INT)"), 2).await;
+    assert!(h2.migrator().run().await.unwrap().is_success());
+    assert_eq!(recorded_version(&h2, "tenant_wanderer").await, Some(3));
+    ctx.db.drop_now().await.unwrap();
+}

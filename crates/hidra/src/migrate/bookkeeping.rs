@@ -29,16 +29,6 @@ CREATE TABLE IF NOT EXISTS hidra.spare_schemas (
 );
 "#;
 
-/// The history table every tenant schema keeps (unqualified: created with the
-/// schema first in `search_path`).
-pub(crate) const TENANT_HISTORY_DDL: &str = "CREATE TABLE IF NOT EXISTS _hidra_migrations (
-    version     BIGINT PRIMARY KEY,
-    description TEXT NOT NULL,
-    checksum    BYTEA NOT NULL,
-    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    duration_ms BIGINT NOT NULL
-)";
-
 /// Creates the internal schema if it is missing, under a lock so that two
 /// processes starting at once do not collide.
 pub(crate) async fn ensure_internal(conn: &mut PgConnection) -> Result<()> {

@@ -56,7 +56,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-pub(crate) use bookkeeping::{TENANT_HISTORY_DDL, ensure_internal};
+pub(crate) use bookkeeping::ensure_internal;
 pub use runner::{
     Failure, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary, Target,
 };

@@ -670,7 +670,7 @@ async fn run_no_tx(
             })
         })?;
     if p.no_history {
-        sqlx::raw_sql(super::TENANT_HISTORY_DDL)
+        sqlx::raw_sql(sql::owned(sql::tenant_history_ddl(schema)))
             .execute(&mut *c)
             .await
             .map_err(|source| {
@@ -696,15 +696,13 @@ async fn run_no_tx(
     let digest = Migrations::next_digest(prev, m);
     let record = async {
         let mut tx = sqlx::Connection::begin(&mut *c).await?;
-        sqlx::query(
-            "INSERT INTO _hidra_migrations (version, description, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(m.version)
-        .bind(&m.description)
-        .bind(&m.checksum)
-        .bind(started.elapsed().as_millis() as i64)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::owned(sql::record_history(schema)))
+            .bind(m.version)
+            .bind(&m.description)
+            .bind(&m.checksum)
+            .bind(started.elapsed().as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(
             "INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES ($1, $2, $3) \
              ON CONFLICT (schema_name) DO UPDATE SET version = EXCLUDED.version, digest = EXCLUDED.digest, updated_at = now()",

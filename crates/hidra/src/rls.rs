@@ -93,10 +93,19 @@ pub enum Finding {
         /// The table.
         table: String,
     },
-    /// A table with the tenant column has no policy.
+    /// A table with the tenant column lacks Hidra's policy
+    /// ([`POLICY_NAME`]).
     NoPolicy {
         /// The table.
         table: String,
+    },
+    /// A table has another permissive policy beside Hidra's. Permissive
+    /// policies are OR-ed: any of them can let another tenant's rows through.
+    ExtraPermissivePolicy {
+        /// The table.
+        table: String,
+        /// The policy.
+        policy: String,
     },
     /// The application's role owns a table without `FORCE`: as owner it
     /// bypasses the policies.
@@ -129,7 +138,11 @@ impl fmt::Display for Finding {
             ),
             Finding::NoPolicy { table } => write!(
                 f,
-                "table {table} has the tenant column but no policy; apply `hidra::rls::tenant_table_sql` to it"
+                "table {table} has the tenant column but not the policy `{POLICY_NAME}`; apply `hidra::rls::tenant_table_sql` to it"
+            ),
+            Finding::ExtraPermissivePolicy { table, policy } => write!(
+                f,
+                "table {table} has the permissive policy `{policy}` beside `{POLICY_NAME}`; permissive policies are OR-ed, so it can widen what a tenant sees: drop it or recreate it `AS RESTRICTIVE`"
             ),
             Finding::OwnerWithoutForce { table, role } => write!(
                 f,
@@ -203,10 +216,13 @@ impl Hidra {
         }
         let mut schemas: Vec<String> = vec![self.inner.row_level.schema.to_string()];
         schemas.extend(self.inner.shared.iter().map(|s| s.to_string()));
-        let tables: Vec<(String, bool, bool, String, bool)> = sqlx::query_as(
+        let tables: Vec<(String, bool, bool, String, bool, Vec<String>)> = sqlx::query_as(
             "SELECT c.oid::regclass::text, c.relrowsecurity, c.relforcerowsecurity, \
                     pg_get_userbyid(c.relowner)::text, \
-                    EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid) \
+                    EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = $3), \
+                    ARRAY(SELECT p.polname::text FROM pg_policy p \
+                          WHERE p.polrelid = c.oid AND p.polpermissive AND p.polname <> $3 \
+                          ORDER BY 1) \
              FROM pg_class c \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped \
@@ -216,10 +232,11 @@ impl Hidra {
         )
         .bind(&schemas)
         .bind(self.inner.row_level.column.as_str())
+        .bind(POLICY_NAME)
         .fetch_all(&mut *conn)
         .await
         .map_err(Error::db("reading row-level tables"))?;
-        for (table, enabled, forced, owner, has_policy) in tables {
+        for (table, enabled, forced, owner, has_policy, extra) in tables {
             if !enabled {
                 report.findings.push(Finding::NotEnabled {
                     table: table.clone(),
@@ -239,6 +256,12 @@ impl Hidra {
             if !has_policy {
                 report.findings.push(Finding::NoPolicy {
                     table: table.clone(),
+                });
+            }
+            for policy in extra {
+                report.findings.push(Finding::ExtraPermissivePolicy {
+                    table: table.clone(),
+                    policy,
                 });
             }
             report.tables.push(table);

@@ -212,6 +212,16 @@ async fn the_audit_finds_every_misconfiguration_and_provisioning_fails_closed() 
     .execute(&mut *conn)
     .await
     .unwrap();
+    // Hidra's policy, widened by a permissive one of the application's.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE public.leaky (id int, tenant_id text);
+         {}
+         CREATE POLICY everyone ON public.leaky USING (true);",
+        tenant_table_sql("public.leaky").unwrap()
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
     drop(conn);
     let report = h.audit_row_level().await.unwrap();
     let role = ctx.role.clone();
@@ -228,6 +238,10 @@ async fn the_audit_finds_every_misconfiguration_and_provisioning_fails_closed() 
         },
         Finding::NoPolicy {
             table: "no_policy".into(),
+        },
+        Finding::ExtraPermissivePolicy {
+            table: "leaky".into(),
+            policy: "everyone".into(),
         },
     ] {
         assert!(

@@ -334,7 +334,8 @@ where
     parts.extensions.insert(scope.clone());
     let req = Request::from_parts(parts, body);
 
-    let response = hidra::context::scope(Arc::clone(&tenant), inner.call(req))
+    // `call` inside the scope too: a service may do work before its future.
+    let response = hidra::context::scope(Arc::clone(&tenant), async move { inner.call(req).await })
         .instrument(span.clone())
         .await?
         .map(Body::new);

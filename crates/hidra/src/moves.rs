@@ -57,30 +57,31 @@ impl Hidra {
         if to == Strategy::RowLevel {
             self.require_row_level_audit().await?;
         }
-        let mut tx = conn
-            .begin()
-            .await
-            .map_err(Error::db("beginning the move"))?;
-        match (tenant.placement.strategy, to) {
-            (from, to) if from == to => return Ok(tenant),
+        let from = tenant.placement.strategy;
+        match (from, to) {
+            _ if from == to => return Ok(tenant),
             (Strategy::Schema, Strategy::Database) => {
-                drop(tx);
+                drop(conn);
                 return self.schema_to_database(&tenant).await;
             }
             (Strategy::Database, Strategy::Schema) => {
-                drop(tx);
+                drop(conn);
                 return self.database_to_schema(&tenant).await;
             }
             (Strategy::RowLevel, Strategy::Database) | (Strategy::Database, Strategy::RowLevel) => {
-                drop(tx);
+                // Through a schema of its own.
                 drop(conn);
-                let via = Box::pin(self.move_tenant(id, Strategy::Schema)).await?;
-                let _ = via;
+                Box::pin(self.move_tenant(id, Strategy::Schema)).await?;
                 return Box::pin(self.move_tenant(id, to)).await;
             }
             _ => {}
         }
-        let moved = match (tenant.placement.strategy, to) {
+        // Between a schema and the row-level tables: one transaction.
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the move"))?;
+        let moved = match (from, to) {
             (Strategy::RowLevel, Strategy::Schema) => {
                 self.row_level_to_schema(&mut tx, &tenant).await?
             }
@@ -96,7 +97,7 @@ impl Hidra {
         tx.commit()
             .await
             .map_err(Error::db("committing the move"))?;
-        tracing::info!(tenant = %id, from = %tenant.placement.strategy, to = %to, "moved tenant");
+        tracing::info!(tenant = %id, from = %from, to = %to, "moved tenant");
         Ok(moved)
     }
 

@@ -247,32 +247,42 @@ impl Hidra {
                     .execute(&mut *target)
                     .await
                     .map_err(Error::db("beginning the copy"))?;
-                let target_tables = crate::rls::tables_in_order(
-                    &mut target,
-                    crate::per_database::TENANT_DB_SCHEMA,
-                    None,
-                )
-                .await?;
-                truncate(&mut target, &target_tables).await?;
-                for (name, source, cols) in &tables {
-                    let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name)
-                    else {
-                        ensure_empty(&mut tx, source, &tenant.id, "").await?;
-                        continue;
-                    };
-                    copy_rows(&mut tx, source, &mut target, dest, cols, dest_cols).await?;
-                    advance_sequences(
+                let copied = async {
+                    let target_tables = crate::rls::tables_in_order(
                         &mut target,
-                        dest,
                         crate::per_database::TENANT_DB_SCHEMA,
-                        name,
+                        None,
                     )
                     .await?;
+                    truncate(&mut target, &target_tables).await?;
+                    for (name, source, cols) in &tables {
+                        let Some((_, dest, dest_cols)) =
+                            target_tables.iter().find(|t| &t.0 == name)
+                        else {
+                            ensure_empty(&mut tx, source, &tenant.id, "").await?;
+                            continue;
+                        };
+                        copy_rows(&mut tx, source, &mut target, dest, cols, dest_cols).await?;
+                        advance_sequences(
+                            &mut target,
+                            dest,
+                            crate::per_database::TENANT_DB_SCHEMA,
+                            name,
+                        )
+                        .await?;
+                    }
+                    sqlx::raw_sql("COMMIT")
+                        .execute(&mut *target)
+                        .await
+                        .map_err(Error::db("committing the copy"))?;
+                    Ok::<_, Error>(())
                 }
-                sqlx::raw_sql("COMMIT")
-                    .execute(&mut *target)
-                    .await
-                    .map_err(Error::db("committing the copy"))?;
+                .await;
+                if copied.is_err() {
+                    // Not left open on the pooled connection until its reuse.
+                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+                }
+                copied?;
             }
             let placement = Placement {
                 strategy: Strategy::Database,
@@ -321,47 +331,57 @@ impl Hidra {
             .execute(&mut *source)
             .await
             .map_err(Error::db("beginning the move"))?;
-        let tables =
-            crate::rls::tables_in_order(&mut source, crate::per_database::TENANT_DB_SCHEMA, None)
-                .await?;
-        lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
-
-        let mut conn = self.acquire_shared().await?;
-        let mut tx = conn
-            .begin()
-            .await
-            .map_err(Error::db("beginning the move"))?;
-        let path = sql::search_path_value(&schema, &inner.shared);
-        self.build_schema_for_move(&mut tx, tenant, &schema, &path)
+        let moved = async {
+            let tables = crate::rls::tables_in_order(
+                &mut source,
+                crate::per_database::TENANT_DB_SCHEMA,
+                None,
+            )
             .await?;
-        let target_tables = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
-        truncate(&mut tx, &target_tables).await?;
-        for (name, from, cols) in &tables {
-            let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
-                ensure_empty(&mut source, from, &tenant.id, "").await?;
-                continue;
+            lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("beginning the move"))?;
+            let path = sql::search_path_value(&schema, &inner.shared);
+            self.build_schema_for_move(&mut tx, tenant, &schema, &path)
+                .await?;
+            let target_tables = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
+            truncate(&mut tx, &target_tables).await?;
+            for (name, from, cols) in &tables {
+                let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
+                    ensure_empty(&mut source, from, &tenant.id, "").await?;
+                    continue;
+                };
+                copy_rows(&mut source, from, &mut tx, dest, cols, dest_cols).await?;
+                advance_sequences(&mut tx, dest, schema.as_str(), name).await?;
+            }
+            let placement = Placement {
+                strategy: Strategy::Schema,
+                schema: schema.to_string(),
+                database: None,
+                server: None,
             };
-            copy_rows(&mut source, from, &mut tx, dest, cols, dest_cols).await?;
-            advance_sequences(&mut tx, dest, schema.as_str(), name).await?;
+            let moved = inner
+                .store
+                .update_placement(&mut tx, &tenant.id, &placement)
+                .await?
+                .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the move"))?;
+            Ok::<_, Error>(moved)
         }
-        let placement = Placement {
-            strategy: Strategy::Schema,
-            schema: schema.to_string(),
-            database: None,
-            server: None,
-        };
-        let moved = inner
-            .store
-            .update_placement(&mut tx, &tenant.id, &placement)
-            .await?
-            .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing the move"))?;
-        // The switch is committed: the old database only has to go.
+        .await;
+        // The source only read (and locked): end its transaction now, whether
+        // the move committed or failed, so that it does not hold the locks
+        // while parked in the pool.
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
         drop(source);
-        drop(conn);
+        let moved = moved?;
+
         if let Err(e) = self.drop_tenant_database(tenant).await {
             tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database; drop it by hand");
         }

@@ -396,3 +396,42 @@ async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() 
     );
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn a_dropped_transaction_releases_its_locks_at_once() {
+    let ctx = setup(|b| b).await;
+    let h = &ctx.hidra;
+    let t = database_tenant(h, "locker").await;
+    let mut tx = h.begin(&t).await.unwrap();
+    sqlx::raw_sql("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    drop(tx); // an early return, a panic or a cancelled request
+    let server = PgServer::get().await.unwrap();
+    let mut su = PgConnection::connect(server.url()).await.unwrap();
+    let database = t.placement.database.clone().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let held: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE d.datname = $1 AND l.mode = 'AccessExclusiveLock' AND l.granted",
+        )
+        .bind(&database)
+        .fetch_one(&mut su)
+        .await
+        .unwrap();
+        if held == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dropped transaction still holds its lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The tenant works on.
+    add_customer(h, &t, "after").await;
+    assert!(customer_names(h, &t).await.contains(&"after".to_owned()));
+    teardown(ctx).await;
+}

@@ -378,6 +378,8 @@ pub struct DbConn {
     conn: Option<PgConnection>,
     /// Its budget unit; taken on drop.
     slot: Option<Slot>,
+    /// Close it on drop instead of parking it (it may be inside a transaction).
+    discard: bool,
 }
 
 impl DbConn {
@@ -386,7 +388,14 @@ impl DbConn {
         DbConn {
             conn: Some(conn),
             slot: Some(slot),
+            discard: false,
         }
+    }
+
+    /// Whether dropping it closes the connection (which ends any transaction
+    /// on it at once) rather than parking it for reuse.
+    pub(crate) fn discard_on_drop(&mut self, yes: bool) {
+        self.discard = yes;
     }
 
     /// The tenant database this connection is open to.
@@ -403,7 +412,11 @@ impl DbConn {
 impl Drop for DbConn {
     fn drop(&mut self) {
         if let (Some(conn), Some(slot)) = (self.conn.take(), self.slot.take()) {
-            give_back(slot, conn);
+            if self.discard {
+                spawn_close(conn, slot);
+            } else {
+                give_back(slot, conn);
+            }
         }
     }
 }

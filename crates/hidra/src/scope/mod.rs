@@ -260,8 +260,8 @@ impl AsMut<PgConnection> for TenantConn {
 ///
 /// For a database-per-tenant tenant the transaction is opened with a plain
 /// `BEGIN` on the tenant's own connection: nest with explicit `SAVEPOINT`s
-/// there, not `Connection::begin`. A dropped, unfinished transaction is rolled
-/// back when its connection is next checked out (the connection is closed).
+/// there, not `Connection::begin`. A dropped, unfinished transaction closes its
+/// connection, which ends the transaction at once.
 pub struct TenantTx {
     tx: Tx,
     tenant: TenantId,
@@ -288,6 +288,10 @@ impl TenantTx {
     }
 
     pub(crate) async fn begin_in_database(mut conn: DbConn, tenant: &Tenant) -> Result<Self> {
+        // Until it is committed or rolled back, a dropped transaction closes
+        // its connection (ending the transaction at once) rather than parking
+        // it, open and holding its locks, in the pool.
+        conn.discard_on_drop(true);
         sqlx::raw_sql("BEGIN")
             .execute(&mut *conn)
             .await
@@ -322,8 +326,12 @@ impl TenantTx {
     }
 }
 
-async fn finish(conn: &mut PgConnection, statement: &'static str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(statement).execute(conn).await.map(|_| ())
+/// Ends a tenant database's transaction; the connection goes back to the
+/// pool only if that worked.
+async fn finish(conn: &mut DbConn, statement: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(statement).execute(&mut **conn).await?;
+    conn.discard_on_drop(false);
+    Ok(())
 }
 
 impl fmt::Debug for TenantTx {

@@ -537,7 +537,21 @@ impl MigrationRunner {
                 Err(Step::Raced) if raced < 3 => {
                     // Another runner moved this schema since the plan: re-read it.
                     raced += 1;
-                    let (v, _, has_table) = read_history(&mut conn, &p.target.schema).await?;
+                    let (v, digest, has_table) = read_history(&mut conn, &p.target.schema).await?;
+                    // The other runner may have applied another migration
+                    // set: the same check as the plan's, before going on.
+                    let migrations = self.migrations();
+                    if migrations
+                        .digest_at(v)
+                        .is_none_or(|expected| expected != digest.as_slice())
+                    {
+                        let detail =
+                            explain_mismatch(&mut conn, &p.target.schema, migrations).await;
+                        return Err(Error::ChecksumMismatch {
+                            schema: p.target.schema.clone(),
+                            detail,
+                        });
+                    }
                     p.version = v;
                     p.recorded = recorded_version(&mut conn, &p.target.schema).await?;
                     p.no_history = !has_table;

@@ -127,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         for c in customers {
             sqlx::query("INSERT INTO customers (name) VALUES ($1)")
                 .bind(c)
-                .execute(&mut *conn)
+                .execute(&mut conn)
                 .await?;
         }
     }

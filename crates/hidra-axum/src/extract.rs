@@ -11,7 +11,6 @@ use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use axum::extract::{FromRequestParts, OptionalFromRequestParts};
-use hidra::sqlx::PgConnection;
 use hidra::{Hidra, TenantId};
 use http::Extensions;
 use http::request::Parts;
@@ -144,8 +143,10 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
 /// A pooled connection bound to the request's tenant
 /// ([`Hidra::acquire`](hidra::Hidra::acquire)).
 ///
-/// Dereferences to [`PgConnection`]: unqualified queries reach the tenant's
-/// tables. Not safe behind a transaction-pooling proxy (PgBouncer); use
+/// Dereferences to [`hidra::TenantConn`], whose `&mut` is a
+/// [`sqlx::Executor`](hidra::sqlx::Executor) running per-tenant statements:
+/// `query.fetch_one(&mut conn)` (or `&mut *conn`) reaches the tenant's tables
+/// unqualified. Not safe behind a transaction-pooling proxy (PgBouncer); use
 /// [`TenantTx`] there. Fails with `503` if no connection can be had.
 ///
 /// ```
@@ -153,7 +154,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
 ///
 /// async fn count(mut conn: TenantConn) -> Result<String, hidra_axum::Error> {
 ///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
-///         .fetch_one(&mut *conn)
+///         .fetch_one(&mut conn)
 ///         .await
 ///         .unwrap_or_default();
 ///     Ok(n.to_string())
@@ -181,24 +182,22 @@ impl fmt::Debug for TenantConn {
 }
 
 impl Deref for TenantConn {
-    type Target = PgConnection;
+    type Target = hidra::TenantConn;
 
-    fn deref(&self) -> &PgConnection {
+    fn deref(&self) -> &hidra::TenantConn {
         &self.0
     }
 }
 
 impl DerefMut for TenantConn {
-    fn deref_mut(&mut self) -> &mut PgConnection {
+    fn deref_mut(&mut self) -> &mut hidra::TenantConn {
         &mut self.0
     }
 }
 
-impl AsMut<PgConnection> for TenantConn {
-    fn as_mut(&mut self) -> &mut PgConnection {
-        &mut self.0
-    }
-}
+// `&mut conn` runs per-tenant statements through the core type, like `&mut *conn`.
+hidra::__impl_scoped_executor!(TenantConn, this => &mut **this);
+hidra::__impl_scoped_executor!(TenantTx, this => &mut **this);
 
 impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
     type Rejection = Error;
@@ -220,7 +219,9 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
 /// any other response or if the handler panics. A failed commit turns the
 /// response into a `500`.
 ///
-/// Dereferences to [`PgConnection`]. Safe behind a transaction-pooling proxy.
+/// Dereferences to [`hidra::TenantTx`], whose `&mut` is a
+/// [`sqlx::Executor`](hidra::sqlx::Executor): `query.execute(&mut *tx)`.
+/// Safe behind a transaction-pooling proxy.
 /// [`commit`](TenantTx::commit) and [`rollback`](TenantTx::rollback) settle it
 /// early. Extract it at most once per request (a second extraction while the
 /// first is alive fails with `500`), and do not move it into spawned tasks.
@@ -231,7 +232,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
 ///
 /// async fn create(mut tx: TenantTx) -> Result<StatusCode, StatusCode> {
 ///     sqlx::query("INSERT INTO customers (name) VALUES ('Wile E.')")
-///         .execute(&mut *tx)
+///         .execute(&mut tx)
 ///         .await
 ///         .map_err(|_| StatusCode::UNPROCESSABLE_ENTITY)?; // rolled back
 ///     Ok(StatusCode::CREATED) // committed
@@ -309,21 +310,15 @@ impl fmt::Debug for TenantTx {
 }
 
 impl Deref for TenantTx {
-    type Target = PgConnection;
+    type Target = hidra::TenantTx;
 
-    fn deref(&self) -> &PgConnection {
+    fn deref(&self) -> &hidra::TenantTx {
         self.tx()
     }
 }
 
 impl DerefMut for TenantTx {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        self.tx_mut()
-    }
-}
-
-impl AsMut<PgConnection> for TenantTx {
-    fn as_mut(&mut self) -> &mut PgConnection {
+    fn deref_mut(&mut self) -> &mut hidra::TenantTx {
         self.tx_mut()
     }
 }

@@ -61,7 +61,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///
 /// async fn count(mut conn: TenantConn) -> String {
 ///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
-///         .fetch_one(&mut *conn)
+///         .fetch_one(&mut conn)
 ///         .await
 ///         .unwrap_or(0);
 ///     n.to_string()

@@ -36,7 +36,7 @@
 //! ) -> Result<Json<serde_json::Value>, axum::http::StatusCode> {
 //!     let name: String = sqlx::query_scalar("SELECT name FROM customers WHERE id = $1")
 //!         .bind(id)
-//!         .fetch_optional(&mut *conn)
+//!         .fetch_optional(&mut conn)
 //!         .await
 //!         .map_err(|_| axum::http::StatusCode::INTERNAL_SERVER_ERROR)?
 //!         .ok_or(axum::http::StatusCode::NOT_FOUND)?;

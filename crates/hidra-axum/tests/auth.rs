@@ -435,7 +435,7 @@ async fn the_permission_guard_reads_the_tenants_roles() {
     // Tenant b's roles are its own: give b's viewer the delete permission.
     let mut conn = t.ctx.hidra.acquire(&t.b).await.unwrap();
     sqlx::query("UPDATE roles SET permissions = '{customers:*}' WHERE name = 'viewer'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     let b_viewer = bearer(&t.token("b", &["viewer"]));
@@ -449,7 +449,7 @@ async fn the_permission_guard_reads_the_tenants_roles() {
     // Permissions are cached per tenant; invalidation makes a change visible.
     let mut conn = t.ctx.hidra.acquire(&t.a).await.unwrap();
     sqlx::query("UPDATE roles SET permissions = '{customers:delete}' WHERE name = 'viewer'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     assert_eq!(post(viewer.clone()).await, forbidden, "still cached");
@@ -642,7 +642,7 @@ async fn a_tenant_provisioned_again_under_its_old_id_does_not_inherit_cached_per
     // The first `c` lets its viewers delete; the guard caches that.
     let mut conn = t.ctx.hidra.acquire(&c).await.unwrap();
     sqlx::query("UPDATE roles SET permissions = '{customers:*}' WHERE name = 'viewer'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);

@@ -248,7 +248,7 @@ async fn two_thousand_concurrent_requests_half_aborted_never_cross_tenants() {
     for tenant in &tenants {
         let mut conn = ctx.hidra.acquire(tenant).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
         rows += n;

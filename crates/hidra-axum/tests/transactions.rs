@@ -93,7 +93,7 @@ async fn a_failed_commit_is_a_500_without_database_text() {
     assert_eq!(&body[..], br#"{"error":"internal_error"}"#);
     let mut conn = ctx.hidra.acquire(&alpha).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM deferred")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(n, 0);

@@ -77,7 +77,7 @@ pub async fn seed(hidra: &Hidra, accounts: &Accounts) -> anyhow::Result<usize> {
             sqlx::query("INSERT INTO customers (name, email) VALUES ($1, $2)")
                 .bind(name)
                 .bind(email)
-                .execute(&mut *tx)
+                .execute(&mut tx)
                 .await?;
         }
         for (sku, name, price, stock) in demo.products {
@@ -88,7 +88,7 @@ pub async fn seed(hidra: &Hidra, accounts: &Accounts) -> anyhow::Result<usize> {
             .bind(name)
             .bind(price)
             .bind(stock)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         }
         // One order: two of the first product for the first customer.
@@ -100,12 +100,12 @@ pub async fn seed(hidra: &Hidra, accounts: &Accounts) -> anyhow::Result<usize> {
              SELECT o.id, p.id, 2, p.price_cents FROM o, \
                  (SELECT id, price_cents FROM products ORDER BY id LIMIT 1) p",
         )
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         sqlx::query(
             "UPDATE products SET stock = stock - 2 WHERE id = (SELECT min(id) FROM products)",
         )
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
         tx.commit().await?;
         tracing::info!(tenant = %demo.id, "created demo tenant");

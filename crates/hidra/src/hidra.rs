@@ -1,8 +1,9 @@
 //! The [`Hidra`] handle and its builder: configuration, the one shared pool,
 //! registry access and tenant-scoped connections.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -12,7 +13,9 @@ use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{BoxError, Error, Result};
 use crate::migrate::Migrations;
-use crate::scope::{self, DatabasePoolConfig, Pooled, TenantConn, TenantDatabases, TenantTx};
+use crate::scope::{
+    self, DatabasePoolConfig, Pooled, TenantConn, TenantDatabases, TenantScope, TenantTx,
+};
 use crate::sql::{self, Ident};
 use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
 use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
@@ -76,6 +79,7 @@ pub struct HidraBuilder {
     databases: DatabasePoolConfig,
     database_prefix: String,
     audit_row_level: bool,
+    statement_cache_capacity: usize,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -108,6 +112,7 @@ impl Default for HidraBuilder {
             databases: DatabasePoolConfig::default(),
             database_prefix: "tenant_".into(),
             audit_row_level: false,
+            statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(Duration::from_secs(10)),
@@ -231,6 +236,19 @@ impl HidraBuilder {
         self
     }
 
+    /// How many prepared statements each connection keeps (default 512; sqlx's
+    /// own default is 100). Hidra prepares one statement per tenant and SQL
+    /// text, so a connection that serves many tenants needs more than a
+    /// single-tenant application: about (tenants a connection serves in a
+    /// while) × (statements each runs). The least recently used statement is
+    /// closed on the server when the cache is full. Each cached statement
+    /// costs server memory in the connection's backend; see the README's
+    /// sizing notes for measured figures. At least 1.
+    pub fn statement_cache_capacity(mut self, capacity: usize) -> Self {
+        self.statement_cache_capacity = capacity.max(1);
+        self
+    }
+
     /// Maximum connections of the shared pool (default 10).
     pub fn max_connections(mut self, max: u32) -> Self {
         self.pool_options = self.pool_options.max_connections(max);
@@ -255,6 +273,7 @@ impl HidraBuilder {
 
     /// Connects with `options` and builds the handle.
     pub async fn connect_with(self, options: PgConnectOptions) -> Result<Hidra> {
+        let options = options.statement_cache_capacity(self.statement_cache_capacity);
         let naming = SchemaNaming::new(self.schema_prefix)?;
         let shared = self
             .shared_schemas
@@ -296,6 +315,8 @@ impl HidraBuilder {
                 databases,
                 database_naming,
                 template_ready: tokio::sync::OnceCell::new(),
+                scopes: RwLock::new(HashMap::new()),
+                statement_cache_capacity: self.statement_cache_capacity,
             }),
         };
         if self.audit_row_level {
@@ -333,7 +354,17 @@ pub(crate) struct Inner {
     pub(crate) database_naming: SchemaNaming,
     /// Set once the template database is known to be at the latest version.
     pub(crate) template_ready: tokio::sync::OnceCell<()>,
+    pub(crate) statement_cache_capacity: usize,
+    /// Per-tenant bindings and statement texts, by tenant id.
+    pub(crate) scopes: RwLock<HashMap<String, Arc<TenantScope>>>,
 }
+
+/// The default of [`HidraBuilder::statement_cache_capacity`].
+pub(crate) const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 512;
+
+/// How many tenants' scopes are kept before starting over (each holds its
+/// binding statements and up to a thousand statement texts).
+const MAX_CACHED_SCOPES: usize = 100_000;
 
 /// Where row-level tenants' rows live.
 #[derive(Clone, Debug)]
@@ -407,11 +438,11 @@ impl Hidra {
                 .databases
                 .acquire(tenant_database(tenant)?)
                 .await?;
-            return Ok(TenantConn::new(Pooled::Database(conn), tenant));
+            return Ok(TenantConn::new(Pooled::Database(conn), tenant, None));
         }
-        let binding = self.binding(tenant)?;
-        let conn = scope::acquire_bound(&self.inner.pool, binding).await?;
-        Ok(TenantConn::new(Pooled::Shared(conn), tenant))
+        let scope = self.scope(tenant)?;
+        let conn = scope::acquire_bound(&self.inner.pool, scope.clone()).await?;
+        Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)))
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
@@ -425,14 +456,39 @@ impl Hidra {
                 .await?;
             return TenantTx::begin_in_database(conn, tenant).await;
         }
-        let binding = self.binding(tenant)?;
+        let scope = self.scope(tenant)?;
         let conn = scope::acquire_for_tx(&self.inner.pool).await?;
-        TenantTx::begin(conn, tenant, &binding).await
+        TenantTx::begin(conn, tenant, scope).await
     }
 
     /// A connection with the server's default `search_path`, for shared tables.
     pub async fn acquire_shared(&self) -> Result<PoolConnection<Postgres>> {
         scope::acquire_unscoped(&self.inner.pool).await
+    }
+
+    /// The binding, checkout statements and statement texts of `tenant`,
+    /// built once per tenant and placement.
+    pub(crate) fn scope(&self, tenant: &Tenant) -> Result<Arc<TenantScope>> {
+        let scopes = &self.inner.scopes;
+        if let Some(scope) = scopes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(tenant.id.as_str())
+            .filter(|s| s.fits(tenant))
+        {
+            return Ok(scope.clone());
+        }
+        let scope = Arc::new(TenantScope::new(
+            tenant,
+            &tenant.placement.schema_ident()?,
+            self.binding(tenant)?,
+        ));
+        let mut scopes = scopes.write().unwrap_or_else(PoisonError::into_inner);
+        if scopes.len() >= MAX_CACHED_SCOPES {
+            scopes.clear();
+        }
+        scopes.insert(tenant.id.as_str().to_owned(), scope.clone());
+        Ok(scope)
     }
 
     /// What a checkout for `tenant` binds.
@@ -495,6 +551,12 @@ impl Hidra {
             .await
             .map_err(Error::db("listening for registry changes"))?;
         Ok(listener)
+    }
+
+    /// How many prepared statements each connection keeps; see
+    /// [`HidraBuilder::statement_cache_capacity`].
+    pub fn statement_cache_capacity(&self) -> usize {
+        self.inner.statement_cache_capacity
     }
 
     /// The state of the shared pool.

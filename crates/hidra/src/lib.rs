@@ -28,12 +28,12 @@
 //! let mut conn = hidra.acquire(&acme).await?;
 //! sqlx::query("INSERT INTO customers (name) VALUES ($1)")
 //!     .bind("Wile E.")
-//!     .execute(&mut *conn)
+//!     .execute(&mut conn)
 //!     .await?;
 //!
 //! let mut tx = hidra.begin(&acme).await?;
 //! let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM customers")
-//!     .fetch_one(&mut *tx)
+//!     .fetch_one(&mut tx)
 //!     .await?;
 //! tx.commit().await?;
 //! # let _ = n; Ok(()) }
@@ -102,7 +102,8 @@ pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
 pub use crate::scope::{
-    DatabasePoolConfig, DatabasePoolStats, DbConn, TenantConn, TenantDatabases, TenantTx,
+    DatabasePoolConfig, DatabasePoolStats, DbConn, StaleStatement, TenantConn, TenantDatabases,
+    TenantTx,
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{
@@ -117,3 +118,10 @@ pub use crate::store::CHANGES_CHANNEL;
 
 /// The sqlx this crate is built with, so users get the matching version.
 pub use sqlx;
+
+/// What hidra's own macros name; not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use futures_util::future::BoxFuture;
+    pub use futures_util::stream::BoxStream;
+}

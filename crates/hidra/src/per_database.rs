@@ -128,7 +128,7 @@ impl Hidra {
         self.create_tenant_database(tenant, database).await?;
         if let Some(seed) = &self.inner.seed {
             let mut tx = self.begin(tenant).await?;
-            seed.seed(&mut tx, tenant)
+            seed.seed(tx.raw_connection(), tenant)
                 .await
                 .map_err(|source| Error::Seed {
                     id: tenant.id.clone(),

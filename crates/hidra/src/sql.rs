@@ -188,21 +188,8 @@ macro_rules! tenant_setting {
     };
 }
 
-/// The leftover-transaction check as a literal (see `scope`): `now()`, the
-/// start of the transaction, equals `statement_timestamp()` only when this
-/// simple query started it.
-macro_rules! fresh_check {
-    () => {
-        "SELECT now() = statement_timestamp()"
-    };
-}
-
 /// The setting row-level security policies read the current tenant from.
 pub(crate) const TENANT_SETTING: &str = tenant_setting!();
-
-/// The checkout statement of a connection that needs no binding: true only
-/// outside a transaction left open earlier.
-pub(crate) const FRESH_CHECK: &str = fresh_check!();
 
 /// A transaction-local `search_path` (`$1`) and row-level tenant (`$2`).
 pub(crate) const BIND_LOCAL: &str = concat!(
@@ -224,35 +211,54 @@ pub(crate) const UNBIND_LOCAL: &str = concat!(
 );
 
 /// `BEGIN` plus a transaction-local `search_path` and row-level tenant, sent as
-/// one simple query so the binding costs no extra round trip.
+/// one simple query so the binding costs no extra round trip. Utility `SET`s
+/// skip the planner that `SELECT set_config(…)` goes through.
 pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
     owned(format!(
-        "BEGIN; SELECT set_config('search_path', {}, true), set_config('{TENANT_SETTING}', {}, true)",
-        quote_literal(&b.search_path),
+        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}",
+        b.search_path,
         quote_literal(&b.tenant_id),
     ))
 }
 
-/// The tenant checkout statement: the leftover-transaction check and the
-/// session `search_path` and row-level tenant, in one simple query.
+/// The tenant checkout statement: the session `search_path` and row-level
+/// tenant, in one simple query (`search_path` is a list of quoted names).
 pub(crate) fn bind_session(b: &crate::scope::Binding) -> SqlStr {
     owned(format!(
-        "{FRESH_CHECK}, set_config('search_path', {}, false), set_config('{TENANT_SETTING}', {}, false)",
-        quote_literal(&b.search_path),
+        "SET search_path TO {}; SET {TENANT_SETTING} TO {}",
+        b.search_path,
         quote_literal(&b.tenant_id),
     ))
 }
 
-/// The unscoped checkout statement: default `search_path`, no row-level
-/// tenant, and the leftover-transaction check (see `scope`).
+/// The unscoped checkout statement: default `search_path`, no row-level tenant.
 pub(crate) fn reset_statement() -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(concat!(
-        "RESET search_path; ",
-        fresh_check!(),
-        ", set_config('",
+        "RESET search_path; SET ",
         tenant_setting!(),
-        "', '', false)"
+        " TO ''"
     ))
+}
+
+/// What every per-tenant statement of `schema` ends with (see
+/// `scope::statements`): a comment naming the schema, on a line of its own so
+/// that a trailing `--` comment of the application's ends before it.
+pub(crate) fn statement_tag(schema: &Ident) -> String {
+    // A validated identifier cannot contain `*/`.
+    format!("\n/* hidra:{} */", schema.as_str())
+}
+
+/// `sql` followed by `tag` (from [`statement_tag`]).
+pub(crate) fn with_tag(sql: &str, tag: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + tag.len());
+    out.push_str(sql);
+    out.push_str(tag);
+    out
+}
+
+/// A statement text built here before (shared, so it clones cheaply).
+pub(crate) fn shared(sql: std::sync::Arc<str>) -> SqlStr {
+    sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql))
 }
 
 /// The history table every tenant schema keeps, created in `schema` (named,
@@ -470,8 +476,12 @@ mod tests {
         };
         assert_eq!(
             begin_scoped(&b).as_str(),
-            "BEGIN; SELECT set_config('search_path', '\"tenant_a\", \"public\"', true), \
-             set_config('hidra.tenant_id', 'o''neil', true)"
+            "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
+             SET LOCAL hidra.tenant_id TO 'o''neil'"
+        );
+        assert_eq!(
+            bind_session(&b).as_str(),
+            "SET search_path TO \"tenant_a\", \"public\"; SET hidra.tenant_id TO 'o''neil'"
         );
         assert!(reset_statement().as_str().contains(TENANT_SETTING));
     }

@@ -399,7 +399,7 @@ async fn register_then_login_issues_a_token_with_the_users_roles() {
     // The stored hash is argon2id, not the password.
     let mut conn = ctx.hidra.acquire(&ctx.acme).await.unwrap();
     let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     drop(conn);
@@ -436,7 +436,7 @@ async fn login_with_unknown_email_or_wrong_password_fails_identically() {
     ctx.user(&ctx.globex, "gus@globex.test", "Gus", &[]).await;
     let mut conn = ctx.hidra.acquire(&ctx.acme).await.unwrap();
     sqlx::query("UPDATE users SET is_active = FALSE WHERE email = 'old@acme.test'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
@@ -549,7 +549,7 @@ async fn registration_is_atomic_when_the_user_insert_fails() {
     sqlx::query(
         "INSERT INTO users (email, full_name, password_hash) VALUES ('ada@acme.test', 'Ada', 'x')",
     )
-    .execute(&mut *conn)
+    .execute(&mut conn)
     .await
     .unwrap();
     drop(conn);
@@ -722,7 +722,7 @@ async fn permissions_come_from_the_tenants_roles() {
     // Another tenant's roles are its own.
     let mut conn = ctx.hidra.acquire(&ctx.globex).await.unwrap();
     sqlx::query("UPDATE roles SET permissions = '{}' WHERE name = 'sales'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     let globex = RolePermissions::load(&mut conn).await.unwrap();

@@ -107,7 +107,7 @@ async fn teardown(ctx: DbCtx) {
 async fn customer_names(h: &Hidra, t: &Tenant) -> Vec<String> {
     let mut conn = h.acquire(t).await.unwrap();
     sqlx::query_scalar("SELECT name FROM customers ORDER BY id")
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await
         .unwrap()
 }
@@ -116,7 +116,7 @@ async fn add_customer(h: &Hidra, t: &Tenant, name: &str) {
     let mut tx = h.begin(t).await.unwrap();
     sqlx::query("INSERT INTO customers (name) VALUES ($1)")
         .bind(name)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -148,7 +148,7 @@ async fn database_tenants_are_isolated_migrated_and_dropped() {
     // A rolled-back transaction leaves nothing.
     let mut tx = h.begin(&b).await.unwrap();
     sqlx::query("INSERT INTO customers (name) VALUES ('ghost')")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     tx.rollback().await.unwrap();
@@ -168,7 +168,7 @@ async fn database_tenants_are_isolated_migrated_and_dropped() {
     assert_eq!(summary.migrated.len(), 2, "{summary}");
     let mut conn = v2.acquire(&a).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(email) FROM customers")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(n, 0);
@@ -177,7 +177,7 @@ async fn database_tenants_are_isolated_migrated_and_dropped() {
     let c = database_tenant(&v2, "gamma").await;
     let mut conn = v2.acquire(&c).await.unwrap();
     let versions: i64 = sqlx::query_scalar("SELECT max(version) FROM _hidra_migrations")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(versions, 2);
@@ -375,13 +375,13 @@ async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() 
     // Sequences continue after the copied ids.
     let mut conn = h.acquire(&in_db).await.unwrap();
     let next: i64 = sqlx::query_scalar("INSERT INTO customers (name) VALUES ('n') RETURNING id")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert!(next > 51);
     sqlx::query("DELETE FROM customers WHERE id = $1")
         .bind(next)
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
@@ -404,7 +404,7 @@ async fn a_dropped_transaction_releases_its_locks_at_once() {
     let t = database_tenant(h, "locker").await;
     let mut tx = h.begin(&t).await.unwrap();
     sqlx::raw_sql("LOCK TABLE customers IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     drop(tx); // an early return, a panic or a cancelled request

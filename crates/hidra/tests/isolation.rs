@@ -14,7 +14,7 @@ use rand::Rng;
 async fn marker_via_conn(hidra: &Hidra, tenant: &Tenant) -> String {
     let mut conn = hidra.acquire(tenant).await.unwrap();
     sqlx::query_scalar("SELECT tenant FROM marker")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap()
 }
@@ -22,7 +22,7 @@ async fn marker_via_conn(hidra: &Hidra, tenant: &Tenant) -> String {
 async fn marker_via_tx(hidra: &Hidra, tenant: &Tenant) -> String {
     let mut tx = hidra.begin(tenant).await.unwrap();
     let m = sqlx::query_scalar("SELECT tenant FROM marker")
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -60,7 +60,7 @@ async fn assert_pool_clean(hidra: &Hidra, tenants: &[Tenant], pool_size: usize) 
         }
         for conn in &mut conns {
             let m: String = sqlx::query_scalar("SELECT tenant FROM marker")
-                .fetch_one(&mut **conn)
+                .fetch_one(&mut *conn)
                 .await
                 .unwrap();
             assert_eq!(m, tenant.id.as_str());
@@ -80,7 +80,7 @@ async fn two_tenants_same_tables_see_only_their_rows() {
         for l in labels {
             sqlx::query("INSERT INTO items (label) VALUES ($1)")
                 .bind(l)
-                .execute(&mut *conn)
+                .execute(&mut conn)
                 .await
                 .unwrap();
         }
@@ -88,14 +88,14 @@ async fn two_tenants_same_tables_see_only_their_rows() {
     for (tenant, want) in [(&a, vec!["a1", "a2"]), (&b, vec!["b1", "b2"])] {
         let mut conn = h.acquire(tenant).await.unwrap();
         let got: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY id")
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut conn)
             .await
             .unwrap();
         assert_eq!(got, want);
         drop(conn);
         let mut tx = h.begin(tenant).await.unwrap();
         let got: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY id")
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await
             .unwrap();
         assert_eq!(got, want);
@@ -104,14 +104,14 @@ async fn two_tenants_same_tables_see_only_their_rows() {
     // A write through a rolled-back transaction leaves nothing.
     let mut tx = h.begin(&a).await.unwrap();
     sqlx::query("INSERT INTO items (label) VALUES ('ghost')")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     drop(tx);
     assert_eq!(marker_via_conn(h, &a).await, "alpha");
     let mut conn = h.acquire(&a).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE label = 'ghost'")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(n, 0);
@@ -178,7 +178,7 @@ async fn cancelled_queries_do_not_leak_bindings() {
                     sqlx::query_scalar::<_, String>(
                         "SELECT tenant FROM marker, pg_sleep(random() * 0.002)",
                     )
-                    .fetch_one(&mut *conn)
+                    .fetch_one(&mut conn)
                     .await
                     .unwrap()
                 } else {
@@ -186,7 +186,7 @@ async fn cancelled_queries_do_not_leak_bindings() {
                     let m = sqlx::query_scalar::<_, String>(
                         "SELECT tenant FROM marker, pg_sleep(random() * 0.002)",
                     )
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut tx)
                     .await
                     .unwrap();
                     tx.commit().await.unwrap();
@@ -237,7 +237,7 @@ async fn panicking_tasks_do_not_leak_bindings() {
             if n % 4 == 0 {
                 let mut conn = h.acquire(tenant).await.unwrap();
                 sqlx::query("SELECT tenant FROM marker")
-                    .execute(&mut *conn)
+                    .execute(&mut conn)
                     .await
                     .unwrap();
                 panic!("handler bug while holding a tenant connection");
@@ -245,7 +245,7 @@ async fn panicking_tasks_do_not_leak_bindings() {
             if n % 4 == 1 {
                 let mut tx = h.begin(tenant).await.unwrap();
                 sqlx::query("INSERT INTO items (label) VALUES ('from-panic')")
-                    .execute(&mut *tx)
+                    .execute(&mut tx)
                     .await
                     .unwrap();
                 panic!("handler bug inside a tenant transaction");
@@ -269,7 +269,7 @@ async fn panicking_tasks_do_not_leak_bindings() {
     for t in tenants.iter() {
         let mut conn = h.acquire(t).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
         assert_eq!(n, 0);
@@ -286,7 +286,7 @@ async fn a_stray_set_search_path_does_not_survive_the_checkout() {
     // User code points tenant A's connection at B's schema and returns it.
     let mut conn = h.acquire(&a).await.unwrap();
     sqlx::raw_sql("SET search_path TO tenant_right")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
@@ -308,9 +308,9 @@ async fn a_transaction_ended_early_by_user_code_does_not_fall_back_to_an_earlier
     // B's transaction is ended by a raw COMMIT in user code: its
     // transaction-local binding goes, and A's must not be what is left.
     let mut tx = h.begin(&b).await.unwrap();
-    sqlx::raw_sql("COMMIT").execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql("COMMIT").execute(&mut tx).await.unwrap();
     let seen: Option<String> = sqlx::query_scalar("SELECT tenant FROM marker")
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await
         .ok()
         .flatten();
@@ -334,7 +334,7 @@ async fn a_transaction_left_open_is_rolled_back_not_inherited() {
     // drops the connection without finishing it.
     let mut conn = h.acquire(&a).await.unwrap();
     sqlx::raw_sql("BEGIN; INSERT INTO items (label) VALUES ('uncommitted')")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
@@ -342,14 +342,14 @@ async fn a_transaction_left_open_is_rolled_back_not_inherited() {
     // otherwise commit A's write), and B's binding must hold afterwards.
     let mut tx = h.begin(&b).await.unwrap();
     sqlx::query("INSERT INTO items (label) VALUES ('b-row')")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
     assert_eq!(marker_via_conn(h, &b).await, "victim");
     let mut conn = h.acquire(&a).await.unwrap();
     let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM items")
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await
         .unwrap();
     assert!(
@@ -361,7 +361,7 @@ async fn a_transaction_left_open_is_rolled_back_not_inherited() {
     for _ in 0..2 {
         let mut conn = h.acquire(&a).await.unwrap();
         sqlx::raw_sql("BEGIN; SET LOCAL search_path TO tenant_victim")
-            .execute(&mut *conn)
+            .execute(&mut conn)
             .await
             .unwrap();
         drop(conn);

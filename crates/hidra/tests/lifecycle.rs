@@ -131,7 +131,7 @@ async fn failing_seed_rolls_everything_back_and_a_good_seed_runs_in_the_schema()
     let good = h.provision(NewTenant::new(id("good-seed"))).await.unwrap();
     let mut conn = h.acquire(&good).await.unwrap();
     let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM roles")
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await
         .unwrap();
     assert_eq!(roles, vec!["admin"]);
@@ -247,7 +247,7 @@ async fn deprovision_needs_confirmation_and_removes_everything() {
     // The survivor is untouched.
     let mut conn = h.acquire(&keep).await.unwrap();
     let m: String = sqlx::query_scalar("SELECT tenant FROM marker")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(m, "keep");
@@ -256,7 +256,7 @@ async fn deprovision_needs_confirmation_and_removes_everything() {
     let again = h.provision(NewTenant::new(id("doomed"))).await.unwrap();
     let mut conn = h.acquire(&again).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM marker")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap();
     assert_eq!(n, 0);

@@ -57,7 +57,7 @@ async fn provision_n(h: &Hidra, prefix: &str, n: usize) -> Vec<Tenant> {
 
 async fn scalar_i64(h: &Hidra, t: &Tenant, sql: &'static str) -> i64 {
     let mut conn = h.acquire(t).await.unwrap();
-    sqlx::query_scalar(sql).fetch_one(&mut *conn).await.unwrap()
+    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
 }
 
 async fn recorded_version(h: &Hidra, schema: &str) -> Option<i64> {
@@ -81,7 +81,7 @@ async fn provisioning_records_history_and_a_noop_run_changes_nothing() {
             let mut conn = h.acquire(t).await.unwrap();
             let rows: Vec<(i64, Vec<u8>)> =
                 sqlx::query_as("SELECT version, checksum FROM _hidra_migrations ORDER BY version")
-                    .fetch_all(&mut *conn)
+                    .fetch_all(&mut conn)
                     .await
                     .unwrap();
             rows.iter()
@@ -184,7 +184,7 @@ async fn an_edited_migration_is_reported_never_rerun() {
         assert_eq!(recorded_version(&h, &t.placement.schema).await, Some(2));
         let mut conn = h.acquire(t).await.unwrap();
         let more: Option<String> = sqlx::query_scalar("SELECT to_regclass('more')::text")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
         assert_eq!(more, None, "nothing may run on a mismatching schema");
@@ -201,7 +201,7 @@ async fn one_failing_tenant_does_not_stop_the_others_and_a_rerun_finishes_it() {
     // A conflicting object in one tenant.
     let mut conn = ctx.hidra.acquire(&tenants[5]).await.unwrap();
     sqlx::raw_sql("CREATE TABLE loyalty (something_else text)")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);
@@ -240,7 +240,7 @@ async fn one_failing_tenant_does_not_stop_the_others_and_a_rerun_finishes_it() {
     // Fix and re-run: only the failed tenant is migrated.
     let mut conn = h.acquire(&tenants[5]).await.unwrap();
     sqlx::raw_sql("DROP TABLE loyalty")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);

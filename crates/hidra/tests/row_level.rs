@@ -78,7 +78,7 @@ async fn teardown(ctx: RlsCtx) {
 async fn names(h: &Hidra, t: &Tenant) -> Vec<String> {
     let mut conn = h.acquire(t).await.unwrap();
     sqlx::query_scalar("SELECT name FROM customers ORDER BY id")
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await
         .unwrap()
 }
@@ -109,7 +109,7 @@ async fn a_row_level_tenant_cannot_touch_another_tenants_rows() {
         let mut tx = h.begin(t).await.unwrap();
         sqlx::query("INSERT INTO customers (name) VALUES ($1)")
             .bind(n)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -120,24 +120,24 @@ async fn a_row_level_tenant_cannot_touch_another_tenants_rows() {
     let mut conn = h.acquire(&a).await.unwrap();
     // Update and delete reach none of B's rows.
     let updated = sqlx::query("UPDATE customers SET name = 'hijacked' WHERE name = 'b-cust'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     assert_eq!(updated.rows_affected(), 0);
     let deleted = sqlx::query("DELETE FROM customers WHERE name = 'b-cust'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     assert_eq!(deleted.rows_affected(), 0);
     // Inserting a row for B while bound to A is refused by the policy.
     let err = sqlx::query("INSERT INTO customers (name, tenant_id) VALUES ('forged', 'beta')")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
     // Moving one of A's rows to B is refused too.
     let err = sqlx::query("UPDATE customers SET tenant_id = 'beta'")
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("row-level security"), "{err}");
@@ -169,7 +169,7 @@ async fn a_row_level_binding_never_outlives_its_checkout() {
     let s = h.provision(NewTenant::new(id("schemy"))).await.unwrap();
     let mut tx = h.begin(&a).await.unwrap();
     sqlx::query("INSERT INTO customers (name) VALUES ('a1')")
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     tx.commit().await.unwrap();
@@ -179,7 +179,7 @@ async fn a_row_level_binding_never_outlives_its_checkout() {
         assert_eq!(names(h, &a).await, vec!["a1"]);
         let mut conn = h.acquire(&s).await.unwrap();
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM public.customers")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
         assert_eq!(n, 0, "a schema tenant saw row-level rows");
@@ -313,7 +313,7 @@ async fn deprovisioning_a_row_level_tenant_removes_only_its_rows() {
             "INSERT INTO customers (name) VALUES ('c');
              INSERT INTO orders (customer_id, total) SELECT id, 10 FROM customers;",
         )
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
         tx.commit().await.unwrap();
@@ -363,13 +363,13 @@ async fn a_move_keeps_every_row_and_leaves_nothing_behind() {
     let mut conn = h.acquire(&moved).await.unwrap();
     let new_id: i64 =
         sqlx::query_scalar("INSERT INTO customers (name) VALUES ('new') RETURNING id")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut conn)
             .await
             .unwrap();
     assert!(new_id > before.iter().map(|r| r.0).max().unwrap());
     sqlx::query("DELETE FROM customers WHERE id = $1")
         .bind(new_id)
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     drop(conn);

@@ -157,7 +157,7 @@ pub async fn tenant_with(hidra: &Hidra, name: &str, metadata: serde_json::Value)
     let mut conn = hidra.acquire(&tenant).await.unwrap();
     sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
         .bind(name)
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     tenant
@@ -342,7 +342,7 @@ where
 pub async fn item_labels(hidra: &Hidra, tenant: &hidra::Tenant) -> Vec<String> {
     let mut conn = hidra.acquire(tenant).await.unwrap();
     sqlx::query_scalar("SELECT label FROM items ORDER BY id")
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await
         .unwrap()
 }

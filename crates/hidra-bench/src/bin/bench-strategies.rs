@@ -550,7 +550,7 @@ async fn check_row_isolation(hidra: &Hidra, rows: &Tenants) -> anyhow::Result<()
     let mut conn = hidra.acquire(&rows.tenants[0]).await?;
     let other: Option<(String, Option<String>)> = sqlx::query_as(POINT_READ)
         .bind(rows.ids[1][0])
-        .fetch_optional(&mut *conn)
+        .fetch_optional(&mut conn)
         .await?;
     anyhow::ensure!(
         other.is_none(),
@@ -812,7 +812,7 @@ async fn fill_many(hidra: &Hidra, tenants: &[Tenant], n: i32) -> anyhow::Result<
             )
             .bind(tenant.id.as_str())
             .bind(n)
-            .fetch_all(&mut *conn)
+            .fetch_all(&mut conn)
             .await
             .with_context(|| format!("filling tenant {}", tenant.id))?;
             anyhow::ensure!(!ids.is_empty(), "tenant {} got no customers", tenant.id);
@@ -888,7 +888,7 @@ impl Workload {
                 let mut conn = hidra.acquire(&self.tenants[t]).await?;
                 sqlx::query_as(POINT_READ)
                     .bind(id)
-                    .fetch_one(&mut *conn)
+                    .fetch_one(&mut conn)
                     .await?
             }
             Reader::Connect { options, permits } => {

@@ -89,9 +89,70 @@ struct Args {
     /// search-path); the ratios need all five.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Pick tenants from a Zipf distribution with this exponent (e.g. 1.0:
+    /// the busiest tenant gets a share of about 1/H(n)); default uniform.
+    #[arg(long)]
+    zipf: Option<f64>,
+    /// Prepared statements kept per connection, for every server alike
+    /// (default: Hidra's default).
+    #[arg(long)]
+    statement_cache: Option<usize>,
     /// An empty database to use instead of a throw-away one.
     #[arg(long)]
     database_url: Option<String>,
+}
+
+/// Which tenant each request names: uniform, or Zipf-skewed through the
+/// cumulative weights of tenants 1..=n.
+#[derive(Clone)]
+struct TenantMix {
+    cumulative: Option<Arc<Vec<f64>>>,
+}
+
+impl TenantMix {
+    fn new(n: usize, zipf: Option<f64>) -> Self {
+        let cumulative = zipf.map(|s| {
+            let mut total = 0.0;
+            let mut out = Vec::with_capacity(n);
+            for k in 1..=n {
+                total += 1.0 / (k as f64).powf(s);
+                out.push(total);
+            }
+            Arc::new(out.into_iter().map(|c| c / total).collect())
+        });
+        TenantMix { cumulative }
+    }
+
+    fn pick(&self, rng: &mut StdRng, n: usize) -> usize {
+        match &self.cumulative {
+            None => rng.random_range(0..n),
+            Some(c) => {
+                let x: f64 = rng.random();
+                c.partition_point(|&v| v < x).min(n - 1)
+            }
+        }
+    }
+}
+
+/// The resident private memory (RssAnon, KiB) of the server backends whose
+/// `application_name` is `app`, summed, and how many there are. Read from
+/// `/proc`: the benchmark runs on the database's machine.
+async fn backend_memory(pool: &PgPool, app: &str) -> anyhow::Result<(u64, usize)> {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+            .bind(app)
+            .fetch_all(pool)
+            .await?;
+    let mut total = 0;
+    for pid in &pids {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("RssAnon:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok((total, pids.len()))
 }
 
 #[derive(serde::Serialize, sqlx::FromRow)]
@@ -203,6 +264,7 @@ impl Measured {
 async fn load(
     addr: SocketAddr,
     tenants: Arc<Vec<String>>,
+    mix: TenantMix,
     customers: i64,
     concurrency: usize,
     warmup: Duration,
@@ -213,7 +275,7 @@ async fn load(
     let until = measure_from + duration;
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let tenants = Arc::clone(&tenants);
+        let (tenants, mix) = (Arc::clone(&tenants), mix.clone());
         workers.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(addr).await?;
             stream.set_nodelay(true)?;
@@ -227,7 +289,7 @@ async fn load(
                 if now >= until {
                     break;
                 }
-                let tenant = &tenants[rng.random_range(0..tenants.len())];
+                let tenant = &tenants[mix.pick(&mut rng, tenants.len())];
                 let id = rng.random_range(1..=customers);
                 let req = http::Request::get(format!("/customers/{id}"))
                     .header("host", "127.0.0.1")
@@ -300,11 +362,19 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let hidra = Hidra::builder()
+    let mut builder = Hidra::builder()
         .schema_sql("reference schema", schema_sql)
-        .max_connections(args.pool)
-        .connect_with(options.clone())
+        .max_connections(args.pool);
+    if let Some(n) = args.statement_cache {
+        builder = builder.statement_cache_capacity(n);
+    }
+    let hidra = builder
+        .connect_with(options.clone().application_name("bench-hidra"))
         .await?;
+    // Every server keeps as many prepared statements per connection.
+    let capacity = hidra.statement_cache_capacity();
+    let options = options.statement_cache_capacity(capacity);
+    println!("statement cache: {capacity} per connection, for every server");
     let mut conn = hidra.acquire_shared().await?;
     sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
         .execute(&mut *conn)
@@ -325,7 +395,7 @@ async fn main() -> anyhow::Result<()> {
              FROM generate_series(1, $1) AS g",
         )
         .bind(args.customers)
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await?;
         drop(conn);
         let schema = hidra::Ident::new(hidra.schema_name(&id), "schema")?;
@@ -356,8 +426,9 @@ async fn main() -> anyhow::Result<()> {
     let queries = Arc::new(queries);
     let raw_pool = PgPoolOptions::new()
         .max_connections(args.pool)
-        .connect_with(options.clone())
+        .connect_with(options.clone().application_name("bench-raw"))
         .await?;
+    let raw_pool_handle = raw_pool.clone();
     let raw_app = Router::new()
         .route("/customers/{id}", get(raw_customer))
         .with_state(Raw {
@@ -440,6 +511,11 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency, args.warmup, args.duration, args.rounds, args.pool
     );
     let tenants = Arc::new(tenants);
+    let mix = TenantMix::new(tenants.len(), args.zipf);
+    match args.zipf {
+        Some(s) => println!("tenants: {} chosen Zipf(s = {s})", tenants.len()),
+        None => println!("tenants: {} chosen uniformly", tenants.len()),
+    }
     for round in 1..=args.rounds {
         for v in &mut variants {
             if !args.only.is_empty() && !args.only.iter().any(|k| k == v.key) {
@@ -448,6 +524,7 @@ async fn main() -> anyhow::Result<()> {
             let m = load(
                 v.addr,
                 Arc::clone(&tenants),
+                mix.clone(),
                 args.customers,
                 args.concurrency,
                 Duration::from_secs(args.warmup),
@@ -492,6 +569,18 @@ async fn main() -> anyhow::Result<()> {
             median(&mut p50),
             median(&mut p99),
             v.measured.errors
+        );
+    }
+    println!();
+    for (name, app) in [
+        ("hidra", "bench-hidra"),
+        ("raw (default pool)", "bench-raw"),
+    ] {
+        let (kib, n) = backend_memory(&raw_pool_handle, app).await?;
+        println!(
+            "server memory after the run, {name}: {n} backends, {:.1} MiB private (RssAnon), {:.2} MiB each",
+            kib as f64 / 1024.0,
+            kib as f64 / 1024.0 / n.max(1) as f64
         );
     }
     let errors: usize = variants.iter().map(|v| v.measured.errors).sum();

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use hidra_axum::{RequirePermission, TenantConn, TenantTx};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{Executor, Postgres};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Checks, ErrorBody};
@@ -196,7 +196,10 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(order.with(items))))
 }
 
-async fn items_of(conn: &mut PgConnection, order: i64) -> Result<Vec<OrderItem>, ApiError> {
+async fn items_of<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
+    order: i64,
+) -> Result<Vec<OrderItem>, ApiError> {
     Ok(sqlx::query_as(
         "SELECT product_id, quantity, price_cents FROM order_items \
          WHERE order_id = $1 ORDER BY product_id",

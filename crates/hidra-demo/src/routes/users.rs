@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use hidra::auth::{NewUser, User};
 use hidra_axum::{RequirePermission, Tenant, TenantConn};
 use serde::{Deserialize, Serialize};
-use sqlx::PgConnection;
+use sqlx::{Executor, Postgres};
 use utoipa::ToSchema;
 
 use super::account::account_error;
@@ -77,8 +77,8 @@ const SELECT: &str = "SELECT u.id, u.email, u.full_name, u.is_active, \
      FROM users u LEFT JOIN user_roles ur ON ur.user_id = u.id LEFT JOIN roles r ON r.id = ur.role_id";
 
 /// The user `id` of the connection's tenant.
-pub(crate) async fn find_user(
-    conn: &mut PgConnection,
+pub(crate) async fn find_user<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
     id: i64,
 ) -> Result<Option<UserView>, ApiError> {
     Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -215,7 +215,7 @@ pub async fn update(
     .bind(id)
     .bind(patch.full_name.as_deref().map(str::trim))
     .bind(patch.is_active)
-    .fetch_optional(&mut *tx)
+    .fetch_optional(&mut tx)
     .await?;
     if found.is_none() {
         return Err(ApiError::NotFound("user"));
@@ -223,7 +223,7 @@ pub async fn update(
     if let Some(roles) = &patch.roles {
         let known: Vec<String> = sqlx::query_scalar("SELECT name FROM roles WHERE name = ANY($1)")
             .bind(roles)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut tx)
             .await?;
         if let Some(unknown) = roles.iter().find(|r| !known.contains(r)) {
             return Err(ApiError::field(
@@ -233,7 +233,7 @@ pub async fn update(
         }
         sqlx::query("DELETE FROM user_roles WHERE user_id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await?;
         sqlx::query(
             "INSERT INTO user_roles (user_id, role_id) \
@@ -241,7 +241,7 @@ pub async fn update(
         )
         .bind(id)
         .bind(roles)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await?;
     }
     let user = find_user(&mut tx, id)

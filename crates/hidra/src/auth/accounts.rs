@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use sqlx::{PgConnection, SqlStr};
+use sqlx::{Executor, Postgres, SqlStr};
 
 use super::{AuthError, Claims, Jwt, Passwords, TenantsRef, refuse, shared_table};
 use crate::error::{Error, Result, db_code, sqlstate};
@@ -350,7 +350,7 @@ impl Accounts {
             // tenant's own: claim the email first, give it back if the user
             // cannot be written.
             let mut shared = self.hidra.acquire_shared().await?;
-            self.insert_lookup(&mut shared, &email, tenant).await?;
+            self.insert_lookup(&mut *shared, &email, tenant).await?;
             let written = async {
                 let mut tx = self.hidra.begin(tenant).await?;
                 let id = insert_user(&mut tx, &tenant.id, &email, &user.full_name, &hash).await?;
@@ -401,9 +401,9 @@ impl Accounts {
 
     /// Writes the login lookup row of `email`, on a connection to the shared
     /// database.
-    async fn insert_lookup(
+    async fn insert_lookup<'c>(
         &self,
-        conn: &mut PgConnection,
+        conn: impl Executor<'c, Database = Postgres>,
         email: &str,
         tenant: &Tenant,
     ) -> Result<()> {
@@ -491,7 +491,7 @@ impl Accounts {
             "SELECT id, full_name, password_hash FROM users WHERE email = $1 AND is_active",
         )
         .bind(email)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(&mut tx)
         .await
         .map_err(Error::db("reading the user for login"))?;
         let Some((id, full_name, hash)) = row else {
@@ -543,29 +543,25 @@ impl Accounts {
         let mut tx = self.hidra.begin(tenant).await?;
         let users = sqlx::query("DELETE FROM users WHERE email = $1")
             .bind(&email)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(Error::db("deleting a user"))?
             .rows_affected();
-        let delete_lookup = |conn| async {
-            sqlx::query(self.q.delete.clone())
-                .bind(&email)
-                .bind(tenant.id.as_str())
-                .execute(conn)
-                .await
-                .map(|done| done.rows_affected())
-                .map_err(Error::db("deleting a login lookup row"))
-        };
+        let delete_lookup = sqlx::query(self.q.delete.clone())
+            .bind(&email)
+            .bind(tenant.id.as_str());
         let lookups = if tenant.placement.strategy == Strategy::Database {
             // The lookup is in the shared database: after the user is gone.
             tx.commit().await?;
             let mut shared = self.hidra.acquire_shared().await?;
-            delete_lookup(&mut *shared).await?
+            delete_lookup.execute(&mut *shared).await
         } else {
-            let deleted = delete_lookup(&mut *tx).await?;
+            let deleted = delete_lookup.execute(&mut tx).await;
             tx.commit().await?;
             deleted
-        };
+        }
+        .map_err(Error::db("deleting a login lookup row"))?
+        .rows_affected();
         Ok(users + lookups > 0)
     }
 
@@ -582,7 +578,7 @@ impl Accounts {
         let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE email = $1")
             .bind(&email)
             .bind(&hash)
-            .execute(&mut *tx)
+            .execute(&mut tx)
             .await
             .map_err(Error::db("setting a user's password"))?
             .rows_affected();
@@ -591,8 +587,8 @@ impl Accounts {
     }
 }
 
-async fn insert_user(
-    conn: &mut PgConnection,
+async fn insert_user<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
     tenant: &TenantId,
     email: &str,
     full_name: &str,
@@ -627,7 +623,10 @@ async fn insert_user(
     })
 }
 
-async fn grant_roles(conn: &mut PgConnection, user: i64, roles: &[String]) -> Result<()> {
+async fn grant_roles<C>(conn: &mut C, user: i64, roles: &[String]) -> Result<()>
+where
+    for<'c> &'c mut C: Executor<'c, Database = Postgres>,
+{
     if roles.is_empty() {
         return Ok(());
     }
@@ -644,13 +643,16 @@ async fn grant_roles(conn: &mut PgConnection, user: i64, roles: &[String]) -> Re
     sqlx::query("INSERT INTO user_roles (user_id, role_id) SELECT $1, unnest($2::bigint[])")
         .bind(user)
         .bind(&ids)
-        .execute(conn)
+        .execute(&mut *conn)
         .await
         .map_err(Error::db("granting roles to a user"))?;
     Ok(())
 }
 
-async fn roles_of(conn: &mut PgConnection, user: i64) -> Result<Vec<String>> {
+async fn roles_of<'c>(
+    conn: impl Executor<'c, Database = Postgres>,
+    user: i64,
+) -> Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT r.name FROM user_roles ur JOIN roles r ON r.id = ur.role_id \
          WHERE ur.user_id = $1 ORDER BY r.name",

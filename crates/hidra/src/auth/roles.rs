@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use sqlx::PgConnection;
+use sqlx::{Executor, Postgres};
 
 use crate::error::{Error, Result};
 
@@ -79,7 +79,7 @@ impl RolePermissions {
 
     /// Reads every role of the tenant whose schema `conn` is bound to (a
     /// [`TenantConn`](crate::TenantConn) or [`TenantTx`](crate::TenantTx)).
-    pub async fn load(conn: &mut PgConnection) -> Result<Self> {
+    pub async fn load<'c>(conn: impl Executor<'c, Database = Postgres>) -> Result<Self> {
         let rows: Vec<(String, Vec<String>)> =
             sqlx::query_as("SELECT name, permissions FROM roles")
                 .fetch_all(conn)

@@ -23,9 +23,10 @@
 //! Every unit of the budget is held by a guard from the moment it is reserved
 //! until the connection it stands for is closed, so a dropped (cancelled)
 //! `acquire` never leaks budget. A returned connection goes back to the idle set
-//! of its database; its next checkout first runs
-//! `SELECT now() = statement_timestamp()` (one round trip, simple protocol),
-//! which proves it alive and outside any transaction an earlier user left open.
+//! of its database; its next checkout first resets its `search_path` and
+//! row-level tenant (one round trip, which would fail inside a failed
+//! transaction), and the transaction status PostgreSQL reports with the reply
+//! proves it alive and outside any transaction an earlier user left open.
 //! A connection that fails the check is closed (the server rolls the leftover
 //! transaction back) and replaced. A background task closes connections idle
 //! longer than [`DatabasePoolConfig::with_idle_timeout`].
@@ -983,10 +984,8 @@ async fn close_quietly(mut conn: PgConnection, check: Option<ExitCheck>) {
 /// Whether an idle connection is alive and outside any transaction; see the
 /// leftover-transaction rule in the parent module.
 async fn is_clean(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
-    let row = sqlx::raw_sql(crate::sql::FRESH_CHECK)
-        .fetch_optional(conn)
-        .await?;
-    super::is_fresh(row.as_ref())
+    // A statement, not an empty query: inside a failed transaction it fails.
+    super::run_outside_transaction(conn, crate::sql::reset_statement()).await
 }
 
 /// The error of an acquire on closed pools.

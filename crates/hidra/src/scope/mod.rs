@@ -9,22 +9,34 @@
 //!   with sqlx's `test_before_acquire` ping turned off and a `before_acquire`
 //!   hook in its place. That hook is told, through a private task-local, what
 //!   the checkout is for: a tenant connection
-//!   ([`Hidra::acquire`](crate::Hidra::acquire)) gets the tenant's
-//!   `search_path`; a shared connection
+//!   ([`Hidra::acquire`](crate::Hidra::acquire)) gets
+//!   `SET search_path TO "tenant_acme", "public"; SET hidra.tenant_id TO ''`;
+//!   a shared connection
 //!   ([`Hidra::acquire_shared`](crate::Hidra::acquire_shared)), a
 //!   transaction checkout ([`Hidra::begin`](crate::Hidra::begin), whose
 //!   binding is transaction-local) and anything else get `RESET search_path`
 //!   and no row-level tenant, so no session binding of an earlier tenant is
-//!   left under a transaction that user code might end early. The
-//!   same statement checks that the connection is not inside a transaction an
-//!   earlier user left open (such a connection is closed, which rolls that
-//!   transaction back). It replaces the ping sqlx would otherwise send, so
-//!   binding costs no extra round trip, and it also proves the connection alive.
+//!   left under a transaction that user code might end early.
+//! - The same round trip proves that the connection is not inside a
+//!   transaction an earlier user left open: every reply of PostgreSQL ends
+//!   with the connection's transaction status, and the checkout statement is
+//!   sent through sqlx's `begin_with`, which reports a statement that leaves
+//!   the connection outside a transaction as `BeginFailed`. That is the
+//!   answer wanted; a connection still inside a transaction is closed (which
+//!   rolls the transaction back). The statement replaces the ping sqlx would
+//!   otherwise send, so binding costs no extra round trip, and it also proves
+//!   the connection alive. Utility `SET`s cost about half of an equivalent
+//!   `SELECT set_config(…)`, which goes through the planner (measured with
+//!   `bench-checkout`).
 //! - A new connection starts with the server default and is bound by
 //!   `acquire` itself.
-//! - [`Hidra::begin`](crate::Hidra::begin) sends `BEGIN` and a
-//!   transaction-local `set_config('search_path', …, true)` as one simple query:
-//!   one round trip, and the binding ends with the transaction.
+//! - [`Hidra::begin`](crate::Hidra::begin) sends `BEGIN` and
+//!   transaction-local `SET LOCAL`s as one simple query: one round trip, and
+//!   the binding ends with the transaction.
+//! - Statements run through [`sqlx::Executor`], implemented by `&mut
+//!   TenantConn` and `&mut TenantTx`: every prepared statement is the
+//!   tenant's own (see the `statements` module), so no plan is shared between
+//!   tenants.
 //!
 //! Because every checkout re-establishes the binding, what a connection carried
 //! before does not matter: a query cancelled mid-flight, a panicking handler, a
@@ -42,18 +54,23 @@
 //! [`Hidra::begin`](crate::Hidra::begin) only.
 
 mod databases;
+mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
+pub use statements::StaleStatement;
 
 use std::cell::Cell;
 use std::fmt;
-use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::future::BoxFuture;
 use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
-use sqlx::{PgConnection, Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, SqlStr, Transaction};
 
 use crate::error::{Error, Result};
-use crate::tenant::{Tenant, TenantId};
+use crate::sql::Ident;
+use crate::tenant::{Strategy, Tenant, TenantId};
+use statements::{Scoped, Statements};
 
 /// What the checkout in progress on this task is for.
 #[derive(Debug)]
@@ -72,10 +89,41 @@ pub(crate) struct Binding {
     pub(crate) tenant_id: String,
 }
 
+/// Everything a tenant's connections need, computed once per tenant record
+/// (see `Hidra::scope`): the statements that bind it, and its statement texts.
+#[derive(Debug)]
+pub(crate) struct TenantScope {
+    /// The placement it was built for; a moved tenant gets a new one.
+    schema: String,
+    strategy: Strategy,
+    /// The session binding of a checkout.
+    checkout: SqlStr,
+    /// `BEGIN` plus the transaction-local binding.
+    begin: SqlStr,
+    statements: Statements,
+}
+
+impl TenantScope {
+    pub(crate) fn new(tenant: &Tenant, schema: &Ident, binding: Binding) -> Self {
+        TenantScope {
+            schema: tenant.placement.schema.clone(),
+            strategy: tenant.placement.strategy,
+            checkout: crate::sql::bind_session(&binding),
+            begin: crate::sql::begin_scoped(&binding),
+            statements: Statements::new(schema),
+        }
+    }
+
+    /// Whether this scope was built for `tenant`'s current placement.
+    pub(crate) fn fits(&self, tenant: &Tenant) -> bool {
+        self.strategy == tenant.placement.strategy && self.schema == tenant.placement.schema
+    }
+}
+
 #[derive(Clone, Debug)]
 enum Intent {
-    /// Bind this session `search_path` and row-level tenant.
-    Session(Binding),
+    /// Bind this tenant's session `search_path` and row-level tenant.
+    Session(Arc<TenantScope>),
     /// Unscoped: clear whatever a tenant left behind.
     Reset,
 }
@@ -86,12 +134,10 @@ tokio::task_local! {
 
 /// The `before_acquire` hook Hidra installs on its pool, in place of sqlx's ping.
 ///
-/// It runs one simple query that proves the connection alive, checks that it is
-/// not inside a transaction some earlier user left open (`now()`, the start of
-/// the transaction, equals `statement_timestamp()` only when this statement
-/// started it), and binds or resets the `search_path`. A connection found inside
-/// a leftover transaction is refused, so sqlx closes it (the server rolls that
-/// transaction back) and hands out another.
+/// It runs one simple query that binds or resets the `search_path` and proves
+/// the connection alive and outside any transaction some earlier user left
+/// open. A connection found inside one is refused, so sqlx closes it (the
+/// server rolls that transaction back) and hands out another.
 pub(crate) fn before_acquire(
     conn: &mut PgConnection,
     _meta: PoolConnectionMetadata,
@@ -114,25 +160,43 @@ pub(crate) fn before_acquire(
 /// outside any transaction.
 async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx::Error> {
     let statement = match intent {
-        Intent::Session(b) => crate::sql::bind_session(b),
+        Intent::Session(scope) => scope.checkout.clone(),
         Intent::Reset => crate::sql::reset_statement(),
     };
-    let row = sqlx::raw_sql(statement).fetch_optional(conn).await?;
-    is_fresh(row.as_ref())
+    run_outside_transaction(conn, statement).await
 }
 
-/// Reads the leftover-transaction check's answer (the first column of the
-/// first row); no row counts as not fresh.
-fn is_fresh(row: Option<&sqlx::postgres::PgRow>) -> Result<bool, sqlx::Error> {
-    row.map_or(Ok(false), |row| row.try_get::<bool, _>(0))
+/// Runs `statement` (which must not begin a transaction) and returns whether
+/// the connection was outside any transaction, read from the transaction
+/// status PostgreSQL sends with its reply: sqlx's `begin_with` fails with
+/// `BeginFailed` exactly when the statement left the connection outside one.
+/// Inside a *failed* transaction the status reads "not in a transaction", but
+/// there any statement but a rollback fails (`25P02`), so `statement` must be
+/// a real one, never empty.
+pub(crate) async fn run_outside_transaction(
+    conn: &mut PgConnection,
+    statement: SqlStr,
+) -> Result<bool, sqlx::Error> {
+    match Transaction::<Postgres>::begin(conn, Some(statement)).await {
+        Err(sqlx::Error::BeginFailed) => Ok(true),
+        // Still inside a transaction begun before: dropping this queues its
+        // rollback, and the caller closes the connection.
+        Ok(leftover) => {
+            drop(leftover);
+            Ok(false)
+        }
+        // A sqlx transaction was leaked on this connection.
+        Err(sqlx::Error::InvalidSavePointStatement) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Checks a connection out of `pool` bound to a tenant.
 pub(crate) async fn acquire_bound(
     pool: &sqlx::PgPool,
-    binding: Binding,
+    scope: Arc<TenantScope>,
 ) -> Result<PoolConnection<Postgres>> {
-    let intent = Intent::Session(binding);
+    let intent = Intent::Session(scope);
     let (mut conn, bound) = checkout(pool, intent.clone()).await?;
     if !bound {
         // A freshly opened connection: the hook does not run for those.
@@ -171,16 +235,21 @@ async fn checkout(pool: &sqlx::PgPool, intent: Intent) -> Result<(PoolConnection
     Ok((conn.map_err(Error::db("acquiring a connection"))?, bound))
 }
 
-/// A pooled connection whose `search_path` is bound to one tenant.
+/// A pooled connection bound to one tenant.
 ///
-/// Dereferences to [`PgConnection`], so sqlx queries run on it unqualified
-/// against the tenant's tables: `query.fetch_one(&mut *conn)`. Dropping it
-/// returns the connection to the pool; its next checkout re-binds it.
+/// `&mut TenantConn` is a [`sqlx::Executor`]: sqlx queries run on it
+/// unqualified against the tenant's tables, each as a prepared statement of
+/// the tenant's own (so tenants at different migration versions never share a
+/// plan), `query.fetch_one(&mut conn)`. Dropping it returns the connection to
+/// the pool; its next checkout re-binds it.
 ///
 /// Not safe behind a transaction-pooling proxy; use [`Hidra::begin`](crate::Hidra::begin) there.
 pub struct TenantConn {
     conn: Pooled,
     tenant: TenantId,
+    /// `None` for a tenant in its own database (its connections serve it alone).
+    scope: Option<Arc<TenantScope>>,
+    stale: AtomicBool,
 }
 
 /// A connection from the shared pool or from a tenant database's pool.
@@ -189,7 +258,13 @@ pub(crate) enum Pooled {
     Database(DbConn),
 }
 
-impl Deref for Pooled {
+impl Pooled {
+    fn connection(&mut self) -> &mut PgConnection {
+        self
+    }
+}
+
+impl std::ops::Deref for Pooled {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
@@ -200,7 +275,7 @@ impl Deref for Pooled {
     }
 }
 
-impl DerefMut for Pooled {
+impl std::ops::DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut PgConnection {
         match self {
             Pooled::Shared(c) => c,
@@ -210,16 +285,56 @@ impl DerefMut for Pooled {
 }
 
 impl TenantConn {
-    pub(crate) fn new(conn: Pooled, tenant: &Tenant) -> Self {
+    pub(crate) fn new(conn: Pooled, tenant: &Tenant, scope: Option<Arc<TenantScope>>) -> Self {
         TenantConn {
             conn,
             tenant: tenant.id.clone(),
+            scope,
+            stale: AtomicBool::new(false),
         }
     }
 
     /// The tenant this connection is bound to.
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// The underlying connection, bound to the tenant, for what the
+    /// [`Executor`](sqlx::Executor) cannot do (`COPY`, `LISTEN`, APIs that
+    /// want a [`PgConnection`]).
+    ///
+    /// Statements prepared here bypass per-tenant statements: sqlx caches
+    /// them by SQL text alone, so another tenant's checkout of this pooled
+    /// connection reuses them. PostgreSQL then re-plans them on every tenant
+    /// switch, and a statement whose result shape differs between two tenants
+    /// (one of them a migration ahead) fails with "cached plan must not change
+    /// result type". Prefer `&mut conn`.
+    pub fn raw_connection(&mut self) -> &mut PgConnection {
+        self.conn.connection()
+    }
+
+    fn scoped(&mut self) -> Scoped<'_> {
+        Scoped {
+            conn: self.conn.connection(),
+            statements: self.scope.as_deref().map(|s| &s.statements),
+            in_transaction: false,
+            stale: &self.stale,
+        }
+    }
+}
+
+crate::__impl_scoped_executor!(TenantConn, this => this.scoped());
+
+impl Drop for TenantConn {
+    fn drop(&mut self) {
+        // Stale statements found by a stream are not dropped yet: take them
+        // out of the pool with the connection.
+        if self.stale.load(Ordering::Acquire) {
+            match &mut self.conn {
+                Pooled::Shared(c) => c.close_on_drop(),
+                Pooled::Database(c) => c.discard_on_drop(true),
+            }
+        }
     }
 }
 
@@ -231,32 +346,12 @@ impl fmt::Debug for TenantConn {
     }
 }
 
-impl Deref for TenantConn {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        &self.conn
-    }
-}
-
-impl DerefMut for TenantConn {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        &mut self.conn
-    }
-}
-
-impl AsMut<PgConnection> for TenantConn {
-    fn as_mut(&mut self) -> &mut PgConnection {
-        &mut self.conn
-    }
-}
-
-/// A transaction whose `search_path` is bound to one tenant with a
-/// transaction-local setting.
+/// A transaction bound to one tenant with transaction-local settings.
 ///
-/// Dereferences to [`PgConnection`]. Call [`commit`](TenantTx::commit) to keep
-/// the work; dropping it without committing rolls back (also on panic).
-/// Safe behind a transaction-pooling proxy such as PgBouncer.
+/// `&mut TenantTx` is a [`sqlx::Executor`] running per-tenant statements,
+/// like [`TenantConn`]. Call [`commit`](TenantTx::commit) to keep the work;
+/// dropping it without committing rolls back (also on panic). Safe behind a
+/// transaction-pooling proxy such as PgBouncer.
 ///
 /// For a database-per-tenant tenant the transaction is opened with a plain
 /// `BEGIN` on the tenant's own connection: nest with explicit `SAVEPOINT`s
@@ -265,6 +360,8 @@ impl AsMut<PgConnection> for TenantConn {
 pub struct TenantTx {
     tx: Tx,
     tenant: TenantId,
+    scope: Option<Arc<TenantScope>>,
+    stale: AtomicBool,
 }
 
 enum Tx {
@@ -272,18 +369,29 @@ enum Tx {
     Database(DbConn),
 }
 
+impl Tx {
+    fn connection(&mut self) -> &mut PgConnection {
+        match self {
+            Tx::Shared(tx) => tx,
+            Tx::Database(c) => c,
+        }
+    }
+}
+
 impl TenantTx {
     pub(crate) async fn begin(
         conn: PoolConnection<Postgres>,
         tenant: &Tenant,
-        binding: &Binding,
+        scope: Arc<TenantScope>,
     ) -> Result<Self> {
-        let tx = Transaction::begin(conn, Some(crate::sql::begin_scoped(binding)))
+        let tx = Transaction::begin(conn, Some(scope.begin.clone()))
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
             tx: Tx::Shared(tx),
             tenant: tenant.id.clone(),
+            scope: Some(scope),
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -299,6 +407,8 @@ impl TenantTx {
         Ok(TenantTx {
             tx: Tx::Database(conn),
             tenant: tenant.id.clone(),
+            scope: None,
+            stale: AtomicBool::new(false),
         })
     }
 
@@ -307,8 +417,31 @@ impl TenantTx {
         &self.tenant
     }
 
+    /// The underlying connection, inside the transaction; see
+    /// [`TenantConn::raw_connection`] for what it bypasses.
+    pub fn raw_connection(&mut self) -> &mut PgConnection {
+        self.tx.connection()
+    }
+
+    fn scoped(&mut self) -> Scoped<'_> {
+        Scoped {
+            conn: self.tx.connection(),
+            statements: self.scope.as_deref().map(|s| &s.statements),
+            in_transaction: true,
+            stale: &self.stale,
+        }
+    }
+
+    /// Drops statements a stream found stale before the connection goes back.
+    async fn clear_stale(&mut self) {
+        if self.stale.swap(false, Ordering::AcqRel) {
+            let _ = sqlx::Connection::clear_cached_statements(self.tx.connection()).await;
+        }
+    }
+
     /// Commits the transaction.
-    pub async fn commit(self) -> Result<()> {
+    pub async fn commit(mut self) -> Result<()> {
+        self.clear_stale().await;
         let fail = Error::db("committing a tenant transaction");
         match self.tx {
             Tx::Shared(tx) => tx.commit().await.map_err(fail),
@@ -317,7 +450,8 @@ impl TenantTx {
     }
 
     /// Rolls the transaction back.
-    pub async fn rollback(self) -> Result<()> {
+    pub async fn rollback(mut self) -> Result<()> {
+        self.clear_stale().await;
         let fail = Error::db("rolling back a tenant transaction");
         match self.tx {
             Tx::Shared(tx) => tx.rollback().await.map_err(fail),
@@ -325,6 +459,8 @@ impl TenantTx {
         }
     }
 }
+
+crate::__impl_scoped_executor!(TenantTx, this => this.scoped());
 
 /// Ends a tenant database's transaction; the connection goes back to the
 /// pool only if that worked.
@@ -339,31 +475,5 @@ impl fmt::Debug for TenantTx {
         f.debug_struct("TenantTx")
             .field("tenant", &self.tenant)
             .finish_non_exhaustive()
-    }
-}
-
-impl Deref for TenantTx {
-    type Target = PgConnection;
-
-    fn deref(&self) -> &PgConnection {
-        match &self.tx {
-            Tx::Shared(tx) => tx,
-            Tx::Database(c) => c,
-        }
-    }
-}
-
-impl DerefMut for TenantTx {
-    fn deref_mut(&mut self) -> &mut PgConnection {
-        match &mut self.tx {
-            Tx::Shared(tx) => tx,
-            Tx::Database(c) => c,
-        }
-    }
-}
-
-impl AsMut<PgConnection> for TenantTx {
-    fn as_mut(&mut self) -> &mut PgConnection {
-        self
     }
 }

@@ -172,7 +172,7 @@ pub async fn setup() -> Ctx {
 pub async fn user_emails(hidra: &Hidra, tenant: &Tenant) -> Vec<String> {
     let mut conn = hidra.acquire(tenant).await.unwrap();
     sqlx::query_scalar("SELECT email FROM users ORDER BY email")
-        .fetch_all(&mut *conn)
+        .fetch_all(&mut conn)
         .await
         .unwrap()
 }
@@ -181,7 +181,7 @@ pub async fn user_emails(hidra: &Hidra, tenant: &Tenant) -> Vec<String> {
 pub async fn user_role_count(hidra: &Hidra, tenant: &Tenant) -> i64 {
     let mut conn = hidra.acquire(tenant).await.unwrap();
     sqlx::query_scalar("SELECT count(*) FROM user_roles")
-        .fetch_one(&mut *conn)
+        .fetch_one(&mut conn)
         .await
         .unwrap()
 }

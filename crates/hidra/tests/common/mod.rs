@@ -50,7 +50,7 @@ pub async fn tenant_with_marker(hidra: &Hidra, name: &str) -> Tenant {
     let mut conn = hidra.acquire(&tenant).await.unwrap();
     sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
         .bind(name)
-        .execute(&mut *conn)
+        .execute(&mut conn)
         .await
         .unwrap();
     tenant
@@ -82,7 +82,7 @@ pub async fn fill_customers_and_orders(hidra: &Hidra, tenant: &Tenant, n: i32, f
     let mut tx = hidra.begin(tenant).await.unwrap();
     sqlx::query("INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, $1) g")
         .bind(n)
-        .execute(&mut *tx)
+        .execute(&mut tx)
         .await
         .unwrap();
     sqlx::query(
@@ -90,7 +90,7 @@ pub async fn fill_customers_and_orders(hidra: &Hidra, tenant: &Tenant, n: i32, f
          WHERE NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = customers.id)",
     )
     .bind(factor)
-    .execute(&mut *tx)
+    .execute(&mut tx)
     .await
     .unwrap();
     tx.commit().await.unwrap();
@@ -103,7 +103,7 @@ pub async fn customers_and_orders(hidra: &Hidra, tenant: &Tenant) -> Vec<(i64, S
         "SELECT c.id, c.name, o.id, o.total FROM customers c \
          JOIN orders o ON o.customer_id = c.id ORDER BY c.id",
     )
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut conn)
     .await
     .unwrap()
 }

@@ -143,7 +143,9 @@ impl TenantResolver for JwtResolver {
         let found = match self.token(parts) {
             Ok(Some(token)) => match self.jwt.verify(token) {
                 Ok(claims) => Ok(Some(
-                    Resolution::verified(claims.tenant.as_str()).with_extension(claims),
+                    Resolution::verified(claims.tenant.as_str())
+                        .with_incarnation(claims.tenant_incarnation)
+                        .with_extension(claims),
                 )),
                 Err(error) => {
                     tracing::debug!(%error, "refusing a request: its token does not verify");

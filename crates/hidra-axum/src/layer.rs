@@ -446,6 +446,17 @@ impl Shared {
         if !tenant.is_active() {
             return Err(Refusal::Missing(Missing::Inactive(id, tenant.status)));
         }
+        // A credential of an earlier tenant under the same id does not hold.
+        if found
+            .iter()
+            .filter_map(Resolution::incarnation)
+            .any(|i| i != tenant.incarnation())
+        {
+            return Err(Error::Unauthorized(
+                "a credential of an earlier incarnation of the tenant".into(),
+            )
+            .into());
+        }
         Ok(tenant)
     }
 }

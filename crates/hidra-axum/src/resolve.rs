@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 pub struct Resolution {
     candidate: String,
     verified: bool,
+    incarnation: Option<i64>,
     uri: Option<Uri>,
     extensions: Extensions,
 }
@@ -35,6 +36,7 @@ impl PartialEq for Resolution {
     fn eq(&self, other: &Self) -> bool {
         self.candidate == other.candidate
             && self.verified == other.verified
+            && self.incarnation == other.incarnation
             && self.uri == other.uri
     }
 }
@@ -47,6 +49,7 @@ impl Resolution {
         Resolution {
             candidate: candidate.into(),
             verified: false,
+            incarnation: None,
             uri: None,
             extensions: Extensions::new(),
         }
@@ -59,9 +62,25 @@ impl Resolution {
         Resolution {
             candidate: candidate.into(),
             verified: true,
+            incarnation: None,
             uri: None,
             extensions: Extensions::new(),
         }
+    }
+
+    /// Binds the candidate to one incarnation of its id
+    /// ([`hidra::Tenant::incarnation`]): if the registered tenant of that id
+    /// is another incarnation (deleted and created again since the credential
+    /// was issued), the request is refused with `401 {"error":"unauthorized"}`,
+    /// like any other credential that does not hold.
+    pub fn with_incarnation(mut self, incarnation: i64) -> Self {
+        self.incarnation = Some(incarnation);
+        self
+    }
+
+    /// The incarnation the candidate is bound to, if any.
+    pub fn incarnation(&self) -> Option<i64> {
+        self.incarnation
     }
 
     /// Replaces the request's URI before the inner service sees it (the path

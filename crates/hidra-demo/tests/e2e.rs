@@ -444,8 +444,10 @@ async fn check_tenant_resolution(demo: &Demo, a: &Account, b: &Account) {
         .to_owned();
     let other_secret =
         hidra::auth::Jwt::hs256("a-different-secret-0123456789-0123456789-xyz").unwrap();
-    let b_id = hidra::TenantId::new(&b.tenant).unwrap();
-    let foreign = other_secret.issue(sub.clone(), &b_id, ["admin"]).unwrap();
+    let b_record = record_of(&b.token);
+    let foreign = other_secret
+        .issue(sub.clone(), &b_record, ["admin"])
+        .unwrap();
     let r = demo.get("/customers", Some(&foreign)).await;
     demo.expect_error(&r, 401, "unauthorized");
     let r = demo
@@ -459,11 +461,11 @@ async fn check_tenant_resolution(demo: &Demo, a: &Account, b: &Account) {
 
     // Expired: only meaningful if a fresh token signed the same way is accepted.
     let jwt = hidra::auth::Jwt::hs256(JWT_SECRET).unwrap();
-    let a_id = hidra::TenantId::new(&a.tenant).unwrap();
-    let fresh = jwt.issue(sub.clone(), &a_id, ["admin"]).unwrap();
+    let a_record = record_of(&a.token);
+    let fresh = jwt.issue(sub.clone(), &a_record, ["admin"]).unwrap();
     let control = demo.get("/me", Some(&fresh)).await;
     if control.status == 200 {
-        let mut claims = jwt.claims(sub, &a_id, ["admin"]);
+        let mut claims = jwt.claims(sub, &a_record, ["admin"]);
         claims.iat -= 7200;
         claims.exp = claims.iat + 60;
         let expired = jwt.sign(&claims).unwrap();
@@ -2198,4 +2200,15 @@ async fn a_tenant_suspended_by_another_process_is_refused_within_seconds() {
     };
     demo.expect(&back, 200);
     ops.close().await;
+}
+
+/// The tenant record a token names (id and incarnation), as a client that
+/// read the token would rebuild it.
+fn record_of(token: &str) -> hidra::Tenant {
+    let payload = jwt_payload(token);
+    let mut record =
+        hidra::testing::tenant_record(payload["tenant"].as_str().expect("a tenant claim"));
+    let micros = payload["tinc"].as_i64().expect("an incarnation claim");
+    record.created_at = chrono::DateTime::from_timestamp_micros(micros).expect("a valid instant");
+    record
 }

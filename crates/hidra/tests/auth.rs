@@ -58,7 +58,13 @@ fn every_algorithm() -> Vec<Jwt> {
 #[test]
 fn tokens_round_trip_with_every_algorithm() {
     for jwt in every_algorithm() {
-        let token = jwt.issue("42", &id("acme"), ["admin", "sales"]).unwrap();
+        let token = jwt
+            .issue(
+                "42",
+                &hidra::testing::tenant_record("acme"),
+                ["admin", "sales"],
+            )
+            .unwrap();
         let claims = jwt.verify(&token).unwrap();
         assert_eq!(claims.sub, "42");
         assert_eq!(claims.tenant, id("acme"));
@@ -115,7 +121,13 @@ fn algorithm_confusion_is_refused() {
 fn any_other_algorithm_than_the_pinned_one_is_refused() {
     let tokens: Vec<(JwtAlgorithm, String)> = every_algorithm()
         .into_iter()
-        .map(|j| (j.algorithm(), j.issue("1", &id("acme"), ["admin"]).unwrap()))
+        .map(|j| {
+            (
+                j.algorithm(),
+                j.issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+                    .unwrap(),
+            )
+        })
         .collect();
     for verifier in every_algorithm() {
         for (alg, token) in &tokens {
@@ -161,7 +173,9 @@ fn keys_of_the_wrong_type_are_refused_at_configuration() {
 fn wrong_key_is_refused() {
     // HS256: another secret.
     let other = Jwt::hs256(b"another secret of thirty-two bytes or more!!").unwrap();
-    let token = other.issue("1", &id("acme"), ["admin"]).unwrap();
+    let token = other
+        .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+        .unwrap();
     assert_eq!(kind(hs256().verify(&token)), AuthError::InvalidToken);
 
     // RS256: signed with another private key.
@@ -171,19 +185,25 @@ fn wrong_key_is_refused() {
         &key("rsa_other_public.pem"),
     )
     .unwrap();
-    let token = other.issue("1", &id("acme"), ["admin"]).unwrap();
+    let token = other
+        .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+        .unwrap();
     assert_eq!(kind(rs256().verify(&token)), AuthError::InvalidToken);
 
     // RS256: verified with another public key.
     let verifier = Jwt::from_pem(JwtAlgorithm::Rs256, None, &key("rsa_other_public.pem")).unwrap();
-    let token = rs256().issue("1", &id("acme"), ["admin"]).unwrap();
+    let token = rs256()
+        .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+        .unwrap();
     assert_eq!(kind(verifier.verify(&token)), AuthError::InvalidToken);
 }
 
 #[test]
 fn tampered_payload_is_refused() {
     for jwt in every_algorithm() {
-        let token = jwt.issue("1", &id("acme"), ["viewer"]).unwrap();
+        let token = jwt
+            .issue("1", &hidra::testing::tenant_record("acme"), ["viewer"])
+            .unwrap();
         let parts: Vec<&str> = token.split('.').collect();
         let mut claims: Value = serde_json::from_slice(&b64url_decode(parts[1])).unwrap();
         for (field, value) in [
@@ -221,14 +241,14 @@ fn tampered_payload_is_refused() {
 #[test]
 fn expired_token_is_refused() {
     for jwt in every_algorithm() {
-        let mut claims = jwt.claims("1", &id("acme"), ["admin"]);
+        let mut claims = jwt.claims("1", &hidra::testing::tenant_record("acme"), ["admin"]);
         claims.iat -= 7200;
         claims.exp = claims.iat + 3600; // an hour ago
         let token = jwt.sign(&claims).unwrap();
         assert_eq!(kind(jwt.verify(&token)), AuthError::Expired);
         // Five seconds past `exp` is expired when no leeway is allowed.
         let strict = jwt.clone().with_leeway(Duration::ZERO);
-        let mut claims = strict.claims("1", &id("acme"), ["admin"]);
+        let mut claims = strict.claims("1", &hidra::testing::tenant_record("acme"), ["admin"]);
         claims.exp -= 3600 + 5;
         assert_eq!(
             kind(strict.verify(&strict.sign(&claims).unwrap())),
@@ -240,7 +260,7 @@ fn expired_token_is_refused() {
 #[test]
 fn expiry_within_the_leeway_is_tolerated() {
     let jwt = hs256().with_leeway(Duration::from_secs(3600));
-    let mut claims = jwt.claims("1", &id("acme"), ["admin"]);
+    let mut claims = jwt.claims("1", &hidra::testing::tenant_record("acme"), ["admin"]);
     claims.exp = claims.iat - 600; // ten minutes ago, within an hour of leeway
     assert!(jwt.verify(&jwt.sign(&claims).unwrap()).is_ok());
 }
@@ -248,7 +268,7 @@ fn expiry_within_the_leeway_is_tolerated() {
 #[test]
 fn not_yet_valid_token_is_refused() {
     for jwt in every_algorithm() {
-        let mut claims = jwt.claims("1", &id("acme"), ["admin"]);
+        let mut claims = jwt.claims("1", &hidra::testing::tenant_record("acme"), ["admin"]);
         claims.nbf = Some(claims.iat + 3600);
         let token = jwt.sign(&claims).unwrap();
         assert_eq!(kind(jwt.verify(&token)), AuthError::NotYetValid);
@@ -306,12 +326,18 @@ fn missing_or_invalid_tenant_claim_is_refused() {
 #[test]
 fn token_of_tenant_a_is_refused_for_tenant_b() {
     for jwt in every_algorithm() {
-        let token = jwt.issue("1", &id("acme"), ["admin"]).unwrap();
+        let token = jwt
+            .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+            .unwrap();
         assert_eq!(
-            jwt.verify_for(&token, &id("acme")).unwrap().tenant,
+            jwt.verify_for(&token, &hidra::testing::tenant_record("acme"))
+                .unwrap()
+                .tenant,
             id("acme")
         );
-        let err = jwt.verify_for(&token, &id("globex")).unwrap_err();
+        let err = jwt
+            .verify_for(&token, &hidra::testing::tenant_record("globex"))
+            .unwrap_err();
         assert!(
             matches!(err, Error::Auth(AuthError::WrongTenant)),
             "{err:?}"
@@ -326,7 +352,9 @@ fn issuer_and_audience_are_enforced_when_configured() {
     let jwt = hs256()
         .with_issuer("https://auth.acme.test")
         .with_audience("api");
-    let token = jwt.issue("1", &id("acme"), ["admin"]).unwrap();
+    let token = jwt
+        .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+        .unwrap();
     let claims = jwt.verify(&token).unwrap();
     assert_eq!(claims.iss.as_deref(), Some("https://auth.acme.test"));
     assert_eq!(claims.aud.as_deref(), Some("api"));
@@ -341,7 +369,9 @@ fn issuer_and_audience_are_enforced_when_configured() {
         assert_eq!(kind(other.verify(&token)), AuthError::InvalidToken);
     }
     // A token without `iss`/`aud` is refused by a verifier that requires them.
-    let bare = hs256().issue("1", &id("acme"), ["admin"]).unwrap();
+    let bare = hs256()
+        .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+        .unwrap();
     assert_eq!(kind(jwt.verify(&bare)), AuthError::InvalidToken);
 }
 
@@ -359,9 +389,13 @@ fn keys_load_from_files_and_public_keys_only_verify() {
         let verifier = Jwt::from_pem_files(alg, None, &key_path(public)).unwrap();
         assert!(issuer.can_issue());
         assert!(!verifier.can_issue());
-        let token = issuer.issue("1", &id("acme"), ["admin"]).unwrap();
+        let token = issuer
+            .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+            .unwrap();
         assert_eq!(verifier.verify(&token).unwrap().tenant, id("acme"));
-        let err = verifier.issue("1", &id("acme"), ["admin"]).unwrap_err();
+        let err = verifier
+            .issue("1", &hidra::testing::tenant_record("acme"), ["admin"])
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
     }
     let err = Jwt::from_pem_files(JwtAlgorithm::Rs256, None, &key_path("missing.pem")).unwrap_err();
@@ -412,13 +446,13 @@ async fn register_then_login_issues_a_token_with_the_users_roles() {
         .await
         .unwrap();
     assert_eq!(login.user(), &user);
-    let claims = ctx.jwt.verify_for(login.token(), &ctx.acme.id).unwrap();
+    let claims = ctx.jwt.verify_for(login.token(), &ctx.acme).unwrap();
     assert_eq!(&claims, login.claims());
     assert_eq!(claims.sub, user.id.to_string());
     assert_eq!(claims.roles, ["admin", "sales"]);
     assert!(!format!("{login:?}").contains(login.token()));
     assert_eq!(
-        kind(ctx.jwt.verify_for(login.token(), &ctx.globex.id)),
+        kind(ctx.jwt.verify_for(login.token(), &ctx.globex)),
         AuthError::WrongTenant
     );
     assert_eq!(

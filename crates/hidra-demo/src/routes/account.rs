@@ -186,7 +186,7 @@ async fn create_tenant(
     };
     tracing::info!(tenant = %tenant.id, "tenant signed up");
     let jwt = state.accounts.jwt();
-    let token = jwt.issue(user.id.to_string(), &tenant.id, &user.roles)?;
+    let token = jwt.issue(user.id.to_string(), &tenant, &user.roles)?;
     let view = TenantView {
         id: tenant.id.clone(),
         name: tenant.name.clone(),

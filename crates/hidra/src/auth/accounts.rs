@@ -276,7 +276,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// A user row found for login.
 struct Found {
-    tenant: TenantId,
+    tenant: Tenant,
     id: i64,
     full_name: String,
     hash: String,
@@ -463,13 +463,13 @@ impl Accounts {
             .jwt
             .claims(found.id.to_string(), &found.tenant, found.roles.clone());
         let token = self.jwt.sign(&claims)?;
-        tracing::debug!(tenant = %found.tenant, user = found.id, "logged in");
+        tracing::debug!(tenant = %found.tenant.id, user = found.id, "logged in");
         Ok(Login {
             token,
             claims,
             user: User {
                 id: found.id,
-                tenant: found.tenant,
+                tenant: found.tenant.id,
                 email,
                 full_name: found.full_name,
                 roles: found.roles,
@@ -500,7 +500,7 @@ impl Accounts {
         let roles = roles_of(&mut tx, id).await?;
         tx.commit().await?;
         Ok(Some(Found {
-            tenant: tenant.id,
+            tenant,
             id,
             full_name,
             hash,

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{AuthError, RolePermissions, refuse};
 use crate::error::{Error, Result};
-use crate::tenant::TenantId;
+use crate::tenant::{Tenant, TenantId};
 
 /// The shortest HS256 secret accepted, in bytes (256 bits, the size of the
 /// hash, as RFC 7518 §3.2 requires).
@@ -22,7 +22,20 @@ const MIN_HS256_SECRET_BYTES: usize = 32;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Claim names hidra writes itself; the tenant claim may not be one of them.
-const RESERVED_CLAIMS: [&str; 8] = ["sub", "roles", "iat", "exp", "nbf", "iss", "aud", "jti"];
+const RESERVED_CLAIMS: [&str; 9] = [
+    "sub",
+    "roles",
+    "iat",
+    "exp",
+    "nbf",
+    "iss",
+    "aud",
+    "jti",
+    INCARNATION_CLAIM,
+];
+
+/// The claim naming the tenant's incarnation ([`Tenant::incarnation`]).
+const INCARNATION_CLAIM: &str = "tinc";
 
 /// The signature algorithm a [`Jwt`] is pinned to: tokens naming any other are
 /// refused.
@@ -74,6 +87,10 @@ pub struct Claims {
     pub sub: String,
     /// The tenant the token was issued for.
     pub tenant: TenantId,
+    /// Which incarnation of that tenant ([`Tenant::incarnation`]): a tenant
+    /// deleted and created again under the same id is another incarnation,
+    /// and refuses the old one's tokens.
+    pub tenant_incarnation: i64,
     /// The user's role names.
     pub roles: Vec<String>,
     /// Issued at, in seconds since the Unix epoch.
@@ -128,9 +145,10 @@ impl Claims {
         }
     }
 
-    /// `Ok` if the token was issued for `tenant`, else [`AuthError::WrongTenant`].
-    pub fn require_tenant(&self, tenant: &TenantId) -> Result<()> {
-        if &self.tenant == tenant {
+    /// `Ok` if the token was issued for this incarnation of `tenant`, else
+    /// [`AuthError::WrongTenant`].
+    pub fn require_tenant(&self, tenant: &Tenant) -> Result<()> {
+        if self.tenant == tenant.id && self.tenant_incarnation == tenant.incarnation() {
             Ok(())
         } else {
             refuse(AuthError::WrongTenant)
@@ -142,28 +160,30 @@ impl Claims {
 ///
 /// Cheap to clone. Configure it once at start-up:
 ///
-/// ```
+/// ```no_run
 /// use std::time::Duration;
 /// use hidra::auth::Jwt;
 /// use hidra::TenantId;
 ///
+/// # async fn run(hidra: hidra::Hidra) -> hidra::Result<()> {
 /// let jwt = Jwt::hs256(b"an example secret of at least 32 bytes!")?
 ///     .with_ttl(Duration::from_secs(15 * 60))
 ///     .with_leeway(Duration::from_secs(30))
 ///     .with_issuer("https://auth.example.com")
 ///     .with_audience("example-api");
 ///
-/// let acme = TenantId::new("acme")?;
+/// let acme = hidra.tenant(&TenantId::new("acme")?).await?.expect("registered");
 /// let token = jwt.issue("42", &acme, ["admin"])?;
 ///
 /// let claims = jwt.verify(&token)?;
-/// assert_eq!(claims.tenant, acme);
+/// assert_eq!(claims.tenant, acme.id);
 /// assert!(claims.has_role("admin"));
 ///
-/// // A request resolved to another tenant refuses the token.
-/// let globex = TenantId::new("globex")?;
+/// // A request resolved to another tenant, or to a new tenant created
+/// // under the same id after this one was deleted, refuses the token.
+/// let globex = hidra.tenant(&TenantId::new("globex")?).await?.expect("registered");
 /// assert!(jwt.verify_for(&token, &globex).is_err());
-/// # Ok::<(), hidra::Error>(())
+/// # Ok(()) }
 /// ```
 ///
 /// # What is refused
@@ -171,10 +191,13 @@ impl Claims {
 /// [`verify`](Jwt::verify) fails with [`Error::Auth`] when the token is
 /// malformed, names another algorithm than the pinned one (including `none`
 /// and an HS256 token signed with an RSA public key used as the HMAC secret),
-/// its signature does not verify with the configured key, its `exp` has passed
-/// or its `nbf` lies ahead (both beyond the leeway), `sub`, `iat` or `exp` is
-/// missing, `iss`/`aud` do not match the configured ones, or the tenant claim
-/// is missing or not a valid [`TenantId`].
+/// its signature does not verify with the configured key, its header lists
+/// `crit` extensions (none is understood), its `exp` has passed or its `nbf`
+/// or `iat` lies ahead (beyond the leeway), `sub`, `iat`, `exp` or the tenant
+/// incarnation (`tinc`) is missing, `iss`/`aud` do not match the configured
+/// ones, or the tenant claim is missing or not a valid [`TenantId`].
+/// [`verify_for`](Jwt::verify_for) also refuses a token of another tenant or
+/// of another incarnation of the same tenant id.
 #[derive(Clone)]
 pub struct Jwt {
     algorithm: JwtAlgorithm,
@@ -310,7 +333,7 @@ impl Jwt {
     /// Signs and verifies a probe token, so that a private key that does not
     /// belong to the public key is found at start-up rather than at login.
     fn check_key_pair(&self) -> Result<()> {
-        let probe = self.claims("probe", &TenantId::new("probe")?, [] as [&str; 0]);
+        let probe = self.claims_of("probe", TenantId::new("probe")?, 0, [] as [&str; 0]);
         let token = self.sign(&probe)?;
         self.verify(&token).map(|_| ()).map_err(|_| {
             config_err(format!(
@@ -397,9 +420,24 @@ impl Jwt {
         self.keys.encoding.is_some()
     }
 
-    /// Fresh claims for `sub` in `tenant` with `roles`: issued now, expiring
-    /// after the TTL, with the configured issuer and audience.
-    pub fn claims<I, S>(&self, sub: impl Into<String>, tenant: &TenantId, roles: I) -> Claims
+    /// Fresh claims for `sub` in this incarnation of `tenant` with `roles`:
+    /// issued now, expiring after the TTL, with the configured issuer and
+    /// audience.
+    pub fn claims<I, S>(&self, sub: impl Into<String>, tenant: &Tenant, roles: I) -> Claims
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.claims_of(sub, tenant.id.clone(), tenant.incarnation(), roles)
+    }
+
+    fn claims_of<I, S>(
+        &self,
+        sub: impl Into<String>,
+        tenant: TenantId,
+        tenant_incarnation: i64,
+        roles: I,
+    ) -> Claims
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -408,7 +446,8 @@ impl Jwt {
         let ttl = i64::try_from(self.ttl.as_secs()).unwrap_or(i64::MAX);
         Claims {
             sub: sub.into(),
-            tenant: tenant.clone(),
+            tenant,
+            tenant_incarnation,
             roles: roles.into_iter().map(Into::into).collect(),
             iat: now,
             exp: now.saturating_add(ttl),
@@ -420,7 +459,7 @@ impl Jwt {
 
     /// Issues a token for `sub` in `tenant` with `roles`: [`claims`](Jwt::claims)
     /// then [`sign`](Jwt::sign).
-    pub fn issue<I, S>(&self, sub: impl Into<String>, tenant: &TenantId, roles: I) -> Result<String>
+    pub fn issue<I, S>(&self, sub: impl Into<String>, tenant: &Tenant, roles: I) -> Result<String>
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -442,6 +481,10 @@ impl Jwt {
         map.insert(
             self.tenant_claim.clone(),
             Value::from(claims.tenant.as_str()),
+        );
+        map.insert(
+            INCARNATION_CLAIM.into(),
+            Value::from(claims.tenant_incarnation),
         );
         map.insert("roles".into(), Value::from(claims.roles.clone()));
         map.insert("iat".into(), Value::from(claims.iat));
@@ -465,6 +508,12 @@ impl Jwt {
             tracing::debug!(len = token.len(), "refused an oversized token");
             return refuse(AuthError::InvalidToken);
         }
+        // No `crit` extension is understood, so a token that lists one must
+        // be refused (RFC 7515 §4.1.11).
+        if jsonwebtoken::decode_header(token).is_ok_and(|h| h.crit.is_some()) {
+            tracing::debug!("refused a token with a crit header");
+            return refuse(AuthError::InvalidToken);
+        }
         let data = jsonwebtoken::decode::<Map<String, Value>>(
             token,
             &self.keys.decoding,
@@ -475,13 +524,19 @@ impl Jwt {
             tracing::debug!(error = %e, refusal = ?kind, "refused a token");
             Error::Auth(kind)
         })?;
-        self.claims_from(data.claims).map_err(Error::Auth)
+        let claims = self.claims_from(data.claims).map_err(Error::Auth)?;
+        let leeway = i64::try_from(self.leeway.as_secs()).unwrap_or(i64::MAX);
+        if claims.iat > chrono::Utc::now().timestamp().saturating_add(leeway) {
+            tracing::debug!(iat = claims.iat, "refused a token issued in the future");
+            return refuse(AuthError::NotYetValid);
+        }
+        Ok(claims)
     }
 
     /// [`verify`](Jwt::verify), and refuse with [`AuthError::WrongTenant`] a
     /// token issued for another tenant than `tenant` (the one the request was
-    /// resolved to).
-    pub fn verify_for(&self, token: &str, tenant: &TenantId) -> Result<Claims> {
+    /// resolved to), or for an earlier incarnation of it.
+    pub fn verify_for(&self, token: &str, tenant: &Tenant) -> Result<Claims> {
         let claims = self.verify(token)?;
         claims.require_tenant(tenant)?;
         Ok(claims)
@@ -529,6 +584,8 @@ impl Jwt {
         Ok(Claims {
             sub: string(map.remove("sub"))?.ok_or(AuthError::InvalidToken)?,
             tenant,
+            tenant_incarnation: number(map.remove(INCARNATION_CLAIM))?
+                .ok_or(AuthError::InvalidToken)?,
             roles,
             iat: number(map.remove("iat"))?.ok_or(AuthError::InvalidToken)?,
             exp: number(map.remove("exp"))?.ok_or(AuthError::InvalidToken)?,
@@ -555,8 +612,102 @@ mod tests {
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 
-    fn acme() -> TenantId {
-        TenantId::new("acme").unwrap()
+    fn acme() -> Tenant {
+        record("acme", 1_700_000_000_000_000)
+    }
+
+    fn record(id: &str, created_micros: i64) -> Tenant {
+        let at = chrono::DateTime::from_timestamp_micros(created_micros).unwrap();
+        Tenant {
+            id: TenantId::new(id).unwrap(),
+            name: id.into(),
+            status: crate::TenantStatus::Active,
+            placement: crate::Placement {
+                strategy: crate::Strategy::Schema,
+                schema: format!("tenant_{id}"),
+                database: None,
+                server: None,
+            },
+            metadata: serde_json::json!({}),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn tokens_are_bound_to_one_incarnation() {
+        let jwt = Jwt::hs256(SECRET).unwrap();
+        let token = jwt.issue("1", &acme(), ["admin"]).unwrap();
+        assert_eq!(
+            jwt.verify(&token).unwrap().tenant_incarnation,
+            acme().incarnation()
+        );
+        assert!(jwt.verify_for(&token, &acme()).is_ok());
+        // Deleted and created again under the same id: another incarnation.
+        let reborn = record("acme", 1_700_000_000_000_001);
+        assert_eq!(
+            kind(jwt.verify_for(&token, &reborn).unwrap_err()),
+            AuthError::WrongTenant
+        );
+        assert_eq!(
+            kind(
+                jwt.verify_for(&token, &record("globex", 1_700_000_000_000_000))
+                    .unwrap_err()
+            ),
+            AuthError::WrongTenant
+        );
+    }
+
+    #[test]
+    fn a_token_without_an_incarnation_is_refused() {
+        let jwt = Jwt::hs256(SECRET).unwrap();
+        let claims =
+            serde_json::json!({"sub": "1", "tenant": "acme", "iat": 1, "exp": i64::MAX / 2});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            kind(jwt.verify(&token).unwrap_err()),
+            AuthError::InvalidToken
+        );
+    }
+
+    #[test]
+    fn crit_headers_and_future_iat_are_refused() {
+        let jwt = Jwt::hs256(SECRET)
+            .unwrap()
+            .with_leeway(Duration::from_secs(30));
+        let claims = jwt.claims("1", &acme(), ["admin"]);
+        let mut map = serde_json::to_value(serde_json::json!({
+            "sub": "1", "tenant": "acme", "tinc": claims.tenant_incarnation,
+            "iat": claims.iat, "exp": claims.exp,
+        }))
+        .unwrap();
+        let sign = |header: &Header, map: &serde_json::Value| {
+            jsonwebtoken::encode(header, map, &EncodingKey::from_secret(SECRET)).unwrap()
+        };
+        let plain = Header::new(Algorithm::HS256);
+        assert!(
+            jwt.verify(&sign(&plain, &map)).is_ok(),
+            "the control token verifies"
+        );
+        let mut crit = Header::new(Algorithm::HS256);
+        crit.crit = Some(vec!["exp".into()]);
+        assert_eq!(
+            kind(jwt.verify(&sign(&crit, &map)).unwrap_err()),
+            AuthError::InvalidToken
+        );
+        // Issued in the future beyond the leeway; within it is fine.
+        map["iat"] = serde_json::json!(claims.iat + 3600);
+        assert_eq!(
+            kind(jwt.verify(&sign(&plain, &map)).unwrap_err()),
+            AuthError::NotYetValid
+        );
+        map["iat"] = serde_json::json!(claims.iat + 10);
+        assert!(jwt.verify(&sign(&plain, &map)).is_ok());
     }
 
     fn kind(err: Error) -> AuthError {
@@ -594,7 +745,7 @@ mod tests {
         let token = jwt.issue("7", &acme(), ["admin"]).unwrap();
         let payload = token.split('.').nth(1).unwrap();
         assert!(!payload.is_empty());
-        assert_eq!(jwt.verify(&token).unwrap().tenant, acme());
+        assert_eq!(jwt.verify(&token).unwrap().tenant, acme().id);
         // A verifier expecting the default name finds no tenant claim.
         let default = Jwt::hs256(SECRET).unwrap();
         assert_eq!(
@@ -641,7 +792,7 @@ mod tests {
         assert_eq!(
             kind(
                 claims
-                    .require_tenant(&TenantId::new("globex").unwrap())
+                    .require_tenant(&record("globex", 1_700_000_000_000_000))
                     .unwrap_err()
             ),
             AuthError::WrongTenant

@@ -150,6 +150,14 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// Which incarnation of its id this record is: its registration time in
+    /// microseconds. A tenant deleted and registered again under the same id
+    /// is a new incarnation, so credentials and cache entries bound to the
+    /// old one (JWTs carry it) are refused.
+    pub fn incarnation(&self) -> i64 {
+        self.created_at.timestamp_micros()
+    }
+
     /// Whether requests may be served for it.
     pub fn is_active(&self) -> bool {
         self.status == TenantStatus::Active

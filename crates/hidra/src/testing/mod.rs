@@ -183,6 +183,28 @@ impl PgServer {
     }
 }
 
+/// A tenant record that was never registered, for tests of code that takes
+/// one (issuing tokens, say): schema per tenant, active, created at a fixed
+/// instant, so its [`incarnation`](crate::Tenant::incarnation) is stable.
+pub fn tenant_record(id: &str) -> crate::Tenant {
+    let at =
+        chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).expect("a valid instant");
+    crate::Tenant {
+        id: crate::TenantId::new(id).expect("a valid tenant id"),
+        name: id.to_owned(),
+        status: crate::TenantStatus::Active,
+        placement: crate::Placement {
+            strategy: crate::Strategy::Schema,
+            schema: format!("tenant_{}", id.replace('-', "_")),
+            database: None,
+            server: None,
+        },
+        metadata: serde_json::json!({}),
+        created_at: at,
+        updated_at: at,
+    }
+}
+
 /// A uniquely named database created on the [`PgServer`] for one test and
 /// dropped at the end.
 ///

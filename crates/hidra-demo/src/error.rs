@@ -18,6 +18,8 @@ const UNIQUE_VIOLATION: &str = "23505";
 const FOREIGN_KEY_VIOLATION: &str = "23503";
 /// SQLSTATE `check_violation`.
 const CHECK_VIOLATION: &str = "23514";
+/// SQLSTATE `character_not_in_repertoire` (a NUL character in text).
+const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +31,14 @@ pub enum ApiError {
     /// The body is not JSON of the expected shape.
     #[error("{0}")]
     BadRequest(String),
+
+    /// The body is not `application/json`.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+
+    /// The body is larger than the API accepts.
+    #[error("{0}")]
+    PayloadTooLarge(String),
 
     /// No such resource in this tenant.
     #[error("{0} not found")]
@@ -56,7 +66,7 @@ pub type FieldErrors = BTreeMap<String, Vec<String>>;
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
     /// A stable, machine-readable code: `validation_failed`, `bad_request`,
-    /// `not_found`, `conflict`, `unauthorized`, `forbidden`,
+    /// `unsupported_media_type`, `payload_too_large`, `not_found`, `conflict`, `unauthorized`, `forbidden`,
     /// `tenant_not_found`, `tenant_conflict`, `internal_error`.
     pub error: String,
     /// What went wrong and what to do about it.
@@ -95,6 +105,8 @@ impl ApiError {
                 Some(CHECK_VIOLATION) => {
                     ApiError::BadRequest(format!("the {what} breaks a database constraint"))
                 }
+                // Checked at the edge too; this catches a field that was not.
+                Some(CHARACTER_NOT_IN_REPERTOIRE) => ApiError::field("body", NUL_MESSAGE),
                 _ => ApiError::Internal(anyhow::Error::new(error).context(what)),
             }
         }
@@ -109,9 +121,16 @@ impl From<hidra::Error> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
+        let code = error.as_database_error().and_then(|e| e.code());
+        if code.as_deref() == Some(CHARACTER_NOT_IN_REPERTOIRE) {
+            return ApiError::field("body", NUL_MESSAGE);
+        }
         ApiError::Internal(error.into())
     }
 }
+
+/// What a text with a NUL character gets (PostgreSQL text cannot hold one).
+const NUL_MESSAGE: &str = "must not contain NUL characters (\\u0000)";
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
@@ -119,7 +138,15 @@ impl From<JsonRejection> for ApiError {
             // Well-formed JSON of the wrong shape (a missing field, a string
             // for a number): a validation failure of the body.
             JsonRejection::JsonDataError(e) => ApiError::field("body", e.body_text()),
-            other => ApiError::BadRequest(other.body_text()),
+            other => match other.status() {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMediaType(
+                    "send the body as JSON with `Content-Type: application/json`".into(),
+                ),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::PayloadTooLarge("the body is larger than the 2 MB limit".into())
+                }
+                _ => ApiError::BadRequest(other.body_text()),
+            },
         }
     }
 }
@@ -147,6 +174,18 @@ impl IntoResponse for ApiError {
                 Some(fields),
             ),
             ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, "bad_request", Some(m), None),
+            ApiError::UnsupportedMediaType(m) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                Some(m),
+                None,
+            ),
+            ApiError::PayloadTooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                Some(m),
+                None,
+            ),
             ApiError::NotFound(what) => (
                 StatusCode::NOT_FOUND,
                 "not_found",
@@ -192,7 +231,7 @@ impl Checks {
     }
 
     /// Records a failure for `field` unless `value` has 1 to `max`
-    /// characters besides surrounding whitespace.
+    /// characters besides surrounding whitespace, none of them NUL.
     pub fn text(&mut self, field: &str, value: &str, max: usize) -> &mut Self {
         let len = value.trim().chars().count();
         self.check(
@@ -200,6 +239,13 @@ impl Checks {
             field,
             &format!("must be 1 to {max} characters"),
         )
+        .no_nul(field, value)
+    }
+
+    /// Records a failure for `field` if `value` holds a NUL character, which
+    /// PostgreSQL text cannot store.
+    pub fn no_nul(&mut self, field: &str, value: &str) -> &mut Self {
+        self.check(!value.contains('\0'), field, NUL_MESSAGE)
     }
 
     /// `Ok` when every check passed, else the 422 naming every failure.

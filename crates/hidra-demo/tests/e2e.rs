@@ -2212,3 +2212,109 @@ fn record_of(token: &str) -> hidra::Tenant {
     record.created_at = chrono::DateTime::from_timestamp_micros(micros).expect("a valid instant");
     record
 }
+
+/// Bad input gets a clear answer, never a 500: NUL characters name their
+/// field (422), a wrong or missing content type is 415, an oversized body
+/// 413, an overlong password says its limits, and a taken tenant id is named
+/// plainly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_answers() {
+    let db = TestDatabase::create()
+        .await
+        .expect("create a test database");
+    let mut demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    let a = signup_ok(&demo, "nul_a", "nul_a", "Nul A", "admin@nul-a.e2e.test").await;
+    let t = Some(a.token.as_str());
+
+    let nul = "bad\u{0}name";
+    for (field, body) in [
+        ("name", json!({"name": nul})),
+        ("email", json!({"name": "ok", "email": "a\u{0}@b.c"})),
+        ("phone", json!({"name": "ok", "phone": nul})),
+        ("address", json!({"name": "ok", "address": nul})),
+    ] {
+        let r = demo.post("/customers", t, body).await;
+        demo.expect_invalid(&r, field);
+    }
+    let id = create_customer(&demo, &a.token, "Plain customer").await;
+    let r = demo
+        .patch(&format!("/customers/{id}"), t, json!({"phone": nul}))
+        .await;
+    demo.expect_invalid(&r, "phone");
+    let r = demo.get("/customers?q=%00", t).await;
+    demo.expect_invalid(&r, "q");
+    let r = demo.delete("/api-keys/%00", t).await;
+    demo.expect_invalid(&r, "key_id");
+    let r = demo
+        .post(
+            "/users",
+            t,
+            json!({"email": "u@nul-a.e2e.test", "full_name": nul, "password": "long enough", "roles": ["viewer"]}),
+        )
+        .await;
+    demo.expect_invalid(&r, "full_name");
+    for (field, company, name) in [("company", nul, "Owner"), ("full_name", "Company", nul)] {
+        let r = demo
+            .post(
+                "/signup",
+                None,
+                json!({"tenant": "nul_b", "company": company, "email": "x@nul-b.e2e.test",
+                       "full_name": name, "password": "long enough"}),
+            )
+            .await;
+        demo.expect_invalid(&r, field);
+    }
+
+    // Content type and size.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let r = demo
+            .send(
+                Method::POST,
+                "/customers",
+                t,
+                &[],
+                Body::Raw(content_type, br#"{"name":"x"}"#.to_vec()),
+            )
+            .await;
+        demo.expect_error(&r, 415, "unsupported_media_type");
+    }
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(3 * 1024 * 1024));
+    let r = demo
+        .send(
+            Method::POST,
+            "/customers",
+            t,
+            &[],
+            Body::Raw("application/json", big.into_bytes()),
+        )
+        .await;
+    demo.expect_error(&r, 413, "payload_too_large");
+
+    // A password over the limit says what the limits are.
+    let r = demo
+        .post(
+            "/signup",
+            None,
+            json!({"tenant": "nul_c", "company": "C", "email": "x@nul-c.e2e.test",
+                   "full_name": "Owner", "password": "p".repeat(1024 * 1024)}),
+        )
+        .await;
+    demo.expect_invalid(&r, "password");
+    assert!(r.text.contains("8 to 1024"), "{r}");
+
+    // A taken id is named as the user typed it, not as Rust debug output.
+    let r = demo
+        .post(
+            "/signup",
+            None,
+            json!({"tenant": "nul_a", "company": "Again", "email": "y@nul-a2.e2e.test",
+                   "full_name": "Owner", "password": "long enough"}),
+        )
+        .await;
+    demo.expect_error(&r, 409, "conflict");
+    assert!(
+        r.text.contains("`nul_a`") && !r.text.contains("TenantId"),
+        "{r}"
+    );
+    demo.shut_down("TERM").await;
+}

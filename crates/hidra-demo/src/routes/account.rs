@@ -136,7 +136,9 @@ pub async fn signup(
         .check(
             password.is_ok(),
             "password",
-            "must be at least 8 characters",
+            &password
+                .err()
+                .map_or_else(String::new, |e| e.to_string().replace("the password ", "")),
         )
         .finish()?;
     let id = id?;
@@ -164,7 +166,7 @@ async fn create_tenant(
         Ok(tenant) => tenant,
         Err(hidra::Error::AlreadyExists(_) | hidra::Error::SchemaTaken { .. }) => {
             return Err(ApiError::Conflict(format!(
-                "the tenant id {id:?} is taken; choose another"
+                "the tenant id `{id}` is taken; choose another"
             )));
         }
         Err(e) => return Err(e.into()),

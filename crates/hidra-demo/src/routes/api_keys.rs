@@ -176,6 +176,7 @@ pub async fn rotate(
     Tenant(tenant): Tenant,
     Path(key_id): Path<String>,
 ) -> Result<(StatusCode, Json<NewKeyView>), ApiError> {
+    Checks::default().no_nul("key_id", &key_id).finish()?;
     let created = state
         .api_keys
         .rotate(&tenant.id, &key_id)
@@ -194,6 +195,7 @@ pub async fn revoke(
     Tenant(tenant): Tenant,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    Checks::default().no_nul("key_id", &key_id).finish()?;
     state
         .api_keys
         .revoke(&tenant.id, &key_id)

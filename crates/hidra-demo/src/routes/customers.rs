@@ -75,11 +75,13 @@ pub struct CustomerQuery {
 }
 
 fn check_email(checks: &mut Checks, email: Option<&str>) {
-    checks.check(
-        email.is_none_or(looks_like_email),
-        "email",
-        "must be an email address",
-    );
+    checks
+        .check(
+            email.is_none_or(looks_like_email),
+            "email",
+            "must be an email address",
+        )
+        .no_nul("email", email.unwrap_or_default());
 }
 
 const COLUMNS: &str = "id, name, email, phone, address, created_at";
@@ -98,6 +100,9 @@ pub async fn list(
         offset: query.offset,
     }
     .page()?;
+    Checks::default()
+        .no_nul("q", query.q.as_deref().unwrap_or_default())
+        .finish()?;
     let q = query.q.filter(|q| !q.is_empty());
     let filter = "($1::text IS NULL OR strpos(lower(name), lower($1)) > 0)";
     let items: Vec<Customer> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -129,6 +134,9 @@ pub async fn create(
     let mut checks = Checks::default();
     checks.text("name", &new.name, 200);
     check_email(&mut checks, new.email.as_deref());
+    for (field, value) in [("phone", &new.phone), ("address", &new.address)] {
+        checks.no_nul(field, value.as_deref().unwrap_or_default());
+    }
     checks.finish()?;
     let customer: Customer = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO customers (name, email, phone, address) VALUES ($1, $2, $3, $4) \
@@ -178,6 +186,12 @@ pub async fn update(
         checks.text("name", name, 200);
     }
     check_email(&mut checks, patch.email.clone().flatten().as_deref());
+    for (field, value) in [("phone", &patch.phone), ("address", &patch.address)] {
+        checks.no_nul(
+            field,
+            value.clone().flatten().as_deref().unwrap_or_default(),
+        );
+    }
     checks.finish()?;
     // `$n IS NULL`: keep; else the new value (`set_x` says whether to clear).
     sqlx::query_as(sqlx::AssertSqlSafe(format!(

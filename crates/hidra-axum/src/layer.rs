@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     fallback: Arc<dyn TenantResolver>,
     excluded: Vec<String>,
     not_found: (StatusCode, Bytes),
+    /// Refuse, with 401, requests without a verified source.
+    credentials_required: bool,
 }
 
 impl fmt::Debug for TenantLayer {
@@ -138,6 +140,7 @@ impl TenantLayer {
                     StatusCode::NOT_FOUND,
                     Bytes::from_static(br#"{"error":"tenant_not_found"}"#),
                 ),
+                credentials_required: false,
             }),
         }
     }
@@ -147,6 +150,22 @@ impl TenantLayer {
         Arc::make_mut(&mut self.shared)
             .resolvers
             .push(Arc::new(resolver));
+        self
+    }
+
+    /// Every request must carry a credential that a verified resolver
+    /// accepts ([`JwtResolver`](crate::JwtResolver),
+    /// [`ApiKeyResolver`](crate::ApiKeyResolver), or your own returning
+    /// [`Resolution::verified`]): one without gets `401
+    /// {"error":"unauthorized"}` with `WWW-Authenticate: Bearer`, *before*
+    /// any registry lookup, whatever tenant its header, host or path names.
+    /// Without this, a logged-out request naming an existing tenant passes the
+    /// layer (and a guard answers 401) while one naming an unknown tenant gets
+    /// the layer's 404, so anyone could probe which tenants exist. Use it on
+    /// routers whose every route needs a credential, and merge public routes
+    /// (sign-up, login, health) outside the layer.
+    pub fn with_credentials_required(mut self) -> Self {
+        Arc::make_mut(&mut self.shared).credentials_required = true;
         self
     }
 
@@ -425,6 +444,9 @@ impl Shared {
             && found.iter().any(|r| r.candidate() != verified.candidate())
         {
             return Err(Error::Conflict.into());
+        }
+        if self.credentials_required && !found.iter().any(Resolution::is_verified) {
+            return Err(Error::Unauthorized("no credential".into()).into());
         }
         for resolution in &mut found {
             parts.extensions.extend(resolution.take_extensions());

@@ -15,7 +15,7 @@ use common::{Ctx, id, send, tenant_with_marker};
 use hidra::auth::{ApiKeyTable, ApiKeys, AuthError, Jwt, NewApiKey};
 use hidra_axum::{
     ApiKeyResolver, Auth, HeaderResolver, JwtResolver, Permission, PermissionCache,
-    RequirePermission, RequireRole, RequireScope, Role, TenantLayer,
+    RequirePermission, RequireRole, RequireScope, Role, SubdomainResolver, TenantLayer,
 };
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
@@ -351,6 +351,46 @@ async fn bad_tokens_all_get_the_same_401() {
         (&guard.0, &guard.1, &guard.2),
         (&answers[0].1, &answers[0].2, &answers[0].3)
     );
+}
+
+/// With credentials required, a logged-out request gets the same 401
+/// whether it names an existing tenant, an unknown one or none: nothing to
+/// probe for tenants with.
+#[tokio::test]
+async fn without_a_credential_every_tenant_looks_the_same() {
+    let t = setup().await;
+    let layer = TenantLayer::new(t.ctx.hidra.clone())
+        .with_resolver(JwtResolver::new(t.jwt.clone()))
+        .with_resolver(HeaderResolver::new())
+        .with_resolver(SubdomainResolver::new("example.test"))
+        .with_credentials_required();
+    let app = common::routes().layer(layer);
+    let answers = [
+        common::get_req("/marker", &[("x-tenant-id", "a")]),
+        common::get_req("/marker", &[("x-tenant-id", "nobody")]),
+        common::get_req("/marker", &[("x-tenant-id", "Not An Id!")]),
+        common::get_req("/marker", &[("host", "a.example.test")]),
+        common::get_req("/marker", &[("host", "nobody.example.test")]),
+        common::get_req("/marker", &[]),
+    ];
+    let mut seen = Vec::new();
+    for req in answers {
+        let (status, headers, body) = send(app.clone(), req).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::UNAUTHORIZED, UNAUTHORIZED.as_bytes())
+        );
+        seen.push((headers, body));
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "byte for byte: {seen:?}"
+    );
+    // A token still opens its tenant.
+    let auth = bearer(&t.token("a", &["admin"]));
+    let (status, _, body) =
+        send(app, common::get_req("/marker", &[("authorization", &auth)])).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"a"[..]));
 }
 
 /// The registry's wayne-ent deleted, and a new company signed up as

@@ -195,7 +195,10 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
         .with_resolver(JwtResolver::new(jwt))
         .with_resolver(ApiKeyResolver::new(state.api_keys.clone()))
         .with_resolver(HeaderResolver::new())
-        .with_resolver(SubdomainResolver::new(base_domain));
+        .with_resolver(SubdomainResolver::new(base_domain))
+        // Every tenant route needs a credential: without one, the answer is
+        // 401 whatever tenant the request names (no probing for tenants).
+        .with_credentials_required();
     Router::new()
         .merge(
             routes::tenant_routes()

@@ -325,7 +325,7 @@ async fn check_signup_and_login_rules(demo: &Demo, a: &Account, pool: &PgPool) {
         Body::Raw("text/plain", br#"{"tenant":"e2e_txt"}"#.to_vec()),
     ] {
         let r = demo.send(Method::POST, "/signup", None, &[], body).await;
-        demo.expect_any(&r, &[400, 422]);
+        demo.expect_any(&r, &[400, 415, 422]);
         assert!(
             r.is_json && r.json["error"].is_string(),
             "an error body in JSON: {r}"
@@ -398,21 +398,30 @@ async fn check_tenant_resolution(demo: &Demo, a: &Account, b: &Account) {
         .await;
     demo.expect_error(&r, 403, "tenant_conflict");
 
-    // No token.
-    let r = demo
+    // No token: the same 401 whether the request names an existing
+    // tenant, an unknown one or none, so nobody can probe for tenants.
+    let existing = demo
         .get_with("/customers", None, &[("x-tenant-id", a.tenant.as_str())])
         .await;
-    demo.expect_error(&r, 401, "unauthorized");
+    demo.expect_error(&existing, 401, "unauthorized");
     let none = demo.get("/customers", None).await;
-    demo.expect_error(&none, 404, "tenant_not_found");
+    demo.expect_error(&none, 401, "unauthorized");
     let unknown = demo
         .get_with("/customers", None, &[("x-tenant-id", "no_such_tenant")])
         .await;
-    demo.expect_error(&unknown, 404, "tenant_not_found");
-    assert_eq!(
-        none.text, unknown.text,
-        "an unknown tenant and no tenant must answer byte for byte alike"
-    );
+    demo.expect_error(&unknown, 401, "unauthorized");
+    let unknown_host = format!("nobody.localhost:{}", demo.addr.port());
+    let by_host = demo
+        .get_with("/customers", None, &[("host", unknown_host.as_str())])
+        .await;
+    demo.expect_error(&by_host, 401, "unauthorized");
+    for r in [&none, &unknown, &by_host] {
+        assert_eq!(
+            (&existing.text, existing.header("www-authenticate")),
+            (&r.text, r.header("www-authenticate")),
+            "an existing tenant, an unknown one and none must answer alike"
+        );
+    }
 
     // Bad, forged and foreign tokens: 401.
     let r = demo.get("/customers", Some("not-a-jwt")).await;
@@ -630,7 +639,7 @@ async fn full_journey_two_tenants_isolated() {
         let r = demo
             .send(Method::POST, "/customers", Some(ta), &[], body)
             .await;
-        demo.expect_any(&r, &[400, 422]);
+        demo.expect_any(&r, &[400, 415, 422]);
         assert!(
             r.is_json && r.json["error"].is_string(),
             "an error body in JSON: {r}"

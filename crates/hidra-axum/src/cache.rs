@@ -53,7 +53,9 @@ const BARRIER_PREFIX: &str = "!sync:";
 
 /// Listener reconnection backoff bounds.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// At most this long between reconnection attempts: a registry change made
+/// right after the database comes back reaches the cache within about this.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The cached registry, shared by every clone of a [`TenantLayer`](crate::TenantLayer).
 ///
@@ -403,7 +405,7 @@ impl TenantCache {
         }
         let _ = self.handle.listener.get_or_init(|| {
             let state = Arc::clone(state);
-            tokio::spawn(async move { state.listen().await }).abort_handle()
+            tokio::spawn(state.supervise()).abort_handle()
         });
         // The sender lives in `state`: this only waits.
         let _ = state.started_tx.subscribe().wait_for(|s| *s).await;
@@ -489,6 +491,23 @@ impl State {
     }
 
     /// The listener loop: runs until the cache is dropped.
+    /// Runs the listener for the life of the cache, restarting it should it
+    /// ever panic (the cache is cleared then: notifications may have been lost).
+    async fn supervise(self: Arc<Self>) {
+        use futures_util::FutureExt;
+        loop {
+            let run = std::panic::AssertUnwindSafe(Arc::clone(&self).listen());
+            if run.catch_unwind().await.is_err() {
+                tracing::error!(
+                    "the registry listener panicked; clearing the cache and restarting it"
+                );
+            }
+            self.invalidate_all();
+            self.mark_started();
+            tokio::time::sleep(BACKOFF_MIN).await;
+        }
+    }
+
     async fn listen(self: Arc<Self>) {
         let mut backoff = BACKOFF_MIN;
         loop {

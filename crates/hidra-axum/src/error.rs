@@ -80,6 +80,13 @@ pub enum Error {
         source: hidra::Error,
     },
 
+    /// A query of the handler failed (see [`From<sqlx::Error>`](#impl-From<Error>-for-Error)):
+    /// answered with `503` and `Retry-After` when the connection was lost or
+    /// none could be had ([`hidra::is_connection_error`]), else with `500`.
+    /// Lets handlers use `?` on sqlx queries.
+    #[error("a query failed")]
+    Query(#[source] hidra::sqlx::Error),
+
     /// A custom resolver failed. Answered with `500`.
     #[error("a tenant resolver failed")]
     Resolver(#[source] BoxError),
@@ -115,8 +122,21 @@ impl From<hidra::Error> for Error {
         match error {
             #[cfg(feature = "auth")]
             hidra::Error::Auth(kind) => Error::Auth(kind),
+            // The database is away: worth retrying (503), not a bug (500).
+            other if other.is_retryable() => Error::Database {
+                context: "reaching the database",
+                source: other,
+            },
             other => Error::Core(other),
         }
+    }
+}
+
+/// A handler's query error: `503` for a lost or unavailable connection, `500`
+/// otherwise, and never the database's text in the body.
+impl From<hidra::sqlx::Error> for Error {
+    fn from(error: hidra::sqlx::Error) -> Self {
+        Error::Query(error)
     }
 }
 
@@ -148,6 +168,8 @@ impl Error {
             | Error::Commit(_)
             | Error::Resolver(_)
             | Error::Core(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Query(e) if hidra::is_connection_error(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Registry(_) | Error::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
             #[cfg(feature = "auth")]
             Error::Auth(kind) => auth_status(kind).0,
@@ -165,6 +187,8 @@ impl Error {
             | Error::Commit(_)
             | Error::Resolver(_)
             | Error::Core(_) => "internal_error",
+            Error::Query(e) if hidra::is_connection_error(e) => "service_unavailable",
+            Error::Query(_) => "internal_error",
             Error::Registry(_) | Error::Database { .. } => "service_unavailable",
             #[cfg(feature = "auth")]
             Error::Auth(kind) => auth_status(kind).1,
@@ -209,6 +233,13 @@ impl IntoResponse for Error {
             None => serde_json::json!({ "error": self.code() }),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // The database is away for now: tell clients when to come back.
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client should use.
             response.headers_mut().insert(

@@ -107,6 +107,7 @@ impl ApiError {
                 }
                 // Checked at the edge too; this catches a field that was not.
                 Some(CHARACTER_NOT_IN_REPERTOIRE) => ApiError::field("body", NUL_MESSAGE),
+                _ if hidra::is_connection_error(&error) => ApiError::Web(error.into()),
                 _ => ApiError::Internal(anyhow::Error::new(error).context(what)),
             }
         }
@@ -124,6 +125,11 @@ impl From<sqlx::Error> for ApiError {
         let code = error.as_database_error().and_then(|e| e.code());
         if code.as_deref() == Some(CHARACTER_NOT_IN_REPERTOIRE) {
             return ApiError::field("body", NUL_MESSAGE);
+        }
+        drop(code);
+        if hidra::is_connection_error(&error) {
+            // Lost or unavailable connection: 503 with Retry-After.
+            return ApiError::Web(error.into());
         }
         ApiError::Internal(error.into())
     }

@@ -53,6 +53,16 @@ pub enum Error {
     #[error("tenant `{0}` not found")]
     NotFound(TenantId),
 
+    /// PostgreSQL does not answer (connections are refused or time out);
+    /// checkouts fail at once instead of queueing until it does. Retry
+    /// shortly: service resumes by itself within about a quarter second of the
+    /// server being back.
+    #[error("PostgreSQL is unreachable (for {down_for:?}); retry shortly")]
+    Unavailable {
+        /// How long the server has been unreachable.
+        down_for: std::time::Duration,
+    },
+
     /// The tenant is not in a state that allows the operation.
     #[error("tenant `{id}` is {status}; {action} needs it to be {expected}")]
     InvalidStatus {
@@ -149,6 +159,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the same call may succeed if retried shortly: the server is
+    /// unreachable, a connection was lost or could not be had in time.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable { .. } => true,
+            Error::Database { source, .. } => is_connection_error(source),
+            _ => false,
+        }
+    }
+
     /// Wraps a driver error with what hidra was doing, as a closure for `map_err`.
     pub(crate) fn db(context: &'static str) -> impl FnOnce(sqlx::Error) -> Error {
         move |source| Error::Database { context, source }
@@ -180,5 +200,18 @@ pub(crate) fn db_code(err: &sqlx::Error) -> Option<(String, Option<String>)> {
             db.constraint().map(str::to_owned),
         )),
         _ => None,
+    }
+}
+
+/// Whether `e` is about the connection rather than the statement: the server
+/// went away (an I/O error, SQLSTATE class 08, an administrator shutdown
+/// `57P01`–`57P03`), or no connection could be had in time.
+pub fn is_connection_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }

@@ -115,7 +115,7 @@ impl Default for HidraBuilder {
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
-                .acquire_timeout(Duration::from_secs(10)),
+                .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT),
         }
     }
 }
@@ -249,6 +249,15 @@ impl HidraBuilder {
         self
     }
 
+    /// How long a checkout of the shared pool may wait for a connection
+    /// before failing (default 5 s). While PostgreSQL does not answer at all,
+    /// checkouts fail much sooner, with [`Error::Unavailable`]: after about
+    /// 0.3 s for the first, at once for the next (see [`Error::is_retryable`]).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.pool_options = self.pool_options.acquire_timeout(timeout);
+        self
+    }
+
     /// Maximum connections of the shared pool (default 10).
     pub fn max_connections(mut self, max: u32) -> Self {
         self.pool_options = self.pool_options.max_connections(max);
@@ -290,6 +299,7 @@ impl HidraBuilder {
         };
         let database_naming = SchemaNaming::new(self.database_prefix)?;
         let tenant_db_options = options.clone();
+        let reach_options = options.clone();
         let pool = self
             .pool_options
             .test_before_acquire(false)
@@ -317,6 +327,7 @@ impl HidraBuilder {
                 template_ready: tokio::sync::OnceCell::new(),
                 scopes: RwLock::new(HashMap::new()),
                 statement_cache_capacity: self.statement_cache_capacity,
+                reach: scope::Reachability::new(reach_options),
             }),
         };
         if self.audit_row_level {
@@ -355,9 +366,14 @@ pub(crate) struct Inner {
     /// Set once the template database is known to be at the latest version.
     pub(crate) template_ready: tokio::sync::OnceCell<()>,
     pub(crate) statement_cache_capacity: usize,
+    /// Whether the server answers; checkouts fail fast while it does not.
+    pub(crate) reach: scope::Reachability,
     /// Per-tenant bindings and statement texts, by tenant id.
     pub(crate) scopes: RwLock<HashMap<String, Arc<TenantScope>>>,
 }
+
+/// The default of [`HidraBuilder::acquire_timeout`].
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default of [`HidraBuilder::statement_cache_capacity`].
 pub(crate) const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 512;
@@ -441,7 +457,7 @@ impl Hidra {
             return Ok(TenantConn::new(Pooled::Database(conn), tenant, None));
         }
         let scope = self.scope(tenant)?;
-        let conn = scope::acquire_bound(&self.inner.pool, scope.clone()).await?;
+        let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, scope.clone()).await?;
         Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)))
     }
 
@@ -457,13 +473,13 @@ impl Hidra {
             return TenantTx::begin_in_database(conn, tenant).await;
         }
         let scope = self.scope(tenant)?;
-        let conn = scope::acquire_for_tx(&self.inner.pool).await?;
+        let conn = scope::acquire_for_tx(&self.inner.pool, &self.inner.reach).await?;
         TenantTx::begin(conn, tenant, scope).await
     }
 
     /// A connection with the server's default `search_path`, for shared tables.
     pub async fn acquire_shared(&self) -> Result<PoolConnection<Postgres>> {
-        scope::acquire_unscoped(&self.inner.pool).await
+        scope::acquire_unscoped(&self.inner.pool, &self.inner.reach).await
     }
 
     /// The binding, checkout statements and statement texts of `tenant`,

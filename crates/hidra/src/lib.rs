@@ -97,7 +97,7 @@ pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use crate::error::{BoxError, Error, Result};
+pub use crate::error::{BoxError, Error, Result, is_connection_error};
 pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};

@@ -54,8 +54,10 @@
 //! [`Hidra::begin`](crate::Hidra::begin) only.
 
 mod databases;
+mod reachability;
 mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
+pub(crate) use reachability::Reachability;
 pub use statements::StaleStatement;
 
 use std::cell::Cell;
@@ -194,10 +196,11 @@ pub(crate) async fn run_outside_transaction(
 /// Checks a connection out of `pool` bound to a tenant.
 pub(crate) async fn acquire_bound(
     pool: &sqlx::PgPool,
+    reach: &Reachability,
     scope: Arc<TenantScope>,
 ) -> Result<PoolConnection<Postgres>> {
     let intent = Intent::Session(scope);
-    let (mut conn, bound) = checkout(pool, intent.clone()).await?;
+    let (mut conn, bound) = checkout(pool, reach, intent.clone()).await?;
     if !bound {
         // A freshly opened connection: the hook does not run for those.
         prepare(&mut conn, &intent)
@@ -208,31 +211,65 @@ pub(crate) async fn acquire_bound(
 }
 
 /// Checks a connection out of `pool` with the server's default `search_path`.
-pub(crate) async fn acquire_unscoped(pool: &sqlx::PgPool) -> Result<PoolConnection<Postgres>> {
+pub(crate) async fn acquire_unscoped(
+    pool: &sqlx::PgPool,
+    reach: &Reachability,
+) -> Result<PoolConnection<Postgres>> {
     // A fresh connection already has the default; an idle one was reset by the hook.
-    Ok(checkout(pool, Intent::Reset).await?.0)
+    Ok(checkout(pool, reach, Intent::Reset).await?.0)
 }
 
 /// Checks a connection out of `pool` for a transaction-local binding. The
 /// session is reset too: should user code end the transaction early (a raw
 /// `COMMIT`), the transaction-local binding goes with it and what remains
 /// must be no tenant, not the tenant the connection last served.
-pub(crate) async fn acquire_for_tx(pool: &sqlx::PgPool) -> Result<PoolConnection<Postgres>> {
-    acquire_unscoped(pool).await
+pub(crate) async fn acquire_for_tx(
+    pool: &sqlx::PgPool,
+    reach: &Reachability,
+) -> Result<PoolConnection<Postgres>> {
+    acquire_unscoped(pool, reach).await
 }
 
-async fn checkout(pool: &sqlx::PgPool, intent: Intent) -> Result<(PoolConnection<Postgres>, bool)> {
+/// Checks a connection out for `intent`, failing fast while the server is
+/// unreachable (see [`Reachability`]).
+async fn checkout(
+    pool: &sqlx::PgPool,
+    reach: &Reachability,
+    intent: Intent,
+) -> Result<(PoolConnection<Postgres>, bool)> {
+    if reach.down_since().is_some() {
+        reach.check().await?;
+    }
     let checkout = Checkout {
         intent,
         bound: Cell::new(false),
     };
-    let (conn, bound) = CHECKOUT
-        .scope(checkout, async {
-            let conn = pool.acquire().await;
-            (conn, CHECKOUT.with(|c| c.bound.get()))
-        })
-        .await;
-    Ok((conn.map_err(Error::db("acquiring a connection"))?, bound))
+    let acquire = CHECKOUT.scope(checkout, async {
+        let conn = pool.acquire().await;
+        (conn, CHECKOUT.with(|c| c.bound.get()))
+    });
+    let mut acquire = std::pin::pin!(acquire);
+    let (conn, bound) = match tokio::time::timeout(reachability::SLOW_CHECKOUT, &mut acquire).await
+    {
+        Ok(done) => done,
+        // Slow: a busy pool, or a server that does not answer.
+        Err(_) => {
+            reach.check().await?;
+            acquire.await
+        }
+    };
+    match conn {
+        Ok(conn) => {
+            reach.mark_up();
+            Ok((conn, bound))
+        }
+        Err(e) => {
+            if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+                reach.check().await?;
+            }
+            Err(Error::db("acquiring a connection")(e))
+        }
+    }
 }
 
 /// A pooled connection bound to one tenant.

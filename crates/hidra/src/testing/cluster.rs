@@ -166,46 +166,84 @@ impl TempCluster {
         run("initdb", cmd).await
     }
 
+    /// Stops the server (`pg_ctl stop -m fast`) and keeps its data, for tests
+    /// of what clients see while the database is away; [`resume`](Self::resume)
+    /// starts it again on the same port.
+    pub async fn pause(&mut self) -> Result<()> {
+        if self.running {
+            let stop = self.pg_ctl(&["stop", "-m", "fast", "-w", "-t", "60"]);
+            run("pg_ctl stop", stop).await?;
+            self.running = false;
+        }
+        Ok(())
+    }
+
+    /// Starts a [paused](Self::pause) server again on its port and waits
+    /// until it accepts connections.
+    pub async fn resume(&mut self) -> Result<()> {
+        if !self.running {
+            let port: u16 = self
+                .url
+                .rsplit_once(':')
+                .and_then(|(_, rest)| rest.split('/').next())
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| Error::Harness(format!("no port in {}", self.url)))?;
+            self.start_on(port).await?;
+            self.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+
     /// Starts the server on a free port, trying another port if that one was
     /// taken in the meantime; sets `url` and `running`.
     async fn start_server(&mut self) -> Result<()> {
         let mut last_error = None;
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            let options = format!(
-                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off \
-                 -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
-                self.root.display()
-            );
-            let log = self.root.join("log");
-            let args: Vec<OsString> = vec![
-                "-D".into(),
-                self.data_dir.clone().into(),
-                "-l".into(),
-                log.into(),
-                "-w".into(),
-                "-t".into(),
-                "60".into(),
-                "-o".into(),
-                options.into(),
-                "start".into(),
-            ];
-            // Set before starting: if pg_ctl gives up waiting, a server may still
-            // be coming up, and `Drop` must stop it.
-            self.running = true;
-            let cmd = self.run_as.command(&self.bins.pg_ctl(), &args);
-            match run("pg_ctl start", cmd).await {
-                Ok(()) => {
-                    self.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-                    return Ok(());
-                }
-                Err(Error::Harness(message)) => {
-                    last_error = Some(format!("{message}\nserver log:\n{}", self.log_tail()));
-                }
+            match self.start_on(port).await {
+                Ok(()) => return Ok(()),
+                Err(Error::Harness(message)) => last_error = Some(message),
                 Err(other) => return Err(other),
             }
         }
         Err(Error::Harness(last_error.unwrap_or_default()))
+    }
+
+    /// Starts the server on `port`; sets `url` and `running`.
+    async fn start_on(&mut self, port: u16) -> Result<()> {
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            self.root.display()
+        );
+        let log = self.root.join("log");
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            self.data_dir.clone().into(),
+            "-l".into(),
+            log.into(),
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "-o".into(),
+            options.into(),
+            "start".into(),
+        ];
+        // Set before starting: if pg_ctl gives up waiting, a server may still
+        // be coming up, and `Drop` must stop it.
+        self.running = true;
+        let cmd = self.run_as.command(&self.bins.pg_ctl(), &args);
+        match run("pg_ctl start", cmd).await {
+            Ok(()) => {
+                self.url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+                Ok(())
+            }
+            Err(Error::Harness(message)) => Err(Error::Harness(format!(
+                "{message}\nserver log:\n{}",
+                self.log_tail()
+            ))),
+            Err(other) => Err(other),
+        }
     }
 
     /// Waits until the server accepts a connection on `url`.

@@ -71,8 +71,9 @@ impl Hidra {
 
     /// A row-level tenant is a registry row (and its seed rows), in one
     /// transaction, once the row-level audit has passed.
-    async fn provision_row_level(&self, new: NewTenant) -> Result<Tenant> {
+    async fn provision_row_level(&self, mut new: NewTenant) -> Result<Tenant> {
         self.require_row_level_audit().await?;
+        let setup = new.setup.take();
         let draft = self.draft(
             new,
             Placement {
@@ -89,7 +90,9 @@ impl Hidra {
             .map_err(Error::db("beginning the provisioning transaction"))?;
         let tenant = self.inner.store.insert(&mut tx, &draft).await?;
         let binding = self.binding(&tenant)?;
-        let tenant = self.activate_new(&mut tx, &tenant, &binding).await?;
+        let tenant = self
+            .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+            .await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the provisioning transaction"))?;
@@ -109,8 +112,9 @@ impl Hidra {
         }
     }
 
-    async fn provision_schema(&self, new: NewTenant) -> Result<Tenant> {
+    async fn provision_schema(&self, mut new: NewTenant) -> Result<Tenant> {
         let inner = &self.inner;
+        let setup = new.setup.take();
         let schema = inner.naming.schema_for(&new.id);
         let draft = self.draft(
             new,
@@ -180,7 +184,9 @@ impl Hidra {
                     .begin()
                     .await
                     .map_err(Error::db("beginning the provisioning transaction"))?;
-                let tenant = self.activate_new(&mut tx, &tenant, &binding).await?;
+                let tenant = self
+                    .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+                    .await?;
                 tx.commit()
                     .await
                     .map_err(Error::db("committing the provisioning transaction"))?;
@@ -195,7 +201,9 @@ impl Hidra {
             return finished;
         }
 
-        let tenant = self.activate_new(&mut tx, &tenant, &binding).await?;
+        let tenant = self
+            .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+            .await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the provisioning transaction"))?;
@@ -210,23 +218,30 @@ impl Hidra {
         Ok(tenant)
     }
 
-    /// Seeds a new tenant and marks it active, in the caller's transaction.
+    /// Seeds a new tenant (the handle's seed, then its own `setup`) and marks
+    /// it active, in the caller's transaction.
     async fn activate_new(
         &self,
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
         binding: &scope::Binding,
+        setup: Option<&dyn crate::Seed>,
     ) -> Result<Tenant> {
         let inner = &self.inner;
         let id = &tenant.id;
-        if let Some(seed) = &inner.seed {
-            sqlx::query(sql::BIND_LOCAL)
-                .bind(&binding.search_path)
-                .bind(&binding.tenant_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("binding the new tenant's search_path"))?;
-            seed.seed(tx, tenant).await.map_err(|source| Error::Seed {
+        let hooks = inner.seed.as_deref().into_iter().chain(setup);
+        let mut bound = false;
+        for hook in hooks {
+            if !bound {
+                sqlx::query(sql::BIND_LOCAL)
+                    .bind(&binding.search_path)
+                    .bind(&binding.tenant_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(Error::db("binding the new tenant's search_path"))?;
+                bound = true;
+            }
+            hook.seed(tx, tenant).await.map_err(|source| Error::Seed {
                 id: id.clone(),
                 source,
             })?;

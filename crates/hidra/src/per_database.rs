@@ -84,7 +84,8 @@ impl Hidra {
     /// Creates a database-per-tenant tenant: registry row (`provisioning`),
     /// database copied from the template, seed, `active`. On failure the
     /// database and the row are removed.
-    pub(crate) async fn provision_database(&self, new: NewTenant) -> Result<Tenant> {
+    pub(crate) async fn provision_database(&self, mut new: NewTenant) -> Result<Tenant> {
+        let setup = new.setup.take();
         let database = self.inner.database_naming.schema_for(&new.id);
         let draft = self.draft(
             new,
@@ -100,7 +101,10 @@ impl Hidra {
         self.ensure_internal(&mut conn).await?;
         let tenant = self.inner.store.insert(&mut conn, &draft).await?;
         drop(conn);
-        match self.build_database(&tenant, &database).await {
+        match self
+            .build_database(&tenant, &database, setup.as_deref())
+            .await
+        {
             Ok(active) => {
                 tracing::info!(
                     tenant = %active.id,
@@ -124,16 +128,30 @@ impl Hidra {
         }
     }
 
-    async fn build_database(&self, tenant: &Tenant, database: &Ident) -> Result<Tenant> {
+    async fn build_database(
+        &self,
+        tenant: &Tenant,
+        database: &Ident,
+        setup: Option<&dyn crate::Seed>,
+    ) -> Result<Tenant> {
         self.create_tenant_database(tenant, database).await?;
-        if let Some(seed) = &self.inner.seed {
+        let hooks: Vec<&dyn crate::Seed> = self
+            .inner
+            .seed
+            .as_deref()
+            .into_iter()
+            .chain(setup)
+            .collect();
+        if !hooks.is_empty() {
             let mut tx = self.begin(tenant).await?;
-            seed.seed(tx.raw_connection(), tenant)
-                .await
-                .map_err(|source| Error::Seed {
-                    id: tenant.id.clone(),
-                    source,
-                })?;
+            for hook in hooks {
+                hook.seed(tx.raw_connection(), tenant)
+                    .await
+                    .map_err(|source| Error::Seed {
+                        id: tenant.id.clone(),
+                        source,
+                    })?;
+            }
             tx.commit().await?;
         }
         let mut conn = self.acquire_shared().await?;

@@ -139,6 +139,69 @@ async fn failing_seed_rolls_everything_back_and_a_good_seed_runs_in_the_schema()
     ctx.db.drop_now().await.unwrap();
 }
 
+/// A per-tenant setup hook (a sign-up's first user) runs in the
+/// provisioning transaction after the handle's seed, bound to the new tenant.
+struct FirstRow(&'static str);
+
+impl hidra::Seed for FirstRow {
+    fn seed<'a>(
+        &'a self,
+        conn: &'a mut sqlx::PgConnection,
+        _tenant: &'a hidra::Tenant,
+    ) -> futures_util::future::BoxFuture<'a, Result<(), hidra::BoxError>> {
+        Box::pin(async move {
+            sqlx::query("INSERT INTO roles (name) VALUES ($1)")
+                .bind(self.0)
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_setup_hook_joins_the_provisioning_transaction() {
+    let ctx = setup_with(
+        Hidra::builder().schema_sql("001", "CREATE TABLE roles (name TEXT PRIMARY KEY)"),
+    )
+    .await;
+    let h = &ctx.hidra;
+    let t = h
+        .provision(NewTenant::new(id("with-setup")).setup(FirstRow("owner")))
+        .await
+        .unwrap();
+    let mut conn = h.acquire(&t).await.unwrap();
+    let roles: Vec<String> = sqlx::query_scalar("SELECT name FROM roles")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(roles, vec!["owner"]);
+    drop(conn);
+    // Failing setup (a duplicate key): nothing of the tenant remains.
+    struct Twice;
+    impl hidra::Seed for Twice {
+        fn seed<'a>(
+            &'a self,
+            conn: &'a mut sqlx::PgConnection,
+            tenant: &'a hidra::Tenant,
+        ) -> futures_util::future::BoxFuture<'a, Result<(), hidra::BoxError>> {
+            Box::pin(async move {
+                FirstRow("x").seed(conn, tenant).await?;
+                FirstRow("x").seed(conn, tenant).await
+            })
+        }
+    }
+    use hidra::Seed as _;
+    let err = h
+        .provision(NewTenant::new(id("bad-setup")).setup(Twice))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Seed { .. }), "{err:?}");
+    assert_eq!(registry_ids(h).await, vec!["with-setup"]);
+    assert_eq!(schemas(h).await, vec!["tenant_with_setup"]);
+    ctx.db.drop_now().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_provisions_of_one_id_exactly_one_wins() {
     let ctx = setup(12).await;

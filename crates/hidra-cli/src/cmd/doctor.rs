@@ -330,6 +330,41 @@ fn schema_checks(
         );
     }
 
+    // Provisioning is one transaction, except around `-- no-transaction`
+    // migrations and tenant databases: a row still `provisioning` long after
+    // it was written is what a crash there left behind.
+    let stuck: Vec<String> = tenants
+        .iter()
+        .filter(|t| t.status == hidra::TenantStatus::Provisioning)
+        .filter(|t| {
+            chrono::Utc::now() - t.created_at > chrono::Duration::minutes(STUCK_AFTER_MINUTES)
+        })
+        .map(|t| {
+            format!(
+                "{} (since {}, {})",
+                t.id,
+                t.created_at.to_rfc3339(),
+                t.placement.strategy
+            )
+        })
+        .collect();
+    if stuck.is_empty() {
+        report.ok(
+            "stuck provisioning",
+            format!("no tenant has been `provisioning` for over {STUCK_AFTER_MINUTES} minutes"),
+        );
+    } else {
+        report.problem(
+            "stuck provisioning",
+            format!(
+                "{} `provisioning` for over {STUCK_AFTER_MINUTES} minutes (a crash mid-provisioning?): \
+                 delete them with `hidra tenant delete ID --yes` and provision again",
+                plural(stuck.len(), "tenant", "tenants")
+            ),
+            stuck,
+        );
+    }
+
     // Only schema-per-tenant tenants own a schema in this database.
     let missing: Vec<String> = tenants
         .iter()
@@ -357,6 +392,9 @@ fn schema_checks(
         );
     }
 }
+
+/// How long a tenant may stay `provisioning` before doctor calls it stuck.
+const STUCK_AFTER_MINUTES: i64 = 10;
 
 /// Whether `schema` is what some tenant id maps to with `prefix`.
 fn named_like_tenant(schema: &str, prefix: &str) -> bool {

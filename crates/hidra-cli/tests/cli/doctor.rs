@@ -214,3 +214,34 @@ async fn doctor_audits_row_level_security_when_there_are_row_level_tenants() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn doctor_finds_tenants_stuck_in_provisioning() {
+    let ctx = Ctx::initialized().await;
+    ctx.ok(&["tenant", "create", "acme"]);
+    assert_eq!(
+        check(&json(&ctx.ok(&["doctor", "--json"])), "stuck provisioning")["status"],
+        "ok"
+    );
+    // What a crash in the middle of a two-phase provisioning leaves: a row
+    // still `provisioning` long after it was written (and a fresh one, which
+    // may still be under way).
+    ctx.exec(
+        "INSERT INTO public.tenants (id, name, status, strategy, schema_name, created_at, updated_at) \
+         VALUES ('crashed', 'Crashed', 'provisioning', 'schema', 'tenant_crashed', now() - interval '1 hour', now()), \
+                ('fresh', 'Fresh', 'provisioning', 'schema', 'tenant_fresh', now(), now()); \
+         CREATE SCHEMA tenant_crashed; CREATE SCHEMA tenant_fresh",
+    )
+    .await;
+    let out = ctx.cmd().args(["doctor", "--json"]).output().unwrap();
+    assert_eq!(error_line(&out), "error: doctor found 1 problem");
+    let report = json(&String::from_utf8(out.stdout).unwrap());
+    let stuck = check(&report, "stuck provisioning");
+    assert_eq!(stuck["status"], "problem");
+    let items = stuck["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{stuck}");
+    assert!(
+        items[0].as_str().unwrap().starts_with("crashed "),
+        "{stuck}"
+    );
+}

@@ -2,8 +2,12 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use hidra::auth::{AuthError, NewUser, User};
-use hidra::{Confirmation, NewTenant, TenantId};
+use std::sync::{Arc, Mutex};
+
+use futures_util::future::BoxFuture;
+use hidra::auth::{Accounts, AuthError, NewUser, PreparedUser, User};
+use hidra::sqlx::PgConnection;
+use hidra::{NewTenant, Seed, TenantId};
 use hidra_axum::{Auth, TenantConn};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
@@ -161,7 +165,20 @@ async fn create_tenant(
     if state.accounts.tenant_of(&body.email).await?.is_some() {
         return Err(account_error(AuthError::EmailTaken.into()));
     }
-    let new = NewTenant::new(id.clone()).name(body.company.trim());
+    // The admin is registered inside the provisioning transaction: the
+    // tenant and its first user exist together or not at all, even if this
+    // process is killed halfway.
+    let admin = NewUser::new(&body.email, body.full_name.trim(), &body.password).role("admin");
+    let admin = state.accounts.prepare(admin).await.map_err(account_error)?;
+    let first = FirstAdmin {
+        accounts: state.accounts.clone(),
+        user: admin,
+        registered: Arc::default(),
+    };
+    let registered = Arc::clone(&first.registered);
+    let new = NewTenant::new(id.clone())
+        .name(body.company.trim())
+        .setup(first);
     let tenant = match state.hidra.provision(new).await {
         Ok(tenant) => tenant,
         Err(hidra::Error::AlreadyExists(_) | hidra::Error::SchemaTaken { .. }) => {
@@ -169,23 +186,19 @@ async fn create_tenant(
                 "the tenant id `{id}` is taken; choose another"
             )));
         }
+        Err(hidra::Error::Seed { source, .. }) => {
+            return Err(match source.downcast::<hidra::Error>() {
+                Ok(e) => account_error(*e),
+                Err(other) => ApiError::Internal(anyhow::anyhow!(other)),
+            });
+        }
         Err(e) => return Err(e.into()),
     };
-    let admin = NewUser::new(&body.email, body.full_name.trim(), &body.password).role("admin");
-    let user = match state.accounts.register(&tenant, admin).await {
-        Ok(user) => user,
-        Err(e) => {
-            // Undo the tenant: sign-up is all or nothing.
-            if let Err(undo) = state
-                .hidra
-                .deprovision(&tenant.id, Confirmation::of(&tenant.id))
-                .await
-            {
-                tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed sign-up");
-            }
-            return Err(account_error(e));
-        }
-    };
+    let user = registered
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the first admin was not registered")))?;
     tracing::info!(tenant = %tenant.id, "tenant signed up");
     let jwt = state.accounts.jwt();
     let token = jwt.issue(user.id.to_string(), &tenant, &user.roles)?;
@@ -204,6 +217,30 @@ async fn create_tenant(
             expires_in: jwt.ttl().as_secs(),
         }),
     ))
+}
+
+/// The sign-up's first admin, registered in the provisioning transaction.
+struct FirstAdmin {
+    accounts: Accounts,
+    user: PreparedUser,
+    registered: Arc<Mutex<Option<User>>>,
+}
+
+impl Seed for FirstAdmin {
+    fn seed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a hidra::Tenant,
+    ) -> BoxFuture<'a, Result<(), hidra::BoxError>> {
+        Box::pin(async move {
+            let user = self.accounts.register_in(conn, tenant, &self.user).await?;
+            *self
+                .registered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(user);
+            Ok(())
+        })
+    }
 }
 
 /// Logs a user in: the tenant is found from the email.

@@ -81,6 +81,34 @@ CREATE INDEX IF NOT EXISTS {idx} ON {t} (tenant_id);
     }
 }
 
+/// A user checked and with its password hashed, ready to be registered
+/// inside a transaction; see [`Accounts::prepare`].
+#[derive(Clone)]
+pub struct PreparedUser {
+    email: String,
+    full_name: String,
+    hash: String,
+    roles: Vec<String>,
+}
+
+impl fmt::Debug for PreparedUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreparedUser")
+            .field("email", &self.email)
+            .field("full_name", &self.full_name)
+            .field("hash", &"[redacted]")
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+impl PreparedUser {
+    /// The normalized email.
+    pub fn email(&self) -> &str {
+        &self.email
+    }
+}
+
 /// A user to register; see [`Accounts::register`].
 #[derive(Clone)]
 pub struct NewUser {
@@ -335,26 +363,25 @@ impl Accounts {
     /// status is not checked: that is the caller's business (sign-up creates
     /// the first user right after provisioning).
     pub async fn register(&self, tenant: &Tenant, user: NewUser) -> Result<User> {
-        let email = normalize_email(&user.email)?;
-        self.passwords.check_policy(&user.password)?;
-        let mut roles = user.roles;
-        roles.sort();
-        roles.dedup();
-
-        let passwords = self.passwords.clone();
-        let password = user.password;
-        let hash = blocking(move || passwords.hash(&password)).await?;
-
+        let user = self.prepare(user).await?;
         if tenant.placement.strategy == Strategy::Database {
             // The lookup lives in the shared database, the user in the
             // tenant's own: claim the email first, give it back if the user
             // cannot be written.
             let mut shared = self.hidra.acquire_shared().await?;
-            self.insert_lookup(&mut *shared, &email, tenant).await?;
+            self.insert_lookup(&mut *shared, &user.email, tenant)
+                .await?;
             let written = async {
                 let mut tx = self.hidra.begin(tenant).await?;
-                let id = insert_user(&mut tx, &tenant.id, &email, &user.full_name, &hash).await?;
-                grant_roles(&mut tx, id, &roles).await?;
+                let id = insert_user(
+                    &mut tx,
+                    &tenant.id,
+                    &user.email,
+                    &user.full_name,
+                    &user.hash,
+                )
+                .await?;
+                grant_roles(&mut tx, id, &user.roles).await?;
                 tx.commit().await?;
                 Ok::<_, Error>(id)
             }
@@ -363,7 +390,7 @@ impl Accounts {
                 Ok(id) => id,
                 Err(e) => {
                     sqlx::query(self.q.delete.clone())
-                        .bind(&email)
+                        .bind(&user.email)
                         .bind(tenant.id.as_str())
                         .execute(&mut *shared)
                         .await
@@ -371,31 +398,78 @@ impl Accounts {
                     return Err(e);
                 }
             };
-            return Ok(self.registered(id, tenant, email, user.full_name, roles));
+            return Ok(self.registered(id, tenant, &user));
         }
         let mut tx = self.hidra.begin(tenant).await?;
-        let id = insert_user(&mut tx, &tenant.id, &email, &user.full_name, &hash).await?;
-        grant_roles(&mut tx, id, &roles).await?;
-        self.insert_lookup(&mut tx, &email, tenant).await?;
+        let registered = self.register_in(tx.raw_connection(), tenant, &user).await?;
         tx.commit().await?;
-        Ok(self.registered(id, tenant, email, user.full_name, roles))
+        Ok(registered)
     }
 
-    fn registered(
+    /// Checks and hashes a user ahead of [`register_in`](Self::register_in),
+    /// so that the transaction it joins does not wait for the (deliberately
+    /// slow) password hash. Fails like [`register`](Self::register) on a bad
+    /// email, password or role list.
+    pub async fn prepare(&self, user: NewUser) -> Result<PreparedUser> {
+        let email = normalize_email(&user.email)?;
+        self.passwords.check_policy(&user.password)?;
+        let mut roles = user.roles;
+        roles.sort();
+        roles.dedup();
+        let passwords = self.passwords.clone();
+        let password = user.password;
+        let hash = blocking(move || passwords.hash(&password)).await?;
+        Ok(PreparedUser {
+            email,
+            full_name: user.full_name,
+            hash,
+            roles,
+        })
+    }
+
+    /// Registers a [prepared](Self::prepare) user of `tenant` on `conn`, a
+    /// connection inside the caller's transaction and bound to the tenant,
+    /// for example the one a provisioning [`setup`](crate::NewTenant::setup)
+    /// hook receives: the tenant and its first user are then created or not
+    /// at all, even if the process dies in between. Writes the same rows as
+    /// [`register`](Self::register).
+    ///
+    /// Not for database-per-tenant tenants, whose login row lives in another
+    /// database than their users: use [`register`](Self::register) there.
+    pub async fn register_in(
         &self,
-        id: i64,
+        conn: &mut sqlx::PgConnection,
         tenant: &Tenant,
-        email: String,
-        full_name: String,
-        roles: Vec<String>,
-    ) -> User {
+        user: &PreparedUser,
+    ) -> Result<User> {
+        if tenant.placement.strategy == Strategy::Database {
+            return Err(Error::InvalidConfig(
+                "register_in cannot write a database-per-tenant tenant's login row in the same \
+                 transaction (it lives in the shared database); use Accounts::register"
+                    .into(),
+            ));
+        }
+        let id = insert_user(
+            &mut *conn,
+            &tenant.id,
+            &user.email,
+            &user.full_name,
+            &user.hash,
+        )
+        .await?;
+        grant_roles(conn, id, &user.roles).await?;
+        self.insert_lookup(&mut *conn, &user.email, tenant).await?;
+        Ok(self.registered(id, tenant, user))
+    }
+
+    fn registered(&self, id: i64, tenant: &Tenant, user: &PreparedUser) -> User {
         tracing::debug!(tenant = %tenant.id, user = id, "registered a user");
         User {
             id,
             tenant: tenant.id.clone(),
-            email,
-            full_name,
-            roles,
+            email: user.email.clone(),
+            full_name: user.full_name.clone(),
+            roles: user.roles.clone(),
         }
     }
 

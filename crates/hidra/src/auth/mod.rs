@@ -91,7 +91,7 @@
 //!
 //! // Login finds the tenant from the email.
 //! let login = accounts.login("ada@acme.test", "correct horse battery").await?;
-//! let claims = jwt.verify_for(login.token(), &acme.id)?;
+//! let claims = jwt.verify_for(login.token(), &acme)?;
 //! assert!(claims.has_role("admin"));
 //!
 //! // An API key for machine clients: the secret is shown once, here.
@@ -109,7 +109,7 @@ mod jwt;
 mod password;
 mod roles;
 
-pub use accounts::{Accounts, Login, LoginTable, NewUser, User};
+pub use accounts::{Accounts, Login, LoginTable, NewUser, PreparedUser, User};
 pub use api_keys::{ApiKeyInfo, ApiKeyTable, ApiKeys, CreatedApiKey, NewApiKey, VerifiedKey};
 pub use jwt::{Claims, Jwt, JwtAlgorithm};
 pub use password::Passwords;

@@ -165,12 +165,25 @@ impl Tenant {
 }
 
 /// What [`Hidra::provision`](crate::Hidra::provision) needs to create a tenant.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NewTenant {
     pub(crate) id: TenantId,
     pub(crate) name: Option<String>,
     pub(crate) metadata: serde_json::Value,
     pub(crate) strategy: Option<Strategy>,
+    pub(crate) setup: Option<std::sync::Arc<dyn crate::Seed>>,
+}
+
+impl fmt::Debug for NewTenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewTenant")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("metadata", &self.metadata)
+            .field("strategy", &self.strategy)
+            .field("setup", &self.setup.is_some())
+            .finish()
+    }
 }
 
 impl NewTenant {
@@ -181,7 +194,21 @@ impl NewTenant {
             name: None,
             metadata: serde_json::Value::Object(Default::default()),
             strategy: None,
+            setup: None,
         }
+    }
+
+    /// Setup of this tenant alone (its first user, say), run in the
+    /// provisioning transaction right after the handle's [`Seed`](crate::Seed):
+    /// if it fails, or the process dies before the commit, the tenant does not
+    /// exist. The connection is bound to the new tenant like the seed's.
+    ///
+    /// For a database-per-tenant tenant it runs in the tenant database's own
+    /// transaction, after the registry row was written; anything it writes
+    /// to the shared database is then not covered by that transaction.
+    pub fn setup(mut self, setup: impl crate::Seed) -> Self {
+        self.setup = Some(std::sync::Arc::new(setup));
+        self
     }
 
     /// Sets the display name.

@@ -191,7 +191,6 @@ async fn a_setup_hook_joins_the_provisioning_transaction() {
             })
         }
     }
-    use hidra::Seed as _;
     let err = h
         .provision(NewTenant::new(id("bad-setup")).setup(Twice))
         .await

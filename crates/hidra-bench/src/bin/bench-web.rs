@@ -26,6 +26,12 @@
 //!   Switching a connection's `search_path` makes PostgreSQL re-plan its
 //!   cached statements, which a schema-qualified query never pays.
 //!
+//! `--tenants 1000` puts the statement caches under pressure (for Hidra and
+//! raw alike: each keeps `--statement-cache` statements per connection),
+//! `--zipf 1.0` skews the tenant mix, and `--provision-during 2` provisions
+//! tenants continuously while every variant is measured. After the run, the
+//! private memory of each server's backends is read from `/proc`.
+//!
 //! A small load generator (keep-alive HTTP/1.1 connections, concurrency 32,
 //! a random tenant and customer per request) drives each server in turn for a
 //! fixed time after a warm-up, and reports requests per second and p50/p99
@@ -93,6 +99,11 @@ struct Args {
     /// the busiest tenant gets a share of about 1/H(n)); default uniform.
     #[arg(long)]
     zipf: Option<f64>,
+    /// Provision new tenants continuously at this many per second during
+    /// every measurement (each `CREATE SCHEMA` resets every backend's cached
+    /// plans), to measure what sign-ups cost the reads of others.
+    #[arg(long)]
+    provision_during: Option<f64>,
     /// Prepared statements kept per connection, for every server alike
     /// (default: Hidra's default).
     #[arg(long)]
@@ -510,6 +521,25 @@ async fn main() -> anyhow::Result<()> {
         "load: concurrency {}, {} s warm-up + {} s measured per variant, {} round(s), pools of {}",
         args.concurrency, args.warmup, args.duration, args.rounds, args.pool
     );
+    let churn = args.provision_during.map(|rate| {
+        let hidra = hidra.clone();
+        println!("provisioning {rate} tenants/s during every measurement");
+        tokio::spawn(async move {
+            let every = Duration::from_secs_f64(1.0 / rate);
+            let mut tick = tokio::time::interval(every);
+            let mut made = 0usize;
+            loop {
+                tick.tick().await;
+                let Ok(id) = TenantId::new(format!("churn-{made:05}")) else {
+                    break;
+                };
+                if let Err(e) = hidra.provision(NewTenant::new(id)).await {
+                    eprintln!("provisioning during the run failed: {e}");
+                }
+                made += 1;
+            }
+        })
+    });
     let tenants = Arc::new(tenants);
     let mix = TenantMix::new(tenants.len(), args.zipf);
     match args.zipf {
@@ -570,6 +600,9 @@ async fn main() -> anyhow::Result<()> {
             median(&mut p99),
             v.measured.errors
         );
+    }
+    if let Some(churn) = churn {
+        churn.abort();
     }
     println!();
     for (name, app) in [

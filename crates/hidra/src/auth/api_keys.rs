@@ -812,6 +812,36 @@ impl TouchThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary presented keys never panic the parser, and what it
+        /// accepts has exactly the generated shape.
+        #[test]
+        fn any_presented_key_parses_safely(input in any::<String>()) {
+            if let Some((id, secret)) = parse_key(&input) {
+                prop_assert_eq!(id.len(), KEY_ID_BYTES * 2);
+                prop_assert_eq!(secret.len(), SECRET_BYTES * 2);
+                let rebuilt = format!("{PREFIX}{id}_{secret}");
+                prop_assert_eq!(input.as_str(), rebuilt.as_str());
+            }
+        }
+
+        /// A generated key with any one character changed is refused or
+        /// names another key id or secret.
+        #[test]
+        fn a_changed_key_is_not_the_key(pos in 0usize..200, c in any::<char>()) {
+            let (id, secret) = generate();
+            let key = format!("{PREFIX}{id}_{secret}");
+            let pos = pos % key.len();
+            let mut changed: String = key.chars().take(pos).collect();
+            changed.push(c);
+            changed.extend(key.chars().skip(pos + 1));
+            if changed != key {
+                prop_assert_ne!(parse_key(&changed), Some((id.as_str(), secret.as_str())));
+            }
+        }
+    }
 
     #[test]
     fn generated_keys_parse() {

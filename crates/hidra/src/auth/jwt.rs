@@ -710,6 +710,31 @@ mod tests {
         assert!(jwt.verify(&sign(&plain, &map)).is_ok());
     }
 
+    proptest::proptest! {
+        /// Arbitrary text never verifies and never panics the verifier.
+        #[test]
+        fn garbage_never_verifies(input in proptest::prelude::any::<String>()) {
+            let jwt = Jwt::hs256(SECRET).unwrap();
+            proptest::prop_assert!(jwt.verify(&input).is_err());
+        }
+
+        /// A signed token with any byte of its header or claims changed does
+        /// not verify (the signature covers their encoded text).
+        #[test]
+        fn a_changed_token_does_not_verify(pos in 0usize..1000, b in 0u8..128) {
+            let jwt = Jwt::hs256(SECRET).unwrap();
+            let token = jwt.issue("7", &acme(), ["admin"]).unwrap();
+            let signed = token.rfind('.').unwrap();
+            let pos = pos % signed;
+            let mut bytes = token.clone().into_bytes();
+            bytes[pos] = b;
+            let changed = String::from_utf8(bytes).unwrap();
+            if changed != token {
+                proptest::prop_assert!(jwt.verify(&changed).is_err(), "{}", changed);
+            }
+        }
+    }
+
     fn kind(err: Error) -> AuthError {
         match err {
             Error::Auth(kind) => kind,

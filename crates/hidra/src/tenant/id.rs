@@ -166,6 +166,36 @@ impl<'de> Deserialize<'de> for TenantId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the input, an accepted id keeps the rules its schema
+        /// name relies on, and parses back to itself.
+        #[test]
+        fn any_input_is_refused_or_safe(input in any::<String>()) {
+            if let Ok(id) = TenantId::new(&input) {
+                let s = id.as_str();
+                prop_assert!(s.len() <= MAX_TENANT_ID_LEN);
+                prop_assert!(s.starts_with(|c: char| c.is_ascii_lowercase()));
+                prop_assert!(s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_')));
+                prop_assert!(!s.starts_with("pg_") && !s.starts_with("hidra"));
+                let schema = format!("tenant_{}", id.schema_suffix());
+                let valid = crate::sql::Ident::new(schema, "schema").is_ok();
+                prop_assert!(valid);
+                prop_assert_eq!(TenantId::new(s).unwrap(), id.clone());
+            }
+        }
+
+        /// Ids of the documented alphabet are accepted unless reserved.
+        #[test]
+        fn well_formed_ids_are_accepted(input in "[a-z][a-z0-9_-]{0,49}") {
+            let reserved = input == "public"
+                || input == "information_schema"
+                || input.starts_with("pg_")
+                || input.starts_with("hidra");
+            prop_assert_eq!(TenantId::new(&input).is_ok(), !reserved, "{}", input);
+        }
+    }
 
     fn reason(id: &str) -> String {
         match TenantId::new(id) {

@@ -53,6 +53,8 @@ struct FileConfig {
 #[derive(Debug)]
 pub(crate) struct Settings {
     pub(crate) database_url: String,
+    /// Whether `database_url` is the default, nobody having named one.
+    pub(crate) database_url_defaulted: bool,
     pub(crate) schema_prefix: String,
     pub(crate) registry_table: String,
     pub(crate) shared_schemas: Vec<String>,
@@ -90,10 +92,10 @@ impl Settings {
         if connect_timeout.is_zero() {
             bail!("invalid configuration: `connect_timeout` must be at least 1 second");
         }
+        let database_url = text(&opts.database_url).or(file.database_url);
         Ok(Settings {
-            database_url: text(&opts.database_url)
-                .or(file.database_url)
-                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            database_url_defaulted: database_url.is_none(),
+            database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
             schema_prefix: opts
                 .schema_prefix
                 .clone()

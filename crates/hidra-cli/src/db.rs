@@ -82,6 +82,14 @@ pub(crate) async fn connect(settings: &Settings, needs: Needs) -> Result<Connect
 
 /// Probes the database and builds the handle.
 pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) -> Result<Connected> {
+    if settings.database_url_defaulted {
+        // Never operate on a database the user did not name without saying so.
+        crate::output::note!(
+            "note: DATABASE_URL is not set (nor --database-url, nor database_url in hidra.toml); \
+             using {} (the `postgres` database)",
+            crate::config::DEFAULT_DATABASE_URL
+        );
+    }
     let Loaded {
         tenant,
         shared,

@@ -290,8 +290,22 @@ async fn status(settings: &Settings, json: bool) -> Result<()> {
         }
         None => None,
     };
+    // The same exit rule as `doctor`: a schema with a problem (an edited or
+    // missing migration) fails the command, after the report.
+    let problems = shared
+        .as_ref()
+        .map_or(0, |s| usize::from(s.problem.is_some()))
+        + tenants.as_ref().map_or(0, |t| {
+            t.schemas.iter().filter(|s| s.problem.is_some()).count()
+        });
+    let fail = || match problems {
+        0 => Ok(()),
+        1 => bail!("migration status found 1 schema with a problem"),
+        n => bail!("migration status found {n} schemas with problems"),
+    };
     if json {
-        return output::json(&StatusJson { shared, tenants });
+        output::json(&StatusJson { shared, tenants })?;
+        return fail();
     }
     if let Some(s) = &shared {
         match &s.problem {
@@ -306,7 +320,7 @@ async fn status(settings: &Settings, json: bool) -> Result<()> {
     }
     let Some(t) = tenants else {
         note!("note: {NO_TENANT_MIGRATIONS}");
-        return Ok(());
+        return fail();
     };
     let behind = t.schemas.iter().filter(|s| s.pending > 0).count();
     let broken = t.schemas.iter().filter(|s| s.problem.is_some()).count();
@@ -316,7 +330,7 @@ async fn status(settings: &Settings, json: bool) -> Result<()> {
         plural(t.schemas.len(), "schema", "schemas")
     )?;
     if t.schemas.is_empty() {
-        return Ok(());
+        return fail();
     }
     let mut table = Table::new(["TENANT", "SCHEMA", "VERSION", "PENDING", "PROBLEM"]);
     for s in &t.schemas {
@@ -328,7 +342,8 @@ async fn status(settings: &Settings, json: bool) -> Result<()> {
             s.problem.clone().unwrap_or_default(),
         ]);
     }
-    table.print()
+    table.print()?;
+    fail()
 }
 
 /// Used by `doctor`: the schemas behind on or refusing the tenant migrations.

@@ -201,11 +201,25 @@ async fn migrate_errors() {
         "error: tenant migrations directory does/not/exist does not exist"
     );
 
-    // An edited migration is reported by status and refused by a run.
+    // An edited migration is reported by status, which then exits 1 like
+    // doctor, and refused by a run.
     ctx.migration("1_items.sql", "CREATE TABLE items (id BIGINT);");
-    let s = json(&ctx.ok(&["migrate", "status", "--json"]));
+    let out = ctx
+        .cmd()
+        .args(["migrate", "status", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        crate::common::error_line(&out),
+        "error: migration status found 1 schema with a problem"
+    );
+    let s = json(&String::from_utf8(out.stdout).unwrap());
     let problem = s["tenants"]["schemas"][0]["problem"].as_str().unwrap();
     assert!(problem.contains("checksum mismatch"), "{problem}");
+    let out = ctx.cmd().args(["migrate", "status"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 with problems"));
     let err = ctx.fails(&["migrate", "--dry-run"]);
     assert!(err.contains("1 of 1 schemas failed"), "{err}");
 }

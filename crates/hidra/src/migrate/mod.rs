@@ -39,8 +39,11 @@
 //! lock of that tenant.
 //!
 //! New tenants get every migration in one round trip inside their
-//! provisioning transaction (so a `-- no-transaction` migration must also be
-//! valid inside a transaction there), or come from the warm pool of spare
+//! provisioning transaction, up to the first `-- no-transaction` one: from
+//! there, the tenant is committed as `provisioning` (refused by the web
+//! layer), the runner applies the rest (each `-- no-transaction` migration on
+//! its own, outside any transaction), and the tenant is then activated, or
+//! removed again if that fails. Or they come from the warm pool of spare
 //! schemas already at the latest version.
 
 mod bookkeeping;

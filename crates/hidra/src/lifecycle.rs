@@ -55,6 +55,20 @@ impl Hidra {
             .map(|_| ())
     }
 
+    /// [`ensure_internal`](Self::ensure_internal) for a provisioning of `id`,
+    /// once the registry is known to exist: a provisioning that is bound to
+    /// fail for want of a registry leaves no internal schema behind.
+    pub(crate) async fn ensure_internal_for(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        id: &TenantId,
+    ) -> Result<()> {
+        if self.inner.internal_ready.get().is_none() {
+            self.inner.store.get(conn, id).await?;
+        }
+        self.ensure_internal(conn).await
+    }
+
     /// Creates a tenant: registry row, schema with every tenant migration (or a
     /// spare schema from the warm pool, renamed), seed, then `active`.
     ///
@@ -133,7 +147,7 @@ impl Hidra {
         };
 
         let mut conn = self.acquire_shared().await?;
-        self.ensure_internal(&mut conn).await?;
+        self.ensure_internal_for(&mut conn, &id).await?;
         let mut tx = conn
             .begin()
             .await

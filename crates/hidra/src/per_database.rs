@@ -98,7 +98,7 @@ impl Hidra {
         );
         let started = std::time::Instant::now();
         let mut conn = self.acquire_shared().await?;
-        self.ensure_internal(&mut conn).await?;
+        self.ensure_internal_for(&mut conn, &draft.id).await?;
         let tenant = self.inner.store.insert(&mut conn, &draft).await?;
         drop(conn);
         match self

@@ -368,5 +368,17 @@ async fn a_missing_registry_table_is_a_clear_error() {
     assert!(matches!(err, Error::RegistryMissing(_)), "{err:?}");
     assert!(err.to_string().contains("hidra init"), "{err}");
     assert!(schemas(&h).await.is_empty());
+    // Nothing of hidra's own either: no internal schema left behind.
+    let mut conn = h.acquire_shared().await.unwrap();
+    let internal: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'hidra')")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+    assert!(
+        !internal,
+        "the internal schema was created for a failed provisioning"
+    );
+    drop(conn);
     db.drop_now().await.unwrap();
 }

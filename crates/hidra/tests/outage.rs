@@ -78,6 +78,18 @@ fn load(
         .collect()
 }
 
+/// Waits until the load has been served 50 more times, then stops it.
+async fn settle(seen: &Seen, stop: &AtomicBool, workers: Vec<tokio::task::JoinHandle<()>>) {
+    let ok_after = seen.ok.load(Ordering::Relaxed);
+    while seen.ok.load(Ordering::Relaxed) < ok_after + 50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Release);
+    for w in workers {
+        w.await.unwrap();
+    }
+}
+
 /// Waits until a checkout for `t` succeeds; returns how long that took.
 async fn until_served(h: &Hidra, t: &Tenant) -> Duration {
     let started = Instant::now();
@@ -145,14 +157,7 @@ async fn a_stopped_server_fails_checkouts_fast_and_service_comes_back() {
 
     cluster.resume().await.unwrap();
     let recovery = until_served(&h, &tenants[1]).await;
-    let ok_after = seen.ok.load(Ordering::Relaxed);
-    while seen.ok.load(Ordering::Relaxed) < ok_after + 50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Release);
-    for w in workers {
-        w.await.unwrap();
-    }
+    settle(&seen, &stop, workers).await;
     eprintln!(
         "outage: {} served, {} retryable failures (slowest {} ms), recovery {recovery:?} after the server accepted connections",
         seen.ok.load(Ordering::Relaxed),
@@ -194,14 +199,7 @@ async fn terminated_backends_give_retryable_errors_and_no_wrong_tenant() {
         .await
         .unwrap();
     }
-    let ok_after = seen.ok.load(Ordering::Relaxed);
-    while seen.ok.load(Ordering::Relaxed) < ok_after + 50 {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    stop.store(true, Ordering::Release);
-    for w in workers {
-        w.await.unwrap();
-    }
+    settle(&seen, &stop, workers).await;
     assert_eq!(seen.wrong_tenant.load(Ordering::Relaxed), 0);
     assert_eq!(
         seen.other.load(Ordering::Relaxed),

@@ -76,8 +76,23 @@
 //!
 //! | feature   | default | what it adds |
 //! |-----------|---------|--------------|
-//! | `testing` | no      | [`testing`]: throw-away databases and PostgreSQL clusters for tests and demos |
-//! | `auth`    | no      | [`auth`]: tenant-bound JWTs, argon2id passwords, login through a shared email lookup, role permissions, per-tenant API keys |
+#![cfg_attr(
+    feature = "testing",
+    doc = "| `testing` | no      | [`testing`]: throw-away databases and PostgreSQL clusters for tests and demos |"
+)]
+#![cfg_attr(
+    not(feature = "testing"),
+    doc = "| `testing` | no      | `testing`: throw-away databases and PostgreSQL clusters for tests and demos |"
+)]
+#![cfg_attr(
+    feature = "auth",
+    doc = "| `auth`    | no      | [`auth`]: tenant-bound JWTs, argon2id passwords, login through a shared email lookup, role permissions, per-tenant API keys |"
+)]
+#![cfg_attr(
+    not(feature = "auth"),
+    doc = "| `auth`    | no      | `auth`: tenant-bound JWTs, argon2id passwords, login through a shared email lookup, role permissions, per-tenant API keys |"
+)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod error;
 mod hidra;

@@ -617,21 +617,9 @@ mod tests {
     }
 
     fn record(id: &str, created_micros: i64) -> Tenant {
-        let at = chrono::DateTime::from_timestamp_micros(created_micros).unwrap();
-        Tenant {
-            id: TenantId::new(id).unwrap(),
-            name: id.into(),
-            status: crate::TenantStatus::Active,
-            placement: crate::Placement {
-                strategy: crate::Strategy::Schema,
-                schema: format!("tenant_{id}"),
-                database: None,
-                server: None,
-            },
-            metadata: serde_json::json!({}),
-            created_at: at,
-            updated_at: at,
-        }
+        let mut t = crate::testing::tenant_record(id);
+        t.created_at = chrono::DateTime::from_timestamp_micros(created_micros).unwrap();
+        t
     }
 
     #[test]

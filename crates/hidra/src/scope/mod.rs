@@ -237,7 +237,7 @@ async fn checkout(
     reach: &Reachability,
     intent: Intent,
 ) -> Result<(PoolConnection<Postgres>, bool)> {
-    if reach.down_since().is_some() {
+    if reach.is_down() {
         reach.check().await?;
     }
     let checkout = Checkout {

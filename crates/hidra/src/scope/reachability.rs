@@ -13,6 +13,7 @@
 //! merely busy pool never trips it: the probe connects and the checkout keeps
 //! waiting for its connection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 pub(crate) struct Reachability {
     options: PgConnectOptions,
+    /// `state.down_since.is_some()`, readable without the lock: every
+    /// checkout asks, and while the server answers nothing else is needed.
+    down: AtomicBool,
     state: Mutex<State>,
     /// Held while a probe runs, so that one probe serves every waiter.
     probing: tokio::sync::Mutex<()>,
@@ -51,6 +55,7 @@ impl Reachability {
     pub(crate) fn new(options: PgConnectOptions) -> Self {
         Reachability {
             options,
+            down: AtomicBool::new(false),
             state: Mutex::new(State::default()),
             probing: tokio::sync::Mutex::new(()),
         }
@@ -60,14 +65,18 @@ impl Reachability {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Since when the server has been unreachable, if it is.
-    pub(crate) fn down_since(&self) -> Option<Instant> {
-        self.state().down_since
+    /// Whether the last probe found the server unreachable (no lock taken).
+    pub(crate) fn is_down(&self) -> bool {
+        self.down.load(Ordering::Acquire)
     }
 
     /// A checkout got a connection: the server answers.
     pub(crate) fn mark_up(&self) {
+        if !self.is_down() {
+            return;
+        }
         let mut state = self.state();
+        self.down.store(false, Ordering::Release);
         if let Some(since) = state.down_since.take() {
             tracing::info!(
                 down_for_ms = since.elapsed().as_millis() as u64,
@@ -106,10 +115,12 @@ impl Reachability {
         match (answered, state.down_since) {
             (true, Some(_)) => {
                 state.down_since = None;
+                self.down.store(false, Ordering::Release);
                 tracing::info!("PostgreSQL is reachable again");
             }
             (false, None) => {
                 state.down_since = Some(Instant::now());
+                self.down.store(true, Ordering::Release);
                 tracing::warn!("PostgreSQL does not answer; failing checkouts fast until it does");
             }
             _ => {}

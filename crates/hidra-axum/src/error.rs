@@ -82,7 +82,9 @@ pub enum Error {
 
     /// A query of the handler failed (see [`From<sqlx::Error>`](#impl-From<Error>-for-Error)):
     /// answered with `503` and `Retry-After` when the connection was lost or
-    /// none could be had ([`hidra::is_connection_error`]), else with `500`.
+    /// none could be had ([`hidra::is_connection_error`]), `422`
+    /// `{"error":"invalid_text"}` for text PostgreSQL cannot store (a NUL
+    /// character, SQLSTATE `22021`), else with `500`.
     /// Lets handlers use `?` on sqlx queries.
     #[error("a query failed")]
     Query(#[source] hidra::sqlx::Error),
@@ -169,6 +171,7 @@ impl Error {
             | Error::Resolver(_)
             | Error::Core(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Query(e) if hidra::is_connection_error(e) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Query(e) if is_invalid_text(e) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Query(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Registry(_) | Error::Database { .. } => StatusCode::SERVICE_UNAVAILABLE,
             #[cfg(feature = "auth")]
@@ -188,6 +191,7 @@ impl Error {
             | Error::Resolver(_)
             | Error::Core(_) => "internal_error",
             Error::Query(e) if hidra::is_connection_error(e) => "service_unavailable",
+            Error::Query(e) if is_invalid_text(e) => "invalid_text",
             Error::Query(_) => "internal_error",
             Error::Registry(_) | Error::Database { .. } => "service_unavailable",
             #[cfg(feature = "auth")]
@@ -202,6 +206,10 @@ impl Error {
             Error::MissingTenant | Error::TxInUse | Error::TxOutlivedRequest => {
                 Some(self.to_string())
             }
+            Error::Query(e) if is_invalid_text(e) => Some(
+                "a text value holds a NUL character (\\u0000), which PostgreSQL cannot store"
+                    .to_owned(),
+            ),
             #[cfg(feature = "auth")]
             Error::Auth(kind)
                 if matches!(
@@ -218,6 +226,13 @@ impl Error {
     pub(crate) fn db(context: &'static str) -> impl FnOnce(hidra::Error) -> Error {
         move |source| Error::Database { context, source }
     }
+}
+
+/// SQLSTATE `character_not_in_repertoire`: text with a NUL character.
+fn is_invalid_text(e: &hidra::sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "22021")
 }
 
 impl IntoResponse for Error {

@@ -319,3 +319,48 @@ async fn handlers_run_in_a_span_with_the_tenant_and_request_id_and_in_its_contex
     );
     assert!(hidra::context::current().is_none());
 }
+
+/// A handler's query error through `?`: text PostgreSQL cannot store is a
+/// 422 that says so (never the database's own text), any other failure a
+/// bare 500.
+#[tokio::test]
+async fn query_errors_through_question_mark_are_classified() {
+    async fn store(
+        mut conn: hidra_axum::TenantConn,
+        axum::extract::Path(what): axum::extract::Path<String>,
+    ) -> Result<&'static str, Error> {
+        let text = if what == "nul" { "a\u{0}b" } else { "fine" };
+        let sql = if what == "broken" {
+            "SELECT nope FROM marker WHERE tenant = $1"
+        } else {
+            "SELECT $1::text"
+        };
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(text)
+            .execute(&mut conn)
+            .await?;
+        Ok("stored")
+    }
+    let ctx = setup(2).await;
+    tenant_with_marker(&ctx.hidra, "alpha").await;
+    let app = axum::Router::new()
+        .route("/store/{what}", axum::routing::get(store))
+        .layer(TenantLayer::new(ctx.hidra.clone()));
+    let h = [("x-tenant-id", "alpha")];
+    assert_eq!(
+        get(&app, "/store/plain", &h).await,
+        (StatusCode::OK, "stored".into())
+    );
+    let (status, body) = get(&app, "/store/nul", &h).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "invalid_text");
+    assert!(body["message"].as_str().unwrap().contains("NUL"), "{body}");
+    assert_eq!(
+        get(&app, "/store/broken", &h).await,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            r#"{"error":"internal_error"}"#.into()
+        )
+    );
+}

@@ -389,3 +389,93 @@ async fn the_statement_cache_stays_within_its_capacity() {
     assert!(peak <= 8, "{peak} statements prepared on the server");
     assert!(peak >= 6, "only {peak}: the cache is not being used");
 }
+
+/// The same under load: 8 tasks keep reading `SELECT *` of one tenant, half
+/// through connections and half through transactions, while the tenant's
+/// table gains columns. Connections never see an error (the stale statement
+/// is retried); transactions see nothing but `StaleStatement`, and succeed
+/// when run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenants_own_alter_table_under_load() {
+    let ctx = setup(2).await;
+    let h = hidra_v1(&ctx, 4).await;
+    let t = tenants(&h, "load", 1).await.remove(0);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (conn_errors, tx_stale, tx_other, ops) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(std::sync::Mutex::new(Vec::new())),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let mut tasks = Vec::new();
+    for w in 0..8usize {
+        let (h, t, done) = (h.clone(), t.clone(), done.clone());
+        let (conn_errors, tx_stale, tx_other, ops) = (
+            conn_errors.clone(),
+            tx_stale.clone(),
+            tx_other.clone(),
+            ops.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !done.load(Ordering::Acquire) {
+                let select = sqlx::query("SELECT * FROM customers WHERE id = $1").bind(1_i64);
+                if w % 2 == 0 {
+                    let mut conn = h.acquire(&t).await.unwrap();
+                    if let Err(e) = select.fetch_one(&mut conn).await {
+                        eprintln!("connection: {e}");
+                        conn_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    let mut tx = h.begin(&t).await.unwrap();
+                    match select.fetch_one(&mut tx).await {
+                        Ok(_) => tx.commit().await.unwrap(),
+                        Err(e) if StaleStatement::find(&e).is_some() => {
+                            tx_stale.fetch_add(1, Ordering::Relaxed);
+                            tx.rollback().await.unwrap();
+                        }
+                        Err(e) => tx_other.lock().unwrap().push(e.to_string()),
+                    }
+                }
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for column in ["a", "b", "c", "d", "e"] {
+        // Let the readers cache their statements, then change the table.
+        let before = ops.load(Ordering::Relaxed);
+        while ops.load(Ordering::Relaxed) < before + 40 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let mut tx = h.begin(&t).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE customers ADD COLUMN {column} INT"
+        )))
+        .execute(&mut tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let before = ops.load(Ordering::Relaxed);
+    while ops.load(Ordering::Relaxed) < before + 40 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    done.store(true, Ordering::Release);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        conn_errors.load(Ordering::Relaxed),
+        0,
+        "connections retry stale statements"
+    );
+    let other = tx_other.lock().unwrap();
+    assert!(
+        other.is_empty(),
+        "transactions: only StaleStatement, got {other:?}"
+    );
+    eprintln!(
+        "{} statements, {} stale-statement errors in transactions",
+        ops.load(Ordering::Relaxed),
+        tx_stale.load(Ordering::Relaxed)
+    );
+}

@@ -1,5 +1,5 @@
 //! Shared pieces of the Hidra benchmark binaries: locating the reference
-//! schema, timing, percentiles.
+//! schema, timing, percentiles, process memory.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -53,6 +53,16 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Rate per second of `n` items in `elapsed`.
 pub fn rate(n: usize, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
+}
+
+/// A field of `/proc/<pid>/status` given in kB (`VmRSS`, `RssAnon`,
+/// `VmHWM`, …), in KiB; `None` if the process or the field does not exist.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().trim_end_matches("kB").trim().parse().ok()
+    })
 }
 
 /// Runs `f(i)` for `i` in `0..n` on `concurrency` tasks; returns the results
@@ -162,6 +172,13 @@ mod tests {
         let d: Vec<_> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&d, 50.0), Duration::from_millis(51));
         assert_eq!(percentile(&d, 99.0), Duration::from_millis(99));
+    }
+
+    #[test]
+    fn reads_own_memory() {
+        let pid = std::process::id();
+        assert!(proc_status_kib(pid, "VmRSS").is_some_and(|kib| kib > 0));
+        assert_eq!(proc_status_kib(pid, "NoSuchField"), None);
     }
 
     /// The workspace keeps copies of the reference files so that a checkout

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
 use futures_util::future::BoxFuture;
-use hidra::auth::{ApiKeys, AuthError, Claims, Jwt, RolePermissions, VerifiedKey};
+use hidra::auth::{ApiKeys, AuthError, Claims, Jwt, Revocations, RolePermissions, VerifiedKey};
 use hidra::{Hidra, TenantId};
 use http::request::Parts;
 use http::{Extensions, HeaderName, header};
@@ -108,12 +108,28 @@ fn bearer(parts: &Parts) -> Result<Option<&str>> {
 pub struct JwtResolver {
     jwt: Jwt,
     cookie: Option<String>,
+    revocations: Option<Revocations>,
 }
 
 impl JwtResolver {
     /// Verifies bearer tokens with `jwt`.
     pub fn new(jwt: Jwt) -> Self {
-        JwtResolver { jwt, cookie: None }
+        JwtResolver {
+            jwt,
+            cookie: None,
+            revocations: None,
+        }
+    }
+
+    /// Also refuses (401) a token whose user's sessions were ended since it
+    /// was issued: logged out everywhere, deactivated, re-roled, deleted or
+    /// given a new password ([`Revocations`], from
+    /// [`Accounts::revocations`](hidra::auth::Accounts::revocations)). A
+    /// token without a token version is refused too. A cached version costs
+    /// no query; a change reaches every process within about a second.
+    pub fn with_revocations(mut self, revocations: Revocations) -> Self {
+        self.revocations = Some(revocations);
+        self
     }
 
     /// Also reads the token from the cookie `name` when the request has no
@@ -140,22 +156,37 @@ impl TenantResolver for JwtResolver {
         parts: &'a Parts,
         _cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>> {
-        let found = match self.token(parts) {
+        let claims = match self.token(parts) {
             Ok(Some(token)) => match self.jwt.verify(token) {
-                Ok(claims) => Ok(Some(
-                    Resolution::verified(claims.tenant.as_str())
-                        .with_incarnation(claims.tenant_incarnation)
-                        .with_extension(claims),
-                )),
+                Ok(claims) => claims,
                 Err(error) => {
                     tracing::debug!(%error, "refusing a request: its token does not verify");
-                    Err(unauthorized("invalid token"))
+                    return ready(Err(unauthorized("invalid token")));
                 }
             },
-            Ok(None) => Ok(None),
-            Err(error) => Err(error),
+            Ok(None) => return ready(Ok(None)),
+            Err(error) => return ready(Err(error)),
         };
-        ready(found)
+        let resolution = |claims: Claims| {
+            Some(
+                Resolution::verified(claims.tenant.as_str())
+                    .with_incarnation(claims.tenant_incarnation)
+                    .with_extension(claims),
+            )
+        };
+        let Some(revocations) = &self.revocations else {
+            return ready(Ok(resolution(claims)));
+        };
+        Box::pin(async move {
+            match revocations.check(&claims).await {
+                Ok(()) => Ok(resolution(claims)),
+                Err(hidra::Error::Auth(kind)) => {
+                    tracing::debug!(refusal = ?kind, "refusing a request: its session has ended");
+                    Err(unauthorized("the session has ended"))
+                }
+                Err(error) => Err(Error::from(error)),
+            }
+        })
     }
 }
 

@@ -65,7 +65,8 @@ pub enum Error {
 
     /// Committing the request's [`TenantTx`](crate::TenantTx) failed (a
     /// deferred constraint, a serialization failure, a lost connection): the
-    /// handler's work is lost. Answered with `500`.
+    /// handler's work is lost. Answered with `500`, or `503` with
+    /// `Retry-After` when the connection was lost under it (a retryable error).
     #[error("committing the request's transaction failed")]
     Commit(#[source] hidra::Error),
 
@@ -107,6 +108,7 @@ pub enum Error {
     /// | [`is_unauthenticated`](hidra::auth::AuthError::is_unauthenticated) (bad token, key, credentials) | 401 | `{"error":"unauthorized"}` |
     /// | [`is_forbidden`](hidra::auth::AuthError::is_forbidden) (wrong tenant, missing role, permission, scope) | 403 | `{"error":"forbidden"}` |
     /// | `EmailTaken` | 409 | `{"error":"email_taken","message":…}` |
+    /// | `TooManyAttempts` | 429, `Retry-After` | `{"error":"too_many_attempts","message":…}` |
     /// | `InvalidEmail`, `InvalidPassword`, `UnknownRole` | 422 | `{"error":"invalid_email"`/`"invalid_password"`/`"unknown_role","message":…}` |
     ///
     /// The `message` of 409 and 422 is the kind's own text, which says how to
@@ -150,6 +152,7 @@ fn auth_status(kind: &hidra::auth::AuthError) -> (StatusCode, &'static str) {
     }
     match kind {
         AuthError::EmailTaken => (StatusCode::CONFLICT, "email_taken"),
+        AuthError::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
         AuthError::InvalidEmail => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_email"),
         AuthError::InvalidPassword { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_password"),
         AuthError::UnknownRole(_) => (StatusCode::UNPROCESSABLE_ENTITY, "unknown_role"),
@@ -162,6 +165,9 @@ impl Error {
     /// The HTTP status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
+            // The connection went away under the commit: the outcome is
+            // unknown to the client either way, and retrying is the answer.
+            Error::Commit(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Error::Conflict => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::MissingTenant
@@ -182,6 +188,7 @@ impl Error {
     /// The stable code in the response body's `error` field.
     pub fn code(&self) -> &'static str {
         match self {
+            Error::Commit(e) if e.is_retryable() => "service_unavailable",
             Error::Conflict => "tenant_conflict",
             Error::Unauthorized(_) => "unauthorized",
             Error::MissingTenant
@@ -214,7 +221,9 @@ impl Error {
             Error::Auth(kind)
                 if matches!(
                     self.status(),
-                    StatusCode::CONFLICT | StatusCode::UNPROCESSABLE_ENTITY
+                    StatusCode::CONFLICT
+                        | StatusCode::UNPROCESSABLE_ENTITY
+                        | StatusCode::TOO_MANY_REQUESTS
                 ) =>
             {
                 Some(kind.to_string())
@@ -255,6 +264,13 @@ impl IntoResponse for Error {
                 http::HeaderValue::from_static("1"),
             );
         }
+        #[cfg(feature = "auth")]
+        if let Error::Auth(hidra::auth::AuthError::TooManyAttempts { retry_after_secs }) = &self {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(*retry_after_secs),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             // RFC 6750: a 401 names the scheme the client should use.
             response.headers_mut().insert(
@@ -263,5 +279,27 @@ impl IntoResponse for Error {
             );
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_lost_with_its_connection_is_retryable() {
+        let lost = Error::Commit(hidra::Error::Database {
+            context: "committing",
+            source: hidra::sqlx::Error::PoolTimedOut,
+        });
+        assert_eq!(lost.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(lost.code(), "service_unavailable");
+        let response = lost.into_response();
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+        let refused = Error::Commit(hidra::Error::Database {
+            context: "committing",
+            source: hidra::sqlx::Error::RowNotFound,
+        });
+        assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -136,3 +136,25 @@ mod tests {
         }
     }
 }
+
+/// Who is asking, for the brute-force limits of login and sign-up: the
+/// peer's IP address (`unknown` when the server was not started with
+/// connect info). Behind a reverse proxy every client shares the proxy's
+/// address: take the client's address from the proxy's header instead.
+#[derive(Clone, Debug)]
+pub struct ClientKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientKey {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or_else(|| "unknown".to_owned(), |info| info.0.ip().to_string());
+        Ok(ClientKey(peer))
+    }
+}

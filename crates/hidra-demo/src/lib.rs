@@ -25,7 +25,6 @@ pub mod demo_data;
 pub mod docs;
 pub mod error;
 pub mod extract;
-pub mod live_users;
 pub mod observability;
 pub mod permissions;
 pub mod routes;
@@ -33,12 +32,15 @@ pub mod state;
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use hidra::auth::{Accounts, ApiKeyTable, ApiKeys, Jwt, LoginTable};
+use hidra::auth::{
+    Accounts, ApiKeyTable, ApiKeys, AttemptTable, Jwt, Limit, LoginLimits, LoginTable,
+};
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{Hidra, Migrations, RegistryTable};
 use hidra_axum::{
@@ -105,6 +107,27 @@ pub struct Config {
     /// Database connections of the shared pool.
     #[arg(long, env = "HIDRA_MAX_CONNECTIONS", default_value_t = 20)]
     pub max_connections: u32,
+
+    /// Failed logins per account in 15 minutes before it is locked for the
+    /// rest of the window (429); a client address gets ten times as many.
+    #[arg(long, env = "HIDRA_LOGIN_FAILURES", default_value_t = 10)]
+    pub login_failures: u32,
+
+    /// Tenant traffic through this transaction-pooling proxy (PgBouncer in
+    /// transaction mode) to the same database; DATABASE_URL (or the
+    /// throw-away database) stays the direct connection for the registry,
+    /// sign-up, migrations and change notifications.
+    #[arg(long, env = "HIDRA_POOLER_URL", hide_env_values = true)]
+    pub pooler_url: Option<String>,
+
+    /// Sign-ups per client address and hour.
+    #[arg(long, env = "HIDRA_SIGNUPS_PER_HOUR", default_value_t = 10)]
+    pub sign_ups_per_hour: u32,
+
+    /// Login and sign-up attempts per second and client address, in this
+    /// process (bursts of twice as many).
+    #[arg(long, env = "HIDRA_AUTH_RATE", default_value_t = 10)]
+    pub auth_rate: u32,
 }
 
 /// Where the data lives.
@@ -151,6 +174,7 @@ async fn prepare(hidra: &Hidra) -> anyhow::Result<()> {
     let ddl = [
         RegistryTable::default().ddl(),
         LoginTable::default().ddl(),
+        AttemptTable::default().ddl(),
         ApiKeyTable::default().ddl(),
     ]
     .concat();
@@ -176,6 +200,21 @@ fn random_secret() -> String {
         .collect()
 }
 
+/// The brute-force limits of login and sign-up, per client IP address.
+fn limits(config: &Config) -> anyhow::Result<LoginLimits> {
+    let rate = NonZeroU32::new(config.auth_rate).context("HIDRA_AUTH_RATE must be at least 1")?;
+    let burst = rate.saturating_mul(NonZeroU32::new(2).expect("non-zero"));
+    let window = Duration::from_secs(15 * 60);
+    Ok(LoginLimits::new()
+        .per_account(Limit::new(config.login_failures, window))
+        .per_client(Limit::new(config.login_failures.saturating_mul(10), window))
+        .sign_ups(Limit::new(
+            config.sign_ups_per_hour,
+            Duration::from_secs(3600),
+        ))
+        .rate(rate, burst))
+}
+
 fn jwt(config: &Config) -> anyhow::Result<Jwt> {
     let secret = config.jwt_secret.clone().unwrap_or_else(|| {
         tracing::warn!("JWT_SECRET is unset: using a random secret, tokens end with this run");
@@ -188,11 +227,14 @@ fn jwt(config: &Config) -> anyhow::Result<Jwt> {
 
 /// The application: routes, tenant layer, logs, request ids and metrics.
 pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
+    // Tokens of users whose sessions ended (logged out everywhere,
+    // deactivated, re-roled, deleted) are refused in every process.
+    let jwt = JwtResolver::new(jwt).with_revocations(state.accounts.revocations().clone());
     // Tenant from the token or API key; a header or subdomain may name it
     // too, but must agree with them (else 403).
     let tenants = TenantLayer::new(state.hidra.clone())
         .with_cache(state.tenants.clone())
-        .with_resolver(JwtResolver::new(jwt))
+        .with_resolver(jwt)
         .with_resolver(ApiKeyResolver::new(state.api_keys.clone()))
         .with_resolver(HeaderResolver::new())
         .with_resolver(SubdomainResolver::new(base_domain))
@@ -202,10 +244,6 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
     Router::new()
         .merge(
             routes::tenant_routes()
-                .layer(axum::middleware::from_fn_with_state(
-                    state.clone(),
-                    live_users::check,
-                ))
                 .layer(axum::middleware::from_fn(observability::record_tenant))
                 .layer(tenants),
         )
@@ -264,10 +302,19 @@ async fn serve(
     demo_data: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let hidra = Hidra::builder()
+    let mut builder = Hidra::builder()
         .tenant_migrations(Migrations::from_sqlx(&TENANT_MIGRATIONS))
         .warm_pool(config.warm_pool)
-        .max_connections(config.max_connections)
+        .max_connections(config.max_connections);
+    if let Some(url) = config
+        .pooler_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        tracing::info!("tenant traffic goes through the transaction pooler");
+        builder = builder.transaction_pooler(url);
+    }
+    let hidra = builder
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;
@@ -275,7 +322,7 @@ async fn serve(
     let warm_pool = (config.warm_pool > 0).then(|| hidra.spawn_warm_pool(Duration::from_secs(5)));
 
     let jwt = jwt(config)?;
-    let accounts = Accounts::new(hidra.clone(), jwt.clone());
+    let accounts = Accounts::new(hidra.clone(), jwt.clone()).with_limits(limits(config)?);
     let pepper = config.api_key_pepper.clone().unwrap_or_else(|| {
         tracing::warn!(
             "HIDRA_API_KEY_PEPPER is unset: using a random pepper, API keys end with this run"
@@ -291,7 +338,6 @@ async fn serve(
     let state = AppState {
         tenants: hidra_axum::TenantCache::new(hidra.clone()),
         permissions: PermissionCache::new(),
-        live_users: live_users::LiveUsers::default(),
         metrics: observability::install_recorder(),
         accounts,
         api_keys,
@@ -306,10 +352,13 @@ async fn serve(
     println!("listening on {base}");
     print_welcome(&base, demo_data);
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .context("serving HTTP")?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
     if let Some(task) = warm_pool {
         task.abort();

@@ -19,8 +19,6 @@ pub struct AppState {
     pub permissions: PermissionCache,
     /// The tenant layer's registry cache (for `/metrics`).
     pub tenants: TenantCache,
-    /// What users are now, for tokens issued before a change.
-    pub live_users: crate::live_users::LiveUsers,
     /// Renders `/metrics`; `None` when another recorder was installed first.
     pub metrics: Option<PrometheusHandle>,
 }

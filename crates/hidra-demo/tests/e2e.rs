@@ -1261,11 +1261,81 @@ async fn isolation_under_concurrent_mixed_requests() {
         .await
         .expect("create a test database");
     let demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    concurrent_mixed_requests(
+        &demo,
+        &[("conc_a", "a"), ("conc_b", "b"), ("conc_c", "c")],
+        300,
+    )
+    .await;
+}
+
+/// Behind PgBouncer 1.18 in transaction mode (Hidra's transaction-pooler
+/// mode): sign-up, login, CRUD, then 2,000 concurrent mixed requests over 4
+/// tenants, every answer checked against its tenant.
+#[tokio::test]
+async fn through_pgbouncer_in_transaction_mode() {
+    let db = TestDatabase::create()
+        .await
+        .expect("create a test database");
+    let bouncer = hidra::testing::TempPgBouncer::start(db.url(), 4)
+        .await
+        .expect("start pgbouncer (apt-get install -y pgbouncer)");
+    let pooler = bouncer.url_for(db.name());
+    let demo = Demo::start_with(
+        Some(db.url()),
+        &["--port", "0"],
+        &[("HIDRA_POOLER_URL", pooler.as_str())],
+    )
+    .await;
+    let acc = signup_ok(
+        &demo,
+        "bounce-x",
+        "bounce-x",
+        "Bounce X",
+        "admin@x.bounce.test",
+    )
+    .await;
+    let token = demo.login_ok(&acc.email, &acc.password).await;
+    let id = create_customer(&demo, &token, "Bounced").await;
+    let r = demo
+        .patch(
+            &format!("/customers/{id}"),
+            Some(&token),
+            json!({"name": "Bounced twice"}),
+        )
+        .await;
+    assert_eq!(demo.expect(&r, 200)["name"], "Bounced twice");
+    demo.expect(
+        &demo.delete(&format!("/customers/{id}"), Some(&token)).await,
+        204,
+    );
+    demo.expect(
+        &demo.get(&format!("/customers/{id}"), Some(&token)).await,
+        404,
+    );
+    concurrent_mixed_requests(
+        &demo,
+        &[
+            ("bnc_a", "a"),
+            ("bnc_b", "b"),
+            ("bnc_c", "c"),
+            ("bnc_d", "d"),
+        ],
+        2000,
+    )
+    .await;
+}
+
+/// Signs `tenants` up with seeded customers, sends `requests` concurrent
+/// mixed requests (lists, creates, gets, searches for another tenant's data)
+/// spread over them, and checks every answer and the stored data.
+async fn concurrent_mixed_requests(demo: &Demo, tenant_names: &[(&str, &str)], requests: usize) {
+    let n = tenant_names.len();
     const SEEDED: usize = 5;
     let mut tenants = Vec::new();
-    for (tenant, domain) in [("conc_a", "a"), ("conc_b", "b"), ("conc_c", "c")] {
+    for &(tenant, domain) in tenant_names {
         let acc = signup_ok(
-            &demo,
+            demo,
             tenant,
             tenant,
             &format!("Concurrent {domain}"),
@@ -1275,18 +1345,17 @@ async fn isolation_under_concurrent_mixed_requests() {
         let marker = format!("MARK-{}-", tenant.to_uppercase());
         let mut seeded = Vec::new();
         for i in 0..SEEDED {
-            seeded.push(create_customer(&demo, &acc.token, &format!("{marker}seed{i}")).await);
+            seeded.push(create_customer(demo, &acc.token, &format!("{marker}seed{i}")).await);
         }
         tenants.push((acc, marker, seeded));
     }
 
-    const REQUESTS: usize = 300;
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..REQUESTS {
+    for i in 0..requests {
         let api = demo.api.clone();
-        let (acc, marker, seeded) = tenants[i % 3].clone();
-        let other_marker = tenants[(i + 1) % 3].1.clone();
+        let (acc, marker, seeded) = tenants[i % n].clone();
+        let other_marker = tenants[(i + 1) % n].1.clone();
         tasks.spawn(async move {
             let token = Some(acc.token.as_str());
             let outcome: Result<&'static str, String> = match (i / 3) % 5 {
@@ -1406,12 +1475,12 @@ async fn isolation_under_concurrent_mixed_requests() {
         }
     }
     eprintln!(
-        "{done} of {REQUESTS} concurrent requests checked in {:?}",
+        "{done} of {requests} concurrent requests checked in {:?}",
         started.elapsed()
     );
     assert!(
         failures.is_empty(),
-        "{} of {REQUESTS} concurrent requests failed or crossed tenants:\n{}{}",
+        "{} of {requests} concurrent requests failed or crossed tenants:\n{}{}",
         failures.len(),
         failures
             .iter()
@@ -1422,9 +1491,9 @@ async fn isolation_under_concurrent_mixed_requests() {
         demo.output.context()
     );
     // Afterwards every tenant holds exactly its seeds and its creations.
-    let created_per_tenant = (0..REQUESTS).filter(|i| (i / 3) % 5 == 1);
+    let created_per_tenant = (0..requests).filter(|i| (i / 3) % 5 == 1);
     for (t, (acc, marker, _)) in tenants.iter().enumerate() {
-        let created = created_per_tenant.clone().filter(|i| i % 3 == t).count();
+        let created = created_per_tenant.clone().filter(|i| i % n == t).count();
         let names = demo.id_names("/customers", &acc.token).await;
         assert_eq!(
             names.len(),
@@ -2386,4 +2455,147 @@ async fn a_kill_during_sign_ups_leaves_no_tenant_without_its_admin() {
         "{} tenants signed up before the kill, every one complete",
         tenants.len()
     );
+}
+
+/// Sessions end when a user logs out everywhere, loses a role or is
+/// deactivated; failed logins and sign-ups are limited per account and
+/// client, with `429` and `Retry-After`, the same for an unknown email.
+#[tokio::test]
+async fn sessions_end_on_changes_and_logins_are_limited() {
+    let db = TestDatabase::create()
+        .await
+        .expect("create a test database");
+    let demo = Demo::start_with(
+        Some(db.url()),
+        &["--port", "0"],
+        &[
+            ("HIDRA_LOGIN_FAILURES", "3"),
+            ("HIDRA_SIGNUPS_PER_HOUR", "2"),
+        ],
+    )
+    .await;
+    let api = &demo.api;
+    let a = signup_ok(
+        api,
+        "sess-a",
+        "sess-a",
+        "Sessions A",
+        "owner@sess-a.e2e.test",
+    )
+    .await;
+    api.expect(&api.get("/me", Some(&a.token)).await, 200);
+
+    // Log out everywhere: the sign-up token and a login token both end.
+    let second = api.login_ok(&a.email, &a.password).await;
+    api.expect(
+        &api.post("/logout-everywhere", Some(&second), json!({}))
+            .await,
+        204,
+    );
+    for old in [&a.token, &second] {
+        api.expect_error(&api.get("/me", Some(old)).await, 401, "unauthorized");
+    }
+    let admin = api.login_ok(&a.email, &a.password).await;
+    api.expect(&api.get("/me", Some(&admin)).await, 200);
+
+    // A user re-roled, then deactivated, by the admin.
+    let r = api
+        .post(
+            "/users",
+            Some(&admin),
+            json!({"email": "bob@sess-a.e2e.test", "full_name": "Bob",
+                "password": "bobs password", "roles": ["admin"]}),
+        )
+        .await;
+    let bob = api.expect(&r, 201)["id"].as_i64().expect("user id");
+    let bob_token = api.login_ok("bob@sess-a.e2e.test", "bobs password").await;
+    api.expect(&api.get("/users", Some(&bob_token)).await, 200);
+    let r = api
+        .patch(
+            &format!("/users/{bob}"),
+            Some(&admin),
+            json!({"roles": ["viewer"]}),
+        )
+        .await;
+    api.expect(&r, 200);
+    api.expect_error(&api.get("/me", Some(&bob_token)).await, 401, "unauthorized");
+    let bob_token = api.login_ok("bob@sess-a.e2e.test", "bobs password").await;
+    api.expect(&api.get("/me", Some(&bob_token)).await, 200);
+    let r = api
+        .patch(
+            &format!("/users/{bob}"),
+            Some(&admin),
+            json!({"is_active": false}),
+        )
+        .await;
+    api.expect(&r, 200);
+    api.expect_error(&api.get("/me", Some(&bob_token)).await, 401, "unauthorized");
+    api.expect_error(
+        &api.login("bob@sess-a.e2e.test", "bobs password").await,
+        401,
+        "unauthorized",
+    );
+    // Renaming the admin keeps its session.
+    let me: i64 = api.expect(&api.get("/me", Some(&admin)).await, 200)["id"]
+        .as_i64()
+        .expect("my id");
+    let r = api
+        .patch(
+            &format!("/users/{me}"),
+            Some(&admin),
+            json!({"full_name": "Renamed"}),
+        )
+        .await;
+    api.expect(&r, 200);
+    api.expect(&api.get("/me", Some(&admin)).await, 200);
+
+    // Three failures lock the account: the right password gets 429 too.
+    for _ in 0..3 {
+        api.expect_error(
+            &api.login(&a.email, "wrong password").await,
+            401,
+            "unauthorized",
+        );
+    }
+    let locked = api.login(&a.email, &a.password).await;
+    api.expect_error(&locked, 429, "too_many_attempts");
+    let retry: u64 = locked
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a numeric Retry-After");
+    assert!((1..=900).contains(&retry), "Retry-After {retry}");
+    // An unknown email answers exactly the same way.
+    for _ in 0..3 {
+        api.expect_error(
+            &api.login("nobody@sess-a.e2e.test", "wrong password").await,
+            401,
+            "unauthorized",
+        );
+    }
+    let unknown = api.login("nobody@sess-a.e2e.test", "wrong password").await;
+    api.expect_error(&unknown, 429, "too_many_attempts");
+    assert!(unknown.header("retry-after").is_some());
+    // The tokens already issued keep working.
+    api.expect(&api.get("/me", Some(&admin)).await, 200);
+
+    // Two sign-ups an hour per client: the first was `sess-a`.
+    signup_ok(
+        api,
+        "sess-b",
+        "sess-b",
+        "Sessions B",
+        "owner@sess-b.e2e.test",
+    )
+    .await;
+    let r = api
+        .signup(
+            "sess-c",
+            "Sessions C",
+            "owner@sess-c.e2e.test",
+            "Owner",
+            "long enough",
+        )
+        .await;
+    api.expect_error(&r, 429, "too_many_attempts");
+    assert!(r.header("retry-after").is_some());
 }

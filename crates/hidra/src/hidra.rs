@@ -80,6 +80,8 @@ pub struct HidraBuilder {
     database_prefix: String,
     audit_row_level: bool,
     statement_cache_capacity: usize,
+    /// Where tenant traffic goes in transaction-pooler mode.
+    pooler: Option<std::result::Result<PgConnectOptions, String>>,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -113,6 +115,7 @@ impl Default for HidraBuilder {
             database_prefix: "tenant_".into(),
             audit_row_level: false,
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
+            pooler: None,
             pool_options: PgPoolOptions::new()
                 .max_connections(10)
                 .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT),
@@ -272,6 +275,47 @@ impl HidraBuilder {
         self
     }
 
+    /// **Transaction-pooler mode**: tenant traffic ([`acquire`](Hidra::acquire),
+    /// [`begin`](Hidra::begin) and everything running on them) goes through
+    /// the transaction-pooling proxy at `url` (PgBouncer in `pool_mode =
+    /// transaction`), while the URL given to [`connect`](Self::connect) stays
+    /// the direct connection of the control plane: the registry, provisioning,
+    /// migrations, advisory locks, `LISTEN` for cache invalidation, and
+    /// [`acquire_shared`](Hidra::acquire_shared). Those need a session and
+    /// cannot work through transaction pooling.
+    ///
+    /// Through the proxy Hidra never relies on session state or server-side
+    /// named statements:
+    ///
+    /// - every statement is an unnamed prepared statement (parsed and planned
+    ///   each time: no per-tenant statement cache, and no statement of one
+    ///   client can ever run for another);
+    /// - a [`TenantTx`](crate::TenantTx) binds the tenant with `SET LOCAL`
+    ///   after `BEGIN`;
+    /// - a [`TenantConn`](crate::TenantConn) runs **each statement in a
+    ///   transaction of its own** (`BEGIN; SET LOCAL …`, the statement,
+    ///   `COMMIT`): three round trips instead of one, and a stream of rows is
+    ///   read whole before it is handed out. Use a `TenantTx` for several
+    ///   statements and for large results.
+    ///
+    /// Not available here: `prepare`/`describe` on a scoped connection, and
+    /// anything run on `raw_connection()` (sqlx names those statements). Tenants
+    /// in their own database connect directly, as without this mode. Checked
+    /// against PgBouncer 1.18 in CI.
+    pub fn transaction_pooler(mut self, url: &str) -> Self {
+        self.pooler = Some(
+            url.parse::<PgConnectOptions>()
+                .map_err(|e| format!("invalid transaction pooler URL: {e}")),
+        );
+        self
+    }
+
+    /// [`transaction_pooler`](Self::transaction_pooler) with connect options.
+    pub fn transaction_pooler_with(mut self, options: PgConnectOptions) -> Self {
+        self.pooler = Some(Ok(options));
+        self
+    }
+
     /// Connects to `url` and builds the handle.
     pub async fn connect(self, url: &str) -> Result<Hidra> {
         let options: PgConnectOptions = url
@@ -300,6 +344,19 @@ impl HidraBuilder {
         let database_naming = SchemaNaming::new(self.database_prefix)?;
         let tenant_db_options = options.clone();
         let reach_options = options.clone();
+        let pooled = match self.pooler {
+            None => None,
+            Some(Err(e)) => return Err(Error::InvalidConfig(e.into())),
+            Some(Ok(pooler)) => Some(
+                self.pool_options
+                    .clone()
+                    .test_before_acquire(false)
+                    .before_acquire(scope::before_acquire_pooled)
+                    .connect_with(pooler)
+                    .await
+                    .map_err(Error::db("connecting to the transaction pooler"))?,
+            ),
+        };
         let pool = self
             .pool_options
             .test_before_acquire(false)
@@ -311,6 +368,7 @@ impl HidraBuilder {
         let hidra = Hidra {
             inner: Arc::new(Inner {
                 pool,
+                pooled,
                 naming,
                 shared,
                 store,
@@ -348,6 +406,8 @@ pub struct Hidra {
 
 pub(crate) struct Inner {
     pub(crate) pool: PgPool,
+    /// Tenant traffic's pool in transaction-pooler mode.
+    pub(crate) pooled: Option<PgPool>,
     pub(crate) naming: SchemaNaming,
     pub(crate) shared: Vec<Ident>,
     pub(crate) store: Arc<dyn TenantStore>,
@@ -442,8 +502,9 @@ impl Hidra {
     }
 
     /// A connection bound to `tenant` (its schema first in `search_path`, then
-    /// the shared schemas). Not safe behind a transaction-pooling proxy; use
-    /// [`begin`](Self::begin) there.
+    /// the shared schemas). Behind a transaction-pooling proxy, use
+    /// [`HidraBuilder::transaction_pooler`]: each statement then binds the
+    /// tenant in a transaction of its own.
     ///
     /// The record is trusted as given: check its status first if that matters
     /// (the web layer does).
@@ -457,12 +518,17 @@ impl Hidra {
             return Ok(TenantConn::new(Pooled::Database(conn), tenant, None));
         }
         let scope = self.scope(tenant)?;
+        if let Some(pooled) = &self.inner.pooled {
+            let conn = scope::acquire_unscoped(pooled, &self.inner.reach).await?;
+            return Ok(TenantConn::through_pooler(conn, tenant, scope));
+        }
         let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, scope.clone()).await?;
         Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)))
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
-    /// Safe behind a transaction-pooling proxy.
+    /// Behind a transaction-pooling proxy, use
+    /// [`HidraBuilder::transaction_pooler`] (unnamed statements only).
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
         if tenant.placement.strategy == Strategy::Database {
             let conn = self
@@ -473,8 +539,9 @@ impl Hidra {
             return TenantTx::begin_in_database(conn, tenant).await;
         }
         let scope = self.scope(tenant)?;
-        let conn = scope::acquire_for_tx(&self.inner.pool, &self.inner.reach).await?;
-        TenantTx::begin(conn, tenant, scope).await
+        let pool = self.inner.pooled.as_ref().unwrap_or(&self.inner.pool);
+        let conn = scope::acquire_for_tx(pool, &self.inner.reach).await?;
+        TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await
     }
 
     /// A connection with the server's default `search_path`, for shared tables.
@@ -555,17 +622,22 @@ impl Hidra {
     /// by itself (a reconnect may miss notifications: treat it as "everything
     /// changed").
     pub async fn changes_listener(&self) -> Result<sqlx::postgres::PgListener> {
+        self.listener(crate::store::CHANGES_CHANNEL).await
+    }
+
+    /// A listener on `channel`, on its own connection to the shared database.
+    pub(crate) async fn listener(&self, channel: &str) -> Result<sqlx::postgres::PgListener> {
         let options = (*self.inner.pool.connect_options()).clone();
         let own = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options);
         let mut listener = sqlx::postgres::PgListener::connect_with(&own)
             .await
-            .map_err(Error::db("connecting the registry change listener"))?;
+            .map_err(Error::db("connecting a change listener"))?;
         listener
-            .listen(crate::store::CHANGES_CHANNEL)
+            .listen(channel)
             .await
-            .map_err(Error::db("listening for registry changes"))?;
+            .map_err(Error::db("listening for changes"))?;
         Ok(listener)
     }
 
@@ -573,6 +645,12 @@ impl Hidra {
     /// [`HidraBuilder::statement_cache_capacity`].
     pub fn statement_cache_capacity(&self) -> usize {
         self.inner.statement_cache_capacity
+    }
+
+    /// Whether tenant traffic goes through a transaction pooler; see
+    /// [`HidraBuilder::transaction_pooler`].
+    pub fn is_pooled(&self) -> bool {
+        self.inner.pooled.is_some()
     }
 
     /// The state of the shared pool.
@@ -593,6 +671,9 @@ impl Hidra {
     /// Closes the pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
         self.inner.databases.close().await;
+        if let Some(pooled) = &self.inner.pooled {
+            pooled.close().await;
+        }
         self.inner.pool.close().await;
     }
 }

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::users::{UserView, find_user};
 use crate::error::{ApiError, Checks, ErrorBody};
-use crate::extract::{Json, looks_like_email};
+use crate::extract::{ClientKey, Json, looks_like_email};
 use crate::state::AppState;
 
 /// A company signing up: its tenant and its first admin.
@@ -118,9 +118,11 @@ pub(crate) fn account_error(error: hidra::Error) -> ApiError {
 #[utoipa::path(post, path = "/signup", tag = "account", request_body = SignUp,
     responses((status = 201, body = SignedUp),
         (status = 409, body = ErrorBody, description = "tenant id or email taken"),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody),
+        (status = 429, body = ErrorBody, description = "too many sign-ups from this client")))]
 pub async fn signup(
     State(state): State<AppState>,
+    client: ClientKey,
     Json(body): Json<SignUp>,
 ) -> Result<(StatusCode, Json<SignedUp>), ApiError> {
     let mut checks = Checks::default();
@@ -146,6 +148,7 @@ pub async fn signup(
         )
         .finish()?;
     let id = id?;
+    state.accounts.check_sign_up(&client.0).await?;
     // The request span has a `tenant` field; a sign-up fills it itself.
     tracing::Span::current().record("tenant", tracing::field::display(&id));
 
@@ -201,7 +204,12 @@ async fn create_tenant(
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the first admin was not registered")))?;
     tracing::info!(tenant = %tenant.id, "tenant signed up");
     let jwt = state.accounts.jwt();
-    let token = jwt.issue(user.id.to_string(), &tenant, &user.roles)?;
+    let token = state
+        .accounts
+        .issue_token(&tenant, &user)
+        .await?
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the first admin has no login row")))?
+        .into_token();
     let view = TenantView {
         id: tenant.id.clone(),
         name: tenant.name.clone(),
@@ -246,12 +254,17 @@ impl Seed for FirstAdmin {
 /// Logs a user in: the tenant is found from the email.
 #[utoipa::path(post, path = "/login", tag = "account", request_body = Credentials,
     responses((status = 200, body = Session),
-        (status = 401, body = ErrorBody, description = "the same for an unknown email and a wrong password")))]
+        (status = 401, body = ErrorBody, description = "the same for an unknown email and a wrong password"),
+        (status = 429, body = ErrorBody, description = "too many failed logins for this account or from this client (the same for an unknown email)")))]
 pub async fn login(
     State(state): State<AppState>,
+    client: ClientKey,
     Json(body): Json<Credentials>,
 ) -> Result<Json<Session>, ApiError> {
-    let login = state.accounts.login(&body.email, &body.password).await?;
+    let login = state
+        .accounts
+        .login_from(&client.0, &body.email, &body.password)
+        .await?;
     let user: User = login.user().clone();
     Ok(Json(Session {
         expires_in: state.accounts.jwt().ttl().as_secs(),
@@ -288,4 +301,24 @@ pub async fn me(auth: Auth, mut conn: TenantConn) -> Result<Json<Me>, ApiError> 
         user,
         tenant: auth.tenant().clone(),
     }))
+}
+
+/// Ends every session of the signed-in user, on every device: each token
+/// issued to it so far is refused from now on (in every process within
+/// about a second). Sign in again for a new token.
+#[utoipa::path(post, path = "/logout-everywhere", tag = "account", security(("bearer" = [])),
+    responses((status = 204), (status = 401, body = ErrorBody)))]
+pub async fn logout_everywhere(
+    State(state): State<AppState>,
+    auth: Auth,
+    hidra_axum::Tenant(tenant): hidra_axum::Tenant,
+) -> Result<StatusCode, ApiError> {
+    let Some(Ok(id)) = auth.claims().map(|c| c.sub.parse::<i64>()) else {
+        return Err(ApiError::field(
+            "token",
+            "only a user's token can be logged out",
+        ));
+    };
+    state.accounts.log_out_everywhere(&tenant, id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

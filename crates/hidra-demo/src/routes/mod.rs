@@ -18,6 +18,7 @@ use crate::state::AppState;
 pub fn tenant_routes() -> Router<AppState> {
     Router::new()
         .route("/me", get(account::me))
+        .route("/logout-everywhere", post(account::logout_everywhere))
         .route("/users", get(users::list).post(users::create))
         .route(
             "/users/{id}",

@@ -2,7 +2,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use hidra::auth::{NewUser, User};
+use hidra::auth::{NewUser, User, UserUpdate};
 use hidra_axum::{RequirePermission, Tenant, TenantConn};
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Postgres};
@@ -171,8 +171,8 @@ pub async fn show(
 }
 
 /// Renames, re-roles, deactivates or reactivates a user. Admins cannot take
-/// their own admin role or deactivate themselves. Tokens already issued keep
-/// their roles until they expire.
+/// their own admin role or deactivate themselves. Deactivating or re-roling
+/// ends the user's sessions: its tokens are refused, it signs in again.
 #[utoipa::path(patch, path = "/users/{id}", tag = "users", params(("id" = i64, Path)), request_body = UserPatch,
     security(("bearer" = [])),
     responses((status = 200, body = UserView), (status = 404, body = ErrorBody),
@@ -205,50 +205,28 @@ pub async fn update(
             "you cannot take away your own admin role",
         )
         .finish()?;
-    // Committed here, not by the layer, so that the user's cached state is
-    // dropped only once the change is visible.
-    let mut tx = state.hidra.begin(&tenant).await?;
-    let found: Option<i64> = sqlx::query_scalar(
-        "UPDATE users SET full_name = coalesce($2, full_name), \
-             is_active = coalesce($3, is_active) WHERE id = $1 RETURNING id",
-    )
-    .bind(id)
-    .bind(patch.full_name.as_deref().map(str::trim))
-    .bind(patch.is_active)
-    .fetch_optional(&mut tx)
-    .await?;
-    if found.is_none() {
-        return Err(ApiError::NotFound("user"));
+    // Deactivating or re-roling ends the user's sessions: its tokens are
+    // refused from now on, in every process.
+    let mut update = UserUpdate::new();
+    if let Some(name) = &patch.full_name {
+        update = update.full_name(name.trim());
+    }
+    if let Some(active) = patch.is_active {
+        update = update.active(active);
     }
     if let Some(roles) = &patch.roles {
-        let known: Vec<String> = sqlx::query_scalar("SELECT name FROM roles WHERE name = ANY($1)")
-            .bind(roles)
-            .fetch_all(&mut tx)
-            .await?;
-        if let Some(unknown) = roles.iter().find(|r| !known.contains(r)) {
-            return Err(ApiError::field(
-                "roles",
-                format!("no role named {unknown:?}"),
-            ));
-        }
-        sqlx::query("DELETE FROM user_roles WHERE user_id = $1")
-            .bind(id)
-            .execute(&mut tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO user_roles (user_id, role_id) \
-             SELECT $1, id FROM roles WHERE name = ANY($2)",
-        )
-        .bind(id)
-        .bind(roles)
-        .execute(&mut tx)
-        .await?;
+        update = update.roles(roles);
     }
-    let user = find_user(&mut tx, id)
+    state
+        .accounts
+        .update_user(&tenant, id, update)
+        .await
+        .map_err(account_error)?
+        .ok_or(ApiError::NotFound("user"))?;
+    let mut conn = state.hidra.acquire(&tenant).await?;
+    let user = find_user(&mut conn, id)
         .await?
         .ok_or(ApiError::NotFound("user"))?;
-    tx.commit().await?;
-    state.live_users.invalidate(&tenant.id, id).await;
     Ok(Json(user))
 }
 
@@ -272,7 +250,6 @@ pub async fn delete(
     drop(conn);
     let email = email.ok_or(ApiError::NotFound("user"))?;
     let deleted = state.accounts.delete_user(&tenant, &email).await?;
-    state.live_users.invalidate(&tenant.id, id).await;
     match deleted {
         true => Ok(StatusCode::NO_CONTENT),
         false => Err(ApiError::NotFound("user")),

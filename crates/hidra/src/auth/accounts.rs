@@ -5,7 +5,10 @@ use std::fmt;
 
 use sqlx::{Executor, Postgres, SqlStr};
 
-use super::{AuthError, Claims, Jwt, Passwords, TenantsRef, refuse, shared_table};
+use super::limits::Limiter;
+use super::{
+    AuthError, Claims, Jwt, LoginLimits, Passwords, Revocations, TenantsRef, refuse, shared_table,
+};
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::sql::{self, TableName};
@@ -55,11 +58,20 @@ impl LoginTable {
         format!("{}_pkey", self.table.name())
     }
 
-    /// The recommended DDL: the table, keyed by email, and an index on the
-    /// tenant. Idempotent.
+    /// The recommended DDL: the table, keyed by email, with the user's id and
+    /// token version (see [`Revocations`](super::Revocations)), an index on
+    /// the tenant, and a trigger that announces every change of a row on
+    /// [`LOGIN_CHANGES_CHANNEL`](super::LOGIN_CHANGES_CHANNEL). Idempotent,
+    /// and it upgrades a table made by an earlier version (adding the two
+    /// columns).
     pub fn ddl(&self) -> String {
         let t = self.table.quoted();
         let bare = self.table.name().as_str();
+        let schema = self.table.schema().map(|s| s.quoted()).unwrap_or_default();
+        let notify = format!(
+            "{schema}.{}",
+            sql::quote_ident(&format!("{bare}_notify_change"))
+        );
         format!(
             r#"-- Hidra login lookup: the tenant of every login email. Emails are unique across
 -- tenants (the primary key), stored trimmed and lowercased. The application owns
@@ -71,12 +83,39 @@ CREATE TABLE IF NOT EXISTS {t} (
     CONSTRAINT {pkey} PRIMARY KEY (email),
     CONSTRAINT {check} CHECK (email LIKE '%_@_%')
 );
+-- The user's id in its tenant, and the version its tokens must carry: bumped
+-- on every change that must end the user's sessions.
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS user_id BIGINT;
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS token_version BIGINT NOT NULL DEFAULT 1;
 CREATE INDEX IF NOT EXISTS {idx} ON {t} (tenant_id);
+CREATE UNIQUE INDEX IF NOT EXISTS {user_idx} ON {t} (tenant_id, user_id);
+
+-- Every change is announced, so that every process drops its cached token
+-- version at once.
+CREATE OR REPLACE FUNCTION {notify}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' AND OLD.user_id IS NOT NULL THEN
+        PERFORM pg_notify({channel}, OLD.tenant_id || ' ' || OLD.user_id);
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.user_id IS NOT NULL AND (TG_OP = 'INSERT'
+        OR (NEW.tenant_id, NEW.user_id) IS DISTINCT FROM (OLD.tenant_id, OLD.user_id)) THEN
+        PERFORM pg_notify({channel}, NEW.tenant_id || ' ' || NEW.user_id);
+    END IF;
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS {trigger} ON {t};
+CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
+    FOR EACH ROW EXECUTE FUNCTION {notify}();
 "#,
             fk = TenantsRef::clause(&self.tenants),
             pkey = sql::quote_ident(&self.pkey()),
             check = sql::quote_ident(&format!("{bare}_email_check")),
             idx = sql::quote_ident(&format!("{bare}_tenant_id_idx")),
+            user_idx = sql::quote_ident(&format!("{bare}_tenant_user_idx")),
+            trigger = sql::quote_ident(&format!("{bare}_notify_change")),
+            channel = sql::quote_literal(super::LOGIN_CHANGES_CHANNEL),
         )
     }
 }
@@ -158,6 +197,54 @@ impl NewUser {
     {
         self.roles.extend(roles.into_iter().map(Into::into));
         self
+    }
+}
+
+/// A change to a user; see [`Accounts::update_user`]. Deactivating a user or
+/// changing its roles ends its sessions (its tokens are
+/// [revoked](super::Revocations)); renaming does not.
+#[derive(Clone, Debug, Default)]
+pub struct UserUpdate {
+    full_name: Option<String>,
+    active: Option<bool>,
+    roles: Option<Vec<String>>,
+}
+
+impl UserUpdate {
+    /// No change yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A new display name.
+    pub fn full_name(mut self, full_name: impl Into<String>) -> Self {
+        self.full_name = Some(full_name.into());
+        self
+    }
+
+    /// Activates or deactivates the user (an inactive user cannot log in).
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = Some(active);
+        self
+    }
+
+    /// Replaces the user's roles, by name; each must exist in the tenant's
+    /// `roles` table.
+    pub fn roles<I, S>(mut self, roles: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut roles: Vec<String> = roles.into_iter().map(Into::into).collect();
+        roles.sort();
+        roles.dedup();
+        self.roles = Some(roles);
+        self
+    }
+
+    /// Whether the change must end the user's sessions.
+    fn revokes(&self) -> bool {
+        self.active.is_some() || self.roles.is_some()
     }
 }
 
@@ -246,6 +333,8 @@ pub struct Accounts {
     passwords: Passwords,
     logins: LoginTable,
     q: Statements,
+    revocations: Revocations,
+    limits: Option<Limiter>,
 }
 
 #[derive(Clone)]
@@ -253,18 +342,33 @@ struct Statements {
     lookup: SqlStr,
     insert: SqlStr,
     delete: SqlStr,
+    /// Records the user id of a login row (and ends the sessions of another
+    /// user the row named before); returns the token version.
+    link: SqlStr,
+    bump: SqlStr,
 }
 
 impl Statements {
     fn new(logins: &LoginTable) -> Self {
         let t = logins.table.quoted();
         Statements {
-            lookup: sql::owned(format!("SELECT tenant_id FROM {t} WHERE email = $1")),
+            lookup: sql::owned(format!(
+                "SELECT tenant_id, user_id, token_version FROM {t} WHERE email = $1"
+            )),
             insert: sql::owned(format!(
-                "INSERT INTO {t} (email, tenant_id) VALUES ($1, $2)"
+                "INSERT INTO {t} (email, tenant_id, user_id) VALUES ($1, $2, $3)"
             )),
             delete: sql::owned(format!(
                 "DELETE FROM {t} WHERE email = $1 AND tenant_id = $2"
+            )),
+            link: sql::owned(format!(
+                "UPDATE {t} SET user_id = $3, token_version = CASE \
+                 WHEN user_id IS NULL OR user_id = $3 THEN token_version ELSE token_version + 1 END \
+                 WHERE email = $1 AND tenant_id = $2 RETURNING token_version"
+            )),
+            bump: sql::owned(format!(
+                "UPDATE {t} SET token_version = token_version + 1 \
+                 WHERE tenant_id = $1 AND user_id = $2"
             )),
         }
     }
@@ -305,6 +409,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 /// A user row found for login.
 struct Found {
     tenant: Tenant,
+    /// The login row's user id and token version.
+    login: (Option<i64>, i64),
     id: i64,
     full_name: String,
     hash: String,
@@ -318,11 +424,32 @@ impl Accounts {
         let logins = LoginTable::default();
         Accounts {
             q: Statements::new(&logins),
+            revocations: Revocations::new(hidra.clone(), &logins),
+            limits: Some(Limiter::new(LoginLimits::default())),
             hidra,
             jwt,
             passwords: Passwords::new(),
             logins,
         }
+    }
+
+    /// Counts failed logins and sign-ups under `limits` instead of the
+    /// [defaults](LoginLimits::new).
+    pub fn with_limits(mut self, limits: LoginLimits) -> Self {
+        self.limits = Some(Limiter::new(limits));
+        self
+    }
+
+    /// No brute-force limits (for tests, or when a gateway in front limits).
+    pub fn without_limits(mut self) -> Self {
+        self.limits = None;
+        self
+    }
+
+    /// The token versions of the users, for checking tokens (the web layer's
+    /// `JwtResolver::with_revocations`). Clones share one cache.
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
     }
 
     /// Uses `passwords` to hash and verify.
@@ -334,6 +461,7 @@ impl Accounts {
     /// Uses another lookup table.
     pub fn with_login_table(mut self, logins: LoginTable) -> Self {
         self.q = Statements::new(&logins);
+        self.revocations = Revocations::new(self.hidra.clone(), &logins);
         self.logins = logins;
         self
     }
@@ -369,7 +497,7 @@ impl Accounts {
             // tenant's own: claim the email first, give it back if the user
             // cannot be written.
             let mut shared = self.hidra.acquire_shared().await?;
-            self.insert_lookup(&mut *shared, &user.email, tenant)
+            self.insert_lookup(&mut *shared, &user.email, tenant, None)
                 .await?;
             let written = async {
                 let mut tx = self.hidra.begin(tenant).await?;
@@ -386,7 +514,18 @@ impl Accounts {
                 Ok::<_, Error>(id)
             }
             .await;
-            let id = match written {
+            let linked = match written {
+                Ok(id) => sqlx::query_scalar::<_, i64>(self.q.link.clone())
+                    .bind(&user.email)
+                    .bind(tenant.id.as_str())
+                    .bind(id)
+                    .fetch_optional(&mut *shared)
+                    .await
+                    .map(|_| id)
+                    .map_err(Error::db("recording a login's user id")),
+                Err(e) => Err(e),
+            };
+            let id = match linked {
                 Ok(id) => id,
                 Err(e) => {
                     sqlx::query(self.q.delete.clone())
@@ -401,9 +540,9 @@ impl Accounts {
             return Ok(self.registered(id, tenant, &user));
         }
         let mut tx = self.hidra.begin(tenant).await?;
-        let registered = self.register_in(tx.raw_connection(), tenant, &user).await?;
+        let id = self.write_user(&mut tx, tenant, &user).await?;
         tx.commit().await?;
-        Ok(registered)
+        Ok(self.registered(id, tenant, &user))
     }
 
     /// Checks and hashes a user ahead of [`register_in`](Self::register_in),
@@ -449,6 +588,16 @@ impl Accounts {
                     .into(),
             ));
         }
+        let id = self.write_user(conn, tenant, user).await?;
+        Ok(self.registered(id, tenant, user))
+    }
+
+    /// Writes the user's row, roles and lookup row on `conn`, inside a
+    /// transaction bound to the tenant.
+    async fn write_user<C>(&self, conn: &mut C, tenant: &Tenant, user: &PreparedUser) -> Result<i64>
+    where
+        for<'c> &'c mut C: Executor<'c, Database = Postgres>,
+    {
         let id = insert_user(
             &mut *conn,
             &tenant.id,
@@ -458,11 +607,14 @@ impl Accounts {
         )
         .await?;
         grant_roles(conn, id, &user.roles).await?;
-        self.insert_lookup(&mut *conn, &user.email, tenant).await?;
-        Ok(self.registered(id, tenant, user))
+        self.insert_lookup(&mut *conn, &user.email, tenant, Some(id))
+            .await?;
+        Ok(id)
     }
 
     fn registered(&self, id: i64, tenant: &Tenant, user: &PreparedUser) -> User {
+        // "No such user" may be cached for this id.
+        self.revocations.forget(&tenant.id, id);
         tracing::debug!(tenant = %tenant.id, user = id, "registered a user");
         User {
             id,
@@ -480,10 +632,12 @@ impl Accounts {
         conn: impl Executor<'c, Database = Postgres>,
         email: &str,
         tenant: &Tenant,
+        user: Option<i64>,
     ) -> Result<()> {
         sqlx::query(self.q.insert.clone())
             .bind(email)
             .bind(tenant.id.as_str())
+            .bind(user)
             .execute(conn)
             .await
             .map_err(|err| match db_code(&err) {
@@ -513,15 +667,72 @@ impl Accounts {
 
     /// Logs in: finds the tenant of `email` in the lookup table, checks
     /// `password` against that tenant's `users` (active users only, and only
-    /// in an active tenant) and issues a token with the user's roles.
+    /// in an active tenant) and issues a token with the user's roles and
+    /// [token version](super::Revocations).
     ///
     /// An unknown email, a wrong password, an inactive user and a tenant
     /// that is not active all fail with the same
     /// [`AuthError::InvalidCredentials`], and take comparable time: when
     /// there is no user to check, the password is verified against a dummy
-    /// hash.
+    /// hash. Failures count against the account's [limit](LoginLimits)
+    /// (known or not); use [`login_from`](Self::login_from) to count them
+    /// against the client too.
     pub async fn login(&self, email: &str, password: &str) -> Result<Login> {
-        let found = match normalize_email(email) {
+        self.log_in(None, email, password).await
+    }
+
+    /// [`login`](Self::login) from `client`, a key for whoever is asking
+    /// (the client's IP address, or what the application trusts more):
+    /// failures also count against the client's [limit](LoginLimits), and
+    /// the client's rate is limited in process. Refused with
+    /// [`AuthError::TooManyAttempts`] while the account or the client is
+    /// locked, before the password is checked.
+    pub async fn login_from(&self, client: &str, email: &str, password: &str) -> Result<Login> {
+        self.log_in(Some(client), email, password).await
+    }
+
+    /// A token for `user` of `tenant` without a password, carrying its
+    /// current token version: for a user just registered (sign-up), or
+    /// after a step the application verified itself. `None` when the user
+    /// has no login row.
+    pub async fn issue_token(&self, tenant: &Tenant, user: &User) -> Result<Option<Login>> {
+        let Some(version) = self.revocations.current(&tenant.id, user.id).await? else {
+            return Ok(None);
+        };
+        let mut claims = self
+            .jwt
+            .claims(user.id.to_string(), tenant, user.roles.clone());
+        claims.token_version = Some(version);
+        Ok(Some(Login {
+            token: self.jwt.sign(&claims)?,
+            claims,
+            user: user.clone(),
+        }))
+    }
+
+    /// Counts a sign-up from `client` against its [limit](LoginLimits), and
+    /// refuses it with [`AuthError::TooManyAttempts`] beyond. Call it before
+    /// provisioning a tenant for an anonymous client.
+    pub async fn check_sign_up(&self, client: &str) -> Result<()> {
+        let Some(limits) = &self.limits else {
+            return Ok(());
+        };
+        let mut conn = self.hidra.acquire_shared().await?;
+        limits.sign_up(&mut conn, client).await
+    }
+
+    async fn log_in(&self, client: Option<&str>, email: &str, password: &str) -> Result<Login> {
+        let normalized = normalize_email(email);
+        // The key of an address that cannot be registered is counted too:
+        // the answer must not depend on whether the account exists.
+        let account = normalized
+            .as_deref()
+            .map_or_else(|_| email.trim().to_lowercase(), str::to_owned);
+        if let Some(limits) = &self.limits {
+            let mut conn = self.hidra.acquire_shared().await?;
+            limits.before_login(&mut conn, &account, client).await?;
+        }
+        let found = match normalized {
             Ok(email) => self.find(&email).await?.map(|f| (email, f)),
             Err(_) => None,
         };
@@ -531,11 +742,34 @@ impl Accounts {
         let ok = blocking(move || passwords.verify_or_dummy(&password, hash.as_deref())).await;
         let Some((email, found)) = found.filter(|_| ok) else {
             tracing::debug!("refused a login");
+            if let Some(limits) = &self.limits {
+                let mut conn = self.hidra.acquire_shared().await?;
+                limits.failed_login(&mut conn, &account, client).await?;
+            }
             return refuse(AuthError::InvalidCredentials);
         };
-        let claims = self
+        let mut conn = self.hidra.acquire_shared().await?;
+        if let Some(limits) = &self.limits {
+            limits.succeeded_login(&mut conn, &account).await?;
+        }
+        let version = match found.login {
+            (Some(user), version) if user == found.id => version,
+            // A row written before user ids were recorded, or naming a user
+            // since replaced: record this one.
+            _ => sqlx::query_scalar(self.q.link.clone())
+                .bind(&email)
+                .bind(found.tenant.id.as_str())
+                .bind(found.id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(Error::db("recording a login's user id"))?
+                .ok_or(Error::Auth(AuthError::InvalidCredentials))?,
+        };
+        drop(conn);
+        let mut claims = self
             .jwt
             .claims(found.id.to_string(), &found.tenant, found.roles.clone());
+        claims.token_version = Some(version);
         let token = self.jwt.sign(&claims)?;
         tracing::debug!(tenant = %found.tenant.id, user = found.id, "logged in");
         Ok(Login {
@@ -553,7 +787,7 @@ impl Accounts {
 
     /// The tenant and active user row of `email`, if any.
     async fn find(&self, email: &str) -> Result<Option<Found>> {
-        let Some(tenant_id) = self.tenant_of_normalized(email).await? else {
+        let Some((tenant_id, login)) = self.lookup(email).await? else {
             return Ok(None);
         };
         let tenant = match self.hidra.tenant(&tenant_id).await? {
@@ -575,6 +809,7 @@ impl Accounts {
         tx.commit().await?;
         Ok(Some(Found {
             tenant,
+            login,
             id,
             full_name,
             hash,
@@ -582,27 +817,30 @@ impl Accounts {
         }))
     }
 
-    async fn tenant_of_normalized(&self, email: &str) -> Result<Option<TenantId>> {
+    /// The tenant of `email`'s login row, its user id and token version.
+    async fn lookup(&self, email: &str) -> Result<Option<(TenantId, (Option<i64>, i64))>> {
         let mut conn = self.hidra.acquire_shared().await?;
-        let raw: Option<String> = sqlx::query_scalar(self.q.lookup.clone())
+        let row: Option<(String, Option<i64>, i64)> = sqlx::query_as(self.q.lookup.clone())
             .bind(email)
             .fetch_optional(&mut *conn)
             .await
             .map_err(Error::db("looking up the tenant of a login email"))?;
-        Ok(raw.and_then(|raw| match TenantId::new(&raw) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                tracing::warn!(error = %e, "the login table holds an invalid tenant id");
-                None
-            }
-        }))
+        Ok(
+            row.and_then(|(raw, user, version)| match TenantId::new(&raw) {
+                Ok(id) => Some((id, (user, version))),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the login table holds an invalid tenant id");
+                    None
+                }
+            }),
+        )
     }
 
     /// The tenant `email` is registered in, if any. For administration (the
     /// answer says whether an email exists: never show it to anonymous clients).
     pub async fn tenant_of(&self, email: &str) -> Result<Option<TenantId>> {
         match normalize_email(email) {
-            Ok(email) => self.tenant_of_normalized(&email).await,
+            Ok(email) => Ok(self.lookup(&email).await?.map(|(tenant, _)| tenant)),
             Err(_) => Ok(None),
         }
     }
@@ -615,12 +853,13 @@ impl Accounts {
             return Ok(false);
         };
         let mut tx = self.hidra.begin(tenant).await?;
-        let users = sqlx::query("DELETE FROM users WHERE email = $1")
-            .bind(&email)
-            .execute(&mut tx)
-            .await
-            .map_err(Error::db("deleting a user"))?
-            .rows_affected();
+        let deleted: Vec<i64> =
+            sqlx::query_scalar("DELETE FROM users WHERE email = $1 RETURNING id")
+                .bind(&email)
+                .fetch_all(&mut tx)
+                .await
+                .map_err(Error::db("deleting a user"))?;
+        let users = deleted.len() as u64;
         let delete_lookup = sqlx::query(self.q.delete.clone())
             .bind(&email)
             .bind(tenant.id.as_str());
@@ -636,11 +875,16 @@ impl Accounts {
         }
         .map_err(Error::db("deleting a login lookup row"))?
         .rows_affected();
+        // The lookup row is gone, and with it the user's token version.
+        for id in deleted {
+            self.revocations.forget(&tenant.id, id);
+        }
         Ok(users + lookups > 0)
     }
 
     /// Sets a new password for the user `email` of `tenant` (after
-    /// [`Passwords::check_policy`]). Returns whether the user exists.
+    /// [`Passwords::check_policy`]) and ends its sessions. Returns whether
+    /// the user exists.
     pub async fn set_password(&self, tenant: &Tenant, email: &str, password: &str) -> Result<bool> {
         let Ok(email) = normalize_email(email) else {
             return Ok(false);
@@ -648,16 +892,151 @@ impl Accounts {
         let passwords = self.passwords.clone();
         let password = password.to_owned();
         let hash = blocking(move || passwords.hash(&password)).await?;
+        self.change_user(tenant, |tx| {
+            Box::pin(async move {
+                let id: Option<i64> = sqlx::query_scalar(
+                    "UPDATE users SET password_hash = $2 WHERE email = $1 RETURNING id",
+                )
+                .bind(&email)
+                .bind(&hash)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::db("setting a user's password"))?;
+                Ok(id.map(|id| (id, true)))
+            })
+        })
+        .await
+        .map(|changed| changed.is_some())
+    }
+
+    /// Ends every session of user `id` of `tenant` ("log out everywhere"):
+    /// the tokens issued to it so far are refused by
+    /// [`Revocations::check`](super::Revocations::check) in every process
+    /// within about a second. Returns whether the user has a login row.
+    pub async fn log_out_everywhere(&self, tenant: &Tenant, id: i64) -> Result<bool> {
+        let mut conn = self.hidra.acquire_shared().await?;
+        let bumped = self.bump(&mut *conn, &tenant.id, id).await?;
+        self.revocations.forget(&tenant.id, id);
+        Ok(bumped)
+    }
+
+    /// Renames, activates or deactivates user `id` of `tenant`, or replaces
+    /// its roles, in one transaction; deactivating and re-roling end its
+    /// sessions. Returns the user as it is now, `None` if there is no such
+    /// user. Fails with [`AuthError::UnknownRole`] (and changes nothing) if a
+    /// role does not exist.
+    pub async fn update_user(
+        &self,
+        tenant: &Tenant,
+        id: i64,
+        update: UserUpdate,
+    ) -> Result<Option<User>> {
+        let tenant_id = tenant.id.clone();
+        self.change_user(tenant, move |tx| {
+            Box::pin(async move {
+                let row: Option<(String, String)> = sqlx::query_as(
+                    "UPDATE users SET full_name = coalesce($2, full_name), \
+                     is_active = coalesce($3, is_active) WHERE id = $1 RETURNING email, full_name",
+                )
+                .bind(id)
+                .bind(update.full_name.as_deref())
+                .bind(update.active)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(Error::db("updating a user"))?;
+                let Some((email, full_name)) = row else {
+                    return Ok(None);
+                };
+                if let Some(roles) = &update.roles {
+                    sqlx::query("DELETE FROM user_roles WHERE user_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(Error::db("replacing a user's roles"))?;
+                    grant_roles(&mut *tx, id, roles).await?;
+                }
+                let roles = roles_of(&mut *tx, id).await?;
+                let user = User {
+                    id,
+                    tenant: tenant_id,
+                    email,
+                    full_name,
+                    roles,
+                };
+                Ok(Some((user, update.revokes())))
+            })
+        })
+        .await
+        .map(|changed| changed.map(|(user, _)| user))
+    }
+
+    /// Runs `change` in a transaction of `tenant`; when it returns a user
+    /// whose sessions must end, bumps its token version: in the same
+    /// transaction where the login table is in the tenant's database, else
+    /// on the shared database right after the commit.
+    async fn change_user<T, F>(&self, tenant: &Tenant, change: F) -> Result<Option<(T, bool)>>
+    where
+        T: UserKey,
+        F: for<'t> FnOnce(
+            &'t mut crate::TenantTx,
+        )
+            -> futures_util::future::BoxFuture<'t, Result<Option<(T, bool)>>>,
+    {
         let mut tx = self.hidra.begin(tenant).await?;
-        let updated = sqlx::query("UPDATE users SET password_hash = $2 WHERE email = $1")
-            .bind(&email)
-            .bind(&hash)
-            .execute(&mut tx)
-            .await
-            .map_err(Error::db("setting a user's password"))?
-            .rows_affected();
+        let changed = change(&mut tx).await?;
+        let Some((value, revoke)) = changed else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let separate = tenant.placement.strategy == Strategy::Database;
+        if revoke && !separate {
+            self.bump(&mut tx, &tenant.id, value.user_id()).await?;
+        }
         tx.commit().await?;
-        Ok(updated > 0)
+        if revoke && separate {
+            let mut shared = self.hidra.acquire_shared().await?;
+            self.bump(&mut *shared, &tenant.id, value.user_id()).await?;
+        }
+        if revoke {
+            // Other processes hear of it by notification; this one at once.
+            self.revocations.forget(&tenant.id, value.user_id());
+        }
+        Ok(Some((value, revoke)))
+    }
+
+    /// Bumps the token version of `user`; whether it has a login row.
+    async fn bump<'c>(
+        &self,
+        conn: impl Executor<'c, Database = Postgres>,
+        tenant: &TenantId,
+        user: i64,
+    ) -> Result<bool> {
+        let bumped = sqlx::query(self.q.bump.clone())
+            .bind(tenant.as_str())
+            .bind(user)
+            .execute(conn)
+            .await
+            .map_err(Error::db("ending a user's sessions"))?
+            .rows_affected();
+        tracing::debug!(%tenant, user, "ended a user's sessions");
+        Ok(bumped > 0)
+    }
+}
+
+/// What [`Accounts::change_user`] needs of what a change returns.
+trait UserKey {
+    fn user_id(&self) -> i64;
+}
+
+impl UserKey for i64 {
+    fn user_id(&self) -> i64 {
+        *self
+    }
+}
+
+impl UserKey for User {
+    fn user_id(&self) -> i64 {
+        self.id
     }
 }
 

@@ -22,7 +22,7 @@ const MIN_HS256_SECRET_BYTES: usize = 32;
 const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
 /// Claim names hidra writes itself; the tenant claim may not be one of them.
-const RESERVED_CLAIMS: [&str; 9] = [
+const RESERVED_CLAIMS: [&str; 10] = [
     "sub",
     "roles",
     "iat",
@@ -32,10 +32,14 @@ const RESERVED_CLAIMS: [&str; 9] = [
     "aud",
     "jti",
     INCARNATION_CLAIM,
+    TOKEN_VERSION_CLAIM,
 ];
 
 /// The claim naming the tenant's incarnation ([`Tenant::incarnation`]).
 const INCARNATION_CLAIM: &str = "tinc";
+
+/// The claim carrying the user's token version ([`Revocations`](super::Revocations)).
+const TOKEN_VERSION_CLAIM: &str = "tver";
 
 /// The signature algorithm a [`Jwt`] is pinned to: tokens naming any other are
 /// refused.
@@ -93,6 +97,10 @@ pub struct Claims {
     pub tenant_incarnation: i64,
     /// The user's role names.
     pub roles: Vec<String>,
+    /// The user's token version when the token was issued, checked by
+    /// [`Revocations`](super::Revocations); set by
+    /// [`Accounts::login`](super::Accounts::login).
+    pub token_version: Option<i64>,
     /// Issued at, in seconds since the Unix epoch.
     pub iat: i64,
     /// Expires at, in seconds since the Unix epoch.
@@ -449,6 +457,7 @@ impl Jwt {
             tenant,
             tenant_incarnation,
             roles: roles.into_iter().map(Into::into).collect(),
+            token_version: None,
             iat: now,
             exp: now.saturating_add(ttl),
             nbf: None,
@@ -487,6 +496,9 @@ impl Jwt {
             Value::from(claims.tenant_incarnation),
         );
         map.insert("roles".into(), Value::from(claims.roles.clone()));
+        if let Some(version) = claims.token_version {
+            map.insert(TOKEN_VERSION_CLAIM.into(), Value::from(version));
+        }
         map.insert("iat".into(), Value::from(claims.iat));
         map.insert("exp".into(), Value::from(claims.exp));
         if let Some(nbf) = claims.nbf {
@@ -587,6 +599,7 @@ impl Jwt {
             tenant_incarnation: number(map.remove(INCARNATION_CLAIM))?
                 .ok_or(AuthError::InvalidToken)?,
             roles,
+            token_version: number(map.remove(TOKEN_VERSION_CLAIM))?,
             iat: number(map.remove("iat"))?.ok_or(AuthError::InvalidToken)?,
             exp: number(map.remove("exp"))?.ok_or(AuthError::InvalidToken)?,
             nbf: number(map.remove("nbf"))?,

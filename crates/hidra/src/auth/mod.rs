@@ -19,6 +19,14 @@
 //!   one transaction; login finds the tenant from the email, checks the
 //!   password against that tenant's `users`, and returns a token with the
 //!   user's roles.
+//! - **Sessions** ([`Revocations`]): every token carries its user's token
+//!   version, which [`Accounts`] bumps when the user is deactivated, re-roled,
+//!   given a new password or logged out everywhere; every process refuses the
+//!   old tokens within about a second (`NOTIFY`).
+//! - **Brute-force limits** ([`LoginLimits`], [`AttemptTable`]): failed
+//!   logins per account and per client, and sign-ups per client, counted in
+//!   PostgreSQL by every process, answered with
+//!   [`AuthError::TooManyAttempts`] (429).
 //! - **Roles and permissions** ([`RolePermissions`], [`Claims::has_role`],
 //!   [`Claims::can`]): permissions per role from the tenant's
 //!   `roles.permissions`.
@@ -64,7 +72,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use hidra::auth::{Accounts, ApiKeyTable, ApiKeys, Jwt, LoginTable, NewApiKey, NewUser};
+//! use hidra::auth::{Accounts, ApiKeyTable, ApiKeys, AttemptTable, Jwt, LoginTable, NewApiKey, NewUser};
 //! use hidra::{Hidra, NewTenant, TenantId};
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -76,7 +84,8 @@
 //!
 //! // Once, on purpose: the shared tables (after the registry).
 //! let mut conn = hidra.acquire_shared().await?;
-//! for ddl in [LoginTable::default().ddl(), ApiKeyTable::default().ddl()] {
+//! let shared = [LoginTable::default().ddl(), AttemptTable::default().ddl(), ApiKeyTable::default().ddl()];
+//! for ddl in shared {
 //!     sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&mut *conn).await?;
 //! }
 //! drop(conn);
@@ -106,13 +115,17 @@
 mod accounts;
 mod api_keys;
 mod jwt;
+mod limits;
 mod password;
+mod revocation;
 mod roles;
 
-pub use accounts::{Accounts, Login, LoginTable, NewUser, PreparedUser, User};
+pub use accounts::{Accounts, Login, LoginTable, NewUser, PreparedUser, User, UserUpdate};
 pub use api_keys::{ApiKeyInfo, ApiKeyTable, ApiKeys, CreatedApiKey, NewApiKey, VerifiedKey};
 pub use jwt::{Claims, Jwt, JwtAlgorithm};
+pub use limits::{AttemptTable, Limit, LoginLimits};
 pub use password::Passwords;
+pub use revocation::{LOGIN_CHANGES_CHANNEL, Revocations};
 pub use roles::{RolePermissions, grants};
 
 use crate::error::Error;
@@ -158,6 +171,21 @@ pub enum AuthError {
     /// Unknown email, wrong password or inactive user: deliberately one kind. (401)
     #[error("invalid email or password")]
     InvalidCredentials,
+
+    /// The token's user was logged out everywhere, deactivated, re-roled,
+    /// deleted or given a new password since the token was issued
+    /// ([`Revocations`]). (401)
+    #[error("the session has ended; sign in again")]
+    TokenRevoked,
+
+    /// Too many failed logins for this account or from this client, or too
+    /// many sign-ups from this client ([`LoginLimits`]); the same for an
+    /// account that does not exist. (429 with `Retry-After`)
+    #[error("too many attempts; try again in {retry_after_secs} s")]
+    TooManyAttempts {
+        /// Seconds until an attempt may succeed again.
+        retry_after_secs: u64,
+    },
 
     /// The API key is malformed or its secret is wrong. (401)
     #[error("invalid API key; expected the full `hk_<id>_<secret>` key shown at creation")]
@@ -230,6 +258,7 @@ impl AuthError {
                 | AuthError::MissingTenantClaim
                 | AuthError::InvalidTenantClaim
                 | AuthError::InvalidCredentials
+                | AuthError::TokenRevoked
                 | AuthError::InvalidKey
                 | AuthError::UnknownKey
                 | AuthError::KeyRevoked

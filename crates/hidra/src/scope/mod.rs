@@ -72,7 +72,7 @@ use sqlx::{PgConnection, Postgres, SqlStr, Transaction};
 use crate::error::{Error, Result};
 use crate::sql::Ident;
 use crate::tenant::{Strategy, Tenant, TenantId};
-use statements::{Scoped, Statements};
+use statements::{Pooler, Scoped, Statements};
 
 /// What the checkout in progress on this task is for.
 #[derive(Debug)]
@@ -152,6 +152,24 @@ pub(crate) fn before_acquire(
         if clean {
             let _ = CHECKOUT.try_with(|c| c.bound.set(true));
         } else {
+            tracing::warn!("closing a pooled connection returned inside an open transaction");
+        }
+        Ok(clean)
+    })
+}
+
+/// The `before_acquire` hook of the transaction pooler's pool: no session
+/// state is ever set there, so a checkout only proves the connection alive and
+/// outside a transaction (one left open pins a server connection of the
+/// proxy to it: such a connection is closed).
+pub(crate) fn before_acquire_pooled(
+    conn: &mut PgConnection,
+    _meta: PoolConnectionMetadata,
+) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
+    Box::pin(async move {
+        let probe = sqlx::SqlSafeStr::into_sql_str("SELECT 1");
+        let clean = run_outside_transaction(conn, probe).await?;
+        if !clean {
             tracing::warn!("closing a pooled connection returned inside an open transaction");
         }
         Ok(clean)
@@ -280,12 +298,15 @@ async fn checkout(
 /// plan), `query.fetch_one(&mut conn)`. Dropping it returns the connection to
 /// the pool; its next checkout re-binds it.
 ///
-/// Not safe behind a transaction-pooling proxy; use [`Hidra::begin`](crate::Hidra::begin) there.
+/// Behind a transaction-pooling proxy, see
+/// [`HidraBuilder::transaction_pooler`](crate::HidraBuilder::transaction_pooler).
 pub struct TenantConn {
     conn: Pooled,
     tenant: TenantId,
     /// `None` for a tenant in its own database (its connections serve it alone).
     scope: Option<Arc<TenantScope>>,
+    /// Behind a transaction pooler: every statement in a transaction of its own.
+    pooled: bool,
     stale: AtomicBool,
 }
 
@@ -327,8 +348,21 @@ impl TenantConn {
             conn,
             tenant: tenant.id.clone(),
             scope,
+            pooled: false,
             stale: AtomicBool::new(false),
         }
+    }
+
+    /// A connection through a transaction pooler, which carries no binding:
+    /// each statement binds the tenant in a transaction of its own.
+    pub(crate) fn through_pooler(
+        conn: PoolConnection<Postgres>,
+        tenant: &Tenant,
+        scope: Arc<TenantScope>,
+    ) -> Self {
+        let mut conn = TenantConn::new(Pooled::Shared(conn), tenant, Some(scope));
+        conn.pooled = true;
+        conn
     }
 
     /// The tenant this connection is bound to.
@@ -351,10 +385,15 @@ impl TenantConn {
     }
 
     fn scoped(&mut self) -> Scoped<'_> {
+        let pooler = match (self.pooled, self.scope.as_deref()) {
+            (true, Some(scope)) => Pooler::OwnTransaction(&scope.begin),
+            _ => Pooler::No,
+        };
         Scoped {
             conn: self.conn.connection(),
             statements: self.scope.as_deref().map(|s| &s.statements),
             in_transaction: false,
+            pooler,
             stale: &self.stale,
         }
     }
@@ -387,8 +426,9 @@ impl fmt::Debug for TenantConn {
 ///
 /// `&mut TenantTx` is a [`sqlx::Executor`] running per-tenant statements,
 /// like [`TenantConn`]. Call [`commit`](TenantTx::commit) to keep the work;
-/// dropping it without committing rolls back (also on panic). Safe behind a
-/// transaction-pooling proxy such as PgBouncer.
+/// dropping it without committing rolls back (also on panic). Behind a
+/// transaction-pooling proxy such as PgBouncer, see
+/// [`HidraBuilder::transaction_pooler`](crate::HidraBuilder::transaction_pooler).
 ///
 /// For a database-per-tenant tenant the transaction is opened with a plain
 /// `BEGIN` on the tenant's own connection: nest with explicit `SAVEPOINT`s
@@ -398,6 +438,8 @@ pub struct TenantTx {
     tx: Tx,
     tenant: TenantId,
     scope: Option<Arc<TenantScope>>,
+    /// Behind a transaction pooler: unnamed statements only.
+    pooled: bool,
     stale: AtomicBool,
 }
 
@@ -420,6 +462,7 @@ impl TenantTx {
         conn: PoolConnection<Postgres>,
         tenant: &Tenant,
         scope: Arc<TenantScope>,
+        pooled: bool,
     ) -> Result<Self> {
         let tx = Transaction::begin(conn, Some(scope.begin.clone()))
             .await
@@ -428,6 +471,7 @@ impl TenantTx {
             tx: Tx::Shared(tx),
             tenant: tenant.id.clone(),
             scope: Some(scope),
+            pooled,
             stale: AtomicBool::new(false),
         })
     }
@@ -445,6 +489,7 @@ impl TenantTx {
             tx: Tx::Database(conn),
             tenant: tenant.id.clone(),
             scope: None,
+            pooled: false,
             stale: AtomicBool::new(false),
         })
     }
@@ -465,6 +510,11 @@ impl TenantTx {
             conn: self.tx.connection(),
             statements: self.scope.as_deref().map(|s| &s.statements),
             in_transaction: true,
+            pooler: if self.pooled {
+                Pooler::InTransaction
+            } else {
+                Pooler::No
+            },
             stale: &self.stale,
         }
     }

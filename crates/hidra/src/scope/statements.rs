@@ -36,6 +36,14 @@
 //! of the transaction succeeds. Streams (`fetch`, `fetch_many`) return a
 //! [`StaleStatement`] too, and the statements are dropped before the
 //! connection's next statement.
+//!
+//! # Behind a transaction pooler
+//!
+//! In [transaction-pooler mode](crate::HidraBuilder::transaction_pooler)
+//! nothing is cached: every statement is unnamed (a proxy like PgBouncer 1.18
+//! hands each transaction another server connection, where a named statement
+//! would be missing or another client's), and a `TenantConn` wraps each
+//! statement in a transaction that binds the tenant with `SET LOCAL`.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -120,11 +128,21 @@ impl Statement {
     fn take<'q, E: Execute<'q, Postgres>>(
         mut query: E,
         statements: Option<&Statements>,
+        pooler: Pooler<'_>,
     ) -> Result<Self, sqlx::Error> {
         let prepared = query.statement().cloned();
         let arguments = query.take_arguments().map_err(sqlx::Error::Encode)?;
         let persistent = query.persistent();
         let sql = query.sql();
+        if pooler.is_pooled() {
+            // Unnamed: planned for this execution, on this server connection.
+            return Ok(Statement {
+                sql,
+                arguments,
+                prepared: None,
+                persistent: false,
+            });
+        }
         match statements {
             // Only cached (named) statements are shared between tenants.
             Some(statements) if persistent && arguments.is_some() => {
@@ -167,6 +185,49 @@ impl<'q> Execute<'q, Postgres> for Statement {
     }
 }
 
+/// Whether, and how, a scoped connection goes through a transaction pooler.
+#[derive(Clone, Copy)]
+pub(crate) enum Pooler<'a> {
+    /// A direct connection: per-tenant cached statements.
+    No,
+    /// Inside a transaction bound with `SET LOCAL`: unnamed statements.
+    InTransaction,
+    /// A bare connection: each statement unnamed, inside a transaction this
+    /// statement (`BEGIN; SET LOCAL …`) opens.
+    OwnTransaction(&'a SqlStr),
+}
+
+impl Pooler<'_> {
+    fn is_pooled(self) -> bool {
+        !matches!(self, Pooler::No)
+    }
+}
+
+/// Runs `run` inside a transaction `begin` opens, committing if it succeeded.
+async fn in_own_transaction<T>(
+    conn: &mut PgConnection,
+    begin: SqlStr,
+    run: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    sqlx::raw_sql(begin).execute(&mut *conn).await?;
+    let done = run(&mut *conn).await;
+    let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    let ended = sqlx::raw_sql(end).execute(&mut *conn).await;
+    let done = done?;
+    ended?;
+    Ok(done)
+}
+
+fn pooler_unsupported(what: &str) -> sqlx::Error {
+    sqlx::Error::Configuration(
+        format!(
+            "{what} is not available in transaction-pooler mode: it needs a named statement, \
+             which a transaction pooler may run on another server connection"
+        )
+        .into(),
+    )
+}
+
 /// A scoped connection, as the [`Executor`] impls of the scoped types see it.
 pub(crate) struct Scoped<'a> {
     pub(crate) conn: &'a mut PgConnection,
@@ -174,6 +235,7 @@ pub(crate) struct Scoped<'a> {
     pub(crate) statements: Option<&'a Statements>,
     /// Inside a transaction a failed statement cannot be retried.
     pub(crate) in_transaction: bool,
+    pub(crate) pooler: Pooler<'a>,
     /// Set when a stream returned a [`StaleStatement`]: the cached
     /// statements are dropped before the next statement.
     pub(crate) stale: &'a AtomicBool,
@@ -217,16 +279,26 @@ impl<'a> Scoped<'a> {
         T: Send + 'a,
         F: for<'c> Fn(&'c mut PgConnection, Statement) -> BoxFuture<'c, Result<T, sqlx::Error>>
             + Send
+            + Sync
             + 'a,
     {
         let Scoped {
             conn,
             in_transaction,
             stale,
+            pooler,
             ..
         } = self;
         Box::pin(async move {
             let stmt = stmt?;
+            match pooler {
+                Pooler::No => {}
+                // Nothing is cached, so nothing goes stale.
+                Pooler::InTransaction => return run(conn, stmt).await,
+                Pooler::OwnTransaction(begin) => {
+                    return in_own_transaction(conn, begin.clone(), |c| run(c, stmt)).await;
+                }
+            }
             Self::clear_if_stale(conn, stale).await?;
             let again = (!in_transaction).then(|| stmt.clone());
             let error = match run(conn, stmt).await {
@@ -259,9 +331,25 @@ impl<'a> Scoped<'a> {
             conn,
             statements,
             stale,
+            pooler,
             ..
         } = self;
-        let stmt = Statement::take(query, statements);
+        let stmt = Statement::take(query, statements, pooler);
+        if let Pooler::OwnTransaction(begin) = pooler {
+            // The transaction must end before the connection is handed
+            // back: read the stream whole inside it.
+            let begin = begin.clone();
+            return async move {
+                let stmt = stmt?;
+                let items: Vec<_> = in_own_transaction(conn, begin, |c| {
+                    Box::pin(async move { Ok(c.fetch_many(stmt).collect::<Vec<_>>().await) })
+                })
+                .await?;
+                Ok::<_, sqlx::Error>(futures_util::stream::iter(items))
+            }
+            .try_flatten_stream()
+            .boxed();
+        }
         async move {
             let stmt = stmt?;
             Self::clear_if_stale(conn, stale).await?;
@@ -290,7 +378,7 @@ impl<'a> Scoped<'a> {
     where
         E: 'q + Execute<'q, Postgres>,
     {
-        let stmt = Statement::take(query, self.statements);
+        let stmt = Statement::take(query, self.statements, self.pooler);
         self.retrying(stmt, |conn, stmt| conn.fetch_optional(stmt))
     }
 
@@ -298,7 +386,7 @@ impl<'a> Scoped<'a> {
     where
         E: 'q + Execute<'q, Postgres>,
     {
-        let stmt = Statement::take(query, self.statements);
+        let stmt = Statement::take(query, self.statements, self.pooler);
         self.retrying(stmt, |conn, stmt| conn.fetch_all(stmt))
     }
 
@@ -309,7 +397,7 @@ impl<'a> Scoped<'a> {
     where
         E: 'q + Execute<'q, Postgres>,
     {
-        let stmt = Statement::take(query, self.statements);
+        let stmt = Statement::take(query, self.statements, self.pooler);
         self.retrying(stmt, |conn, stmt| conn.execute(stmt))
     }
 
@@ -318,6 +406,9 @@ impl<'a> Scoped<'a> {
         sql: SqlStr,
         parameters: &'a [PgTypeInfo],
     ) -> BoxFuture<'a, Result<PgStatement, sqlx::Error>> {
+        if self.pooler.is_pooled() {
+            return Box::pin(async { Err(pooler_unsupported("preparing a statement")) });
+        }
         let sql = match self.statements {
             Some(statements) => statements.tagged(sql),
             None => sql,
@@ -329,6 +420,9 @@ impl<'a> Scoped<'a> {
         self,
         sql: SqlStr,
     ) -> BoxFuture<'a, Result<sqlx::Describe<Postgres>, sqlx::Error>> {
+        if self.pooler.is_pooled() {
+            return Box::pin(async { Err(pooler_unsupported("describing a statement")) });
+        }
         let sql = match self.statements {
             Some(statements) => statements.tagged(sql),
             None => sql,

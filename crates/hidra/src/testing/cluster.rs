@@ -536,7 +536,7 @@ async fn run(what: &str, cmd: Command) -> Result<()> {
 }
 
 /// Whether this process runs as root (`id -u` prints 0).
-fn running_as_root() -> bool {
+pub(super) fn running_as_root() -> bool {
     Command::new("id")
         .arg("-u")
         .stderr(Stdio::null())
@@ -581,7 +581,7 @@ fn create_root_dir() -> Result<PathBuf> {
 }
 
 /// A port of 127.0.0.1 that was free a moment ago (bound to port 0, then released).
-fn free_port() -> Result<u16> {
+pub(super) fn free_port() -> Result<u16> {
     std::net::TcpListener::bind(("127.0.0.1", 0))
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -589,7 +589,7 @@ fn free_port() -> Result<u16> {
 }
 
 /// The first executable file called `name` in a directory of `PATH`.
-fn find_executable(name: &str) -> Option<PathBuf> {
+pub(super) fn find_executable(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|dir| dir.join(name))

@@ -28,6 +28,7 @@
 //! ```
 
 mod cluster;
+mod pgbouncer;
 
 use std::time::Duration;
 
@@ -39,6 +40,7 @@ use crate::error::{Error, Result};
 use crate::sql::Ident;
 
 pub use self::cluster::TempCluster;
+pub use self::pgbouncer::TempPgBouncer;
 
 /// The server tried when `DATABASE_URL` is not set.
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -10,7 +10,8 @@
 use std::path::PathBuf;
 
 use hidra::auth::{
-    Accounts, ApiKeyTable, ApiKeys, AuthError, Jwt, LoginTable, NewUser, Passwords, User,
+    Accounts, ApiKeyTable, ApiKeys, AttemptTable, AuthError, Jwt, LoginTable, NewUser, Passwords,
+    User,
 };
 use hidra::testing::TestDatabase;
 use hidra::{Error, Hidra, NewTenant, Tenant, TenantId};
@@ -144,6 +145,7 @@ pub async fn setup() -> Ctx {
     for ddl in [
         hidra::RegistryTable::default().ddl(),
         LoginTable::default().ddl(),
+        AttemptTable::default().ddl(),
         ApiKeyTable::default().ddl(),
     ] {
         sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))

@@ -1,0 +1,238 @@
+//! Transaction-pooler mode through a real PgBouncer (Debian's 1.18, which
+//! has no `max_prepared_statements`) in `pool_mode = transaction` in front of
+//! the test server: tenants at different migration versions, `TenantConn` and
+//! `TenantTx`, many concurrent tasks over fewer server connections, and no
+//! session state or named statement left on the proxy's server connections.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{MARKER_SCHEMA, id};
+use futures_util::TryStreamExt;
+use hidra::testing::{TempPgBouncer, TestDatabase};
+use hidra::{Hidra, NewTenant, Tenant};
+use sqlx::{Connection, PgConnection};
+
+/// A database with the registry, `n` tenants (every other one a column
+/// ahead) with a marker row each, and Hidra in pooler mode through a
+/// PgBouncer with `server_connections` server connections.
+async fn setup(
+    n: usize,
+    server_connections: u32,
+) -> (TestDatabase, TempPgBouncer, Hidra, Vec<Tenant>) {
+    let db = TestDatabase::create().await.expect("create test database");
+    let bouncer = TempPgBouncer::start(db.url(), server_connections)
+        .await
+        .expect("start pgbouncer");
+    let hidra = Hidra::builder()
+        .schema_sql("001_marker", MARKER_SCHEMA)
+        .max_connections(8)
+        .transaction_pooler(&bouncer.url_for(db.name()))
+        .connect_with(db.connect_options())
+        .await
+        .expect("connect hidra in pooler mode");
+    assert!(hidra.is_pooled());
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut tenants = Vec::new();
+    for i in 0..n {
+        let name = format!("pool_{i}");
+        let tenant = hidra.provision(NewTenant::new(id(&name))).await.unwrap();
+        let mut tx = hidra.begin(&tenant).await.unwrap();
+        sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
+            .bind(&name)
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        if i % 2 == 1 {
+            sqlx::query("ALTER TABLE marker ADD COLUMN loyalty INT NOT NULL DEFAULT 7")
+                .execute(&mut tx)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+        tenants.push(tenant);
+    }
+    (db, bouncer, hidra, tenants)
+}
+
+#[derive(sqlx::FromRow)]
+struct Marker {
+    tenant: String,
+}
+
+#[tokio::test]
+async fn mixed_versions_through_pgbouncer_stay_isolated() {
+    // 8 tenants, 2 server connections, 8 client connections, 32 tasks.
+    let (_db, _bouncer, hidra, tenants) = setup(8, 2).await;
+    let tenants = Arc::new(tenants);
+    let checked = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for task in 0..32usize {
+        let hidra = hidra.clone();
+        let tenants = tenants.clone();
+        let checked = checked.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..40usize {
+                let t = &tenants[(task * 7 + round) % tenants.len()];
+                let ahead = t.id.as_str().ends_with(['1', '3', '5', '7']);
+                match round % 4 {
+                    // SELECT * on a bare connection: each statement in its own
+                    // transaction; the result shape differs between tenants.
+                    0 => {
+                        let mut conn = hidra.acquire(t).await.unwrap();
+                        let row = sqlx::query("SELECT * FROM marker WHERE tenant = $1")
+                            .bind(t.id.as_str())
+                            .fetch_one(&mut conn)
+                            .await
+                            .unwrap();
+                        assert_eq!(sqlx::Row::columns(&row).len(), if ahead { 2 } else { 1 });
+                        let name: String = sqlx::Row::get(&row, "tenant");
+                        assert_eq!(name, t.id.as_str());
+                    }
+                    // query_as and a stream on a bare connection.
+                    1 => {
+                        let mut conn = hidra.acquire(t).await.unwrap();
+                        let m: Marker = sqlx::query_as("SELECT tenant FROM marker")
+                            .fetch_one(&mut conn)
+                            .await
+                            .unwrap();
+                        assert_eq!(m.tenant, t.id.as_str());
+                        let all: Vec<String> = sqlx::query_scalar("SELECT tenant FROM marker")
+                            .fetch(&mut conn)
+                            .try_collect()
+                            .await
+                            .unwrap();
+                        assert_eq!(all, [t.id.as_str()]);
+                    }
+                    // Several statements in one transaction, RETURNING *.
+                    2 => {
+                        let mut tx = hidra.begin(t).await.unwrap();
+                        let label = format!("{}-{task}-{round}", t.id);
+                        let row = sqlx::query("INSERT INTO items (label) VALUES ($1) RETURNING *")
+                            .bind(&label)
+                            .fetch_one(&mut tx)
+                            .await
+                            .unwrap();
+                        let stored: String = sqlx::Row::get(&row, "label");
+                        assert_eq!(stored, label);
+                        let mine: i64 = sqlx::query_scalar(
+                            "SELECT count(*) FROM items WHERE label NOT LIKE $1 || '-%'",
+                        )
+                        .bind(t.id.as_str())
+                        .fetch_one(&mut tx)
+                        .await
+                        .unwrap();
+                        assert_eq!(mine, 0, "another tenant's item in {}", t.id);
+                        tx.commit().await.unwrap();
+                    }
+                    // The session is never bound: what the proxy's server
+                    // connection shows outside the tenant's transaction.
+                    _ => {
+                        let mut tx = hidra.begin(t).await.unwrap();
+                        let path: String =
+                            sqlx::query_scalar("SELECT current_setting('search_path')")
+                                .fetch_one(&mut tx)
+                                .await
+                                .unwrap();
+                        assert!(path.contains(&hidra.schema_name(&t.id)), "{path}");
+                        tx.rollback().await.unwrap();
+                    }
+                }
+                checked.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(checked.load(Ordering::Relaxed), 32 * 40);
+
+    // Nothing left behind on the proxy's server connections: a plain client
+    // through PgBouncer sees the default search_path, no tenant setting and no
+    // prepared statement (simple queries only, as PgBouncer clients must).
+    let mut plain = PgConnection::connect(&_bouncer.url_for(_db.name()))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let rows = sqlx::raw_sql(
+            "SELECT current_setting('search_path') || '|' || \
+             coalesce(current_setting('hidra.tenant_id', true), '') || '|' || \
+             (SELECT count(*) FROM pg_prepared_statements)",
+        )
+        .fetch_all(&mut plain)
+        .await
+        .unwrap();
+        let seen: String = sqlx::Row::get(&rows[0], 0);
+        assert_eq!(seen, "\"$user\", public||0");
+    }
+}
+
+#[tokio::test]
+async fn a_failed_statement_rolls_back_and_unsupported_calls_say_why() {
+    let (_db, _bouncer, hidra, tenants) = setup(2, 1).await;
+    let t = &tenants[0];
+    let mut conn = hidra.acquire(t).await.unwrap();
+    // A failing statement ends its own transaction: the next one works.
+    let err = sqlx::query("INSERT INTO missing_table VALUES ($1)")
+        .bind(1)
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("missing_table"), "{err}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM marker WHERE tenant = $1")
+        .bind(t.id.as_str())
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // Each statement commits on its own.
+    sqlx::query("INSERT INTO items (label) VALUES ($1)")
+        .bind("kept")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut tx = hidra.begin(t).await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE label = $1")
+        .bind("kept")
+        .fetch_one(&mut tx)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    // prepare() would need a named statement.
+    let err = sqlx::Executor::prepare(&mut tx, sqlx::SqlSafeStr::into_sql_str("SELECT 1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("transaction-pooler mode"), "{err}");
+    tx.rollback().await.unwrap();
+}
+
+/// The control: without pooler mode, through the same PgBouncer with one
+/// server connection, sqlx's named statements of two clients collide.
+#[tokio::test]
+async fn without_pooler_mode_named_statements_collide() {
+    let db = TestDatabase::create().await.expect("create test database");
+    let bouncer = TempPgBouncer::start(db.url(), 1).await.unwrap();
+    let url = bouncer.url_for(db.name());
+    let mut a = PgConnection::connect(&url).await.unwrap();
+    let mut b = PgConnection::connect(&url).await.unwrap();
+    let one: i32 = sqlx::query_scalar("SELECT $1")
+        .bind(1)
+        .fetch_one(&mut a)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let err = sqlx::query_scalar::<_, i32>("SELECT $1 + 1")
+        .bind(1)
+        .fetch_one(&mut b)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+}

@@ -236,3 +236,84 @@ async fn without_pooler_mode_named_statements_collide() {
         .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
 }
+
+/// Futures dropped mid-statement, on bare connections and inside
+/// transactions, leave nothing that reaches the next user: the pooled
+/// connection left inside a transaction is closed at its next checkout.
+#[tokio::test]
+async fn cancelled_statements_through_pgbouncer_leave_nothing_behind() {
+    let (_db, bouncer, hidra, tenants) = setup(4, 2).await;
+    let tenants = Arc::new(tenants);
+    let mut tasks = Vec::new();
+    for task in 0..16usize {
+        let hidra = hidra.clone();
+        let tenants = tenants.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..10usize {
+                let t = &tenants[(task + round) % tenants.len()];
+                let slow = async {
+                    if round % 2 == 0 {
+                        let mut conn = hidra.acquire(t).await.unwrap();
+                        sqlx::query("SELECT pg_sleep($1)")
+                            .bind(0.2f64)
+                            .execute(&mut conn)
+                            .await
+                            .map(|_| ())
+                    } else {
+                        let mut tx = hidra.begin(t).await.unwrap();
+                        sqlx::query("INSERT INTO items (label) VALUES ($1)")
+                            .bind("cancelled")
+                            .execute(&mut tx)
+                            .await?;
+                        sqlx::query("SELECT pg_sleep($1)")
+                            .bind(0.2f64)
+                            .execute(&mut tx)
+                            .await?;
+                        tx.commit()
+                            .await
+                            .map_err(|e| sqlx::Error::Protocol(e.to_string()))
+                    }
+                };
+                // Cut at once, or mid-statement.
+                let cut = std::time::Duration::from_millis((task as u64 * 7 + round as u64) % 40);
+                let _ = tokio::time::timeout(cut, slow).await;
+                // The next user of the pool gets its own tenant only.
+                let mut conn = hidra.acquire(t).await.unwrap();
+                let seen: String = sqlx::query_scalar("SELECT tenant FROM marker")
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(seen, t.id.as_str());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for t in tenants.iter() {
+        let mut tx = hidra.begin(t).await.unwrap();
+        let cancelled: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE label = $1")
+            .bind("cancelled")
+            .fetch_one(&mut tx)
+            .await
+            .unwrap();
+        assert_eq!(
+            cancelled, 0,
+            "a cancelled transaction committed in {}",
+            t.id
+        );
+        tx.rollback().await.unwrap();
+    }
+    let mut plain = PgConnection::connect(&bouncer.url_for(_db.name()))
+        .await
+        .unwrap();
+    let rows = sqlx::raw_sql(
+        "SELECT current_setting('search_path') || '|' || \
+         coalesce(current_setting('hidra.tenant_id', true), '')",
+    )
+    .fetch_all(&mut plain)
+    .await
+    .unwrap();
+    let seen: String = sqlx::Row::get(&rows[0], 0);
+    assert_eq!(seen, "\"$user\", public|");
+}

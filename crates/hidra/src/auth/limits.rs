@@ -272,7 +272,11 @@ impl Limiter {
         let Some(client) = client else {
             return Ok(());
         };
-        if self.calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(PRUNE_EVERY) {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
             self.burst.retain_recent();
         }
         match self.burst.check_key(&client.to_owned()) {
@@ -372,7 +376,11 @@ impl Limiter {
         keys: &[String],
         secs: &[f64],
     ) -> Result<(i64, i64)> {
-        if self.calls.fetch_add(1, Ordering::Relaxed).is_multiple_of(PRUNE_EVERY) {
+        if self
+            .calls
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(PRUNE_EVERY)
+        {
             sqlx::query(self.prune.clone())
                 .execute(&mut *conn)
                 .await

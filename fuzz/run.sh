@@ -33,18 +33,26 @@ case "$SECONDS_EACH" in
 esac
 
 cd "$FUZZ_DIR"
+for target in "${TARGETS[@]}"; do
+  if [ ! -f "fuzz_targets/$target.rs" ]; then
+    echo "error: no fuzz target '$target' (have: ${ALL_TARGETS[*]})" >&2
+    exit 1
+  fi
+done
 mkdir -p logs corpus artifacts
 
+# What is fuzzed: the commit, and whether the sources differ from it.
+commit=$(git -C "$FUZZ_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$FUZZ_DIR/.." status --porcelain -- crates fuzz/fuzz_targets fuzz/src fuzz/Cargo.toml 2>/dev/null || true)
+if [ -n "$dirty" ]; then
+  commit="$commit, with uncommitted changes in: $(echo "$dirty" | awk '{print $2}' | cut -d/ -f1-2 | sort -u | tr '\n' ' ' | sed 's/ $//')"
+fi
 echo "building the fuzz targets (sanitizer: $SANITIZER)"
 cargo +nightly fuzz build --sanitizer "$SANITIZER"
 
 rows=()
 crashed=0
 for target in "${TARGETS[@]}"; do
-  if [ ! -f "fuzz_targets/$target.rs" ]; then
-    echo "error: no fuzz target '$target' (have: ${ALL_TARGETS[*]})" >&2
-    exit 1
-  fi
   log="logs/$target.log"
   mkdir -p "corpus/$target" "artifacts/$target"
   dirs=("corpus/$target")
@@ -79,11 +87,6 @@ for target in "${TARGETS[@]}"; do
   rows+=("| \`$target\` | $elapsed | $executions | $result |")
 done
 
-commit=$(git -C "$FUZZ_DIR" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git -C "$FUZZ_DIR/.." status --porcelain -- crates fuzz/fuzz_targets fuzz/src fuzz/Cargo.toml 2>/dev/null || true)
-if [ -n "$dirty" ]; then
-  commit="$commit, with uncommitted changes in: $(echo "$dirty" | awk '{print $2}' | cut -d/ -f1-2 | sort -u | tr '\n' ' ' | sed 's/ $//')"
-fi
 if [ "${FUZZ_APPEND:-0}" != 1 ] || [ ! -f RESULTS.md ]; then
   {
     echo "# Fuzzing results"

@@ -105,9 +105,20 @@ CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_end);
     }
 }
 
-/// Brute-force limits for [`Accounts`](super::Accounts); see the
-/// [module docs](self). On by default; tune with the builder methods or turn
-/// off with [`Accounts::without_limits`](super::Accounts::without_limits).
+/// Brute-force limits for [`Accounts`](super::Accounts). On by default; tune
+/// with the builder methods or turn off with
+/// [`Accounts::without_limits`](super::Accounts::without_limits).
+///
+/// Failed logins are counted per account (the email, whether or not it
+/// exists) and per client key in fixed windows, in the shared
+/// [`AttemptTable`], so every process serving the database sees the same
+/// counts. Once a limit is reached, attempts are refused with
+/// [`AuthError::TooManyAttempts`] until the window ends, even with the right
+/// password (which is not checked), and in the same way for an email that is
+/// not registered. A successful login clears its account's count, not its
+/// client's. Sign-ups are counted per client key. In front of that, a
+/// [`governor`] rate limiter per client key and process sheds floods before
+/// they cost a query or a password hash.
 ///
 /// ```
 /// use std::time::Duration;

@@ -40,9 +40,19 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// The current token version of each user, cached and invalidated through
-/// `NOTIFY`; see the [module docs](self). Built by
+/// `NOTIFY`. Built by
 /// [`Accounts::revocations`](super::Accounts::revocations); cheap to clone
 /// (clones share the cache and the listener).
+///
+/// Every login row keeps a `token_version`, and every token
+/// [`Accounts::login`](super::Accounts::login) issues carries it (`tver`).
+/// `Accounts` bumps it when a user is deactivated, re-roled, given a new
+/// password or logged out everywhere, and deletes the row with the user, so
+/// every token issued before stops verifying. The login table's trigger
+/// announces each change on [`LOGIN_CHANGES_CHANNEL`]; a listener drops the
+/// cached version at once. While the listener is disconnected a cached
+/// version lives at most its TTL (60 s), and the cache is cleared when it is
+/// back.
 ///
 /// ```no_run
 /// # async fn run(accounts: hidra::auth::Accounts, token: &str) -> hidra::Result<()> {

@@ -178,7 +178,9 @@ mod tests {
                 prop_assert!(s.len() <= MAX_TENANT_ID_LEN);
                 prop_assert!(s.starts_with(|c: char| c.is_ascii_lowercase()));
                 prop_assert!(s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_')));
-                prop_assert!(!s.starts_with("pg_") && !s.starts_with("hidra"));
+                let normalized = s.replace('-', "_");
+                prop_assert!(!normalized.starts_with("pg_"));
+                prop_assert!(normalized != "hidra" && !normalized.starts_with("hidra_"));
                 let schema = format!("tenant_{}", id.schema_suffix());
                 let valid = crate::sql::Ident::new(schema, "schema").is_ok();
                 prop_assert!(valid);
@@ -189,10 +191,14 @@ mod tests {
         /// Ids of the documented alphabet are accepted unless reserved.
         #[test]
         fn well_formed_ids_are_accepted(input in "[a-z][a-z0-9_-]{0,49}") {
-            let reserved = input == "public"
-                || input == "information_schema"
-                || input.starts_with("pg_")
-                || input.starts_with("hidra");
+            // Reserved names are compared with `-` read as `_`, as schema
+            // names are made.
+            let normalized = input.replace('-', "_");
+            let reserved = normalized == "public"
+                || normalized == "information_schema"
+                || normalized.starts_with("pg_")
+                || normalized == "hidra"
+                || normalized.starts_with("hidra_");
             prop_assert_eq!(TenantId::new(&input).is_ok(), !reserved, "{}", input);
         }
     }
@@ -241,6 +247,10 @@ mod tests {
         assert!(reason("pg-temp").contains("reserved"));
         assert!(reason("hidra").contains("reserved"));
         assert!(reason("hidra_template").contains("reserved"));
+        assert!(reason("hidra-x").contains("reserved"));
+        assert!(reason("pg-x").contains("reserved"));
+        // Only `hidra` and `hidra_…` are hidra's: `hidrax` is a tenant.
+        assert!(TenantId::new("hidrax").is_ok());
     }
 
     #[test]

@@ -3,9 +3,9 @@
 //! (`<version>_<description>.sql`, `.up.sql`, `.down.sql`, the
 //! `-- no-transaction` first line). No database is needed.
 //!
-//! The generated directories keep versions positive and distinct: the
-//! `#[ignore]`d tests at the end are the known panics outside that (found by
-//! `fuzz/fuzz_targets/migration_file.rs`), to run once they are fixed.
+//! The generated directories keep versions positive and distinct; the tests
+//! at the end cover what lies outside that (once panics, found by
+//! `fuzz/fuzz_targets/migration_file.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -240,13 +240,12 @@ fn pushing_after_loading_numbers_next() {
         .unwrap();
 }
 
-// Known panics, found by the `migration_file` fuzz target (reproducers in
-// `fuzz/artifacts/migration_file/`): `Migrations::from_sqlx` expects sqlx to
-// hand it positive, distinct versions, but sqlx's directory loader checks
-// neither; and `push` adds 1 to the last version unchecked.
+// Once panics, found by the `migration_file` fuzz target (reproducers in
+// `fuzz/artifacts/migration_file/`): sqlx's directory loader checks neither
+// that versions are positive nor that they are distinct, and `push` added 1
+// to the last version unchecked.
 
 #[test]
-#[ignore = "known panic: from_dir on a version 0 (migrate/mod.rs, from_sqlx's expect)"]
 fn a_version_of_zero_is_an_error() {
     let loaded = load(&[("0_init.sql".to_owned(), b"SELECT 1".to_vec())]);
     assert!(
@@ -256,7 +255,6 @@ fn a_version_of_zero_is_an_error() {
 }
 
 #[test]
-#[ignore = "known panic: from_dir on two migrations of one version (migrate/mod.rs, from_sqlx's expect)"]
 fn two_migrations_of_one_version_are_an_error() {
     let loaded = load(&[
         ("1_a.sql".to_owned(), b"SELECT 1".to_vec()),
@@ -269,9 +267,14 @@ fn two_migrations_of_one_version_are_an_error() {
 }
 
 #[test]
-#[ignore = "known panic: push after version i64::MAX (migrate/mod.rs, `m.version + 1`)"]
-fn pushing_after_the_largest_version_does_not_panic() {
+fn pushing_after_the_largest_version_is_an_error() {
     let loaded = load(&[(format!("{}_last.sql", i64::MAX), b"SELECT 1".to_vec())]).unwrap();
-    let pushed = std::panic::catch_unwind(|| loaded.push("next", "SELECT 2"));
-    assert!(pushed.is_ok());
+    let pushed = loaded.clone().try_push("next", "SELECT 2");
+    assert!(
+        matches!(&pushed, Err(hidra::Error::InvalidConfig(m)) if m.contains("number it yourself")),
+        "{pushed:?}"
+    );
+    // `push` panics with the same message, as documented.
+    let panicked = std::panic::catch_unwind(|| loaded.push("next", "SELECT 2"));
+    assert!(panicked.is_err());
 }

@@ -105,7 +105,19 @@ impl Migrations {
 
     /// The up-migrations of a sqlx [`Migrator`](sqlx::migrate::Migrator), such
     /// as the one [`sqlx::migrate!`] embeds at compile time.
+    ///
+    /// # Panics
+    ///
+    /// If a version is not positive or two migrations share one (sqlx's
+    /// loader checks neither); [`try_from_sqlx`](Self::try_from_sqlx) returns
+    /// the error instead.
     pub fn from_sqlx(migrator: &sqlx::migrate::Migrator) -> Self {
+        Self::try_from_sqlx(migrator).unwrap_or_else(|e| panic!("invalid sqlx migrations: {e}"))
+    }
+
+    /// [`from_sqlx`](Self::from_sqlx), failing with [`Error::InvalidConfig`]
+    /// on a version that is not positive or on two migrations of one version.
+    pub fn try_from_sqlx(migrator: &sqlx::migrate::Migrator) -> Result<Self> {
         let list = migrator
             .iter()
             .filter(|m| m.migration_type.is_up_migration())
@@ -117,11 +129,13 @@ impl Migrations {
                 no_tx: m.no_tx,
             })
             .collect();
-        // sqlx has already sorted and de-duplicated them.
-        Self::from_list(list).expect("sqlx migrations are ordered and unique")
+        // sqlx has sorted them; `from_list` checks the rest.
+        Self::from_list(list)
     }
 
     /// Loads the migrations of a directory at run time (sqlx's file format).
+    /// Fails with [`Error::InvalidConfig`] when the directory cannot be read,
+    /// a version is not positive, or two files share a version.
     pub async fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|e| {
@@ -129,21 +143,47 @@ impl Migrations {
                 format!("cannot load migrations from {}: {e}", dir.display()).into(),
             )
         })?;
-        Ok(Self::from_sqlx(&migrator))
+        Self::try_from_sqlx(&migrator).map_err(|e| {
+            Error::InvalidConfig(format!("invalid migrations in {}: {e}", dir.display()).into())
+        })
     }
 
     /// Appends a migration numbered after the last one.
+    ///
+    /// # Panics
+    ///
+    /// If the last version is `i64::MAX`; [`try_push`](Self::try_push)
+    /// returns the error instead.
     pub fn push(self, description: impl Into<String>, sql: impl Into<String>) -> Self {
+        self.try_push(description, sql)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`push`](Self::push), failing with [`Error::InvalidConfig`] when no
+    /// version follows the last one.
+    pub fn try_push(self, description: impl Into<String>, sql: impl Into<String>) -> Result<Self> {
         let mut list = self.list.to_vec();
+        let version = match list.last() {
+            None => 1,
+            Some(m) => m.version.checked_add(1).ok_or_else(|| {
+                Error::InvalidConfig(
+                    format!(
+                        "no migration version follows {}; number it yourself",
+                        m.version
+                    )
+                    .into(),
+                )
+            })?,
+        };
         let sql = sql.into();
         list.push(Migration {
-            version: list.last().map_or(1, |m| m.version + 1),
+            version,
             description: description.into(),
             checksum: checksum(&sql),
             no_tx: sql.starts_with("-- no-transaction"),
             sql,
         });
-        Self::from_list(list).expect("appended versions increase")
+        Self::from_list(list)
     }
 
     /// Builds a set from migrations in increasing version order.

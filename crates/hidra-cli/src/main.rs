@@ -48,6 +48,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(command) => cmd::tenant::run(&settings, command).await,
         Command::Migrate(args) => cmd::migrate::run(&settings, args).await,
         Command::ApiKey(command) => cmd::api_key::run(&settings, command).await,
-        Command::Doctor { json } => cmd::doctor::run(&settings, json).await,
+        Command::Doctor { json, repair } => cmd::doctor::run(&settings, json, repair).await,
     }
 }

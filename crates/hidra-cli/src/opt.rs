@@ -155,6 +155,11 @@ pub(crate) enum Command {
         /// Print the report as JSON
         #[arg(long)]
         json: bool,
+        /// Also settle what a crash left half-made that can be settled
+        /// safely: database-per-tenant registrations (login row written,
+        /// user not linked) older than a minute are completed or undone
+        #[arg(long)]
+        repair: bool,
     },
 }
 

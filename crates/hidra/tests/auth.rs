@@ -1302,3 +1302,119 @@ async fn database_per_tenant_users_register_log_in_and_leave_through_the_shared_
     .await
     .unwrap();
 }
+
+/// A process killed between the two phases of a database-per-tenant
+/// registration (login row in the shared database, user in the tenant's)
+/// leaves a login row without a user id: the next registration of the email
+/// and `LoginTable::settle_registrations` complete or undo it, after the
+/// grace period only (a registration in flight is left alone).
+#[tokio::test]
+async fn half_made_database_per_tenant_registrations_are_settled() {
+    use hidra::auth::{LoginTable, PENDING_REGISTRATION_GRACE};
+    let ctx = setup().await;
+    let tag = &ctx.db.name()[ctx.db.name().len() - 8..];
+    let hidra = hidra::Hidra::builder()
+        .schema_sql("auth tables", TENANT_SQL)
+        .database_per_tenant(hidra::DatabasePoolConfig::default())
+        .database_prefix(format!("h{tag}_"))
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap();
+    let solo = hidra
+        .provision(hidra::NewTenant::new(id("solo")).strategy(hidra::Strategy::Database))
+        .await
+        .unwrap();
+    let accounts = hidra::auth::Accounts::new(hidra.clone(), ctx.jwt.clone())
+        .with_passwords(cheap_passwords());
+    // What a crash leaves: phase one only ("lost"), phase two done but not
+    // recorded ("half"), and a registration still in flight ("young").
+    let hash = cheap_passwords().hash("correct horse").unwrap();
+    let mut tenant_conn = hidra.acquire(&solo).await.unwrap();
+    sqlx::query("INSERT INTO users (email, full_name, password_hash) VALUES ($1, 'Half', $2)")
+        .bind("half@solo.test")
+        .bind(&hash)
+        .execute(&mut tenant_conn)
+        .await
+        .unwrap();
+    drop(tenant_conn);
+    let mut shared = hidra.acquire_shared().await.unwrap();
+    sqlx::query(
+        "INSERT INTO public.hidra_logins (email, tenant_id, created_at) VALUES \
+         ('lost@solo.test', 'solo', now() - interval '2 minutes'), \
+         ('half@solo.test', 'solo', now() - interval '2 minutes'), \
+         ('young@solo.test', 'solo', now())",
+    )
+    .execute(&mut *shared)
+    .await
+    .unwrap();
+    drop(shared);
+
+    let logins = LoginTable::default();
+    let mut half = logins
+        .half_registered(&hidra, PENDING_REGISTRATION_GRACE)
+        .await
+        .unwrap();
+    half.sort_by(|a, b| a.email.cmp(&b.email));
+    let seen: Vec<(&str, bool)> = half
+        .iter()
+        .map(|h| (h.email.as_str(), h.user_exists))
+        .collect();
+    assert_eq!(seen, [("half@solo.test", true), ("lost@solo.test", false)]);
+    // The lost email is not taken forever: registering it again works.
+    assert_eq!(
+        kind(accounts.login("lost@solo.test", "correct horse").await),
+        AuthError::InvalidCredentials
+    );
+    accounts
+        .register(
+            &solo,
+            NewUser::new("lost@solo.test", "Lost", "correct horse"),
+        )
+        .await
+        .unwrap();
+    accounts
+        .login("lost@solo.test", "correct horse")
+        .await
+        .unwrap();
+    // One in flight is not touched.
+    assert_eq!(
+        kind(
+            accounts
+                .register(
+                    &solo,
+                    NewUser::new("young@solo.test", "Young", "correct horse")
+                )
+                .await
+        ),
+        AuthError::EmailTaken
+    );
+    let settled = logins
+        .settle_registrations(&hidra, PENDING_REGISTRATION_GRACE)
+        .await
+        .unwrap();
+    assert_eq!((settled.completed, settled.undone), (1, 0));
+    assert!(
+        logins
+            .half_registered(&hidra, PENDING_REGISTRATION_GRACE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mut shared = hidra.acquire_shared().await.unwrap();
+    let linked: Option<i64> = sqlx::query_scalar(
+        "SELECT user_id FROM public.hidra_logins WHERE email = 'half@solo.test'",
+    )
+    .fetch_one(&mut *shared)
+    .await
+    .unwrap();
+    assert!(linked.is_some());
+    drop(shared);
+    // Once the young row is old, settling undoes it (no user was written).
+    let settled = logins
+        .settle_registrations(&hidra, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!((settled.completed, settled.undone), (0, 1));
+    assert_eq!(accounts.tenant_of("young@solo.test").await.unwrap(), None);
+    hidra.close().await;
+}

@@ -90,7 +90,7 @@ impl Report {
     }
 }
 
-pub(crate) async fn run(settings: &Settings, json: bool) -> Result<()> {
+pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result<()> {
     // A broken configuration is an error, not a finding.
     let loaded = db::load(
         settings,
@@ -291,7 +291,79 @@ pub(crate) async fn run(settings: &Settings, json: bool) -> Result<()> {
         }
     }
 
+    registration_checks(&mut report, hidra, repair).await?;
     report.finish(json)
+}
+
+/// Database-per-tenant registrations a crash left between their two phases
+/// (the login row in this database, the user in the tenant's).
+async fn registration_checks(
+    report: &mut Report,
+    hidra: &hidra::Hidra,
+    repair: bool,
+) -> Result<()> {
+    use hidra::auth::{LoginTable, PENDING_REGISTRATION_GRACE};
+    const NAME: &str = "half-made registrations";
+    let logins = LoginTable::default();
+    let mut conn = hidra.acquire_shared().await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(logins.table().quoted())
+        .fetch_one(&mut *conn)
+        .await
+        .context("looking for the login table")?;
+    drop(conn);
+    if !exists {
+        report.skipped(NAME, format!("no login table `{}`", logins.table()));
+        return Ok(());
+    }
+    if repair {
+        let settled = logins
+            .settle_registrations(hidra, PENDING_REGISTRATION_GRACE)
+            .await?;
+        if settled.completed + settled.undone > 0 {
+            report.ok(
+                NAME,
+                format!(
+                    "repaired: {} completed, {} undone (their emails are free again)",
+                    settled.completed, settled.undone
+                ),
+            );
+            return Ok(());
+        }
+    }
+    let half = logins
+        .half_registered(hidra, PENDING_REGISTRATION_GRACE)
+        .await?;
+    if half.is_empty() {
+        report.ok(
+            NAME,
+            "no database-per-tenant registration is stuck between its two phases".into(),
+        );
+    } else {
+        report.problem(
+            NAME,
+            format!(
+                "{} stuck between writing the login row and the user (a crash?): \
+                 `hidra doctor --repair` completes or undoes them",
+                plural(half.len(), "registration", "registrations")
+            ),
+            half.iter()
+                .map(|h| {
+                    format!(
+                        "{} in {} ({})",
+                        h.email,
+                        h.tenant,
+                        if h.user_exists {
+                            "user written"
+                        } else {
+                            "no user"
+                        }
+                    )
+                })
+                .collect(),
+        );
+    }
+    Ok(())
 }
 
 /// Schemas named like tenants without a registry row, and registry rows

@@ -1,7 +1,7 @@
 //! `hidra init`
 
 use anyhow::{Context, Result};
-use hidra::auth::{ApiKeyTable, LoginTable};
+use hidra::auth::{ApiKeyTable, AttemptTable, LoginTable};
 use hidra::sqlx::{self, AssertSqlSafe};
 
 use crate::config::Settings;
@@ -37,6 +37,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<()> {
     }
     ddl.push_str(&registry.ddl());
     ddl.push_str(&logins.ddl());
+    ddl.push_str(&AttemptTable::default().ddl());
     ddl.push_str(&keys.ddl());
     let mut conn = hidra.acquire_shared().await?;
     sqlx::raw_sql(AssertSqlSafe(ddl))

@@ -21,6 +21,7 @@ async fn init_creates_the_tables_and_is_idempotent() {
     for table in [
         "public.tenants",
         "public.hidra_logins",
+        "public.hidra_login_attempts",
         "public.hidra_api_keys",
         "hidra.schema_versions",
         "hidra.shared_migrations",

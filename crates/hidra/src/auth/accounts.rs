@@ -120,6 +120,142 @@ CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
     }
 }
 
+/// How long a database-per-tenant registration may stay half-made (its
+/// login row written, its user not yet) before it counts as abandoned by a
+/// crash: far longer than registering takes.
+pub const PENDING_REGISTRATION_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A database-per-tenant registration a crash may have left half-made: a
+/// login row without a user id, older than the grace period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HalfRegistered {
+    /// The login email.
+    pub email: String,
+    /// Its tenant.
+    pub tenant: TenantId,
+    /// Whether the user exists in the tenant's database (then the
+    /// registration only needs its login row completed; else it is undone).
+    pub user_exists: bool,
+}
+
+/// What [`LoginTable::settle_registrations`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Settled {
+    /// Login rows given the id of their existing user.
+    pub completed: usize,
+    /// Login rows of users that were never written, removed (the email is
+    /// free again).
+    pub undone: usize,
+}
+
+impl LoginTable {
+    /// The database-per-tenant registrations half-made for longer than
+    /// `older_than`; see [`settle_registrations`](Self::settle_registrations).
+    /// Reads only.
+    pub async fn half_registered(
+        &self,
+        hidra: &Hidra,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<HalfRegistered>> {
+        let t = self.table.quoted();
+        let mut conn = hidra.acquire_shared().await?;
+        let rows: Vec<(String, String)> = sqlx::query_as(sql::owned(format!(
+            "SELECT email, tenant_id FROM {t} WHERE user_id IS NULL \
+             AND created_at < now() - make_interval(secs => $1) ORDER BY created_at"
+        )))
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading half-made registrations"))?;
+        drop(conn);
+        let mut found = Vec::new();
+        for (email, tenant) in rows {
+            let Ok(id) = TenantId::new(&tenant) else {
+                continue;
+            };
+            // Rows of other strategies without a user id predate user ids
+            // (their user is written in the same transaction): login links them.
+            let Some(record) = hidra.tenant(&id).await? else {
+                continue;
+            };
+            if record.placement.strategy != Strategy::Database {
+                continue;
+            }
+            let user_exists = user_id_of(hidra, &record, &email).await?.is_some();
+            found.push(HalfRegistered {
+                email,
+                tenant: id,
+                user_exists,
+            });
+        }
+        Ok(found)
+    }
+
+    /// Completes or undoes every database-per-tenant registration half-made
+    /// for longer than `older_than` (use [`PENDING_REGISTRATION_GRACE`]): the
+    /// second step of the two-phase registration, for a process that died
+    /// between writing the login row (phase one, in the shared database) and
+    /// the user (phase two, in the tenant's database). A login row whose user
+    /// exists gets its user id; one whose user was never written is removed.
+    /// `hidra doctor` reports them; the next registration of the same email
+    /// settles its own row.
+    pub async fn settle_registrations(
+        &self,
+        hidra: &Hidra,
+        older_than: std::time::Duration,
+    ) -> Result<Settled> {
+        let mut settled = Settled::default();
+        for half in self.half_registered(hidra, older_than).await? {
+            let Some(record) = hidra.tenant(&half.tenant).await? else {
+                continue;
+            };
+            if self.settle(hidra, &record, &half.email).await? {
+                settled.undone += 1;
+            } else {
+                settled.completed += 1;
+            }
+        }
+        Ok(settled)
+    }
+
+    /// Settles the half-made registration of `email` in `tenant`: links the
+    /// user if it exists (returns `false`), else removes the login row
+    /// (returns `true`, the email is free).
+    async fn settle(&self, hidra: &Hidra, tenant: &Tenant, email: &str) -> Result<bool> {
+        let t = self.table.quoted();
+        let user = user_id_of(hidra, tenant, email).await?;
+        let mut conn = hidra.acquire_shared().await?;
+        // `$3` is NULL to undo: the row goes, else it gets its user id.
+        let statement = format!(
+            "WITH linked AS (UPDATE {t} SET user_id = $3 \
+               WHERE email = $1 AND tenant_id = $2 AND user_id IS NULL AND $3::bigint IS NOT NULL) \
+             DELETE FROM {t} WHERE email = $1 AND tenant_id = $2 AND user_id IS NULL \
+               AND $3::bigint IS NULL"
+        );
+        sqlx::query(sql::owned(statement))
+            .bind(email)
+            .bind(tenant.id.as_str())
+            .bind(user)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("settling a half-made registration"))?;
+        tracing::info!(tenant = %tenant.id, completed = user.is_some(), "settled a half-made registration");
+        Ok(user.is_none())
+    }
+}
+
+/// The id of the user `email` in `tenant`'s `users`, if any.
+async fn user_id_of(hidra: &Hidra, tenant: &Tenant, email: &str) -> Result<Option<i64>> {
+    let mut conn = hidra.acquire(tenant).await?;
+    sqlx::query_scalar("SELECT id FROM users WHERE email = $1")
+        .bind(email)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(Error::db("reading a user"))
+}
+
 /// A user checked and with its password hashed, ready to be registered
 /// inside a transaction; see [`Accounts::prepare`].
 #[derive(Clone)]
@@ -496,9 +632,23 @@ impl Accounts {
             // The lookup lives in the shared database, the user in the
             // tenant's own: claim the email first, give it back if the user
             // cannot be written.
+            // Two phases, recorded: the login row without a user id first
+            // (the email is claimed), then the user in the tenant's
+            // database, then the user id. A crash in between leaves a row
+            // that `LoginTable::settle_registrations`, `hidra doctor
+            // --repair` or the next registration of the email settles.
             let mut shared = self.hidra.acquire_shared().await?;
-            self.insert_lookup(&mut *shared, &user.email, tenant, None)
-                .await?;
+            match self
+                .insert_lookup(&mut *shared, &user.email, tenant, None)
+                .await
+            {
+                Err(Error::Auth(AuthError::EmailTaken)) => {
+                    self.settle_own(&user.email).await?;
+                    self.insert_lookup(&mut *shared, &user.email, tenant, None)
+                        .await?;
+                }
+                other => other?,
+            }
             let written = async {
                 let mut tx = self.hidra.begin(tenant).await?;
                 let id = insert_user(
@@ -610,6 +760,33 @@ impl Accounts {
         self.insert_lookup(&mut *conn, &user.email, tenant, Some(id))
             .await?;
         Ok(id)
+    }
+
+    /// Settles a half-made registration of `email` older than the grace
+    /// period, if there is one (the email is then free, or its user linked).
+    async fn settle_own(&self, email: &str) -> Result<()> {
+        let Some((tenant_id, (None, _))) = self.lookup(email).await? else {
+            return Ok(());
+        };
+        let t = self.logins.table.quoted();
+        let mut conn = self.hidra.acquire_shared().await?;
+        let old: bool = sqlx::query_scalar(sql::owned(format!(
+            "SELECT created_at < now() - make_interval(secs => $2) FROM {t} WHERE email = $1"
+        )))
+        .bind(email)
+        .bind(PENDING_REGISTRATION_GRACE.as_secs_f64())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::db("reading a login row"))?
+        .unwrap_or(false);
+        drop(conn);
+        match self.hidra.tenant(&tenant_id).await? {
+            Some(record) if old && record.placement.strategy == Strategy::Database => {
+                self.logins.settle(&self.hidra, &record, email).await?;
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     fn registered(&self, id: i64, tenant: &Tenant, user: &PreparedUser) -> User {

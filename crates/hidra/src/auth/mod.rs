@@ -120,7 +120,10 @@ mod password;
 mod revocation;
 mod roles;
 
-pub use accounts::{Accounts, Login, LoginTable, NewUser, PreparedUser, User, UserUpdate};
+pub use accounts::{
+    Accounts, HalfRegistered, Login, LoginTable, NewUser, PENDING_REGISTRATION_GRACE, PreparedUser,
+    Settled, User, UserUpdate,
+};
 pub use api_keys::{ApiKeyInfo, ApiKeyTable, ApiKeys, CreatedApiKey, NewApiKey, VerifiedKey};
 pub use jwt::{Claims, Jwt, JwtAlgorithm};
 pub use limits::{AttemptTable, Limit, LoginLimits};

@@ -510,11 +510,12 @@ impl Hidra {
     /// (the web layer does).
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
         if tenant.placement.strategy == Strategy::Database {
-            let conn = self
-                .inner
-                .databases
-                .acquire(tenant_database(tenant)?)
-                .await?;
+            let conn = scope::acquire_database(
+                &self.inner.databases,
+                &self.inner.reach,
+                tenant_database(tenant)?,
+            )
+            .await?;
             return Ok(TenantConn::new(Pooled::Database(conn), tenant, None));
         }
         let scope = self.scope(tenant)?;
@@ -531,11 +532,12 @@ impl Hidra {
     /// [`HidraBuilder::transaction_pooler`] (unnamed statements only).
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
         if tenant.placement.strategy == Strategy::Database {
-            let conn = self
-                .inner
-                .databases
-                .acquire(tenant_database(tenant)?)
-                .await?;
+            let conn = scope::acquire_database(
+                &self.inner.databases,
+                &self.inner.reach,
+                tenant_database(tenant)?,
+            )
+            .await?;
             return TenantTx::begin_in_database(conn, tenant).await;
         }
         let scope = self.scope(tenant)?;

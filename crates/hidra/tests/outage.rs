@@ -207,3 +207,82 @@ async fn terminated_backends_give_retryable_errors_and_no_wrong_tenant() {
         "every failure was retryable"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn database_per_tenant_checkouts_fail_fast_too() {
+    let mut cluster = TempCluster::start()
+        .await
+        .expect("start a throw-away cluster");
+    const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+    let h = Hidra::builder()
+        .schema_sql("001_marker", MARKER_SCHEMA)
+        .database_per_tenant(hidra::DatabasePoolConfig::new().with_acquire_timeout(ACQUIRE_TIMEOUT))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect(cluster.url())
+        .await
+        .unwrap();
+    let mut conn = h.acquire_shared().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut tenants = Vec::new();
+    for name in ["own-a", "own-b"] {
+        let tenant = h
+            .provision(hidra::NewTenant::new(id(name)).strategy(hidra::Strategy::Database))
+            .await
+            .unwrap();
+        let mut conn = h.acquire(&tenant).await.unwrap();
+        sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
+            .bind(name)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        tenants.push(tenant);
+    }
+    let (seen, stop) = (Arc::new(Seen::default()), Arc::new(AtomicBool::new(false)));
+    let workers = load(&h, &tenants, &seen, &stop);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(seen.ok.load(Ordering::Relaxed) > 0, "the load runs");
+
+    cluster.pause().await.unwrap();
+    let down_at = Instant::now();
+    while seen.retryable.load(Ordering::Relaxed) < 50 {
+        assert!(
+            down_at.elapsed() < ACQUIRE_TIMEOUT,
+            "checkouts are not failing fast"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let direct = Instant::now();
+    let err = h.begin(&tenants[0]).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(
+        direct.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        direct.elapsed()
+    );
+
+    cluster.resume().await.unwrap();
+    let recovery = until_served(&h, &tenants[1]).await;
+    settle(&seen, &stop, workers).await;
+    eprintln!(
+        "database-per-tenant outage: {} served, {} retryable failures (slowest {} ms), recovery {recovery:?}",
+        seen.ok.load(Ordering::Relaxed),
+        seen.retryable.load(Ordering::Relaxed),
+        seen.slowest_failure_ms.load(Ordering::Relaxed),
+    );
+    assert_eq!(seen.wrong_tenant.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        seen.other.load(Ordering::Relaxed),
+        0,
+        "every failure was retryable"
+    );
+    assert!(
+        seen.slowest_failure_ms.load(Ordering::Relaxed) < 2000,
+        "no failed checkout waited long"
+    );
+    h.close().await;
+    cluster.stop().await.unwrap();
+}

@@ -290,6 +290,40 @@ async fn checkout(
     }
 }
 
+/// A connection to a tenant's own database, failing fast like a checkout of
+/// the shared pool while the server does not answer (tenant databases live
+/// on the same server, so they share its [`Reachability`]).
+pub(crate) async fn acquire_database(
+    databases: &TenantDatabases,
+    reach: &Reachability,
+    database: &str,
+) -> Result<DbConn> {
+    if reach.is_down() {
+        reach.check().await?;
+    }
+    let acquire = databases.acquire(database);
+    let mut acquire = std::pin::pin!(acquire);
+    let conn = match tokio::time::timeout(reachability::SLOW_CHECKOUT, &mut acquire).await {
+        Ok(done) => done,
+        Err(_) => {
+            reach.check().await?;
+            acquire.await
+        }
+    };
+    match conn {
+        Ok(conn) => {
+            reach.mark_up();
+            Ok(conn)
+        }
+        Err(e) => {
+            if e.is_retryable() {
+                reach.check().await?;
+            }
+            Err(e)
+        }
+    }
+}
+
 /// A pooled connection bound to one tenant.
 ///
 /// `&mut TenantConn` is a [`sqlx::Executor`]: sqlx queries run on it

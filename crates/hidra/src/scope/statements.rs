@@ -30,7 +30,7 @@
 //! After an `ALTER TABLE` in a tenant's schema, a cached `SELECT *` of that
 //! tenant fails once with the same result-type error. Outside a transaction
 //! the connection's cached statements are dropped and the statement is run
-//! again, once. Inside a transaction (a [`TenantTx`](super::TenantTx)) it cannot be
+//! again (up to three times, should the table change again meanwhile). Inside a transaction (a [`TenantTx`](super::TenantTx)) it cannot be
 //! retried, since the failed statement aborted the transaction: the error is a
 //! [`StaleStatement`], the cached statements are dropped, and the next attempt
 //! of the transaction succeeds. Streams (`fetch`, `fetch_many`) return a
@@ -65,6 +65,10 @@ use crate::sql::{self, Ident};
 /// than the distinct statements of a typical application. Past it (dynamic
 /// SQL), texts are rebuilt, which costs a format each.
 const TEXTS_PER_TENANT: usize = 1024;
+
+/// How many times a statement found stale outside a transaction is run again
+/// with fresh statements before the error is returned.
+const STALE_RETRIES: usize = 3;
 
 /// One tenant's (or one row-level schema's) statement texts.
 pub(crate) struct Statements {
@@ -309,13 +313,33 @@ impl<'a> Scoped<'a> {
                 tracing::debug!(error = %e, "dropping stale statements failed; retrying later");
                 stale.store(true, Ordering::Release);
             }
-            match again {
-                Some(again) => match run(conn, again).await {
+            let Some(again) = again else {
+                return Err(StaleStatement::wrap(error));
+            };
+            // The table may change again between the new statement's parse
+            // and its execution (DDL running alongside): a few more tries.
+            let mut tries = STALE_RETRIES;
+            loop {
+                match run(conn, again.clone()).await {
                     // A raw `BEGIN` of the application's: treat it as a transaction.
-                    Err(e) if is_in_failed_transaction(&e) => Err(StaleStatement::wrap(error)),
-                    done => done,
-                },
-                None => Err(StaleStatement::wrap(error)),
+                    Err(e) if is_in_failed_transaction(&e) => {
+                        return Err(StaleStatement::wrap(error));
+                    }
+                    Err(e) if is_stale(&e) && tries > 1 => {
+                        tries -= 1;
+                        if sqlx::Connection::clear_cached_statements(conn)
+                            .await
+                            .is_err()
+                        {
+                            stale.store(true, Ordering::Release);
+                        }
+                    }
+                    Err(e) if is_stale(&e) => {
+                        stale.store(true, Ordering::Release);
+                        return Err(StaleStatement::wrap(e));
+                    }
+                    done => return done,
+                }
             }
         })
     }

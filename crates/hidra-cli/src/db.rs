@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
-use hidra::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use hidra::sqlx::postgres::PgConnectOptions;
 use hidra::sqlx::{self, Connection, PgConnection};
 use hidra::{Hidra, Migrations, RegistryTable};
 
@@ -96,9 +96,6 @@ pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) ->
         registry,
     } = loaded;
     let (options, server_version) = probe(settings).await?;
-    let pool = PgPoolOptions::new()
-        .max_connections(pool_size.max(2))
-        .acquire_timeout(settings.connect_timeout);
     let hidra = Hidra::builder()
         .schema_prefix(settings.schema_prefix.clone())
         .shared_schemas(settings.shared_schemas.clone())
@@ -109,7 +106,8 @@ pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) ->
         .registry(registry)
         .tenant_migrations(tenant.clone().unwrap_or_default())
         .shared_migrations(shared.clone().unwrap_or_default())
-        .pool_options(pool)
+        .max_connections(pool_size.max(2))
+        .acquire_timeout(settings.connect_timeout)
         .connect_with(options)
         .await
         .map_err(|e| match e {

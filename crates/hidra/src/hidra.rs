@@ -7,14 +7,14 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use sqlx::pool::PoolConnection;
+use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::error::{BoxError, Error, Result};
 use crate::migrate::Migrations;
 use crate::scope::{
-    self, DatabasePoolConfig, Pooled, TenantConn, TenantDatabases, TenantScope, TenantTx,
+    self, DatabasePoolConfig, Pool, PoolConfig, Pooled, SharedConn, TenantConn, TenantDatabases,
+    TenantScope, TenantTx,
 };
 use crate::sql::{self, Ident};
 use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
@@ -73,7 +73,7 @@ pub struct HidraBuilder {
     shared_migrations: Migrations,
     warm_pool: usize,
     seed: Option<Arc<dyn Seed>>,
-    pool_options: PgPoolOptions,
+    pool: PoolConfig,
     default_strategy: Strategy,
     row_level: (String, String),
     databases: DatabasePoolConfig,
@@ -116,9 +116,7 @@ impl Default for HidraBuilder {
             audit_row_level: false,
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             pooler: None,
-            pool_options: PgPoolOptions::new()
-                .max_connections(10)
-                .acquire_timeout(DEFAULT_ACQUIRE_TIMEOUT),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -257,21 +255,29 @@ impl HidraBuilder {
     /// checkouts fail much sooner, with [`Error::Unavailable`]: after about
     /// 0.3 s for the first, at once for the next (see [`Error::is_retryable`]).
     pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
-        self.pool_options = self.pool_options.acquire_timeout(timeout);
+        self.pool.acquire_timeout = timeout;
         self
     }
 
-    /// Maximum connections of the shared pool (default 10).
+    /// Maximum connections of the shared pool (default 10; at least 1). In
+    /// transaction-pooler mode, the pool of connections to the pooler has
+    /// the same maximum.
     pub fn max_connections(mut self, max: u32) -> Self {
-        self.pool_options = self.pool_options.max_connections(max);
+        self.pool.max_connections = max.max(1);
         self
     }
 
-    /// Pool settings (sizes, timeouts, lifetimes). Hidra replaces
-    /// `test_before_acquire` and `before_acquire`: its own hook binds or resets
-    /// the `search_path` of every checkout, which also proves the connection alive.
-    pub fn pool_options(mut self, options: PgPoolOptions) -> Self {
-        self.pool_options = options;
+    /// How long a connection of the shared pool may stay unused before it is
+    /// closed (default 10 minutes, as sqlx's pool; `None`: never).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.pool.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a connection of the shared pool is used before it is closed
+    /// and replaced (default 30 minutes, as sqlx's pool; `None`: forever).
+    pub fn max_lifetime(mut self, lifetime: Option<Duration>) -> Self {
+        self.pool.max_lifetime = lifetime;
         self
     }
 
@@ -347,23 +353,20 @@ impl HidraBuilder {
         let pooled = match self.pooler {
             None => None,
             Some(Err(e)) => return Err(Error::InvalidConfig(e.into())),
-            Some(Ok(pooler)) => Some(
-                self.pool_options
-                    .clone()
-                    .test_before_acquire(false)
-                    .before_acquire(scope::before_acquire_pooled)
-                    .connect_with(pooler)
-                    .await
-                    .map_err(Error::db("connecting to the transaction pooler"))?,
-            ),
+            // Nothing is ever set on a pooler's connections: a checkout only
+            // proves the connection alive and outside a transaction.
+            Some(Ok(pooler)) => Some(Pool::new(pooler, &self.pool, sql::owned("SELECT 1".into()))),
         };
-        let pool = self
-            .pool_options
-            .test_before_acquire(false)
-            .before_acquire(scope::before_acquire)
-            .connect_with(options)
-            .await
-            .map_err(Error::db("connecting to PostgreSQL"))?;
+        let pool = Pool::new(options, &self.pool, sql::reset_statement());
+        // As sqlx's `connect` does: fail now if the server does not answer.
+        for (pool, what) in [(Some(&pool), "connecting to PostgreSQL")]
+            .into_iter()
+            .chain([(pooled.as_ref(), "connecting to the transaction pooler")])
+        {
+            if let Some(pool) = pool {
+                drop(pool.get().await.map_err(Error::db(what))?);
+            }
+        }
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         let hidra = Hidra {
             inner: Arc::new(Inner {
@@ -405,9 +408,9 @@ pub struct Hidra {
 }
 
 pub(crate) struct Inner {
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Pool,
     /// Tenant traffic's pool in transaction-pooler mode.
-    pub(crate) pooled: Option<PgPool>,
+    pub(crate) pooled: Option<Pool>,
     pub(crate) naming: SchemaNaming,
     pub(crate) shared: Vec<Ident>,
     pub(crate) store: Arc<dyn TenantStore>,
@@ -431,9 +434,6 @@ pub(crate) struct Inner {
     /// Per-tenant bindings and statement texts, by tenant id.
     pub(crate) scopes: RwLock<HashMap<String, Arc<TenantScope>>>,
 }
-
-/// The default of [`HidraBuilder::acquire_timeout`].
-const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The default of [`HidraBuilder::statement_cache_capacity`].
 pub(crate) const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 512;
@@ -523,7 +523,7 @@ impl Hidra {
             let conn = scope::acquire_unscoped(pooled, &self.inner.reach).await?;
             return Ok(TenantConn::through_pooler(conn, tenant, scope));
         }
-        let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, scope.clone()).await?;
+        let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, &scope).await?;
         Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)))
     }
 
@@ -547,8 +547,10 @@ impl Hidra {
     }
 
     /// A connection with the server's default `search_path`, for shared tables.
-    pub async fn acquire_shared(&self) -> Result<PoolConnection<Postgres>> {
-        scope::acquire_unscoped(&self.inner.pool, &self.inner.reach).await
+    pub async fn acquire_shared(&self) -> Result<SharedConn> {
+        scope::acquire_unscoped(&self.inner.pool, &self.inner.reach)
+            .await
+            .map(SharedConn::new)
     }
 
     /// The binding, checkout statements and statement texts of `tenant`,
@@ -629,7 +631,7 @@ impl Hidra {
 
     /// A listener on `channel`, on its own connection to the shared database.
     pub(crate) async fn listener(&self, channel: &str) -> Result<sqlx::postgres::PgListener> {
-        let options = (*self.inner.pool.connect_options()).clone();
+        let options = self.inner.pool.connect_options().clone();
         let own = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options);
@@ -657,12 +659,8 @@ impl Hidra {
 
     /// The state of the shared pool.
     pub fn pool_status(&self) -> PoolStatus {
-        let pool = &self.inner.pool;
-        PoolStatus {
-            size: pool.size(),
-            idle: pool.num_idle() as u32,
-            max: pool.options().get_max_connections(),
-        }
+        let (size, idle, max) = self.inner.pool.status();
+        PoolStatus { size, idle, max }
     }
 
     /// The connections to tenant databases (database per tenant).

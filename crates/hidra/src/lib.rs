@@ -117,8 +117,8 @@ pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
 pub use crate::scope::{
-    DatabasePoolConfig, DatabasePoolStats, DbConn, StaleStatement, TenantConn, TenantDatabases,
-    TenantTx,
+    DatabasePoolConfig, DatabasePoolStats, DbConn, SharedConn, StaleStatement, TenantConn,
+    TenantDatabases, TenantTx,
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{

@@ -63,10 +63,13 @@ enum Variant {
     /// A prepared `set_config($1)`, `set_config($2)` with no
     /// leftover-transaction check, then a tagged query.
     PreparedTagged,
+    /// `set-tagged` on a pool that does not ping a connection it takes back
+    /// (Hidra's: the next checkout's binding proves the connection anyway).
+    SetTaggedNoRelease,
 }
 
 impl Variant {
-    const ALL: [Variant; 7] = [
+    const ALL: [Variant; 8] = [
         Variant::Raw,
         Variant::RawNoPing,
         Variant::SimpleShared,
@@ -74,6 +77,7 @@ impl Variant {
         Variant::SetTagged,
         Variant::Set1Tagged,
         Variant::PreparedTagged,
+        Variant::SetTaggedNoRelease,
     ];
 
     fn name(self) -> &'static str {
@@ -85,6 +89,7 @@ impl Variant {
             Variant::SetTagged => "set-tagged",
             Variant::Set1Tagged => "set1-tagged",
             Variant::PreparedTagged => "prepared-tagged",
+            Variant::SetTaggedNoRelease => "set-tagged-norelease",
         }
     }
 }
@@ -152,8 +157,8 @@ async fn one(
                 &texts.tagged[t]
             }
         }
-        Variant::SetTagged | Variant::Set1Tagged => {
-            let bind = if v == Variant::SetTagged {
+        Variant::SetTagged | Variant::Set1Tagged | Variant::SetTaggedNoRelease => {
+            let bind = if v != Variant::Set1Tagged {
                 &texts.set_bind[t]
             } else {
                 &texts.set1_bind[t]
@@ -183,8 +188,10 @@ async fn one(
         .bind(id)
         .fetch_one(&mut *conn)
         .await?;
-    // sqlx pings every connection it takes back into a pool; do the same.
-    conn.ping().await?;
+    // sqlx's pool pings every connection it takes back; Hidra's does not.
+    if v != Variant::SetTaggedNoRelease {
+        conn.ping().await?;
+    }
     Ok(())
 }
 

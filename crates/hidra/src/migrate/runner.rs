@@ -510,7 +510,7 @@ impl MigrationRunner {
         let path = sql::search_path_value(&schema, &hidra.inner.shared);
         let mut conn = match &p.target.database {
             Some(db) => Pooled::Database(hidra.inner.databases.acquire(db).await?),
-            None => Pooled::Shared(hidra.acquire_shared().await?),
+            None => Pooled::Shared(hidra.acquire_shared().await?.into_pool_conn()),
         };
         let mut raced = 0;
         let mut applied_any = false;

@@ -1,14 +1,12 @@
 //! Tenant-scoped database access: [`TenantConn`] and [`TenantTx`].
 //!
-//! One shared [`PgPool`](sqlx::PgPool) serves every schema-per-tenant tenant. A
+//! One shared pool serves every schema-per-tenant and row-level tenant. A
 //! connection is bound to a tenant by its `search_path`, and the binding is
 //! made *as part of checking the connection out*, never left to chance:
 //!
-//! - Hidra owns its pool and never hands it out, so no checkout can bypass it
-//!   (sqlx's `Pool::try_acquire` skips the pool's hooks). It builds the pool
-//!   with sqlx's `test_before_acquire` ping turned off and a `before_acquire`
-//!   hook in its place. That hook is told, through a private task-local, what
-//!   the checkout is for: a tenant connection
+//! - Hidra owns its pool (see the `pool` module) and never hands it out, so
+//!   no checkout can bypass it. Every checkout runs one simple query before
+//!   the connection is handed over: a tenant connection
 //!   ([`Hidra::acquire`](crate::Hidra::acquire)) gets
 //!   `SET search_path TO "tenant_acme", "public"; SET hidra.tenant_id TO ''`;
 //!   a shared connection
@@ -23,13 +21,11 @@
 //!   sent through sqlx's `begin_with`, which reports a statement that leaves
 //!   the connection outside a transaction as `BeginFailed`. That is the
 //!   answer wanted; a connection still inside a transaction is closed (which
-//!   rolls the transaction back). The statement replaces the ping sqlx would
-//!   otherwise send, so binding costs no extra round trip, and it also proves
-//!   the connection alive. Utility `SET`s cost about half of an equivalent
-//!   `SELECT set_config(…)`, which goes through the planner (measured with
-//!   `bench-checkout`).
-//! - A new connection starts with the server default and is bound by
-//!   `acquire` itself.
+//!   rolls the transaction back). The statement also reads any reply an
+//!   earlier user left unread, and proves the connection alive, so it is the
+//!   only statement a checkout costs: no ping on checkout, none on return.
+//!   Utility `SET`s cost about half of an equivalent `SELECT set_config(…)`,
+//!   which goes through the planner (measured with `bench-checkout`).
 //! - [`Hidra::begin`](crate::Hidra::begin) sends `BEGIN` and
 //!   transaction-local `SET LOCAL`s as one simple query: one round trip, and
 //!   the binding ends with the transaction.
@@ -54,33 +50,25 @@
 //! [`Hidra::begin`](crate::Hidra::begin) only.
 
 mod databases;
+mod pool;
 mod reachability;
 mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
+pub(crate) use pool::{Pool, PoolConfig, PoolConn};
 pub(crate) use reachability::Reachability;
 pub use statements::StaleStatement;
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures_util::future::BoxFuture;
-use sqlx::pool::{PoolConnection, PoolConnectionMetadata};
 use sqlx::{PgConnection, Postgres, SqlStr, Transaction};
 
 use crate::error::{Error, Result};
 use crate::sql::Ident;
 use crate::tenant::{Strategy, Tenant, TenantId};
+use pool::Settle;
 use statements::{Pooler, Scoped, Statements};
-
-/// What the checkout in progress on this task is for.
-#[derive(Debug)]
-struct Checkout {
-    intent: Intent,
-    /// Set by the hook once it has bound the connection.
-    bound: Cell<bool>,
-}
 
 /// What a tenant checkout binds: the `search_path`, and the tenant id the
 /// row-level security policies read (`hidra.tenant_id`, empty for tenants
@@ -122,70 +110,6 @@ impl TenantScope {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Intent {
-    /// Bind this tenant's session `search_path` and row-level tenant.
-    Session(Arc<TenantScope>),
-    /// Unscoped: clear whatever a tenant left behind.
-    Reset,
-}
-
-tokio::task_local! {
-    static CHECKOUT: Checkout;
-}
-
-/// The `before_acquire` hook Hidra installs on its pool, in place of sqlx's ping.
-///
-/// It runs one simple query that binds or resets the `search_path` and proves
-/// the connection alive and outside any transaction some earlier user left
-/// open. A connection found inside one is refused, so sqlx closes it (the
-/// server rolls that transaction back) and hands out another.
-pub(crate) fn before_acquire(
-    conn: &mut PgConnection,
-    _meta: PoolConnectionMetadata,
-) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
-    Box::pin(async move {
-        let intent = CHECKOUT
-            .try_with(|c| c.intent.clone())
-            .unwrap_or(Intent::Reset);
-        let clean = prepare(conn, &intent).await?;
-        if clean {
-            let _ = CHECKOUT.try_with(|c| c.bound.set(true));
-        } else {
-            tracing::warn!("closing a pooled connection returned inside an open transaction");
-        }
-        Ok(clean)
-    })
-}
-
-/// The `before_acquire` hook of the transaction pooler's pool: no session
-/// state is ever set there, so a checkout only proves the connection alive and
-/// outside a transaction (one left open pins a server connection of the
-/// proxy to it: such a connection is closed).
-pub(crate) fn before_acquire_pooled(
-    conn: &mut PgConnection,
-    _meta: PoolConnectionMetadata,
-) -> BoxFuture<'_, Result<bool, sqlx::Error>> {
-    Box::pin(async move {
-        let probe = sqlx::SqlSafeStr::into_sql_str("SELECT 1");
-        let clean = run_outside_transaction(conn, probe).await?;
-        if !clean {
-            tracing::warn!("closing a pooled connection returned inside an open transaction");
-        }
-        Ok(clean)
-    })
-}
-
-/// Runs the checkout statement for `intent`; returns whether the connection was
-/// outside any transaction.
-async fn prepare(conn: &mut PgConnection, intent: &Intent) -> Result<bool, sqlx::Error> {
-    let statement = match intent {
-        Intent::Session(scope) => scope.checkout.clone(),
-        Intent::Reset => crate::sql::reset_statement(),
-    };
-    run_outside_transaction(conn, statement).await
-}
-
 /// Runs `statement` (which must not begin a transaction) and returns whether
 /// the connection was outside any transaction, read from the transaction
 /// status PostgreSQL sends with its reply: sqlx's `begin_with` fails with
@@ -211,64 +135,66 @@ pub(crate) async fn run_outside_transaction(
     }
 }
 
-/// Checks a connection out of `pool` bound to a tenant.
-pub(crate) async fn acquire_bound(
-    pool: &sqlx::PgPool,
-    reach: &Reachability,
-    scope: Arc<TenantScope>,
-) -> Result<PoolConnection<Postgres>> {
-    let intent = Intent::Session(scope);
-    let (mut conn, bound) = checkout(pool, reach, intent.clone()).await?;
-    if !bound {
-        // A freshly opened connection: the hook does not run for those.
-        prepare(&mut conn, &intent)
-            .await
-            .map_err(Error::db("binding the tenant's search_path"))?;
+/// A connection of `pool` on which `statement` ran, outside any transaction.
+///
+/// A connection found inside a transaction an earlier user left open, or
+/// failing the statement, is closed (the server rolls that transaction back)
+/// and another is taken, as sqlx's pool does with a failing
+/// `before_acquire`; a connection opened for this checkout that fails it
+/// returns the error.
+async fn checked_out(pool: &Pool, statement: &SqlStr) -> Result<PoolConn, sqlx::Error> {
+    loop {
+        let mut conn = pool.get().await?;
+        match run_outside_transaction(&mut conn, statement.clone()).await {
+            Ok(true) => return Ok(conn),
+            Ok(false) => {
+                tracing::warn!("closing a pooled connection returned inside an open transaction");
+                conn.discard();
+            }
+            Err(e) if conn.is_fresh() => {
+                conn.discard();
+                return Err(e);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "closing a pooled connection that failed its checkout");
+                conn.discard();
+            }
+        }
     }
-    Ok(conn)
 }
 
-/// Checks a connection out of `pool` with the server's default `search_path`.
-pub(crate) async fn acquire_unscoped(
-    pool: &sqlx::PgPool,
+/// Checks a connection out of `pool` bound to a tenant.
+pub(crate) async fn acquire_bound(
+    pool: &Pool,
     reach: &Reachability,
-) -> Result<PoolConnection<Postgres>> {
-    // A fresh connection already has the default; an idle one was reset by the hook.
-    Ok(checkout(pool, reach, Intent::Reset).await?.0)
+    scope: &TenantScope,
+) -> Result<PoolConn> {
+    checkout(pool, reach, &scope.checkout).await
+}
+
+/// Checks a connection out of `pool` with no tenant: the server's default
+/// `search_path` (behind a transaction pooler, nothing is set at all).
+pub(crate) async fn acquire_unscoped(pool: &Pool, reach: &Reachability) -> Result<PoolConn> {
+    checkout(pool, reach, pool.unscoped()).await
 }
 
 /// Checks a connection out of `pool` for a transaction-local binding. The
 /// session is reset too: should user code end the transaction early (a raw
 /// `COMMIT`), the transaction-local binding goes with it and what remains
 /// must be no tenant, not the tenant the connection last served.
-pub(crate) async fn acquire_for_tx(
-    pool: &sqlx::PgPool,
-    reach: &Reachability,
-) -> Result<PoolConnection<Postgres>> {
+pub(crate) async fn acquire_for_tx(pool: &Pool, reach: &Reachability) -> Result<PoolConn> {
     acquire_unscoped(pool, reach).await
 }
 
-/// Checks a connection out for `intent`, failing fast while the server is
-/// unreachable (see [`Reachability`]).
-async fn checkout(
-    pool: &sqlx::PgPool,
-    reach: &Reachability,
-    intent: Intent,
-) -> Result<(PoolConnection<Postgres>, bool)> {
+/// Checks a connection out running `statement`, failing fast while the
+/// server is unreachable (see [`Reachability`]).
+async fn checkout(pool: &Pool, reach: &Reachability, statement: &SqlStr) -> Result<PoolConn> {
     if reach.is_down() {
         reach.check().await?;
     }
-    let checkout = Checkout {
-        intent,
-        bound: Cell::new(false),
-    };
-    let acquire = CHECKOUT.scope(checkout, async {
-        let conn = pool.acquire().await;
-        (conn, CHECKOUT.with(|c| c.bound.get()))
-    });
+    let acquire = checked_out(pool, statement);
     let mut acquire = std::pin::pin!(acquire);
-    let (conn, bound) = match tokio::time::timeout(reachability::SLOW_CHECKOUT, &mut acquire).await
-    {
+    let conn = match tokio::time::timeout(reachability::SLOW_CHECKOUT, &mut acquire).await {
         Ok(done) => done,
         // Slow: a busy pool, or a server that does not answer.
         Err(_) => {
@@ -279,7 +205,7 @@ async fn checkout(
     match conn {
         Ok(conn) => {
             reach.mark_up();
-            Ok((conn, bound))
+            Ok(conn)
         }
         Err(e) => {
             if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
@@ -287,6 +213,51 @@ async fn checkout(
             }
             Err(Error::db("acquiring a connection")(e))
         }
+    }
+}
+
+/// A connection of the shared pool bound to no tenant (the server's default
+/// `search_path`), for shared tables: see
+/// [`Hidra::acquire_shared`](crate::Hidra::acquire_shared). It derefs to
+/// [`PgConnection`] (`query.execute(&mut *conn)`). Anything may run on it, so
+/// it is pinged (its replies read) before it goes back to the pool.
+pub struct SharedConn(PoolConn);
+
+impl SharedConn {
+    pub(crate) fn new(mut conn: PoolConn) -> Self {
+        conn.settle(Settle::Ping);
+        SharedConn(conn)
+    }
+
+    /// Closes the connection when it is dropped instead of giving it back,
+    /// e.g. while it holds a session-level advisory lock that an interrupted
+    /// future must not leave behind.
+    pub fn close_on_drop(&mut self) {
+        self.0.close_on_drop();
+    }
+
+    pub(crate) fn into_pool_conn(self) -> PoolConn {
+        self.0
+    }
+}
+
+impl std::ops::Deref for SharedConn {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SharedConn {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.0
+    }
+}
+
+impl fmt::Debug for SharedConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedConn").finish_non_exhaustive()
     }
 }
 
@@ -342,11 +313,14 @@ pub struct TenantConn {
     /// Behind a transaction pooler: every statement in a transaction of its own.
     pooled: bool,
     stale: AtomicBool,
+    /// A statement (or a raw connection) was handed out and not finished:
+    /// the connection is settled before it goes back.
+    unfinished: AtomicBool,
 }
 
 /// A connection from the shared pool or from a tenant database's pool.
 pub(crate) enum Pooled {
-    Shared(PoolConnection<Postgres>),
+    Shared(PoolConn),
     Database(DbConn),
 }
 
@@ -384,16 +358,13 @@ impl TenantConn {
             scope,
             pooled: false,
             stale: AtomicBool::new(false),
+            unfinished: AtomicBool::new(false),
         }
     }
 
     /// A connection through a transaction pooler, which carries no binding:
     /// each statement binds the tenant in a transaction of its own.
-    pub(crate) fn through_pooler(
-        conn: PoolConnection<Postgres>,
-        tenant: &Tenant,
-        scope: Arc<TenantScope>,
-    ) -> Self {
+    pub(crate) fn through_pooler(conn: PoolConn, tenant: &Tenant, scope: Arc<TenantScope>) -> Self {
         let mut conn = TenantConn::new(Pooled::Shared(conn), tenant, Some(scope));
         conn.pooled = true;
         conn
@@ -414,7 +385,11 @@ impl TenantConn {
     /// switch, and a statement whose result shape differs between two tenants
     /// (one of them a migration ahead) fails with "cached plan must not change
     /// result type". Prefer `&mut conn`.
+    ///
+    /// What runs here is not tracked, so the connection is pinged (its
+    /// replies read) before it goes back to the pool, as sqlx's pool does.
     pub fn raw_connection(&mut self) -> &mut PgConnection {
+        *self.unfinished.get_mut() = true;
         self.conn.connection()
     }
 
@@ -429,6 +404,7 @@ impl TenantConn {
             in_transaction: false,
             pooler,
             stale: &self.stale,
+            unfinished: Some(&self.unfinished),
         }
     }
 }
@@ -439,10 +415,20 @@ impl Drop for TenantConn {
     fn drop(&mut self) {
         // Stale statements found by a stream are not dropped yet: take them
         // out of the pool with the connection.
-        if self.stale.load(Ordering::Acquire) {
-            match &mut self.conn {
-                Pooled::Shared(c) => c.close_on_drop(),
-                Pooled::Database(c) => c.discard_on_drop(true),
+        let stale = *self.stale.get_mut();
+        match &mut self.conn {
+            Pooled::Shared(c) if stale => c.settle(Settle::Discard),
+            Pooled::Shared(c) if *self.unfinished.get_mut() => c.settle(if self.pooled {
+                // Cut off inside the statement's own transaction.
+                Settle::Rollback
+            } else {
+                Settle::Ping
+            }),
+            Pooled::Shared(_) => {}
+            Pooled::Database(c) => {
+                if stale {
+                    c.discard_on_drop(true);
+                }
             }
         }
     }
@@ -464,10 +450,11 @@ impl fmt::Debug for TenantConn {
 /// transaction-pooling proxy such as PgBouncer, see
 /// [`HidraBuilder::transaction_pooler`](crate::HidraBuilder::transaction_pooler).
 ///
-/// For a database-per-tenant tenant the transaction is opened with a plain
-/// `BEGIN` on the tenant's own connection: nest with explicit `SAVEPOINT`s
-/// there, not `Connection::begin`. A dropped, unfinished transaction closes its
-/// connection, which ends the transaction at once.
+/// The transaction is opened with a plain `BEGIN` (plus the binding): nest
+/// with explicit `SAVEPOINT`s, not `Connection::begin` on
+/// [`raw_connection`](TenantTx::raw_connection). A dropped, unfinished
+/// transaction is rolled back before its connection is reused (a tenant
+/// database's connection is closed instead, which ends it at once).
 pub struct TenantTx {
     tx: Tx,
     tenant: TenantId,
@@ -477,32 +464,50 @@ pub struct TenantTx {
     stale: AtomicBool,
 }
 
+/// The connection of a transaction begun with a plain `BEGIN`: until it is
+/// committed or rolled back, a dropped `TenantTx` rolls it back before the
+/// connection is reused (shared pool) or closes the connection (a tenant
+/// database's).
 enum Tx {
-    Shared(Transaction<'static, Postgres>),
+    Shared(PoolConn),
     Database(DbConn),
 }
 
 impl Tx {
     fn connection(&mut self) -> &mut PgConnection {
         match self {
-            Tx::Shared(tx) => tx,
+            Tx::Shared(c) => c,
             Tx::Database(c) => c,
         }
+    }
+
+    /// Runs `COMMIT` or `ROLLBACK`; the connection goes back as it is only
+    /// if that worked.
+    async fn finish(&mut self, statement: &'static str) -> Result<(), sqlx::Error> {
+        sqlx::raw_sql(statement).execute(self.connection()).await?;
+        match self {
+            Tx::Shared(c) => c.settled(),
+            Tx::Database(c) => c.discard_on_drop(false),
+        }
+        Ok(())
     }
 }
 
 impl TenantTx {
     pub(crate) async fn begin(
-        conn: PoolConnection<Postgres>,
+        mut conn: PoolConn,
         tenant: &Tenant,
         scope: Arc<TenantScope>,
         pooled: bool,
     ) -> Result<Self> {
-        let tx = Transaction::begin(conn, Some(scope.begin.clone()))
+        // From here until the transaction ends, a drop rolls it back.
+        conn.settle(Settle::Rollback);
+        sqlx::raw_sql(scope.begin.clone())
+            .execute(&mut *conn)
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
-            tx: Tx::Shared(tx),
+            tx: Tx::Shared(conn),
             tenant: tenant.id.clone(),
             scope: Some(scope),
             pooled,
@@ -550,6 +555,8 @@ impl TenantTx {
                 Pooler::No
             },
             stale: &self.stale,
+            // Until it ends, the transaction is rolled back on drop anyway.
+            unfinished: None,
         }
     }
 
@@ -563,33 +570,23 @@ impl TenantTx {
     /// Commits the transaction.
     pub async fn commit(mut self) -> Result<()> {
         self.clear_stale().await;
-        let fail = Error::db("committing a tenant transaction");
-        match self.tx {
-            Tx::Shared(tx) => tx.commit().await.map_err(fail),
-            Tx::Database(mut conn) => finish(&mut conn, "COMMIT").await.map_err(fail),
-        }
+        self.tx
+            .finish("COMMIT")
+            .await
+            .map_err(Error::db("committing a tenant transaction"))
     }
 
     /// Rolls the transaction back.
     pub async fn rollback(mut self) -> Result<()> {
         self.clear_stale().await;
-        let fail = Error::db("rolling back a tenant transaction");
-        match self.tx {
-            Tx::Shared(tx) => tx.rollback().await.map_err(fail),
-            Tx::Database(mut conn) => finish(&mut conn, "ROLLBACK").await.map_err(fail),
-        }
+        self.tx
+            .finish("ROLLBACK")
+            .await
+            .map_err(Error::db("rolling back a tenant transaction"))
     }
 }
 
 crate::__impl_scoped_executor!(TenantTx, this => this.scoped());
-
-/// Ends a tenant database's transaction; the connection goes back to the
-/// pool only if that worked.
-async fn finish(conn: &mut DbConn, statement: &'static str) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql(statement).execute(&mut **conn).await?;
-    conn.discard_on_drop(false);
-    Ok(())
-}
 
 impl fmt::Debug for TenantTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

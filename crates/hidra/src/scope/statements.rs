@@ -243,6 +243,25 @@ pub(crate) struct Scoped<'a> {
     /// Set when a stream returned a [`StaleStatement`]: the cached
     /// statements are dropped before the next statement.
     pub(crate) stale: &'a AtomicBool,
+    /// Set while a statement runs: one cut off leaves replies unread (and
+    /// its query perhaps still running), so the connection is settled before
+    /// it goes back to the pool. `None` where a drop settles it anyway.
+    pub(crate) unfinished: Option<&'a AtomicBool>,
+}
+
+/// Marks a statement under way on `flag`.
+fn start(flag: Option<&AtomicBool>) {
+    if let Some(flag) = flag {
+        flag.store(true, Ordering::Release);
+    }
+}
+
+/// Marks the statement on `flag` finished: the server has answered it whole
+/// (an error too ends with the server ready), so nothing runs any more.
+fn finish(flag: Option<&AtomicBool>) {
+    if let Some(flag) = flag {
+        flag.store(false, Ordering::Release);
+    }
 }
 
 /// Whether `e` is PostgreSQL refusing a cached statement whose result shape
@@ -291,10 +310,31 @@ impl<'a> Scoped<'a> {
             in_transaction,
             stale,
             pooler,
+            unfinished,
             ..
         } = self;
         Box::pin(async move {
             let stmt = stmt?;
+            start(unfinished);
+            let done = Self::run_retrying(conn, stmt, in_transaction, stale, pooler, run).await;
+            finish(unfinished);
+            done
+        })
+    }
+
+    /// The body of [`retrying`](Self::retrying).
+    async fn run_retrying<T, F>(
+        conn: &mut PgConnection,
+        stmt: Statement,
+        in_transaction: bool,
+        stale: &AtomicBool,
+        pooler: Pooler<'_>,
+        run: F,
+    ) -> Result<T, sqlx::Error>
+    where
+        F: for<'c> Fn(&'c mut PgConnection, Statement) -> BoxFuture<'c, Result<T, sqlx::Error>>,
+    {
+        {
             match pooler {
                 Pooler::No => {}
                 // Nothing is cached, so nothing goes stale.
@@ -341,7 +381,7 @@ impl<'a> Scoped<'a> {
                     done => return done,
                 }
             }
-        })
+        }
     }
 
     pub(crate) fn fetch_many<'q, E>(
@@ -356,9 +396,16 @@ impl<'a> Scoped<'a> {
             statements,
             stale,
             pooler,
+            unfinished,
             ..
         } = self;
         let stmt = Statement::take(query, statements, pooler);
+        start(unfinished);
+        // Finished when the stream ends; one dropped early stays unfinished.
+        let end = futures_util::stream::poll_fn(move |_| {
+            finish(unfinished);
+            std::task::Poll::Ready(None)
+        });
         if let Pooler::OwnTransaction(begin) = pooler {
             // The transaction must end before the connection is handed
             // back: read the stream whole inside it.
@@ -372,6 +419,7 @@ impl<'a> Scoped<'a> {
                 Ok::<_, sqlx::Error>(futures_util::stream::iter(items))
             }
             .try_flatten_stream()
+            .chain(end)
             .boxed();
         }
         async move {
@@ -392,6 +440,7 @@ impl<'a> Scoped<'a> {
             })
         })
         .try_flatten_stream()
+        .chain(end)
         .boxed()
     }
 

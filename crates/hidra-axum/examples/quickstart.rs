@@ -110,11 +110,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .schema_sql("customers", TENANT_SCHEMA)
         .connect_with(db.connect_options())
         .await?;
-    let mut conn = hidra.acquire_shared().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await?;
-    drop(conn);
+    hidra.install().await?;
 
     for (id, name, customers) in [
         ("acme", "Acme Corp", ["Wile E. Coyote", "Road Runner"]),

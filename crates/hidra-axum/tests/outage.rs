@@ -30,12 +30,7 @@ async fn through_a_restart_requests_fail_fast_and_invalidation_resumes() {
         .await
         .expect("start a throw-away cluster");
     let served = handle(cluster.url()).await;
-    let mut conn = served.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+    served.install().await.unwrap();
     let tenant = served.provision(NewTenant::new(id("gamma"))).await.unwrap();
     let mut conn = served.acquire(&tenant).await.unwrap();
     sqlx::query("INSERT INTO marker VALUES ('gamma')")

@@ -38,11 +38,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use hidra::auth::{
-    Accounts, ApiKeyTable, ApiKeys, AttemptTable, Jwt, Limit, LoginLimits, LoginTable,
-};
+use hidra::auth::{Accounts, ApiKeys, Jwt, Limit, LoginLimits};
 use hidra::testing::{PgServer, TestDatabase};
-use hidra::{Hidra, Migrations, RegistryTable};
+use hidra::{Hidra, Migrations};
 use hidra_axum::{
     ApiKeyResolver, HeaderResolver, JwtResolver, PermissionCache, SubdomainResolver, TenantLayer,
 };
@@ -168,22 +166,18 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
     })
 }
 
-/// Creates the shared tables (registry, logins, API keys) if missing and
-/// brings every tenant to the latest migration.
-async fn prepare(hidra: &Hidra) -> anyhow::Result<()> {
-    let ddl = [
-        RegistryTable::default().ddl(),
-        LoginTable::default().ddl(),
-        AttemptTable::default().ddl(),
-        ApiKeyTable::default().ddl(),
-    ]
-    .concat();
-    let mut conn = hidra.acquire_shared().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&mut *conn)
+/// Creates the shared tables (registry, logins, attempts, API keys) if
+/// missing and brings every tenant to the latest migration.
+async fn prepare(hidra: &Hidra, accounts: &Accounts, api_keys: &ApiKeys) -> anyhow::Result<()> {
+    hidra.install().await.context("creating the registry")?;
+    accounts
+        .install()
         .await
-        .context("creating the registry and auth tables")?;
-    drop(conn);
+        .context("creating the login tables")?;
+    api_keys
+        .install()
+        .await
+        .context("creating the API key table")?;
     hidra.migrate_shared().await?;
     let summary = hidra.migrator().run().await?;
     anyhow::ensure!(
@@ -318,9 +312,6 @@ async fn serve(
         .connect_with(options)
         .await
         .context("connecting to PostgreSQL")?;
-    prepare(&hidra).await?;
-    let warm_pool = (config.warm_pool > 0).then(|| hidra.spawn_warm_pool(Duration::from_secs(5)));
-
     let jwt = jwt(config)?;
     let accounts = Accounts::new(hidra.clone(), jwt.clone()).with_limits(limits(config)?);
     let pepper = config.api_key_pepper.clone().unwrap_or_else(|| {
@@ -331,6 +322,8 @@ async fn serve(
     });
     let api_keys =
         ApiKeys::new(hidra.clone(), pepper).context("HIDRA_API_KEY_PEPPER is not usable")?;
+    prepare(&hidra, &accounts, &api_keys).await?;
+    let warm_pool = (config.warm_pool > 0).then(|| hidra.spawn_warm_pool(Duration::from_secs(5)));
     if demo_data {
         let created = demo_data::seed(&hidra, &accounts).await?;
         tracing::info!(created, "demo tenants ready");

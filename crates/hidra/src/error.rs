@@ -120,7 +120,7 @@ pub enum Error {
 
     /// The registry table is missing: the application has not created it yet.
     #[error(
-        "the tenant registry table `{0}` does not exist; run the DDL from `hidra::registry_ddl` (or `hidra init`) first"
+        "the tenant registry table `{0}` does not exist; create it with `Hidra::install()` (or `hidra init`) first"
     )]
     RegistryMissing(String),
 

@@ -546,6 +546,51 @@ impl Hidra {
         TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await
     }
 
+    /// Creates what Hidra needs in the database, where it is missing: the
+    /// tenant registry table (the application's own: `public.tenants`, or
+    /// the one given to [`HidraBuilder::registry`]; a custom
+    /// [`store`](HidraBuilder::store)'s [`TenantStore::install_ddl`]) and
+    /// Hidra's internal schema `hidra` (migration bookkeeping, warm-pool
+    /// spares).
+    ///
+    /// Hidra never creates tables behind your back: this is the one call
+    /// that does, on purpose, at startup or in a deploy step (`hidra init`
+    /// runs it). It is idempotent, runs in one transaction, and is safe to
+    /// run from several processes at once. With the `auth` feature,
+    /// `Accounts::install` and `ApiKeys::install` create their tables the
+    /// same way.
+    ///
+    /// ```no_run
+    /// # async fn run() -> hidra::Result<()> {
+    /// let hidra = hidra::Hidra::builder()
+    ///     .connect("postgres://postgres@127.0.0.1/app")
+    ///     .await?;
+    /// hidra.install().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn install(&self) -> Result<()> {
+        let mut ddl = self.inner.store.install_ddl().unwrap_or_default();
+        ddl.push_str(crate::migrate::INTERNAL_DDL);
+        self.install_ddl(
+            "installing the tenant registry and hidra's internal schema",
+            &ddl,
+        )
+        .await
+    }
+
+    /// Runs idempotent `ddl` in one transaction, serialized with every other
+    /// installation, without PostgreSQL's "already exists, skipping" notices.
+    pub(crate) async fn install_ddl(&self, context: &'static str, ddl: &str) -> Result<()> {
+        let mut conn = self.acquire_shared().await?;
+        let script = sql::install_script(ddl);
+        if let Err(source) = sqlx::raw_sql(script).execute(&mut *conn).await {
+            // Left inside the failed transaction: closing it rolls back.
+            conn.close_on_drop();
+            return Err(Error::Database { context, source });
+        }
+        Ok(())
+    }
+
     /// A connection with the server's default `search_path`, for shared tables.
     pub async fn acquire_shared(&self) -> Result<SharedConn> {
         scope::acquire_unscoped(&self.inner.pool, &self.inner.reach)

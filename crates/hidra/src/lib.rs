@@ -17,11 +17,8 @@
 //!     .connect("postgres://postgres@127.0.0.1/app")
 //!     .await?;
 //!
-//! // The application creates the registry table on purpose, once.
-//! let mut conn = hidra.acquire_shared().await?;
-//! sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-//!     .execute(&mut *conn)
-//!     .await?;
+//! // The application creates the registry table on purpose (idempotent).
+//! hidra.install().await?;
 //!
 //! let acme = hidra.provision(NewTenant::new(TenantId::new("acme")?).name("Acme")).await?;
 //!
@@ -44,10 +41,13 @@
 //! - A [`TenantId`] is validated before any SQL is built from it, and schema
 //!   names reach SQL only quoted, from one audited module.
 //! - Every checkout of the shared pool binds (or resets) the connection's
-//!   `search_path` in place of sqlx's liveness ping: no connection carries a
+//!   `search_path` before handing it over, in the round trip that also proves
+//!   it alive and outside any leftover transaction: no connection carries a
 //!   tenant into another tenant's or unscoped use, whatever happened to it
-//!   before (cancellation, panic). See [`TenantConn`] and [`TenantTx`], and
-//!   which of them is safe behind PgBouncer.
+//!   before (cancellation, panic). A connection cut off mid-statement or
+//!   inside a transaction is settled (pinged, rolled back) before it is
+//!   reused. See [`TenantConn`] and [`TenantTx`], and
+//!   [`HidraBuilder::transaction_pooler`] behind PgBouncer.
 //! - Provisioning is one transaction: a tenant exists fully or not at all.
 //!
 //! # Strategies
@@ -111,6 +111,12 @@ pub mod migrate;
 pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The README's examples, compiled as doc-tests so that they cannot go stale
+/// (`tests/readme.rs` runs the same steps against a database).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;
 
 pub use crate::error::{BoxError, Error, Result, is_connection_error};
 pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};

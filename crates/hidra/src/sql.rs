@@ -231,6 +231,22 @@ pub(crate) fn bind_session(b: &crate::scope::Binding) -> SqlStr {
     ))
 }
 
+/// `CREATE SCHEMA IF NOT EXISTS` for `schema`.
+pub(crate) fn create_schema_if_missing(schema: &Ident) -> String {
+    format!("CREATE SCHEMA IF NOT EXISTS {};\n", schema.quoted())
+}
+
+/// `ddl` (idempotent statements) as one transaction under the lock that
+/// serializes every installation (and the internal schema's creation), with
+/// the notices of `IF NOT EXISTS` ("… already exists, skipping") silenced.
+pub(crate) fn install_script(ddl: &str) -> SqlStr {
+    owned(format!(
+        "BEGIN; SET LOCAL client_min_messages TO warning; \
+         SELECT pg_advisory_xact_lock({});\n{ddl}\nCOMMIT;",
+        crate::migrate::INTERNAL_LOCK
+    ))
+}
+
 /// The unscoped checkout statement: default `search_path`, no row-level tenant.
 pub(crate) fn reset_statement() -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(concat!(

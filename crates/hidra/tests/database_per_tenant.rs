@@ -58,12 +58,7 @@ async fn setup(builder: impl FnOnce(HidraBuilder) -> HidraBuilder) -> DbCtx {
     .connect_with(db.connect_options().username(&role))
     .await
     .unwrap();
-    let mut conn = hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+    hidra.install().await.unwrap();
     DbCtx {
         db,
         role,

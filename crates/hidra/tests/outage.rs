@@ -121,12 +121,7 @@ async fn a_stopped_server_fails_checkouts_fast_and_service_comes_back() {
         .connect(cluster.url())
         .await
         .unwrap();
-    let mut conn = h.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+    h.install().await.unwrap();
     let tenants = vec![
         tenant_with_marker(&h, "down-a").await,
         tenant_with_marker(&h, "down-b").await,
@@ -221,12 +216,7 @@ async fn database_per_tenant_checkouts_fail_fast_too() {
         .connect(cluster.url())
         .await
         .unwrap();
-    let mut conn = h.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+    h.install().await.unwrap();
     let mut tenants = Vec::new();
     for name in ["own-a", "own-b"] {
         let tenant = h

@@ -34,12 +34,7 @@ async fn setup(
         .await
         .expect("connect hidra in pooler mode");
     assert!(hidra.is_pooled());
-    let mut conn = hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+    hidra.install().await.unwrap();
     let mut tenants = Vec::new();
     for i in 0..n {
         let name = format!("pool_{i}");

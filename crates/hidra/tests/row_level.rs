@@ -46,11 +46,8 @@ async fn rls_setup() -> RlsCtx {
         .connect_with(db.connect_options().username(&role))
         .await
         .unwrap();
+    hidra.install().await.unwrap();
     let mut conn = hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
     let shared = TENANT_TABLES.replace("CREATE TABLE ", "CREATE TABLE public.");
     sqlx::raw_sql(AssertSqlSafe(format!(
         "{shared}\n{}\n{}",

@@ -47,6 +47,10 @@ impl CountingStore {
 }
 
 impl TenantStore for CountingStore {
+    fn install_ddl(&self) -> Option<String> {
+        self.inner.install_ddl()
+    }
+
     fn get<'a>(
         &'a self,
         conn: &'a mut PgConnection,
@@ -136,11 +140,7 @@ pub async fn setup_with_schema(max: u32, extra: &str) -> Ctx {
         .connect_with(db.connect_options())
         .await
         .expect("connect hidra");
-    let mut conn = hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .expect("create registry");
+    hidra.install().await.expect("create registry");
     Ctx { db, hidra, store }
 }
 

@@ -210,11 +210,7 @@ async fn connect(
         .warm_pool(warm)
         .connect_with(db.connect_options())
         .await?;
-    let mut conn = hidra.acquire_shared().await?;
-    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .context("creating the registry")?;
+    hidra.install().await.context("creating the registry")?;
     Ok(hidra)
 }
 

@@ -223,11 +223,8 @@ async fn setup(run: &Run, args: &Args, schema_sql: &str) -> anyhow::Result<Hidra
         .database_per_tenant(DatabasePoolConfig::default().with_budget(args.budget))
         .connect_with(run.options())
         .await?;
+    hidra.install().await.context("creating the registry")?;
     let mut conn = hidra.acquire_shared().await?;
-    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .context("creating the registry")?;
     // The reference `customers` table, shared by the row-level tenants.
     let customers: Vec<String> = statements(schema_sql)
         .into_iter()

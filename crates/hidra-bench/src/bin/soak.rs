@@ -77,8 +77,8 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sqlx::Row;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, Row};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 use tower_http::catch_panic::CatchPanicLayer;
@@ -958,11 +958,7 @@ async fn soak(args: RunArgs) -> anyhow::Result<()> {
         .max_connections(4)
         .connect(cluster.url())
         .await?;
-    let mut conn = admin.acquire_shared().await?;
-    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await?;
-    drop(conn);
+    admin.install().await?;
     let provision_started = Instant::now();
     let mut tenants = Vec::new();
     let mut targets = Vec::new();

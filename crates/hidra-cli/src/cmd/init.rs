@@ -26,16 +26,13 @@ pub(crate) async fn run(settings: &Settings) -> Result<()> {
     .await?;
     let hidra = &db.hidra;
 
-    // The registry and the tables that reference it, in one implicit
-    // transaction (one simple-protocol query).
+    // The registry (and hidra's internal schema), then the tables that
+    // reference it, in one implicit transaction (one simple-protocol query).
+    hidra
+        .install()
+        .await
+        .context("creating the registry table")?;
     let mut ddl = String::new();
-    if let Some(schema) = registry.table().schema() {
-        ddl.push_str(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {};\n",
-            schema.quoted()
-        ));
-    }
-    ddl.push_str(&registry.ddl());
     ddl.push_str(&logins.ddl());
     ddl.push_str(&AttemptTable::default().ddl());
     ddl.push_str(&keys.ddl());

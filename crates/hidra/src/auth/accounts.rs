@@ -617,6 +617,21 @@ impl Accounts {
         &self.logins
     }
 
+    /// Creates the tables accounts need, where missing: the login lookup
+    /// table and, unless limits are off, the attempt table of the
+    /// brute-force limits. Like [`Hidra::install`] (run that first: the
+    /// lookup table refers to the registry): idempotent, one transaction,
+    /// safe from several processes at once.
+    pub async fn install(&self) -> Result<()> {
+        let mut ddl = self.logins.ddl();
+        if let Some(limits) = &self.limits {
+            ddl.push_str(&limits.table().ddl());
+        }
+        self.hidra
+            .install_ddl("installing the login and attempt tables", &ddl)
+            .await
+    }
+
     /// Registers a user in `tenant`: its `users` row, its `user_roles` and its
     /// lookup row, in **one transaction** (bound to the tenant), so that
     /// neither row exists without the other.

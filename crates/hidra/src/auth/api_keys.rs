@@ -481,6 +481,15 @@ impl ApiKeys {
         })
     }
 
+    /// Creates the API key table, where missing. Like [`Hidra::install`]
+    /// (run that first: the table refers to the registry): idempotent, one
+    /// transaction, safe from several processes at once.
+    pub async fn install(&self) -> Result<()> {
+        self.hidra
+            .install_ddl("installing the API key table", &self.table.ddl())
+            .await
+    }
+
     /// Uses another table.
     pub fn with_table(mut self, table: ApiKeyTable) -> Self {
         self.q = Statements::new(&table);

@@ -234,6 +234,11 @@ pub(crate) struct Limiter {
 const PRUNE_EVERY: u64 = 1000;
 
 impl Limiter {
+    /// The table the attempts are counted in.
+    pub(crate) fn table(&self) -> &AttemptTable {
+        &self.config.table
+    }
+
     pub(crate) fn new(config: LoginLimits) -> Self {
         let t = config.table.table.quoted();
         Limiter {

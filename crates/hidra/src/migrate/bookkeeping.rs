@@ -5,7 +5,7 @@ use sqlx::PgConnection;
 use crate::error::{Error, Result};
 
 /// Advisory lock key serializing the creation of the internal schema.
-const INTERNAL_LOCK: i64 = 0x6869_6472_615f_0001;
+pub(crate) const INTERNAL_LOCK: i64 = 0x6869_6472_615f_0001;
 
 /// DDL of the internal schema. Idempotent.
 pub(crate) const INTERNAL_DDL: &str = r#"

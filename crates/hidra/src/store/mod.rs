@@ -76,6 +76,13 @@ pub struct Page<T> {
 /// shape; every method runs on the connection it is given so that it can take
 /// part in the caller's transaction.
 pub trait TenantStore: Send + Sync + std::fmt::Debug + 'static {
+    /// The idempotent DDL that creates the store's tables, run by
+    /// [`Hidra::install`](crate::Hidra::install); `None` (the default) when
+    /// the store's tables are created some other way.
+    fn install_ddl(&self) -> Option<String> {
+        None
+    }
+
     /// The tenant with this id, if registered.
     fn get<'a>(
         &'a self,

@@ -335,6 +335,16 @@ fn decode(row: &PgRow) -> Result<Tenant> {
 }
 
 impl TenantStore for PgTenantStore {
+    fn install_ddl(&self) -> Option<String> {
+        let registry = &self.registry;
+        let schema = registry
+            .table()
+            .schema()
+            .map(sql::create_schema_if_missing)
+            .unwrap_or_default();
+        Some(schema + &registry.ddl())
+    }
+
     fn get<'a>(
         &'a self,
         conn: &'a mut PgConnection,

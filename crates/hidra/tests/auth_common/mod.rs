@@ -9,10 +9,7 @@
 
 use std::path::PathBuf;
 
-use hidra::auth::{
-    Accounts, ApiKeyTable, ApiKeys, AttemptTable, AuthError, Jwt, LoginTable, NewUser, Passwords,
-    User,
-};
+use hidra::auth::{Accounts, ApiKeys, AuthError, Jwt, NewUser, Passwords, User};
 use hidra::testing::TestDatabase;
 use hidra::{Error, Hidra, NewTenant, Tenant, TenantId};
 
@@ -141,24 +138,14 @@ pub async fn setup() -> Ctx {
         .connect_with(db.connect_options())
         .await
         .expect("connect hidra");
-    let mut conn = hidra.acquire_shared().await.unwrap();
-    for ddl in [
-        hidra::RegistryTable::default().ddl(),
-        LoginTable::default().ddl(),
-        AttemptTable::default().ddl(),
-        ApiKeyTable::default().ddl(),
-    ] {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&mut *conn)
-            .await
-            .expect("create shared tables");
-    }
-    drop(conn);
-    let acme = hidra.provision(NewTenant::new(id("acme"))).await.unwrap();
-    let globex = hidra.provision(NewTenant::new(id("globex"))).await.unwrap();
+    hidra.install().await.expect("install");
     let jwt = Jwt::hs256(SECRET).unwrap();
     let accounts = Accounts::new(hidra.clone(), jwt.clone()).with_passwords(cheap_passwords());
     let keys = ApiKeys::new(hidra.clone(), PEPPER).unwrap();
+    accounts.install().await.expect("install the login tables");
+    keys.install().await.expect("install the API key table");
+    let acme = hidra.provision(NewTenant::new(id("acme"))).await.unwrap();
+    let globex = hidra.provision(NewTenant::new(id("globex"))).await.unwrap();
     Ctx {
         db,
         hidra,

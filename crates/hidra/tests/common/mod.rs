@@ -22,11 +22,7 @@ pub async fn setup_with(builder: HidraBuilder) -> Ctx {
         .connect_with(db.connect_options())
         .await
         .expect("connect hidra");
-    let mut conn = hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await
-        .expect("create registry");
+    hidra.install().await.expect("create registry");
     Ctx { db, hidra }
 }
 

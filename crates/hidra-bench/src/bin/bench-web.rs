@@ -36,7 +36,8 @@
 //! a random tenant and customer per request) drives each server in turn for a
 //! fixed time after a warm-up, and reports requests per second and p50/p99
 //! latency, then the ratios to raw. The variants alternate within each round
-//! and the figures are medians over the rounds (the ratios: medians of the
+//! (each round starting with the next one) and the figures are medians over
+//! the rounds (the ratios: medians of the
 //! ratios within a round), so a burst of other work on the machine skews one
 //! round, not the result.
 
@@ -386,11 +387,7 @@ async fn main() -> anyhow::Result<()> {
     let capacity = hidra.statement_cache_capacity();
     let options = options.statement_cache_capacity(capacity);
     println!("statement cache: {capacity} per connection, for every server");
-    let mut conn = hidra.acquire_shared().await?;
-    sqlx::raw_sql(AssertSqlSafe(hidra::RegistryTable::default().ddl()))
-        .execute(&mut *conn)
-        .await?;
-    drop(conn);
+    hidra.install().await?;
 
     let started = Instant::now();
     let mut tenants = Vec::new();
@@ -479,7 +476,7 @@ async fn main() -> anyhow::Result<()> {
             queries,
         });
 
-    let mut variants = vec![
+    let mut variants = [
         Variant {
             key: "hidra",
             name: "hidra (TenantLayer + TenantConn)",
@@ -547,7 +544,11 @@ async fn main() -> anyhow::Result<()> {
         None => println!("tenants: {} chosen uniformly", tenants.len()),
     }
     for round in 1..=args.rounds {
-        for v in &mut variants {
+        // Each round starts with the next variant, so that no variant always
+        // runs first (or right after the same other one).
+        let n = variants.len();
+        for i in (0..n).map(|i| (i + round - 1) % n) {
+            let v = &mut variants[i];
             if !args.only.is_empty() && !args.only.iter().any(|k| k == v.key) {
                 continue;
             }

@@ -302,4 +302,16 @@ mod tests {
         });
         assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
+
+    #[test]
+    fn a_tenant_at_its_pool_cap_gets_503_with_retry_after() {
+        let busy = Error::from(hidra::Error::TenantBusy {
+            id: hidra::TenantId::new("acme").unwrap(),
+            cap: 5,
+            waited: std::time::Duration::from_secs(5),
+        });
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let response = busy.into_response();
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+    }
 }

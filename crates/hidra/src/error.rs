@@ -63,6 +63,23 @@ pub enum Error {
         down_for: std::time::Duration,
     },
 
+    /// The tenant already holds its share of the shared pool (see
+    /// [`HidraBuilder::tenant_cap`](crate::HidraBuilder::tenant_cap)) and none
+    /// of its connections came free in time: one tenant cannot take every
+    /// connection from the others. Retry shortly (the web layer answers
+    /// `503` with `Retry-After`), or raise the tenant's cap.
+    #[error(
+        "tenant `{id}` already holds its share of the pool ({cap} connections) and none came free within {waited:?}; retry shortly"
+    )]
+    TenantBusy {
+        /// The tenant at its cap.
+        id: TenantId,
+        /// Its cap.
+        cap: u32,
+        /// How long the checkout waited.
+        waited: std::time::Duration,
+    },
+
     /// The tenant is not in a state that allows the operation.
     #[error("tenant `{id}` is {status}; {action} needs it to be {expected}")]
     InvalidStatus {
@@ -160,10 +177,11 @@ pub enum Error {
 
 impl Error {
     /// Whether the same call may succeed if retried shortly: the server is
-    /// unreachable, a connection was lost or could not be had in time.
+    /// unreachable, a connection was lost or could not be had in time, or
+    /// the tenant held its share of the pool.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Unavailable { .. } => true,
+            Error::Unavailable { .. } | Error::TenantBusy { .. } => true,
             Error::Database { source, .. } => is_connection_error(source),
             _ => false,
         }

@@ -74,6 +74,8 @@ pub struct HidraBuilder {
     warm_pool: usize,
     seed: Option<Arc<dyn Seed>>,
     pool: PoolConfig,
+    tenant_cap: TenantCap,
+    tenant_wait: Option<Duration>,
     default_strategy: Strategy,
     row_level: (String, String),
     databases: DatabasePoolConfig,
@@ -117,6 +119,8 @@ impl Default for HidraBuilder {
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             pooler: None,
             pool: PoolConfig::default(),
+            tenant_cap: TenantCap::Fraction(0.5),
+            tenant_wait: None,
         }
     }
 }
@@ -267,6 +271,27 @@ impl HidraBuilder {
         self
     }
 
+    /// How many connections of the shared pool one tenant may hold at once
+    /// (default: half the pool, rounded up). A tenant at its cap waits for one
+    /// of its own connections to come back, outside the pool's queue, so the
+    /// other tenants' checkouts are served first; past
+    /// [`tenant_wait`](Self::tenant_wait) it gets [`Error::TenantBusy`]
+    /// (retryable; `503` with `Retry-After` in the web layer). Applies to
+    /// schema-per-tenant and row-level tenants, through a transaction pooler
+    /// too; a database-per-tenant tenant is capped by its database's pool
+    /// ([`DatabasePoolConfig`]).
+    pub fn tenant_cap(mut self, cap: TenantCap) -> Self {
+        self.tenant_cap = cap;
+        self
+    }
+
+    /// How long a checkout of a tenant at its cap waits for one of its
+    /// connections to come back (default: the acquire timeout).
+    pub fn tenant_wait(mut self, wait: Duration) -> Self {
+        self.tenant_wait = Some(wait);
+        self
+    }
+
     /// How long a connection of the shared pool may stay unused before it is
     /// closed (default 10 minutes, as sqlx's pool; `None`: never).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -388,6 +413,8 @@ impl HidraBuilder {
                 template_ready: tokio::sync::OnceCell::new(),
                 scopes: RwLock::new(HashMap::new()),
                 statement_cache_capacity: self.statement_cache_capacity,
+                tenant_cap: self.tenant_cap.of(self.pool.max_connections),
+                tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
                 reach: scope::Reachability::new(reach_options),
             }),
         };
@@ -429,6 +456,10 @@ pub(crate) struct Inner {
     /// Set once the template database is known to be at the latest version.
     pub(crate) template_ready: tokio::sync::OnceCell<()>,
     pub(crate) statement_cache_capacity: usize,
+    /// Connections of the shared pool one tenant may hold at once.
+    pub(crate) tenant_cap: u32,
+    /// How long a tenant at its cap waits.
+    pub(crate) tenant_wait: Duration,
     /// Whether the server answers; checkouts fail fast while it does not.
     pub(crate) reach: scope::Reachability,
     /// Per-tenant bindings and statement texts, by tenant id.
@@ -472,6 +503,29 @@ pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
         })?;
     Ident::new(name, "tenant database name")?;
     Ok(name)
+}
+
+/// How many connections of the shared pool one tenant may hold at once; see
+/// [`HidraBuilder::tenant_cap`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum TenantCap {
+    /// At most this many (at least 1).
+    Connections(u32),
+    /// At most this fraction of the pool's maximum, rounded up (at least 1;
+    /// `1.0`: no cap beyond the pool's own).
+    Fraction(f64),
+}
+
+impl TenantCap {
+    /// The cap for a pool of `max` connections.
+    fn of(self, max: u32) -> u32 {
+        let cap = match self {
+            TenantCap::Connections(n) => n,
+            TenantCap::Fraction(f) => (f64::from(max) * f.clamp(0.0, 1.0)).ceil() as u32,
+        };
+        cap.clamp(1, max.max(1))
+    }
 }
 
 /// A snapshot of the shared pool, for health checks and metrics.
@@ -519,12 +573,13 @@ impl Hidra {
             return Ok(TenantConn::new(Pooled::Database(conn), tenant, None));
         }
         let scope = self.scope(tenant)?;
+        let share = self.admit(tenant, &scope).await?;
         if let Some(pooled) = &self.inner.pooled {
             let conn = scope::acquire_unscoped(pooled, &self.inner.reach).await?;
-            return Ok(TenantConn::through_pooler(conn, tenant, scope));
+            return Ok(TenantConn::through_pooler(conn, tenant, scope).with_share(share));
         }
         let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, &scope).await?;
-        Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)))
+        Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)).with_share(share))
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
@@ -541,9 +596,11 @@ impl Hidra {
             return TenantTx::begin_in_database(conn, tenant).await;
         }
         let scope = self.scope(tenant)?;
+        let share = self.admit(tenant, &scope).await?;
         let pool = self.inner.pooled.as_ref().unwrap_or(&self.inner.pool);
         let conn = scope::acquire_for_tx(pool, &self.inner.reach).await?;
-        TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await
+        let tx = TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await?;
+        Ok(tx.with_share(share))
     }
 
     /// Creates what Hidra needs in the database, where it is missing: the
@@ -598,6 +655,11 @@ impl Hidra {
             .map(SharedConn::new)
     }
 
+    /// `tenant`'s share of the pool for one more connection.
+    async fn admit(&self, tenant: &Tenant, scope: &TenantScope) -> Result<scope::Share> {
+        scope.admit(&tenant.id, self.inner.tenant_wait).await
+    }
+
     /// The binding, checkout statements and statement texts of `tenant`,
     /// built once per tenant and placement.
     pub(crate) fn scope(&self, tenant: &Tenant) -> Result<Arc<TenantScope>> {
@@ -614,6 +676,7 @@ impl Hidra {
             tenant,
             &tenant.placement.schema_ident()?,
             self.binding(tenant)?,
+            self.inner.tenant_cap,
         ));
         let mut scopes = scopes.write().unwrap_or_else(PoisonError::into_inner);
         if scopes.len() >= MAX_CACHED_SCOPES {

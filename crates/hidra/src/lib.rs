@@ -119,7 +119,7 @@ pub mod testing;
 struct ReadmeDoctests;
 
 pub use crate::error::{BoxError, Error, Result, is_connection_error};
-pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed};
+pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed, TenantCap};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
 pub use crate::scope::{

@@ -122,7 +122,7 @@ async fn two_tenants_same_tables_see_only_their_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_interleaved_tasks_never_read_another_tenant() {
     const POOL: u32 = 6;
-    let ctx = setup(POOL).await;
+    let ctx = setup_uncapped(POOL).await;
     let h = ctx.hidra.clone();
     let mut tenants = Vec::new();
     for i in 0..8 {
@@ -156,7 +156,7 @@ async fn concurrent_interleaved_tasks_never_read_another_tenant() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancelled_queries_do_not_leak_bindings() {
     const POOL: u32 = 5;
-    let ctx = setup(POOL).await;
+    let ctx = setup_uncapped(POOL).await;
     let h = ctx.hidra.clone();
     let mut tenants = Vec::new();
     for i in 0..8 {
@@ -222,7 +222,7 @@ async fn cancelled_queries_do_not_leak_bindings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn panicking_tasks_do_not_leak_bindings() {
     const POOL: u32 = 4;
-    let ctx = setup(POOL).await;
+    let ctx = setup_uncapped(POOL).await;
     let h = ctx.hidra.clone();
     let mut tenants = Vec::new();
     for i in 0..8 {

@@ -55,6 +55,7 @@ mod reachability;
 mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
 pub(crate) use pool::{Pool, PoolConfig, PoolConn};
+
 pub(crate) use reachability::Reachability;
 pub use statements::StaleStatement;
 
@@ -91,22 +92,61 @@ pub(crate) struct TenantScope {
     /// `BEGIN` plus the transaction-local binding.
     begin: SqlStr,
     statements: Statements,
+    /// The tenant's share of the shared pool: one permit per connection it
+    /// may hold at once (FIFO, so no checkout of it waits forever).
+    shares: Arc<tokio::sync::Semaphore>,
+    cap: u32,
 }
 
 impl TenantScope {
-    pub(crate) fn new(tenant: &Tenant, schema: &Ident, binding: Binding) -> Self {
+    pub(crate) fn new(tenant: &Tenant, schema: &Ident, binding: Binding, cap: u32) -> Self {
         TenantScope {
             schema: tenant.placement.schema.clone(),
             strategy: tenant.placement.strategy,
             checkout: crate::sql::bind_session(&binding),
             begin: crate::sql::begin_scoped(&binding),
             statements: Statements::new(schema),
+            shares: Arc::new(tokio::sync::Semaphore::new(cap as usize)),
+            cap,
         }
     }
 
     /// Whether this scope was built for `tenant`'s current placement.
     pub(crate) fn fits(&self, tenant: &Tenant) -> bool {
         self.strategy == tenant.placement.strategy && self.schema == tenant.placement.schema
+    }
+
+    /// A share of the pool for one more connection of this tenant: at once
+    /// while it holds fewer than its cap, else when one of its connections
+    /// comes back (first come, first served), for at most `wait`. A tenant at
+    /// its cap waits outside the pool's queue, so the other tenants'
+    /// checkouts go first.
+    pub(crate) async fn admit(&self, id: &TenantId, wait: std::time::Duration) -> Result<Share> {
+        let shares = &self.shares;
+        if let Ok(share) = Arc::clone(shares).try_acquire_owned() {
+            return Ok(Share { _permit: share });
+        }
+        match tokio::time::timeout(wait, Arc::clone(shares).acquire_owned()).await {
+            Ok(Ok(share)) => Ok(Share { _permit: share }),
+            // Never closed; a timeout either way.
+            Ok(Err(_)) | Err(_) => Err(Error::TenantBusy {
+                id: id.clone(),
+                cap: self.cap,
+                waited: wait,
+            }),
+        }
+    }
+}
+
+/// One connection's worth of a tenant's share of the pool, given back when
+/// dropped (with the connection it came with).
+pub(crate) struct Share {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl fmt::Debug for Share {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Share").finish_non_exhaustive()
     }
 }
 
@@ -316,6 +356,8 @@ pub struct TenantConn {
     /// A statement (or a raw connection) was handed out and not finished:
     /// the connection is settled before it goes back.
     unfinished: AtomicBool,
+    /// The tenant's share of the pool this connection takes (shared pool).
+    _share: Option<Share>,
 }
 
 /// A connection from the shared pool or from a tenant database's pool.
@@ -359,7 +401,14 @@ impl TenantConn {
             pooled: false,
             stale: AtomicBool::new(false),
             unfinished: AtomicBool::new(false),
+            _share: None,
         }
+    }
+
+    /// Holds `share` for as long as the connection is checked out.
+    pub(crate) fn with_share(mut self, share: Share) -> Self {
+        self._share = Some(share);
+        self
     }
 
     /// A connection through a transaction pooler, which carries no binding:
@@ -456,7 +505,9 @@ impl fmt::Debug for TenantConn {
 /// transaction is rolled back before its connection is reused (a tenant
 /// database's connection is closed instead, which ends it at once).
 pub struct TenantTx {
+    /// Dropped after the transaction's connection (fields drop in order).
     tx: Tx,
+    _share: Option<Share>,
     tenant: TenantId,
     scope: Option<Arc<TenantScope>>,
     /// Behind a transaction pooler: unnamed statements only.
@@ -507,6 +558,7 @@ impl TenantTx {
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
+            _share: None,
             tx: Tx::Shared(conn),
             tenant: tenant.id.clone(),
             scope: Some(scope),
@@ -525,12 +577,19 @@ impl TenantTx {
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
+            _share: None,
             tx: Tx::Database(conn),
             tenant: tenant.id.clone(),
             scope: None,
             pooled: false,
             stale: AtomicBool::new(false),
         })
+    }
+
+    /// Holds `share` until the transaction ends.
+    pub(crate) fn with_share(mut self, share: Share) -> Self {
+        self._share = Some(share);
+        self
     }
 
     /// The tenant this transaction is bound to.

@@ -36,6 +36,18 @@ pub async fn setup(max: u32) -> Ctx {
     .await
 }
 
+/// `setup` without a per-tenant cap (one tenant may hold the whole pool),
+/// for tests that hold every pooled connection for one tenant at once.
+pub async fn setup_uncapped(max: u32) -> Ctx {
+    setup_with(
+        Hidra::builder()
+            .schema_sql("001_marker", MARKER_SCHEMA)
+            .max_connections(max)
+            .tenant_cap(hidra::TenantCap::Fraction(1.0)),
+    )
+    .await
+}
+
 pub fn id(s: &str) -> TenantId {
     TenantId::new(s).unwrap()
 }

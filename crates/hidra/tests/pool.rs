@@ -175,3 +175,28 @@ async fn closing_waits_for_checked_out_connections_and_refuses_new_ones() {
         .unwrap();
     assert_eq!(ctx.hidra.pool_status().size, 0);
 }
+
+#[tokio::test]
+async fn a_server_that_never_answers_fails_the_checkout_instead_of_hanging() {
+    // Accepts connections and never says a word.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let _accepting = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(port)
+        .username("postgres");
+    let connect = hidra::Hidra::builder()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_with(options);
+    let err = tokio::time::timeout(Duration::from_secs(20), connect)
+        .await
+        .expect("connecting to a silent server hung")
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}

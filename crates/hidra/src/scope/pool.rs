@@ -30,6 +30,8 @@ const REAP_EVERY: Duration = Duration::from_secs(30);
 /// Opens connections, and retires them past their idle timeout or lifetime.
 pub(crate) struct Connector {
     options: PgConnectOptions,
+    /// How long opening a connection may take (the acquire timeout).
+    connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
 }
@@ -46,7 +48,11 @@ impl managed::Manager for Connector {
     type Error = sqlx::Error;
 
     async fn create(&self) -> Result<PgConnection, sqlx::Error> {
-        self.options.connect().await
+        // A server that accepts but never answers must not hold a checkout
+        // past its timeout.
+        tokio::time::timeout(self.connect_timeout, self.options.connect())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
     }
 
     async fn recycle(&self, _: &mut PgConnection, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
@@ -103,6 +109,7 @@ impl Pool {
     pub(crate) fn new(options: PgConnectOptions, config: &PoolConfig, unscoped: SqlStr) -> Pool {
         let connector = Connector {
             options: options.clone(),
+            connect_timeout: config.acquire_timeout,
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
         };

@@ -384,13 +384,14 @@ impl HidraBuilder {
         };
         let pool = Pool::new(options, &self.pool, sql::reset_statement());
         // As sqlx's `connect` does: fail now if the server does not answer.
-        for (pool, what) in [(Some(&pool), "connecting to PostgreSQL")]
-            .into_iter()
-            .chain([(pooled.as_ref(), "connecting to the transaction pooler")])
-        {
-            if let Some(pool) = pool {
-                drop(pool.get().await.map_err(Error::db(what))?);
-            }
+        drop(
+            pool.get()
+                .await
+                .map_err(Error::db("connecting to PostgreSQL"))?,
+        );
+        if let Some(pooled) = &pooled {
+            let first = pooled.get().await;
+            drop(first.map_err(Error::db("connecting to the transaction pooler"))?);
         }
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         let hidra = Hidra {

@@ -74,6 +74,7 @@ pub struct HidraBuilder {
     warm_pool: usize,
     seed: Option<Arc<dyn Seed>>,
     pool: PoolConfig,
+    timeouts: scope::Timeouts,
     tenant_cap: TenantCap,
     tenant_wait: Option<Duration>,
     default_strategy: Strategy,
@@ -119,6 +120,7 @@ impl Default for HidraBuilder {
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             pooler: None,
             pool: PoolConfig::default(),
+            timeouts: scope::Timeouts::default(),
             tenant_cap: TenantCap::Fraction(0.5),
             tenant_wait: None,
         }
@@ -292,6 +294,28 @@ impl HidraBuilder {
         self
     }
 
+    /// A `statement_timeout` every tenant checkout applies (default: none,
+    /// the server's setting stands), so one tenant's slow query is cut off
+    /// without touching the others. A tenant's registry metadata may set its
+    /// own, `{"statement_timeout_ms": 30000}`: a changed record takes effect
+    /// at the tenant's next checkout with that record (the web layer's cache
+    /// reloads it on the registry's change notification), no restart. Session
+    /// level on a [`TenantConn`], transaction-local in a [`TenantTx`];
+    /// unscoped checkouts reset it. Schema-per-tenant and row-level tenants.
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.statement_ms = Some(timeout.as_millis() as u64);
+        self
+    }
+
+    /// An `idle_in_transaction_session_timeout` every tenant checkout
+    /// applies, like [`statement_timeout`](Self::statement_timeout) (metadata
+    /// key `idle_in_transaction_timeout_ms`): a transaction left idle by one
+    /// tenant is ended without holding its locks and connection for long.
+    pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.timeouts.idle_in_transaction_ms = Some(timeout.as_millis() as u64);
+        self
+    }
+
     /// How long a connection of the shared pool may stay unused before it is
     /// closed (default 10 minutes, as sqlx's pool; `None`: never).
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
@@ -382,7 +406,7 @@ impl HidraBuilder {
             // proves the connection alive and outside a transaction.
             Some(Ok(pooler)) => Some(Pool::new(pooler, &self.pool, sql::owned("SELECT 1".into()))),
         };
-        let pool = Pool::new(options, &self.pool, sql::reset_statement());
+        let pool = Pool::new(options, &self.pool, sql::reset_statement(&self.timeouts));
         // As sqlx's `connect` does: fail now if the server does not answer.
         drop(
             pool.get()
@@ -415,6 +439,7 @@ impl HidraBuilder {
                 scopes: RwLock::new(HashMap::new()),
                 statement_cache_capacity: self.statement_cache_capacity,
                 tenant_cap: self.tenant_cap.of(self.pool.max_connections),
+                timeouts: self.timeouts,
                 tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
                 reach: scope::Reachability::new(reach_options),
             }),
@@ -459,6 +484,8 @@ pub(crate) struct Inner {
     pub(crate) statement_cache_capacity: usize,
     /// Connections of the shared pool one tenant may hold at once.
     pub(crate) tenant_cap: u32,
+    /// The timeouts tenant checkouts apply by default.
+    pub(crate) timeouts: scope::Timeouts,
     /// How long a tenant at its cap waits.
     pub(crate) tenant_wait: Duration,
     /// Whether the server answers; checkouts fail fast while it does not.
@@ -665,11 +692,12 @@ impl Hidra {
     /// built once per tenant and placement.
     pub(crate) fn scope(&self, tenant: &Tenant) -> Result<Arc<TenantScope>> {
         let scopes = &self.inner.scopes;
+        let timeouts = self.inner.timeouts.for_tenant(tenant);
         if let Some(scope) = scopes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tenant.id.as_str())
-            .filter(|s| s.fits(tenant))
+            .filter(|s| s.fits(tenant, timeouts))
         {
             return Ok(scope.clone());
         }
@@ -702,10 +730,12 @@ impl Hidra {
             Strategy::Schema | Strategy::Database => scope::Binding {
                 search_path,
                 tenant_id: String::new(),
+                timeouts: self.inner.timeouts.for_tenant(tenant),
             },
             Strategy::RowLevel => scope::Binding {
                 search_path,
                 tenant_id: tenant.id.to_string(),
+                timeouts: self.inner.timeouts.for_tenant(tenant),
             },
         })
     }

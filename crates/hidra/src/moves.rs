@@ -119,6 +119,7 @@ impl Hidra {
         let binding = crate::scope::Binding {
             search_path: sql::search_path_value(&schema, &inner.shared),
             tenant_id: String::new(),
+            timeouts: Default::default(),
         };
         self.build_schema_for_move(tx, tenant, &schema, &binding.search_path)
             .await?;

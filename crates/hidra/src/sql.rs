@@ -215,19 +215,36 @@ pub(crate) const UNBIND_LOCAL: &str = concat!(
 /// skip the planner that `SELECT set_config(…)` goes through.
 pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
     owned(format!(
-        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}",
+        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}{}",
         b.search_path,
         quote_literal(&b.tenant_id),
+        set_timeouts(&b.timeouts, "SET LOCAL"),
     ))
+}
+
+/// `; SET statement_timeout TO …` (and the idle one) for the managed
+/// timeouts, with `set` (`SET` or `SET LOCAL`). The values are integers.
+fn set_timeouts(t: &crate::scope::Timeouts, set: &str) -> String {
+    let mut out = String::new();
+    if let Some(ms) = t.statement_ms {
+        out.push_str(&format!("; {set} statement_timeout TO {ms}"));
+    }
+    if let Some(ms) = t.idle_in_transaction_ms {
+        out.push_str(&format!(
+            "; {set} idle_in_transaction_session_timeout TO {ms}"
+        ));
+    }
+    out
 }
 
 /// The tenant checkout statement: the session `search_path` and row-level
 /// tenant, in one simple query (`search_path` is a list of quoted names).
 pub(crate) fn bind_session(b: &crate::scope::Binding) -> SqlStr {
     owned(format!(
-        "SET search_path TO {}; SET {TENANT_SETTING} TO {}",
+        "SET search_path TO {}; SET {TENANT_SETTING} TO {}{}",
         b.search_path,
         quote_literal(&b.tenant_id),
+        set_timeouts(&b.timeouts, "SET"),
     ))
 }
 
@@ -247,13 +264,21 @@ pub(crate) fn install_script(ddl: &str) -> SqlStr {
     ))
 }
 
-/// The unscoped checkout statement: default `search_path`, no row-level tenant.
-pub(crate) fn reset_statement() -> SqlStr {
-    sqlx::SqlSafeStr::into_sql_str(concat!(
+/// The unscoped checkout statement: default `search_path`, no row-level
+/// tenant, and the server's own value of each timeout Hidra manages.
+pub(crate) fn reset_statement(managed: &crate::scope::Timeouts) -> SqlStr {
+    let mut sql = String::from(concat!(
         "RESET search_path; SET ",
         tenant_setting!(),
         " TO ''"
-    ))
+    ));
+    if managed.statement_ms.is_some() {
+        sql.push_str("; RESET statement_timeout");
+    }
+    if managed.idle_in_transaction_ms.is_some() {
+        sql.push_str("; RESET idle_in_transaction_session_timeout");
+    }
+    owned(sql)
 }
 
 /// What every per-tenant statement of `schema` ends with (see
@@ -489,6 +514,7 @@ mod tests {
         let b = crate::scope::Binding {
             search_path: path,
             tenant_id: "o'neil".into(),
+            timeouts: Default::default(),
         };
         assert_eq!(
             begin_scoped(&b).as_str(),
@@ -499,6 +525,33 @@ mod tests {
             bind_session(&b).as_str(),
             "SET search_path TO \"tenant_a\", \"public\"; SET hidra.tenant_id TO 'o''neil'"
         );
-        assert!(reset_statement().as_str().contains(TENANT_SETTING));
+        assert!(
+            reset_statement(&Default::default())
+                .as_str()
+                .contains(TENANT_SETTING)
+        );
+        let managed = crate::scope::Timeouts {
+            statement_ms: Some(250),
+            idle_in_transaction_ms: None,
+        };
+        let b = crate::scope::Binding {
+            timeouts: managed,
+            ..b
+        };
+        assert!(
+            bind_session(&b)
+                .as_str()
+                .ends_with("; SET statement_timeout TO 250")
+        );
+        assert!(
+            begin_scoped(&b)
+                .as_str()
+                .ends_with("; SET LOCAL statement_timeout TO 250")
+        );
+        assert!(
+            reset_statement(&managed)
+                .as_str()
+                .ends_with("; RESET statement_timeout")
+        );
     }
 }

@@ -985,7 +985,7 @@ async fn close_quietly(mut conn: PgConnection, check: Option<ExitCheck>) {
 /// leftover-transaction rule in the parent module.
 async fn is_clean(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     // A statement, not an empty query: inside a failed transaction it fails.
-    super::run_outside_transaction(conn, crate::sql::reset_statement()).await
+    super::run_outside_transaction(conn, crate::sql::reset_statement(&Default::default())).await
 }
 
 /// The error of an acquire on closed pools.

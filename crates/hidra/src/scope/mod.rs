@@ -78,6 +78,39 @@ use statements::{Pooler, Scoped, Statements};
 pub(crate) struct Binding {
     pub(crate) search_path: String,
     pub(crate) tenant_id: String,
+    pub(crate) timeouts: Timeouts,
+}
+
+/// The per-tenant timeouts a checkout applies, in milliseconds; `None`:
+/// not managed by Hidra (the server's setting stands).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub(crate) statement_ms: Option<u64>,
+    pub(crate) idle_in_transaction_ms: Option<u64>,
+}
+
+impl Timeouts {
+    /// The metadata keys of a tenant's own values.
+    pub(crate) const STATEMENT_KEY: &str = "statement_timeout_ms";
+    pub(crate) const IDLE_KEY: &str = "idle_in_transaction_timeout_ms";
+
+    /// These defaults, or `tenant`'s own values where its registry metadata
+    /// has them (non-negative integers), for the timeouts that are managed.
+    pub(crate) fn for_tenant(self, tenant: &Tenant) -> Timeouts {
+        let own = |key: &str, default: Option<u64>| {
+            default.map(|d| {
+                tenant
+                    .metadata
+                    .get(key)
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(d)
+            })
+        };
+        Timeouts {
+            statement_ms: own(Self::STATEMENT_KEY, self.statement_ms),
+            idle_in_transaction_ms: own(Self::IDLE_KEY, self.idle_in_transaction_ms),
+        }
+    }
 }
 
 /// Everything a tenant's connections need, computed once per tenant record
@@ -87,6 +120,8 @@ pub(crate) struct TenantScope {
     /// The placement it was built for; a moved tenant gets a new one.
     schema: String,
     strategy: Strategy,
+    /// The timeouts it binds; new values in the registry get a new scope.
+    timeouts: Timeouts,
     /// The session binding of a checkout.
     checkout: SqlStr,
     /// `BEGIN` plus the transaction-local binding.
@@ -103,6 +138,7 @@ impl TenantScope {
         TenantScope {
             schema: tenant.placement.schema.clone(),
             strategy: tenant.placement.strategy,
+            timeouts: binding.timeouts,
             checkout: crate::sql::bind_session(&binding),
             begin: crate::sql::begin_scoped(&binding),
             statements: Statements::new(schema),
@@ -111,9 +147,12 @@ impl TenantScope {
         }
     }
 
-    /// Whether this scope was built for `tenant`'s current placement.
-    pub(crate) fn fits(&self, tenant: &Tenant) -> bool {
-        self.strategy == tenant.placement.strategy && self.schema == tenant.placement.schema
+    /// Whether this scope was built for `tenant`'s current placement and
+    /// `timeouts`.
+    pub(crate) fn fits(&self, tenant: &Tenant, timeouts: Timeouts) -> bool {
+        self.strategy == tenant.placement.strategy
+            && self.schema == tenant.placement.schema
+            && self.timeouts == timeouts
     }
 
     /// A share of the pool for one more connection of this tenant: at once

@@ -35,6 +35,15 @@ pub enum Error {
     #[error("unauthorized: {0}")]
     Unauthorized(Cow<'static, str>),
 
+    /// The tenant used up its request rate (see
+    /// [`TenantLayer::with_rate_limit`](crate::TenantLayer::with_rate_limit)).
+    /// Answered with `429 Too Many Requests` and `Retry-After`.
+    #[error("the tenant's request rate is used up; retry after {retry_after:?}")]
+    RateLimited {
+        /// How long until a request would be let through.
+        retry_after: std::time::Duration,
+    },
+
     /// An extractor found no tenant: the route is not behind
     /// [`TenantLayer`](crate::TenantLayer) or is excluded from it. A mistake in
     /// the application's setup, answered with `500`.
@@ -170,6 +179,7 @@ impl Error {
             Error::Commit(e) if e.is_retryable() => StatusCode::SERVICE_UNAVAILABLE,
             Error::Conflict => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::MissingTenant
             | Error::TxInUse
             | Error::TxOutlivedRequest
@@ -191,6 +201,7 @@ impl Error {
             Error::Commit(e) if e.is_retryable() => "service_unavailable",
             Error::Conflict => "tenant_conflict",
             Error::Unauthorized(_) => "unauthorized",
+            Error::RateLimited { .. } => "rate_limited",
             Error::MissingTenant
             | Error::TxInUse
             | Error::TxOutlivedRequest
@@ -269,6 +280,14 @@ impl IntoResponse for Error {
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from(*retry_after_secs),
+            );
+        }
+        if let Error::RateLimited { retry_after } = &self {
+            // Whole seconds, rounded up: a client that waits that long passes.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from(secs.max(1)),
             );
         }
         if status == StatusCode::UNAUTHORIZED {

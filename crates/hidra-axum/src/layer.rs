@@ -17,6 +17,7 @@ use crate::cache::TenantCache;
 use crate::error::{BoxError, Error};
 use crate::extract::{Scope, Tenant};
 use crate::future::ResponseFuture;
+use crate::rate::{RateLimits, TenantRate};
 use crate::resolve::{HeaderResolver, Resolution, ResolveContext, TenantResolver};
 
 /// The header whose value is recorded as `request_id` in the request span and
@@ -111,6 +112,8 @@ pub(crate) struct Shared {
     not_found: (StatusCode, Bytes),
     /// Refuse, with 401, requests without a verified source.
     credentials_required: bool,
+    /// Per-tenant request limits, when configured.
+    rate: Option<RateLimits>,
 }
 
 impl fmt::Debug for TenantLayer {
@@ -141,6 +144,7 @@ impl TenantLayer {
                     Bytes::from_static(br#"{"error":"tenant_not_found"}"#),
                 ),
                 credentials_required: false,
+                rate: None,
             }),
         }
     }
@@ -166,6 +170,27 @@ impl TenantLayer {
     /// (sign-up, login, health) outside the layer.
     pub fn with_credentials_required(mut self) -> Self {
         Arc::make_mut(&mut self.shared).credentials_required = true;
+        self
+    }
+
+    /// Limits each tenant's requests to `rate` (a token bucket per tenant,
+    /// in this process): a request past it gets `429 Too Many Requests` with
+    /// `Retry-After` and `{"error":"rate_limited"}` before the inner service
+    /// runs, while the other tenants are served as usual. A tenant's
+    /// registry metadata may set its own rate,
+    /// `{"requests_per_second": 50, "request_burst": 100}`; a changed record
+    /// takes effect when the cache reloads it (on the registry's change
+    /// notification).
+    ///
+    /// ```
+    /// # fn layer(hidra: hidra::Hidra) -> hidra_axum::TenantLayer {
+    /// use hidra_axum::{TenantLayer, TenantRate};
+    ///
+    /// TenantLayer::new(hidra).with_rate_limit(TenantRate::per_second(100).with_burst(200))
+    /// # }
+    /// ```
+    pub fn with_rate_limit(mut self, rate: TenantRate) -> Self {
+        Arc::make_mut(&mut self.shared).rate = Some(RateLimits::new(rate));
         self
     }
 
@@ -340,6 +365,17 @@ where
             return Ok(error.into_response());
         }
     };
+
+    if let Some(rate) = &shared.rate
+        && let Err(retry_after) = rate.check(&tenant)
+    {
+        tracing::debug!(
+            request_id = request_id.as_deref(),
+            tenant = %tenant.id,
+            "refusing request: the tenant's request rate is used up"
+        );
+        return Ok(Error::RateLimited { retry_after }.into_response());
+    }
 
     let span = tracing::info_span!(
         "tenant",

@@ -182,6 +182,7 @@ mod cache;
 mod error;
 mod extract;
 mod layer;
+mod rate;
 mod resolve;
 
 pub mod future;
@@ -196,6 +197,7 @@ pub use crate::cache::{CacheStats, TenantCache, TenantCacheBuilder};
 pub use crate::error::{BoxError, Error, Result};
 pub use crate::extract::{Tenant, TenantConn, TenantTx};
 pub use crate::layer::{TenantLayer, TenantService};
+pub use crate::rate::TenantRate;
 pub use crate::resolve::{
     CookieResolver, HeaderResolver, PathPrefixResolver, Resolution, ResolveContext,
     SubdomainResolver, TenantResolver,

@@ -274,7 +274,7 @@ impl HidraBuilder {
     }
 
     /// How many connections of the shared pool one tenant may hold at once
-    /// (default: half the pool, rounded up). A tenant at its cap waits for one
+    /// (default: half the pool, rounded up, at least 2). A tenant at its cap waits for one
     /// of its own connections to come back, outside the pool's queue, so the
     /// other tenants' checkouts are served first; past
     /// [`tenant_wait`](Self::tenant_wait) it gets [`Error::TenantBusy`]
@@ -540,19 +540,24 @@ pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
 pub enum TenantCap {
     /// At most this many (at least 1).
     Connections(u32),
-    /// At most this fraction of the pool's maximum, rounded up (at least 1;
-    /// `1.0`: no cap beyond the pool's own).
+    /// At most this fraction of the pool's maximum, rounded up, and at
+    /// least 2 where the pool has 2: a request often holds a connection and
+    /// a transaction of its tenant at once (`1.0`: no cap beyond the pool's
+    /// own).
     Fraction(f64),
 }
 
 impl TenantCap {
     /// The cap for a pool of `max` connections.
     fn of(self, max: u32) -> u32 {
-        let cap = match self {
-            TenantCap::Connections(n) => n,
-            TenantCap::Fraction(f) => (f64::from(max) * f.clamp(0.0, 1.0)).ceil() as u32,
-        };
-        cap.clamp(1, max.max(1))
+        let max = max.max(1);
+        match self {
+            TenantCap::Connections(n) => n.clamp(1, max),
+            TenantCap::Fraction(f) => {
+                let share = (f64::from(max) * f.clamp(0.0, 1.0)).ceil() as u32;
+                share.max(2).min(max)
+            }
+        }
     }
 }
 
@@ -814,5 +819,24 @@ impl Hidra {
             pooled.close().await;
         }
         self.inner.pool.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TenantCap;
+
+    #[test]
+    fn caps_stay_within_the_pool_and_leave_a_request_two_connections() {
+        let half = TenantCap::Fraction(0.5);
+        assert_eq!(
+            [1, 2, 3, 4, 10, 16].map(|max| half.of(max)),
+            [1, 2, 2, 2, 5, 8]
+        );
+        assert_eq!(TenantCap::Fraction(1.0).of(10), 10);
+        assert_eq!(TenantCap::Fraction(7.0).of(10), 10);
+        assert_eq!(TenantCap::Connections(0).of(10), 1);
+        assert_eq!(TenantCap::Connections(3).of(10), 3);
+        assert_eq!(TenantCap::Connections(30).of(10), 10);
     }
 }

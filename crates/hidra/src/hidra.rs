@@ -303,7 +303,8 @@ impl HidraBuilder {
     /// level on a [`TenantConn`], transaction-local in a [`TenantTx`];
     /// unscoped checkouts reset it. Schema-per-tenant and row-level tenants.
     pub fn statement_timeout(mut self, timeout: Duration) -> Self {
-        self.timeouts.statement_ms = Some(timeout.as_millis() as u64);
+        self.timeouts.statement_ms =
+            Some((timeout.as_millis() as u64).min(scope::Timeouts::MAX_MS));
         self
     }
 
@@ -312,7 +313,8 @@ impl HidraBuilder {
     /// key `idle_in_transaction_timeout_ms`): a transaction left idle by one
     /// tenant is ended without holding its locks and connection for long.
     pub fn idle_in_transaction_timeout(mut self, timeout: Duration) -> Self {
-        self.timeouts.idle_in_transaction_ms = Some(timeout.as_millis() as u64);
+        self.timeouts.idle_in_transaction_ms =
+            Some((timeout.as_millis() as u64).min(scope::Timeouts::MAX_MS));
         self
     }
 

@@ -91,6 +91,28 @@ async fn a_tenants_timeout_cuts_off_its_queries_only_and_follows_the_registry() 
 }
 
 #[tokio::test]
+async fn a_value_postgresql_refuses_in_the_registry_is_ignored() {
+    let ctx = setup_with(
+        Hidra::builder()
+            .schema_sql("001_marker", MARKER_SCHEMA)
+            .max_connections(2)
+            .statement_timeout(Duration::from_secs(5)),
+    )
+    .await;
+    let h = &ctx.hidra;
+    let odd = h
+        .provision(
+            NewTenant::new(id("odd"))
+                .metadata(serde_json::json!({ "statement_timeout_ms": 99_999_999_999u64 })),
+        )
+        .await
+        .unwrap();
+    // Out of PostgreSQL's range: the default applies, checkouts work.
+    let mut conn = h.acquire(&odd).await.unwrap();
+    assert_eq!(show(conn.raw_connection()).await, "5s");
+}
+
+#[tokio::test]
 async fn without_a_configured_timeout_nothing_is_set() {
     let ctx = common::setup(1).await;
     let h = &ctx.hidra;

@@ -94,8 +94,13 @@ impl Timeouts {
     pub(crate) const STATEMENT_KEY: &str = "statement_timeout_ms";
     pub(crate) const IDLE_KEY: &str = "idle_in_transaction_timeout_ms";
 
+    /// The largest value PostgreSQL takes for these settings.
+    pub(crate) const MAX_MS: u64 = i32::MAX as u64;
+
     /// These defaults, or `tenant`'s own values where its registry metadata
-    /// has them (non-negative integers), for the timeouts that are managed.
+    /// has them (integers PostgreSQL accepts: anything else is ignored, so a
+    /// bad record cannot make every checkout of its tenant fail), for the
+    /// timeouts that are managed.
     pub(crate) fn for_tenant(self, tenant: &Tenant) -> Timeouts {
         let own = |key: &str, default: Option<u64>| {
             default.map(|d| {
@@ -103,6 +108,7 @@ impl Timeouts {
                     .metadata
                     .get(key)
                     .and_then(serde_json::Value::as_u64)
+                    .filter(|ms| *ms <= Self::MAX_MS)
                     .unwrap_or(d)
             })
         };

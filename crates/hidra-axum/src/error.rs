@@ -44,6 +44,20 @@ pub enum Error {
         retry_after: std::time::Duration,
     },
 
+    /// The tenant holds its whole share of the connection pool and none of
+    /// its connections came free in time ([`hidra::Error::TenantBusy`]).
+    /// Answered with `503` (or the status of
+    /// [`TenantLayer::with_busy_status`](crate::TenantLayer::with_busy_status)),
+    /// `Retry-After` and `{"error":"tenant_busy"}`.
+    #[error("the tenant holds its share of the connection pool; retry shortly")]
+    TenantBusy {
+        /// `503`, or `429` when the layer is configured so.
+        status: StatusCode,
+        /// The core's error, naming the tenant and its cap.
+        #[source]
+        source: hidra::Error,
+    },
+
     /// An extractor found no tenant: the route is not behind
     /// [`TenantLayer`](crate::TenantLayer) or is excluded from it. A mistake in
     /// the application's setup, answered with `500`.
@@ -135,6 +149,10 @@ impl From<hidra::Error> for Error {
         match error {
             #[cfg(feature = "auth")]
             hidra::Error::Auth(kind) => Error::Auth(kind),
+            source @ hidra::Error::TenantBusy { .. } => Error::TenantBusy {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                source,
+            },
             // The database is away: worth retrying (503), not a bug (500).
             other if other.is_retryable() => Error::Database {
                 context: "reaching the database",
@@ -180,6 +198,7 @@ impl Error {
             Error::Conflict => StatusCode::FORBIDDEN,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::TenantBusy { status, .. } => *status,
             Error::MissingTenant
             | Error::TxInUse
             | Error::TxOutlivedRequest
@@ -202,6 +221,7 @@ impl Error {
             Error::Conflict => "tenant_conflict",
             Error::Unauthorized(_) => "unauthorized",
             Error::RateLimited { .. } => "rate_limited",
+            Error::TenantBusy { .. } => "tenant_busy",
             Error::MissingTenant
             | Error::TxInUse
             | Error::TxOutlivedRequest
@@ -268,7 +288,7 @@ impl IntoResponse for Error {
             None => serde_json::json!({ "error": self.code() }),
         };
         let mut response = (status, axum::Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, Error::TenantBusy { .. }) {
             // The database is away for now: tell clients when to come back.
             response.headers_mut().insert(
                 http::header::RETRY_AFTER,
@@ -330,7 +350,19 @@ mod tests {
             waited: std::time::Duration::from_secs(5),
         });
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.code(), "tenant_busy");
         let response = busy.into_response();
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+        let too_many = Error::TenantBusy {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            source: hidra::Error::TenantBusy {
+                id: hidra::TenantId::new("acme").unwrap(),
+                cap: 5,
+                waited: std::time::Duration::from_secs(5),
+            },
+        };
+        let response = too_many.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
     }
 }

@@ -26,6 +26,8 @@ struct ScopeInner {
     tenant: Tenant,
     hidra: Hidra,
     tx: Mutex<TxState>,
+    /// The status of a refusal at the tenant's pool cap.
+    busy: http::StatusCode,
 }
 
 /// The request's transaction between the extractor and the layer.
@@ -38,12 +40,25 @@ struct TxState {
 }
 
 impl Scope {
-    pub(crate) fn new(tenant: Tenant, hidra: Hidra) -> Self {
+    pub(crate) fn new(tenant: Tenant, hidra: Hidra, busy: http::StatusCode) -> Self {
         Scope(Arc::new(ScopeInner {
             tenant,
             hidra,
             tx: Mutex::new(TxState::default()),
+            busy,
         }))
+    }
+
+    /// The rejection for a failed checkout `while` doing something.
+    fn checkout_error(&self, context: &'static str) -> impl FnOnce(hidra::Error) -> Error {
+        let busy = self.0.busy;
+        move |source| match source {
+            hidra::Error::TenantBusy { .. } => Error::TenantBusy {
+                status: busy,
+                source,
+            },
+            source => Error::Database { context, source },
+        }
     }
 
     fn tx_state(&self) -> MutexGuard<'_, TxState> {
@@ -203,12 +218,13 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
-        let scope = &scope(&parts.extensions)?.0;
+        let scope = scope(&parts.extensions)?;
         let conn = scope
+            .0
             .hidra
-            .acquire(&scope.tenant)
+            .acquire(&scope.0.tenant)
             .await
-            .map_err(Error::db("acquiring a tenant connection"))?;
+            .map_err(scope.checkout_error("acquiring a tenant connection"))?;
         Ok(TenantConn(conn))
     }
 }
@@ -342,7 +358,9 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
                 Ok(tx) => tx,
                 Err(source) => {
                     scope.tx_state().lent = false;
-                    return Err(Error::db("beginning the request's transaction")(source));
+                    return Err(scope.checkout_error("beginning the request's transaction")(
+                        source,
+                    ));
                 }
             },
         };

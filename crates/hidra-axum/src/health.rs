@@ -5,7 +5,7 @@
 //! | `/health`          | `200 {"status":"ok"}`: the process is up |
 //! | `/health/live`     | `200 {"status":"ok"}`: the process is up (liveness probe) |
 //! | `/health/ready`    | `200 {"status":"ready"}` when the database answers within the timeout (default 2 s), else `503 {"status":"unavailable"}` (readiness probe) |
-//! | `/health/detailed` | the database check with its latency, the pool's size and idle connections, and the registry cache's size and hit rate, as JSON; `503` when the database does not answer |
+//! | `/health/detailed` | the database check with its latency, the pool's size and idle connections, the registry cache's size and hit rate, and the tenants holding the most connections now ([`Hidra::load`](hidra::Hidra::load)), as JSON; `503` when the database does not answer |
 //!
 //! Exclude them from the tenant layer
 //! ([`TenantLayer::with_excluded("/health")`](crate::TenantLayer::with_excluded)).
@@ -53,6 +53,7 @@ pub struct Health {
     hidra: Hidra,
     cache: Option<TenantCache>,
     timeout: Duration,
+    top: usize,
 }
 
 impl Health {
@@ -62,6 +63,7 @@ impl Health {
             hidra,
             cache: None,
             timeout: Duration::from_secs(2),
+            top: 10,
         }
     }
 
@@ -75,6 +77,13 @@ impl Health {
     /// How long the database may take to answer (default 2 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// How many tenants `/health/detailed` lists by connections held
+    /// (default 10); the rest are summed in one `other` entry.
+    pub fn with_top_tenants(mut self, n: usize) -> Self {
+        self.top = n;
         self
     }
 
@@ -152,8 +161,19 @@ async fn detailed(State(health): State<Health>) -> Response {
             "hit_rate": stats.hit_rate(),
         })
     });
+    let load = health.hidra.load().busiest(health.top);
+    let top: Vec<_> = load
+        .top
+        .iter()
+        .map(|(id, load)| json!({ "tenant": id, "load": load }))
+        .collect();
     let body = json!({
         "status": if latency.is_some() { "ok" } else { "unavailable" },
+        "tenants": {
+            "busiest": top,
+            "other": load.other,
+            "other_tenants": load.other_tenants,
+        },
         "database": {
             "reachable": latency.is_some(),
             "latency_ms": latency.map(|d| d.as_secs_f64() * 1000.0),

@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     credentials_required: bool,
     /// Per-tenant request limits, when configured.
     rate: Option<RateLimits>,
+    /// The status of a request whose tenant is at its pool cap.
+    busy: StatusCode,
 }
 
 impl fmt::Debug for TenantLayer {
@@ -145,6 +147,7 @@ impl TenantLayer {
                 ),
                 credentials_required: false,
                 rate: None,
+                busy: StatusCode::SERVICE_UNAVAILABLE,
             }),
         }
     }
@@ -191,6 +194,26 @@ impl TenantLayer {
     /// ```
     pub fn with_rate_limit(mut self, rate: TenantRate) -> Self {
         Arc::make_mut(&mut self.shared).rate = Some(RateLimits::new(rate));
+        self
+    }
+
+    /// The status a request gets when its tenant holds its whole share of
+    /// the connection pool and none of its connections came free in time
+    /// ([`hidra::Error::TenantBusy`], see
+    /// [`HidraBuilder::tenant_cap`](hidra::HidraBuilder::tenant_cap)):
+    /// `503 Service Unavailable` by default, or `429 Too Many Requests` to
+    /// tell clients the limit is theirs. Either comes with `Retry-After` and
+    /// `{"error":"tenant_busy"}`.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is neither `429` nor `503`.
+    pub fn with_busy_status(mut self, status: StatusCode) -> Self {
+        assert!(
+            status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE,
+            "a busy tenant is answered with 429 or 503, not {status}"
+        );
+        Arc::make_mut(&mut self.shared).busy = status;
         self
     }
 
@@ -366,9 +389,11 @@ where
         }
     };
 
+    let hidra = shared.cache.hidra();
     if let Some(rate) = &shared.rate
         && let Err(retry_after) = rate.check(&tenant)
     {
+        hidra.load().record_rate_limited(&tenant.id);
         tracing::debug!(
             request_id = request_id.as_deref(),
             tenant = %tenant.id,
@@ -385,7 +410,8 @@ where
     if let Some(id) = &request_id {
         span.record("request_id", id.as_str());
     }
-    let scope = Scope::new(Tenant(Arc::clone(&tenant)), shared.cache.hidra().clone());
+    hidra.load().record_request(&tenant.id);
+    let scope = Scope::new(Tenant(Arc::clone(&tenant)), hidra.clone(), shared.busy);
     parts.extensions.insert(scope.clone());
     let req = Request::from_parts(parts, body);
 

@@ -42,12 +42,18 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command = match cli.command {
+        // Talks to the service, not the database: no settings needed.
+        Command::Top(args) => return cmd::top::run(args).await,
+        command => command,
+    };
     let settings = Settings::resolve(&cli.global)?;
-    match cli.command {
+    match command {
         Command::Init => cmd::init::run(&settings).await,
         Command::Tenant(command) => cmd::tenant::run(&settings, command).await,
         Command::Migrate(args) => cmd::migrate::run(&settings, args).await,
         Command::ApiKey(command) => cmd::api_key::run(&settings, command).await,
         Command::Doctor { json, repair } => cmd::doctor::run(&settings, json, repair).await,
+        Command::Top(args) => cmd::top::run(args).await,
     }
 }

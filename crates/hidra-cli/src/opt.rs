@@ -161,6 +161,41 @@ pub(crate) enum Command {
         #[arg(long)]
         repair: bool,
     },
+
+    /// Watch which tenants load a running service, refreshed like `top`:
+    /// connections held now, connection time and requests per second, waits
+    /// and refusals at the tenant's pool cap, cancelled statements and
+    /// rate-limit refusals. Reads the service's `/health/detailed` report
+    /// (hidra-axum's health routes); needs no database access.
+    Top(TopArgs),
+}
+
+/// `hidra top`
+#[derive(Debug, Args)]
+pub(crate) struct TopArgs {
+    /// The service's detailed health report
+    #[arg(
+        long,
+        env = "HIDRA_TOP_URL",
+        default_value = "http://127.0.0.1:3000/health/detailed"
+    )]
+    pub(crate) url: String,
+    /// Seconds between refreshes
+    #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+    pub(crate) interval: f64,
+    /// Stop after this many refreshes [default: run until interrupted]
+    #[arg(short = 'n', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) iterations: Option<u32>,
+    /// Print each report as one line of JSON instead of a screen
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn parse_interval(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(secs) if (0.1..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err("expected seconds between 0.1 and 3600".into()),
+    }
 }
 
 /// `hidra tenant …`

@@ -3,9 +3,11 @@
 //! Every request gets an `x-request-id` (the client's, or a new UUID), echoed
 //! in the response and carried by a `request` span that also gets the tenant
 //! id once the tenant layer has resolved it, so every line logged for a
-//! tenant's request names both, including the final access-log line. Metrics use the route template (`/customers/{id}`), never the raw
-//! path, and no tenant label: both would make the series count grow without
-//! bound.
+//! tenant's request names both, including the final access-log line. HTTP
+//! metrics use the route template (`/customers/{id}`), never the raw path,
+//! and no tenant label: both would make the series count grow without bound.
+//! Per-tenant load comes from [`hidra::Hidra::load`], as the top tenants plus
+//! one `_other` series.
 
 use std::time::Instant;
 
@@ -99,8 +101,11 @@ pub async fn record_tenant(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
+/// How many tenants `/metrics` names by load; the rest share one series.
+const TOP_TENANTS: usize = 20;
+
 /// `GET /metrics`: the Prometheus text format, with the pool and the tenant
-/// cache sampled now.
+/// cache sampled now, and the per-tenant load of the top tenants.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -114,11 +119,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("hidra_tenant_cache_hits").set(cache.hits as f64);
     metrics::gauge!("hidra_tenant_cache_misses").set(cache.misses as f64);
     handle.run_upkeep();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        handle.render(),
-    )
-        .into_response()
+    // Per-tenant load: the top tenants and one `_other` series, however
+    // many tenants there are.
+    let mut body = handle.render();
+    body.push_str(&state.hidra.load().top(TOP_TENANTS).to_prometheus());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// The response to a handler that panicked: a bare 500 in the API's error

@@ -14,7 +14,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::migrate::Migrations;
 use crate::scope::{
     self, DatabasePoolConfig, Pool, PoolConfig, Pooled, SharedConn, TenantConn, TenantDatabases,
-    TenantScope, TenantTx,
+    TenantLoads, TenantScope, TenantTx,
 };
 use crate::sql::{self, Ident};
 use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
@@ -280,7 +280,8 @@ impl HidraBuilder {
     /// [`tenant_wait`](Self::tenant_wait) it gets [`Error::TenantBusy`]
     /// (retryable; `503` with `Retry-After` in the web layer). Applies to
     /// schema-per-tenant and row-level tenants, through a transaction pooler
-    /// too; a database-per-tenant tenant is capped by its database's pool
+    /// too. A database-per-tenant tenant's cap is the same fraction (or
+    /// number) of the global budget, and at most its database's own limit
     /// ([`DatabasePoolConfig`]).
     pub fn tenant_cap(mut self, cap: TenantCap) -> Self {
         self.tenant_cap = cap;
@@ -419,6 +420,12 @@ impl HidraBuilder {
             let first = pooled.get().await;
             drop(first.map_err(Error::db("connecting to the transaction pooler"))?);
         }
+        // Database-per-tenant: the cap is taken of the global budget, and a
+        // database's own limit caps it further.
+        let database_cap = self
+            .tenant_cap
+            .of(self.databases.budget())
+            .min(self.databases.per_database().max(1));
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         let hidra = Hidra {
             inner: Arc::new(Inner {
@@ -441,6 +448,8 @@ impl HidraBuilder {
                 scopes: RwLock::new(HashMap::new()),
                 statement_cache_capacity: self.statement_cache_capacity,
                 tenant_cap: self.tenant_cap.of(self.pool.max_connections),
+                database_cap,
+                loads: TenantLoads::default(),
                 timeouts: self.timeouts,
                 tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
                 reach: scope::Reachability::new(reach_options),
@@ -486,6 +495,10 @@ pub(crate) struct Inner {
     pub(crate) statement_cache_capacity: usize,
     /// Connections of the shared pool one tenant may hold at once.
     pub(crate) tenant_cap: u32,
+    /// Connections of the tenant-database budget one tenant may hold at once.
+    pub(crate) database_cap: u32,
+    /// Per-tenant load counters.
+    pub(crate) loads: TenantLoads,
     /// The timeouts tenant checkouts apply by default.
     pub(crate) timeouts: scope::Timeouts,
     /// How long a tenant at its cap waits.
@@ -598,17 +611,18 @@ impl Hidra {
     /// The record is trusted as given: check its status first if that matters
     /// (the web layer does).
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
+        let scope = self.scope(tenant)?;
+        let share = self.admit(tenant, &scope).await?;
         if tenant.placement.strategy == Strategy::Database {
-            let conn = scope::acquire_database(
+            let mut conn = scope::acquire_database(
                 &self.inner.databases,
                 &self.inner.reach,
                 tenant_database(tenant)?,
             )
             .await?;
-            return Ok(TenantConn::new(Pooled::Database(conn), tenant, None));
+            scope.bind_database_session(&mut conn).await?;
+            return Ok(TenantConn::new(Pooled::Database(conn), tenant, None).with_share(share));
         }
-        let scope = self.scope(tenant)?;
-        let share = self.admit(tenant, &scope).await?;
         if let Some(pooled) = &self.inner.pooled {
             let conn = scope::acquire_unscoped(pooled, &self.inner.reach).await?;
             return Ok(TenantConn::through_pooler(conn, tenant, scope).with_share(share));
@@ -621,6 +635,8 @@ impl Hidra {
     /// Behind a transaction-pooling proxy, use
     /// [`HidraBuilder::transaction_pooler`] (unnamed statements only).
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
+        let scope = self.scope(tenant)?;
+        let share = self.admit(tenant, &scope).await?;
         if tenant.placement.strategy == Strategy::Database {
             let conn = scope::acquire_database(
                 &self.inner.databases,
@@ -628,10 +644,9 @@ impl Hidra {
                 tenant_database(tenant)?,
             )
             .await?;
-            return TenantTx::begin_in_database(conn, tenant).await;
+            let tx = TenantTx::begin_in_database(conn, tenant, &scope).await?;
+            return Ok(tx.with_share(share));
         }
-        let scope = self.scope(tenant)?;
-        let share = self.admit(tenant, &scope).await?;
         let pool = self.inner.pooled.as_ref().unwrap_or(&self.inner.pool);
         let conn = scope::acquire_for_tx(pool, &self.inner.reach).await?;
         let tx = TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await?;
@@ -708,11 +723,16 @@ impl Hidra {
         {
             return Ok(scope.clone());
         }
+        let cap = match tenant.placement.strategy {
+            Strategy::Database => self.inner.database_cap,
+            Strategy::Schema | Strategy::RowLevel => self.inner.tenant_cap,
+        };
         let scope = Arc::new(TenantScope::new(
             tenant,
             &tenant.placement.schema_ident()?,
             self.binding(tenant)?,
-            self.inner.tenant_cap,
+            cap,
+            self.inner.loads.counters(&tenant.id),
         ));
         let mut scopes = scopes.write().unwrap_or_else(PoisonError::into_inner);
         if scopes.len() >= MAX_CACHED_SCOPES {
@@ -801,6 +821,23 @@ impl Hidra {
     /// [`HidraBuilder::transaction_pooler`].
     pub fn is_pooled(&self) -> bool {
         self.inner.pooled.is_some()
+    }
+
+    /// The per-tenant load counters: connections held, connection time,
+    /// waits and refusals at the cap, cancelled statements (and, through the
+    /// web layer, requests and rate-limit refusals). See [`TenantLoads::top`]
+    /// for a bounded report and
+    /// [`LoadReport::to_prometheus`](crate::LoadReport::to_prometheus) for metrics.
+    ///
+    /// ```no_run
+    /// # fn run(hidra: hidra::Hidra) {
+    /// for (tenant, load) in hidra.load().busiest(5).top {
+    ///     println!("{tenant}: {} connections now", load.connections);
+    /// }
+    /// # }
+    /// ```
+    pub fn load(&self) -> &TenantLoads {
+        &self.inner.loads
     }
 
     /// The state of the shared pool.

@@ -123,8 +123,8 @@ pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed, TenantCap};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
 pub use crate::scope::{
-    DatabasePoolConfig, DatabasePoolStats, DbConn, SharedConn, StaleStatement, TenantConn,
-    TenantDatabases, TenantTx,
+    DatabasePoolConfig, DatabasePoolStats, DbConn, LoadReport, OTHER_TENANTS, SharedConn,
+    StaleStatement, TenantConn, TenantDatabases, TenantLoad, TenantLoads, TenantTx,
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{

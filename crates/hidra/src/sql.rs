@@ -222,6 +222,18 @@ pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
     ))
 }
 
+/// A tenant database's session timeouts, `None` when none is managed: its
+/// connections serve that tenant alone, so the session holds them.
+pub(crate) fn database_session_timeouts(t: &crate::scope::Timeouts) -> Option<SqlStr> {
+    let sets = set_timeouts(t, "SET");
+    (!sets.is_empty()).then(|| owned(sets.trim_start_matches("; ").to_owned()))
+}
+
+/// `BEGIN` in a tenant database, with its transaction-local timeouts.
+pub(crate) fn begin_in_database(t: &crate::scope::Timeouts) -> SqlStr {
+    owned(format!("BEGIN{}", set_timeouts(t, "SET LOCAL")))
+}
+
 /// `; SET statement_timeout TO …` (and the idle one) for the managed
 /// timeouts, with `set` (`SET` or `SET LOCAL`). The values are integers.
 fn set_timeouts(t: &crate::scope::Timeouts, set: &str) -> String {

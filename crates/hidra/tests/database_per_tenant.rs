@@ -10,7 +10,9 @@ use std::time::Duration;
 use common::*;
 use hidra::rls::tenant_table_sql;
 use hidra::testing::{PgServer, TestDatabase};
-use hidra::{DatabasePoolConfig, Hidra, HidraBuilder, Migrations, NewTenant, Strategy, Tenant};
+use hidra::{
+    DatabasePoolConfig, Hidra, HidraBuilder, Migrations, NewTenant, Strategy, Tenant, TenantCap,
+};
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const TABLES: &str = "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);";
@@ -428,5 +430,65 @@ async fn a_dropped_transaction_releases_its_locks_at_once() {
     // The tenant works on.
     add_customer(h, &t, "after").await;
     assert!(customer_names(h, &t).await.contains(&"after".to_owned()));
+    teardown(ctx).await;
+}
+
+#[tokio::test]
+async fn a_database_tenant_is_capped_and_gets_its_timeouts() {
+    let ctx = setup(|b| {
+        b.database_per_tenant(
+            DatabasePoolConfig::default()
+                .with_budget(8)
+                .with_per_database(4),
+        )
+        .tenant_cap(TenantCap::Connections(1))
+        .tenant_wait(Duration::from_millis(200))
+        .statement_timeout(Duration::from_secs(5))
+    })
+    .await;
+    let h = &ctx.hidra;
+    let a = h
+        .provision(
+            NewTenant::new(id("alpha"))
+                .strategy(Strategy::Database)
+                .metadata(serde_json::json!({ "statement_timeout_ms": 1500 })),
+        )
+        .await
+        .unwrap();
+    let b = database_tenant(h, "beta").await;
+
+    // Its own timeout, in a connection and in a transaction; the other
+    // tenant gets the default.
+    let show = "SHOW statement_timeout";
+    let mut held = h.acquire(&a).await.unwrap();
+    let value: String = sqlx::query_scalar(show).fetch_one(&mut held).await.unwrap();
+    assert_eq!(value, "1500ms");
+    let mut other = h.begin(&b).await.unwrap();
+    let value: String = sqlx::query_scalar(show)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert_eq!(value, "5s");
+    other.rollback().await.unwrap();
+
+    // At its cap of one, the tenant waits and is refused; the other is served.
+    let busy = h.begin(&a).await.unwrap_err();
+    assert!(
+        matches!(&busy, hidra::Error::TenantBusy { id, cap: 1, .. } if id.as_str() == "alpha"),
+        "{busy:?}"
+    );
+    assert!(matches!(
+        h.acquire(&a).await,
+        Err(hidra::Error::TenantBusy { .. })
+    ));
+    assert_eq!(customer_names(h, &b).await.len(), 1);
+    let load = h.load().get(&a.id).unwrap();
+    assert_eq!((load.connections, load.busy), (1, 2));
+
+    drop(held);
+    let mut tx = h.begin(&a).await.unwrap();
+    let value: String = sqlx::query_scalar(show).fetch_one(&mut tx).await.unwrap();
+    assert_eq!(value, "1500ms");
+    tx.rollback().await.unwrap();
     teardown(ctx).await;
 }

@@ -312,3 +312,33 @@ async fn cancelled_statements_through_pgbouncer_leave_nothing_behind() {
     let seen: String = sqlx::Row::get(&rows[0], 0);
     assert_eq!(seen, "\"$user\", public|");
 }
+
+#[tokio::test]
+async fn a_tenant_is_held_to_its_cap_through_the_pooler_too() {
+    let db = TestDatabase::create().await.unwrap();
+    let bouncer = TempPgBouncer::start(db.url(), 2).await.unwrap();
+    let hidra = Hidra::builder()
+        .schema_sql("001_marker", MARKER_SCHEMA)
+        .max_connections(4)
+        .tenant_cap(hidra::TenantCap::Connections(1))
+        .tenant_wait(std::time::Duration::from_millis(100))
+        .transaction_pooler(&bouncer.url_for(db.name()))
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    hidra.install().await.unwrap();
+    let a = hidra.provision(NewTenant::new(id("a"))).await.unwrap();
+    let b = hidra.provision(NewTenant::new(id("b"))).await.unwrap();
+    let held = hidra.acquire(&a).await.unwrap();
+    let busy = hidra.begin(&a).await.unwrap_err();
+    assert!(matches!(busy, hidra::Error::TenantBusy { cap: 1, .. }), "{busy:?}");
+    let mut conn = hidra.acquire(&b).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM marker")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    drop(held);
+    drop(hidra.begin(&a).await.unwrap());
+    assert_eq!(hidra.load().get(&a.id).unwrap().busy, 1);
+}

@@ -5,6 +5,7 @@ pub(crate) mod doctor;
 pub(crate) mod init;
 pub(crate) mod migrate;
 pub(crate) mod tenant;
+pub(crate) mod top;
 
 use anyhow::Result;
 use hidra::TenantId;

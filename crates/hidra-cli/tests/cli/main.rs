@@ -12,3 +12,4 @@ mod errors;
 mod init;
 mod migrate;
 mod tenant;
+mod top;

@@ -50,12 +50,15 @@
 //! [`Hidra::begin`](crate::Hidra::begin) only.
 
 mod databases;
+mod load;
 mod pool;
 mod reachability;
 mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
 pub(crate) use pool::{Pool, PoolConfig, PoolConn};
 
+pub(crate) use load::Counters;
+pub use load::{LoadReport, OTHER_TENANTS, TenantLoad, TenantLoads};
 pub(crate) use reachability::Reachability;
 pub use statements::StaleStatement;
 
@@ -137,10 +140,18 @@ pub(crate) struct TenantScope {
     /// may hold at once (FIFO, so no checkout of it waits forever).
     shares: Arc<tokio::sync::Semaphore>,
     cap: u32,
+    /// The tenant's load counters (kept across scope rebuilds).
+    load: Arc<Counters>,
 }
 
 impl TenantScope {
-    pub(crate) fn new(tenant: &Tenant, schema: &Ident, binding: Binding, cap: u32) -> Self {
+    pub(crate) fn new(
+        tenant: &Tenant,
+        schema: &Ident,
+        binding: Binding,
+        cap: u32,
+        load: Arc<Counters>,
+    ) -> Self {
         TenantScope {
             schema: tenant.placement.schema.clone(),
             strategy: tenant.placement.strategy,
@@ -150,6 +161,7 @@ impl TenantScope {
             statements: Statements::new(schema),
             shares: Arc::new(tokio::sync::Semaphore::new(cap as usize)),
             cap,
+            load,
         }
     }
 
@@ -168,25 +180,57 @@ impl TenantScope {
     /// checkouts go first.
     pub(crate) async fn admit(&self, id: &TenantId, wait: std::time::Duration) -> Result<Share> {
         let shares = &self.shares;
-        if let Ok(share) = Arc::clone(shares).try_acquire_owned() {
-            return Ok(Share { _permit: share });
+        if let Ok(permit) = Arc::clone(shares).try_acquire_owned() {
+            return Ok(self.share(permit, false));
         }
         match tokio::time::timeout(wait, Arc::clone(shares).acquire_owned()).await {
-            Ok(Ok(share)) => Ok(Share { _permit: share }),
+            Ok(Ok(permit)) => Ok(self.share(permit, true)),
             // Never closed; a timeout either way.
-            Ok(Err(_)) | Err(_) => Err(Error::TenantBusy {
-                id: id.clone(),
-                cap: self.cap,
-                waited: wait,
-            }),
+            Ok(Err(_)) | Err(_) => {
+                self.load.refused();
+                Err(Error::TenantBusy {
+                    id: id.clone(),
+                    cap: self.cap,
+                    waited: wait,
+                })
+            }
+        }
+    }
+
+    /// Applies the tenant's timeouts to a connection of its own database
+    /// (nothing to send when none is managed).
+    pub(crate) async fn bind_database_session(&self, conn: &mut DbConn) -> Result<()> {
+        if let Some(statement) = crate::sql::database_session_timeouts(&self.timeouts) {
+            sqlx::raw_sql(statement)
+                .execute(&mut **conn)
+                .await
+                .map_err(Error::db("applying the tenant's timeouts"))?;
+        }
+        Ok(())
+    }
+
+    fn share(&self, permit: tokio::sync::OwnedSemaphorePermit, waited: bool) -> Share {
+        Share {
+            since: self.load.checked_out(waited),
+            _permit: permit,
+            load: Arc::clone(&self.load),
         }
     }
 }
 
 /// One connection's worth of a tenant's share of the pool, given back when
-/// dropped (with the connection it came with).
+/// dropped (with the connection it came with), and counted in its load.
 pub(crate) struct Share {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    load: Arc<Counters>,
+    /// When it was taken (`load::now_nanos`).
+    since: u64,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.load.returned(self.since);
+    }
 }
 
 impl fmt::Debug for Share {
@@ -402,7 +446,7 @@ pub struct TenantConn {
     /// the connection is settled before it goes back.
     unfinished: AtomicBool,
     /// The tenant's share of the pool this connection takes (shared pool).
-    _share: Option<Share>,
+    share: Option<Share>,
 }
 
 /// A connection from the shared pool or from a tenant database's pool.
@@ -446,13 +490,13 @@ impl TenantConn {
             pooled: false,
             stale: AtomicBool::new(false),
             unfinished: AtomicBool::new(false),
-            _share: None,
+            share: None,
         }
     }
 
     /// Holds `share` for as long as the connection is checked out.
     pub(crate) fn with_share(mut self, share: Share) -> Self {
-        self._share = Some(share);
+        self.share = Some(share);
         self
     }
 
@@ -499,6 +543,7 @@ impl TenantConn {
             pooler,
             stale: &self.stale,
             unfinished: Some(&self.unfinished),
+            load: self.share.as_ref().map(|s| &*s.load),
         }
     }
 }
@@ -552,7 +597,7 @@ impl fmt::Debug for TenantConn {
 pub struct TenantTx {
     /// Dropped after the transaction's connection (fields drop in order).
     tx: Tx,
-    _share: Option<Share>,
+    share: Option<Share>,
     tenant: TenantId,
     scope: Option<Arc<TenantScope>>,
     /// Behind a transaction pooler: unnamed statements only.
@@ -603,7 +648,7 @@ impl TenantTx {
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
-            _share: None,
+            share: None,
             tx: Tx::Shared(conn),
             tenant: tenant.id.clone(),
             scope: Some(scope),
@@ -612,17 +657,21 @@ impl TenantTx {
         })
     }
 
-    pub(crate) async fn begin_in_database(mut conn: DbConn, tenant: &Tenant) -> Result<Self> {
+    pub(crate) async fn begin_in_database(
+        mut conn: DbConn,
+        tenant: &Tenant,
+        scope: &TenantScope,
+    ) -> Result<Self> {
         // Until it is committed or rolled back, a dropped transaction closes
         // its connection (ending the transaction at once) rather than parking
         // it, open and holding its locks, in the pool.
         conn.discard_on_drop(true);
-        sqlx::raw_sql("BEGIN")
+        sqlx::raw_sql(crate::sql::begin_in_database(&scope.timeouts))
             .execute(&mut *conn)
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;
         Ok(TenantTx {
-            _share: None,
+            share: None,
             tx: Tx::Database(conn),
             tenant: tenant.id.clone(),
             scope: None,
@@ -633,7 +682,7 @@ impl TenantTx {
 
     /// Holds `share` until the transaction ends.
     pub(crate) fn with_share(mut self, share: Share) -> Self {
-        self._share = Some(share);
+        self.share = Some(share);
         self
     }
 
@@ -661,6 +710,7 @@ impl TenantTx {
             stale: &self.stale,
             // Until it ends, the transaction is rolled back on drop anyway.
             unfinished: None,
+            load: self.share.as_ref().map(|s| &*s.load),
         }
     }
 

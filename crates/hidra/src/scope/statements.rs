@@ -247,6 +247,8 @@ pub(crate) struct Scoped<'a> {
     /// its query perhaps still running), so the connection is settled before
     /// it goes back to the pool. `None` where a drop settles it anyway.
     pub(crate) unfinished: Option<&'a AtomicBool>,
+    /// The tenant's load counters, which count cancelled statements.
+    pub(crate) load: Option<&'a super::Counters>,
 }
 
 /// Marks a statement under way on `flag`.
@@ -311,6 +313,7 @@ impl<'a> Scoped<'a> {
             stale,
             pooler,
             unfinished,
+            load,
             ..
         } = self;
         Box::pin(async move {
@@ -318,6 +321,9 @@ impl<'a> Scoped<'a> {
             start(unfinished);
             let done = Self::run_retrying(conn, stmt, in_transaction, stale, pooler, run).await;
             finish(unfinished);
+            if let (Err(e), Some(load)) = (&done, load) {
+                load.saw(e);
+            }
             done
         })
     }
@@ -397,6 +403,7 @@ impl<'a> Scoped<'a> {
             stale,
             pooler,
             unfinished,
+            load,
             ..
         } = self;
         let stmt = Statement::take(query, statements, pooler);
@@ -430,6 +437,9 @@ impl<'a> Scoped<'a> {
         .map_ok(move |(conn, stmt)| {
             conn.fetch_many(stmt).map(move |item| {
                 item.map_err(|e| {
+                    if let Some(load) = load {
+                        load.saw(&e);
+                    }
                     if is_stale(&e) {
                         stale.store(true, Ordering::Release);
                         StaleStatement::wrap(e)

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -510,12 +511,15 @@ async fn close_waits_for_connections_in_use_and_refuses_new_ones() {
     );
 
     let held = pools.acquire(&name).await.unwrap();
-    let closing = tokio::spawn({
-        let pools = pools.clone();
-        async move { pools.close().await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!closing.is_finished(), "a connection is still in use");
+    assert_eq!(pools.stats().open, 1);
+    // Poll `close` once, here: it starts, and cannot finish yet.
+    let mut closing = Box::pin(pools.close());
+    let first = std::future::poll_fn(|cx| Poll::Ready(closing.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "close returned with a connection in use"
+    );
+    // It has started: acquires are refused as closed...
     assert!(matches!(
         pools.acquire(&name).await,
         Err(Error::Database {
@@ -523,11 +527,19 @@ async fn close_waits_for_connections_in_use_and_refuses_new_ones() {
             ..
         })
     ));
+    // ... and it waits for the connection in use, still counted, however
+    // long it is driven.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut closing)
+            .await
+            .is_err(),
+        "close returned with a connection in use"
+    );
+    assert_eq!(pools.stats().open, 1, "the connection in use is counted");
     drop(held);
     tokio::time::timeout(Duration::from_secs(10), closing)
         .await
-        .expect("close finishes once the connection is back")
-        .unwrap();
+        .expect("close finishes once the connection is back");
     let stats = pools.stats();
     assert_eq!((stats.open, stats.idle, stats.databases), (0, 0, 0));
 

@@ -3,9 +3,11 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use common::*;
 use hidra::{Confirmation, Error, Hidra, ListTenants, NewTenant, TenantStatus};
+use sqlx::{Connection, PgConnection};
 
 #[tokio::test]
 async fn provision_creates_an_active_tenant_with_its_schema() {
@@ -231,6 +233,41 @@ async fn concurrent_provisions_of_one_id_exactly_one_wins() {
     ctx.db.drop_now().await.unwrap();
 }
 
+/// Polls `count` (a query returning one count) on `observer` every 10 ms
+/// until `done` holds of it; panics after 30 s, naming what it waited for.
+async fn wait_for_count(
+    observer: &mut PgConnection,
+    what: &str,
+    count: &'static str,
+    done: impl Fn(i64) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(count)
+            .fetch_one(&mut *observer)
+            .await
+            .unwrap();
+        if done(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 30 s for {what}; the count is still {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sessions of the test database, besides the observer's own, sleeping in `pg_sleep`.
+const SLEEPING: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() AND wait_event = 'PgSleep'";
+
+/// Client sessions of the test database, besides the observer's own, running
+/// a statement or inside a transaction.
+const BUSY: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+     AND backend_type = 'client backend' AND state IS DISTINCT FROM 'idle'";
+
 #[tokio::test]
 async fn cancelled_provisioning_leaves_nothing() {
     let ctx = setup_with(
@@ -238,21 +275,33 @@ async fn cancelled_provisioning_leaves_nothing() {
     )
     .await;
     let h = &ctx.hidra;
-    let res = tokio::time::timeout(
-        std::time::Duration::from_millis(150),
-        h.provision(NewTenant::new(id("interrupted"))),
+    let mut observer = PgConnection::connect_with(&ctx.db.connect_options())
+        .await
+        .unwrap();
+    // Cut provisioning off while the server runs its slow migration, inside
+    // the provisioning transaction.
+    let mut provision = Box::pin(h.provision(NewTenant::new(id("interrupted"))));
+    tokio::select! {
+        res = &mut provision => panic!("provisioning finished before it could be cut off: {res:?}"),
+        () = wait_for_count(&mut observer, "the slow migration to run", SLEEPING, |n| n == 1) => {}
+    }
+    drop(provision);
+    // The server finishes the statement and rolls back when the connection is
+    // returned (or closed); wait for that.
+    wait_for_count(
+        &mut observer,
+        "the interrupted provisioning to end on the server",
+        BUSY,
+        |n| n == 0,
     )
     .await;
-    assert!(res.is_err(), "provisioning should have been cut off");
-    // The server finishes the statement and rolls back when the connection is
-    // returned; wait for that.
-    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
     assert!(schemas(h).await.is_empty());
     assert!(registry_ids(h).await.is_empty());
     // And the id is free again.
     h.provision(NewTenant::new(id("interrupted")))
         .await
         .unwrap();
+    observer.close().await.unwrap();
     ctx.db.drop_now().await.unwrap();
 }
 

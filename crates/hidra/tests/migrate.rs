@@ -4,10 +4,11 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use hidra::{Error, Hidra, HidraBuilder, Migrations, NewTenant, Tenant};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 const REFERENCE_SCHEMA: &str = include_str!("../../../bench/reference_schema.sql");
 const REFERENCE_MIGRATION: &str = include_str!("../../../bench/reference_migration.sql");
@@ -281,6 +282,42 @@ async fn two_concurrent_runners_apply_each_migration_exactly_once() {
     ctx.db.drop_now().await.unwrap();
 }
 
+/// Polls `count` (a query returning one count) on `observer` every 10 ms
+/// until `done` holds of it; panics after 30 s, naming what it waited for.
+async fn wait_for_count(
+    observer: &mut PgConnection,
+    what: &str,
+    count: &'static str,
+    done: impl Fn(i64) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(count)
+            .fetch_one(&mut *observer)
+            .await
+            .unwrap();
+        if done(n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waited 30 s for {what}; the count is still {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sessions of the test database waiting for a lock.
+const WAITING_FOR_A_LOCK: &str = "SELECT count(*) FROM pg_locks l \
+     JOIN pg_stat_activity a ON a.pid = l.pid \
+     WHERE NOT l.granted AND a.datname = current_database()";
+
+/// Client sessions of the test database, besides the observer's own, running
+/// a statement or inside a transaction.
+const BUSY: &str = "SELECT count(*) FROM pg_stat_activity \
+     WHERE datname = current_database() AND pid <> pg_backend_pid() \
+     AND backend_type = 'client backend' AND state IS DISTINCT FROM 'idle'";
+
 #[tokio::test]
 async fn a_cancelled_run_leaves_consistent_schemas_and_resumes() {
     let slow = v1().push(
@@ -290,14 +327,53 @@ async fn a_cancelled_run_leaves_consistent_schemas_and_resumes() {
     let ctx = setup_with(builder_with(v1(), 3)).await;
     let tenants = provision_n(&ctx.hidra, "t", 30).await;
     let h = hidra_with(&ctx, slow, 3).await;
-    let cut = tokio::time::timeout(
-        Duration::from_millis(300),
-        h.migrator().concurrency(2).run(),
+    // Three tenants in the middle of the list have their `applied` table
+    // locked: the run (two tenants at a time) stops with both runners inside
+    // a migration of a locked tenant, after some tenants and before others
+    // (at least the third locked one). It is cut off there.
+    let locked: Vec<String> = tenants
+        .iter()
+        .filter(|t| ["t15", "t16", "t17"].contains(&t.id.as_str()))
+        .map(|t| format!("{}.applied", t.placement.schema))
+        .collect();
+    assert_eq!(locked.len(), 3);
+    let mut locker = PgConnection::connect_with(&ctx.db.connect_options())
+        .await
+        .unwrap();
+    let mut observer = PgConnection::connect_with(&ctx.db.connect_options())
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "LOCK TABLE {} IN SHARE MODE",
+        locked.join(", ")
+    )))
+    .execute(&mut locker)
+    .await
+    .unwrap();
+    let mut run = Box::pin(h.migrator().concurrency(2).run());
+    tokio::select! {
+        r = &mut run => panic!("the run finished although three tenants were locked: {r:?}"),
+        () = wait_for_count(
+            &mut observer,
+            "both runners to wait for the locked tenants",
+            WAITING_FOR_A_LOCK,
+            |n| n == 2,
+        ) => {}
+    }
+    drop(run);
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    // Let the statements in flight finish on the server.
+    wait_for_count(
+        &mut observer,
+        "the cut-off migrations to end on the server",
+        BUSY,
+        |n| n == 0,
     )
     .await;
-    assert!(cut.is_err(), "the run should have been cut off");
-    // Let in-flight statements finish on the server.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut done = 0;
     for t in &tenants {
@@ -309,7 +385,14 @@ async fn a_cancelled_run_leaves_consistent_schemas_and_resumes() {
         assert_eq!(applied, if recorded == 2 { 1 } else { 0 }, "{}", t.id);
         done += usize::from(recorded == 2);
     }
-    assert!(done > 0 && done < 30, "cut off after {done} tenants");
+    assert!(
+        done > 0,
+        "the run was cut off before any tenant was migrated: did it start with the locked ones?"
+    );
+    assert!(
+        done < 30,
+        "the run was not cut off: {done} tenants migrated"
+    );
 
     let resumed = h.migrator().run().await.unwrap();
     assert!(resumed.is_success(), "{resumed}");
@@ -318,6 +401,8 @@ async fn a_cancelled_run_leaves_consistent_schemas_and_resumes() {
     for t in &tenants {
         assert_eq!(scalar_i64(&h, t, "SELECT count(*) FROM applied").await, 1);
     }
+    locker.close().await.unwrap();
+    observer.close().await.unwrap();
     ctx.db.drop_now().await.unwrap();
 }
 

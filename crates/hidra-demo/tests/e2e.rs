@@ -8,6 +8,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Api, Body, DEMO_PASSWORD, Demo, Resp, jwt_payload, jwt_with_payload, pool};
@@ -1765,8 +1767,10 @@ async fn read_response<R: tokio::io::AsyncBufRead + Unpin>(reader: &mut R) -> (u
 
 /// A request the server is surely handling when SIGTERM arrives: on a
 /// keep-alive connection that already had one answer (so the server accepted
-/// it), the headers and half the body of a second request are sent; the rest
-/// is sent by [`InFlight::finish`].
+/// it), the headers and half the body of a second request are sent, with
+/// `Expect: 100-continue`, and its `100 Continue` is awaited (so the server
+/// read the headers and its handler is reading the body); the rest is sent by
+/// [`InFlight::finish`].
 struct InFlight {
     reader: tokio::io::BufReader<tokio::net::TcpStream>,
     rest: String,
@@ -1792,7 +1796,7 @@ impl InFlight {
             .unwrap_or_default();
         let (head, rest) = body.split_at(body.len() / 2);
         let second = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{head}",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n{head}",
             demo.addr,
             body.len()
         );
@@ -1801,6 +1805,14 @@ impl InFlight {
             .write_all(second.as_bytes())
             .await
             .expect("send half a request");
+        let (status, raw) =
+            tokio::time::timeout(Duration::from_secs(30), read_response(&mut reader))
+                .await
+                .unwrap_or_else(|_| panic!("no 100 Continue within 30 s to POST {path}"));
+        assert_eq!(
+            status, 100,
+            "the server reads the body of POST {path}: {raw}"
+        );
         InFlight {
             reader,
             rest: rest.to_owned(),
@@ -1820,6 +1832,31 @@ impl InFlight {
                 .await
                 .unwrap_or_else(|_| panic!("no answer within 30 s to {}", self.what));
         (self.what, status, raw)
+    }
+}
+
+/// Waits until the demo refuses connections (it dropped its listener: it
+/// took a shutdown signal); panics after 30 s.
+async fn wait_until_not_listening(demo: &Demo) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let last = match tokio::net::TcpStream::connect(demo.addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            // Anything else proves nothing: try again.
+            Err(e) => e.to_string(),
+            // Still listening: this idle connection is closed at once.
+            Ok(probe) => {
+                drop(probe);
+                "connected".to_owned()
+            }
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{} still not refusing connections 30 s after the signal (last attempt: {last}){}",
+            demo.addr,
+            demo.output.context()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -1861,8 +1898,10 @@ async fn sigterm_lets_in_flight_requests_finish() {
     // And a burst of ordinary requests on fresh connections: sign-ups
     // (password hashing and provisioning take a while) and lists.
     let mut tasks = tokio::task::JoinSet::new();
+    let answered = Arc::new(AtomicUsize::new(0));
     for i in 0..4 {
         let api = demo.api.clone();
+        let answered = answered.clone();
         tasks.spawn(async move {
             let body = json!({
                 "tenant": format!("grace_s{i}"),
@@ -1874,12 +1913,14 @@ async fn sigterm_lets_in_flight_requests_finish() {
             let outcome = api
                 .try_send(Method::POST, "/signup", None, &[], Body::Json(body))
                 .await;
+            answered.fetch_add(1, Ordering::Relaxed);
             (format!("signup {i}"), outcome, Instant::now())
         });
     }
     for i in 0..40 {
         let api = demo.api.clone();
         let token = acc.token.clone();
+        let answered = answered.clone();
         tasks.spawn(async move {
             let outcome = api
                 .try_send(
@@ -1890,14 +1931,25 @@ async fn sigterm_lets_in_flight_requests_finish() {
                     Body::None,
                 )
                 .await;
+            answered.fetch_add(1, Ordering::Relaxed);
             (format!("list {i}"), outcome, Instant::now())
         });
     }
-    // Let the server read the half-sent headers and take the burst.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Let the server take the burst: wait for its first answer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no answer to the burst within 30 s{}",
+            demo.output.context()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let signalled = Instant::now();
     demo.signal("TERM");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The requests in flight finish only once the server has taken the
+    // signal: it stops listening then.
+    wait_until_not_listening(&demo).await;
 
     for request in in_flight {
         let (what, status, raw) = request.finish().await;

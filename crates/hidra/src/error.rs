@@ -206,6 +206,7 @@ impl Error {
 /// SQLSTATE codes hidra classifies on.
 pub(crate) mod sqlstate {
     pub(crate) const UNIQUE_VIOLATION: &str = "23505";
+    pub(crate) const DIVISION_BY_ZERO: &str = "22012";
     pub(crate) const DUPLICATE_SCHEMA: &str = "42P06";
     pub(crate) const UNDEFINED_TABLE: &str = "42P01";
 }

@@ -395,9 +395,12 @@ impl HidraBuilder {
             schema: Ident::new(self.row_level.0, "row-level schema name")?,
             column: Ident::new(self.row_level.1, "tenant column name")?,
         };
-        let store: Arc<dyn TenantStore> = match (self.store, self.registry) {
-            (Some(store), _) => store,
-            (None, registry) => Arc::new(PgTenantStore::new(registry.unwrap_or_default())),
+        let (store, registry_store): (Arc<dyn TenantStore>, _) = match (self.store, self.registry) {
+            (Some(store), _) => (store, None),
+            (None, registry) => {
+                let store = Arc::new(PgTenantStore::new(registry.unwrap_or_default()));
+                (store.clone(), Some(store))
+            }
         };
         let database_naming = SchemaNaming::new(self.database_prefix)?;
         let tenant_db_options = options.clone();
@@ -434,6 +437,7 @@ impl HidraBuilder {
                 naming,
                 shared,
                 store,
+                registry_store,
                 tenant_migrations: self.tenant_migrations,
                 shared_migrations: self.shared_migrations,
                 warm_pool: self.warm_pool,
@@ -478,6 +482,8 @@ pub(crate) struct Inner {
     pub(crate) naming: SchemaNaming,
     pub(crate) shared: Vec<Ident>,
     pub(crate) store: Arc<dyn TenantStore>,
+    /// The store, when it is Hidra's own (its statements can join a batch).
+    pub(crate) registry_store: Option<Arc<PgTenantStore>>,
     pub(crate) tenant_migrations: Migrations,
     pub(crate) shared_migrations: Migrations,
     pub(crate) warm_pool: usize,

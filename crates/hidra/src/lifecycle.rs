@@ -7,7 +7,12 @@
 //! commit. PostgreSQL's DDL is transactional, so any failure, a cancelled
 //! future or a crashed process leaves neither a schema nor a row behind. A
 //! concurrent provision of the same id waits on the row's unique key and then
-//! fails with [`Error::AlreadyExists`].
+//! fails with [`Error::AlreadyExists`]. With Hidra's own registry store, no
+//! seed, no warm pool and only transactional migrations, that transaction is
+//! sent as one batch, the row registered `active` at once (nobody sees it
+//! before the commit anyway), then `COMMIT` on its own: a future cut off
+//! before the commit leaves nothing, as the server would otherwise run a
+//! `COMMIT` queued in the same batch.
 
 use sqlx::Connection;
 
@@ -148,6 +153,23 @@ impl Hidra {
 
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &id).await?;
+        if let Some(store) = inner.registry_store.as_deref().filter(|_| {
+            setup.is_none()
+                && inner.seed.is_none()
+                && inner.warm_pool == 0
+                && inner.tenant_migrations.iter().all(|m| !m.no_tx)
+        }) {
+            let tenant = self
+                .provision_in_one_batch(conn.into_pool_conn(), store, draft, &schema)
+                .await?;
+            tracing::info!(
+                tenant = %id,
+                schema = %schema,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "provisioned tenant"
+            );
+            return Ok(tenant);
+        }
         let mut tx = conn
             .begin()
             .await
@@ -230,6 +252,88 @@ impl Hidra {
             "provisioned tenant"
         );
         Ok(tenant)
+    }
+
+    /// The provisioning transaction of a tenant without seed in two round
+    /// trips: one batch with the registry row (`active`: nobody sees it before
+    /// the commit), the schema with every migration, its history and
+    /// version; then the commit.
+    async fn provision_in_one_batch(
+        &self,
+        mut conn: scope::PoolConn,
+        store: &crate::PgTenantStore,
+        mut draft: Tenant,
+        schema: &Ident,
+    ) -> Result<Tenant> {
+        use futures_util::StreamExt;
+        use sqlx::Row;
+
+        draft.status = TenantStatus::Active;
+        let path = self.binding(&draft)?.search_path;
+        let new = migrate::NewSchema::new(schema, &path, &self.inner.tenant_migrations);
+        let batch = sql::owned(format!(
+            "BEGIN;\n{};\n{}",
+            store.insert_literal(&draft),
+            new.sql.as_str()
+        ));
+        // Cut off inside the transaction: rolled back before reuse.
+        conn.settle(scope::Settle::Rollback);
+        let (mut row, mut applied) = (None, 0usize);
+        let failure = {
+            let mut stream = sqlx::raw_sql(batch).fetch_many(&mut *conn);
+            loop {
+                match stream.next().await {
+                    None => break None,
+                    Some(Ok(sqlx::Either::Right(r))) if row.is_none() => row = Some(r),
+                    Some(Ok(sqlx::Either::Right(r))) => {
+                        applied += usize::from(r.try_get::<i64, _>(sql::APPLIED_COLUMN).is_ok());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Some(e),
+                }
+            }
+        };
+        let Some(error) = failure else {
+            let tenant = row
+                .as_ref()
+                .map(|row| store.decode(row))
+                .unwrap_or_else(|| {
+                    Err(Error::CorruptRecord {
+                        id: draft.id.to_string(),
+                        reason: "the registry returned no row for a new tenant".into(),
+                    })
+                })?;
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db("committing the provisioning transaction"))?;
+            conn.settled();
+            return Ok(tenant);
+        };
+        // The pool's settle task rolls the failed transaction back.
+        Err(match row {
+            None => store.insert_error(&draft, error),
+            Some(_)
+                if applied == 0
+                    && crate::error::db_code(&error)
+                        .is_some_and(|(code, _)| code == sqlstate::DUPLICATE_SCHEMA) =>
+            {
+                Error::SchemaTaken {
+                    id: draft.id.clone(),
+                    schema: schema.to_string(),
+                }
+            }
+            Some(_) => Error::MigrationFailed {
+                schema: schema.to_string(),
+                migration: new
+                    .batch
+                    .get(applied)
+                    .or(new.batch.last())
+                    .map(|m| migrate::label(m).into_owned())
+                    .unwrap_or_default(),
+                source: error,
+            },
+        })
     }
 
     /// Seeds a new tenant (the handle's seed, then its own `setup`) and marks

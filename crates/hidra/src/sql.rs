@@ -374,8 +374,9 @@ fn migration_lock_key(schema: &Ident) -> String {
 pub(crate) struct Batch<'a> {
     pub(crate) schema: &'a Ident,
     pub(crate) search_path: &'a str,
-    /// Wrap in `BEGIN … COMMIT` with the schema's advisory lock and a check that
-    /// `hidra.schema_versions` still says this version (`None`: no row).
+    /// Wrap in `BEGIN … COMMIT` with the schema's advisory lock, claiming
+    /// the new version in `hidra.schema_versions` only from this one (`None`:
+    /// no row).
     pub(crate) own_transaction: Option<Option<i64>>,
     /// Create the schema first.
     pub(crate) create_schema: bool,
@@ -383,8 +384,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) create_history: bool,
 }
 
-/// SQLSTATE raised by a batch whose schema another runner migrated since the plan.
-pub(crate) const CONCURRENT_MIGRATION: &str = "HM001";
+/// Column name of the row a batch's claim returns (see [`migration_batch`]).
+pub(crate) const CLAIMED_COLUMN: &str = "hidra_claimed";
 
 /// Column name of the row each applied migration returns, so the caller can
 /// tell how far a failed batch got.
@@ -403,19 +404,33 @@ pub(crate) fn migration_batch(
 ) -> SqlStr {
     let schema_lit = quote_literal(b.schema.as_str());
     let mut sql = String::new();
+    let version_row = format!(
+        "version = {final_version}, digest = {}, updated_at = now()",
+        bytea_literal(final_digest)
+    );
     if let Some(expected) = b.own_transaction {
         sql.push_str("BEGIN;\n");
         sql.push_str(&format!(
             "SELECT pg_advisory_xact_lock({});\n",
             migration_lock_key(b.schema)
         ));
-        let expected = expected.map_or("NULL".to_owned(), |v| v.to_string());
-        sql.push_str(&format!(
-            "DO $hidra$ BEGIN IF (SELECT version FROM hidra.schema_versions WHERE schema_name = {schema_lit}) \
-             IS DISTINCT FROM {expected} THEN RAISE EXCEPTION 'schema {} was migrated by another runner' \
-             USING ERRCODE = '{CONCURRENT_MIGRATION}'; END IF; END $hidra$;\n",
-            b.schema.as_str().replace('\'', "''"),
-        ));
+        // The claim: the recorded version moves only from the one planned,
+        // in the same statement that checks it. A runner that got there first
+        // leaves no row to update (a division by zero) or a row to conflict
+        // with (a unique violation), before any migration runs; the row it
+        // returns tells the caller that the claim passed.
+        match expected {
+            Some(v) => sql.push_str(&format!(
+                "WITH claimed AS (UPDATE hidra.schema_versions SET {version_row} \
+                 WHERE schema_name = {schema_lit} AND version = {v} RETURNING 1) \
+                 SELECT 1 / count(*) > 0 AS {CLAIMED_COLUMN} FROM claimed;\n"
+            )),
+            None => sql.push_str(&format!(
+                "INSERT INTO hidra.schema_versions (schema_name, version, digest) \
+                 VALUES ({schema_lit}, {final_version}, {}) RETURNING true AS {CLAIMED_COLUMN};\n",
+                bytea_literal(final_digest),
+            )),
+        }
     }
     if b.create_schema {
         sql.push_str(&format!("CREATE SCHEMA {};\n", b.schema.quoted()));
@@ -442,14 +457,15 @@ pub(crate) fn migration_batch(
             bytea_literal(&m.checksum),
         ));
     }
-    sql.push_str(&format!(
-        "INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES ({schema_lit}, {final_version}, {}) \
-         ON CONFLICT (schema_name) DO UPDATE SET version = EXCLUDED.version, digest = EXCLUDED.digest, updated_at = now();\n",
-        bytea_literal(final_digest),
-    ));
     if b.own_transaction.is_some() {
         sql.push_str("COMMIT;\n");
     } else {
+        // A new schema (or a renamed spare): its row is written here.
+        sql.push_str(&format!(
+            "INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES ({schema_lit}, {final_version}, {}) \
+             ON CONFLICT (schema_name) DO UPDATE SET {version_row};\n",
+            bytea_literal(final_digest),
+        ));
         sql.push_str("SET LOCAL search_path TO DEFAULT;\n");
     }
     owned(sql)

@@ -331,7 +331,10 @@ async fn a_tenant_is_held_to_its_cap_through_the_pooler_too() {
     let b = hidra.provision(NewTenant::new(id("b"))).await.unwrap();
     let held = hidra.acquire(&a).await.unwrap();
     let busy = hidra.begin(&a).await.unwrap_err();
-    assert!(matches!(busy, hidra::Error::TenantBusy { cap: 1, .. }), "{busy:?}");
+    assert!(
+        matches!(busy, hidra::Error::TenantBusy { cap: 1, .. }),
+        "{busy:?}"
+    );
     let mut conn = hidra.acquire(&b).await.unwrap();
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM marker")
         .fetch_one(&mut conn)

@@ -1,15 +1,27 @@
 //! Provisioning and migration fan-out against the database's own floor,
-//! measured in the same run on the same server.
+//! measured in the same run on the same server, in alternating rounds.
 //!
 //! ```sh
-//! cargo run --release -p hidra-bench --bin bench-migrate            # 500 / 1,000 tenants
-//! cargo run --release -p hidra-bench --bin bench-migrate -- --large # 10,000 for the fan-out
+//! cargo run --release -p hidra-bench --bin bench-migrate            # fan-out at 300 and 1,000 tenants
+//! cargo run --release -p hidra-bench --bin bench-migrate -- --large # and at 10,000
 //! ```
 //!
-//! Every phase runs in its own fresh database so that catalog size is the
-//! same for a figure and its floor. The tenant schema is
-//! `bench/reference_schema.sql`, the migration
-//! `bench/reference_migration.sql`.
+//! - **Provisioning**, at concurrency 1 and 4: the floor sends the reference
+//!   schema as one batch per tenant (`CREATE SCHEMA …; SET search_path …;
+//!   <schema>`), Hidra provisions tenants (registry row, schema, history,
+//!   version, all or nothing). Each variant runs in a fresh database; rounds
+//!   alternate which goes first.
+//! - **Migration fan-out**, at each size: one database with that many
+//!   tenants provisioned by Hidra. The floor sends the reference migration
+//!   raw to every schema (`SET search_path …; <migration>`), over the same
+//!   number of connections; Hidra runs its migrator. Between variants the
+//!   migration is undone (`bench/reference_migration_down.sql`) and the
+//!   bookkeeping put back, untimed, so both run against the same schemas and
+//!   the same catalog; rounds alternate the order.
+//!
+//! The tenant schema is `bench/reference_schema.sql`, the migration
+//! `bench/reference_migration.sql`. Every figure is printed with its floor;
+//! the summary gives the median ratio over the rounds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,18 +39,24 @@ use sqlx::{AssertSqlSafe, Connection};
     about = "Benchmark Hidra's provisioning and migration fan-out against the database floor"
 )]
 struct Args {
-    /// Tenants to provision.
-    #[arg(long, default_value_t = 500)]
+    /// Tenants provisioned per variant and round.
+    #[arg(long, default_value_t = 300)]
     provision: usize,
-    /// Existing tenants to migrate.
-    #[arg(long, default_value_t = 1000)]
-    migrate: usize,
-    /// Migrate 10,000 tenants instead.
+    /// Concurrencies of the provisioning figures.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    provision_concurrency: Vec<usize>,
+    /// Tenant counts of the fan-out figures.
+    #[arg(long, value_delimiter = ',', default_value = "300,1000")]
+    sizes: Vec<usize>,
+    /// Add 10,000 tenants to the fan-out sizes.
     #[arg(long)]
     large: bool,
-    /// Connections used by the floor and by Hidra alike.
+    /// Connections of the fan-out, for the floor and Hidra alike.
     #[arg(long, default_value_t = 4)]
     connections: usize,
+    /// Rounds per figure (the order of floor and Hidra alternates).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Sign-ups timed for the latency figures.
     #[arg(long, default_value_t = 60)]
     signups: usize,
@@ -48,9 +66,46 @@ struct Args {
     /// Reference migration (default: bench/reference_migration.sql).
     #[arg(long)]
     migration: Option<PathBuf>,
-    /// Skip phases: any of floor-provision, provision, replay, latency, migrate.
+    /// What undoes it (default: bench/reference_migration_down.sql).
+    #[arg(long)]
+    down: Option<PathBuf>,
+    /// Skip phases: any of provision, replay, latency, migrate.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+}
+
+/// One figure over rounds: the variant's rates and its floor's.
+#[derive(Default)]
+struct Figure {
+    floor: Vec<f64>,
+    hidra: Vec<f64>,
+}
+
+impl Figure {
+    fn median_ratio(&self) -> f64 {
+        let mut ratios: Vec<f64> = self
+            .hidra
+            .iter()
+            .zip(&self.floor)
+            .map(|(h, f)| h / f)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
+    }
+
+    fn line(&self, what: &str) -> String {
+        let ratios: Vec<String> = self
+            .hidra
+            .iter()
+            .zip(&self.floor)
+            .map(|(h, f)| format!("{h:.1}/{f:.1}={:.2}", h / f))
+            .collect();
+        format!(
+            "{what:<34} median {:.2} x floor   rounds (hidra/floor tenants/s): {}",
+            self.median_ratio(),
+            ratios.join("  ")
+        )
+    }
 }
 
 #[tokio::main]
@@ -58,67 +113,65 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let schema_sql = read_reference(args.schema.clone(), "reference_schema.sql")?;
     let migration_sql = read_reference(args.migration.clone(), "reference_migration.sql")?;
-    let n_migrate = if args.large { 10_000 } else { args.migrate };
-    let conns = args.connections;
+    let down_sql = read_reference(args.down.clone(), "reference_migration_down.sql")?;
+    let mut sizes = args.sizes.clone();
+    if args.large && !sizes.contains(&10_000) {
+        sizes.push(10_000);
+    }
     let skip = |phase: &str| args.skip.iter().any(|s| s == phase);
     println!(
-        "bench-migrate: {} provisions, {} tenants migrated, {} connections",
-        args.provision, n_migrate, conns
+        "bench-migrate: provisioning {} tenants at concurrency {:?}; fan-out at {:?} tenants over {} connections; {} rounds",
+        args.provision, args.provision_concurrency, sizes, args.connections, args.rounds
     );
 
     let migrations = Migrations::new().push("reference schema", schema_sql.clone());
     let migrations_v2 = migrations
         .clone()
         .push("reference migration", migration_sql.clone());
-
-    // Provisioning floor: the schema as one batch per tenant, no library.
-    let mut floor_provision = None;
-    if !skip("floor-provision") {
-        let db = TestDatabase::create().await?;
-        let schema_sql = schema_sql.clone();
-        let elapsed = parallel(db.url(), conns, args.provision, move |i| {
-            format!("CREATE SCHEMA floor_{i}; SET search_path TO floor_{i}; {schema_sql}")
-        })
-        .await?;
-        let r = rate(args.provision, elapsed);
-        println!(
-            "floor      provision  {:>6} tenants {:>8.2?}  {r:>8.1} tenants/s",
-            args.provision, elapsed
-        );
-        floor_provision = Some(r);
-        db.drop_now().await?;
-    }
-    let ratio = |r: f64, floor: Option<f64>| {
-        floor.map_or(String::new(), |f| format!("  {:.2} x floor", r / f))
-    };
+    let mut summary = Vec::new();
 
     if !skip("provision") {
-        let db = TestDatabase::create().await?;
-        let hidra = connect(&db, migrations.clone(), conns, 0).await?;
-        let elapsed = provision_many(&hidra, "p", args.provision, conns).await?;
-        let r = rate(args.provision, elapsed);
-        println!(
-            "hidra      provision  {:>6} tenants {:>8.2?}  {r:>8.1} tenants/s{}  (one batch per tenant)",
-            args.provision,
-            elapsed,
-            ratio(r, floor_provision)
-        );
-        hidra.close().await;
-        db.drop_now().await?;
+        for &conns in &args.provision_concurrency {
+            let mut figure = Figure::default();
+            for round in 0..args.rounds {
+                for hidra_first in [round % 2 == 1, round % 2 == 0] {
+                    let db = TestDatabase::create().await?;
+                    if hidra_first {
+                        let hidra = connect(&db, migrations.clone(), conns, 0).await?;
+                        let elapsed = provision_many(&hidra, "p", args.provision, conns).await?;
+                        figure.hidra.push(rate(args.provision, elapsed));
+                        hidra.close().await;
+                    } else {
+                        let schema_sql = schema_sql.clone();
+                        let elapsed = parallel(db.url(), conns, args.provision, move |i| {
+                            format!("CREATE SCHEMA floor_{i}; SET search_path TO floor_{i}; {schema_sql}")
+                        })
+                        .await?;
+                        figure.floor.push(rate(args.provision, elapsed));
+                    }
+                    db.drop_now().await?;
+                }
+            }
+            let line = figure.line(&format!(
+                "provision {} tenants, concurrency {conns}",
+                args.provision
+            ));
+            println!("{line}");
+            summary.push(line);
+        }
     }
 
     if !skip("replay") {
         let db = TestDatabase::create().await?;
+        let conns = args.connections;
         let hidra = connect(&db, Migrations::new(), 1, 0).await?;
         hidra.close().await;
         let stmts = Arc::new(statements(&schema_sql));
         let elapsed = replay(db.url(), conns, args.provision, stmts).await?;
         let r = rate(args.provision, elapsed);
         println!(
-            "replay     provision  {:>6} tenants {:>8.2?}  {r:>8.1} tenants/s{}  (statement by statement, as the peers do)",
-            args.provision,
-            elapsed,
-            ratio(r, floor_provision)
+            "replay     provision  {:>6} tenants {:>8.2?}  {r:>8.1} tenants/s  (statement by statement, as the peers do)",
+            args.provision, elapsed,
         );
         db.drop_now().await?;
     }
@@ -127,7 +180,7 @@ async fn main() -> anyhow::Result<()> {
         for warm in [false, true] {
             let db = TestDatabase::create().await?;
             let spares = if warm { args.signups + 5 } else { 0 };
-            let hidra = connect(&db, migrations.clone(), conns, spares).await?;
+            let hidra = connect(&db, migrations.clone(), args.connections, spares).await?;
             if warm {
                 hidra.top_up_spares().await?;
             }
@@ -152,48 +205,73 @@ async fn main() -> anyhow::Result<()> {
     }
 
     if !skip("migrate") {
-        // Floor: the migration as one batch per schema, no library.
-        let db = TestDatabase::create().await?;
-        let (schema_sql, migration_sql) = (schema_sql.clone(), migration_sql.clone());
-        parallel(db.url(), conns, n_migrate, move |i| {
-            format!("CREATE SCHEMA floor_{i}; SET search_path TO floor_{i}; {schema_sql}")
-        })
-        .await?;
-        let elapsed = parallel(db.url(), conns, n_migrate, move |i| {
-            format!("SET search_path TO floor_{i}; {migration_sql}")
-        })
-        .await?;
-        let floor = rate(n_migrate, elapsed);
-        println!(
-            "floor      migrate    {n_migrate:>6} tenants {elapsed:>8.2?}  {floor:>8.1} tenants/s"
-        );
-        db.drop_now().await?;
-
-        let db = TestDatabase::create().await?;
-        let v1 = connect(&db, migrations.clone(), conns, 0).await?;
-        provision_many(&v1, "m", n_migrate, conns).await?;
-        v1.close().await;
-        let v2 = connect(&db, migrations_v2.clone(), conns + 1, 0).await?;
-        let summary = v2.migrator().concurrency(conns).run().await?;
-        anyhow::ensure!(summary.is_success(), "migration failed: {summary}");
-        anyhow::ensure!(summary.migrated.len() == n_migrate, "{summary}");
-        let r = rate(n_migrate, summary.elapsed);
-        println!(
-            "hidra      migrate    {n_migrate:>6} tenants {:>8.2?}  {r:>8.1} tenants/s  {:.2} x floor",
-            summary.elapsed,
-            r / floor
-        );
-        let noop = v2.migrator().concurrency(conns).run().await?;
-        anyhow::ensure!(
-            noop.migrated.is_empty() && noop.current == n_migrate,
-            "{noop}"
-        );
-        println!(
-            "hidra      no-op run  {n_migrate:>6} tenants {:>8.2?}",
-            noop.elapsed
-        );
-        v2.close().await;
-        db.drop_now().await?;
+        let conns = args.connections;
+        for &n in &sizes {
+            let db = TestDatabase::create().await?;
+            let v1 = connect(&db, migrations.clone(), conns, 0).await?;
+            let setup = Instant::now();
+            provision_many(&v1, "m", n, conns).await?;
+            v1.close().await;
+            println!(
+                "  ({n} tenants provisioned for the fan-out in {:.1?})",
+                setup.elapsed()
+            );
+            let v1_digest: Vec<u8> = {
+                let mut c = sqlx::PgConnection::connect(db.url()).await?;
+                sqlx::query_scalar("SELECT digest FROM hidra.schema_versions LIMIT 1")
+                    .fetch_one(&mut c)
+                    .await?
+            };
+            let v1_hex: String = v1_digest.iter().map(|b| format!("{b:02x}")).collect();
+            let v2 = connect(&db, migrations_v2.clone(), conns, 0).await?;
+            let mut figure = Figure::default();
+            let mut noop = Vec::new();
+            for round in 0..args.rounds {
+                for hidra_first in [round % 2 == 1, round % 2 == 0] {
+                    if hidra_first {
+                        let run = v2.migrator().concurrency(conns).run().await?;
+                        anyhow::ensure!(run.is_success(), "migration failed: {run}");
+                        anyhow::ensure!(run.migrated.len() == n, "{run}");
+                        figure.hidra.push(rate(n, run.elapsed));
+                        let again = v2.migrator().concurrency(conns).run().await?;
+                        anyhow::ensure!(again.migrated.is_empty() && again.current == n, "{again}");
+                        noop.push(again.elapsed);
+                    } else {
+                        let migration_sql = migration_sql.clone();
+                        let elapsed = parallel(db.url(), conns, n, move |i| {
+                            format!("SET search_path TO tenant_m{i}; {migration_sql}")
+                        })
+                        .await?;
+                        figure.floor.push(rate(n, elapsed));
+                    }
+                    // Undo, untimed: the migration and Hidra's record of it.
+                    let (down_sql, v1_hex) = (down_sql.clone(), v1_hex.clone());
+                    parallel(db.url(), conns, n, move |i| {
+                        format!(
+                            "SET search_path TO tenant_m{i}; {down_sql}; \
+                             DELETE FROM tenant_m{i}._hidra_migrations WHERE version = 2; \
+                             UPDATE hidra.schema_versions SET version = 1, digest = '\\x{v1_hex}' \
+                             WHERE schema_name = 'tenant_m{i}'"
+                        )
+                    })
+                    .await?;
+                }
+            }
+            noop.sort();
+            let line = format!(
+                "{}   no-op run median {:.2?}",
+                figure.line(&format!("migrate {n} tenants, {conns} connections")),
+                noop[noop.len() / 2]
+            );
+            println!("{line}");
+            summary.push(line);
+            v2.close().await;
+            db.drop_now().await?;
+        }
+    }
+    println!("\nsummary");
+    for line in summary {
+        println!("  {line}");
     }
     Ok(())
 }

@@ -272,58 +272,106 @@ pub(crate) async fn create_schema(
     search_path: &str,
     migrations: &Migrations,
 ) -> std::result::Result<i64, (sqlx::Error, Option<Migration>)> {
-    let upto = migrations
-        .iter()
-        .position(|m| m.no_tx)
-        .unwrap_or(migrations.len());
-    let batch: Vec<Migration> = migrations.iter().take(upto).cloned().collect();
-    let version = batch.last().map_or(0, |m| m.version);
-    let digest = migrations.digest_at(version).expect("our own version");
-    let sql = crate::sql::migration_batch(
-        &crate::sql::Batch {
-            schema,
-            search_path,
-            own_transaction: None,
-            create_schema: true,
-            create_history: true,
-        },
-        &batch,
+    let NewSchema {
+        sql,
         version,
-        digest,
-    );
+        batch,
+    } = NewSchema::new(schema, search_path, migrations);
     match execute_batch(conn, sql).await {
         Ok(()) => Ok(version),
-        Err((e, 0))
-            if crate::error::db_code(&e)
-                .is_some_and(|(code, _)| code == crate::error::sqlstate::DUPLICATE_SCHEMA) =>
+        Err(BatchFailure {
+            error, applied: 0, ..
+        }) if crate::error::db_code(&error)
+            .is_some_and(|(code, _)| code == crate::error::sqlstate::DUPLICATE_SCHEMA) =>
         {
-            Err((e, None))
+            Err((error, None))
         }
-        Err((e, applied)) => Err((e, batch.get(applied).cloned())),
+        Err(BatchFailure { error, applied, .. }) => Err((error, batch.get(applied).cloned())),
     }
 }
 
-/// Runs a batch from [`sql::migration_batch`](crate::sql::migration_batch).
-/// On failure, returns the error and how many migrations of the batch were
-/// applied before it (the next one failed).
+/// The batch that creates a schema with every migration that can run in a
+/// transaction (see [`create_schema`]), to run inside the caller's.
+pub(crate) struct NewSchema {
+    pub(crate) sql: sqlx::SqlStr,
+    /// The version it reaches.
+    pub(crate) version: i64,
+    /// The migrations it applies.
+    pub(crate) batch: Vec<Migration>,
+}
+
+impl NewSchema {
+    pub(crate) fn new(
+        schema: &crate::sql::Ident,
+        search_path: &str,
+        migrations: &Migrations,
+    ) -> NewSchema {
+        let upto = migrations
+            .iter()
+            .position(|m| m.no_tx)
+            .unwrap_or(migrations.len());
+        let batch: Vec<Migration> = migrations.iter().take(upto).cloned().collect();
+        let version = batch.last().map_or(0, |m| m.version);
+        let digest = migrations.digest_at(version).expect("our own version");
+        let sql = crate::sql::migration_batch(
+            &crate::sql::Batch {
+                schema,
+                search_path,
+                own_transaction: None,
+                create_schema: true,
+                create_history: true,
+            },
+            &batch,
+            version,
+            digest,
+        );
+        NewSchema {
+            sql,
+            version,
+            batch,
+        }
+    }
+}
+
+/// How a batch from [`sql::migration_batch`](crate::sql::migration_batch)
+/// failed.
+#[derive(Debug)]
+pub(crate) struct BatchFailure {
+    pub(crate) error: sqlx::Error,
+    /// Migrations applied before the failure (the next one failed).
+    pub(crate) applied: usize,
+    /// Whether the batch had claimed the schema's version.
+    pub(crate) claimed: bool,
+}
+
+/// Runs a batch from [`sql::migration_batch`](crate::sql::migration_batch),
+/// following its progress by the rows it returns.
 pub(crate) async fn execute_batch(
     conn: &mut sqlx::PgConnection,
     batch: sqlx::SqlStr,
-) -> std::result::Result<(), (sqlx::Error, usize)> {
+) -> std::result::Result<(), BatchFailure> {
     use futures_util::StreamExt;
     use sqlx::Row;
 
-    let mut applied = 0usize;
+    let (mut applied, mut claimed) = (0usize, false);
     let mut stream = sqlx::raw_sql(batch).fetch_many(conn);
     while let Some(item) = stream.next().await {
         match item {
-            Ok(sqlx::Either::Right(row))
-                if row.try_get::<i64, _>(crate::sql::APPLIED_COLUMN).is_ok() =>
-            {
-                applied += 1;
+            Ok(sqlx::Either::Right(row)) => {
+                if row.try_get::<i64, _>(crate::sql::APPLIED_COLUMN).is_ok() {
+                    applied += 1;
+                } else if row.try_get::<bool, _>(crate::sql::CLAIMED_COLUMN).is_ok() {
+                    claimed = true;
+                }
             }
             Ok(_) => {}
-            Err(e) => return Err((e, applied)),
+            Err(error) => {
+                return Err(BatchFailure {
+                    error,
+                    applied,
+                    claimed,
+                });
+            }
         }
     }
     Ok(())

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use sqlx::Row;
 
 use super::{Migration, Migrations, label};
-use crate::error::{Error, Result, db_code};
+use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::scope::Pooled;
 use crate::sql::{self, Batch, Ident};
@@ -406,15 +406,23 @@ impl MigrationRunner {
         let total = plan.pending.len();
         let done = AtomicUsize::new(0);
         let failed = AtomicUsize::new(0);
-        let results: Vec<(Target, i64, Result<Option<i64>>)> = futures_util::stream::iter(
-            plan.pending,
-        )
-        .map(|p| {
+        // `concurrency` workers, each keeping its connection from one tenant
+        // to the next: a tenant costs its batch, not a checkout too.
+        let queue = std::sync::Mutex::new(std::collections::VecDeque::from(plan.pending));
+        let next = || {
+            queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pop_front()
+        };
+        let worker = || async {
             let (done, failed) = (&done, &failed);
-            async move {
+            let mut slot = None;
+            let mut out = Vec::new();
+            while let Some(p) = next() {
                 let from = p.version;
                 let target = p.target.clone();
-                let result = this.apply(p).await;
+                let result = this.apply(p, &mut slot).await;
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 let f = failed.load(Ordering::Relaxed) + usize::from(result.is_err());
                 if result.is_err() {
@@ -437,12 +445,17 @@ impl MigrationRunner {
                         target: target.clone(),
                     });
                 }
-                (target, from, result)
+                out.push((target, from, result));
             }
-        })
-        .buffer_unordered(self.concurrency)
-        .collect()
-        .await;
+            out
+        };
+        let workers = self.concurrency.clamp(1, total.max(1));
+        let results: Vec<(Target, i64, Result<Option<i64>>)> =
+            futures_util::future::join_all((0..workers).map(|_| worker()))
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
         for (target, from, result) in results {
             match result {
                 Ok(Some(to)) => summary.migrated.push((target, from, to)),
@@ -498,20 +511,38 @@ impl MigrationRunner {
             recorded,
             no_history,
         };
-        self.apply(p).await.map(|_| ())
+        self.apply(p, &mut None).await.map(|_| ())
     }
 
     /// Brings one schema to the latest version; returns the version reached,
-    /// or `None` when another runner had already done it all.
-    async fn apply(&self, mut p: PlannedTarget) -> Result<Option<i64>> {
+    /// or `None` when another runner had already done it all. A schema of the
+    /// shared database runs on the connection in `slot` (checked out if
+    /// empty), which is left there when the schema is done with it cleanly.
+    async fn apply(
+        &self,
+        p: PlannedTarget,
+        slot: &mut Option<crate::scope::PoolConn>,
+    ) -> Result<Option<i64>> {
+        let hidra = &self.hidra;
+        let mut conn = match &p.target.database {
+            Some(db) => Pooled::Database(hidra.inner.databases.acquire(db).await?),
+            None => match slot.take() {
+                Some(conn) => Pooled::Shared(conn),
+                None => Pooled::Shared(hidra.acquire_shared().await?.into_pool_conn()),
+            },
+        };
+        let result = self.apply_on(&mut conn, p).await;
+        if let (Ok(_), Pooled::Shared(conn)) = (&result, conn) {
+            *slot = Some(conn);
+        }
+        result
+    }
+
+    async fn apply_on(&self, conn: &mut Pooled, mut p: PlannedTarget) -> Result<Option<i64>> {
         let hidra = &self.hidra;
         let migrations = self.migrations();
         let schema = Ident::new(p.target.schema.clone(), "tenant schema name")?;
         let path = sql::search_path_value(&schema, &hidra.inner.shared);
-        let mut conn = match &p.target.database {
-            Some(db) => Pooled::Database(hidra.inner.databases.acquire(db).await?),
-            None => Pooled::Shared(hidra.acquire_shared().await?.into_pool_conn()),
-        };
         let mut raced = 0;
         let mut applied_any = false;
         loop {
@@ -522,10 +553,10 @@ impl MigrationRunner {
             // Transactional migrations up to the next no-transaction one go in one batch.
             let n = pending.iter().take_while(|m| !m.no_tx).count();
             let step = if n > 0 {
-                self.apply_batch(&mut conn, &schema, &path, &p, &pending[..n])
+                self.apply_batch(conn, &schema, &path, &p, &pending[..n])
                     .await
             } else {
-                apply_no_tx(&mut conn, &schema, &path, &p, &pending[0], migrations).await
+                apply_no_tx(conn, &schema, &path, &p, &pending[0], migrations).await
             };
             match step {
                 Ok(version) => {
@@ -537,7 +568,7 @@ impl MigrationRunner {
                 Err(Step::Raced) if raced < 3 => {
                     // Another runner moved this schema since the plan: re-read it.
                     raced += 1;
-                    let (v, digest, has_table) = read_history(&mut conn, &p.target.schema).await?;
+                    let (v, digest, has_table) = read_history(conn, &p.target.schema).await?;
                     // The other runner may have applied another migration
                     // set: the same check as the plan's, before going on.
                     let migrations = self.migrations();
@@ -545,15 +576,14 @@ impl MigrationRunner {
                         .digest_at(v)
                         .is_none_or(|expected| expected != digest.as_slice())
                     {
-                        let detail =
-                            explain_mismatch(&mut conn, &p.target.schema, migrations).await;
+                        let detail = explain_mismatch(conn, &p.target.schema, migrations).await;
                         return Err(Error::ChecksumMismatch {
                             schema: p.target.schema.clone(),
                             detail,
                         });
                     }
                     p.version = v;
-                    p.recorded = recorded_version(&mut conn, &p.target.schema).await?;
+                    p.recorded = recorded_version(conn, &p.target.schema).await?;
                     p.no_history = !has_table;
                 }
                 Err(Step::Raced) => {
@@ -590,12 +620,24 @@ impl MigrationRunner {
             last.version,
             digest,
         );
-        let Err((err, applied)) = super::execute_batch(conn, sql).await else {
+        let Err(super::BatchFailure {
+            error: err,
+            applied,
+            claimed,
+        }) = super::execute_batch(conn, sql).await
+        else {
             return Ok(last.version);
         };
         // The batch stopped inside its transaction: end it.
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
-        if db_code(&err).is_some_and(|(code, _)| code == sql::CONCURRENT_MIGRATION) {
+        // Only the claim fails these ways before it answers: the schema's
+        // recorded version moved since the plan (no row to update: a
+        // division by zero), or a row appeared (a unique violation).
+        if !claimed
+            && db_code(&err).is_some_and(|(code, _)| {
+                code == sqlstate::DIVISION_BY_ZERO || code == sqlstate::UNIQUE_VIOLATION
+            })
+        {
             return Err(Step::Raced);
         }
         let failing = batch.get(applied).unwrap_or(last);

@@ -55,7 +55,7 @@ mod pool;
 mod reachability;
 mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
-pub(crate) use pool::{Pool, PoolConfig, PoolConn};
+pub(crate) use pool::{Pool, PoolConfig, PoolConn, Settle};
 
 pub(crate) use load::Counters;
 pub use load::{LoadReport, OTHER_TENANTS, TenantLoad, TenantLoads};
@@ -71,7 +71,6 @@ use sqlx::{PgConnection, Postgres, SqlStr, Transaction};
 use crate::error::{Error, Result};
 use crate::sql::Ident;
 use crate::tenant::{Strategy, Tenant, TenantId};
-use pool::Settle;
 use statements::{Pooler, Scoped, Statements};
 
 /// What a tenant checkout binds: the `search_path`, and the tenant id the

@@ -219,6 +219,10 @@ struct Statements {
     get: SqlStr,
     list: SqlStr,
     insert: SqlStr,
+    /// `INSERT INTO … (cols) VALUES`, for [`PgTenantStore::insert_literal`].
+    insert_into: String,
+    /// `RETURNING cols`.
+    returning: String,
     update_status: SqlStr,
     update_placement: SqlStr,
     delete: SqlStr,
@@ -232,6 +236,55 @@ impl Default for PgTenantStore {
 }
 
 impl PgTenantStore {
+    /// The registration of `tenant` as one statement with its values as
+    /// literals (quoted here), returning the row like `insert`: for a
+    /// provisioning sent as one batch.
+    pub(crate) fn insert_literal(&self, tenant: &Tenant) -> String {
+        let text = |v: Option<&str>| v.map_or_else(|| "NULL".to_owned(), sql::quote_literal);
+        format!(
+            "{}({}, {}, {}, {}, {}, {}, {}, {}::jsonb, now(), now()){}",
+            self.q.insert_into,
+            sql::quote_literal(tenant.id.as_str()),
+            sql::quote_literal(&tenant.name),
+            sql::quote_literal(tenant.status.as_str()),
+            sql::quote_literal(tenant.placement.strategy.as_str()),
+            sql::quote_literal(&tenant.placement.schema),
+            text(tenant.placement.database.as_deref()),
+            text(tenant.placement.server.as_deref()),
+            sql::quote_literal(&tenant.metadata.to_string()),
+            self.q.returning,
+        )
+    }
+
+    /// A registry row as a tenant record.
+    pub(crate) fn decode(&self, row: &PgRow) -> Result<Tenant> {
+        decode(row)
+    }
+
+    /// The error of a failed registration of `tenant`: a taken id, schema or
+    /// database name, or a database failure.
+    pub(crate) fn insert_error(&self, tenant: &Tenant, err: sqlx::Error) -> Error {
+        match db_code(&err) {
+            Some((code, constraint)) if code == sqlstate::UNIQUE_VIOLATION => {
+                let r = &self.registry;
+                if constraint.as_deref() == Some(r.schema_constraint().as_str()) {
+                    Error::SchemaTaken {
+                        id: tenant.id.clone(),
+                        schema: tenant.placement.schema.clone(),
+                    }
+                } else if constraint.as_deref() == Some(r.database_constraint().as_str()) {
+                    Error::SchemaTaken {
+                        id: tenant.id.clone(),
+                        schema: tenant.placement.database.clone().unwrap_or_default(),
+                    }
+                } else {
+                    Error::AlreadyExists(tenant.id.clone())
+                }
+            }
+            _ => self.map_err("registering a tenant")(err),
+        }
+    }
+
     /// A store over `registry`.
     pub fn new(registry: RegistryTable) -> Self {
         let c = &registry.columns;
@@ -261,6 +314,8 @@ impl PgTenantStore {
                 "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now()) \
                  RETURNING {cols}"
             )),
+            insert_into: format!("INSERT INTO {t} ({cols}) VALUES "),
+            returning: format!(" RETURNING {cols}"),
             update_status: sql::owned(format!(
                 "UPDATE {t} SET {status} = $2, {updated} = now() \
                  WHERE {id} = $1 AND {status} = ANY($3) RETURNING {cols}",
@@ -404,25 +459,7 @@ impl TenantStore for PgTenantStore {
                 .await;
             match result {
                 Ok(row) => decode(&row),
-                Err(err) => Err(match db_code(&err) {
-                    Some((code, constraint)) if code == sqlstate::UNIQUE_VIOLATION => {
-                        let r = &self.registry;
-                        if constraint.as_deref() == Some(r.schema_constraint().as_str()) {
-                            Error::SchemaTaken {
-                                id: tenant.id.clone(),
-                                schema: tenant.placement.schema.clone(),
-                            }
-                        } else if constraint.as_deref() == Some(r.database_constraint().as_str()) {
-                            Error::SchemaTaken {
-                                id: tenant.id.clone(),
-                                schema: tenant.placement.database.clone().unwrap_or_default(),
-                            }
-                        } else {
-                            Error::AlreadyExists(tenant.id.clone())
-                        }
-                    }
-                    _ => self.map_err("registering a tenant")(err),
-                }),
+                Err(err) => Err(self.insert_error(tenant, err)),
             }
         })
     }

@@ -1332,6 +1332,7 @@ async fn through_pgbouncer_in_transaction_mode() {
 /// mixed requests (lists, creates, gets, searches for another tenant's data)
 /// spread over them, and checks every answer and the stored data.
 async fn concurrent_mixed_requests(demo: &Demo, tenant_names: &[(&str, &str)], requests: usize) {
+    const IN_FLIGHT: usize = 256;
     let n = tenant_names.len();
     const SEEDED: usize = 5;
     let mut tenants = Vec::new();
@@ -1354,11 +1355,17 @@ async fn concurrent_mixed_requests(demo: &Demo, tenant_names: &[(&str, &str)], r
 
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
+    // Many more requests in flight than pooled connections (each tenant
+    // queues at its cap), but not a backlog longer than the acquire timeout
+    // on a loaded machine: that would test capacity, not isolation.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     for i in 0..requests {
         let api = demo.api.clone();
         let (acc, marker, seeded) = tenants[i % n].clone();
         let other_marker = tenants[(i + 1) % n].1.clone();
+        let in_flight = Arc::clone(&in_flight);
         tasks.spawn(async move {
+            let _slot = in_flight.acquire_owned().await.expect("never closed");
             let token = Some(acc.token.as_str());
             let outcome: Result<&'static str, String> = match (i / 3) % 5 {
                 0 => {

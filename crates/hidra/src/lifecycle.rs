@@ -272,7 +272,8 @@ impl Hidra {
         let path = self.binding(&draft)?.search_path;
         let new = migrate::NewSchema::new(schema, &path, &self.inner.tenant_migrations);
         let batch = sql::owned(format!(
-            "BEGIN;\n{};\n{}",
+            "BEGIN; SET LOCAL {} TO on;\n{};\n{}",
+            sql::DEFER_ANNOUNCEMENT,
             store.insert_literal(&draft),
             new.sql.as_str()
         ));
@@ -303,10 +304,31 @@ impl Hidra {
                         reason: "the registry returned no row for a new tenant".into(),
                     })
                 })?;
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut *conn)
-                .await
-                .map_err(Error::db("committing the provisioning transaction"))?;
+            // The new row is announced after the commit: see
+            // `sql::commit_and_announce`.
+            let mut replies =
+                sqlx::raw_sql(sql::commit_and_announce(&tenant.id)).fetch_many(&mut *conn);
+            let mut committed = false;
+            while let Some(reply) = replies.next().await {
+                match reply {
+                    Ok(sqlx::Either::Left(_)) => committed = true,
+                    Ok(sqlx::Either::Right(_)) => {}
+                    Err(source) if !committed => {
+                        return Err(Error::Database {
+                            context: "committing the provisioning transaction",
+                            source,
+                        });
+                    }
+                    // Caches elsewhere learn of it when their negative entry
+                    // for the id expires.
+                    Err(error) => tracing::warn!(
+                        tenant = %tenant.id,
+                        error = %error,
+                        "a new tenant was committed but could not be announced"
+                    ),
+                }
+            }
+            drop(replies);
             conn.settled();
             return Ok(tenant);
         };

@@ -384,6 +384,23 @@ pub(crate) struct Batch<'a> {
     pub(crate) create_history: bool,
 }
 
+/// The setting with which a transaction tells the registry's trigger that it
+/// announces its changes itself, after its commit (see
+/// [`announce_after_commit`]).
+pub(crate) const DEFER_ANNOUNCEMENT: &str = "hidra.announce_after_commit";
+
+/// `COMMIT`, then the announcement of `id` on the registry's channel, in its
+/// own tiny transaction. A transaction that notifies holds PostgreSQL's one
+/// notification lock through its commit; a provisioning's commit is long
+/// (its DDL), so announcing after it lets provisionings commit side by side.
+pub(crate) fn commit_and_announce(id: &crate::TenantId) -> SqlStr {
+    owned(format!(
+        "COMMIT; SELECT pg_notify({}, {})",
+        quote_literal(crate::CHANGES_CHANNEL),
+        quote_literal(id.as_str())
+    ))
+}
+
 /// Column name of the row a batch's claim returns (see [`migration_batch`]).
 pub(crate) const CLAIMED_COLUMN: &str = "hidra_claimed";
 

@@ -431,3 +431,24 @@ async fn a_missing_registry_table_is_a_clear_error() {
     drop(conn);
     db.drop_now().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_new_tenant_is_announced_once_committed() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    let mut listener = h.changes_listener().await.unwrap();
+    let tenant = h.provision(NewTenant::new(id("announced"))).await.unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("no announcement within 10 s")
+        .unwrap();
+    assert_eq!(note.channel(), hidra::CHANGES_CHANNEL);
+    assert_eq!(note.payload(), "announced");
+    // Other changes are still announced by the registry's trigger.
+    h.suspend(&tenant.id).await.unwrap();
+    let note = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("no announcement within 10 s")
+        .unwrap();
+    assert_eq!(note.payload(), "announced");
+}

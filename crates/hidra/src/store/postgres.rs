@@ -170,10 +170,14 @@ CREATE TABLE IF NOT EXISTS {t} (
 CREATE UNIQUE INDEX IF NOT EXISTS {schema_key} ON {t} ({schema_name}) WHERE {strategy} = 'schema';
 
 -- Every change to a tenant row is announced, so that caches in every process
--- serving this database drop their copy at once.
+-- serving this database drop their copy at once. A transaction that sets
+-- {defer} announces its rows itself, after its commit.
 CREATE OR REPLACE FUNCTION {func}() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('{defer}', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify('{channel}', OLD.{id});
     ELSE
@@ -203,6 +207,7 @@ CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
             id_check = sql::quote_ident(&format!("{bare}_{}_check", c.id)),
             trigger = sql::quote_ident(&format!("{bare}_notify_change")),
             channel = CHANGES_CHANNEL,
+            defer = sql::DEFER_ANNOUNCEMENT,
         )
     }
 }

@@ -1182,6 +1182,50 @@ async fn deprovisioning_a_tenant_removes_its_api_keys() {
 }
 
 #[tokio::test]
+async fn a_key_id_alone_finds_the_tenant_that_owns_the_key() {
+    let ctx = setup().await;
+    let a = ctx
+        .keys
+        .create(&ctx.acme.id, NewApiKey::new("ci"))
+        .await
+        .unwrap();
+    let g = ctx
+        .keys
+        .create(&ctx.globex.id, NewApiKey::new("ci"))
+        .await
+        .unwrap();
+    assert_eq!(ctx.keys.owner(a.key_id()).await.unwrap(), Some(id("acme")));
+    assert_eq!(
+        ctx.keys.owner(g.key_id()).await.unwrap(),
+        Some(id("globex"))
+    );
+    // From a whole key, through its id.
+    let from_key = ApiKeys::key_id_of(a.secret()).unwrap();
+    assert_eq!(ctx.keys.owner(from_key).await.unwrap(), Some(id("acme")));
+
+    // Revoked and rotated keys keep their owner.
+    ctx.keys.revoke(&ctx.acme.id, a.key_id()).await.unwrap();
+    assert_eq!(ctx.keys.owner(a.key_id()).await.unwrap(), Some(id("acme")));
+    let rotated = ctx.keys.rotate(&ctx.globex.id, g.key_id()).await.unwrap();
+    assert_eq!(
+        ctx.keys.owner(g.key_id()).await.unwrap(),
+        Some(id("globex"))
+    );
+    assert_eq!(
+        ctx.keys.owner(rotated.key_id()).await.unwrap(),
+        Some(id("globex"))
+    );
+
+    // No such key, or not even a key id: no owner.
+    assert_eq!(
+        ctx.keys.owner("0123456789abcdef01234567").await.unwrap(),
+        None
+    );
+    assert_eq!(ctx.keys.owner("not a key id").await.unwrap(), None);
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
 async fn missing_shared_tables_are_explained() {
     let ctx = setup().await;
     exec(
@@ -1195,6 +1239,13 @@ async fn missing_shared_tables_are_explained() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("ApiKeyTable::ddl()"), "{err}");
+    assert!(
+        matches!(
+            ctx.keys.owner("0123456789abcdef01234567").await,
+            Err(Error::InvalidConfig(_))
+        ),
+        "a lookup without the table says how to create it"
+    );
     let err = ctx
         .accounts
         .register(

@@ -39,8 +39,9 @@ type HmacSha256 = Hmac<Sha256>;
 super::shared_table_config! {
     /// The shared table of API keys (default `public.hidra_api_keys`).
     ///
-    /// The application owns it: create it on purpose with [`ApiKeyTable::ddl`],
-    /// after the registry table. Rows reference the registry
+    /// The application owns it: create it on purpose with
+    /// [`ApiKeys::install`] (or run [`ApiKeyTable::ddl`] yourself), after the
+    /// registry table. Rows reference the registry
     /// (`ON DELETE CASCADE`, default `public.tenants (id)`), so deprovisioning a
     /// tenant removes its keys.
     ///
@@ -367,6 +368,7 @@ struct Statements {
     get: SqlStr,
     lock: SqlStr,
     find: SqlStr,
+    owner: SqlStr,
     end_grace: SqlStr,
     revoke: SqlStr,
     touch: SqlStr,
@@ -398,6 +400,7 @@ impl Statements {
                 "SELECT tenant_id, name, hash, scopes, expires_at, revoked_at, grace_until, \
                  last_used_at FROM {t} WHERE key_id = $1"
             )),
+            owner: sql::owned(format!("SELECT tenant_id FROM {t} WHERE key_id = $1")),
             end_grace: sql::owned(format!("UPDATE {t} SET grace_until = $2 WHERE key_id = $1")),
             revoke: sql::owned(format!(
                 "UPDATE {t} SET revoked_at = COALESCE(revoked_at, now()) \
@@ -622,6 +625,44 @@ impl ApiKeys {
             .await
             .map_err(self.map_err("reading an API key"))?;
         row.as_ref().map(decode_info).transpose()
+    }
+
+    /// The tenant that owns the key `key_id` (the 24 hex digits after `hk_`;
+    /// [`key_id_of`](Self::key_id_of) takes them from a whole key), or `None`
+    /// when no key has this id. Revoked, expired and rotated keys keep their
+    /// owner.
+    ///
+    /// [`get`](Self::get), [`rotate`](Self::rotate) and
+    /// [`revoke`](Self::revoke) take the tenant so that a request can only
+    /// reach its own tenant's keys; this lookup is for operators' tools that
+    /// start from a key id alone (`hidra api-key revoke`), not for request
+    /// handlers. Fails with [`Error::InvalidConfig`] when the table does not
+    /// exist.
+    ///
+    /// ```no_run
+    /// # async fn run(keys: hidra::auth::ApiKeys) -> hidra::Result<()> {
+    /// let key_id = "0123456789abcdef01234567";
+    /// match keys.owner(key_id).await? {
+    ///     Some(tenant) => keys.revoke(&tenant, key_id).await?,
+    ///     None => eprintln!("no API key hk_{key_id}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn owner(&self, key_id: &str) -> Result<Option<TenantId>> {
+        let mut conn = self.hidra.acquire_shared().await?;
+        let owner: Option<String> = sqlx::query_scalar(self.q.owner.clone())
+            .bind(key_id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(self.map_err("looking up an API key's tenant"))?;
+        owner
+            .map(|raw| {
+                TenantId::new(&raw).map_err(|e| Error::CorruptRecord {
+                    reason: format!("API key row with an invalid tenant id: {e}"),
+                    id: raw,
+                })
+            })
+            .transpose()
     }
 
     /// Replaces the key `key_id` of `tenant` with a new one (same name and

@@ -3,6 +3,7 @@
 use sqlx::PgConnection;
 
 use crate::error::{Error, Result};
+use crate::hidra::Hidra;
 
 /// Advisory lock key serializing the creation of the internal schema.
 pub(crate) const INTERNAL_LOCK: i64 = 0x6869_6472_615f_0001;
@@ -29,18 +30,94 @@ CREATE TABLE IF NOT EXISTS hidra.spare_schemas (
 );
 "#;
 
+/// Which parts of Hidra's internal schema `hidra` exist, as
+/// [`Hidra::internal_schema_status`] found them.
+///
+/// Deployment checks (`hidra doctor`) read this instead of querying the
+/// catalog themselves, so that they follow the schema when Hidra adds a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct InternalSchemaStatus {
+    /// The schema `hidra` itself.
+    pub schema: bool,
+    /// `hidra.shared_migrations`: the history of the shared migrations.
+    pub shared_migrations: bool,
+    /// `hidra.schema_versions`: the version and digest of every tenant schema.
+    pub schema_versions: bool,
+    /// `hidra.spare_schemas`: the warm pool's spare schemas.
+    pub spare_schemas: bool,
+}
+
+impl InternalSchemaStatus {
+    /// Whether the schema and all its tables exist: Hidra can migrate,
+    /// provision and keep a warm pool without creating anything first.
+    pub fn is_complete(&self) -> bool {
+        self.missing().is_empty()
+    }
+
+    /// The qualified names of the missing parts (`hidra`,
+    /// `hidra.spare_schemas`, …), in the order they are created.
+    pub fn missing(&self) -> Vec<&'static str> {
+        [
+            (self.schema, "hidra"),
+            (self.shared_migrations, "hidra.shared_migrations"),
+            (self.schema_versions, "hidra.schema_versions"),
+            (self.spare_schemas, "hidra.spare_schemas"),
+        ]
+        .into_iter()
+        .filter(|(exists, _)| !exists)
+        .map(|(_, name)| name)
+        .collect()
+    }
+}
+
+/// Looks the internal schema up in the catalog, in one query, changing nothing.
+pub(crate) async fn internal_status(conn: &mut PgConnection) -> Result<InternalSchemaStatus> {
+    let (schema, shared_migrations, schema_versions, spare_schemas): (bool, bool, bool, bool) =
+        sqlx::query_as(
+            "SELECT to_regnamespace('hidra') IS NOT NULL, \
+             to_regclass('hidra.shared_migrations') IS NOT NULL, \
+             to_regclass('hidra.schema_versions') IS NOT NULL, \
+             to_regclass('hidra.spare_schemas') IS NOT NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::db("checking hidra's internal schema"))?;
+    Ok(InternalSchemaStatus {
+        schema,
+        shared_migrations,
+        schema_versions,
+        spare_schemas,
+    })
+}
+
+impl Hidra {
+    /// Which parts of Hidra's internal schema `hidra` exist, changing
+    /// nothing (unlike [`init_internal_schema`](Hidra::init_internal_schema),
+    /// which creates what is missing). For deployment checks: a database
+    /// where [`Hidra::install`] never ran has none of it.
+    ///
+    /// ```no_run
+    /// # async fn run(hidra: hidra::Hidra) -> hidra::Result<()> {
+    /// let status = hidra.internal_schema_status().await?;
+    /// if !status.is_complete() {
+    ///     eprintln!(
+    ///         "missing {}: run `Hidra::install` (or `hidra init`)",
+    ///         status.missing().join(", ")
+    ///     );
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn internal_schema_status(&self) -> Result<InternalSchemaStatus> {
+        let mut conn = self.acquire_shared().await?;
+        internal_status(&mut conn).await
+    }
+}
+
 /// Creates the internal schema if it is missing, under a lock so that two
 /// processes starting at once do not collide.
 pub(crate) async fn ensure_internal(conn: &mut PgConnection) -> Result<()> {
-    let exists: bool = sqlx::query_scalar(
-        "SELECT to_regclass('hidra.schema_versions') IS NOT NULL \
-         AND to_regclass('hidra.spare_schemas') IS NOT NULL \
-         AND to_regclass('hidra.shared_migrations') IS NOT NULL",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(Error::db("checking hidra's internal schema"))?;
-    if exists {
+    if internal_status(conn).await?.is_complete() {
         return Ok(());
     }
     let sql =

@@ -59,6 +59,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub use bookkeeping::InternalSchemaStatus;
 pub(crate) use bookkeeping::{INTERNAL_DDL, INTERNAL_LOCK, ensure_internal};
 pub use runner::{
     Failure, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary, Target,

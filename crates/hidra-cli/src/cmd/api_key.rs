@@ -4,9 +4,8 @@ use std::io::{BufRead, IsTerminal};
 
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
+use hidra::TenantId;
 use hidra::auth::{ApiKeyInfo, ApiKeys, CreatedApiKey, NewApiKey};
-use hidra::sqlx::{self, AssertSqlSafe};
-use hidra::{Hidra, TenantId};
 use serde::Serialize;
 
 use super::tenant_id;
@@ -18,10 +17,11 @@ use crate::output::{self, Table, note, outln};
 /// The environment variable holding the pepper.
 const PEPPER_VAR: &str = "HIDRA_API_KEY_PEPPER";
 
-/// Listing and revoking never hash a key, but [`ApiKeys`] is only built with
-/// a pepper; these commands must work without the real one, so they use this
-/// stand-in, with which nothing is ever created or verified.
-const NO_PEPPER: &str = "hidra-cli: listing and revoking keys never hashes one";
+/// Listing and revoking never hash a key (nor does creating the key table,
+/// in `hidra init`), but [`ApiKeys`] is only built with a pepper; these
+/// commands must work without the real one, so they use this stand-in, with
+/// which nothing is ever created or verified.
+pub(crate) const NO_PEPPER: &str = "hidra-cli: listing and revoking keys never hashes one";
 
 pub(crate) async fn run(settings: &Settings, command: ApiKeyCommand) -> Result<()> {
     match command {
@@ -54,8 +54,8 @@ pub(crate) async fn run(settings: &Settings, command: ApiKeyCommand) -> Result<(
         ApiKeyCommand::Rotate { key_id, json } => {
             let key_id = parse_key_id(&key_id)?;
             let pepper = pepper()?;
-            let (db, keys) = connect(settings, &pepper).await?;
-            let tenant = owner(&db.hidra, &keys, &key_id).await?;
+            let (_db, keys) = connect(settings, &pepper).await?;
+            let tenant = owner(&keys, &key_id).await?;
             let created = keys.rotate(&tenant, &key_id).await?;
             if !json {
                 let old = keys.get(&tenant, &key_id).await?;
@@ -70,8 +70,8 @@ pub(crate) async fn run(settings: &Settings, command: ApiKeyCommand) -> Result<(
         }
         ApiKeyCommand::Revoke { key_id } => {
             let key_id = parse_key_id(&key_id)?;
-            let (db, keys) = connect(settings, NO_PEPPER).await?;
-            let tenant = owner(&db.hidra, &keys, &key_id).await?;
+            let (_db, keys) = connect(settings, NO_PEPPER).await?;
+            let tenant = owner(&keys, &key_id).await?;
             keys.revoke(&tenant, &key_id).await?;
             outln!("revoked API key hk_{key_id} of tenant `{tenant}`")
         }
@@ -133,26 +133,18 @@ fn parse_key_id(raw: &str) -> Result<String> {
     }
 }
 
-/// The tenant a key belongs to.
-///
-/// `ApiKeys::rotate` and `ApiKeys::revoke` take the tenant, and the core has
-/// no lookup of a key by id alone, so this reads the key table's `tenant_id`.
-async fn owner(hidra: &Hidra, keys: &ApiKeys, key_id: &str) -> Result<TenantId> {
-    let table = keys.table().table();
-    let mut conn = hidra.acquire_shared().await?;
-    let sql = format!("SELECT tenant_id FROM {} WHERE key_id = $1", table.quoted());
-    let tenant: Option<String> = sqlx::query_scalar(AssertSqlSafe(sql))
-        .bind(key_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42P01") => {
-                anyhow!("the API key table {table} does not exist; run `hidra init` first")
-            }
-            _ => anyhow::Error::from(e).context("looking up an API key"),
-        })?;
-    let tenant = tenant.ok_or_else(|| anyhow!("unknown API key hk_{key_id}"))?;
-    Ok(TenantId::new(tenant)?)
+/// The tenant a key belongs to, or an error that says what to do.
+async fn owner(keys: &ApiKeys, key_id: &str) -> Result<TenantId> {
+    match keys.owner(key_id).await {
+        Ok(Some(tenant)) => Ok(tenant),
+        Ok(None) => bail!("unknown API key hk_{key_id}"),
+        // The only configuration error of the lookup: no key table yet.
+        Err(hidra::Error::InvalidConfig(_)) => bail!(
+            "the API key table {} does not exist; run `hidra init` first",
+            keys.table().table()
+        ),
+        Err(e) => Err(anyhow::Error::from(e).context("looking up an API key")),
+    }
 }
 
 /// Reads a key from standard input, so that it stays out of the process list.

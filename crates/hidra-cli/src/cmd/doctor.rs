@@ -127,14 +127,6 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
         .fetch_one(&mut *conn)
         .await
         .context("looking for the registry table")?;
-    let internal_exists: bool = sqlx::query_scalar(
-        "SELECT to_regclass('hidra.schema_versions') IS NOT NULL \
-         AND to_regclass('hidra.shared_migrations') IS NOT NULL \
-         AND to_regclass('hidra.spare_schemas') IS NOT NULL",
-    )
-    .fetch_one(&mut *conn)
-    .await
-    .context("looking for hidra's internal schema")?;
     let schemas: HashSet<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace")
         .fetch_all(&mut *conn)
         .await
@@ -142,6 +134,11 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
         .into_iter()
         .collect();
     drop(conn);
+    let internal = hidra
+        .internal_schema_status()
+        .await
+        .context("looking for hidra's internal schema")?;
+    let internal_exists = internal.is_complete();
 
     let tenants = if registry_exists {
         let tenants = all_tenants(hidra).await?;
@@ -168,11 +165,19 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
     if internal_exists {
         report.ok("internal schema", "hidra".to_owned());
     } else {
-        report.problem(
-            "internal schema",
-            "hidra's internal schema is missing or incomplete; run `hidra init`".to_owned(),
-            Vec::new(),
-        );
+        // A schema without some of its tables: name the missing ones.
+        let (detail, items) = if internal.schema {
+            (
+                "hidra's internal schema is incomplete; run `hidra init`",
+                internal.missing().into_iter().map(str::to_owned).collect(),
+            )
+        } else {
+            (
+                "hidra's internal schema is missing; run `hidra init`",
+                Vec::new(),
+            )
+        };
+        report.problem("internal schema", detail.to_owned(), items);
     }
 
     match &tenants {

@@ -1,12 +1,16 @@
 //! `hidra init`
 
 use anyhow::{Context, Result};
-use hidra::auth::{ApiKeyTable, AttemptTable, LoginTable};
-use hidra::sqlx::{self, AssertSqlSafe};
+use hidra::auth::{Accounts, ApiKeyTable, ApiKeys, Jwt, LoginTable};
 
+use super::api_key::NO_PEPPER;
 use crate::config::Settings;
 use crate::db::{self, Needs};
 use crate::output::outln;
+
+/// [`Accounts`] is only built with a token issuer; installing its tables
+/// never issues a token, so this stand-in secret signs nothing.
+const NO_JWT_SECRET: &str = "hidra-cli: installing tables never issues a token";
 
 /// Creates the registry table, the auth tables and hidra's internal schema,
 /// then applies the shared migrations. Every step is idempotent.
@@ -26,25 +30,23 @@ pub(crate) async fn run(settings: &Settings) -> Result<()> {
     .await?;
     let hidra = &db.hidra;
 
-    // The registry (and hidra's internal schema), then the tables that
-    // reference it, in one implicit transaction (one simple-protocol query).
+    // The library's own install calls, in order: the registry (and hidra's
+    // internal schema) first, then the tables that reference it.
     hidra
         .install()
         .await
         .context("creating the registry table")?;
-    let mut ddl = String::new();
-    ddl.push_str(&logins.ddl());
-    ddl.push_str(&AttemptTable::default().ddl());
-    ddl.push_str(&keys.ddl());
-    let mut conn = hidra.acquire_shared().await?;
-    sqlx::raw_sql(AssertSqlSafe(ddl))
-        .execute(&mut *conn)
+    let accounts =
+        Accounts::new(hidra.clone(), Jwt::hs256(NO_JWT_SECRET)?).with_login_table(logins);
+    accounts
+        .install()
         .await
-        .context("creating the registry and auth tables")?;
-    drop(conn);
+        .context("creating the login and attempt tables")?;
+    let keys = ApiKeys::new(hidra.clone(), NO_PEPPER)?.with_table(keys);
+    keys.install().await.context("creating the API key table")?;
     outln!("registry table  {}: ready", registry.table())?;
-    outln!("login table     {}: ready", logins.table())?;
-    outln!("API key table   {}: ready", keys.table())?;
+    outln!("login table     {}: ready", accounts.login_table().table())?;
+    outln!("API key table   {}: ready", keys.table().table())?;
 
     match &db.shared_migrations {
         Some(migrations) => {

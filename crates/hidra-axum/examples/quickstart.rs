@@ -16,6 +16,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{Hidra, NewTenant, TenantId};
+use hidra_axum::health::Health;
 use hidra_axum::{Tenant, TenantConn, TenantLayer, TenantTx};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -128,11 +129,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let app = Router::new()
+    // The tenant routes behind the tenant layer; the health probes beside
+    // them, outside it (they need no tenant), reporting the layer's cache.
+    let tenants = TenantLayer::new(hidra.clone());
+    let health = Health::new(hidra.clone())
+        .with_cache(tenants.cache().clone())
+        .router();
+    let api = Router::new()
         .route("/customers", get(list).post(create))
         .route("/customers/{id}", get(show))
-        .merge(hidra_axum::health::router(hidra.clone()))
-        .layer(TenantLayer::new(hidra.clone()).with_excluded("/health"));
+        .layer(tenants);
+    let app = Router::new().merge(api).merge(health);
 
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;

@@ -7,8 +7,17 @@
 //! | `/health/ready`    | `200 {"status":"ready"}` when the database answers within the timeout (default 2 s), else `503 {"status":"unavailable"}` (readiness probe) |
 //! | `/health/detailed` | the database check with its latency, the pool's size and idle connections, the registry cache's size and hit rate, and the tenants holding the most connections now ([`Hidra::load`](hidra::Hidra::load)), as JSON; `503` when the database does not answer |
 //!
-//! Exclude them from the tenant layer
-//! ([`TenantLayer::with_excluded("/health")`](crate::TenantLayer::with_excluded)).
+//! The probes need no tenant: layer the tenant routes, then merge the health
+//! router beside them, as below. [`Router::layer`](axum::Router::layer)
+//! applies to the routes added before it, so the health routes are served
+//! without the tenant layer and no request to them needs a tenant. Hand
+//! [`Health`] the layer's [`cache`](crate::TenantLayer::cache), so that
+//! `/health/detailed` reports the cache the requests go through.
+//! [`TenantLayer::with_excluded`](crate::TenantLayer::with_excluded) is for
+//! a layer that must wrap the whole router instead, as with a
+//! [`PathPrefixResolver`](crate::PathPrefixResolver), which rewrites the path
+//! before routing.
+//!
 //! `/health/detailed` tells how busy the service is: serve it on an internal
 //! listener or behind authentication if that matters. No database error text
 //! is ever part of a response.
@@ -18,10 +27,11 @@
 //! use hidra_axum::{TenantLayer, health::Health};
 //!
 //! # fn run(hidra: hidra::Hidra, api: Router) {
-//! let tenants = TenantLayer::new(hidra.clone()).with_excluded("/health");
-//! let app: Router = api
-//!     .merge(Health::new(hidra).with_cache(tenants.cache().clone()).router())
-//!     .layer(tenants);
+//! let tenants = TenantLayer::new(hidra.clone());
+//! let health = Health::new(hidra).with_cache(tenants.cache().clone()).router();
+//! let app: Router = Router::new()
+//!     .merge(api.layer(tenants)) // the tenant routes, behind the layer
+//!     .merge(health); // public: no tenant needed
 //! # }
 //! ```
 
@@ -67,8 +77,9 @@ impl Health {
         }
     }
 
-    /// Reports this cache's size and hit rate in `/health/detailed`
-    /// (see [`TenantLayer::cache`](crate::TenantLayer::cache)).
+    /// Reports this cache's size and hit rate in `/health/detailed`: pass
+    /// the tenant layer's ([`TenantLayer::cache`](crate::TenantLayer::cache)),
+    /// or the figures describe a cache no request uses.
     pub fn with_cache(mut self, cache: TenantCache) -> Self {
         self.cache = Some(cache);
         self
@@ -87,7 +98,8 @@ impl Health {
         self
     }
 
-    /// The router, to `merge` into the application's.
+    /// The router, to `merge` into the application's beside (not under) the
+    /// tenant layer.
     pub fn router<S>(self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,

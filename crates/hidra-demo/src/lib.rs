@@ -235,6 +235,11 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
         // Every tenant route needs a credential: without one, the answer is
         // 401 whatever tenant the request names (no probing for tenants).
         .with_credentials_required();
+    // The probes report the cache the layer resolves tenants through: taken
+    // from the layer, it cannot be another than the one requests use.
+    let health = hidra_axum::health::Health::new(state.hidra.clone())
+        .with_cache(tenants.cache().clone())
+        .router();
     Router::new()
         .merge(
             routes::tenant_routes()
@@ -245,11 +250,7 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
         .merge(docs::router())
         .route("/metrics", get(observability::metrics))
         .route("/", get(index))
-        .merge(
-            hidra_axum::health::Health::new(state.hidra.clone())
-                .with_cache(state.tenants.clone())
-                .router(),
-        )
+        .merge(health)
         .with_state(state)
         .layer(CatchPanicLayer::custom(observability::panic_response))
         .layer(axum::middleware::from_fn(observability::observe))

@@ -2658,3 +2658,60 @@ async fn sessions_end_on_changes_and_logins_are_limited() {
     api.expect_error(&r, 429, "too_many_attempts");
     assert!(r.header("retry-after").is_some());
 }
+
+// ---------------------------------------------------------------------------
+// Health and metrics agree
+// ---------------------------------------------------------------------------
+
+/// The value of an unlabelled Prometheus sample `name` in `text`.
+fn prometheus_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("/metrics has no sample {name}:\n{text}"))
+}
+
+/// `/health/detailed` reports the cache the tenant layer uses, the one
+/// `/metrics` reads: after the same requests, both tell the same hits and
+/// misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_report_the_same_tenant_cache() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    let a = signup_ok(
+        &demo,
+        "cache-a",
+        "cache-a",
+        "Cache Alpha",
+        "ada@cache-a.test",
+    )
+    .await;
+    for _ in 0..2 {
+        let r = demo.get("/customers", Some(&a.token)).await;
+        demo.expect(&r, 200);
+    }
+
+    let r = demo.get("/health/detailed", None).await;
+    let cache = demo.expect(&r, 200)["cache"].clone();
+    let hits = cache["hits"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("hits in {r}"));
+    let misses = cache["misses"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("misses in {r}"));
+    assert!(
+        hits >= 1,
+        "the second request found its tenant in the layer's cache: {r}"
+    );
+
+    let r = demo.get("/metrics", None).await;
+    assert_eq!(r.status, 200, "{r}");
+    assert_eq!(
+        (
+            prometheus_value(&r.text, "hidra_tenant_cache_hits"),
+            prometheus_value(&r.text, "hidra_tenant_cache_misses"),
+        ),
+        (hits as f64, misses as f64),
+        "/metrics and /health/detailed ({cache}) describe one cache"
+    );
+}

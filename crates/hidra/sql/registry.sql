@@ -19,10 +19,14 @@ CREATE TABLE IF NOT EXISTS "public"."tenants" (
 CREATE UNIQUE INDEX IF NOT EXISTS "tenants_schema_name_key" ON "public"."tenants" ("schema_name") WHERE "strategy" = 'schema';
 
 -- Every change to a tenant row is announced, so that caches in every process
--- serving this database drop their copy at once.
+-- serving this database drop their copy at once. A transaction that sets
+-- hidra.announce_after_commit announces its rows itself, after its commit.
 CREATE OR REPLACE FUNCTION "public"."tenants_notify_change"() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF current_setting('hidra.announce_after_commit', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify('hidra_tenant_changes', OLD."id");
     ELSE

@@ -386,11 +386,13 @@ impl TenantCache {
         Ok(())
     }
 
-    /// Entry count, hits and misses.
+    /// Entry count, hits and misses. Counts the live entries (one pass over
+    /// them): moka's own `entry_count` lags until its housekeeping runs, and
+    /// read 0 right after the first requests.
     pub fn stats(&self) -> CacheStats {
         let state = &*self.handle.state;
         CacheStats {
-            entries: state.tenants.entry_count(),
+            entries: state.tenants.iter().count() as u64,
             hits: state.hits.load(Ordering::Relaxed),
             misses: state.misses.load(Ordering::Relaxed),
         }

@@ -69,11 +69,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// }
 ///
 /// # async fn run(hidra: hidra::Hidra) -> Result<(), Box<dyn std::error::Error>> {
-/// let tenants = TenantLayer::new(hidra.clone()).with_excluded("/health");
+/// let tenants = TenantLayer::new(hidra.clone());
 /// let app = Router::new()
 ///     .route("/customers/count", get(count))
-///     .merge(hidra_axum::health::router(hidra.clone()))
-///     .layer(tenants);
+///     .layer(tenants)
+///     // Public routes beside the layered ones, outside the layer.
+///     .merge(hidra_axum::health::router(hidra.clone()));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// axum::serve(listener, app).await?;
 /// # Ok(()) }

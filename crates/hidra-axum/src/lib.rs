@@ -47,12 +47,12 @@
 //! let hidra = hidra::Hidra::builder()
 //!     .connect("postgres://postgres@127.0.0.1/app")
 //!     .await?;
-//! let tenants = TenantLayer::new(hidra.clone()) // `X-Tenant-ID` by default
-//!     .with_excluded("/health");
-//! let app = Router::new()
+//! let tenants = TenantLayer::new(hidra.clone()); // `X-Tenant-ID` by default
+//! let api = Router::new()
 //!     .route("/customers/{id}", get(customer))
-//!     .merge(hidra_axum::health::router(hidra))
 //!     .layer(tenants);
+//! // Public routes go beside the tenant-layered ones, outside the layer.
+//! let app = api.merge(hidra_axum::health::router(hidra));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }

@@ -29,9 +29,53 @@ pub enum Error {
     },
 
     /// A configured name (schema prefix, table or column name) is not a safe
-    /// PostgreSQL identifier.
+    /// PostgreSQL identifier, or a setting is out of range.
     #[error("invalid configuration: {0}")]
     InvalidConfig(Cow<'static, str>),
+
+    /// The database URL could not be parsed.
+    #[error("invalid database URL; expected postgres://user[:password]@host[:port]/database")]
+    InvalidUrl(#[source] sqlx::Error),
+
+    /// A directory of migrations could not be read.
+    #[error("cannot load migrations from {}; check the path and its files' names (`<version>_<description>.sql`)", .dir.display())]
+    MigrationSource {
+        /// The directory.
+        dir: std::path::PathBuf,
+        /// What sqlx's loader said.
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
+    /// A table Hidra's auth or API-key tables live in does not exist: the
+    /// application has not created it yet.
+    #[error(
+        "the table `{table}` does not exist; create it with `{create}` (or `hidra init`) first"
+    )]
+    TableMissing {
+        /// The missing table, qualified.
+        table: String,
+        /// The call that creates it.
+        create: &'static str,
+    },
+
+    /// Moving a tenant between these two strategies is not supported.
+    #[error("moving a tenant from {from} to {to} is not supported")]
+    MoveUnsupported {
+        /// Its strategy now.
+        from: crate::Strategy,
+        /// The strategy asked for.
+        to: crate::Strategy,
+    },
+
+    /// A move cannot proceed as asked; nothing was changed.
+    #[error("cannot move tenant `{id}`: {reason}")]
+    MoveRefused {
+        /// The tenant.
+        id: TenantId,
+        /// Why, and what to do.
+        reason: Cow<'static, str>,
+    },
 
     /// A tenant with this id is already registered (or being provisioned).
     #[error("tenant `{0}` already exists; pick another id or deprovision the existing one first")]
@@ -101,13 +145,17 @@ pub enum Error {
 
     /// A migration failed on one schema; that schema was left at its previous version.
     #[error(
-        "migration {migration} failed on schema `{schema}`; the schema was left as it was: fix the migration and run again"
+        "migration {migration}{} failed on schema `{schema}`; the schema was left as it was: fix the migration and run again",
+        .line.map(|l| format!(", line {l},")).unwrap_or_default()
     )]
     MigrationFailed {
         /// The schema being migrated.
         schema: String,
         /// The failing migration: `version (description)`.
         migration: String,
+        /// The line of the migration's own SQL the error points at, when
+        /// PostgreSQL gave a position.
+        line: Option<u32>,
         /// The database error.
         #[source]
         source: sqlx::Error,
@@ -161,12 +209,18 @@ pub enum Error {
     },
 
     /// Row-level isolation does not hold (see [`crate::rls`]); nothing was done.
-    #[error("row-level security is not safe to rely on: {}", .0.join("; "))]
-    RowLevelInsecure(Vec<String>),
+    #[error("row-level security is not safe to rely on: {}", join(.0))]
+    RowLevelInsecure(Vec<crate::rls::Finding>),
 
     /// A throw-away PostgreSQL could not be started or reached (feature `testing`).
     #[error("test database setup failed: {0}")]
     Harness(String),
+
+    /// Hashing a password failed (feature `auth`; argon2 refused its input
+    /// or parameters).
+    #[cfg(feature = "auth")]
+    #[error("hashing a password failed")]
+    Hashing(#[source] BoxError),
 
     /// An authentication or authorization check refused (feature `auth`); the
     /// [`AuthError`](crate::auth::AuthError) names the kind of refusal.
@@ -175,7 +229,48 @@ pub enum Error {
     Auth(#[from] crate::auth::AuthError),
 }
 
+/// Findings, `; `-separated.
+fn join(findings: &[crate::rls::Finding]) -> String {
+    findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Error {
+    /// Whether no tenant with the id is registered ([`Error::NotFound`]).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Error::NotFound(_))
+    }
+
+    /// Whether the id (or the schema or database name it maps to) is taken
+    /// ([`Error::AlreadyExists`], [`Error::SchemaTaken`]).
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, Error::AlreadyExists(_) | Error::SchemaTaken { .. })
+    }
+
+    /// Whether the tenant held its share of the pool
+    /// ([`Error::TenantBusy`]).
+    pub fn is_tenant_busy(&self) -> bool {
+        matches!(self, Error::TenantBusy { .. })
+    }
+
+    /// Whether a table Hidra needs has not been created
+    /// ([`Error::RegistryMissing`], [`Error::TableMissing`]).
+    pub fn is_table_missing(&self) -> bool {
+        matches!(self, Error::RegistryMissing(_) | Error::TableMissing { .. })
+    }
+
+    /// Whether a migration failed or no longer matches what was applied
+    /// ([`Error::MigrationFailed`], [`Error::ChecksumMismatch`]).
+    pub fn is_migration_error(&self) -> bool {
+        matches!(
+            self,
+            Error::MigrationFailed { .. } | Error::ChecksumMismatch { .. }
+        )
+    }
+
     /// Whether the same call may succeed if retried shortly: the server is
     /// unreachable, a connection was lost or could not be had in time, or
     /// the tenant held its share of the pool.

@@ -376,9 +376,7 @@ impl HidraBuilder {
 
     /// Connects to `url` and builds the handle.
     pub async fn connect(self, url: &str) -> Result<Hidra> {
-        let options: PgConnectOptions = url
-            .parse()
-            .map_err(|e| Error::InvalidConfig(format!("invalid database URL: {e}").into()))?;
+        let options: PgConnectOptions = url.parse().map_err(Error::InvalidUrl)?;
         self.connect_with(options).await
     }
 

@@ -198,11 +198,7 @@ impl Hidra {
                 .await
                 .map_err(|(source, failed)| match failed {
                     None => taken(),
-                    Some(m) => Error::MigrationFailed {
-                        schema: schema.to_string(),
-                        migration: migrate::label(&m).into_owned(),
-                        source,
-                    },
+                    Some(m) => m.error(schema.as_str(), source),
                 })?;
         }
         if reached < migrations.latest() {
@@ -271,12 +267,12 @@ impl Hidra {
         draft.status = TenantStatus::Active;
         let path = self.binding(&draft)?.search_path;
         let new = migrate::NewSchema::new(schema, &path, &self.inner.tenant_migrations);
-        let batch = sql::owned(format!(
-            "BEGIN; SET LOCAL {} TO on;\n{};\n{}",
+        let prefix = format!(
+            "BEGIN; SET LOCAL {} TO on;\n{};\n",
             sql::DEFER_ANNOUNCEMENT,
             store.insert_literal(&draft),
-            new.sql.as_str()
-        ));
+        );
+        let batch = sql::owned(format!("{prefix}{}", new.sql.as_str()));
         // Cut off inside the transaction: rolled back before reuse.
         conn.settle(scope::Settle::Rollback);
         let (mut row, mut applied) = (None, 0usize);
@@ -345,15 +341,15 @@ impl Hidra {
                     schema: schema.to_string(),
                 }
             }
-            Some(_) => Error::MigrationFailed {
-                schema: schema.to_string(),
-                migration: new
-                    .batch
-                    .get(applied)
-                    .or(new.batch.last())
-                    .map(|m| migrate::label(m).into_owned())
-                    .unwrap_or_default(),
-                source: error,
+            Some(_) => match migrate::failed_migration(
+                &new.batch,
+                &new.spans,
+                &error,
+                prefix.chars().count(),
+                applied,
+            ) {
+                Some(failed) => failed.error(schema.as_str(), error),
+                None => Error::db("provisioning a tenant schema")(error),
             },
         })
     }

@@ -89,9 +89,7 @@ impl Hidra {
                 self.schema_to_row_level(&mut tx, &tenant).await?
             }
             (from, to) => {
-                return Err(Error::InvalidConfig(
-                    format!("moving a tenant from {from} to {to} is not supported").into(),
-                ));
+                return Err(Error::MoveUnsupported { from, to });
             }
         };
         tx.commit()
@@ -409,11 +407,7 @@ impl Hidra {
                     id: tenant.id.clone(),
                     schema: schema.to_string(),
                 },
-                Some(m) => Error::MigrationFailed {
-                    schema: schema.to_string(),
-                    migration: migrate::label(&m).into_owned(),
-                    source,
-                },
+                Some(m) => m.error(schema.as_str(), source),
             })?;
         if reached < migrations.latest() {
             return Err(Error::InvalidConfig(
@@ -543,9 +537,13 @@ async fn ensure_empty(
     .await
     .map_err(Error::db("checking a table without counterpart"))?;
     if any {
-        return Err(Error::InvalidConfig(
-            format!("table {table} has rows of tenant `{id}` but no counterpart under the new strategy; add it to the migrations first").into(),
-        ));
+        return Err(Error::MoveRefused {
+            id: id.clone(),
+            reason: format!(
+                "table {table} has rows of it but no counterpart under the new strategy; add it to the migrations first"
+            )
+            .into(),
+        });
     }
     Ok(())
 }

@@ -278,9 +278,7 @@ impl Hidra {
                 if report.is_clean() {
                     Ok(())
                 } else {
-                    Err(Error::RowLevelInsecure(
-                        report.findings.iter().map(ToString::to_string).collect(),
-                    ))
+                    Err(Error::RowLevelInsecure(report.findings))
                 }
             })
             .await

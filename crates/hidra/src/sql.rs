@@ -418,7 +418,8 @@ pub(crate) fn migration_batch(
     migrations: &[crate::migrate::Migration],
     final_version: i64,
     final_digest: &[u8],
-) -> SqlStr {
+) -> (SqlStr, Spans) {
+    let mut spans = Spans::default();
     let schema_lit = quote_literal(b.schema.as_str());
     let mut sql = String::new();
     let version_row = format!(
@@ -462,6 +463,7 @@ pub(crate) fn migration_batch(
     }
     for m in migrations {
         sql.push_str("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
+        spans.push(&sql, &m.sql);
         sql.push_str(&m.sql);
         sql.push_str("\n;\n");
         sql.push_str(&format!(
@@ -485,7 +487,48 @@ pub(crate) fn migration_batch(
         ));
         sql.push_str("SET LOCAL search_path TO DEFAULT;\n");
     }
-    owned(sql)
+    (owned(sql), spans)
+}
+
+/// Where each migration's own SQL sits in a batch, in characters (the unit
+/// of PostgreSQL's error positions), so that an error is reported at the
+/// migration's line, not the batch's.
+#[derive(Debug, Default)]
+pub(crate) struct Spans(Vec<(usize, String)>);
+
+impl Spans {
+    /// One migration sent on its own.
+    pub(crate) fn alone(migration: &str) -> Spans {
+        let mut spans = Spans::default();
+        spans.push("", migration);
+        spans
+    }
+
+    fn push(&mut self, batch_so_far: &str, migration: &str) {
+        self.0
+            .push((batch_so_far.chars().count(), migration.to_owned()));
+    }
+
+    /// The migration (its index in the batch) and the line in it that
+    /// `error` points at, for a batch sent after `prefix` more characters.
+    pub(crate) fn locate(&self, error: &sqlx::Error, prefix: usize) -> Option<(usize, u32)> {
+        use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
+        let db = error.as_database_error()?;
+        let PgErrorPosition::Original(position) =
+            db.try_downcast_ref::<PgDatabaseError>()?.position()?
+        else {
+            return None;
+        };
+        // 1-based, in the whole query string.
+        let at = position.checked_sub(1)?.checked_sub(prefix)?;
+        self.0.iter().enumerate().find_map(|(i, (start, sql))| {
+            let offset = at.checked_sub(*start)?;
+            (offset < sql.chars().count()).then(|| {
+                let line = sql.chars().take(offset).filter(|c| *c == '\n').count() + 1;
+                (i, u32::try_from(line).unwrap_or(u32::MAX))
+            })
+        })
+    }
 }
 
 /// Session-level advisory lock / unlock of a schema's migrations, for

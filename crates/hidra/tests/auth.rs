@@ -1238,11 +1238,12 @@ async fn missing_shared_tables_are_explained() {
         .create(&ctx.acme.id, NewApiKey::new("x"))
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("ApiKeyTable::ddl()"), "{err}");
+    assert!(err.to_string().contains("ApiKeys::install()"), "{err}");
+    assert!(err.is_table_missing(), "{err:?}");
     assert!(
         matches!(
             ctx.keys.owner("0123456789abcdef01234567").await,
-            Err(Error::InvalidConfig(_))
+            Err(Error::TableMissing { .. })
         ),
         "a lookup without the table says how to create it"
     );
@@ -1254,7 +1255,8 @@ async fn missing_shared_tables_are_explained() {
         )
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("LoginTable::ddl()"), "{err}");
+    assert!(err.to_string().contains("Accounts::install()"), "{err}");
+    assert!(err.is_table_missing(), "{err:?}");
     assert!(user_emails(&ctx.hidra, &ctx.acme).await.is_empty());
     ctx.db.drop_now().await.unwrap();
 }

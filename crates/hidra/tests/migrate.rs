@@ -433,11 +433,14 @@ async fn a_no_transaction_migration_runs_on_its_own() {
     }
     // The pool is clean afterwards: no session search_path or lock left.
     let mut conn = h.acquire_shared().await.unwrap();
-    let locks: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+    // pg_locks is the whole server's: count this test database's only.
+    let locks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
     assert_eq!(locks, 0);
     drop(conn);
 
@@ -779,4 +782,44 @@ async fn the_history_is_written_in_the_tenants_schema_even_if_a_migration_moves_
     assert!(h2.migrator().run().await.unwrap().is_success());
     assert_eq!(recorded_version(&h2, "tenant_wanderer").await, Some(3));
     ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_migration_is_reported_at_its_own_line() {
+    let ctx = setup(4).await;
+    let broken = v1().push(
+        "broken",
+        "CREATE TABLE fine (id int);\n-- the next statement is wrong\nSELECT * FROM no_such_table;\n",
+    );
+    let expect_line_3 = |err: &Error| match err {
+        Error::MigrationFailed {
+            migration, line, ..
+        } => {
+            assert_eq!(
+                (migration.as_str(), *line),
+                ("2 (broken)", Some(3)),
+                "{err}"
+            );
+            assert!(err.to_string().contains("2 (broken), line 3,"), "{err}");
+        }
+        other => panic!("expected MigrationFailed, got {other:?}"),
+    };
+    // In the fan-out (a batch of Hidra's statements around the migration)...
+    let h1 = hidra_with(&ctx, v1(), 4).await;
+    provision_n(&h1, "t", 1).await;
+    let h2 = hidra_with(&ctx, broken.clone(), 4).await;
+    let summary = h2.migrator().run().await.unwrap();
+    assert_eq!(summary.failed.len(), 1, "{summary}");
+    expect_line_3(&summary.failed[0].error);
+    // ...and in provisioning (after the registry row, in the same batch).
+    let err = h2.provision(NewTenant::new(id("fresh"))).await.unwrap_err();
+    expect_line_3(&err);
+    // A migration set with a no-transaction one runs it on its own.
+    let alone = v1().push("alone", "-- no-transaction\n\nSELECT * FROM no_such_table;");
+    let h3 = hidra_with(&ctx, alone, 4).await;
+    let summary = h3.migrator().run().await.unwrap();
+    match &summary.failed[0].error {
+        Error::MigrationFailed { line, .. } => assert_eq!(*line, Some(3)),
+        other => panic!("expected MigrationFailed, got {other:?}"),
+    }
 }

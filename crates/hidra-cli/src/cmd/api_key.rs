@@ -139,7 +139,7 @@ async fn owner(keys: &ApiKeys, key_id: &str) -> Result<TenantId> {
         Ok(Some(tenant)) => Ok(tenant),
         Ok(None) => bail!("unknown API key hk_{key_id}"),
         // The only configuration error of the lookup: no key table yet.
-        Err(hidra::Error::InvalidConfig(_)) => bail!(
+        Err(e) if e.is_table_missing() => bail!(
             "the API key table {} does not exist; run `hidra init` first",
             keys.table().table()
         ),

@@ -842,13 +842,10 @@ impl Accounts {
                 Some((code, _)) if code == FOREIGN_KEY_VIOLATION => {
                     Error::NotFound(tenant.id.clone())
                 }
-                Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::InvalidConfig(
-                    format!(
-                        "the login table `{}` does not exist; create it with `LoginTable::ddl()` first",
-                        self.logins.table
-                    )
-                    .into(),
-                ),
+                Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::TableMissing {
+                    table: self.logins.table.to_string(),
+                    create: "Accounts::install()",
+                },
                 _ => Error::Database {
                     context: "writing the login lookup row",
                     source: err,

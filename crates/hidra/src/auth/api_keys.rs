@@ -536,20 +536,15 @@ impl ApiKeys {
     }
 
     fn map_err(&self, context: &'static str) -> impl Fn(sqlx::Error) -> Error + '_ {
-        move |err| {
-            match db_code(&err) {
-            Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::InvalidConfig(
-                format!(
-                    "the API key table `{}` does not exist; create it with `ApiKeyTable::ddl()` first",
-                    self.table.table
-                )
-                .into(),
-            ),
+        move |err| match db_code(&err) {
+            Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::TableMissing {
+                table: self.table.table.to_string(),
+                create: "ApiKeys::install()",
+            },
             _ => Error::Database {
                 context,
                 source: err,
             },
-        }
         }
     }
 
@@ -636,7 +631,7 @@ impl ApiKeys {
     /// [`revoke`](Self::revoke) take the tenant so that a request can only
     /// reach its own tenant's keys; this lookup is for operators' tools that
     /// start from a key id alone (`hidra api-key revoke`), not for request
-    /// handlers. Fails with [`Error::InvalidConfig`] when the table does not
+    /// handlers. Fails with [`Error::TableMissing`] when the table does not
     /// exist.
     ///
     /// ```no_run

@@ -416,14 +416,10 @@ impl Limiter {
 
     fn db_error(&self, err: sqlx::Error, context: &'static str) -> Error {
         match db_code(&err) {
-            Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::InvalidConfig(
-                format!(
-                    "the attempt table `{}` does not exist; create it with `AttemptTable::ddl()` \
-                     first, or turn the limits off with `Accounts::without_limits`",
-                    self.config.table.table
-                )
-                .into(),
-            ),
+            Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => Error::TableMissing {
+                table: self.config.table.table.to_string(),
+                create: "Accounts::install() (or turn the limits off with Accounts::without_limits)",
+            },
             _ => Error::Database {
                 context,
                 source: err,

@@ -127,7 +127,7 @@ impl Passwords {
         self.argon2
             .hash_password_with_salt(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|e| Error::InvalidConfig(format!("argon2 hashing failed: {e}").into()))
+            .map_err(|e| Error::Hashing(e.to_string().into()))
     }
 
     /// Whether `password` matches `hash` (a PHC string). A hash that cannot

@@ -135,15 +135,18 @@ impl Migrations {
     }
 
     /// Loads the migrations of a directory at run time (sqlx's file format).
-    /// Fails with [`Error::InvalidConfig`] when the directory cannot be read,
-    /// a version is not positive, or two files share a version.
+    /// Fails with [`Error::MigrationSource`] when the directory cannot be
+    /// read, and [`Error::InvalidConfig`] when a version is not positive or
+    /// two files share a version.
     pub async fn from_dir(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        let migrator = sqlx::migrate::Migrator::new(dir).await.map_err(|e| {
-            Error::InvalidConfig(
-                format!("cannot load migrations from {}: {e}", dir.display()).into(),
-            )
-        })?;
+        let migrator =
+            sqlx::migrate::Migrator::new(dir)
+                .await
+                .map_err(|source| Error::MigrationSource {
+                    dir: dir.to_owned(),
+                    source,
+                })?;
         Self::try_from_sqlx(&migrator).map_err(|e| {
             Error::InvalidConfig(format!("invalid migrations in {}: {e}", dir.display()).into())
         })
@@ -272,9 +275,10 @@ pub(crate) async fn create_schema(
     schema: &crate::sql::Ident,
     search_path: &str,
     migrations: &Migrations,
-) -> std::result::Result<i64, (sqlx::Error, Option<Migration>)> {
+) -> std::result::Result<i64, (sqlx::Error, Option<FailedMigration>)> {
     let NewSchema {
         sql,
+        spans,
         version,
         batch,
     } = NewSchema::new(schema, search_path, migrations);
@@ -287,7 +291,62 @@ pub(crate) async fn create_schema(
         {
             Err((error, None))
         }
-        Err(BatchFailure { error, applied, .. }) => Err((error, batch.get(applied).cloned())),
+        Err(BatchFailure { error, applied, .. }) => {
+            let failed = failed_migration(&batch, &spans, &error, 0, applied);
+            Err((error, failed))
+        }
+    }
+}
+
+/// The migration of `batch` that `error` stopped, with the line in it: where
+/// PostgreSQL's error position points (`prefix`: characters sent before the
+/// batch), else the one after the `applied` ones.
+pub(crate) fn failed_migration(
+    batch: &[Migration],
+    spans: &crate::sql::Spans,
+    error: &sqlx::Error,
+    prefix: usize,
+    applied: usize,
+) -> Option<FailedMigration> {
+    match spans.locate(error, prefix) {
+        Some((i, line)) => batch.get(i).map(|m| FailedMigration {
+            label: label(m).into_owned(),
+            line: Some(line),
+        }),
+        None => batch
+            .get(applied)
+            .or(batch.last())
+            .map(|m| FailedMigration {
+                label: label(m).into_owned(),
+                line: None,
+            }),
+    }
+}
+
+/// `m`, sent on its own, failed with `error`: the error, at its line.
+pub(crate) fn failed_alone(m: &Migration, schema: &str, error: sqlx::Error) -> Error {
+    let spans = crate::sql::Spans::alone(&m.sql);
+    failed_migration(std::slice::from_ref(m), &spans, &error, 0, 0)
+        .expect("one migration")
+        .error(schema, error)
+}
+
+/// Which migration failed, and at which of its lines.
+#[derive(Clone, Debug)]
+pub(crate) struct FailedMigration {
+    pub(crate) label: String,
+    pub(crate) line: Option<u32>,
+}
+
+impl FailedMigration {
+    /// The error of this migration failing on `schema`.
+    pub(crate) fn error(self, schema: &str, source: sqlx::Error) -> Error {
+        Error::MigrationFailed {
+            schema: schema.to_owned(),
+            migration: self.label,
+            line: self.line,
+            source,
+        }
     }
 }
 
@@ -295,6 +354,8 @@ pub(crate) async fn create_schema(
 /// transaction (see [`create_schema`]), to run inside the caller's.
 pub(crate) struct NewSchema {
     pub(crate) sql: sqlx::SqlStr,
+    /// Where each migration sits in `sql`.
+    pub(crate) spans: crate::sql::Spans,
     /// The version it reaches.
     pub(crate) version: i64,
     /// The migrations it applies.
@@ -314,7 +375,7 @@ impl NewSchema {
         let batch: Vec<Migration> = migrations.iter().take(upto).cloned().collect();
         let version = batch.last().map_or(0, |m| m.version);
         let digest = migrations.digest_at(version).expect("our own version");
-        let sql = crate::sql::migration_batch(
+        let (sql, spans) = crate::sql::migration_batch(
             &crate::sql::Batch {
                 schema,
                 search_path,
@@ -328,6 +389,7 @@ impl NewSchema {
         );
         NewSchema {
             sql,
+            spans,
             version,
             batch,
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use sqlx::Row;
 
-use super::{Migration, Migrations, label};
+use super::{Migration, Migrations};
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::scope::Pooled;
@@ -608,7 +608,7 @@ impl MigrationRunner {
         let migrations = self.migrations();
         let last = batch.last().expect("non-empty batch");
         let digest = migrations.digest_at(last.version).expect("our own version");
-        let sql = sql::migration_batch(
+        let (sql, spans) = sql::migration_batch(
             &Batch {
                 schema,
                 search_path: path,
@@ -640,12 +640,9 @@ impl MigrationRunner {
         {
             return Err(Step::Raced);
         }
-        let failing = batch.get(applied).unwrap_or(last);
-        Err(Step::Failed(Error::MigrationFailed {
-            schema: schema.to_string(),
-            migration: label(failing).into_owned(),
-            source: err,
-        }))
+        let failed =
+            super::failed_migration(batch, &spans, &err, 0, applied).expect("a non-empty batch");
+        Err(Step::Failed(failed.error(schema.as_str(), err)))
     }
 }
 
@@ -739,13 +736,7 @@ async fn run_no_tx(
     sqlx::raw_sql(sql::owned(m.sql.clone()))
         .execute(&mut *c)
         .await
-        .map_err(|source| {
-            Step::Failed(Error::MigrationFailed {
-                schema: schema.to_string(),
-                migration: label(m).into_owned(),
-                source,
-            })
-        })?;
+        .map_err(|source| Step::Failed(super::failed_alone(m, schema.as_str(), source)))?;
     let prev = migrations
         .digest_at(p.version)
         .expect("planned version is ours");

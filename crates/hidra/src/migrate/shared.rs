@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use sqlx::Connection;
 
-use super::{Migrations, label};
+use super::Migrations;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 
@@ -164,11 +164,7 @@ impl Hidra {
         };
         for m in migrations.after(current) {
             let started = Instant::now();
-            let failed = |source| Error::MigrationFailed {
-                schema: "shared".into(),
-                migration: label(m).into_owned(),
-                source,
-            };
+            let failed = |source| super::failed_alone(m, "shared", source);
             let record = sqlx::query(
                 "INSERT INTO hidra.shared_migrations (version, description, checksum, duration_ms) \
                  VALUES ($1, $2, $3, $4)",

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use super::{Migrations, label};
+use super::Migrations;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::sql::{self, Ident};
@@ -95,11 +95,7 @@ impl Hidra {
         let version = super::create_schema(&mut tx, &schema, &path, migrations)
             .await
             .map_err(|(source, failed)| match failed {
-                Some(m) => Error::MigrationFailed {
-                    schema: schema.to_string(),
-                    migration: label(&m).into_owned(),
-                    source,
-                },
+                Some(m) => m.error(schema.as_str(), source),
                 None => Error::Database {
                     context: "creating a spare schema",
                     source,

@@ -202,3 +202,9 @@ pub use crate::resolve::{
     CookieResolver, HeaderResolver, PathPrefixResolver, Resolution, ResolveContext,
     SubdomainResolver, TenantResolver,
 };
+
+/// The core crate this layer is built on, so that an application depending
+/// on `hidra-axum` alone reaches the matching `hidra` (and its `sqlx`:
+/// `hidra_axum::hidra::sqlx`). Its `Tenant`, `TenantConn`, `TenantTx` and
+/// `Error` are the core types the extractors of the same names wrap.
+pub use hidra;

@@ -582,6 +582,7 @@ impl TenantCap {
 
 /// A snapshot of the shared pool, for health checks and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolStatus {
     /// Open connections.
     pub size: u32,

@@ -114,11 +114,7 @@ async fn pending_migrations_apply_once_and_dry_run_applies_nothing() {
     let plan = h3.migrator().dry_run(true).run().await.unwrap();
     assert!(plan.dry_run);
     assert_eq!(plan.migrated.len(), 5);
-    assert!(
-        plan.migrated
-            .iter()
-            .all(|(_, from, to)| (*from, *to) == (1, 3))
-    );
+    assert!(plan.migrated.iter().all(|m| (m.from, m.to) == (1, 3)));
     for t in &tenants {
         assert_eq!(recorded_version(&h3, &t.placement.schema).await, Some(1));
     }
@@ -590,7 +586,7 @@ async fn the_warm_pool_is_claimed_once_per_tenant_and_migrated_like_tenants() {
     assert_eq!(h3.warm_pool_status().await.unwrap().ready, 0);
     let summary = h3.migrator().run().await.unwrap();
     assert_eq!(summary.migrated.len(), 3, "{summary}");
-    assert!(summary.migrated.iter().all(|(t, _, _)| t.tenant.is_none()));
+    assert!(summary.migrated.iter().all(|m| m.target.tenant.is_none()));
     assert_eq!(h3.warm_pool_status().await.unwrap().ready, 3);
 
     // Concurrent sign-ups each get their own schema.

@@ -190,18 +190,18 @@ async fn migrate(settings: &Settings, run: MigrateRun) -> Result<()> {
                 migrated: summary
                     .migrated
                     .iter()
-                    .map(|(target, from, to)| MigratedJson {
-                        tenant: tenant_of(target),
-                        schema: target.schema.clone(),
-                        from: *from,
-                        to: *to,
+                    .map(|m| MigratedJson {
+                        tenant: tenant_of(&m.target),
+                        schema: m.target.schema.clone(),
+                        from: m.from,
+                        to: m.to,
                     })
                     .collect(),
                 current: summary.current,
                 failed: summary
                     .failed
                     .iter()
-                    .map(|Failure { target, error }| FailedJson {
+                    .map(|Failure { target, error, .. }| FailedJson {
                         tenant: tenant_of(target),
                         schema: target.schema.clone(),
                         error: output::one_line(error),
@@ -213,8 +213,8 @@ async fn migrate(settings: &Settings, run: MigrateRun) -> Result<()> {
     } else {
         outln!("tenants: {summary}")?;
         if summary.dry_run {
-            for (target, from, to) in &summary.migrated {
-                outln!("  {target}: {from} -> {to}")?;
+            for m in &summary.migrated {
+                outln!("  {}: {} -> {}", m.target, m.from, m.to)?;
             }
         }
     }

@@ -62,7 +62,8 @@ use crate::error::{Error, Result};
 pub use bookkeeping::InternalSchemaStatus;
 pub(crate) use bookkeeping::{INTERNAL_DDL, INTERNAL_LOCK, ensure_internal};
 pub use runner::{
-    Failure, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary, Target,
+    Failure, Migrated, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary,
+    Target,
 };
 pub(crate) use runner::{read_history, recorded_state};
 pub use shared::{SharedReport, SharedStatus};
@@ -71,6 +72,7 @@ pub(crate) use warm::claim_spare;
 
 /// One migration: a version, a description and the SQL to run.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Migration {
     /// Version; migrations apply in increasing order.
     pub version: i64,

@@ -20,6 +20,7 @@ use crate::tenant::{Strategy, TenantId, TenantStatus};
 
 /// One schema the runner migrates: a tenant's, or a spare of the warm pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct Target {
     /// The schema.
     pub schema: String,
@@ -42,6 +43,7 @@ impl fmt::Display for Target {
 
 /// A schema with migrations to apply.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PlannedTarget {
     /// The schema.
     pub target: Target,
@@ -57,6 +59,7 @@ pub struct PlannedTarget {
 
 /// What a run would do.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Plan {
     /// Schemas with pending migrations.
     pub pending: Vec<PlannedTarget>,
@@ -70,6 +73,7 @@ pub struct Plan {
 
 /// A schema that failed, with why.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Failure {
     /// The schema.
     pub target: Target,
@@ -77,11 +81,24 @@ pub struct Failure {
     pub error: Error,
 }
 
+/// A schema a run migrated (or, on a dry run, would migrate).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Migrated {
+    /// The schema.
+    pub target: Target,
+    /// Its version before.
+    pub from: i64,
+    /// Its version after.
+    pub to: i64,
+}
+
 /// The outcome of a run: every schema is in exactly one list.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct RunSummary {
-    /// Schemas migrated (or, on a dry run, that would be): target, from, to.
-    pub migrated: Vec<(Target, i64, i64)>,
+    /// Schemas migrated (or, on a dry run, that would be).
+    pub migrated: Vec<Migrated>,
     /// Schemas already at the latest version.
     pub current: usize,
     /// Schemas that failed, each with its error.
@@ -128,6 +145,7 @@ impl fmt::Display for RunSummary {
 
 /// Progress of a run, passed to [`MigrationRunner::on_progress`] after each schema.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Progress {
     /// Schemas to migrate in this run.
     pub total: usize,
@@ -141,6 +159,7 @@ pub struct Progress {
 
 /// Per schema: current version and pending count, for `migrate status`.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct MigrationStatus {
     /// The schema.
     pub target: Target,
@@ -398,7 +417,11 @@ impl MigrationRunner {
             summary.migrated = plan
                 .pending
                 .into_iter()
-                .map(|p| (p.target, p.version, plan.latest))
+                .map(|p| Migrated {
+                    target: p.target,
+                    from: p.version,
+                    to: plan.latest,
+                })
                 .collect();
             summary.elapsed = started.elapsed();
             return Ok(summary);
@@ -458,12 +481,14 @@ impl MigrationRunner {
                 .collect();
         for (target, from, result) in results {
             match result {
-                Ok(Some(to)) => summary.migrated.push((target, from, to)),
+                Ok(Some(to)) => summary.migrated.push(Migrated { target, from, to }),
                 Ok(None) => summary.current += 1,
                 Err(error) => summary.failed.push(Failure { target, error }),
             }
         }
-        summary.migrated.sort_by(|a, b| a.0.schema.cmp(&b.0.schema));
+        summary
+            .migrated
+            .sort_by(|a, b| a.target.schema.cmp(&b.target.schema));
         summary
             .failed
             .sort_by(|a, b| a.target.schema.cmp(&b.target.schema));

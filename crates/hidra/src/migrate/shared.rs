@@ -13,6 +13,7 @@ const SHARED_LOCK: i64 = 0x6869_6472_615f_0002;
 
 /// What [`Hidra::migrate_shared`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SharedReport {
     /// Versions applied by this call.
     pub applied: Vec<i64>,

@@ -19,6 +19,7 @@ use crate::sql::{self, Ident};
 
 /// How full the warm pool is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct WarmPoolStatus {
     /// Spare schemas ready to be claimed (at the latest version).
     pub ready: usize,

@@ -111,6 +111,7 @@ impl fmt::Display for Strategy {
 
 /// Where a tenant's data lives.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Placement {
     /// The isolation strategy.
     pub strategy: Strategy,
@@ -132,6 +133,7 @@ impl Placement {
 
 /// A registered tenant, as stored in the registry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Tenant {
     /// Its id.
     pub id: TenantId,

@@ -27,7 +27,6 @@ use chrono::{DateTime, Utc};
 use std::time::Duration;
 
 use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts};
-use futures_util::future::BoxFuture;
 use hidra::auth::{ApiKeys, AuthError, Claims, Jwt, Revocations, RolePermissions, VerifiedKey};
 use hidra::{Hidra, TenantId};
 use http::request::Parts;
@@ -35,7 +34,7 @@ use http::{Extensions, HeaderName, header};
 
 use crate::error::{Error, Result};
 use crate::extract::{Tenant, scope};
-use crate::resolve::{Resolution, ResolveContext, TenantResolver, cookie, ready, single};
+use crate::resolve::{Resolution, ResolveContext, TenantResolver, cookie, single};
 
 /// The prefix of every Hidra API key: how a bearer token is told apart from a
 /// JWT.
@@ -151,21 +150,17 @@ impl JwtResolver {
 }
 
 impl TenantResolver for JwtResolver {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    async fn resolve(&self, parts: &Parts, _cx: ResolveContext<'_>) -> Result<Option<Resolution>> {
         let claims = match self.token(parts) {
             Ok(Some(token)) => match self.jwt.verify(token) {
                 Ok(claims) => claims,
                 Err(error) => {
                     tracing::debug!(%error, "refusing a request: its token does not verify");
-                    return ready(Err(unauthorized("invalid token")));
+                    return Err(unauthorized("invalid token"));
                 }
             },
-            Ok(None) => return ready(Ok(None)),
-            Err(error) => return ready(Err(error)),
+            Ok(None) => return Ok(None),
+            Err(error) => return Err(error),
         };
         let resolution = |claims: Claims| {
             Some(
@@ -175,18 +170,16 @@ impl TenantResolver for JwtResolver {
             )
         };
         let Some(revocations) = &self.revocations else {
-            return ready(Ok(resolution(claims)));
+            return Ok(resolution(claims));
         };
-        Box::pin(async move {
-            match revocations.check(&claims).await {
-                Ok(()) => Ok(resolution(claims)),
-                Err(hidra::Error::Auth(kind)) => {
-                    tracing::debug!(refusal = ?kind, "refusing a request: its session has ended");
-                    Err(unauthorized("the session has ended"))
-                }
-                Err(error) => Err(Error::from(error)),
+        match revocations.check(&claims).await {
+            Ok(()) => Ok(resolution(claims)),
+            Err(hidra::Error::Auth(kind)) => {
+                tracing::debug!(refusal = ?kind, "refusing a request: its session has ended");
+                Err(unauthorized("the session has ended"))
             }
-        })
+            Err(error) => Err(Error::from(error)),
+        }
     }
 }
 
@@ -250,31 +243,25 @@ impl ApiKeyResolver {
 }
 
 impl TenantResolver for ApiKeyResolver {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    async fn resolve(&self, parts: &Parts, _cx: ResolveContext<'_>) -> Result<Option<Resolution>> {
         let presented = match self.key(parts) {
             Ok(Some(key)) => key,
-            other => return ready(other.map(|_| None)),
+            other => return other.map(|_| None),
         };
-        Box::pin(async move {
-            match self.keys.verify(presented).await {
-                Ok(key) => Ok(Some(
-                    Resolution::verified(key.tenant().as_str()).with_extension(key),
-                )),
-                Err(hidra::Error::Auth(kind)) => {
-                    tracing::debug!(
-                        key_id = ApiKeys::key_id_of(presented),
-                        refusal = %kind,
-                        "refusing a request: its API key does not verify"
-                    );
-                    Err(unauthorized("invalid API key"))
-                }
-                Err(source) => Err(Error::db("verifying an API key")(source)),
+        match self.keys.verify(presented).await {
+            Ok(key) => Ok(Some(
+                Resolution::verified(key.tenant().as_str()).with_extension(key),
+            )),
+            Err(hidra::Error::Auth(kind)) => {
+                tracing::debug!(
+                    key_id = ApiKeys::key_id_of(presented),
+                    refusal = %kind,
+                    "refusing a request: its API key does not verify"
+                );
+                Err(unauthorized("invalid API key"))
             }
-        })
+            Err(source) => Err(Error::db("verifying an API key")(source)),
+        }
     }
 }
 

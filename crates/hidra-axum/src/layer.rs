@@ -18,7 +18,7 @@ use crate::error::{BoxError, Error};
 use crate::extract::{Scope, Tenant};
 use crate::future::ResponseFuture;
 use crate::rate::{RateLimits, TenantRate};
-use crate::resolve::{HeaderResolver, Resolution, ResolveContext, TenantResolver};
+use crate::resolve::{DynResolver, HeaderResolver, Resolution, ResolveContext, TenantResolver};
 
 /// The header whose value is recorded as `request_id` in the request span and
 /// in refusal logs, when present.
@@ -106,9 +106,9 @@ pub(crate) struct Shared {
     /// The registry cache; its `Hidra` handle is also the one connections
     /// come from, so records and connections always share one database.
     cache: TenantCache,
-    resolvers: Vec<Arc<dyn TenantResolver>>,
+    resolvers: Vec<Arc<dyn DynResolver>>,
     /// Used while `resolvers` is empty.
-    fallback: Arc<dyn TenantResolver>,
+    fallback: Arc<dyn DynResolver>,
     excluded: Vec<String>,
     not_found: (StatusCode, Bytes),
     /// Refuse, with 401, requests without a verified source.
@@ -496,7 +496,7 @@ impl Shared {
         }
         let mut new_uri = None;
         for resolver in chain {
-            if let Some(mut resolution) = resolver.resolve(parts, cx).await? {
+            if let Some(mut resolution) = resolver.resolve_boxed(parts, cx).await? {
                 if let Some(uri) = resolution.take_uri() {
                     new_uri = Some(uri);
                 }

@@ -161,7 +161,6 @@ impl<'a> ResolveContext<'a> {
 /// ([`Error::Unauthorized`] for a bad credential, [`Error::Conflict`]).
 ///
 /// ```
-/// use futures_util::future::BoxFuture;
 /// use hidra_axum::{Error, ResolveContext, Resolution, TenantResolver};
 ///
 /// /// Tenant from a query parameter `?tenant=...`.
@@ -169,32 +168,52 @@ impl<'a> ResolveContext<'a> {
 /// struct QueryParam;
 ///
 /// impl TenantResolver for QueryParam {
-///     fn resolve<'a>(
-///         &'a self,
-///         parts: &'a http::request::Parts,
-///         _cx: ResolveContext<'a>,
-///     ) -> BoxFuture<'a, Result<Option<Resolution>, Error>> {
-///         let found = parts.uri.query().and_then(|q| {
+///     async fn resolve(
+///         &self,
+///         parts: &http::request::Parts,
+///         _cx: ResolveContext<'_>,
+///     ) -> Result<Option<Resolution>, Error> {
+///         Ok(parts.uri.query().and_then(|q| {
 ///             q.split('&').find_map(|kv| kv.strip_prefix("tenant=")).map(Resolution::claimed)
-///         });
-///         Box::pin(std::future::ready(Ok(found)))
+///         }))
 ///     }
 /// }
 /// ```
 pub trait TenantResolver: Send + Sync + fmt::Debug + 'static {
-    /// Looks for a candidate in `parts`.
-    fn resolve<'a>(
+    /// Looks for a candidate in `parts`; implement it as a plain
+    /// `async fn` (the layer boxes the future).
+    fn resolve(
+        &self,
+        parts: &Parts,
+        cx: ResolveContext<'_>,
+    ) -> impl Future<Output = Result<Option<Resolution>>> + Send;
+}
+
+/// A resolver's answer that needed no waiting.
+pub(crate) fn ready(
+    value: Result<Option<Resolution>>,
+) -> std::future::Ready<Result<Option<Resolution>>> {
+    std::future::ready(value)
+}
+
+/// [`TenantResolver`] as an object: the layer keeps its chain as
+/// `Arc<dyn DynResolver>`, boxing each answer's future.
+pub(crate) trait DynResolver: Send + Sync + fmt::Debug + 'static {
+    fn resolve_boxed<'a>(
         &'a self,
         parts: &'a Parts,
         cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>>;
 }
 
-/// A resolver's answer that needed no waiting.
-pub(crate) fn ready<'a>(
-    value: Result<Option<Resolution>>,
-) -> BoxFuture<'a, Result<Option<Resolution>>> {
-    Box::pin(std::future::ready(value))
+impl<R: TenantResolver> DynResolver for R {
+    fn resolve_boxed<'a>(
+        &'a self,
+        parts: &'a Parts,
+        cx: ResolveContext<'a>,
+    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+        Box::pin(self.resolve(parts, cx))
+    }
 }
 
 /// The one value among `values`: `None` without any, `conflict()` when two
@@ -244,11 +263,11 @@ impl HeaderResolver {
 }
 
 impl TenantResolver for HeaderResolver {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    fn resolve(
+        &self,
+        parts: &Parts,
+        _cx: ResolveContext<'_>,
+    ) -> impl Future<Output = Result<Option<Resolution>>> + Send {
         let mut values = parts.headers.get_all(&self.name).iter();
         let found = match values.next() {
             None => Ok(None),
@@ -352,13 +371,9 @@ fn request_host(parts: &Parts) -> Option<String> {
 }
 
 impl TenantResolver for SubdomainResolver {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a Parts,
-        cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    async fn resolve(&self, parts: &Parts, cx: ResolveContext<'_>) -> Result<Option<Resolution>> {
         let Some(host) = request_host(parts) else {
-            return ready(Ok(None));
+            return Ok(None);
         };
         if let Some(label) = host.strip_suffix(&self.suffix) {
             let found = if label.is_empty() || self.ignored.iter().any(|i| i == label) {
@@ -366,18 +381,16 @@ impl TenantResolver for SubdomainResolver {
             } else {
                 Some(Resolution::claimed(label))
             };
-            return ready(Ok(found));
+            return Ok(found);
         }
         if !self.custom_domains || host == self.suffix[1..] {
-            return ready(Ok(None));
+            return Ok(None);
         }
-        Box::pin(async move {
-            Ok(cx
-                .cache()
-                .tenant_for_domain(&host)
-                .await?
-                .map(|id| Resolution::claimed(id.as_str())))
-        })
+        Ok(cx
+            .cache()
+            .tenant_for_domain(&host)
+            .await?
+            .map(|id| Resolution::claimed(id.as_str())))
     }
 }
 
@@ -424,11 +437,11 @@ impl PathPrefixResolver {
 }
 
 impl TenantResolver for PathPrefixResolver {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    fn resolve(
+        &self,
+        parts: &Parts,
+        _cx: ResolveContext<'_>,
+    ) -> impl Future<Output = Result<Option<Resolution>>> + Send {
         let Some(rest) = parts.uri.path().strip_prefix(self.prefix.as_str()) else {
             return ready(Ok(None));
         };
@@ -478,11 +491,11 @@ impl CookieResolver {
 }
 
 impl TenantResolver for CookieResolver {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>>> {
+    fn resolve(
+        &self,
+        parts: &Parts,
+        _cx: ResolveContext<'_>,
+    ) -> impl Future<Output = Result<Option<Resolution>>> + Send {
         ready(cookie(parts, &self.name).map(|found| found.map(Resolution::claimed)))
     }
 }

@@ -5,7 +5,6 @@ mod common;
 
 use axum::http::StatusCode;
 use common::*;
-use futures_util::future::BoxFuture;
 use hidra_axum::{
     CookieResolver, Error, HeaderResolver, PathPrefixResolver, Resolution, ResolveContext,
     SubdomainResolver, TenantLayer, TenantResolver,
@@ -325,17 +324,16 @@ async fn first_candidate_of_the_chain_wins() {
 struct FakeToken;
 
 impl TenantResolver for FakeToken {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>, Error>> {
-        let found = match parts.headers.get("x-token").map(|v| v.to_str().unwrap()) {
+    async fn resolve(
+        &self,
+        parts: &http::request::Parts,
+        _cx: ResolveContext<'_>,
+    ) -> Result<Option<Resolution>, Error> {
+        match parts.headers.get("x-token").map(|v| v.to_str().unwrap()) {
             None => Ok(None),
             Some("invalid") => Err(Error::Unauthorized("bad token".into())),
             Some(tenant) => Ok(Some(Resolution::verified(tenant))),
-        };
-        Box::pin(std::future::ready(found))
+        }
     }
 }
 

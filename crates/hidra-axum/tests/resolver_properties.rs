@@ -45,7 +45,7 @@ impl World {
 
     fn resolve(
         &self,
-        resolver: &dyn TenantResolver,
+        resolver: &impl TenantResolver,
         parts: &Parts,
     ) -> Result<Option<Resolution>, Error> {
         let outcome = self

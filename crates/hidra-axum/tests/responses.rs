@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use common::*;
-use futures_util::future::BoxFuture;
 use hidra_axum::{Error, Resolution, ResolveContext, TenantLayer, TenantResolver};
 use serde_json::json;
 
@@ -18,16 +17,16 @@ use serde_json::json;
 struct FakeToken;
 
 impl TenantResolver for FakeToken {
-    fn resolve<'a>(
-        &'a self,
-        parts: &'a http::request::Parts,
-        _cx: ResolveContext<'a>,
-    ) -> BoxFuture<'a, Result<Option<Resolution>, Error>> {
+    async fn resolve(
+        &self,
+        parts: &http::request::Parts,
+        _cx: ResolveContext<'_>,
+    ) -> Result<Option<Resolution>, Error> {
         let found = parts
             .headers
             .get("x-token")
             .map(|v| Resolution::verified(v.to_str().unwrap()));
-        Box::pin(std::future::ready(Ok(found)))
+        Ok(found)
     }
 }
 

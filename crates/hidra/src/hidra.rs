@@ -24,13 +24,53 @@ use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
 /// provisioned, in the same transaction: if it fails, the tenant is rolled back.
 ///
 /// The connection's `search_path` is the new tenant's schema.
+///
+/// ```
+/// use hidra::sqlx::{self, PgConnection};
+/// use hidra::{BoxError, Seed, Tenant};
+///
+/// /// Every new tenant starts with the free plan.
+/// struct Plans;
+///
+/// impl Seed for Plans {
+///     async fn seed(&self, conn: &mut PgConnection, _tenant: &Tenant) -> Result<(), BoxError> {
+///         sqlx::query("INSERT INTO plans (name) VALUES ('free')")
+///             .execute(conn)
+///             .await?;
+///         Ok(())
+///     }
+/// }
+///
+/// let builder = hidra::Hidra::builder().seed(Plans);
+/// # let _ = builder;
+/// ```
 pub trait Seed: Send + Sync + 'static {
-    /// Seeds `tenant`.
-    fn seed<'a>(
+    /// Seeds `tenant`; implement it as a plain `async fn`.
+    fn seed(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &Tenant,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send;
+}
+
+/// [`Seed`] as an object: the handle and [`NewTenant`](crate::NewTenant)
+/// keep hooks as `Arc<dyn DynSeed>`, boxing each run's future.
+pub(crate) trait DynSeed: Send + Sync + 'static {
+    fn seed_boxed<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         tenant: &'a Tenant,
     ) -> BoxFuture<'a, Result<(), BoxError>>;
+}
+
+impl<S: Seed> DynSeed for S {
+    fn seed_boxed<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        tenant: &'a Tenant,
+    ) -> BoxFuture<'a, Result<(), BoxError>> {
+        Box::pin(self.seed(conn, tenant))
+    }
 }
 
 struct SeedFn<F>(F);
@@ -42,12 +82,8 @@ where
         + Sync
         + 'static,
 {
-    fn seed<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        tenant: &'a Tenant,
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        (self.0)(conn, tenant)
+    async fn seed(&self, conn: &mut PgConnection, tenant: &Tenant) -> Result<(), BoxError> {
+        (self.0)(conn, tenant).await
     }
 }
 
@@ -72,7 +108,7 @@ pub struct HidraBuilder {
     tenant_migrations: Migrations,
     shared_migrations: Migrations,
     warm_pool: usize,
-    seed: Option<Arc<dyn Seed>>,
+    seed: Option<Arc<dyn DynSeed>>,
     pool: PoolConfig,
     timeouts: scope::Timeouts,
     tenant_cap: TenantCap,
@@ -485,7 +521,7 @@ pub(crate) struct Inner {
     pub(crate) tenant_migrations: Migrations,
     pub(crate) shared_migrations: Migrations,
     pub(crate) warm_pool: usize,
-    pub(crate) seed: Option<Arc<dyn Seed>>,
+    pub(crate) seed: Option<Arc<dyn DynSeed>>,
     /// Set once hidra's internal schema is known to exist.
     pub(crate) internal_ready: tokio::sync::OnceCell<()>,
     pub(crate) default_strategy: Strategy,

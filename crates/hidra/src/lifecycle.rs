@@ -361,7 +361,7 @@ impl Hidra {
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
         binding: &scope::Binding,
-        setup: Option<&dyn crate::Seed>,
+        setup: Option<&dyn crate::hidra::DynSeed>,
     ) -> Result<Tenant> {
         let inner = &self.inner;
         let id = &tenant.id;
@@ -377,10 +377,12 @@ impl Hidra {
                     .map_err(Error::db("binding the new tenant's search_path"))?;
                 bound = true;
             }
-            hook.seed(tx, tenant).await.map_err(|source| Error::Seed {
-                id: id.clone(),
-                source,
-            })?;
+            hook.seed_boxed(tx, tenant)
+                .await
+                .map_err(|source| Error::Seed {
+                    id: id.clone(),
+                    source,
+                })?;
         }
         // Back to the session default so an unqualified registry table name
         // cannot resolve to a table of the new tenant.

@@ -132,10 +132,10 @@ impl Hidra {
         &self,
         tenant: &Tenant,
         database: &Ident,
-        setup: Option<&dyn crate::Seed>,
+        setup: Option<&dyn crate::hidra::DynSeed>,
     ) -> Result<Tenant> {
         self.create_tenant_database(tenant, database).await?;
-        let hooks: Vec<&dyn crate::Seed> = self
+        let hooks: Vec<&dyn crate::hidra::DynSeed> = self
             .inner
             .seed
             .as_deref()
@@ -145,7 +145,7 @@ impl Hidra {
         if !hooks.is_empty() {
             let mut tx = self.begin(tenant).await?;
             for hook in hooks {
-                hook.seed(tx.raw_connection(), tenant)
+                hook.seed_boxed(tx.raw_connection(), tenant)
                     .await
                     .map_err(|source| Error::Seed {
                         id: tenant.id.clone(),

@@ -146,18 +146,16 @@ async fn failing_seed_rolls_everything_back_and_a_good_seed_runs_in_the_schema()
 struct FirstRow(&'static str);
 
 impl hidra::Seed for FirstRow {
-    fn seed<'a>(
-        &'a self,
-        conn: &'a mut sqlx::PgConnection,
-        _tenant: &'a hidra::Tenant,
-    ) -> futures_util::future::BoxFuture<'a, Result<(), hidra::BoxError>> {
-        Box::pin(async move {
-            sqlx::query("INSERT INTO roles (name) VALUES ($1)")
-                .bind(self.0)
-                .execute(&mut *conn)
-                .await?;
-            Ok(())
-        })
+    async fn seed(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        _tenant: &hidra::Tenant,
+    ) -> Result<(), hidra::BoxError> {
+        sqlx::query("INSERT INTO roles (name) VALUES ($1)")
+            .bind(self.0)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
     }
 }
 
@@ -182,15 +180,13 @@ async fn a_setup_hook_joins_the_provisioning_transaction() {
     // Failing setup (a duplicate key): nothing of the tenant remains.
     struct Twice;
     impl hidra::Seed for Twice {
-        fn seed<'a>(
-            &'a self,
-            conn: &'a mut sqlx::PgConnection,
-            tenant: &'a hidra::Tenant,
-        ) -> futures_util::future::BoxFuture<'a, Result<(), hidra::BoxError>> {
-            Box::pin(async move {
-                FirstRow("x").seed(conn, tenant).await?;
-                FirstRow("x").seed(conn, tenant).await
-            })
+        async fn seed(
+            &self,
+            conn: &mut sqlx::PgConnection,
+            tenant: &hidra::Tenant,
+        ) -> Result<(), hidra::BoxError> {
+            FirstRow("x").seed(conn, tenant).await?;
+            FirstRow("x").seed(conn, tenant).await
         }
     }
     let err = h

@@ -4,7 +4,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use std::sync::{Arc, Mutex};
 
-use futures_util::future::BoxFuture;
 use hidra::auth::{Accounts, AuthError, NewUser, PreparedUser, User};
 use hidra::sqlx::PgConnection;
 use hidra::{NewTenant, Seed, TenantId};
@@ -235,19 +234,17 @@ struct FirstAdmin {
 }
 
 impl Seed for FirstAdmin {
-    fn seed<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        tenant: &'a hidra::Tenant,
-    ) -> BoxFuture<'a, Result<(), hidra::BoxError>> {
-        Box::pin(async move {
-            let user = self.accounts.register_in(conn, tenant, &self.user).await?;
-            *self
-                .registered
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(user);
-            Ok(())
-        })
+    async fn seed(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &hidra::Tenant,
+    ) -> Result<(), hidra::BoxError> {
+        let user = self.accounts.register_in(conn, tenant, &self.user).await?;
+        *self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(user);
+        Ok(())
     }
 }
 

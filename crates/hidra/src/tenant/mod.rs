@@ -173,7 +173,7 @@ pub struct NewTenant {
     pub(crate) name: Option<String>,
     pub(crate) metadata: serde_json::Value,
     pub(crate) strategy: Option<Strategy>,
-    pub(crate) setup: Option<std::sync::Arc<dyn crate::Seed>>,
+    pub(crate) setup: Option<std::sync::Arc<dyn crate::hidra::DynSeed>>,
 }
 
 impl fmt::Debug for NewTenant {

@@ -508,30 +508,4 @@ mod tests {
         assert_eq!(redact("postgres://user@db/app"), "postgres://user@db/app");
         assert_eq!(redact("postgres://db/app"), "postgres://db/app");
     }
-
-    #[tokio::test]
-    async fn databases_are_created_and_dropped() {
-        let db = TestDatabase::create().await.unwrap();
-        assert!(db.name().starts_with("hidra_test_"));
-        let mut conn = PgConnection::connect_with(&db.connect_options())
-            .await
-            .unwrap();
-        let (current,): (String,) = sqlx::query_as("SELECT current_database()")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(current, db.name());
-        // The open connection does not stop the drop.
-        let name = db.name().to_owned();
-        db.drop_now().await.unwrap();
-        let server = PgServer::get().await.unwrap();
-        let mut admin = PgConnection::connect(server.url()).await.unwrap();
-        let (exists,): (bool,) =
-            sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(&name)
-                .fetch_one(&mut admin)
-                .await
-                .unwrap();
-        assert!(!exists);
-    }
 }

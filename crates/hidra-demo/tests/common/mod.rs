@@ -462,6 +462,8 @@ pub struct Demo {
     child: Child,
     /// Its pid.
     pid: u32,
+    /// The tasks reading its stdout and stderr; they end at the pipes' end.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl std::ops::Deref for Demo {
@@ -474,7 +476,11 @@ impl std::ops::Deref for Demo {
 
 /// Forwards the lines of a child's pipe into `sink`; the first line that starts
 /// with `listening on ` is also sent through `ready`.
-fn drain<R>(pipe: R, sink: Arc<Mutex<String>>, mut ready: Option<oneshot::Sender<String>>)
+fn drain<R>(
+    pipe: R,
+    sink: Arc<Mutex<String>>,
+    mut ready: Option<oneshot::Sender<String>>,
+) -> tokio::task::JoinHandle<()>
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -492,7 +498,15 @@ where
                 let _ = tx.send(line);
             }
         }
-    });
+    })
+}
+
+/// Waits until `readers` have read their pipes to the end (the process has
+/// exited or been killed), at most `READERS_TIMEOUT`.
+async fn drained(readers: &mut Vec<tokio::task::JoinHandle<()>>) {
+    const READERS_TIMEOUT: Duration = Duration::from_secs(10);
+    let all = futures_util::future::join_all(readers.drain(..));
+    let _ = tokio::time::timeout(READERS_TIMEOUT, all).await;
 }
 
 impl Demo {
@@ -531,23 +545,25 @@ impl Demo {
         let pid = child.id().expect("the child's pid");
         let output = Output::default();
         let (tx, rx) = oneshot::channel();
-        drain(
-            child.stdout.take().expect("piped stdout"),
-            output.stdout.clone(),
-            Some(tx),
-        );
-        drain(
-            child.stderr.take().expect("piped stderr"),
-            output.stderr.clone(),
-            None,
-        );
+        let mut readers = vec![
+            drain(
+                child.stdout.take().expect("piped stdout"),
+                output.stdout.clone(),
+                Some(tx),
+            ),
+            drain(
+                child.stderr.take().expect("piped stderr"),
+                output.stderr.clone(),
+                None,
+            ),
+        ];
         let line = match tokio::time::timeout(START_TIMEOUT, rx).await {
             Ok(Ok(line)) => line,
             outcome => {
-                // Let the stderr reader catch up before reporting.
-                tokio::time::sleep(Duration::from_millis(300)).await;
                 let status = child.try_wait().ok().flatten();
                 let _ = child.start_kill();
+                // Every line it wrote, before reporting.
+                drained(&mut readers).await;
                 let why = match (outcome, status) {
                     (Err(_), _) => format!("no listening line within {START_TIMEOUT:?}"),
                     (_, Some(status)) => format!("the process exited first ({status})"),
@@ -579,6 +595,7 @@ impl Demo {
             addr,
             child,
             pid,
+            readers,
         }
     }
 
@@ -601,8 +618,8 @@ impl Demo {
     pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) => {
-                // Let the readers take the last lines.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Every last line read, for the test's checks of the output.
+                drained(&mut self.readers).await;
                 status
             }
             Ok(Err(e)) => panic!("waiting for hidra-demo: {e}"),

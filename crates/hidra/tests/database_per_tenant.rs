@@ -492,3 +492,37 @@ async fn a_database_tenant_is_capped_and_gets_its_timeouts() {
     tx.rollback().await.unwrap();
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn a_tenants_timeout_does_not_stay_on_its_databases_connections() {
+    let ctx = setup(|b| {
+        b.database_per_tenant(
+            DatabasePoolConfig::default()
+                .with_budget(1)
+                .with_per_database(1),
+        )
+        .statement_timeout(Duration::from_millis(100))
+    })
+    .await;
+    let h = &ctx.hidra;
+    let a = database_tenant(h, "alpha").await;
+    // The tenant's checkout sets its limit on the one pooled connection...
+    let mut conn = h.acquire(&a).await.unwrap();
+    let value: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, "100ms");
+    drop(conn);
+    // ...and the next user of that connection (the migration runner, a
+    // move) gets the server's value back.
+    let database = a.placement.database.clone().unwrap();
+    let mut raw = h.tenant_databases().acquire(&database).await.unwrap();
+    let value: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(&mut *raw)
+        .await
+        .unwrap();
+    assert_eq!(value, "0");
+    drop(raw);
+    teardown(ctx).await;
+}

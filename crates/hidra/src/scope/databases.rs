@@ -985,7 +985,9 @@ async fn close_quietly(mut conn: PgConnection, check: Option<ExitCheck>) {
 /// leftover-transaction rule in the parent module.
 async fn is_clean(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     // A statement, not an empty query: inside a failed transaction it fails.
-    super::run_outside_transaction(conn, crate::sql::reset_statement(&Default::default())).await
+    // The timeouts too: a tenant checkout sets its own on the session, and
+    // the next user may be the migration runner or a move.
+    super::run_outside_transaction(conn, crate::sql::reset_statement(&super::Timeouts::ALL)).await
 }
 
 /// The error of an acquire on closed pools.

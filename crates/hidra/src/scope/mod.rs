@@ -92,6 +92,13 @@ pub(crate) struct Timeouts {
 }
 
 impl Timeouts {
+    /// Both timeouts marked managed, for a reset that gives each back its
+    /// server value whatever the last user set.
+    pub(crate) const ALL: Timeouts = Timeouts {
+        statement_ms: Some(0),
+        idle_in_transaction_ms: Some(0),
+    };
+
     /// The metadata keys of a tenant's own values.
     pub(crate) const STATEMENT_KEY: &str = "statement_timeout_ms";
     pub(crate) const IDLE_KEY: &str = "idle_in_transaction_timeout_ms";

@@ -463,7 +463,7 @@ pub(crate) fn migration_batch(
     }
     for m in migrations {
         sql.push_str("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
-        spans.push(&sql, &m.sql);
+        spans.push(&sql);
         sql.push_str(&m.sql);
         sql.push_str("\n;\n");
         sql.push_str(&format!(
@@ -490,28 +490,31 @@ pub(crate) fn migration_batch(
     (owned(sql), spans)
 }
 
-/// Where each migration's own SQL sits in a batch, in characters (the unit
-/// of PostgreSQL's error positions), so that an error is reported at the
-/// migration's line, not the batch's.
+/// Where each migration's own SQL starts in a batch, in characters (the
+/// unit of PostgreSQL's error positions), so that an error is reported at
+/// the migration's line, not the batch's. Offsets only: the migrations'
+/// text is the caller's, looked at when an error needs it.
 #[derive(Debug, Default)]
-pub(crate) struct Spans(Vec<(usize, String)>);
+pub(crate) struct Spans(Vec<usize>);
 
 impl Spans {
     /// One migration sent on its own.
-    pub(crate) fn alone(migration: &str) -> Spans {
-        let mut spans = Spans::default();
-        spans.push("", migration);
-        spans
+    pub(crate) fn alone() -> Spans {
+        Spans(vec![0])
     }
 
-    fn push(&mut self, batch_so_far: &str, migration: &str) {
-        self.0
-            .push((batch_so_far.chars().count(), migration.to_owned()));
+    fn push(&mut self, batch_so_far: &str) {
+        self.0.push(batch_so_far.chars().count());
     }
 
-    /// The migration (its index in the batch) and the line in it that
-    /// `error` points at, for a batch sent after `prefix` more characters.
-    pub(crate) fn locate(&self, error: &sqlx::Error, prefix: usize) -> Option<(usize, u32)> {
+    /// The migration of `batch` (its index) and the line in it that `error`
+    /// points at, for a batch sent after `prefix` more characters.
+    pub(crate) fn locate(
+        &self,
+        batch: &[crate::migrate::Migration],
+        error: &sqlx::Error,
+        prefix: usize,
+    ) -> Option<(usize, u32)> {
         use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
         let db = error.as_database_error()?;
         let PgErrorPosition::Original(position) =
@@ -521,13 +524,17 @@ impl Spans {
         };
         // 1-based, in the whole query string.
         let at = position.checked_sub(1)?.checked_sub(prefix)?;
-        self.0.iter().enumerate().find_map(|(i, (start, sql))| {
-            let offset = at.checked_sub(*start)?;
-            (offset < sql.chars().count()).then(|| {
-                let line = sql.chars().take(offset).filter(|c| *c == '\n').count() + 1;
-                (i, u32::try_from(line).unwrap_or(u32::MAX))
+        self.0
+            .iter()
+            .zip(batch)
+            .enumerate()
+            .find_map(|(i, (start, m))| {
+                let offset = at.checked_sub(*start)?;
+                (offset < m.sql.chars().count()).then(|| {
+                    let line = m.sql.chars().take(offset).filter(|c| *c == '\n').count() + 1;
+                    (i, u32::try_from(line).unwrap_or(u32::MAX))
+                })
             })
-        })
     }
 }
 

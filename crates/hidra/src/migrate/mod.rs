@@ -310,7 +310,7 @@ pub(crate) fn failed_migration(
     prefix: usize,
     applied: usize,
 ) -> Option<FailedMigration> {
-    match spans.locate(error, prefix) {
+    match spans.locate(batch, error, prefix) {
         Some((i, line)) => batch.get(i).map(|m| FailedMigration {
             label: label(m).into_owned(),
             line: Some(line),
@@ -327,7 +327,7 @@ pub(crate) fn failed_migration(
 
 /// `m`, sent on its own, failed with `error`: the error, at its line.
 pub(crate) fn failed_alone(m: &Migration, schema: &str, error: sqlx::Error) -> Error {
-    let spans = crate::sql::Spans::alone(&m.sql);
+    let spans = crate::sql::Spans::alone();
     failed_migration(std::slice::from_ref(m), &spans, &error, 0, 0)
         .expect("one migration")
         .error(schema, error)

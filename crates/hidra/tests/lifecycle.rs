@@ -3,7 +3,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hidra::{Confirmation, Error, Hidra, ListTenants, NewTenant, TenantStatus};
@@ -227,31 +227,6 @@ async fn concurrent_provisions_of_one_id_exactly_one_wins() {
     assert_eq!((won, exists), (1, 7));
     assert_eq!(schemas(&h).await, vec!["tenant_contested"]);
     ctx.db.drop_now().await.unwrap();
-}
-
-/// Polls `count` (a query returning one count) on `observer` every 10 ms
-/// until `done` holds of it; panics after 30 s, naming what it waited for.
-async fn wait_for_count(
-    observer: &mut PgConnection,
-    what: &str,
-    count: &'static str,
-    done: impl Fn(i64) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = sqlx::query_scalar(count)
-            .fetch_one(&mut *observer)
-            .await
-            .unwrap();
-        if done(n) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited 30 s for {what}; the count is still {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Sessions of the test database, besides the observer's own, sleeping in `pg_sleep`.

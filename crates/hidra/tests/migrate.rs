@@ -4,7 +4,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use common::*;
 use hidra::{Error, Hidra, HidraBuilder, Migrations, NewTenant, Tenant};
@@ -276,31 +275,6 @@ async fn two_concurrent_runners_apply_each_migration_exactly_once() {
         );
     }
     ctx.db.drop_now().await.unwrap();
-}
-
-/// Polls `count` (a query returning one count) on `observer` every 10 ms
-/// until `done` holds of it; panics after 30 s, naming what it waited for.
-async fn wait_for_count(
-    observer: &mut PgConnection,
-    what: &str,
-    count: &'static str,
-    done: impl Fn(i64) -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = sqlx::query_scalar(count)
-            .fetch_one(&mut *observer)
-            .await
-            .unwrap();
-        if done(n) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waited 30 s for {what}; the count is still {n}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// Sessions of the test database waiting for a lock.

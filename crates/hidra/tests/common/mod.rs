@@ -115,3 +115,28 @@ pub async fn customers_and_orders(hidra: &Hidra, tenant: &Tenant) -> Vec<(i64, S
     .await
     .unwrap()
 }
+
+/// Polls `count` (a query returning one count) on `observer` every 10 ms
+/// until `done` holds of it; panics after 30 s, naming what it waited for.
+pub async fn wait_for_count(
+    observer: &mut sqlx::PgConnection,
+    what: &str,
+    count: &'static str,
+    done: impl Fn(i64) -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let n: i64 = sqlx::query_scalar(count)
+            .fetch_one(&mut *observer)
+            .await
+            .unwrap();
+        if done(n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {what}; the count is still {n}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}

@@ -5,20 +5,30 @@
 //!
 //! A task spawned with `tokio::spawn` does **not** inherit the current tenant:
 //! task-locals belong to one task, and silently carrying a tenant into work that
-//! outlives the request would be an isolation hazard. Carry it on purpose:
+//! outlives the request would be an isolation hazard. Carry it on purpose with
+//! [`spawn`] (or [`propagate`] for a `JoinSet` or another executor):
 //!
 //! ```
 //! # async fn run(tenant: hidra::Tenant) {
 //! let job = hidra::context::scope(tenant, async {
 //!     // ...
-//!     let carried = hidra::context::propagate(async {
+//!     let carried = hidra::context::spawn(async {
 //!         assert!(hidra::context::current().is_some());
 //!     });
-//!     tokio::spawn(carried).await.unwrap();
+//!     carried.await.unwrap();
+//!     let plain = tokio::spawn(async {
+//!         assert!(hidra::context::current().is_none());
+//!     });
+//!     plain.await.unwrap();
 //! });
 //! job.await;
 //! # }
 //! ```
+//!
+//! A carried task still runs on its own: it does not see the rows of a
+//! transaction its request has not committed yet (the web layer commits a
+//! `TenantTx` after the handler returns). Commit first, or hand the task the
+//! data it needs.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -45,7 +55,7 @@ pub fn current_id() -> Option<TenantId> {
 }
 
 /// Wraps `fut` so that it runs with the current tenant of the *calling* task
-/// (or none), for handing to `tokio::spawn`.
+/// (or none), for handing to `tokio::spawn`, a `JoinSet` or another executor.
 pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
     let tenant = current();
     async move {
@@ -54,4 +64,18 @@ pub fn propagate<F: Future>(fut: F) -> impl Future<Output = F::Output> {
             None => fut.await,
         }
     }
+}
+
+/// Spawns `fut` on the Tokio runtime with the current tenant of the *calling*
+/// task (or none): `tokio::spawn(propagate(fut))`.
+///
+/// # Panics
+///
+/// Outside a Tokio runtime, as `tokio::spawn` does.
+pub fn spawn<F>(fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    tokio::spawn(propagate(fut))
 }

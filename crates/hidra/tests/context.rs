@@ -23,9 +23,18 @@ async fn scope_sets_current_and_spawn_does_not_inherit() {
             hidra::context::current_id()
         }));
         assert_eq!(carried.await.unwrap(), Some(id("ctx")));
+        // ...and so does context::spawn, into nested spawns too.
+        let spawned = hidra::context::spawn(async {
+            let inner = hidra::context::spawn(async { hidra::context::current_id() });
+            (hidra::context::current_id(), inner.await.unwrap())
+        });
+        assert_eq!(spawned.await.unwrap(), (Some(id("ctx")), Some(id("ctx"))));
     })
     .await;
     assert!(hidra::context::current().is_none());
+    // Outside any scope, a carried task has no tenant either.
+    let none = hidra::context::spawn(async { hidra::context::current_id() });
+    assert_eq!(none.await.unwrap(), None);
     ctx.db.drop_now().await.unwrap();
 }
 

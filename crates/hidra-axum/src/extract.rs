@@ -1,4 +1,4 @@
-//! Extractors: [`Tenant`], [`TenantConn`] and [`TenantTx`].
+//! Extractors: [`Tenant`], [`TenantConn`], [`TenantTx`] and [`TenantHandle`].
 //!
 //! They read what [`TenantLayer`](crate::TenantLayer) put in the request
 //! extensions, so they work with any router state. Behind an excluded route or
@@ -152,6 +152,62 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         Ok(Tenant::from_extensions(&parts.extensions))
+    }
+}
+
+/// The request's tenant and the [`Hidra`] handle serving it, for code that
+/// checks connections out on its own: ORM integrations (`hidra-sea-orm`), job
+/// queues, fan-out helpers. Nothing is acquired by extracting it.
+///
+/// ```
+/// use hidra_axum::TenantHandle;
+///
+/// async fn busy(handle: TenantHandle) -> String {
+///     let load = handle.hidra().load().get(&handle.tenant().id);
+///     format!("{}: {:?}", handle.tenant().id, load.map(|l| l.connections))
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(busy);
+/// ```
+#[derive(Clone)]
+pub struct TenantHandle {
+    tenant: Tenant,
+    hidra: Hidra,
+}
+
+impl TenantHandle {
+    /// The request's tenant: registered and active when it was resolved.
+    pub fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    /// The handle the request's tenant is served by.
+    pub fn hidra(&self) -> &Hidra {
+        &self.hidra
+    }
+
+    /// What [`TenantLayer`](crate::TenantLayer) resolved for a request, from
+    /// its extensions (for plain tower services).
+    pub fn from_extensions(extensions: &Extensions) -> Option<TenantHandle> {
+        extensions.get::<Scope>().map(|s| TenantHandle {
+            tenant: s.0.tenant.clone(),
+            hidra: s.0.hidra.clone(),
+        })
+    }
+}
+
+impl fmt::Debug for TenantHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TenantHandle")
+            .field(&self.tenant.id)
+            .finish()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantHandle {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        TenantHandle::from_extensions(&parts.extensions).ok_or(Error::MissingTenant)
     }
 }
 

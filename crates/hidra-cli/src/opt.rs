@@ -162,12 +162,41 @@ pub(crate) enum Command {
         repair: bool,
     },
 
+    /// Run one SQL statement in every active tenant (or the named ones), a
+    /// few tenants at a time, and print each tenant's rows with its id. A
+    /// tenant whose statement fails is reported on standard error and the
+    /// others go on; the exit code is then 1.
+    Sql(SqlArgs),
+
     /// Watch which tenants load a running service, refreshed like `top`:
     /// connections held now, connection time and requests per second, waits
     /// and refusals at the tenant's pool cap, cancelled statements and
     /// rate-limit refusals. Reads the service's `/health/detailed` report
     /// (hidra-axum's health routes); needs no database access.
     Top(TopArgs),
+}
+
+/// `hidra sql`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["all_tenants", "tenant"])))]
+pub(crate) struct SqlArgs {
+    /// The statement, run unqualified in each tenant's schema
+    pub(crate) sql: String,
+    /// Run it in every active tenant
+    #[arg(long)]
+    pub(crate) all_tenants: bool,
+    /// Run it in this tenant (repeat for several)
+    #[arg(long, value_name = "ID")]
+    pub(crate) tenant: Vec<String>,
+    /// Tenants at a time
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub(crate) concurrency: u16,
+    /// One JSON object per row (`{"tenant":…,"row":{…}}`) and per failed tenant
+    #[arg(long, conflicts_with = "csv")]
+    pub(crate) json: bool,
+    /// CSV with a header line, the tenant id first
+    #[arg(long)]
+    pub(crate) csv: bool,
 }
 
 /// `hidra top`

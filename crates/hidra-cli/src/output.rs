@@ -69,6 +69,13 @@ impl Table {
         }
     }
 
+    /// A table whose headers are known only at run time.
+    pub(crate) fn with_headers(headers: Vec<String>) -> Self {
+        Table {
+            rows: vec![headers],
+        }
+    }
+
     pub(crate) fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }

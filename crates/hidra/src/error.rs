@@ -183,6 +183,17 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// The work a fan-out ran for a tenant failed ([`crate::fanout`]); the
+    /// other tenants' work went on.
+    #[error("the work run for tenant `{id}` failed: {source}")]
+    TenantWork {
+        /// The tenant.
+        id: TenantId,
+        /// What the work returned.
+        #[source]
+        source: BoxError,
+    },
+
     /// The registry table is missing: the application has not created it yet.
     #[error(
         "the tenant registry table `{0}` does not exist; create it with `Hidra::install()` (or `hidra init`) first"

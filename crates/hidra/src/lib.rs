@@ -107,6 +107,7 @@ mod tenant;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod context;
+pub mod fanout;
 pub mod migrate;
 pub mod rls;
 #[cfg(feature = "testing")]

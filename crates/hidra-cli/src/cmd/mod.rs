@@ -4,6 +4,7 @@ pub(crate) mod api_key;
 pub(crate) mod doctor;
 pub(crate) mod init;
 pub(crate) mod migrate;
+pub(crate) mod sql;
 pub(crate) mod tenant;
 pub(crate) mod top;
 

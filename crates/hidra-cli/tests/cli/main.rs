@@ -11,5 +11,6 @@ mod doctor;
 mod errors;
 mod init;
 mod migrate;
+mod sql;
 mod tenant;
 mod top;

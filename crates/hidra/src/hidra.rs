@@ -852,6 +852,26 @@ impl Hidra {
         Ok(listener)
     }
 
+    /// The options the shared pool opens its connections with: the shared
+    /// database, reached directly (never through a
+    /// [transaction pooler](HidraBuilder::transaction_pooler)).
+    ///
+    /// For integrations that need a pool of their own on the same database
+    /// (a job queue whose rows must be written in a tenant's transaction, a
+    /// `LISTEN`er), so that they cannot be pointed at another one by mistake.
+    ///
+    /// ```no_run
+    /// # async fn run(hidra: hidra::Hidra) -> Result<(), sqlx::Error> {
+    /// let own = sqlx::postgres::PgPoolOptions::new()
+    ///     .max_connections(4)
+    ///     .connect_with(hidra.connect_options().clone())
+    ///     .await?;
+    /// # drop(own); Ok(()) }
+    /// ```
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        self.inner.pool.connect_options()
+    }
+
     /// How many prepared statements each connection keeps; see
     /// [`HidraBuilder::statement_cache_capacity`].
     pub fn statement_cache_capacity(&self) -> usize {

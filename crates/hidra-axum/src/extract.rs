@@ -1,4 +1,5 @@
-//! Extractors: [`Tenant`], [`TenantConn`], [`TenantTx`] and [`TenantHandle`].
+//! Extractors: [`Tenant`], [`TenantConn`], [`TenantReadConn`], [`TenantTx`]
+//! and [`TenantHandle`].
 //!
 //! They read what [`TenantLayer`](crate::TenantLayer) put in the request
 //! extensions, so they work with any router state. Behind an excluded route or
@@ -282,6 +283,71 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
             .await
             .map_err(scope.checkout_error("acquiring a tenant connection"))?;
         Ok(TenantConn(conn))
+    }
+}
+
+/// A connection bound to the request's tenant for reading
+/// ([`Hidra::acquire_read`](hidra::Hidra::acquire_read)): on the read
+/// replica when one is configured and answers, else on the primary. Writes
+/// through it fail on a replica; use [`TenantConn`] or [`TenantTx`] for them.
+///
+/// ```
+/// use hidra_axum::TenantReadConn;
+///
+/// async fn report(mut conn: TenantReadConn) -> String {
+///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+///         .fetch_one(&mut conn)
+///         .await
+///         .unwrap_or_default();
+///     n.to_string()
+/// }
+/// # let _: axum::routing::MethodRouter = axum::routing::get(report);
+/// ```
+pub struct TenantReadConn(hidra::TenantConn);
+
+impl TenantReadConn {
+    /// The core's connection.
+    pub fn into_inner(self) -> hidra::TenantConn {
+        self.0
+    }
+}
+
+impl fmt::Debug for TenantReadConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("TenantReadConn")
+            .field(self.0.tenant())
+            .finish()
+    }
+}
+
+impl Deref for TenantReadConn {
+    type Target = hidra::TenantConn;
+
+    fn deref(&self) -> &hidra::TenantConn {
+        &self.0
+    }
+}
+
+impl DerefMut for TenantReadConn {
+    fn deref_mut(&mut self) -> &mut hidra::TenantConn {
+        &mut self.0
+    }
+}
+
+hidra::__impl_scoped_executor!(TenantReadConn, this => &mut **this);
+
+impl<S: Send + Sync> FromRequestParts<S> for TenantReadConn {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
+        let scope = scope(&parts.extensions)?;
+        let conn = scope
+            .0
+            .hidra
+            .acquire_read(&scope.0.tenant)
+            .await
+            .map_err(scope.checkout_error("acquiring a tenant read connection"))?;
+        Ok(TenantReadConn(conn))
     }
 }
 

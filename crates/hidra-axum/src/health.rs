@@ -173,6 +173,13 @@ async fn detailed(State(health): State<Health>) -> Response {
             "hit_rate": stats.hit_rate(),
         })
     });
+    let replica = health.hidra.replica_status().await.map(|r| {
+        json!({
+            "reachable": r.reachable,
+            "lag_bytes": r.lag_bytes,
+            "replay_age_seconds": r.replay_age.map(|d| d.as_secs_f64()),
+        })
+    });
     let load = health.hidra.load().busiest(health.top);
     let top: Vec<_> = load
         .top
@@ -192,6 +199,7 @@ async fn detailed(State(health): State<Health>) -> Response {
         },
         "pool": { "size": pool.size, "idle": pool.idle, "max": pool.max },
         "cache": cache,
+        "replica": replica,
     });
     let status = if latency.is_some() {
         StatusCode::OK

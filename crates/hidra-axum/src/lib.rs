@@ -195,7 +195,7 @@ pub use crate::auth::{
 };
 pub use crate::cache::{CacheStats, TenantCache, TenantCacheBuilder};
 pub use crate::error::{BoxError, Error, Result};
-pub use crate::extract::{Tenant, TenantConn, TenantHandle, TenantTx};
+pub use crate::extract::{Tenant, TenantConn, TenantHandle, TenantReadConn, TenantTx};
 pub use crate::layer::{TenantLayer, TenantService};
 pub use crate::rate::TenantRate;
 pub use crate::resolve::{

@@ -123,6 +123,9 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     // many tenants there are.
     let mut body = handle.render();
     body.push_str(&state.hidra.load().top(TOP_TENANTS).to_prometheus());
+    if let Some(replica) = state.hidra.replica_status().await {
+        body.push_str(&replica.to_prometheus());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -121,6 +121,10 @@ pub struct HidraBuilder {
     statement_cache_capacity: usize,
     /// Where tenant traffic goes in transaction-pooler mode.
     pooler: Option<std::result::Result<PgConnectOptions, String>>,
+    /// Where reads may go.
+    replica: Option<std::result::Result<PgConnectOptions, String>>,
+    /// How long a read-your-writes read waits for the replica.
+    replica_wait: Duration,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -155,6 +159,8 @@ impl Default for HidraBuilder {
             audit_row_level: false,
             statement_cache_capacity: DEFAULT_STATEMENT_CACHE_CAPACITY,
             pooler: None,
+            replica: None,
+            replica_wait: crate::replica::DEFAULT_REPLICA_WAIT,
             pool: PoolConfig::default(),
             timeouts: scope::Timeouts::default(),
             tenant_cap: TenantCap::Fraction(0.5),
@@ -410,6 +416,32 @@ impl HidraBuilder {
         self
     }
 
+    /// A read replica (a streaming standby of this database) for
+    /// [`Hidra::acquire_read`]: reads of schema and row-level tenants go
+    /// there, bound exactly as on the primary, and back to the primary while
+    /// it does not answer. Its pool has the primary pool's size and timeouts
+    /// and connects lazily: a replica that is down at startup is no error.
+    pub fn read_replica(mut self, url: &str) -> Self {
+        self.replica = Some(
+            url.parse::<PgConnectOptions>()
+                .map_err(|e| format!("invalid read replica URL: {e}")),
+        );
+        self
+    }
+
+    /// [`read_replica`](Self::read_replica) with connect options.
+    pub fn read_replica_with(mut self, options: PgConnectOptions) -> Self {
+        self.replica = Some(Ok(options));
+        self
+    }
+
+    /// How long [`Hidra::acquire_read_after`] waits for the replica to replay
+    /// a write before reading from the primary instead (default 1 s).
+    pub fn replica_wait(mut self, wait: Duration) -> Self {
+        self.replica_wait = wait;
+        self
+    }
+
     /// Connects to `url` and builds the handle.
     pub async fn connect(self, url: &str) -> Result<Hidra> {
         let options: PgConnectOptions = url.parse().map_err(Error::InvalidUrl)?;
@@ -446,6 +478,22 @@ impl HidraBuilder {
             // proves the connection alive and outside a transaction.
             Some(Ok(pooler)) => Some(Pool::new(pooler, &self.pool, sql::owned("SELECT 1".into()))),
         };
+        let replica = match self.replica {
+            None => None,
+            Some(Err(e)) => return Err(Error::InvalidConfig(e.into())),
+            Some(Ok(replica)) => {
+                let replica = replica.statement_cache_capacity(self.statement_cache_capacity);
+                Some(crate::replica::Replica::new(
+                    Pool::new(
+                        replica.clone(),
+                        &self.pool,
+                        sql::reset_statement(&self.timeouts),
+                    ),
+                    scope::Reachability::new(replica),
+                    self.replica_wait,
+                ))
+            }
+        };
         let pool = Pool::new(options, &self.pool, sql::reset_statement(&self.timeouts));
         // As sqlx's `connect` does: fail now if the server does not answer.
         drop(
@@ -468,6 +516,7 @@ impl HidraBuilder {
             inner: Arc::new(Inner {
                 pool,
                 pooled,
+                replica,
                 naming,
                 shared,
                 store,
@@ -513,6 +562,8 @@ pub(crate) struct Inner {
     pub(crate) pool: Pool,
     /// Tenant traffic's pool in transaction-pooler mode.
     pub(crate) pooled: Option<Pool>,
+    /// Where reads may go.
+    pub(crate) replica: Option<crate::replica::Replica>,
     pub(crate) naming: SchemaNaming,
     pub(crate) shared: Vec<Ident>,
     pub(crate) store: Arc<dyn TenantStore>,
@@ -917,6 +968,9 @@ impl Hidra {
         self.inner.databases.close().await;
         if let Some(pooled) = &self.inner.pooled {
             pooled.close().await;
+        }
+        if let Some(replica) = &self.inner.replica {
+            replica.pool.close().await;
         }
         self.inner.pool.close().await;
     }

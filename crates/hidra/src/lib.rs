@@ -99,6 +99,7 @@ mod hidra;
 mod lifecycle;
 mod moves;
 mod per_database;
+mod replica;
 mod scope;
 mod sql;
 mod store;
@@ -123,6 +124,7 @@ pub use crate::error::{BoxError, Error, Result, is_connection_error};
 pub use crate::hidra::{Hidra, HidraBuilder, PoolStatus, Seed, TenantCap};
 pub use crate::lifecycle::Confirmation;
 pub use crate::migrate::{MigrationRunner, Migrations, RunSummary};
+pub use crate::replica::{ReplicaStatus, WalPosition};
 pub use crate::scope::{
     DatabasePoolConfig, DatabasePoolStats, DbConn, LoadReport, OTHER_TENANTS, SharedConn,
     StaleStatement, TenantConn, TenantDatabases, TenantLoad, TenantLoads, TenantTx,

@@ -117,6 +117,69 @@ impl TempCluster {
         Ok(cluster)
     }
 
+    /// A streaming replica of this cluster: `pg_basebackup -R` into a new
+    /// directory, started on a free port, read-only, replaying this cluster's
+    /// WAL as it is written. Removed like any [`TempCluster`].
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use hidra::testing::TempCluster;
+    ///
+    /// let primary = TempCluster::start().await?;
+    /// let replica = primary.start_replica().await?;
+    /// let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+    ///     .fetch_one(&sqlx::PgPool::connect(replica.url()).await?)
+    ///     .await?;
+    /// assert!(standby);
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_replica(&self) -> Result<TempCluster> {
+        let root = create_root_dir()?;
+        let mut replica = TempCluster {
+            data_dir: root.join("data"),
+            root,
+            url: String::new(),
+            bins: PgBinaries {
+                dir: self.bins.dir.clone(),
+            },
+            run_as: RunAs::detect()?,
+            watchdog: None,
+            running: false,
+            removed: false,
+        };
+        if let RunAs::Root(_) = replica.run_as {
+            let mut chown = Command::new("chown");
+            chown.arg("-R").arg(SERVER_USER).arg(&replica.root);
+            run("chown", chown).await?;
+        }
+        let args: Vec<OsString> = vec![
+            "-D".into(),
+            replica.data_dir.clone().into(),
+            "-d".into(),
+            self.url.clone().into(),
+            "-R".into(),
+            "-X".into(),
+            "stream".into(),
+            "-c".into(),
+            "fast".into(),
+            "--no-sync".into(),
+        ];
+        let backup = replica
+            .run_as
+            .command(&self.bins.tool("pg_basebackup"), &args);
+        run("pg_basebackup", backup).await?;
+        replica.start_server().await?;
+        replica.spawn_watchdog();
+        replica.wait_until_ready().await?;
+        tracing::info!(
+            data_dir = %replica.data_dir.display(),
+            url = %replica.url,
+            primary = %self.url,
+            "started a throw-away streaming replica"
+        );
+        Ok(replica)
+    }
+
     /// The URL of its `postgres` database, as the superuser `postgres` (no password).
     pub fn url(&self) -> &str {
         &self.url
@@ -392,8 +455,13 @@ impl PgBinaries {
     /// `initdb` and `pg_ctl` from `PATH` (both in the same directory), else the
     /// highest version under `/usr/lib/postgresql/*/bin`.
     fn find() -> Result<PgBinaries> {
-        if let (Some(initdb), Some(pg_ctl)) = (find_executable("initdb"), find_executable("pg_ctl"))
-            && let (Some(dir), Some(ctl_dir)) = (initdb.parent(), pg_ctl.parent())
+        // Through symlinks (`/usr/local/bin/initdb` → the version's `bin`),
+        // where the other server tools are too.
+        let real = |path: PathBuf| std::fs::canonicalize(&path).unwrap_or(path);
+        if let (Some(initdb), Some(pg_ctl)) = (
+            find_executable("initdb").map(real),
+            find_executable("pg_ctl").map(real),
+        ) && let (Some(dir), Some(ctl_dir)) = (initdb.parent(), pg_ctl.parent())
             && dir == ctl_dir
         {
             return Ok(PgBinaries {
@@ -427,6 +495,16 @@ impl PgBinaries {
     /// The `pg_ctl` binary.
     fn pg_ctl(&self) -> PathBuf {
         self.dir.join("pg_ctl")
+    }
+
+    /// Another tool of the same installation (`pg_basebackup`), else the one
+    /// on `PATH`.
+    fn tool(&self, name: &str) -> PathBuf {
+        let beside = self.dir.join(name);
+        if is_executable(&beside) {
+            return beside;
+        }
+        find_executable(name).unwrap_or(beside)
     }
 }
 

@@ -13,7 +13,10 @@
 //!
 //! A request without a credential is not refused by the resolvers (another
 //! resolver may name the tenant, and public routes need none); routes that
-//! need one say so with a guard. Every refusal is one of two bodies:
+//! need one say so with a guard. A request in which no resolver of the layer
+//! finds anything at all presented no credential, and the layer answers it
+//! with `401` (not the `404` of an unknown tenant; see
+//! [`TenantResolver::reads_credentials`]). Every refusal is one of two bodies:
 //! `401 {"error":"unauthorized"}` (no or bad credential, whatever the reason,
 //! which is logged at `debug` level) and `403 {"error":"forbidden"}` (a
 //! missing role, permission or scope).
@@ -181,6 +184,10 @@ impl TenantResolver for JwtResolver {
             Err(error) => Err(Error::from(error)),
         }
     }
+
+    fn reads_credentials(&self) -> bool {
+        true
+    }
 }
 
 /// Resolves the tenant from an API key verified with [`ApiKeys`]: the key's
@@ -262,6 +269,10 @@ impl TenantResolver for ApiKeyResolver {
             }
             Err(source) => Err(Error::db("verifying an API key")(source)),
         }
+    }
+
+    fn reads_credentials(&self) -> bool {
+        true
     }
 }
 

@@ -56,6 +56,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// so that no client can learn which tenants exist. The real reason is logged
 /// at `debug` level with the request id.
 ///
+/// One exception, which names no tenant: when the chain has a resolver that
+/// [reads credentials](TenantResolver::reads_credentials) (a token, an API
+/// key) and the request carries nothing any resolver finds, it presented no
+/// credential and gets `401 {"error":"unauthorized"}` with
+/// `WWW-Authenticate: Bearer`, the answer to a bad token too.
+///
 /// ```no_run
 /// use axum::{Router, routing::get};
 /// use hidra_axum::{TenantConn, TenantLayer};
@@ -162,9 +168,8 @@ impl TenantLayer {
     }
 
     /// Every request must carry a credential that a verified resolver
-    /// accepts ([`JwtResolver`](crate::JwtResolver),
-    /// [`ApiKeyResolver`](crate::ApiKeyResolver), or your own returning
-    /// [`Resolution::verified`]): one without gets `401
+    /// accepts (the `JwtResolver` and `ApiKeyResolver` of the feature `auth`,
+    /// or your own returning [`Resolution::verified`]): one without gets `401
     /// {"error":"unauthorized"}` with `WWW-Authenticate: Bearer`, *before*
     /// any registry lookup, whatever tenant its header, host or path names.
     /// Without this, a logged-out request naming an existing tenant passes the
@@ -521,6 +526,12 @@ impl Shared {
             parts.uri = uri;
         }
         let Some(first) = found.first() else {
+            // Nothing to name a tenant with, where a credential could have:
+            // the client must log in, which a 404 would not tell it. This
+            // reveals nothing about tenants, since no tenant was named.
+            if chain.iter().any(|r| r.reads_credentials()) {
+                return Err(Error::Unauthorized("no credential".into()).into());
+            }
             return Err(Refusal::Missing(Missing::NoCandidate));
         };
         let id = TenantId::new(first.candidate())

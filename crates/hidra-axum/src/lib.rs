@@ -72,9 +72,9 @@
 //!
 //! | situation | status | body |
 //! |-----------|--------|------|
-//! | no id, malformed id, unknown tenant, tenant not active | 404 (configurable) | `{"error":"tenant_not_found"}` (configurable), identical for all four |
+//! | no id (and no resolver reads credentials), malformed id, unknown tenant, tenant not active | 404 (configurable) | `{"error":"tenant_not_found"}` (configurable), identical for all four |
 //! | sources disagree with a verified one | 403 | `{"error":"tenant_conflict"}` |
-//! | a resolver refuses a credential; a guard finds none | 401 | `{"error":"unauthorized"}` |
+//! | a resolver refuses a credential; a guard finds none; no id at all where a resolver [reads credentials](TenantResolver::reads_credentials) | 401, `WWW-Authenticate: Bearer` | `{"error":"unauthorized"}` |
 //! | a guard finds a role, permission or scope missing (`auth`) | 403 | `{"error":"forbidden"}` |
 //! | registry or database unreachable | 503 | `{"error":"service_unavailable"}` |
 //! | commit of a [`TenantTx`] failed | 500 | `{"error":"internal_error"}` |
@@ -134,8 +134,9 @@
 //! ```
 //!
 //! A bad token or key is refused by the layer with one `401` body whatever
-//! the reason; a request without credentials passes the layer and is refused
-//! by the guards that need them. [`Error`] maps the core's
+//! the reason. A request without credentials that names a tenant otherwise
+//! (the header above) passes the layer and is refused by the guards that need
+//! them; one that names none gets the same `401` from the layer. [`Error`] maps the core's
 //! [`AuthError`][auth-autherror] kinds to `401`, `403`, `409` and `422` (see
 //! [`Error::Auth`][auth-error-auth]), so handlers can use `?` on login and
 //! registration.
@@ -175,6 +176,7 @@
     [auth-error-auth]: #feature-flags\n\
     [auth-autherror]: #feature-flags"
 )]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "auth")]
 mod auth;

@@ -187,6 +187,19 @@ pub trait TenantResolver: Send + Sync + fmt::Debug + 'static {
         parts: &Parts,
         cx: ResolveContext<'_>,
     ) -> impl Future<Output = Result<Option<Resolution>>> + Send;
+
+    /// Whether this resolver reads a credential (a token, an API key) that
+    /// the client must present, rather than a claim anyone can make. Default
+    /// `false`; the `JwtResolver` and `ApiKeyResolver` of the feature `auth`
+    /// say `true`.
+    ///
+    /// When a layer has such a resolver and no resolver of its chain finds
+    /// anything in a request, the request presented no credential: it gets
+    /// `401 {"error":"unauthorized"}` with `WWW-Authenticate: Bearer`, which
+    /// tells a client to log in, rather than the `404` of an unknown tenant.
+    fn reads_credentials(&self) -> bool {
+        false
+    }
 }
 
 /// A resolver's answer that needed no waiting.
@@ -204,6 +217,8 @@ pub(crate) trait DynResolver: Send + Sync + fmt::Debug + 'static {
         parts: &'a Parts,
         cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>>;
+
+    fn reads_credentials(&self) -> bool;
 }
 
 impl<R: TenantResolver> DynResolver for R {
@@ -213,6 +228,10 @@ impl<R: TenantResolver> DynResolver for R {
         cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>> {
         Box::pin(self.resolve(parts, cx))
+    }
+
+    fn reads_credentials(&self) -> bool {
+        TenantResolver::reads_credentials(self)
     }
 }
 

@@ -393,6 +393,76 @@ async fn without_a_credential_every_tenant_looks_the_same() {
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"a"[..]));
 }
 
+/// With only a JWT resolver, a logged-out request is told to log in: `401`
+/// with `WWW-Authenticate: Bearer`, byte for byte the answer to a bad token,
+/// not the `404` of an unknown tenant. A verified token of an unknown tenant
+/// still gets that `404`, and a layer without credential resolvers still
+/// answers a request naming no tenant with it.
+#[tokio::test]
+async fn without_a_credential_a_token_only_layer_answers_401() {
+    let t = setup().await;
+    let jwt_only = common::routes().layer(
+        TenantLayer::new(t.ctx.hidra.clone()).with_resolver(JwtResolver::new(t.jwt.clone())),
+    );
+    let logged_out = send(jwt_only.clone(), common::get_req("/marker", &[])).await;
+    assert_eq!(
+        (logged_out.0, &logged_out.2[..]),
+        (StatusCode::UNAUTHORIZED, UNAUTHORIZED.as_bytes())
+    );
+    assert_eq!(
+        logged_out.1.get("www-authenticate").map(|v| v.as_bytes()),
+        Some(&b"Bearer"[..])
+    );
+    let bad_token = send(
+        jwt_only.clone(),
+        common::get_req("/marker", &[("authorization", "Bearer not.a.token")]),
+    )
+    .await;
+    assert_eq!(logged_out, bad_token);
+
+    let nobody = bearer(&t.token("nobody", &["admin"]));
+    let (status, _, body) = send(
+        jwt_only.clone(),
+        common::get_req("/marker", &[("authorization", &nobody)]),
+    )
+    .await;
+    assert_eq!(
+        (status, &body[..]),
+        (
+            StatusCode::NOT_FOUND,
+            &br#"{"error":"tenant_not_found"}"#[..]
+        )
+    );
+    let auth = bearer(&t.token("a", &["admin"]));
+    let (status, _, body) = send(
+        jwt_only,
+        common::get_req("/marker", &[("authorization", &auth)]),
+    )
+    .await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"a"[..]));
+
+    // Beside a header resolver, a request with neither is told to log in too,
+    // while one naming a tenant by header alone passes the layer as before.
+    assert_eq!(t.get_raw("/marker", &[]).await, bad_token);
+    assert_eq!(
+        t.get("/marker", &[("x-tenant-id", "a")]).await,
+        (StatusCode::OK, "a".into())
+    );
+
+    // No resolver reads credentials: no tenant named is the uniform 404.
+    let header_only = common::routes()
+        .layer(TenantLayer::new(t.ctx.hidra.clone()).with_resolver(HeaderResolver::new()));
+    let (status, headers, body) = send(header_only, common::get_req("/marker", &[])).await;
+    assert_eq!(
+        (status, &body[..]),
+        (
+            StatusCode::NOT_FOUND,
+            &br#"{"error":"tenant_not_found"}"#[..]
+        )
+    );
+    assert!(headers.get("www-authenticate").is_none());
+}
+
 /// The registry's wayne-ent deleted, and a new company signed up as
 /// wayne-ent: the old owner's token must not open the new tenant's data.
 #[tokio::test]

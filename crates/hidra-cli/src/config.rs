@@ -4,13 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use serde::Deserialize;
 
 use crate::opt::GlobalOpts;
 
-/// The database used when none is configured.
-pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The configuration file looked for in the current directory.
 const DEFAULT_CONFIG_FILE: &str = "hidra.toml";
 /// How long to wait for the database by default.
@@ -52,9 +50,8 @@ struct FileConfig {
 /// The resolved settings of one invocation.
 #[derive(Debug)]
 pub(crate) struct Settings {
-    pub(crate) database_url: String,
-    /// Whether `database_url` is the default, nobody having named one.
-    pub(crate) database_url_defaulted: bool,
+    /// `None` when nobody named one: see [`Settings::database_url`].
+    pub(crate) database_url: Option<String>,
     pub(crate) schema_prefix: String,
     pub(crate) registry_table: String,
     pub(crate) shared_schemas: Vec<String>,
@@ -94,8 +91,7 @@ impl Settings {
         }
         let database_url = text(&opts.database_url).or(file.database_url);
         Ok(Settings {
-            database_url_defaulted: database_url.is_none(),
-            database_url: database_url.unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+            database_url,
             schema_prefix: opts
                 .schema_prefix
                 .clone()
@@ -121,6 +117,20 @@ impl Settings {
                 .or(file.shared_migrations.map(relative)),
             connect_timeout,
             concurrency,
+        })
+    }
+}
+
+impl Settings {
+    /// The database to work on. There is no default: the commands create,
+    /// migrate and delete things, so they never guess where (the `postgres`
+    /// database of a local server is nobody's application database).
+    pub(crate) fn database_url(&self) -> Result<&str> {
+        self.database_url.as_deref().ok_or_else(|| {
+            anyhow!(
+                "no database given: set DATABASE_URL, pass --database-url URL, \
+                 or set database_url in hidra.toml"
+            )
         })
     }
 }
@@ -185,7 +195,7 @@ mod tests {
         let mut o = opts();
         o.config = Some(file.clone());
         let s = Settings::resolve(&o).unwrap();
-        assert_eq!(s.database_url, "postgres://file/db");
+        assert_eq!(s.database_url().unwrap(), "postgres://file/db");
         assert_eq!(s.schema_prefix, "t_");
         assert_eq!(s.tenant_migrations, Some(dir.join("m/tenant")));
         assert_eq!(s.concurrency, 7);
@@ -194,7 +204,7 @@ mod tests {
         o.database_url = Some("postgres://flag/db".into());
         o.schema_prefix = Some("x_".into());
         let s = Settings::resolve(&o).unwrap();
-        assert_eq!(s.database_url, "postgres://flag/db");
+        assert_eq!(s.database_url().unwrap(), "postgres://flag/db");
         assert_eq!(s.schema_prefix, "x_");
 
         std::fs::write(&file, "databse_url = \"typo\"\n").unwrap();
@@ -208,7 +218,11 @@ mod tests {
     #[test]
     fn defaults() {
         let s = Settings::resolve(&opts()).unwrap();
-        assert_eq!(s.database_url, DEFAULT_DATABASE_URL);
+        let err = s.database_url().unwrap_err().to_string();
+        assert!(
+            err.starts_with("no database given: set DATABASE_URL"),
+            "{err}"
+        );
         assert_eq!(s.schema_prefix, "tenant_");
         assert_eq!(s.shared_schemas, vec!["public".to_owned()]);
         assert_eq!(s.connect_timeout, Duration::from_secs(5));

@@ -82,19 +82,12 @@ pub(crate) async fn connect(settings: &Settings, needs: Needs) -> Result<Connect
 
 /// Probes the database and builds the handle.
 pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) -> Result<Connected> {
-    if settings.database_url_defaulted {
-        // Never operate on a database the user did not name without saying so.
-        crate::output::note!(
-            "note: DATABASE_URL is not set (nor --database-url, nor database_url in hidra.toml); \
-             using {} (the `postgres` database)",
-            crate::config::DEFAULT_DATABASE_URL
-        );
-    }
     let Loaded {
         tenant,
         shared,
         registry,
     } = loaded;
+    let url = settings.database_url()?;
     let (options, server_version) = probe(settings).await?;
     let hidra = Hidra::builder()
         .schema_prefix(settings.schema_prefix.clone())
@@ -112,10 +105,8 @@ pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) ->
         .await
         .map_err(|e| match e {
             hidra::Error::InvalidConfig(_) => anyhow::Error::from(e),
-            other => anyhow::Error::from(other).context(format!(
-                "cannot connect to PostgreSQL at {}",
-                redact(&settings.database_url)
-            )),
+            other => anyhow::Error::from(other)
+                .context(format!("cannot connect to PostgreSQL at {}", redact(url))),
         })?;
     Ok(Connected {
         hidra,
@@ -129,7 +120,7 @@ pub(crate) async fn open(settings: &Settings, loaded: Loaded, pool_size: u32) ->
 /// unreachable or misconfigured database is one clear line and not a pool
 /// timeout. Returns the options and the server's version.
 pub(crate) async fn probe(settings: &Settings) -> Result<(PgConnectOptions, String)> {
-    let url = &settings.database_url;
+    let url = settings.database_url()?;
     let options: PgConnectOptions = url
         .parse::<PgConnectOptions>()
         .map_err(|e| anyhow!("invalid database URL {}: {e}", redact(url)))?

@@ -25,11 +25,8 @@ pub(crate) struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Configuration")]
 pub(crate) struct GlobalOpts {
-    // The default is applied after the configuration file, so clap does not
-    // know it; the help names it.
+    /// PostgreSQL URL of the application's database (required: no default)
     #[arg(
-        help = "PostgreSQL URL of the application's database \
-                [default: postgres://postgres@127.0.0.1:5432/postgres]",
         long,
         env = "DATABASE_URL",
         hide_env_values = true,

@@ -1,11 +1,14 @@
-//! The OpenAPI description of the API, served at `/docs` (Scalar UI) and
-//! `/docs/openapi.json`.
+//! The OpenAPI description of the API, served at `/docs/openapi.json`, and
+//! the Swagger UI that renders it at `/docs`.
+//!
+//! The UI's scripts and styles are compiled into the binary and served from
+//! `/docs/`: the page loads nothing from the internet, so it renders in an
+//! air-gapped deployment too.
 
 use axum::Router;
-use axum::routing::get;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
-use utoipa_scalar::{Scalar, Servable};
+use utoipa_swagger_ui::{Config, SwaggerUi};
 
 use crate::routes::{account, api_keys, customers, orders, products, users};
 use crate::state::AppState;
@@ -61,12 +64,12 @@ impl Modify for Bearer {
     }
 }
 
-/// `/docs` and `/docs/openapi.json`.
+/// `/docs` (redirects to `/docs/`, the UI), its assets under `/docs/`, and
+/// `/docs/openapi.json`.
 pub fn router() -> Router<AppState> {
-    let doc = ApiDoc::openapi();
-    let json = doc.clone();
-    Router::new().merge(Scalar::with_url("/docs", doc)).route(
-        "/docs/openapi.json",
-        get(|| async move { axum::Json(json) }),
-    )
+    let ui = SwaggerUi::new("/docs")
+        .url("/docs/openapi.json", ApiDoc::openapi())
+        // The validator badge would send the document to swagger.io.
+        .config(Config::default().validator_url("none"));
+    Router::new().merge(ui)
 }

@@ -37,6 +37,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use hidra::auth::{Accounts, ApiKeys, Jwt, Limit, LoginLimits};
 use hidra::testing::{PgServer, TestDatabase};
@@ -46,6 +47,8 @@ use hidra_axum::{
 };
 use sqlx::postgres::PgConnectOptions;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::observability::REQUEST_ID;
@@ -126,6 +129,17 @@ pub struct Config {
     /// process (bursts of twice as many).
     #[arg(long, env = "HIDRA_AUTH_RATE", default_value_t = 10)]
     pub auth_rate: u32,
+
+    /// Browser origins allowed to call the API (CORS), comma-separated, such
+    /// as `https://app.example.com,http://localhost:5173`. Unset: none, so a
+    /// page of another origin cannot read the API's answers.
+    #[arg(
+        long,
+        env = "HIDRA_DEMO_CORS_ORIGINS",
+        value_delimiter = ',',
+        value_name = "ORIGINS"
+    )]
+    pub cors_origins: Vec<String>,
 }
 
 /// Where the data lives.
@@ -219,8 +233,49 @@ fn jwt(config: &Config) -> anyhow::Result<Jwt> {
         .with_ttl(Duration::from_secs(config.token_ttl)))
 }
 
-/// The application: routes, tenant layer, logs, request ids and metrics.
-pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
+/// The CORS policy: the `origins` listed may call the API from a browser,
+/// with a token or an API key (the API uses no cookies); any other origin
+/// gets no `Access-Control-Allow-Origin`, and its browser keeps the answer
+/// from it.
+pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
+    let origins = origins
+        .iter()
+        .map(|o| o.trim())
+        .filter(|o| !o.is_empty())
+        .map(|o| {
+            // An origin is `scheme://host[:port]`: a path or a trailing slash
+            // would never match what browsers send.
+            let host = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"))
+                .filter(|h| !h.is_empty() && !h.contains(['/', '*']));
+            host.and_then(|_| HeaderValue::from_str(o).ok())
+                .with_context(|| {
+                    format!(
+                        "HIDRA_DEMO_CORS_ORIGINS: `{o}` is not an origin; write scheme://host[:port], \
+                         e.g. https://app.example.com (no path, no trailing slash, no wildcard)"
+                    )
+                })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+            HeaderName::from_static("x-tenant-id"),
+            REQUEST_ID,
+        ])
+        .expose_headers([REQUEST_ID, header::RETRY_AFTER])
+        .max_age(Duration::from_secs(3600)))
+}
+
+/// The application: routes, tenant layer, logs, request ids, metrics, CORS
+/// (see [`cors`]) and gzip compression of the answers of clients that accept
+/// it.
+pub fn app(state: AppState, jwt: Jwt, base_domain: &str, cors: CorsLayer) -> Router {
     // Tokens of users whose sessions ended (logged out everywhere,
     // deactivated, re-roled, deleted) are refused in every process.
     let jwt = JwtResolver::new(jwt).with_revocations(state.accounts.revocations().clone());
@@ -254,6 +309,10 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str) -> Router {
         .with_state(state)
         .layer(CatchPanicLayer::custom(observability::panic_response))
         .layer(axum::middleware::from_fn(observability::observe))
+        .layer(CompressionLayer::new())
+        // Outside the tenant layer: a preflight carries no credential, and is
+        // answered here before that layer would refuse it.
+        .layer(cors)
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
@@ -276,9 +335,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Settings are checked before anything is created.
+    let cors = cors(&config.cors_origins)?;
     let database = open_database(&config).await?;
     let demo_data = config.demo_data || database.throwaway.is_some();
-    let result = serve(&config, database.options.clone(), demo_data, shutdown).await;
+    let result = serve(&config, database.options.clone(), demo_data, cors, shutdown).await;
     if let Some(db) = database.throwaway {
         let name = db.name().to_owned();
         match db.drop_now().await {
@@ -295,6 +356,7 @@ async fn serve(
     config: &Config,
     options: PgConnectOptions,
     demo_data: bool,
+    cors: CorsLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mut builder = Hidra::builder()
@@ -337,7 +399,7 @@ async fn serve(
         api_keys,
         hidra: hidra.clone(),
     };
-    let app = app(state, jwt, &config.base_domain);
+    let app = app(state, jwt, &config.base_domain, cors);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.port))
         .await

@@ -2066,11 +2066,17 @@ async fn restart_on_the_same_database_keeps_tenants() {
     first.shut_down("TERM").await;
     drop(first);
 
-    // Second run: configured by environment; the same database as is.
-    let second = Demo::start_with(
+    // Second run: configured by environment; the same database as is. With
+    // PostgreSQL's notices logged, to see that the install steps, idempotent
+    // DDL, raise none ("… already exists, skipping").
+    let mut second = Demo::start_with(
         Some(db.url()),
         &[],
-        &[("PORT", "0"), ("HIDRA_BASE_DOMAIN", "example.test")],
+        &[
+            ("PORT", "0"),
+            ("HIDRA_BASE_DOMAIN", "example.test"),
+            ("RUST_LOG", "info,sqlx::postgres::notice=trace"),
+        ],
     )
     .await;
     // Without JWT_SECRET the secret is random per run: old tokens are refused.
@@ -2102,6 +2108,13 @@ async fn restart_on_the_same_database_keeps_tenants() {
         "no demo data and no duplicates after a restart"
     );
     pg.close().await;
+    // Every line of its log read.
+    second.shut_down("TERM").await;
+    let logs = second.output.stderr();
+    assert!(
+        !logs.contains("sqlx::postgres::notice"),
+        "PostgreSQL notices at a restart:\n{logs}"
+    );
 }
 
 /// A port nothing listens on (bound, then released).

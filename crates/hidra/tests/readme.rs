@@ -97,3 +97,99 @@ async fn install_creates_a_registry_in_its_own_schema() {
         .unwrap();
     assert_eq!(ids, [tenant.id.to_string()]);
 }
+
+/// PostgreSQL's notices as sqlx logs them (target `sqlx::postgres::notice`),
+/// captured while `f` runs on this thread.
+async fn notices_during<F: std::future::Future<Output = ()>>(f: F) -> String {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "sqlx::postgres::notice=trace",
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime is single-threaded: everything `f` does, spawned
+    // tasks included, runs on this thread and logs to `subscriber`.
+    let guard = tracing::subscriber::set_default(subscriber);
+    f.await;
+    drop(guard);
+    let bytes = capture.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// What a service does at each start (the demo's order): install the shared
+/// tables and bring everything to the latest migration.
+async fn start(db: &TestDatabase) -> Hidra {
+    use hidra::auth::{Accounts, ApiKeys, Jwt, LoginLimits};
+
+    let hidra = Hidra::builder()
+        .schema_sql("001_customers", "CREATE TABLE customers (id BIGINT)")
+        .shared_migrations(hidra::Migrations::new().push("plans", "CREATE TABLE plans (name TEXT)"))
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let jwt = Jwt::hs256("a secret of thirty-two bytes or more, for tests").unwrap();
+    let accounts = Accounts::new(hidra.clone(), jwt).with_limits(LoginLimits::new());
+    let keys = ApiKeys::new(
+        hidra.clone(),
+        "a pepper of thirty-two bytes or more, for tests",
+    )
+    .unwrap();
+    hidra.install().await.unwrap();
+    accounts.install().await.unwrap();
+    keys.install().await.unwrap();
+    hidra.migrate_shared().await.unwrap();
+    assert!(hidra.migrator().run().await.unwrap().is_success());
+    hidra
+}
+
+/// The install steps are idempotent DDL (`IF NOT EXISTS`), which PostgreSQL
+/// answers with "… already exists, skipping" notices, logged by sqlx at
+/// `INFO`: a service would log a dozen of them at every start.
+#[tokio::test]
+async fn a_restart_logs_no_already_exists_notices() {
+    let db = TestDatabase::create().await.unwrap();
+    let first = start(&db).await;
+    first
+        .provision(NewTenant::new(TenantId::new("acme").unwrap()))
+        .await
+        .unwrap();
+    first.close().await;
+
+    let restarted = notices_during(async {
+        start(&db).await.close().await;
+    })
+    .await;
+    assert_eq!(restarted, "", "notices logged at a restart");
+
+    // The capture does see a notice when there is one.
+    let hidra = Hidra::builder()
+        .connect_with(db.connect_options())
+        .await
+        .unwrap();
+    let control = notices_during(async {
+        let mut conn = hidra.acquire_shared().await.unwrap();
+        sqlx::raw_sql("DROP TABLE IF EXISTS no_such_table")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(control.contains("skipping"), "{control:?}");
+}

@@ -116,7 +116,7 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
         format!(
             "PostgreSQL {} at {}",
             db.server_version,
-            redact(&settings.database_url)
+            redact(settings.database_url()?)
         ),
     );
     let hidra = &db.hidra;

@@ -128,30 +128,3 @@ fn configuration_file_errors() {
         "{err}"
     );
 }
-
-/// Without any database named, the CLI says loudly which one it uses; with
-/// one named, it says nothing of the kind.
-#[tokio::test]
-async fn the_default_database_is_announced() {
-    let dir = tempfile::tempdir().unwrap();
-    // `tenant list` on the default database; whether it has a registry or
-    // not, the note comes first on standard error.
-    let out = bare()
-        .current_dir(dir.path())
-        .args(["tenant", "list"])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.starts_with("note: DATABASE_URL is not set")
-            && stderr.contains("postgres://postgres@127.0.0.1:5432/postgres"),
-        "{stderr}"
-    );
-    let ctx = Ctx::initialized().await;
-    let out = ctx.cmd().args(["tenant", "list"]).output().unwrap();
-    assert!(
-        !String::from_utf8(out.stderr)
-            .unwrap()
-            .contains("DATABASE_URL is not set")
-    );
-}

@@ -54,18 +54,47 @@ fn an_unreachable_database_is_one_line_naming_it_without_the_password() {
     }
 
     // The doctor reports it as its first finding.
-    let out = bare()
-        .env("DATABASE_URL", UNREACHABLE)
-        .args(["doctor", "--json"])
-        .output()
-        .unwrap();
+    let detail = doctor_database_problem(bare().env("DATABASE_URL", UNREACHABLE));
+    assert!(detail.contains("someone:***@127.0.0.1:1"), "{detail}");
+    assert!(!detail.contains("s3cret"));
+}
+
+/// Runs `doctor --json` with `cmd`, expects the database check to be its one
+/// problem, and returns that check's detail.
+fn doctor_database_problem(cmd: &mut assert_cmd::Command) -> String {
+    let out = cmd.args(["doctor", "--json"]).output().unwrap();
     assert_eq!(error_line(&out), "error: doctor found 1 problem");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["checks"][0]["name"], "database");
     assert_eq!(report["checks"][0]["status"], "problem");
-    let detail = report["checks"][0]["detail"].as_str().unwrap();
-    assert!(detail.contains("someone:***@127.0.0.1:1"), "{detail}");
-    assert!(!detail.contains("s3cret"));
+    report["checks"][0]["detail"].as_str().unwrap().to_owned()
+}
+
+/// Without a database named (no `DATABASE_URL`, `--database-url` or
+/// `database_url` in `hidra.toml`), nothing runs: no command guesses a
+/// database to create, migrate or delete things in.
+#[test]
+fn every_command_needs_a_database_named() {
+    let empty = tempfile::tempdir().unwrap();
+    let migrations = tempfile::tempdir().unwrap();
+    for args in COMMANDS {
+        let out = bare()
+            .current_dir(empty.path())
+            .env("HIDRA_TENANT_MIGRATIONS", migrations.path())
+            .env("HIDRA_API_KEY_PEPPER", PEPPER)
+            .args(*args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            error_line(&out),
+            "error: no database given: set DATABASE_URL, pass --database-url URL, \
+             or set database_url in hidra.toml",
+            "{args:?}"
+        );
+    }
+    // The doctor reports it as its first finding.
+    let detail = doctor_database_problem(bare().current_dir(empty.path()));
+    assert!(detail.starts_with("no database given"), "{detail}");
 }
 
 #[test]

@@ -194,3 +194,21 @@ async fn delete_asks_for_the_id_on_a_terminal() {
     assert!(screen.contains("deleted tenant `acme`"), "{screen}");
     assert!(!ctx.exists("tenant_acme").await);
 }
+
+/// `tenant create` before `hidra init` says what to do and creates nothing:
+/// no schema of the tenant, no internal schema of Hidra.
+#[tokio::test]
+async fn create_without_a_registry_leaves_nothing_behind() {
+    let ctx = Ctx::new().await;
+    let err = ctx.fails(&["tenant", "create", "acme"]);
+    assert!(
+        err.contains("registry table") && err.contains("hidra init"),
+        "{err}"
+    );
+    assert!(!ctx.exists("hidra").await);
+    assert!(!ctx.exists("tenant_acme").await);
+    // And once initialized, the same command works.
+    ctx.ok(&["init"]);
+    ctx.ok(&["tenant", "create", "acme"]);
+    assert!(ctx.exists("tenant_acme.items").await);
+}

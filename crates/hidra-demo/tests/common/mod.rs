@@ -46,6 +46,9 @@ const DEMO_ENV: &[&str] = &[
     "HIDRA_SIGNUPS_PER_HOUR",
     "HIDRA_AUTH_RATE",
     "HIDRA_POOLER_URL",
+    "HIDRA_API_KEY_PEPPER",
+    "HIDRA_DEMO_CORS_ORIGINS",
+    "RUST_LOG",
 ];
 
 /// The output of the child, kept for failure messages.

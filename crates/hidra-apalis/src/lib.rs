@@ -28,6 +28,20 @@
 //!   (apalis-postgres's orphan recovery, tuned with
 //!   [`TenantQueue::with_config`]).
 //!
+//! # Building with `DATABASE_URL` set
+//!
+//! apalis-postgres checks its SQL at compile time with sqlx's macros, against
+//! the query data it ships. When `DATABASE_URL` is set while building (it is
+//! for most database tests), sqlx checks against that database instead, which
+//! has no apalis tables yet, and the build fails with `relation
+//! "apalis.jobs" does not exist`. Build with `SQLX_OFFLINE=true`, or set it
+//! for the project in `.cargo/config.toml` as this workspace does:
+//!
+//! ```toml
+//! [env]
+//! SQLX_OFFLINE = { value = "true", force = true }
+//! ```
+//!
 //! # Usage
 //!
 //! ```no_run

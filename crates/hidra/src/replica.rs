@@ -15,7 +15,7 @@
 //! for a replica that has replayed past it:
 //!
 //! ```no_run
-//! # async fn run(hidra: hidra::Hidra, acme: hidra::Tenant) -> hidra::Result<()> {
+//! # async fn run(hidra: hidra::Hidra, acme: hidra::Tenant) -> Result<(), Box<dyn std::error::Error>> {
 //! let mut tx = hidra.begin(&acme).await?;
 //! sqlx::query("INSERT INTO notes (body) VALUES ('hello')").execute(&mut tx).await?;
 //! tx.commit().await?;

@@ -12,3 +12,7 @@ struct SeaOrm;
 #[cfg(doctest)]
 #[doc = include_str!("src/across-tenants.md")]
 struct AcrossTenants;
+
+#[cfg(doctest)]
+#[doc = include_str!("src/getting-started.md")]
+struct GettingStarted;

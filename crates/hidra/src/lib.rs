@@ -99,7 +99,6 @@ mod hidra;
 mod lifecycle;
 mod moves;
 mod per_database;
-mod replica;
 mod scope;
 mod sql;
 mod store;
@@ -110,6 +109,7 @@ pub mod auth;
 pub mod context;
 pub mod fanout;
 pub mod migrate;
+pub mod replica;
 pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;

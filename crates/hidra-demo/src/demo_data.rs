@@ -2,6 +2,9 @@
 
 use hidra::auth::{Accounts, NewUser};
 use hidra::{Hidra, NewTenant, TenantId};
+use hidra_apalis::TenantQueue;
+
+use crate::jobs::ConfirmOrder;
 
 /// The password of every demo user.
 pub const PASSWORD: &str = "demo-password";
@@ -55,8 +58,13 @@ pub fn logins() -> impl Iterator<Item = (&'static str, &'static str)> {
 
 /// Creates the demo tenants that do not exist yet, each with its admin
 /// (`admin@<tenant>.test`, password [`PASSWORD`]), customers, products and
-/// one order. Returns how many it created.
-pub async fn seed(hidra: &Hidra, accounts: &Accounts) -> anyhow::Result<usize> {
+/// one order (whose confirmation job it enqueues in `confirmations`). Returns
+/// how many it created.
+pub async fn seed(
+    hidra: &Hidra,
+    accounts: &Accounts,
+    confirmations: &TenantQueue<ConfirmOrder>,
+) -> anyhow::Result<usize> {
     let mut created = 0;
     for demo in TENANTS {
         let id = TenantId::new(demo.id)?;
@@ -91,17 +99,27 @@ pub async fn seed(hidra: &Hidra, accounts: &Accounts) -> anyhow::Result<usize> {
             .execute(&mut tx)
             .await?;
         }
-        // One order: two of the first product for the first customer.
-        sqlx::query(
+        // One order: two of the first product for the first customer, with
+        // its confirmation job (run once the server's worker starts).
+        let order_id: i64 = sqlx::query_scalar(
             "WITH o AS (INSERT INTO orders (customer_id, total_cents) \
                  SELECT (SELECT min(id) FROM customers), price_cents * 2 \
-                 FROM products ORDER BY id LIMIT 1 RETURNING id) \
-             INSERT INTO order_items (order_id, product_id, quantity, price_cents) \
-             SELECT o.id, p.id, 2, p.price_cents FROM o, \
-                 (SELECT id, price_cents FROM products ORDER BY id LIMIT 1) p",
+                 FROM products ORDER BY id LIMIT 1 RETURNING id), \
+             i AS (INSERT INTO order_items (order_id, product_id, quantity, price_cents) \
+                 SELECT o.id, p.id, 2, p.price_cents FROM o, \
+                 (SELECT id, price_cents FROM products ORDER BY id LIMIT 1) p) \
+             SELECT id FROM o",
         )
-        .execute(&mut tx)
+        .fetch_one(&mut tx)
         .await?;
+        let job = confirmations
+            .push_in(&mut tx, ConfirmOrder { order_id })
+            .await?;
+        sqlx::query("UPDATE orders SET confirmation_job = $1 WHERE id = $2")
+            .bind(job.to_string())
+            .bind(order_id)
+            .execute(&mut tx)
+            .await?;
         sqlx::query(
             "UPDATE products SET stock = stock - 2 WHERE id = (SELECT min(id) FROM products)",
         )

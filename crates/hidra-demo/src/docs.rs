@@ -29,7 +29,7 @@ use crate::state::AppState;
         api_keys::list, api_keys::create, api_keys::rotate, api_keys::revoke,
         customers::list, customers::create, customers::show, customers::update, customers::delete,
         products::list, products::create, products::show, products::update, products::delete,
-        orders::create, orders::list, orders::show,
+        orders::create, orders::list, orders::show, orders::confirmation,
     ),
     modifiers(&Bearer),
     tags(
@@ -38,7 +38,8 @@ use crate::state::AppState;
         (name = "api-keys", description = "Keys for machine clients, sent as `X-API-Key` (admins only)"),
         (name = "customers", description = "The tenant's customers"),
         (name = "products", description = "The tenant's catalogue"),
-        (name = "orders", description = "Orders, placed in one transaction"),
+        (name = "orders", description = "Orders, placed in one transaction with their confirmation job, \
+            which a background worker runs"),
     )
 )]
 pub struct ApiDoc;

@@ -120,6 +120,15 @@ impl From<hidra::Error> for ApiError {
     }
 }
 
+impl From<hidra_apalis::Error> for ApiError {
+    fn from(error: hidra_apalis::Error) -> Self {
+        match error {
+            hidra_apalis::Error::Hidra(e) => e.into(),
+            other => ApiError::Internal(anyhow::Error::new(other).context("enqueueing a job")),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         let code = error.as_database_error().and_then(|e| e.code());

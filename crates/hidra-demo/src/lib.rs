@@ -25,6 +25,7 @@ pub mod demo_data;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod jobs;
 pub mod observability;
 pub mod permissions;
 pub mod routes;
@@ -42,6 +43,7 @@ use axum::routing::get;
 use hidra::auth::{Accounts, ApiKeys, Jwt, Limit, LoginLimits};
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{Hidra, Migrations};
+use hidra_apalis::TenantJobs;
 use hidra_axum::{
     ApiKeyResolver, HeaderResolver, JwtResolver, PermissionCache, SubdomainResolver, TenantLayer,
 };
@@ -180,10 +182,18 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
     })
 }
 
-/// Creates the shared tables (registry, logins, attempts, API keys) if
-/// missing and brings every tenant to the latest migration.
-async fn prepare(hidra: &Hidra, accounts: &Accounts, api_keys: &ApiKeys) -> anyhow::Result<()> {
+/// Creates the shared tables (registry, logins, attempts, API keys, apalis's
+/// job tables) if missing and brings every tenant to the latest migration.
+async fn prepare(
+    hidra: &Hidra,
+    accounts: &Accounts,
+    api_keys: &ApiKeys,
+    jobs: &TenantJobs,
+) -> anyhow::Result<()> {
     hidra.install().await.context("creating the registry")?;
+    jobs.install()
+        .await
+        .context("creating the background job tables")?;
     accounts
         .install()
         .await
@@ -385,10 +395,12 @@ async fn serve(
     });
     let api_keys =
         ApiKeys::new(hidra.clone(), pepper).context("HIDRA_API_KEY_PEPPER is not usable")?;
-    prepare(&hidra, &accounts, &api_keys).await?;
+    let jobs = TenantJobs::new(&hidra);
+    prepare(&hidra, &accounts, &api_keys, &jobs).await?;
+    let confirmations = jobs::confirmations(&jobs);
     let warm_pool = (config.warm_pool > 0).then(|| hidra.spawn_warm_pool(Duration::from_secs(5)));
     if demo_data {
-        let created = demo_data::seed(&hidra, &accounts).await?;
+        let created = demo_data::seed(&hidra, &accounts, &confirmations).await?;
         tracing::info!(created, "demo tenants ready");
     }
     let state = AppState {
@@ -398,12 +410,16 @@ async fn serve(
         accounts,
         api_keys,
         hidra: hidra.clone(),
+        jobs: jobs.clone(),
+        confirmations: confirmations.clone(),
     };
     let app = app(state, jwt, &config.base_domain, cors);
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.port))
         .await
         .with_context(|| format!("listening on {}:{}", config.bind, config.port))?;
+    // Confirms orders in the background until the server stops.
+    let worker = jobs::spawn_worker(&jobs, &confirmations);
     let base = format!("http://{}", listener.local_addr()?);
     println!("listening on {base}");
     print_welcome(&base, demo_data);
@@ -416,9 +432,13 @@ async fn serve(
     .await
     .context("serving HTTP")?;
     tracing::info!("stopped accepting requests; in-flight requests finished");
+    // After the requests: the jobs they enqueued may still be confirmed.
+    worker.stop().await;
+    tracing::info!("stopped the order confirmation worker");
     if let Some(task) = warm_pool {
         task.abort();
     }
+    jobs.pool().close().await;
     hidra.close().await;
     Ok(())
 }

@@ -3,8 +3,11 @@
 use axum::extract::FromRef;
 use hidra::Hidra;
 use hidra::auth::{Accounts, ApiKeys};
+use hidra_apalis::{TenantJobs, TenantQueue};
 use hidra_axum::{PermissionCache, TenantCache};
 use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::jobs::ConfirmOrder;
 
 /// The application state, cheap to clone.
 #[derive(Clone, Debug)]
@@ -19,6 +22,10 @@ pub struct AppState {
     pub permissions: PermissionCache,
     /// The tenant layer's registry cache (for `/metrics`).
     pub tenants: TenantCache,
+    /// Background jobs on apalis-postgres (their pool reads job statuses).
+    pub jobs: TenantJobs,
+    /// The order confirmation queue: `POST /orders` enqueues into it.
+    pub confirmations: TenantQueue<ConfirmOrder>,
     /// Renders `/metrics`; `None` when another recorder was installed first.
     pub metrics: Option<PrometheusHandle>,
 }

@@ -2728,3 +2728,254 @@ async fn health_and_metrics_report_the_same_tenant_cache() {
         "/metrics and /health/detailed ({cache}) describe one cache"
     );
 }
+
+// ---------------------------------------------------------------------------
+// Order confirmations: a background job per order (hidra-apalis)
+// ---------------------------------------------------------------------------
+
+/// The schema of tenant `id`, from the registry.
+async fn schema_of(pool: &PgPool, id: &str) -> String {
+    sqlx::query_scalar("SELECT schema_name FROM tenants WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap_or_else(|e| panic!("the schema of tenant {id}: {e}"))
+}
+
+/// How many order confirmation jobs apalis's table holds for `tenant`.
+async fn confirmation_jobs(pool: &PgPool, tenant: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM apalis.jobs WHERE job_type = 'order-confirmation' \
+         AND convert_from(job, 'UTF8')::jsonb ->> 'tenant' = $1",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .expect("count the confirmation jobs")
+}
+
+/// Places an order of one `product` for `customer`; returns the answer.
+async fn place_order(api: &Api, token: &str, customer: i64, product: i64) -> Resp {
+    api.post(
+        "/orders",
+        Some(token),
+        json!({ "customer_id": customer, "items": [{ "product_id": product, "quantity": 1 }] }),
+    )
+    .await
+}
+
+/// Waits (up to 30 s) until order `id` reads as confirmed; returns it.
+async fn wait_until_confirmed(api: &Api, token: &str, id: i64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.get(&format!("/orders/{id}"), Some(token)).await;
+        let order = api.expect(&r, 200);
+        if order["confirmation"] == "confirmed" {
+            return order;
+        }
+        assert_eq!(order["confirmation"], "pending", "{r}");
+        assert!(
+            Instant::now() < deadline,
+            "order {id} was not confirmed within 30 s: {r}{}",
+            api.output.context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An order is placed with its confirmation job, which the demo's worker
+/// runs as the order's tenant: the order gets `confirmed_at`, in its own
+/// schema only, and its job status reads `Done`. Another tenant gets 404 for
+/// that status, even through an order of its own that names the job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_are_confirmed_by_a_job_of_their_tenant() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    let pg = pool(db.url()).await;
+    let a = signup_ok(
+        &demo,
+        "confirm-a",
+        "confirm-a",
+        "Confirm A",
+        "ann@confirm-a.test",
+    )
+    .await;
+    let b = signup_ok(
+        &demo,
+        "confirm-b",
+        "confirm-b",
+        "Confirm B",
+        "bo@confirm-b.test",
+    )
+    .await;
+    let (ta, tb) = (a.token.as_str(), b.token.as_str());
+    let a_customer = create_customer(&demo, ta, "Confirm A buyer").await;
+    let a_product = create_product(&demo, ta, "CONF-1", "Gizmo", 700, 5).await;
+    // B's own order with the id A's first order will get, and no job: a job
+    // run in the wrong schema would confirm it.
+    let sb = schema_of(&pg, "confirm-b").await;
+    sqlx::query(AssertSqlSafe(format!(
+        "WITH c AS (INSERT INTO \"{sb}\".customers (name) VALUES ('B raw') RETURNING id) \
+         INSERT INTO \"{sb}\".orders (id, customer_id) SELECT 1, id FROM c"
+    )))
+    .execute(&pg)
+    .await
+    .expect("a raw order of B");
+
+    let r = place_order(&demo, ta, a_customer, a_product).await;
+    let placed = demo.expect(&r, 201);
+    let id = placed["id"].as_i64().expect("an order id");
+    assert_eq!(id, 1, "A's first order: {r}");
+    assert_eq!(placed["confirmation"], "pending", "{r}");
+    assert!(placed["confirmed_at"].is_null(), "{r}");
+
+    let confirmed = wait_until_confirmed(&demo, ta, id).await;
+    assert!(confirmed["confirmed_at"].is_string(), "{confirmed}");
+    let listed = demo.list_all("/orders", ta).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["confirmation"], "confirmed", "{listed:?}");
+    assert_eq!(listed[0]["confirmed_at"], confirmed["confirmed_at"]);
+
+    // The job's status, as A: done (apalis records it just after the job
+    // committed), and it is the job stored with the order.
+    let path = format!("/orders/{id}/confirmation");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (r, status) = loop {
+        let r = demo.get(&path, Some(ta)).await;
+        let status = demo.expect(&r, 200);
+        if status["status"] == "Done" {
+            break (r, status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job is not done after 30 s: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status["order_id"], id, "{r}");
+    assert_eq!(status["confirmed_at"], confirmed["confirmed_at"], "{r}");
+    assert!(status["attempts"].as_i64().is_some_and(|n| n >= 1), "{r}");
+    assert!(status["last_result"].to_string().contains("true"), "{r}");
+    let sa = schema_of(&pg, "confirm-a").await;
+    let (job, a_confirmed): (Option<String>, bool) = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT confirmation_job, confirmed_at IS NOT NULL FROM \"{sa}\".orders WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_one(&pg)
+    .await
+    .expect("A's order in PostgreSQL");
+    let job = job.expect("the order stores its job id");
+    assert_eq!(status["job_id"], job.as_str(), "{r}");
+    assert!(a_confirmed);
+    let job_tenant: String = sqlx::query_scalar(
+        "SELECT convert_from(job, 'UTF8')::jsonb ->> 'tenant' FROM apalis.jobs WHERE id = $1",
+    )
+    .bind(&job)
+    .fetch_one(&pg)
+    .await
+    .expect("the job's row");
+    assert_eq!(job_tenant, "confirm-a");
+    let b_raw_confirmed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT confirmed_at IS NOT NULL FROM \"{sb}\".orders WHERE id = 1"
+    )))
+    .fetch_one(&pg)
+    .await
+    .expect("B's raw order");
+    assert!(
+        !b_raw_confirmed,
+        "A's job confirmed B's order of the same id"
+    );
+
+    // B: its order 1 has no job (404); pointed at A's job, still 404.
+    let r = demo.get(&path, Some(tb)).await;
+    demo.expect_error(&r, 404, "not_found");
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE \"{sb}\".orders SET confirmation_job = $1 WHERE id = 1"
+    )))
+    .bind(&job)
+    .execute(&pg)
+    .await
+    .expect("point B's order at A's job");
+    let r = demo.get(&path, Some(tb)).await;
+    demo.expect_error(&r, 404, "not_found");
+    assert!(!r.text.contains(&job), "{r}");
+    let r = demo.get("/orders/2/confirmation", Some(ta)).await;
+    demo.expect_error(&r, 404, "not_found");
+    // And A still reads its own.
+    let r = demo.get(&path, Some(ta)).await;
+    demo.expect(&r, 200);
+
+    // The OpenAPI document describes the new field and route.
+    let r = demo.get("/docs/openapi.json", None).await;
+    let doc = demo.expect(&r, 200);
+    assert!(
+        doc["paths"]["/orders/{id}/confirmation"]["get"].is_object(),
+        "{r}"
+    );
+    let order = &doc["components"]["schemas"]["Order"]["properties"];
+    for field in ["confirmed_at", "confirmation"] {
+        assert!(
+            order[field].is_object(),
+            "Order.{field} in the OpenAPI document: {r}"
+        );
+    }
+}
+
+/// An order whose transaction fails at commit takes its confirmation job
+/// with it: no order, no job, stock unchanged; the next order has both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_order_leaves_no_confirmation_job() {
+    let db = TestDatabase::create().await.expect("a test database");
+    let demo = Demo::start(Some(db.url()), &["--port", "0"]).await;
+    let pg = pool(db.url()).await;
+    let a = signup_ok(
+        &demo,
+        "rollback-a",
+        "rollback-a",
+        "Rollback A",
+        "al@rollback-a.test",
+    )
+    .await;
+    let ta = a.token.as_str();
+    let customer = create_customer(&demo, ta, "Rollback buyer").await;
+    let refused = create_product(&demo, ta, "RB-1313", "Refused at commit", 1313, 5).await;
+    let fine = create_product(&demo, ta, "RB-1", "Fine", 100, 5).await;
+    // A deferred trigger: the order and its job are written, then the commit
+    // fails for orders of 13.13.
+    let sa = schema_of(&pg, "rollback-a").await;
+    for sql in [
+        format!(
+            "CREATE FUNCTION \"{sa}\".refuse_order() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test at commit'; END $$"
+        ),
+        format!(
+            "CREATE CONSTRAINT TRIGGER refuse_order AFTER INSERT ON \"{sa}\".orders \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.total_cents = 1313) \
+             EXECUTE FUNCTION \"{sa}\".refuse_order()"
+        ),
+    ] {
+        sqlx::query(AssertSqlSafe(sql))
+            .execute(&pg)
+            .await
+            .expect("install the refusing trigger");
+    }
+
+    let r = place_order(&demo, ta, customer, refused).await;
+    demo.expect_error(&r, 500, "internal_error");
+    assert_eq!(
+        confirmation_jobs(&pg, "rollback-a").await,
+        0,
+        "a job outlived its order"
+    );
+    assert_eq!(stored_count(&pg, &sa, "orders").await, 0);
+    assert_eq!(stock(&demo, ta, refused).await, 5);
+
+    let r = place_order(&demo, ta, customer, fine).await;
+    let id = demo.expect(&r, 201)["id"].as_i64().expect("an order id");
+    assert_eq!(
+        confirmation_jobs(&pg, "rollback-a").await,
+        1,
+        "the committed order's job"
+    );
+    wait_until_confirmed(&demo, ta, id).await;
+}

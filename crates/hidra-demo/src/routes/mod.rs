@@ -43,6 +43,7 @@ pub fn tenant_routes() -> Router<AppState> {
         )
         .route("/orders", get(orders::list).post(orders::create))
         .route("/orders/{id}", get(orders::show))
+        .route("/orders/{id}/confirmation", get(orders::confirmation))
 }
 
 /// The public routes: no tenant.

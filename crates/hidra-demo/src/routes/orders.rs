@@ -1,17 +1,21 @@
-//! `/orders`: an order and its items, placed in one transaction.
+//! `/orders`: an order and its items, placed in one transaction with the
+//! job that confirms it in the background (see [`crate::jobs`]).
 
 use std::collections::BTreeMap;
 
+use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use hidra_axum::{RequirePermission, TenantConn, TenantTx};
+use hidra_axum::{RequirePermission, Tenant, TenantConn, TenantTx};
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Postgres};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Checks, ErrorBody};
 use crate::extract::{Json, PageParams, Paginated, Path, Query};
+use crate::jobs::{CONFIRMATIONS, ConfirmOrder};
 use crate::permissions::{OrdersRead, OrdersWrite};
+use crate::state::AppState;
 
 /// An order with its items.
 #[derive(Debug, Serialize, ToSchema)]
@@ -26,8 +30,48 @@ pub struct Order {
     pub total_cents: i64,
     /// When it was placed.
     pub created_at: DateTime<Utc>,
+    /// When its confirmation job confirmed it; `null` until then.
+    pub confirmed_at: Option<DateTime<Utc>>,
+    /// Where its confirmation stands; the job's own status is at
+    /// `GET /orders/{id}/confirmation`.
+    pub confirmation: Confirmation,
     /// What was ordered.
     pub items: Vec<OrderItem>,
+}
+
+/// Where an order's confirmation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Confirmation {
+    /// Its confirmation job was enqueued with it and has not confirmed it
+    /// yet.
+    Pending,
+    /// Its confirmation job confirmed it (`confirmed_at`).
+    Confirmed,
+    /// It has no confirmation job (placed before the demo had them).
+    #[serde(rename = "none")]
+    NoJob,
+}
+
+/// An order's confirmation job, as the job table has it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderConfirmation {
+    /// The order.
+    pub order_id: i64,
+    /// The job's id.
+    pub job_id: String,
+    /// The job's status: `Pending` (waiting for a worker), `Queued`,
+    /// `Running`, `Done`, `Failed` (to be retried, or out of attempts) or
+    /// `Killed`.
+    pub status: String,
+    /// How many times it was attempted.
+    pub attempts: i32,
+    /// What its last run returned: `true` when that run confirmed the order,
+    /// `false` when it already was, or the error; `null` before it ran.
+    #[schema(value_type = Option<Object>)]
+    pub last_result: Option<serde_json::Value>,
+    /// When the order was confirmed; `null` until then.
+    pub confirmed_at: Option<DateTime<Utc>>,
 }
 
 /// One line of an order.
@@ -68,6 +112,8 @@ struct OrderRow {
     status: String,
     total_cents: i64,
     created_at: DateTime<Utc>,
+    confirmed_at: Option<DateTime<Utc>>,
+    confirmation_job: Option<String>,
 }
 
 impl OrderRow {
@@ -78,22 +124,32 @@ impl OrderRow {
             status: self.status,
             total_cents: self.total_cents,
             created_at: self.created_at,
+            confirmed_at: self.confirmed_at,
+            confirmation: match (&self.confirmed_at, &self.confirmation_job) {
+                (Some(_), _) => Confirmation::Confirmed,
+                (None, Some(_)) => Confirmation::Pending,
+                (None, None) => Confirmation::NoJob,
+            },
             items,
         }
     }
 }
 
-const COLUMNS: &str = "id, customer_id, status, total_cents, created_at";
+const COLUMNS: &str =
+    "id, customer_id, status, total_cents, created_at, confirmed_at, confirmation_job";
 
 /// Places an order: checks the customer, locks the products, takes the units
-/// out of stock and writes the order and its items, all in the request's
-/// transaction. Any refusal rolls everything back.
+/// out of stock, writes the order and its items and enqueues its confirmation
+/// job, all in the request's transaction. Any refusal rolls everything back,
+/// the job included. The answer's `confirmation` is `pending`: a background
+/// worker confirms the order shortly after.
 #[utoipa::path(post, path = "/orders", tag = "orders", request_body = NewOrder,
     security(("bearer" = [])),
     responses((status = 201, body = Order), (status = 409, body = ErrorBody,
         description = "not enough stock"), (status = 422, body = ErrorBody)))]
 pub async fn create(
     _: RequirePermission<OrdersWrite>,
+    State(state): State<AppState>,
     mut tx: TenantTx,
     Json(new): Json<NewOrder>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
@@ -176,13 +232,25 @@ pub async fn create(
     .bind(&quantity_list)
     .execute(&mut *tx)
     .await?;
-    let order: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let mut order: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO orders (customer_id, total_cents) VALUES ($1, $2) RETURNING {COLUMNS}"
     )))
     .bind(new.customer_id)
     .bind(total)
     .fetch_one(&mut *tx)
     .await?;
+    // In the order's transaction: no order, no job; no job, no order.
+    let job = state
+        .confirmations
+        .push_in(&mut tx, ConfirmOrder { order_id: order.id })
+        .await?
+        .to_string();
+    sqlx::query("UPDATE orders SET confirmation_job = $1 WHERE id = $2")
+        .bind(&job)
+        .bind(order.id)
+        .execute(&mut *tx)
+        .await?;
+    order.confirmation_job = Some(job);
     sqlx::query(
         "INSERT INTO order_items (order_id, product_id, quantity, price_cents) \
          SELECT $1, * FROM unnest($2::bigint[], $3::int[], $4::bigint[])",
@@ -209,7 +277,7 @@ async fn items_of<'c>(
     .await?)
 }
 
-/// Lists the tenant's orders with their items, newest first.
+/// Lists the tenant's orders with their items and confirmation, newest first.
 #[utoipa::path(get, path = "/orders", tag = "orders", params(PageParams),
     security(("bearer" = [])),
     responses((status = 200, body = Paginated<Order>), (status = 422, body = ErrorBody)))]
@@ -255,7 +323,7 @@ pub async fn list(
     Ok(Json(Paginated::new(orders, page, total)))
 }
 
-/// One order with its items.
+/// One order with its items and confirmation.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = i64, Path)), security(("bearer" = [])),
     responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
 pub async fn show(
@@ -272,4 +340,51 @@ pub async fn show(
     .ok_or(ApiError::NotFound("order"))?;
     let items = items_of(&mut conn, id).await?;
     Ok(Json(row.with(items)))
+}
+
+/// The status of an order's confirmation job, read from apalis's job table.
+/// Only a job of the request's tenant (the same incarnation of it) is
+/// answered: an order whose stored job id names another tenant's job is
+/// `404`, as is an order without a confirmation job.
+#[utoipa::path(get, path = "/orders/{id}/confirmation", tag = "orders",
+    params(("id" = i64, Path)), security(("bearer" = [])),
+    responses((status = 200, body = OrderConfirmation),
+        (status = 404, body = ErrorBody, description = "no such order, or no confirmation job")))]
+pub async fn confirmation(
+    _: RequirePermission<OrdersRead>,
+    State(state): State<AppState>,
+    tenant: Tenant,
+    mut conn: TenantConn,
+    Path(id): Path<i64>,
+) -> Result<Json<OrderConfirmation>, ApiError> {
+    let (job_id, confirmed_at): (Option<String>, Option<DateTime<Utc>>) =
+        sqlx::query_as("SELECT confirmation_job, confirmed_at FROM orders WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?
+            .ok_or(ApiError::NotFound("order"))?;
+    // The connection goes back before the shared pool is used.
+    drop(conn);
+    let job_id = job_id.ok_or(ApiError::NotFound("confirmation"))?;
+    let (status, attempts, last_result): (String, i32, Option<serde_json::Value>) = sqlx::query_as(
+        "SELECT status, attempts, last_result FROM apalis.jobs \
+             WHERE id = $1 AND job_type = $2 \
+             AND convert_from(job, 'UTF8')::jsonb ->> 'tenant' = $3 \
+             AND (convert_from(job, 'UTF8')::jsonb ->> 'incarnation')::bigint = $4",
+    )
+    .bind(&job_id)
+    .bind(CONFIRMATIONS)
+    .bind(tenant.id.as_str())
+    .bind(tenant.incarnation())
+    .fetch_optional(state.jobs.pool())
+    .await?
+    .ok_or(ApiError::NotFound("confirmation"))?;
+    Ok(Json(OrderConfirmation {
+        order_id: id,
+        job_id,
+        status,
+        attempts,
+        last_result,
+        confirmed_at,
+    }))
 }

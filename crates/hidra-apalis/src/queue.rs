@@ -125,9 +125,23 @@ impl TenantJobs {
     /// shared schemas, `public` by default) for
     /// [`push_in`](TenantQueue::push_in): leave it where this call creates it.
     pub async fn install(&self) -> Result<()> {
-        PostgresStorage::setup(self.pool())
+        const CONTEXT: &str = "installing apalis-postgres's tables";
+        let database =
+            |e: sqlx::Error| Error::storage(CONTEXT)(apalis_postgres::Error::Database(e));
+        let mut conn = self.pool().acquire().await.map_err(database)?;
+        // Its migrations create what may already be there: keep PostgreSQL's
+        // "… already exists, skipping" notices out of every start's logs, as
+        // `Hidra::install` does.
+        sqlx::raw_sql("SET client_min_messages TO warning")
+            .execute(&mut *conn)
             .await
-            .map_err(Error::storage("installing apalis-postgres's tables"))
+            .map_err(database)?;
+        let applied = PostgresStorage::<()>::migrations().run(&mut *conn).await;
+        sqlx::raw_sql("RESET client_min_messages")
+            .execute(&mut *conn)
+            .await
+            .map_err(database)?;
+        applied.map_err(|e| database(sqlx::Error::Migrate(Box::new(e))))
     }
 
     /// The typed queue `name` (apalis's job type) of `T` jobs.

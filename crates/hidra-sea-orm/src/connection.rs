@@ -62,7 +62,7 @@ impl<C: TenantExecutor> ConnectionTrait for TenantConnection<C> {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        run::execute(self.conn.lock().await.target(), &stmt).await
+        run::execute(self.conn.lock().await.target(), stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
@@ -70,10 +70,10 @@ impl<C: TenantExecutor> ConnectionTrait for TenantConnection<C> {
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        run::query_one(self.conn.lock().await.target(), &stmt).await
+        run::query_one(self.conn.lock().await.target(), stmt).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        run::query_all(self.conn.lock().await.target(), &stmt).await
+        run::query_all(self.conn.lock().await.target(), stmt).await
     }
 }

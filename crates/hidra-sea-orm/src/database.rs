@@ -98,7 +98,7 @@ impl ConnectionTrait for TenantDatabase {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        run::execute(Target::Conn(&mut self.acquire().await?), &stmt).await
+        run::execute(Target::Conn(&mut self.acquire().await?), stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
@@ -106,11 +106,11 @@ impl ConnectionTrait for TenantDatabase {
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        run::query_one(Target::Conn(&mut self.acquire().await?), &stmt).await
+        run::query_one(Target::Conn(&mut self.acquire().await?), stmt).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        run::query_all(Target::Conn(&mut self.acquire().await?), &stmt).await
+        run::query_all(Target::Conn(&mut self.acquire().await?), stmt).await
     }
 }
 

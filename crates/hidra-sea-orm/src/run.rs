@@ -61,12 +61,13 @@ impl TenantExecutor for hidra_axum::TenantTx {
     }
 }
 
-type Query<'q> = sqlx::query::Query<'q, Postgres, SqlxValues>;
+type Query = sqlx::query::Query<'static, Postgres, SqlxValues>;
 
-/// The sqlx query of a SeaORM statement: its SQL and its bound values.
-fn query(stmt: &Statement) -> Query<'_> {
-    let values = stmt.values.clone().unwrap_or(Values(Vec::new()));
-    sqlx::query_with(AssertSqlSafe(stmt.sql.as_str()), SqlxValues(values))
+/// The sqlx query of a SeaORM statement: its SQL and its bound values,
+/// moved, not copied.
+fn query(stmt: Statement) -> Query {
+    let values = stmt.values.unwrap_or(Values(Vec::new()));
+    sqlx::query_with(AssertSqlSafe(stmt.sql), SqlxValues(values))
 }
 
 /// Runs `$query.$method(executor)` on whichever executor `$target` is.
@@ -79,7 +80,7 @@ macro_rules! on_target {
     };
 }
 
-pub(crate) async fn execute(target: Target<'_>, stmt: &Statement) -> Result<ExecResult, DbErr> {
+pub(crate) async fn execute(target: Target<'_>, stmt: Statement) -> Result<ExecResult, DbErr> {
     on_target!(target, query(stmt), execute)
         .map(Into::into)
         .map_err(exec_err)
@@ -94,7 +95,7 @@ pub(crate) async fn execute_unprepared(target: Target<'_>, sql: &str) -> Result<
 
 pub(crate) async fn query_one(
     target: Target<'_>,
-    stmt: &Statement,
+    stmt: Statement,
 ) -> Result<Option<QueryResult>, DbErr> {
     on_target!(target, query(stmt), fetch_optional)
         .map(|row| row.map(Into::into))
@@ -103,7 +104,7 @@ pub(crate) async fn query_one(
 
 pub(crate) async fn query_all(
     target: Target<'_>,
-    stmt: &Statement,
+    stmt: Statement,
 ) -> Result<Vec<QueryResult>, DbErr> {
     on_target!(target, query(stmt), fetch_all)
         .map(|rows| rows.into_iter().map(Into::into).collect())

@@ -274,7 +274,7 @@ impl ConnectionTrait for TenantTransaction {
     }
 
     async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        run::execute(target(&mut self.state().await?), &stmt).await
+        run::execute(target(&mut self.state().await?), stmt).await
     }
 
     async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
@@ -282,11 +282,11 @@ impl ConnectionTrait for TenantTransaction {
     }
 
     async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        run::query_one(target(&mut self.state().await?), &stmt).await
+        run::query_one(target(&mut self.state().await?), stmt).await
     }
 
     async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        run::query_all(target(&mut self.state().await?), &stmt).await
+        run::query_all(target(&mut self.state().await?), stmt).await
     }
 }
 

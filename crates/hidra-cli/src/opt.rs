@@ -252,6 +252,9 @@ pub(crate) enum TenantCommand {
         /// Only tenants in this status
         #[arg(long, value_parser = ["provisioning", "active", "suspended", "deleting"])]
         status: Option<String>,
+        /// Only tenants whose id or name contains this text, ignoring case
+        #[arg(long, value_name = "TEXT")]
+        search: Option<String>,
         /// At most this many tenants [default: all]
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
         limit: Option<u32>,

@@ -21,6 +21,7 @@ use crate::hidra::Hidra;
 use crate::migrate;
 use crate::scope;
 use crate::sql::{self, Ident};
+use crate::store::TenantUpdate;
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
 /// Drops a tenant schema with everything in it and forgets its version, in the
@@ -454,6 +455,37 @@ impl Hidra {
             "suspend",
         )
         .await
+    }
+
+    /// Renames a tenant and/or replaces its metadata; its status, placement
+    /// and data are untouched. The change is announced like any registry
+    /// change, so every process's cache drops its copy.
+    ///
+    /// Refuses an empty name and metadata that is not a JSON object with
+    /// [`Error::InvalidConfig`], and an unknown id with [`Error::NotFound`].
+    pub async fn update_tenant(&self, id: &TenantId, update: TenantUpdate) -> Result<Tenant> {
+        if update.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return Err(Error::InvalidConfig(
+                "a tenant's name cannot be empty: give a display name, or leave it unchanged"
+                    .into(),
+            ));
+        }
+        if update.metadata.as_ref().is_some_and(|m| !m.is_object()) {
+            return Err(Error::InvalidConfig(
+                "a tenant's metadata must be a JSON object, such as {\"plan\": \"pro\"}".into(),
+            ));
+        }
+        let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await?;
+        let store = &self.inner.store;
+        let updated = if update.is_empty() {
+            store.get(&mut conn, id).await?
+        } else {
+            store.update_details(&mut conn, id, &update).await?
+        };
+        let tenant = updated.ok_or_else(|| Error::NotFound(id.clone()))?;
+        tracing::info!(tenant = %id, "tenant details changed");
+        Ok(tenant)
     }
 
     /// Re-activates a suspended tenant. Activating an active tenant is a no-op.

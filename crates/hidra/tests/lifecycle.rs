@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hidra::{Confirmation, Error, Hidra, ListTenants, NewTenant, TenantStatus};
+use hidra::{Confirmation, Error, Hidra, ListTenants, NewTenant, TenantStatus, TenantUpdate};
 use sqlx::{Connection, PgConnection};
 
 #[tokio::test]
@@ -29,6 +29,124 @@ async fn provision_creates_an_active_tenant_with_its_schema() {
     assert_eq!(h.tenant(&id("acme-corp")).await.unwrap(), Some(t.clone()));
     assert!(h.exists(&id("acme-corp")).await.unwrap());
     assert!(!h.exists(&id("globex")).await.unwrap());
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_tenant_is_renamed_and_its_metadata_replaced_and_nothing_else_changes() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    let before = h
+        .provision(NewTenant::new(id("acme")).metadata(serde_json::json!({"plan": "free"})))
+        .await
+        .unwrap();
+    let mut changes = h.changes_listener().await.unwrap();
+    let after = h
+        .update_tenant(&id("acme"), TenantUpdate::default().name("Acme Inc."))
+        .await
+        .unwrap();
+    assert_eq!(after.name, "Acme Inc.");
+    assert_eq!(after.metadata, before.metadata, "metadata left alone");
+    assert_eq!(after.placement, before.placement);
+    assert_eq!(after.status, before.status);
+    assert_eq!(
+        after.incarnation(),
+        before.incarnation(),
+        "same incarnation"
+    );
+    assert!(after.updated_at > before.updated_at);
+    // Announced, so every process's cache drops its copy.
+    let note = tokio::time::timeout(Duration::from_secs(10), changes.recv())
+        .await
+        .expect("an announcement")
+        .unwrap();
+    assert_eq!(note.payload(), "acme");
+
+    let after = h
+        .update_tenant(
+            &id("acme"),
+            TenantUpdate::default().metadata(serde_json::json!({"plan": "pro"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.name, "Acme Inc.");
+    assert_eq!(after.metadata["plan"], "pro");
+    assert_eq!(h.tenant(&id("acme")).await.unwrap(), Some(after.clone()));
+
+    for bad in [
+        TenantUpdate::default().name(" "),
+        TenantUpdate::default().metadata(serde_json::json!([1])),
+    ] {
+        let err = h.update_tenant(&id("acme"), bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+    }
+    assert_eq!(h.tenant(&id("acme")).await.unwrap(), Some(after));
+    let err = h
+        .update_tenant(&id("nobody"), TenantUpdate::default().name("x"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
+async fn tenants_are_searched_by_id_or_name_ignoring_case() {
+    let ctx = setup(2).await;
+    let h = &ctx.hidra;
+    for (tid, name) in [
+        ("acme", "Acme Corporation"),
+        ("globex", "Globex 100%"),
+        ("initech", "Initech"),
+        ("corp-x", "X"),
+    ] {
+        h.provision(NewTenant::new(id(tid)).name(name))
+            .await
+            .unwrap();
+    }
+    let found = |q: &str| {
+        let page = ListTenants::first(10).search(q);
+        async move {
+            h.list(&page)
+                .await
+                .unwrap()
+                .items
+                .into_iter()
+                .map(|t| t.id.to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("CORP").await, ["acme", "corp-x"]);
+    assert_eq!(found("tech").await, ["initech"]);
+    assert_eq!(found("%").await, ["globex"], "% is matched literally");
+    assert_eq!(
+        found("_").await,
+        Vec::<String>::new(),
+        "_ is matched literally"
+    );
+    assert_eq!(found("").await.len(), 4, "an empty search is no filter");
+    // With paging and a status filter.
+    h.suspend(&id("corp-x")).await.unwrap();
+    let page = h.list(&ListTenants::first(1).search("corp")).await.unwrap();
+    assert_eq!(page.items[0].id.as_str(), "acme");
+    let rest = h
+        .list(
+            &ListTenants::first(1)
+                .search("corp")
+                .after(page.next.unwrap()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rest.items[0].id.as_str(), "corp-x");
+    assert!(rest.next.is_none());
+    let suspended = h
+        .list(
+            &ListTenants::first(10)
+                .search("corp")
+                .status(TenantStatus::Suspended),
+        )
+        .await
+        .unwrap();
+    assert_eq!(suspended.items.len(), 1);
     ctx.db.drop_now().await.unwrap();
 }
 

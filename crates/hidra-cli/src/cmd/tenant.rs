@@ -27,9 +27,10 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
         }
         TenantCommand::List {
             status,
+            search,
             limit,
             json,
-        } => list(settings, status.as_deref(), limit, json).await,
+        } => list(settings, status.as_deref(), search, limit, json).await,
         TenantCommand::Show { id, json } => show(settings, &id, json).await,
         TenantCommand::Suspend { id } => {
             let id = tenant_id(&id)?;
@@ -112,6 +113,7 @@ async fn create(
 async fn list(
     settings: &Settings,
     status: Option<&str>,
+    search: Option<String>,
     limit: Option<u32>,
     json: bool,
 ) -> Result<()> {
@@ -131,6 +133,7 @@ async fn list(
                 after: after.take(),
                 limit: want,
                 status,
+                search: search.clone(),
             })
             .await?;
         tenants.extend(page.items);

@@ -48,6 +48,9 @@ async fn tenant_lifecycle() {
         .map(|t| t["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["acme", "globex-corp"]);
+    let found = json(&ctx.ok(&["tenant", "list", "--json", "--search", "INC"]));
+    assert_eq!(found.as_array().unwrap().len(), 1, "{found}");
+    assert_eq!(found[0]["id"], "acme");
 
     let out = ctx.ok(&["tenant", "suspend", "acme"]);
     assert_eq!(out.trim(), "tenant `acme` is suspended");

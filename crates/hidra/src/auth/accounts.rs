@@ -482,6 +482,7 @@ struct Statements {
     /// user the row named before); returns the token version.
     link: SqlStr,
     bump: SqlStr,
+    count: SqlStr,
 }
 
 impl Statements {
@@ -494,6 +495,7 @@ impl Statements {
             insert: sql::owned(format!(
                 "INSERT INTO {t} (email, tenant_id, user_id) VALUES ($1, $2, $3)"
             )),
+            count: sql::owned(format!("SELECT count(*) FROM {t} WHERE tenant_id = $1")),
             delete: sql::owned(format!(
                 "DELETE FROM {t} WHERE email = $1 AND tenant_id = $2"
             )),
@@ -1032,6 +1034,17 @@ impl Accounts {
             Ok(email) => Ok(self.lookup(&email).await?.map(|(tenant, _)| tenant)),
             Err(_) => Ok(None),
         }
+    }
+
+    /// How many users can log in to `tenant` (its rows in the login lookup).
+    pub async fn user_count(&self, tenant: &TenantId) -> Result<u64> {
+        let mut conn = self.hidra.acquire_shared().await?;
+        let n: i64 = sqlx::query_scalar(self.q.count.clone())
+            .bind(tenant.as_str())
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(Error::db("counting a tenant's users"))?;
+        Ok(n.max(0) as u64)
     }
 
     /// Removes the user `email` from `tenant`: its `users` row (and, by the

@@ -371,6 +371,7 @@ struct Statements {
     owner: SqlStr,
     end_grace: SqlStr,
     revoke: SqlStr,
+    revoke_all: SqlStr,
     touch: SqlStr,
 }
 
@@ -405,6 +406,9 @@ impl Statements {
             revoke: sql::owned(format!(
                 "UPDATE {t} SET revoked_at = COALESCE(revoked_at, now()) \
                  WHERE tenant_id = $1 AND key_id = $2 RETURNING key_id"
+            )),
+            revoke_all: sql::owned(format!(
+                "UPDATE {t} SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL"
             )),
             touch: sql::owned(format!(
                 "UPDATE {t} SET last_used_at = GREATEST(last_used_at, $2) WHERE key_id = $1"
@@ -738,6 +742,20 @@ impl ApiKeys {
             }
             None => refuse(AuthError::UnknownKey),
         }
+    }
+
+    /// Revokes every key of `tenant` at once, those in a rotation's grace
+    /// period included (for an operator answering a leak); returns how many
+    /// were revoked.
+    pub async fn revoke_all(&self, tenant: &TenantId) -> Result<u64> {
+        let mut conn = self.hidra.acquire_shared().await?;
+        let done = sqlx::query(self.q.revoke_all.clone())
+            .bind(tenant.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(self.map_err("revoking a tenant's API keys"))?;
+        tracing::info!(tenant = %tenant, revoked = done.rows_affected(), "revoked every API key of a tenant");
+        Ok(done.rows_affected())
     }
 
     /// Verifies a presented key and returns its tenant and scopes.

@@ -26,6 +26,8 @@ pub struct ListTenants {
     pub limit: u32,
     /// Only tenants in this status.
     pub status: Option<TenantStatus>,
+    /// Only tenants whose id or name contains this text, ignoring case.
+    pub search: Option<String>,
 }
 
 impl Default for ListTenants {
@@ -34,6 +36,7 @@ impl Default for ListTenants {
             after: None,
             limit: 100,
             status: None,
+            search: None,
         }
     }
 }
@@ -53,10 +56,48 @@ impl ListTenants {
         self
     }
 
-    /// Continue after `id`.
+    /// Only tenants whose id or name contains `text`, ignoring case (`%` and
+    /// `_` are matched literally).
+    pub fn search(mut self, text: impl Into<String>) -> Self {
+        self.search = Some(text.into());
+        self
+    }
+
+    /// Tenants after `id` (the previous page's [`Page::next`]).
     pub fn after(mut self, id: TenantId) -> Self {
         self.after = Some(id);
         self
+    }
+}
+
+/// A change to a tenant's display name and metadata, for
+/// [`Hidra::update_tenant`](crate::Hidra::update_tenant): fields left `None`
+/// stay as they are.
+#[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TenantUpdate {
+    /// The new display name.
+    pub name: Option<String>,
+    /// The new metadata, replacing the old (a JSON object).
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl TenantUpdate {
+    /// A change that renames the tenant.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A change that replaces the tenant's metadata.
+    pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.metadata.is_none()
     }
 }
 
@@ -124,6 +165,27 @@ pub trait TenantStore: Send + Sync + std::fmt::Debug + 'static {
         id: &'a TenantId,
         placement: &'a Placement,
     ) -> BoxFuture<'a, Result<Option<Tenant>>>;
+
+    /// Changes a tenant's display name and/or metadata (`None`: unchanged);
+    /// returns the updated record, or `None` when no tenant has this id.
+    ///
+    /// The default implementation refuses with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig): a store that
+    /// keeps records elsewhere implements it to support
+    /// [`Hidra::update_tenant`](crate::Hidra::update_tenant).
+    fn update_details<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        update: &'a TenantUpdate,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        let _ = (conn, id, update);
+        Box::pin(std::future::ready(Err(crate::Error::InvalidConfig(
+            "this tenant store cannot change a tenant's name or metadata: implement \
+             TenantStore::update_details"
+                .into(),
+        ))))
+    }
 
     /// Removes a tenant's record; returns whether one was removed.
     fn delete<'a>(

@@ -2,7 +2,7 @@ use futures_util::future::BoxFuture;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row, SqlStr};
 
-use super::{ListTenants, MAX_PAGE_SIZE, Page, TenantStore};
+use super::{ListTenants, MAX_PAGE_SIZE, Page, TenantStore, TenantUpdate};
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::sql::{self, Ident, TableName};
 use crate::tenant::{Placement, Tenant, TenantId, TenantStatus};
@@ -230,6 +230,7 @@ struct Statements {
     returning: String,
     update_status: SqlStr,
     update_placement: SqlStr,
+    update_details: SqlStr,
     delete: SqlStr,
     find_by_domain: SqlStr,
 }
@@ -313,7 +314,11 @@ impl PgTenantStore {
             get: sql::owned(format!("SELECT {cols} FROM {t} WHERE {id} = $1")),
             list: sql::owned(format!(
                 "SELECT {cols} FROM {t} WHERE ($1::text IS NULL OR {id} > $1) \
-                 AND ($2::text IS NULL OR {status} = $2) ORDER BY {id} LIMIT $3"
+                 AND ($2::text IS NULL OR {status} = $2) \
+                 AND ($4::text IS NULL OR strpos(lower({id}), lower($4)) > 0 \
+                      OR strpos(lower({name}), lower($4)) > 0) \
+                 ORDER BY {id} LIMIT $3",
+                name = c.name.quoted(),
             )),
             insert: sql::owned(format!(
                 "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now()) \
@@ -333,6 +338,13 @@ impl PgTenantStore {
                 schema = c.schema_name.quoted(),
                 database = c.database_name.quoted(),
                 server = c.server.quoted(),
+                updated = c.updated_at.quoted(),
+            )),
+            update_details: sql::owned(format!(
+                "UPDATE {t} SET {name} = coalesce($2, {name}), {metadata} = coalesce($3, {metadata}), \
+                 {updated} = now() WHERE {id} = $1 RETURNING {cols}",
+                name = c.name.quoted(),
+                metadata = c.metadata.quoted(),
                 updated = c.updated_at.quoted(),
             )),
             delete: sql::owned(format!("DELETE FROM {t} WHERE {id} = $1")),
@@ -431,6 +443,7 @@ impl TenantStore for PgTenantStore {
                 .bind(page.after.as_ref().map(TenantId::as_str))
                 .bind(page.status.map(|s| s.as_str()))
                 .bind(i64::from(limit) + 1)
+                .bind(page.search.as_deref().filter(|s| !s.is_empty()))
                 .fetch_all(conn)
                 .await
                 .map_err(self.map_err("listing tenants"))?;
@@ -511,6 +524,24 @@ impl TenantStore for PgTenantStore {
                     },
                     _ => self.map_err("updating a tenant's placement")(err),
                 })?;
+            row.as_ref().map(decode).transpose()
+        })
+    }
+
+    fn update_details<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        id: &'a TenantId,
+        update: &'a TenantUpdate,
+    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
+        Box::pin(async move {
+            let row = sqlx::query(self.q.update_details.clone())
+                .bind(id.as_str())
+                .bind(update.name.as_deref())
+                .bind(update.metadata.as_ref())
+                .fetch_optional(conn)
+                .await
+                .map_err(self.map_err("updating a tenant's name or metadata"))?;
             row.as_ref().map(decode).transpose()
         })
     }

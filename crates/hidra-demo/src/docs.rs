@@ -10,7 +10,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
-use crate::routes::{account, api_keys, customers, orders, products, users};
+use crate::routes::{account, admin, api_keys, customers, orders, products, users};
 use crate::state::AppState;
 
 /// The API's OpenAPI document.
@@ -30,6 +30,8 @@ use crate::state::AppState;
         customers::list, customers::create, customers::show, customers::update, customers::delete,
         products::list, products::create, products::show, products::update, products::delete,
         orders::create, orders::list, orders::show, orders::confirmation,
+        admin::list, admin::show, admin::update, admin::delete, admin::suspend, admin::activate,
+        admin::regenerate_keys,
     ),
     modifiers(&Bearer),
     tags(
@@ -40,6 +42,8 @@ use crate::state::AppState;
         (name = "products", description = "The tenant's catalogue"),
         (name = "orders", description = "Orders, placed in one transaction with their confirmation job, \
             which a background worker runs"),
+        (name = "admin", description = "The operator's tenant management, with the operator token \
+            (`HIDRA_DEMO_ADMIN_TOKEN`) as bearer; no tenant's credential is accepted"),
     )
 )]
 pub struct ApiDoc;
@@ -52,6 +56,10 @@ impl Modify for Bearer {
         components.add_security_scheme(
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-API-Key"))),
+        );
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
         components.add_security_scheme(
             "bearer",

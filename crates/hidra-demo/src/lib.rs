@@ -54,6 +54,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::observability::REQUEST_ID;
+use crate::routes::admin::AdminToken;
 use crate::state::AppState;
 
 /// The tenant schema: the reference schema of Hidra's benchmarks and the
@@ -142,6 +143,13 @@ pub struct Config {
         value_name = "ORIGINS"
     )]
     pub cors_origins: Vec<String>,
+
+    /// The operator token of the tenant admin API (`/admin/tenants`, sent as
+    /// `Authorization: Bearer <token>`; at least 32 characters). Unset: the
+    /// admin API is off, except with demo data, where a random token is made
+    /// for the run and printed.
+    #[arg(long, env = "HIDRA_DEMO_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Where the data lives.
@@ -233,6 +241,25 @@ fn limits(config: &Config) -> anyhow::Result<LoginLimits> {
         .rate(rate, burst))
 }
 
+/// The operator token of the admin API: the configured one, or with demo
+/// data a random one for the run (`make_one`), or none (the API is off).
+fn admin_token(config: &Config, make_one: bool) -> anyhow::Result<Option<AdminToken>> {
+    match config
+        .admin_token
+        .as_deref()
+        .filter(|t| !t.trim().is_empty())
+    {
+        Some(token) => Ok(Some(AdminToken::new(token).map_err(anyhow::Error::msg)?)),
+        None if make_one => Ok(Some(
+            AdminToken::new(&random_secret()).map_err(anyhow::Error::msg)?,
+        )),
+        None => {
+            tracing::info!("HIDRA_DEMO_ADMIN_TOKEN is unset: the tenant admin API is off");
+            Ok(None)
+        }
+    }
+}
+
 fn jwt(config: &Config) -> anyhow::Result<Jwt> {
     let secret = config.jwt_secret.clone().unwrap_or_else(|| {
         tracing::warn!("JWT_SECRET is unset: using a random secret, tokens end with this run");
@@ -285,7 +312,13 @@ pub fn cors(origins: &[String]) -> anyhow::Result<CorsLayer> {
 /// The application: routes, tenant layer, logs, request ids, metrics, CORS
 /// (see [`cors`]) and gzip compression of the answers of clients that accept
 /// it.
-pub fn app(state: AppState, jwt: Jwt, base_domain: &str, cors: CorsLayer) -> Router {
+pub fn app(
+    state: AppState,
+    jwt: Jwt,
+    base_domain: &str,
+    cors: CorsLayer,
+    admin: Option<AdminToken>,
+) -> Router {
     // Tokens of users whose sessions ended (logged out everywhere,
     // deactivated, re-roled, deleted) are refused in every process.
     let jwt = JwtResolver::new(jwt).with_revocations(state.accounts.revocations().clone());
@@ -312,6 +345,7 @@ pub fn app(state: AppState, jwt: Jwt, base_domain: &str, cors: CorsLayer) -> Rou
                 .layer(tenants),
         )
         .merge(routes::public_routes())
+        .merge(admin.map(routes::admin::routes).unwrap_or_default())
         .merge(docs::router())
         .route("/metrics", get(observability::metrics))
         .route("/", get(index))
@@ -347,6 +381,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Settings are checked before anything is created.
     let cors = cors(&config.cors_origins)?;
+    admin_token(&config, true)?;
     let database = open_database(&config).await?;
     let demo_data = config.demo_data || database.throwaway.is_some();
     let result = serve(&config, database.options.clone(), demo_data, cors, shutdown).await;
@@ -386,6 +421,7 @@ async fn serve(
         .await
         .context("connecting to PostgreSQL")?;
     let jwt = jwt(config)?;
+    let admin = admin_token(config, demo_data)?;
     let accounts = Accounts::new(hidra.clone(), jwt.clone()).with_limits(limits(config)?);
     let pepper = config.api_key_pepper.clone().unwrap_or_else(|| {
         tracing::warn!(
@@ -413,7 +449,7 @@ async fn serve(
         jobs: jobs.clone(),
         confirmations: confirmations.clone(),
     };
-    let app = app(state, jwt, &config.base_domain, cors);
+    let app = app(state, jwt, &config.base_domain, cors, admin.clone());
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(config.bind, config.port))
         .await
@@ -422,7 +458,7 @@ async fn serve(
     let worker = jobs::spawn_worker(&jobs, &confirmations);
     let base = format!("http://{}", listener.local_addr()?);
     println!("listening on {base}");
-    print_welcome(&base, demo_data);
+    print_welcome(&base, demo_data, admin.as_ref());
 
     axum::serve(
         listener,
@@ -443,7 +479,7 @@ async fn serve(
     Ok(())
 }
 
-fn print_welcome(base: &str, demo_data: bool) {
+fn print_welcome(base: &str, demo_data: bool, admin: Option<&AdminToken>) {
     println!(
         "\nHidra demo SaaS API. Docs: {base}/docs  Health: {base}/health  Metrics: {base}/metrics\n"
     );
@@ -468,6 +504,13 @@ fn print_welcome(base: &str, demo_data: bool) {
     println!(
         "  curl -s {base}/signup -H 'content-type: application/json' \\\n      -d '{{\"tenant\":\"initech\",\"company\":\"Initech\",\"email\":\"bill@initech.test\",\"full_name\":\"Bill\",\"password\":\"tps-reports\"}}'"
     );
+    if let Some(token) = admin {
+        println!("\nTenant admin API (operator token of this run):\n");
+        println!(
+            "  curl -s {base}/admin/tenants -H 'Authorization: Bearer {}'",
+            token.expose()
+        );
+    }
     println!(
         "\nCtrl-C stops it{}.",
         if demo_data {

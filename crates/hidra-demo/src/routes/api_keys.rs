@@ -91,7 +91,7 @@ pub struct NewKeyBody {
 
 /// Whether a scope grants at least one of the permissions API keys may hold
 /// (not user management) and nothing else.
-fn valid_scope(scope: &str) -> bool {
+pub(crate) fn valid_scope(scope: &str) -> bool {
     let grantable = permissions::FOR_KEYS;
     match scope.strip_suffix(":*") {
         Some(resource) => grantable

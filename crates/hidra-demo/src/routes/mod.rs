@@ -1,6 +1,7 @@
 //! The API's routes.
 
 pub mod account;
+pub mod admin;
 pub mod api_keys;
 pub mod customers;
 pub mod orders;

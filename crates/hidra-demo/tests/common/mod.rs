@@ -34,6 +34,7 @@ const DEMO_ENV: &[&str] = &[
     "DATABASE_URL",
     "PORT",
     "HIDRA_DEMO_DATA",
+    "HIDRA_DEMO_ADMIN_TOKEN",
     "HIDRA_BASE_DOMAIN",
     "JWT_SECRET",
     "HOST",

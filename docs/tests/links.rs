@@ -41,3 +41,27 @@ fn every_link_between_chapters_resolves_and_every_chapter_is_listed() {
     }
     assert!(broken.is_empty(), "{broken:#?}");
 }
+
+/// Every chapter with Rust samples is compiled as doc-tests (`lib.rs`
+/// includes it), so no sample can rot unnoticed.
+#[test]
+fn every_chapter_with_rust_samples_is_a_doc_test() {
+    let lib =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("lib.rs")).unwrap();
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(src()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        if name.ends_with(".md")
+            && text.contains("```rust")
+            && !lib.contains(&format!("include_str!(\"src/{name}\")"))
+        {
+            missing.push(name);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "add these chapters to docs/lib.rs: {missing:?}"
+    );
+}

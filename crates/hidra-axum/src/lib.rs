@@ -1,6 +1,11 @@
 //! axum and tower integration for [Hidra](hidra): multi-tenant request
 //! handling in a few lines.
 //!
+//! **The guide** (getting started, concepts, the isolation and security model,
+//! deployment, background work, SeaORM, the CLI, troubleshooting, the demo's
+//! HTTP API) is the mdBook in the repository's `docs/` directory:
+//! `mdbook serve docs` renders it; its Rust samples are compiled as tests.
+//!
 //! - [`TenantLayer`] resolves every request to a tenant (header, subdomain or
 //!   custom domain, path prefix, cookie, or your own [`TenantResolver`]),
 //!   validates the id, looks the tenant up through an in-process

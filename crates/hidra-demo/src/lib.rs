@@ -28,6 +28,7 @@ pub mod extract;
 pub mod jobs;
 pub mod observability;
 pub mod permissions;
+pub mod reference;
 pub mod routes;
 pub mod state;
 

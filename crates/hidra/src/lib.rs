@@ -6,6 +6,11 @@
 //! transactions already scoped to one tenant, so that unqualified sqlx queries
 //! reach that tenant's tables and no other's.
 //!
+//! **The guide** (getting started, concepts, the isolation and security model,
+//! deployment, background work, SeaORM, the CLI, troubleshooting, the demo's
+//! HTTP API) is the mdBook in the repository's `docs/` directory:
+//! `mdbook serve docs` renders it; its Rust samples are compiled as tests.
+//!
 //! # Usage
 //!
 //! ```no_run

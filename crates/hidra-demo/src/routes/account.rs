@@ -25,18 +25,28 @@ pub struct SignUp {
     /// a letter, at most 50 characters (`acme-corp`; its schema is
     /// `tenant_acme_corp`).
     #[serde(default)]
+    #[schema(
+        pattern = "^[a-z][a-z0-9_-]{0,49}$",
+        min_length = 1,
+        max_length = 50,
+        required = true
+    )]
     pub tenant: String,
-    /// The company's display name.
+    /// The company's display name, 1 to 200 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, required = true)]
     pub company: String,
     /// The admin's login email, unique across all tenants.
     #[serde(default)]
+    #[schema(format = Email, required = true)]
     pub email: String,
-    /// The admin's name.
+    /// The admin's name, 1 to 200 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, required = true)]
     pub full_name: String,
-    /// At least 8 characters.
+    /// 8 to 1024 bytes.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 1024, format = Password, required = true)]
     pub password: String,
 }
 

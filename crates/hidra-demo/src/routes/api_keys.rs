@@ -79,13 +79,16 @@ impl From<CreatedApiKey> for NewKeyView {
 pub struct NewKeyBody {
     /// What it is for, 1 to 100 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 100, required = true)]
     pub name: String,
     /// Permissions it grants, among those of the API (`customers:read`,
     /// `customers:write`, `products:read`, `products:write`, `orders:read`,
     /// `orders:write`, or `customers:*`-style wildcards). At least one.
     #[serde(default)]
+    #[schema(min_items = 1, required = true)]
     pub scopes: Vec<String>,
     /// Days until it expires (default: never).
+    #[schema(minimum = 1)]
     pub expires_in_days: Option<u32>,
 }
 

@@ -32,8 +32,10 @@ pub struct Customer {
 #[serde(deny_unknown_fields)]
 pub struct NewCustomer {
     /// Its name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Its email address.
+    #[schema(format = Email)]
     pub email: Option<String>,
     /// Its phone number.
     pub phone: Option<String>,
@@ -46,7 +48,8 @@ pub struct NewCustomer {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerPatch {
-    /// A new name.
+    /// A new name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// A new email address, or `null`.
     #[serde(default, deserialize_with = "super::patch::deserialize")]
@@ -69,8 +72,10 @@ pub struct CustomerQuery {
     /// Only customers whose name contains this text (case-insensitive).
     pub q: Option<String>,
     /// Items per page, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
     /// Items to skip (default 0).
+    #[param(minimum = 0)]
     pub offset: Option<i64>,
 }
 

@@ -92,6 +92,7 @@ pub struct NewOrder {
     /// The customer placing it.
     pub customer_id: i64,
     /// At least one item; a product may appear once.
+    #[schema(min_items = 1)]
     pub items: Vec<NewOrderItem>,
 }
 
@@ -102,6 +103,7 @@ pub struct NewOrderItem {
     /// The product.
     pub product_id: i64,
     /// How many units, at least 1.
+    #[schema(minimum = 1)]
     pub quantity: i32,
 }
 

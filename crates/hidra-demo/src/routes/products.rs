@@ -32,13 +32,17 @@ pub struct Product {
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
     /// 1 to 64 letters, digits, `-` or `_`; unique within the tenant.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub sku: String,
     /// Its name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Its price in cents, not negative.
+    #[schema(minimum = 0)]
     pub price_cents: i64,
     /// Units in stock, not negative (default 0).
     #[serde(default)]
+    #[schema(minimum = 0)]
     pub stock: i32,
 }
 
@@ -46,13 +50,17 @@ pub struct NewProduct {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
-    /// A new SKU.
+    /// A new SKU: 1 to 64 letters, digits, `-` or `_`.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", min_length = 1, max_length = 64)]
     pub sku: Option<String>,
-    /// A new name.
+    /// A new name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
-    /// A new price in cents.
+    /// A new price in cents, not negative.
+    #[schema(minimum = 0)]
     pub price_cents: Option<i64>,
-    /// A new stock level.
+    /// A new stock level, not negative.
+    #[schema(minimum = 0)]
     pub stock: Option<i32>,
 }
 

@@ -48,12 +48,15 @@ impl UserView {
 pub struct NewUserBody {
     /// Its login email, unique across all tenants.
     #[serde(default)]
+    #[schema(format = Email, required = true)]
     pub email: String,
-    /// Its name.
+    /// Its name, 1 to 200 characters.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 200, required = true)]
     pub full_name: String,
-    /// At least 8 characters.
+    /// 8 to 1024 bytes.
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 1024, format = Password, required = true)]
     pub password: String,
     /// Its roles (default `["member"]`).
     #[serde(default)]
@@ -64,7 +67,8 @@ pub struct NewUserBody {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserPatch {
-    /// A new name.
+    /// A new name, 1 to 200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     pub full_name: Option<String>,
     /// Its new set of roles (replaces the old one).
     pub roles: Option<Vec<String>>,

@@ -345,6 +345,21 @@ pub(crate) enum MigrateCommand {
         #[arg(long)]
         json: bool,
     },
+
+    /// Create or migrate the template schema: the tenant migrations applied
+    /// to a schema of no tenant, for sqlx's compile-time checked queries
+    /// (`query!`). Prints the DATABASE_URL to build with.
+    Template {
+        /// The schema's name
+        #[arg(long, default_value = hidra::migrate::DEFAULT_TEMPLATE_SCHEMA)]
+        schema: String,
+        /// Drop it first (after the tenant migrations were edited)
+        #[arg(long)]
+        recreate: bool,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `hidra api-key …`

@@ -16,8 +16,67 @@ use crate::progress::Reporter;
 pub(crate) async fn run(settings: &Settings, args: MigrateArgs) -> Result<()> {
     match args.command {
         Some(MigrateCommand::Status { json }) => status(settings, json).await,
+        Some(MigrateCommand::Template {
+            schema,
+            recreate,
+            json,
+        }) => template(settings, &schema, recreate, json).await,
         None => migrate(settings, args.run).await,
     }
+}
+
+#[derive(Debug, Serialize)]
+struct TemplateJson {
+    schema: String,
+    from: i64,
+    to: i64,
+    recreated: bool,
+    database_url: String,
+}
+
+/// `hidra migrate template`: the schema sqlx's macros check queries against.
+async fn template(settings: &Settings, schema: &str, recreate: bool, json: bool) -> Result<()> {
+    if settings.tenant_migrations.is_none() {
+        bail!(NO_TENANT_MIGRATIONS);
+    }
+    let db = db::connect(
+        settings,
+        Needs {
+            tenant_migrations: true,
+            ..Needs::default()
+        },
+    )
+    .await?;
+    let recreated = recreate && db.hidra.drop_template_schema(schema).await?;
+    let done = db.hidra.migrate_template_schema(schema).await?;
+    let url = done.database_url(settings.database_url()?);
+    if json {
+        return output::json(&TemplateJson {
+            schema: done.schema,
+            from: done.from,
+            to: done.to,
+            recreated,
+            database_url: url,
+        });
+    }
+    if done.from == done.to {
+        outln!(
+            "template schema `{}` is at version {}",
+            done.schema,
+            done.to
+        )?;
+    } else {
+        outln!(
+            "template schema `{}` migrated from version {} to {}",
+            done.schema,
+            done.from,
+            done.to
+        )?;
+    }
+    note!(
+        "build with this DATABASE_URL for sqlx's query! macros (then `cargo sqlx prepare` for offline builds):"
+    );
+    outln!("{url}")
 }
 
 /// Where the shared schema stands.

@@ -1,3 +1,4 @@
+use hidra::sqlx::{self, Connection};
 use serde_json::Value;
 
 use crate::common::{Ctx, json};
@@ -222,4 +223,71 @@ async fn migrate_errors() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 with problems"));
     let err = ctx.fails(&["migrate", "--dry-run"]);
     assert!(err.contains("1 of 1 schemas failed"), "{err}");
+}
+
+/// The template schema for sqlx's macros: created at the latest version,
+/// migrated when migrations are added, recreated on demand, and the printed
+/// URL resolves unqualified names to its tables. It is no tenant.
+#[tokio::test]
+async fn the_template_schema_follows_the_tenant_migrations() {
+    let ctx = Ctx::initialized().await;
+    let out = ctx.ok(&["migrate", "template"]);
+    assert!(
+        out.contains("template schema `hidra_template` migrated from version 0 to 1"),
+        "{out}"
+    );
+    assert!(ctx.exists("hidra_template.items").await);
+    let url = out.lines().last().unwrap().trim().to_owned();
+    assert!(
+        url.ends_with("options=-c%20search_path%3Dhidra_template"),
+        "{url}"
+    );
+    // The URL is what the macros connect with: `items` is the template's.
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let path: String = sqlx::query_scalar("SELECT current_schema()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(path, "hidra_template");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+
+    let out = ctx.ok(&["migrate", "template"]);
+    assert!(out.contains("is at version 1"), "{out}");
+    ctx.migration("2_labels.sql", "ALTER TABLE items ADD COLUMN label TEXT;");
+    let done = json(&ctx.ok(&["migrate", "template", "--json"]));
+    assert_eq!(
+        (done["from"].as_i64(), done["to"].as_i64()),
+        (Some(1), Some(2))
+    );
+    let label: Option<String> = sqlx::query_scalar("SELECT label FROM items LIMIT 1")
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(label, None);
+
+    // An edited migration: refused until recreated.
+    ctx.migration("2_labels.sql", "ALTER TABLE items ADD COLUMN tag TEXT;");
+    let err = ctx.fails(&["migrate", "template"]);
+    assert!(err.contains("--recreate"), "{err}");
+    let done = json(&ctx.ok(&["migrate", "template", "--recreate", "--json"]));
+    assert_eq!(done["recreated"], true);
+    assert_eq!(
+        (done["from"].as_i64(), done["to"].as_i64()),
+        (Some(0), Some(2))
+    );
+    assert!(ctx.exists("hidra_template.items").await);
+
+    // It is no tenant, and a tenant's schema cannot be it.
+    assert_eq!(ctx.ok(&["tenant", "list", "--json"]).trim(), "[]");
+    let err = ctx.fails(&["migrate", "template", "--schema", "tenant_acme"]);
+    assert!(err.contains("tenant schemas are named `tenant_…`"), "{err}");
+    // Tenants are not migrated by it, nor it by `migrate`.
+    ctx.ok(&["tenant", "create", "acme"]);
+    let s = json(&ctx.ok(&["migrate", "status", "--json"]));
+    let schemas = s["tenants"]["schemas"].as_array().unwrap();
+    assert_eq!(schemas.len(), 1, "{s}");
 }

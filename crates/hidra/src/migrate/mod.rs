@@ -49,6 +49,7 @@
 mod bookkeeping;
 mod runner;
 mod shared;
+mod template;
 mod warm;
 
 use std::borrow::Cow;
@@ -67,6 +68,7 @@ pub use runner::{
 };
 pub(crate) use runner::{read_history, recorded_state};
 pub use shared::{SharedReport, SharedStatus};
+pub use template::{DEFAULT_TEMPLATE_SCHEMA, TemplateSchema};
 pub use warm::WarmPoolStatus;
 pub(crate) use warm::claim_spare;
 

@@ -504,15 +504,21 @@ async fn shared_tables_split_by_company_become_one_tenant_each() {
             "company {c}"
         );
         // Sequences are past the copied ids; foreign keys hold.
-        let inserted: i64 = sqlx::query_scalar(
-            "INSERT INTO orders (customer_id, placed_at) VALUES ($1, now()) RETURNING id",
+        let (inserted, invoice): (i64, i64) = sqlx::query_as(
+            "INSERT INTO orders (customer_id, placed_at) VALUES ($1, now()) RETURNING id, invoice_no",
         )
         .bind(c)
         .fetch_one(&mut conn)
         .await
         .unwrap();
-        // Company `c`'s last order is 19,996 + c.
+        // Company `c`'s last order is 19,996 + c, its invoice 20,995 + c
+        // (from the standalone sequence `invoice_numbers`).
         assert_eq!(inserted, 19_997 + c, "ids go on after the company's last");
+        assert_eq!(
+            invoice,
+            20_996 + c,
+            "invoices go on after the company's last"
+        );
         let foreign = sqlx::query(
             "INSERT INTO order_items (order_id, product_id, quantity, price_cents) VALUES ($1, $2, 1, 1)",
         )

@@ -712,6 +712,7 @@ impl Hidra {
             .await
             .map_err(Error::db("copying a tenant's rows into its schema"))?;
             advance_sequences(&mut tx, target, schema.as_str(), source.name.as_str()).await?;
+            advance_default_sequences(&mut tx, target).await?;
         }
         let (tables, _) = counts(&mut tx, plan, &schema, value, id).await?;
         let wrong: Vec<String> = tables
@@ -854,6 +855,39 @@ async fn check_cross_references(
                 "{crossing} rows of `{child}` reference rows of `{parent}` with another `{column}`: correct them first, as no tenant could hold both"
             ));
         }
+    }
+    Ok(())
+}
+
+/// Moves every sequence an integer column of `target` takes its default from
+/// (`DEFAULT nextval('invoice_numbers')`, not only its own serial) past the
+/// largest value copied in, unless it is already past it.
+async fn advance_default_sequences(tx: &mut sqlx::PgConnection, target: &str) -> Result<()> {
+    let defaults: Vec<(String, String)> = sqlx::query_as(
+        "SELECT a.attname::text, d.refobjid::regclass::text FROM pg_attrdef ad \
+         JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid \
+              AND d.refclassid = 'pg_class'::regclass \
+         JOIN pg_class s ON s.oid = d.refobjid AND s.relkind = 'S' \
+         JOIN pg_attribute a ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+         WHERE ad.adrelid = to_regclass($1) \
+           AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)",
+    )
+    .bind(target)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(Error::db("reading the sequences of column defaults"))?;
+    for (column, sequence) in defaults {
+        sqlx::query(sql::owned(format!(
+            "SELECT setval(x.s, x.m) FROM (SELECT $1::regclass AS s, \
+             (SELECT max({})::int8 FROM {target}) AS m) x \
+             WHERE x.m >= coalesce(pg_sequence_last_value(x.s), \
+                                   (SELECT seqstart FROM pg_sequence WHERE seqrelid = x.s))",
+            sql::quote_ident(&column)
+        )))
+        .bind(&sequence)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("advancing a sequence"))?;
     }
     Ok(())
 }

@@ -405,12 +405,18 @@ async fn what_cannot_move_is_refused_before_anything_changes() {
             .adopt_schema(
                 AdoptSchema::new(id("acme"))
                     .from_schema("legacy")
-                    .baseline(0),
+                    .baseline(0)
+                    .keep(["notes"]),
             )
             .await
             .unwrap_err(),
     );
     mentions(&found, "holds objects of an extension");
+    // Nor can tables kept shared there.
+    mentions(
+        &found,
+        "which is not a shared schema, so tenants would not find them",
+    );
     // A baseline is required, and must be one of the migrations.
     let found = problems(
         hidra

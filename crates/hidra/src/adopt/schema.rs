@@ -517,6 +517,11 @@ impl Hidra {
             }
         }
         let in_shared = self.inner.shared.iter().any(|s| s == from);
+        if !in_shared && !adopt.keep.is_empty() {
+            problems.push(format!(
+                "the tables kept shared would stay in `{from}`, which is not a shared schema, so tenants would not find them: add `{from}` to the shared schemas (`HidraBuilder::shared_schemas`), or move them to one first"
+            ));
+        }
         let mut moves = Vec::new();
         let mut extension_objects = 0;
         let mut extension_problem = false;

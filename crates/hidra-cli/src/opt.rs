@@ -165,8 +165,10 @@ pub(crate) enum Command {
     /// others go on; the exit code is then 1.
     Sql(SqlArgs),
 
-    /// Adopt an existing single-tenant application: make a schema the first
-    /// tenant's (`--tenant ID --baseline VERSION`: its tables, sequences,
+    /// Adopt an existing single-tenant database: a schema becomes the first
+    /// tenant, or shared tables are split by a tenant column.
+    ///
+    /// Make a schema the first tenant's (`--tenant ID --baseline VERSION`: its tables, sequences,
     /// views, functions and types move into the tenant's schema, no data
     /// copied), or split shared tables by a tenant column (`--split-by
     /// COLUMN --tables …`: one tenant per value, its rows copied into its

@@ -273,6 +273,12 @@ impl Error {
         matches!(self, Error::AlreadyExists(_) | Error::SchemaTaken { .. })
     }
 
+    /// Whether an adoption was refused before anything changed
+    /// ([`Error::AdoptRefused`]).
+    pub fn is_adopt_refused(&self) -> bool {
+        matches!(self, Error::AdoptRefused { .. })
+    }
+
     /// Whether the tenant held its share of the pool
     /// ([`Error::TenantBusy`]).
     pub fn is_tenant_busy(&self) -> bool {

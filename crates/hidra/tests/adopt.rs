@@ -214,6 +214,7 @@ async fn catalog(conn: &mut PgConnection) -> String {
 }
 
 fn problems(err: Error) -> Vec<String> {
+    assert!(err.is_adopt_refused() && !err.is_retryable(), "{err}");
     match err {
         Error::AdoptRefused { problems, .. } => problems,
         other => panic!("expected a refusal, got {other:?}"),

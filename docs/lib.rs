@@ -16,3 +16,7 @@ struct AcrossTenants;
 #[cfg(doctest)]
 #[doc = include_str!("src/getting-started.md")]
 struct GettingStarted;
+
+#[cfg(doctest)]
+#[doc = include_str!("src/adopting.md")]
+struct Adopting;

@@ -18,6 +18,15 @@ pub(crate) struct Needs {
     pub(crate) pool_size: u32,
 }
 
+impl Needs {
+    /// The tenant migrations only, in the default pool.
+    pub(crate) const TENANT_MIGRATIONS: Needs = Needs {
+        tenant_migrations: true,
+        shared_migrations: false,
+        pool_size: 0,
+    };
+}
+
 /// A connected handle, with what the commands report about it.
 #[derive(Debug)]
 pub(crate) struct Connected {

@@ -55,6 +55,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ApiKey(command) => cmd::api_key::run(&settings, command).await,
         Command::Doctor { json, repair } => cmd::doctor::run(&settings, json, repair).await,
         Command::Sql(args) => cmd::sql::run(&settings, args).await,
+        Command::Adopt(args) => cmd::adopt::run(&settings, args).await,
         Command::Top(args) => cmd::top::run(args).await,
     }
 }

@@ -165,6 +165,18 @@ pub(crate) enum Command {
     /// others go on; the exit code is then 1.
     Sql(SqlArgs),
 
+    /// Adopt an existing single-tenant database: a schema becomes the first
+    /// tenant, or shared tables are split by a tenant column.
+    ///
+    /// Make a schema the first tenant's (`--tenant ID --baseline VERSION`: its tables, sequences,
+    /// views, functions and types move into the tenant's schema, no data
+    /// copied), or split shared tables by a tenant column (`--split-by
+    /// COLUMN --tables …`: one tenant per value, its rows copied into its
+    /// own schema built by the tenant migrations, row counts checked and
+    /// printed; run it again to finish an interrupted split). Everything is
+    /// inspected first: nothing changes when something cannot be adopted.
+    Adopt(AdoptArgs),
+
     /// Watch which tenants load a running service, refreshed like `top`:
     /// connections held now, connection time and requests per second, waits
     /// and refusals at the tenant's pool cap, cancelled statements and
@@ -194,6 +206,53 @@ pub(crate) struct SqlArgs {
     /// CSV with a header line, the tenant id first
     #[arg(long)]
     pub(crate) csv: bool,
+}
+
+/// `hidra adopt`
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["tenant", "split_by"])))]
+pub(crate) struct AdoptArgs {
+    /// Make the schema this tenant's
+    #[arg(long, value_name = "ID", requires = "baseline")]
+    pub(crate) tenant: Option<String>,
+    /// The tenant migration version the schema is at (with --tenant); the
+    /// later ones apply with the next `hidra migrate`
+    #[arg(long, value_name = "VERSION", requires = "tenant")]
+    pub(crate) baseline: Option<i64>,
+    /// A table that stays shared (with --tenant; repeat or comma-separate)
+    #[arg(long, value_name = "TABLE", value_delimiter = ',', requires = "tenant")]
+    pub(crate) keep: Vec<String>,
+    /// The tenant's display name (with --tenant) [default: the id]
+    #[arg(long, requires = "tenant")]
+    pub(crate) name: Option<String>,
+    /// Split shared tables by this column: one tenant per distinct value
+    #[arg(long, value_name = "COLUMN", requires = "tables")]
+    pub(crate) split_by: Option<String>,
+    /// The tables to split, comma-separated (with --split-by)
+    #[arg(
+        long,
+        value_name = "TABLES",
+        value_delimiter = ',',
+        requires = "split_by"
+    )]
+    pub(crate) tables: Vec<String>,
+    /// What goes before each value to make its tenant id (with --split-by),
+    /// e.g. `company-` turns 7 into `company-7` [default: none]
+    #[arg(long, value_name = "PREFIX", requires = "split_by")]
+    pub(crate) id_prefix: Option<String>,
+    /// Fill the login lookup (email → tenant) from this users table, one of
+    /// --tables
+    #[arg(long, value_name = "TABLE", requires = "split_by")]
+    pub(crate) users: Option<String>,
+    /// The users table's email column [default: email]
+    #[arg(long, value_name = "COLUMN", requires = "users")]
+    pub(crate) email_column: Option<String>,
+    /// The schema to adopt or split
+    #[arg(long, value_name = "SCHEMA", default_value = "public")]
+    pub(crate) from_schema: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `hidra top`

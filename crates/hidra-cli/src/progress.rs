@@ -1,4 +1,4 @@
-//! Progress of a migration run on standard error: a bar with rate and ETA on
+//! Progress of a migration run (or an adoption's split) on standard error: a bar with rate and ETA on
 //! a terminal, plain lines (at most about one a second) otherwise.
 
 use std::io::{IsTerminal, Write};
@@ -11,10 +11,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 /// How often plain progress lines are written at most.
 const LINE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Where a run stands.
+struct Step {
+    done: usize,
+    total: usize,
+    failed: usize,
+}
+
 /// Reports the progress of one run.
 #[derive(Clone, Debug)]
 pub(crate) struct Reporter {
     inner: Arc<Inner>,
+    /// What is being done (`migrating`) and to what (`schemas`).
+    labels: (&'static str, &'static str),
 }
 
 #[derive(Debug)]
@@ -32,10 +41,16 @@ struct Lines {
 impl Reporter {
     /// A bar when standard error is a terminal, else plain lines.
     pub(crate) fn new() -> Self {
+        Self::labeled("migrating", "schemas")
+    }
+
+    /// [`Reporter::new`] for another kind of work: `verb` (`splitting`) on
+    /// `unit` (`tenants`).
+    pub(crate) fn labeled(verb: &'static str, unit: &'static str) -> Self {
         let inner = if std::io::stderr().is_terminal() {
-            let style = ProgressStyle::with_template(
-                "{spinner} migrating [{elapsed_precise}] [{wide_bar}] {pos}/{len} schemas  {rate}  ETA {eta}  {msg}",
-            )
+            let style = ProgressStyle::with_template(&format!(
+                "{{spinner}} {verb} [{{elapsed_precise}}] [{{wide_bar}}] {{pos}}/{{len}} {unit}  {{rate}}  ETA {{eta}}  {{msg}}",
+            ))
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .with_key(
                 "rate",
@@ -55,6 +70,7 @@ impl Reporter {
         };
         Reporter {
             inner: Arc::new(inner),
+            labels: (verb, unit),
         }
     }
 
@@ -65,6 +81,16 @@ impl Reporter {
     }
 
     fn update(&self, p: &Progress) {
+        self.step(p.done, p.total, p.failed);
+    }
+
+    /// `done` of `total` finished, `failed` of them failed.
+    pub(crate) fn step(&self, done: usize, total: usize, failed: usize) {
+        let p = Step {
+            done,
+            total,
+            failed,
+        };
         match &*self.inner {
             Inner::Bar(bar) => {
                 bar.set_length(p.total as u64);
@@ -95,9 +121,10 @@ impl Reporter {
                 } else {
                     String::new()
                 };
+                let (verb, unit) = self.labels;
                 let _ = writeln!(
                     std::io::stderr(),
-                    "migrating: {}/{} schemas, {} failed, {rate:.1}/s{eta}",
+                    "{verb}: {}/{} {unit}, {} failed, {rate:.1}/s{eta}",
                     p.done,
                     p.total,
                     p.failed

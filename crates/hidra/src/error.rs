@@ -77,6 +77,18 @@ pub enum Error {
         reason: Cow<'static, str>,
     },
 
+    /// Adopting an existing schema or splitting shared tables into tenants
+    /// ([`Hidra::adopt_schema`](crate::Hidra::adopt_schema),
+    /// [`Hidra::adopt_split`](crate::Hidra::adopt_split)) cannot proceed as
+    /// asked; nothing was changed. Each problem says what to do.
+    #[error("cannot adopt {what}: {}; nothing was changed", .problems.join("; "))]
+    AdoptRefused {
+        /// What was to be adopted (`schema "public"`).
+        what: String,
+        /// Every problem found, each with what to do about it.
+        problems: Vec<String>,
+    },
+
     /// A tenant with this id is already registered (or being provisioned).
     #[error("tenant `{0}` already exists; pick another id or deprovision the existing one first")]
     AlreadyExists(TenantId),
@@ -259,6 +271,12 @@ impl Error {
     /// ([`Error::AlreadyExists`], [`Error::SchemaTaken`]).
     pub fn is_already_exists(&self) -> bool {
         matches!(self, Error::AlreadyExists(_) | Error::SchemaTaken { .. })
+    }
+
+    /// Whether an adoption was refused before anything changed
+    /// ([`Error::AdoptRefused`]).
+    pub fn is_adopt_refused(&self) -> bool {
+        matches!(self, Error::AdoptRefused { .. })
     }
 
     /// Whether the tenant held its share of the pool

@@ -109,6 +109,7 @@ mod sql;
 mod store;
 mod tenant;
 
+pub mod adopt;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod context;

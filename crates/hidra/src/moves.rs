@@ -392,7 +392,7 @@ impl Hidra {
 impl Hidra {
     /// Builds a tenant's schema with every tenant migration inside the move's
     /// transaction.
-    async fn build_schema_for_move(
+    pub(crate) async fn build_schema_for_move(
         &self,
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
@@ -476,7 +476,10 @@ async fn copy_rows(
 }
 
 /// Blocks writers of `tables` until the move commits; readers go on.
-async fn lock(tx: &mut sqlx::PgConnection, tables: impl Iterator<Item = String>) -> Result<()> {
+pub(crate) async fn lock(
+    tx: &mut sqlx::PgConnection,
+    tables: impl Iterator<Item = String>,
+) -> Result<()> {
     let tables: Vec<String> = tables.collect();
     if tables.is_empty() {
         return Ok(());
@@ -504,7 +507,11 @@ async fn unbind_row_level(tx: &mut sqlx::PgConnection) -> Result<()> {
     bind_row_level(tx, "").await
 }
 
-async fn columns(tx: &mut sqlx::PgConnection, schema: &str, table: &str) -> Result<Vec<String>> {
+pub(crate) async fn columns(
+    tx: &mut sqlx::PgConnection,
+    schema: &str,
+    table: &str,
+) -> Result<Vec<String>> {
     sqlx::query_scalar(
         "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
          JOIN pg_namespace n ON n.oid = c.relnamespace \
@@ -550,7 +557,7 @@ async fn ensure_empty(
 
 /// After rows with explicit ids were copied in, moves each serial/identity
 /// sequence of the table past the largest id so new rows do not collide.
-async fn advance_sequences(
+pub(crate) async fn advance_sequences(
     tx: &mut sqlx::PgConnection,
     table: &str,
     schema: &str,

@@ -569,6 +569,25 @@ pub(crate) fn rename_schema(from: &Ident, to: &Ident) -> SqlStr {
     ))
 }
 
+/// `ALTER <keyword> <identity> SET SCHEMA "target"`, moving one object of
+/// an adopted schema (see `adopt`). `keyword` is one of Hidra's fixed object
+/// keywords (`TABLE`, `TYPE`, `ROUTINE`, …); `identity` is the object's
+/// identity as PostgreSQL's `pg_identify_object` quotes it (catalog text,
+/// never user input).
+pub(crate) fn set_schema(keyword: &'static str, identity: &str, target: &Ident) -> String {
+    format!(
+        "ALTER {keyword} {identity} SET SCHEMA {};\n",
+        target.quoted()
+    )
+}
+
+/// `CAST($n::text AS <type>)`: a value read as text, compared with a column
+/// of type `column_type` (as PostgreSQL's `format_type` spells it), so that
+/// an index on the column still serves the comparison.
+pub(crate) fn text_param_as(n: u8, column_type: &str) -> String {
+    format!("CAST(${n}::text AS {column_type})")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

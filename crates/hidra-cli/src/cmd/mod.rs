@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod adopt;
 pub(crate) mod api_key;
 pub(crate) mod doctor;
 pub(crate) mod init;

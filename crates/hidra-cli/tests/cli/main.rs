@@ -5,6 +5,7 @@
 
 mod common;
 
+mod adopt;
 mod api_key;
 mod config;
 mod doctor;

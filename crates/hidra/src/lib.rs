@@ -104,6 +104,7 @@ mod sql;
 mod store;
 mod tenant;
 
+pub mod archive;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod context;

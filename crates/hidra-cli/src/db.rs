@@ -18,6 +18,16 @@ pub(crate) struct Needs {
     pub(crate) pool_size: u32,
 }
 
+impl Needs {
+    /// The tenant migrations, and the default pool.
+    pub(crate) fn tenant_migrations() -> Self {
+        Needs {
+            tenant_migrations: true,
+            ..Needs::default()
+        }
+    }
+}
+
 /// A connected handle, with what the commands report about it.
 #[derive(Debug)]
 pub(crate) struct Connected {

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod api_key;
+pub(crate) mod archive;
 pub(crate) mod doctor;
 pub(crate) mod init;
 pub(crate) mod migrate;

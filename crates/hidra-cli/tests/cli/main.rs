@@ -6,6 +6,7 @@
 mod common;
 
 mod api_key;
+mod archive;
 mod config;
 mod doctor;
 mod errors;

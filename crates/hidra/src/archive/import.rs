@@ -212,6 +212,18 @@ struct Credentials {
     api_keys_left_out: u64,
 }
 
+impl Plan<'_> {
+    /// Whether the archived shared rows `archived` are imported: not when
+    /// asked to skip them, API keys only under the archived id, and an
+    /// empty table not at all.
+    fn imports(&self, archived: &ArchivedTable) -> bool {
+        let same_id = self.id == self.manifest.tenant.id;
+        !self.options.skip_credentials
+            && (archived.name != "api_keys" || same_id)
+            && archived.rows > 0
+    }
+}
+
 impl Credentials {
     fn summary(self, plan: &Plan<'_>, tenant: Tenant, tables: usize, rows: u64) -> ImportSummary {
         ImportSummary {
@@ -283,6 +295,9 @@ impl Hidra {
         if strategy == Strategy::RowLevel {
             self.require_row_level_audit().await?;
         }
+        let loaded: Vec<&ArchivedTable> = (manifest.tables.iter())
+            .chain(manifest.shared.iter().filter(|t| plan.imports(t)))
+            .collect();
         let sums = manifest
             .entries
             .iter()
@@ -293,17 +308,10 @@ impl Hidra {
             sums,
             progress: Progress {
                 tables_done: 0,
-                tables: manifest.tables.len() + manifest.shared.len(),
+                tables: loaded.len(),
                 table: String::new(),
                 rows: 0,
-                total_rows: Some(
-                    manifest
-                        .tables
-                        .iter()
-                        .chain(&manifest.shared)
-                        .map(|t| t.rows)
-                        .sum(),
-                ),
+                total_rows: Some(loaded.iter().map(|t| t.rows).sum()),
                 bytes: 0,
             },
             on_progress: options.progress.as_deref(),
@@ -574,7 +582,6 @@ impl Hidra {
         loader: &mut Loader<'_>,
     ) -> Result<Credentials> {
         let mut summary = Credentials::default();
-        let same_id = plan.id == plan.manifest.tenant.id;
         for archived in &plan.manifest.shared {
             let (table, key, count) = match archived.name.as_str() {
                 "logins" => (&plan.options.shared.logins, "email", &mut summary.logins),
@@ -585,13 +592,10 @@ impl Hidra {
                 ),
                 other => return Err(corrupt(format!("unknown shared table {other}"))),
             };
-            if plan.options.skip_credentials || (archived.name == "api_keys" && !same_id) {
+            if !plan.imports(archived) {
                 if archived.name == "api_keys" {
                     summary.api_keys_left_out += archived.rows;
                 }
-                continue;
-            }
-            if archived.rows == 0 {
                 continue;
             }
             *count = restore_shared(tx, &plan.id, archived, table, key, loader).await?;

@@ -707,3 +707,51 @@ async fn an_import_builds_the_archived_version_then_migrates_on_and_refuses_othe
     later.close().await;
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn an_import_never_writes_into_a_schema_or_database_it_did_not_create() {
+    let ctx = setup().await;
+    let h = &ctx.hidra;
+    let (_, path) = exported_acme(&ctx).await;
+    let mut conn = h.acquire_shared().await.unwrap();
+    sqlx::raw_sql(
+        "CREATE SCHEMA tenant_stray; CREATE TABLE tenant_stray.keep (x INT);
+         INSERT INTO tenant_stray.keep VALUES (1);",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE DATABASE \"{}stray_db\"",
+        ctx.prefix
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let before = footprint(&ctx).await;
+    for (id, strategy) in [
+        ("stray", Strategy::Schema),
+        ("stray-db", Strategy::Database),
+    ] {
+        let err = h
+            .import_tenant(
+                &path,
+                ImportOptions::new()
+                    .as_id(common::id(id))
+                    .strategy(strategy),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::SchemaTaken { .. }), "{id}: {err}");
+        assert_eq!(footprint(&ctx).await, before, "{id}");
+    }
+    let mut conn = h.acquire_shared().await.unwrap();
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM tenant_stray.keep")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, 1);
+    drop(conn);
+    teardown(ctx).await;
+}

@@ -434,14 +434,20 @@ impl Hidra {
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
         let tenant = self.inner.store.insert(&mut conn, &draft).await?;
+        // A database of that name that is not ours (SchemaTaken) must
+        // survive the undo: only the record goes.
+        let created = sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", database.quoted())))
+            .execute(&mut *conn)
+            .await
+            .map_err(crate::per_database::creation_error(&plan.id, &database));
+        if let Err(e) = created {
+            if let Err(undo) = self.inner.store.delete(&mut conn, &tenant.id).await {
+                tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
+            }
+            return Err(e);
+        }
         drop(conn);
         let result = async {
-            let mut conn = self.acquire_shared().await?;
-            sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", database.quoted())))
-                .execute(&mut *conn)
-                .await
-                .map_err(crate::per_database::creation_error(&plan.id, &database))?;
-            drop(conn);
             let path = self.binding(&tenant)?.search_path;
             let (tables, rows) = {
                 let mut db = self.inner.databases.acquire(database.as_str()).await?;
@@ -526,7 +532,12 @@ impl Hidra {
     ) -> Result<(usize, u64)> {
         let manifest = plan.manifest;
         let base: Vec<_> = plan.base.iter().cloned().collect();
-        migrate_in(tx, schema, search_path, create, true, &base, &plan.base).await?;
+        let build = Build {
+            id: &plan.id,
+            schema,
+            search_path,
+        };
+        migrate_in(tx, &build, true, create, &base, &plan.base).await?;
 
         let targets = crate::rls::tables_in_order(tx, schema.as_str(), None).await?;
         crate::moves::truncate(tx, &targets).await?;
@@ -568,7 +579,7 @@ impl Hidra {
         let all = &self.inner.tenant_migrations;
         let rest = all.after(manifest.migration_version);
         if !rest.is_empty() {
-            migrate_in(tx, schema, search_path, false, false, rest, all).await?;
+            migrate_in(tx, &build, false, false, rest, all).await?;
         }
         Ok((tables, rows))
     }
@@ -604,17 +615,30 @@ impl Hidra {
     }
 }
 
-/// Applies `migrations` to `schema` in the caller's transaction, recording
-/// them (and the version they reach) as provisioning does.
+/// Where [`migrate_in`] builds.
+struct Build<'a> {
+    id: &'a TenantId,
+    schema: &'a Ident,
+    search_path: &'a str,
+}
+
+/// Applies `migrations` to the schema in the caller's transaction,
+/// recording them (and the version they reach) as provisioning does: the
+/// first batch creates the history table (and the schema when
+/// `create_schema`).
 async fn migrate_in(
     tx: &mut PgConnection,
-    schema: &Ident,
-    search_path: &str,
+    build: &Build<'_>,
+    first: bool,
     create_schema: bool,
-    create_history: bool,
     migrations: &[migrate::Migration],
     all: &Migrations,
 ) -> Result<()> {
+    let Build {
+        id,
+        schema,
+        search_path,
+    } = *build;
     let version = migrations.last().map_or(0, |m| m.version);
     let digest = all.digest_at(version).expect("one of ours");
     let (batch, spans) = sql::migration_batch(
@@ -623,18 +647,22 @@ async fn migrate_in(
             search_path,
             own_transaction: None,
             create_schema,
-            create_history,
+            create_history: first,
         },
         migrations,
         version,
         digest,
     );
     migrate::execute_batch(tx, batch).await.map_err(|f| {
+        let duplicate = crate::error::db_code(&f.error)
+            .is_some_and(|(code, _)| code == crate::error::sqlstate::DUPLICATE_SCHEMA);
         match migrate::failed_migration(migrations, &spans, &f.error, 0, f.applied) {
-            Some(failed) if f.applied > 0 || !create_schema => {
-                failed.error(schema.as_str(), f.error)
-            }
-            _ => Error::Database {
+            _ if create_schema && f.applied == 0 && duplicate => Error::SchemaTaken {
+                id: id.clone(),
+                schema: schema.to_string(),
+            },
+            Some(failed) => failed.error(schema.as_str(), f.error),
+            None => Error::Database {
                 context: "building the tenant schema",
                 source: f.error,
             },

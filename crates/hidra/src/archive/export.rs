@@ -8,8 +8,8 @@ use tokio::io::AsyncWrite;
 use super::tar::TarWriter;
 use super::{
     ArchivedEntry, ArchivedMigration, ArchivedSequence, ArchivedTable, ArchivedTenant, CHUNK_BYTES,
-    ExportOptions, ExportSummary, FORMAT_VERSION, MANIFEST, MANIFEST_SUM, Manifest, Progress, hex,
-    sha256_hex,
+    CopyFormat, ExportOptions, ExportSummary, FORMAT_VERSION, MANIFEST, MANIFEST_SUM, Manifest,
+    Progress, hex, sha256_hex,
 };
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
@@ -40,13 +40,18 @@ pub(super) async fn table_exists(conn: &mut PgConnection, table: &TableName) -> 
 }
 
 /// Columns (name, type) of a table that `COPY` reads and writes (generated
-/// columns left out), in order.
+/// columns left out), in order. Types of the table's own schema are named
+/// without it (`mood[]`, not `tenant_acme.mood[]`), so that two tenants'
+/// tables compare equal.
 pub(super) async fn copy_columns(
     conn: &mut PgConnection,
     qualified: &str,
 ) -> Result<Vec<(String, String)>> {
     sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+        "SELECT a.attname::text, \
+                replace(format_type(a.atttypid, a.atttypmod), quote_ident(n.nspname) || '.', '') \
+         FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
          WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped \
            AND a.attgenerated = '' ORDER BY a.attnum",
     )
@@ -54,6 +59,27 @@ pub(super) async fn copy_columns(
     .fetch_all(&mut *conn)
     .await
     .map_err(Error::db("reading a table's columns"))
+}
+
+/// Text when a column's binary form would name a type by its OID (see
+/// [`CopyFormat`]), else binary.
+async fn copy_format(conn: &mut PgConnection, qualified: &str) -> Result<CopyFormat> {
+    let by_oid: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+         LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A' \
+         WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped \
+           AND a.attgenerated = '' \
+           AND (t.typtype = 'c' OR e.typtype = 'c' OR e.oid >= 16384))",
+    )
+    .bind(qualified)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::db("reading a table's column types"))?;
+    Ok(if by_oid {
+        CopyFormat::Text
+    } else {
+        CopyFormat::Binary
+    })
 }
 
 /// `"a", "b"`.
@@ -84,7 +110,7 @@ impl<W: AsyncWrite + Unpin + Send> Writer<'_, W> {
         Ok(())
     }
 
-    /// Streams `COPY … TO STDOUT (FORMAT binary)` into entries under `dir`.
+    /// Streams `COPY … TO STDOUT` into entries under `dir`.
     async fn copy_out(
         &mut self,
         conn: &mut PgConnection,
@@ -92,15 +118,17 @@ impl<W: AsyncWrite + Unpin + Send> Writer<'_, W> {
         dir: &str,
         name: &str,
         columns: Vec<(String, String)>,
+        format: CopyFormat,
     ) -> Result<ArchivedTable> {
         let mut table = ArchivedTable {
             name: name.to_owned(),
             columns,
             rows: 0,
             chunks: Vec::new(),
+            format,
         };
         self.progress.table = name.to_owned();
-        let mut counter = super::rows::RowCounter::default();
+        let mut counter = super::rows::RowCounter::new(format);
         let mut buf: Vec<u8> = Vec::with_capacity(CHUNK_BYTES);
         let mut stream = conn
             .copy_out_raw(statement)
@@ -325,23 +353,33 @@ impl Hidra {
         let mut archived = Vec::with_capacity(tables.len());
         for (i, (name, qualified, _)) in tables.iter().enumerate() {
             let mut columns = copy_columns(conn, qualified).await?;
+            let format = copy_format(conn, qualified).await?;
             let statement = match source.tenant_column {
                 Some(column) => {
                     columns.retain(|(c, _)| c != column.as_str());
                     format!(
-                        "COPY (SELECT {} FROM {qualified} WHERE {} = {}) TO STDOUT (FORMAT binary)",
+                        "COPY (SELECT {} FROM {qualified} WHERE {} = {}) TO STDOUT (FORMAT {})",
                         column_list(&columns),
                         column.quoted(),
-                        sql::quote_literal(source.id.as_str())
+                        sql::quote_literal(source.id.as_str()),
+                        format.option()
                     )
                 }
                 None => format!(
-                    "COPY {qualified} ({}) TO STDOUT (FORMAT binary)",
-                    column_list(&columns)
+                    "COPY {qualified} ({}) TO STDOUT (FORMAT {})",
+                    column_list(&columns),
+                    format.option()
                 ),
             };
             let table = writer
-                .copy_out(conn, &statement, &format!("data/{i:04}"), name, columns)
+                .copy_out(
+                    conn,
+                    &statement,
+                    &format!("data/{i:04}"),
+                    name,
+                    columns,
+                    format,
+                )
                 .await?;
             archived.push(table);
         }
@@ -464,7 +502,14 @@ async fn export_shared<W: AsyncWrite + Unpin + Send>(
     );
     writer.progress.tables += 1;
     let rows = writer
-        .copy_out(conn, &statement, &format!("shared/{kind}"), kind, columns)
+        .copy_out(
+            conn,
+            &statement,
+            &format!("shared/{kind}"),
+            kind,
+            columns,
+            CopyFormat::Binary,
+        )
         .await?;
     Ok(Some(rows))
 }

@@ -147,12 +147,13 @@ impl Loader<'_> {
         self.progress.table = table.name.clone();
         let mut copy = conn
             .copy_in_raw(&format!(
-                "COPY {target} ({}) FROM STDIN (FORMAT binary)",
-                column_list(&table.columns)
+                "COPY {target} ({}) FROM STDIN (FORMAT {})",
+                column_list(&table.columns),
+                table.format.option()
             ))
             .await
             .map_err(Error::db("starting to load a table"))?;
-        let mut counter = RowCounter::default();
+        let mut counter = RowCounter::new(table.format);
         for chunk in &table.chunks {
             let data = match self.entry(chunk).await {
                 Ok(data) => data,

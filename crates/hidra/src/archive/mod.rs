@@ -32,7 +32,9 @@
 //! - `schema/<version>.sql`: the tenant migrations' SQL as applied to the
 //!   tenant, up to its version (its schema DDL at that version);
 //! - `data/<nnnn>/<chunk>.copy`: each table's rows in PostgreSQL's binary
-//!   `COPY` format, in chunks of at most 4 MiB, parents before children;
+//!   `COPY` format (text for a table whose binary form would name a type by
+//!   its OID, see [`CopyFormat`]), in chunks of at most 4 MiB, parents
+//!   before children;
 //! - `shared/logins/…`, `shared/api_keys/…`: its rows in the shared login
 //!   and API-key tables, when they exist;
 //! - `manifest.json`: format version, the registry record, the migration
@@ -413,6 +415,36 @@ pub struct ArchivedTable {
     pub rows: u64,
     /// Its data entries, in order.
     pub chunks: Vec<String>,
+    /// The `COPY` format of its data.
+    #[serde(default)]
+    pub format: CopyFormat,
+}
+
+/// The `COPY` format of a table's data in an archive.
+///
+/// Binary, unless a column's binary form would name a type by its OID (an
+/// array of the tenant's own enum or composite type, a composite): those
+/// OIDs differ from one schema or database to the next, so such a table is
+/// written as text, which names nothing by OID.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CopyFormat {
+    /// PostgreSQL's binary `COPY` format.
+    #[default]
+    Binary,
+    /// PostgreSQL's text `COPY` format.
+    Text,
+}
+
+impl CopyFormat {
+    /// The `FORMAT` option of `COPY`.
+    fn option(self) -> &'static str {
+        match self {
+            CopyFormat::Binary => "binary",
+            CopyFormat::Text => "text",
+        }
+    }
 }
 
 /// A sequence's state in a [`Manifest`].

@@ -22,9 +22,14 @@ enum State {
     Done,
 }
 
-/// An incremental parser of a binary `COPY` stream.
+/// An incremental parser of a binary `COPY` stream (or a line counter of a
+/// text one).
 #[derive(Debug)]
 pub(crate) struct RowCounter {
+    /// Text format: rows are lines (newlines in values are escaped).
+    text: bool,
+    /// Text format: the last byte seen.
+    last: Option<u8>,
     state: State,
     /// Bytes of a fixed-size item read so far.
     pending: Vec<u8>,
@@ -37,6 +42,8 @@ pub(crate) struct RowCounter {
 impl Default for RowCounter {
     fn default() -> Self {
         RowCounter {
+            text: false,
+            last: None,
             state: State::Header,
             pending: Vec::with_capacity(19),
             skip: 0,
@@ -53,6 +60,14 @@ fn bad(reason: &str) -> Error {
 }
 
 impl RowCounter {
+    /// A counter for a stream in `format`.
+    pub(crate) fn new(format: super::CopyFormat) -> Self {
+        RowCounter {
+            text: format == super::CopyFormat::Text,
+            ..RowCounter::default()
+        }
+    }
+
     /// Rows seen so far.
     pub(crate) fn rows(&self) -> u64 {
         self.rows
@@ -60,11 +75,19 @@ impl RowCounter {
 
     /// Whether the trailer was seen.
     pub(crate) fn is_complete(&self) -> bool {
+        if self.text {
+            return self.last.is_none_or(|b| b == b'\n');
+        }
         matches!(self.state, State::Done)
     }
 
     /// Feeds the next bytes of the stream.
     pub(crate) fn feed(&mut self, mut input: &[u8]) -> Result<()> {
+        if self.text {
+            self.rows += input.iter().filter(|b| **b == b'\n').count() as u64;
+            self.last = input.last().copied().or(self.last);
+            return Ok(());
+        }
         while !input.is_empty() {
             match self.state {
                 State::Done => return Err(bad("data after the trailer")),
@@ -194,6 +217,12 @@ mod tests {
         let mut c = RowCounter::default();
         c.feed(&s[..s.len() - 2]).unwrap();
         assert!(!c.is_complete());
+        let mut text = RowCounter::new(super::super::CopyFormat::Text);
+        text.feed(b"1\ta\\nb\n2\t").unwrap();
+        assert!(!text.is_complete());
+        text.feed(b"\\N\n").unwrap();
+        assert!(text.is_complete());
+        assert_eq!(text.rows(), 2);
         let mut c = RowCounter::default();
         assert!(c.feed(b"PGCOPX\n\xff\r\n\0\0\0\0\0\0\0\0\0").is_err());
     }

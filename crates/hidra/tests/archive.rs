@@ -803,3 +803,32 @@ async fn tables_with_the_tenants_own_types_round_trip() {
     h.close().await;
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn an_export_streams_through_a_small_pipe_as_an_http_body_would() {
+    use tokio::io::AsyncReadExt;
+
+    let ctx = setup().await;
+    let h = &ctx.hidra;
+    let (acme, _) = exported_acme(&ctx).await;
+    let (writer, mut reader) = tokio::io::duplex(4096);
+    let export = tokio::spawn({
+        let h = h.clone();
+        async move {
+            h.export_tenant(&id("acme"), writer, ExportOptions::new())
+                .await
+        }
+    });
+    let mut body = Vec::new();
+    reader.read_to_end(&mut body).await.unwrap();
+    let summary = export.await.unwrap().unwrap();
+    assert_eq!(summary.bytes, body.len() as u64);
+    let path = ctx.file("streamed.tar");
+    std::fs::write(&path, body).unwrap();
+    let copy = h
+        .import_tenant(&path, ImportOptions::new().as_id(id("streamed")))
+        .await
+        .unwrap();
+    assert_eq!(contents(h, &copy.tenant).await, contents(h, &acme).await);
+    teardown(ctx).await;
+}

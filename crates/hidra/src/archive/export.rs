@@ -212,6 +212,32 @@ impl Hidra {
     /// assert_eq!(summary.bytes, body.len() as u64);
     /// # Ok(()) }
     /// ```
+    ///
+    /// As an HTTP response body, through a pipe: the export runs in a task
+    /// of its own and the body reads the other end as it is written (with
+    /// axum, `Body::from_stream(tokio_util::io::ReaderStream::new(reader))`).
+    /// A failure after the response has started ends the body early: the
+    /// client gets a truncated archive, which an import refuses; log the
+    /// task's error.
+    ///
+    /// ```no_run
+    /// # async fn run(hidra: hidra::Hidra, id: hidra::TenantId) {
+    /// use hidra::archive::ExportOptions;
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// let (writer, mut reader) = tokio::io::duplex(256 * 1024);
+    /// let export = tokio::spawn(async move {
+    ///     hidra.export_tenant(&id, writer, ExportOptions::new()).await
+    /// });
+    /// let mut first = [0u8; 512];
+    /// reader.read_exact(&mut first).await.expect("the first tar header");
+    /// // … hand `reader` to the response, then:
+    /// # drop(reader);
+    /// if let Ok(Err(e)) = export.await {
+    ///     tracing::warn!(error = %e, "export failed mid-way");
+    /// }
+    /// # }
+    /// ```
     pub async fn export_tenant<W>(
         &self,
         id: &TenantId,

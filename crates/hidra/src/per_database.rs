@@ -115,8 +115,12 @@ impl Hidra {
                 Ok(active)
             }
             Err(e) => {
+                // A database of that name that was there before is not ours.
+                let created = !matches!(e, Error::SchemaTaken { .. });
                 let undo = async {
-                    self.drop_tenant_database(&tenant).await?;
+                    if created {
+                        self.drop_tenant_database(&tenant).await?;
+                    }
                     let mut conn = self.acquire_shared().await?;
                     self.inner.store.delete(&mut conn, &tenant.id).await
                 };

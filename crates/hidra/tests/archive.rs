@@ -832,3 +832,70 @@ async fn an_export_streams_through_a_small_pipe_as_an_http_body_would() {
     assert_eq!(contents(h, &copy.tenant).await, contents(h, &acme).await);
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn an_import_cut_off_in_the_middle_leaves_nothing_and_can_run_again() {
+    let ctx = setup().await;
+    let h = &ctx.hidra;
+    let (acme, path) = exported_acme(&ctx).await;
+    let before = footprint(&ctx).await;
+    for strategy in [Strategy::Schema, Strategy::Database] {
+        // Cut off at its first loaded chunk, in the middle of its COPY and
+        // its transaction.
+        let (cut, loading) = tokio::sync::oneshot::channel();
+        let cut = std::sync::Mutex::new(Some(cut));
+        let options = ImportOptions::new()
+            .as_id(id("cut"))
+            .strategy(strategy)
+            .on_progress(move |_| {
+                if let Some(cut) = cut.lock().unwrap().take() {
+                    let _ = cut.send(());
+                }
+            });
+        tokio::select! {
+            biased;
+            _ = loading => {}
+            done = h.import_tenant(&path, options) => panic!("not cut off: {done:?}"),
+        }
+        let mut observer = PgConnection::connect(ctx.db.url()).await.unwrap();
+        let open: &'static str = Box::leak(
+            format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' \
+                 AND (datname = current_database() OR starts_with(datname, '{}'))",
+                ctx.prefix
+            )
+            .into_boxed_str(),
+        );
+        wait_for_count(
+            &mut observer,
+            "the cut-off import's transaction to end",
+            open,
+            |n| n == 0,
+        )
+        .await;
+        if strategy == Strategy::Schema {
+            assert_eq!(footprint(&ctx).await, before);
+        }
+        // The same import again, to the end (for a database target, its
+        // half-made record and database are removed first, as after a
+        // cut-off provisioning).
+        if let Some(half) = h.tenant(&id("cut")).await.unwrap() {
+            assert_eq!(half.status, hidra::TenantStatus::Provisioning);
+            h.deprovision(&half.id, Confirmation::of(&half.id))
+                .await
+                .unwrap();
+        }
+        let done = h
+            .import_tenant(
+                &path,
+                ImportOptions::new().as_id(id("cut")).strategy(strategy),
+            )
+            .await
+            .unwrap();
+        assert_eq!(contents(h, &done.tenant).await, contents(h, &acme).await);
+        h.deprovision(&done.tenant.id, Confirmation::of(&done.tenant.id))
+            .await
+            .unwrap();
+    }
+    teardown(ctx).await;
+}

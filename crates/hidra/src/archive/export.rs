@@ -248,7 +248,7 @@ impl Hidra {
         W: AsyncWrite + Unpin + Send,
     {
         let started = std::time::Instant::now();
-        let mut shared = self.acquire_shared().await?;
+        let mut shared = self.archive_conn().await?;
         let mut tx = snapshot(&mut shared).await?;
         let tenant = self
             .inner
@@ -284,6 +284,7 @@ impl Hidra {
         let mut manifest = if tenant.placement.strategy == Strategy::Database {
             let database = crate::hidra::tenant_database(&tenant)?;
             let mut conn = self.inner.databases.acquire(database).await?;
+            conn.discard_on_drop(true);
             let mut data = snapshot(&mut conn).await?;
             let manifest = self
                 .export_data(&mut data, &tenant, &source, &mut writer)
@@ -291,6 +292,7 @@ impl Hidra {
             data.rollback()
                 .await
                 .map_err(Error::db("ending the export"))?;
+            conn.discard_on_drop(false);
             manifest
         } else {
             if source.tenant_column.is_some() {
@@ -318,6 +320,7 @@ impl Hidra {
         tx.rollback()
             .await
             .map_err(Error::db("ending the export"))?;
+        shared.settled();
         drop(shared);
 
         manifest.entries = std::mem::take(&mut writer.entries);

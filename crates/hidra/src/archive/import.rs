@@ -380,7 +380,7 @@ impl Hidra {
         loader: &mut Loader<'_>,
     ) -> Result<ImportSummary> {
         let schema = self.inner.naming.schema_for(&plan.id);
-        let mut conn = self.acquire_shared().await?;
+        let mut conn = self.archive_conn().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
         let mut tx = conn
             .begin()
@@ -409,6 +409,7 @@ impl Hidra {
         tx.commit()
             .await
             .map_err(Error::db("committing the import"))?;
+        conn.settled();
         Ok(credentials.summary(plan, tenant, tables, rows))
     }
 
@@ -452,6 +453,7 @@ impl Hidra {
             let path = self.binding(&tenant)?.search_path;
             let (tables, rows) = {
                 let mut db = self.inner.databases.acquire(database.as_str()).await?;
+                db.discard_on_drop(true);
                 migrate::ensure_internal(&mut db).await?;
                 let mut tx = db
                     .begin()
@@ -463,9 +465,10 @@ impl Hidra {
                 tx.commit()
                     .await
                     .map_err(Error::db("committing the tenant database"))?;
+                db.discard_on_drop(false);
                 loaded
             };
-            let mut conn = self.acquire_shared().await?;
+            let mut conn = self.archive_conn().await?;
             let mut tx = conn
                 .begin()
                 .await
@@ -475,6 +478,7 @@ impl Hidra {
             tx.commit()
                 .await
                 .map_err(Error::db("committing the import"))?;
+            conn.settled();
             Ok(credentials.summary(plan, tenant, tables, rows))
         }
         .await;

@@ -486,6 +486,20 @@ pub async fn verify(path: impl AsRef<std::path::Path>) -> Result<Manifest> {
     import::verify_file(path.as_ref()).await
 }
 
+impl crate::Hidra {
+    /// A shared connection that is closed, not given back, if the export or
+    /// import using it is cut off (a dropped future may leave it inside a
+    /// transaction or a `COPY`); [`PoolConn::settled`] once it finished
+    /// cleanly.
+    ///
+    /// [`PoolConn::settled`]: crate::scope::PoolConn::settled
+    async fn archive_conn(&self) -> Result<crate::scope::PoolConn> {
+        let mut conn = self.acquire_shared().await?.into_pool_conn();
+        conn.close_on_drop();
+        Ok(conn)
+    }
+}
+
 /// SHA-256, hex.
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

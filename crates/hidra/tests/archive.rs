@@ -899,3 +899,42 @@ async fn an_import_cut_off_in_the_middle_leaves_nothing_and_can_run_again() {
     }
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn an_export_cut_off_in_the_middle_spoils_no_pooled_connection() {
+    use tokio::io::AsyncReadExt;
+
+    let ctx = setup().await;
+    let h = &ctx.hidra;
+    let (acme, _) = exported_acme(&ctx).await;
+    for _ in 0..3 {
+        // Read a little of the archive, then hang up: the export is dropped
+        // in the middle of its snapshot, with the pipe full.
+        let (writer, mut reader) = tokio::io::duplex(1024);
+        let export = h.export_tenant(&acme.id, writer, ExportOptions::new());
+        tokio::pin!(export);
+        let mut first = vec![0u8; 8192];
+        tokio::select! {
+            biased;
+            read = reader.read_exact(&mut first) => { read.unwrap(); }
+            done = &mut export => panic!("not cut off: {done:?}"),
+        }
+    }
+    // Every pooled connection still answers, unscoped and scoped.
+    for _ in 0..12 {
+        let mut shared = h.acquire_shared().await.unwrap();
+        let one: i32 = sqlx::query_scalar("SELECT 1")
+            .fetch_one(&mut *shared)
+            .await
+            .unwrap();
+        assert_eq!(one, 1);
+        drop(shared);
+        let mut conn = h.acquire(&acme).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 2000);
+    }
+    teardown(ctx).await;
+}

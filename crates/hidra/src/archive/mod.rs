@@ -71,9 +71,11 @@
 //! row-level tables in that same transaction. For a database-per-tenant
 //! target the tenant's database is built and loaded in a transaction of its
 //! own, then the registry row and shared rows are committed; on any failure
-//! the database is dropped again (as provisioning does, a process killed in
-//! between leaves a `provisioning` record that
-//! [`deprovision`](crate::Hidra::deprovision) removes).
+//! the database is dropped again (as provisioning does, a process killed or
+//! a future dropped in between leaves a `provisioning` record that
+//! [`deprovision`](crate::Hidra::deprovision) removes with its database).
+//! A dropped import or export future closes its connections rather than
+//! returning them to the pool in the middle of a `COPY`.
 //!
 //! # Credentials under a new id
 //!

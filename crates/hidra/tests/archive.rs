@@ -811,6 +811,7 @@ async fn an_export_streams_through_a_small_pipe_as_an_http_body_would() {
     let ctx = setup().await;
     let h = &ctx.hidra;
     let (acme, _) = exported_acme(&ctx).await;
+    h.suspend(&acme.id).await.unwrap();
     let (writer, mut reader) = tokio::io::duplex(4096);
     let export = tokio::spawn({
         let h = h.clone();
@@ -829,6 +830,8 @@ async fn an_export_streams_through_a_small_pipe_as_an_http_body_would() {
         .import_tenant(&path, ImportOptions::new().as_id(id("streamed")))
         .await
         .unwrap();
+    // It comes back as it was: suspended.
+    assert_eq!(copy.tenant.status, hidra::TenantStatus::Suspended);
     assert_eq!(contents(h, &copy.tenant).await, contents(h, &acme).await);
     teardown(ctx).await;
 }

@@ -343,6 +343,55 @@ pub(crate) enum TenantCommand {
         id: String,
     },
 
+    /// Write one tenant to a portable archive (a tar file): its schema DDL at
+    /// its migration version, every table's rows, its sequences, its registry
+    /// record, its logins and API keys, with a manifest and checksums.
+    ///
+    /// Read in one consistent snapshot while the tenant keeps being written.
+    /// Needs the tenant migrations the tenant was migrated with.
+    Export {
+        /// The tenant id
+        id: String,
+        /// The archive to write (replaced if it exists; written whole or not
+        /// at all)
+        #[arg(long, short, value_name = "FILE")]
+        output: PathBuf,
+        /// Leave the tenant's logins and API keys out
+        #[arg(long)]
+        skip_credentials: bool,
+        /// Print a summary as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Restore a tenant from an archive written by `hidra tenant export`, all
+    /// or nothing.
+    ///
+    /// The whole archive is checked first (every checksum, the format
+    /// version, the migrations); the tenant's schema is then built by the
+    /// tenant migrations up to the archived version, loaded, and migrated to
+    /// the latest. Under a new id its API keys are left out (issue new ones);
+    /// its logins come along unless their emails are taken.
+    Import {
+        /// The archive
+        file: PathBuf,
+        /// Import under this id instead of the archived one
+        #[arg(long = "as", value_name = "NEW_ID")]
+        as_id: Option<String>,
+        /// The strategy to import onto [default: the one it had]
+        #[arg(long, value_parser = ["schema", "row_level", "database"])]
+        strategy: Option<String>,
+        /// Display name [default: the archived one]
+        #[arg(long)]
+        name: Option<String>,
+        /// Import neither logins nor API keys
+        #[arg(long)]
+        skip_credentials: bool,
+        /// Print the summary as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
     /// Delete a tenant and all its data (its schema is dropped).
     ///
     /// Asks for the id again on a terminal; without a terminal, `--yes` is

@@ -206,6 +206,47 @@ pub enum Error {
         source: BoxError,
     },
 
+    /// A tenant archive is damaged, truncated or altered ([`crate::archive`]);
+    /// nothing was imported.
+    #[error(
+        "the tenant archive is damaged: {reason}; nothing was imported: export the tenant again or use an intact copy"
+    )]
+    ArchiveCorrupt {
+        /// What is wrong with it.
+        reason: Cow<'static, str>,
+    },
+
+    /// A tenant archive was written in a format this version cannot read;
+    /// nothing was imported.
+    #[error(
+        "the tenant archive has format version {found}, this version of hidra reads version {supported}; import it with a matching hidra version"
+    )]
+    ArchiveFormat {
+        /// The archive's format version.
+        found: u64,
+        /// The one this version reads.
+        supported: u32,
+    },
+
+    /// Reading or writing a tenant archive failed.
+    #[error("i/o error while {context}")]
+    ArchiveIo {
+        /// What hidra was doing.
+        context: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An intact archive cannot be imported as asked; nothing was created.
+    #[error("cannot import tenant `{id}`: {reason}")]
+    ImportRefused {
+        /// The id it would have had.
+        id: TenantId,
+        /// Why, and what to do.
+        reason: Cow<'static, str>,
+    },
+
     /// The registry table is missing: the application has not created it yet.
     #[error(
         "the tenant registry table `{0}` does not exist; create it with `Hidra::install()` (or `hidra init`) first"
@@ -297,6 +338,15 @@ impl Error {
         matches!(
             self,
             Error::MigrationFailed { .. } | Error::ChecksumMismatch { .. }
+        )
+    }
+
+    /// Whether a tenant archive is damaged or of an unknown format
+    /// ([`Error::ArchiveCorrupt`], [`Error::ArchiveFormat`]).
+    pub fn is_archive_error(&self) -> bool {
+        matches!(
+            self,
+            Error::ArchiveCorrupt { .. } | Error::ArchiveFormat { .. }
         )
     }
 

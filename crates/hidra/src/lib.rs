@@ -110,6 +110,7 @@ mod store;
 mod tenant;
 
 pub mod adopt;
+pub mod archive;
 #[cfg(feature = "auth")]
 pub mod auth;
 pub mod context;

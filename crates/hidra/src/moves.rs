@@ -24,7 +24,7 @@ use crate::hidra::Hidra;
 use crate::lifecycle::drop_tenant_schema;
 use crate::migrate;
 use crate::sql::{self, Ident};
-use crate::tenant::{Placement, Strategy, Tenant, TenantId, TenantStatus};
+use crate::tenant::{Placement, Strategy, Tenant, TenantId};
 
 impl Hidra {
     /// Moves a tenant to another isolation strategy, keeping every row.
@@ -43,17 +43,7 @@ impl Hidra {
             .get(&mut conn, id)
             .await?
             .ok_or_else(|| Error::NotFound(id.clone()))?;
-        if !matches!(
-            tenant.status,
-            TenantStatus::Active | TenantStatus::Suspended
-        ) {
-            return Err(Error::InvalidStatus {
-                id: id.clone(),
-                status: tenant.status,
-                expected: "active or suspended",
-                action: "moving",
-            });
-        }
+        tenant.require_settled("moving")?;
         if to == Strategy::RowLevel {
             self.require_row_level_audit().await?;
         }
@@ -155,7 +145,7 @@ impl Hidra {
             .ok_or_else(|| Error::NotFound(tenant.id.clone()))
     }
 
-    async fn schema_to_row_level(
+    pub(crate) async fn schema_to_row_level(
         &self,
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
@@ -420,7 +410,7 @@ impl Hidra {
 
 /// Empties freshly built tables (rows that migrations inserted) before the
 /// tenant's own rows are copied in.
-async fn truncate(
+pub(crate) async fn truncate(
     conn: &mut sqlx::PgConnection,
     tables: &[(String, String, Vec<String>)],
 ) -> Result<()> {

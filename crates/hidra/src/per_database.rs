@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::hidra::{Hidra, tenant_database};
 use crate::migrate::{self, Target};
 use crate::sql::{self, Ident};
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantStatus};
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
 /// Advisory lock key guarding the template database.
 const TEMPLATE_LOCK: i64 = 0x6869_6472_615f_0003;
@@ -115,8 +115,12 @@ impl Hidra {
                 Ok(active)
             }
             Err(e) => {
+                // A database of that name that was there before is not ours.
+                let created = !matches!(e, Error::SchemaTaken { .. });
                 let undo = async {
-                    self.drop_tenant_database(&tenant).await?;
+                    if created {
+                        self.drop_tenant_database(&tenant).await?;
+                    }
                     let mut conn = self.acquire_shared().await?;
                     self.inner.store.delete(&mut conn, &tenant.id).await
                 };
@@ -179,16 +183,7 @@ impl Hidra {
         lock(&mut conn, "pg_advisory_lock_shared").await?;
         let created = create_from_template(&mut conn, database, &tpl).await;
         lock(&mut conn, "pg_advisory_unlock_shared").await?;
-        created.map_err(|source| match crate::error::db_code(&source) {
-            Some((code, _)) if code == "42P04" => Error::SchemaTaken {
-                id: tenant.id.clone(),
-                schema: database.to_string(),
-            },
-            _ => Error::Database {
-                context: "creating the tenant database",
-                source,
-            },
-        })
+        created.map_err(creation_error(&tenant.id, database))
     }
 
     /// Closes the tenant's pooled connections and drops its database
@@ -205,6 +200,22 @@ impl Hidra {
         .await
         .map_err(Error::db("dropping the tenant database"))?;
         Ok(())
+    }
+}
+
+/// The error of creating `database` for `id`: [`Error::SchemaTaken`] when
+/// it exists already.
+pub(crate) fn creation_error(id: &TenantId, database: &Ident) -> impl FnOnce(sqlx::Error) -> Error {
+    let (id, database) = (id.clone(), database.to_string());
+    move |source| match crate::error::db_code(&source) {
+        Some((code, _)) if code == "42P04" => Error::SchemaTaken {
+            id,
+            schema: database,
+        },
+        _ => Error::Database {
+            context: "creating the tenant database",
+            source,
+        },
     }
 }
 

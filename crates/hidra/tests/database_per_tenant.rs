@@ -526,3 +526,27 @@ async fn a_tenants_timeout_does_not_stay_on_its_databases_connections() {
     drop(raw);
     teardown(ctx).await;
 }
+
+#[tokio::test]
+async fn provisioning_over_an_existing_database_leaves_that_database_alone() {
+    let ctx = setup(|b| b).await;
+    let stray = format!("{}stray", ctx.prefix);
+    let mut conn = ctx.hidra.acquire_shared().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE \"{stray}\"")))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let err = ctx
+        .hidra
+        .provision(NewTenant::new(id("stray")).strategy(Strategy::Database))
+        .await
+        .unwrap_err();
+    assert!(err.is_already_exists(), "{err}");
+    assert_eq!(
+        databases_with_prefix(&stray).await,
+        std::slice::from_ref(&stray)
+    );
+    assert!(!ctx.hidra.exists(&id("stray")).await.unwrap());
+    teardown(ctx).await;
+}

@@ -39,14 +39,7 @@ async fn template(settings: &Settings, schema: &str, recreate: bool, json: bool)
     if settings.tenant_migrations.is_none() {
         bail!(NO_TENANT_MIGRATIONS);
     }
-    let db = db::connect(
-        settings,
-        Needs {
-            tenant_migrations: true,
-            ..Needs::default()
-        },
-    )
-    .await?;
+    let db = db::connect(settings, Needs::TENANT_MIGRATIONS).await?;
     let recreated = recreate && db.hidra.drop_template_schema(schema).await?;
     let done = db.hidra.migrate_template_schema(schema).await?;
     let url = done.database_url(settings.database_url()?);

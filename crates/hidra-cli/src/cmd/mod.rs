@@ -2,6 +2,7 @@
 
 pub(crate) mod adopt;
 pub(crate) mod api_key;
+pub(crate) mod archive;
 pub(crate) mod doctor;
 pub(crate) mod init;
 pub(crate) mod migrate;

@@ -45,6 +45,30 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
             outln!("tenant `{}` is {}", tenant.id, tenant.status)
         }
         TenantCommand::Delete { id, yes } => delete(settings, &id, yes).await,
+        TenantCommand::Export {
+            id,
+            output,
+            skip_credentials,
+            json,
+        } => super::archive::export(settings, &id, &output, skip_credentials, json).await,
+        TenantCommand::Import {
+            file,
+            as_id,
+            strategy,
+            name,
+            skip_credentials,
+            json,
+        } => {
+            let args = super::archive::Import {
+                file: &file,
+                as_id: as_id.as_deref(),
+                strategy: strategy.as_deref(),
+                name,
+                skip_credentials,
+                json,
+            };
+            super::archive::import(settings, args).await
+        }
     }
 }
 
@@ -72,14 +96,7 @@ async fn create(
         }
         new = new.metadata(value);
     }
-    let db = db::connect(
-        settings,
-        Needs {
-            tenant_migrations: true,
-            ..Needs::default()
-        },
-    )
-    .await?;
+    let db = db::connect(settings, Needs::TENANT_MIGRATIONS).await?;
     let own_schema = strategy.is_none_or(|s| s != Strategy::RowLevel);
     let version = match &db.tenant_migrations {
         Some(migrations) => migrations.latest(),

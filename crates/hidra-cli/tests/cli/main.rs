@@ -7,6 +7,7 @@ mod common;
 
 mod adopt;
 mod api_key;
+mod archive;
 mod config;
 mod doctor;
 mod errors;

@@ -164,6 +164,20 @@ impl Tenant {
     pub fn is_active(&self) -> bool {
         self.status == TenantStatus::Active
     }
+
+    /// `Ok` if it is active or suspended (neither half-made nor being
+    /// deleted), else [`Error::InvalidStatus`] for `action`.
+    pub(crate) fn require_settled(&self, action: &'static str) -> Result<()> {
+        match self.status {
+            TenantStatus::Active | TenantStatus::Suspended => Ok(()),
+            status => Err(Error::InvalidStatus {
+                id: self.id.clone(),
+                status,
+                expected: "active or suspended",
+                action,
+            }),
+        }
+    }
 }
 
 /// What [`Hidra::provision`](crate::Hidra::provision) needs to create a tenant.

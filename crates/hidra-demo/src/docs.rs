@@ -31,7 +31,7 @@ use crate::state::AppState;
         products::list, products::create, products::show, products::update, products::delete,
         orders::create, orders::list, orders::show, orders::confirmation,
         admin::list, admin::show, admin::update, admin::delete, admin::suspend, admin::activate,
-        admin::regenerate_keys,
+        admin::regenerate_keys, admin::export,
     ),
     modifiers(&Bearer),
     tags(

@@ -80,6 +80,7 @@ async fn only_the_operator_token_opens_the_admin_api() {
             (Method::POST, "/admin/tenants/acme/suspend"),
             (Method::DELETE, "/admin/tenants/acme?force=true"),
             (Method::POST, "/admin/tenants/acme/api-keys"),
+            (Method::GET, "/admin/tenants/acme/export"),
         ] {
             let r = demo.send(method, path, token, &[], Body::None).await;
             demo.expect_error(&r, 401, "unauthorized");
@@ -309,6 +310,88 @@ async fn the_operator_changes_suspends_rekeys_and_deletes_a_tenant() {
     demo.expect_invalid(&r, "scopes");
     let detail = demo.expect(&demo.get("/admin/tenants/acme", Some(ADMIN)).await, 200);
     assert_eq!(detail["active_api_keys"], 1);
+
+    // Export: a tar archive streamed from one snapshot, which an import
+    // restores under another id.
+    let response = demo
+        .client
+        .get(format!("{}/admin/tenants/acme/export", demo.base))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/x-tar"
+    );
+    let disposition = response.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        disposition.starts_with("attachment; filename=\"acme-"),
+        "{disposition}"
+    );
+    let archive = response.bytes().await.expect("the archive");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.tar");
+    std::fs::write(&file, &archive).unwrap();
+    let manifest = hidra::archive::verify(&file)
+        .await
+        .expect("a sound archive");
+    assert_eq!(manifest.tenant.id.as_str(), "acme");
+    let customers = manifest
+        .tables
+        .iter()
+        .find(|t| t.name == "customers")
+        .unwrap();
+    assert_eq!(customers.rows, 1);
+    let migrations =
+        hidra::Migrations::from_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/tenant"))
+            .await
+            .unwrap();
+    let importer = hidra::Hidra::builder()
+        .tenant_migrations(migrations)
+        .connect(db.url())
+        .await
+        .expect("connect");
+    let copy = hidra::TenantId::new("acme-copy").unwrap();
+    importer
+        .import_tenant(
+            &file,
+            hidra::archive::ImportOptions::new()
+                .as_id(copy.clone())
+                .skip_credentials(),
+        )
+        .await
+        .expect("import the exported archive");
+    let tenant = importer.tenant(&copy).await.unwrap().unwrap();
+    let mut conn = importer.acquire(&tenant).await.unwrap();
+    let names: Vec<String> = sqlx::query_scalar("SELECT name FROM customers")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(names, ["Wile E. Coyote"]);
+    drop(conn);
+    importer.close().await;
+    let detail = demo.expect(
+        &demo.get("/admin/tenants/acme-copy", Some(ADMIN)).await,
+        200,
+    );
+    assert_eq!(detail["users"], 0);
+    demo.expect(
+        &demo.delete("/admin/tenants/acme-copy", Some(ADMIN)).await,
+        204,
+    );
+    // A truncated archive is refused by the import.
+    std::fs::write(&file, &archive[..archive.len() / 2]).unwrap();
+    assert!(hidra::archive::verify(&file).await.is_err());
+    demo.expect_error(
+        &demo.get("/admin/tenants/nobody/export", Some(ADMIN)).await,
+        404,
+        "not_found",
+    );
 
     // Deleting: refused while it has users, done when forced; its users
     // can no longer log in, the other tenant is untouched.

@@ -106,6 +106,7 @@ pub fn routes(token: AdminToken) -> Router<AppState> {
         .route("/admin/tenants/{id}/suspend", post(suspend))
         .route("/admin/tenants/{id}/activate", post(activate))
         .route("/admin/tenants/{id}/api-keys", post(regenerate_keys))
+        .route("/admin/tenants/{id}/export", get(export))
         .layer(axum::middleware::from_fn_with_state(token, require_admin))
 }
 
@@ -557,4 +558,94 @@ mod tests {
         assert!(!token.matches(&format!("{}y", "x".repeat(39))));
         assert_eq!(format!("{token:?}"), "AdminToken(..)");
     }
+}
+
+/// How much of an export is buffered between the database and the client.
+const EXPORT_PIPE: usize = 256 * 1024;
+
+/// Streams the tenant's archive (`hidra tenant import FILE` restores it): its
+/// schema's migrations, its rows in one consistent snapshot, its registry
+/// record, logins and API keys, with a manifest and checksums.
+#[utoipa::path(get, path = "/admin/tenants/{id}/export", tag = "admin",
+    params(("id" = String, Path)), security(("admin_token" = [])),
+    responses(
+        (status = 200, content_type = "application/x-tar",
+            description = "the archive, streamed; a failure mid-way ends it early (an import \
+                refuses a truncated archive)"),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody, description = "the tenant is being created or deleted")))]
+pub async fn export(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use tokio::io::AsyncReadExt;
+
+    let id = tenant_id(&id)?;
+    let tenant = get_tenant(&state, &id).await?;
+    if !matches!(
+        tenant.status,
+        TenantStatus::Active | TenantStatus::Suspended
+    ) {
+        return Err(ApiError::Conflict(format!(
+            "tenant `{id}` is {}; only active or suspended tenants are exported",
+            tenant.status
+        )));
+    }
+    let (writer, mut reader) = tokio::io::duplex(EXPORT_PIPE);
+    let hidra = state.hidra.clone();
+    let task_id = id.clone();
+    let mut task = tokio::spawn(async move {
+        hidra
+            .export_tenant(&task_id, writer, hidra::archive::ExportOptions::new())
+            .await
+    });
+    // The first block, before answering: an export that fails at once (the
+    // tenant deleted meanwhile, the database gone) is an error status, not
+    // an empty 200.
+    let mut first = vec![0u8; 512];
+    let read = tokio::select! {
+        read = reader.read_exact(&mut first) => read.ok(),
+        done = &mut task => {
+            return Err(match done {
+                Ok(Err(e)) => not_found(e),
+                Ok(Ok(_)) => ApiError::Internal(anyhow::anyhow!("an export ended before its first block")),
+                Err(e) => ApiError::Internal(e.into()),
+            });
+        }
+    };
+    if read.is_none() {
+        return Err(match task.await {
+            Ok(Err(e)) => not_found(e),
+            _ => ApiError::Internal(anyhow::anyhow!("an export ended before its first block")),
+        });
+    }
+    // The rest streams; a failure from here on is logged and ends the body.
+    let log_id = id.clone();
+    tokio::spawn(async move {
+        match task.await {
+            Ok(Ok(summary)) => tracing::info!(
+                tenant = %log_id, rows = summary.rows, bytes = summary.bytes,
+                "the operator exported a tenant"
+            ),
+            Ok(Err(e)) => {
+                tracing::warn!(tenant = %log_id, error = %e, "a tenant export failed mid-way")
+            }
+            Err(e) => tracing::warn!(tenant = %log_id, error = %e, "a tenant export task ended"),
+        }
+    });
+    let head = futures_util::stream::once(async move { Ok(Bytes::from(first)) });
+    let rest = tokio_util::io::ReaderStream::new(reader);
+    let body = axum::body::Body::from_stream(futures_util::StreamExt::chain(head, rest));
+    let file = format!("{id}-{}.tar", Utc::now().format("%Y%m%dT%H%M%SZ"));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/x-tar".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

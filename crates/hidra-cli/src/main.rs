@@ -56,6 +56,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Doctor { json, repair } => cmd::doctor::run(&settings, json, repair).await,
         Command::Sql(args) => cmd::sql::run(&settings, args).await,
         Command::Adopt(args) => cmd::adopt::run(&settings, args).await,
+        Command::View(command) => cmd::view::run(&settings, command).await,
         Command::Top(args) => cmd::top::run(args).await,
     }
 }

@@ -177,12 +177,45 @@ pub(crate) enum Command {
     /// inspected first: nothing changes when something cannot be adopted.
     Adopt(AdoptArgs),
 
+    /// Views over one table of every schema tenant (`public.all_orders`,
+    /// with a `tenant_id` column), for reporting tools. Each query plans one
+    /// branch per tenant: see the guide before using them at thousands of
+    /// tenants.
+    #[command(subcommand)]
+    View(ViewCommand),
+
     /// Watch which tenants load a running service, refreshed like `top`:
     /// connections held now, connection time and requests per second, waits
     /// and refusals at the tenant's pool cap, cancelled statements and
     /// rate-limit refusals. Reads the service's `/health/detailed` report
     /// (hidra-axum's health routes); needs no database access.
     Top(TopArgs),
+}
+
+/// `hidra view …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ViewCommand {
+    /// Create (or rebuild) `all_TABLE` over TABLE of every active or
+    /// suspended schema tenant, with the columns they all have.
+    Create {
+        /// The tenant table
+        table: String,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild every view `create` made, over the tenants registered now
+    /// (a deprovisioned tenant's view is dropped with its table).
+    Refresh {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop `all_TABLE` and stop maintaining it.
+    Drop {
+        /// The tenant table
+        table: String,
+    },
 }
 
 /// `hidra sql`

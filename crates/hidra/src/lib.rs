@@ -108,6 +108,7 @@ mod scope;
 mod sql;
 mod store;
 mod tenant;
+mod union_view;
 
 pub mod adopt;
 pub mod archive;
@@ -144,6 +145,7 @@ pub use crate::store::{
 pub use crate::tenant::{
     MAX_TENANT_ID_LEN, NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus,
 };
+pub use crate::union_view::UnionView;
 
 /// The registry's change-notification channel; see [`RegistryTable::ddl`].
 pub use crate::store::CHANGES_CHANNEL;

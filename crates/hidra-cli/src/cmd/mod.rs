@@ -9,6 +9,7 @@ pub(crate) mod migrate;
 pub(crate) mod sql;
 pub(crate) mod tenant;
 pub(crate) mod top;
+pub(crate) mod view;
 
 use anyhow::Result;
 use hidra::TenantId;

@@ -16,3 +16,4 @@ mod migrate;
 mod sql;
 mod tenant;
 mod top;
+mod view;

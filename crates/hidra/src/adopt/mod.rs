@@ -1,10 +1,10 @@
-//! Adopting an existing single-tenant application: [`Hidra::adopt_schema`]
-//! and [`Hidra::adopt_split`].
+//! Adopting an existing single-tenant application: [`Hidra::adopt_schema`](crate::Hidra::adopt_schema)
+//! and [`Hidra::adopt_split`](crate::Hidra::adopt_split).
 //!
 //! Two starting points are common, and each has its call:
 //!
 //! - **One database, one customer.** The application's tables live in one
-//!   schema (usually `public`). [`Hidra::adopt_schema`] makes that schema's
+//!   schema (usually `public`). [`Hidra::adopt_schema`](crate::Hidra::adopt_schema) makes that schema's
 //!   objects the first tenant's: its tables, sequences, views, materialized
 //!   views, functions, procedures and types are moved into the tenant's
 //!   schema with `ALTER … SET SCHEMA`, a change of catalog entries only (no
@@ -20,7 +20,7 @@
 //!   shared schema (such as `public`) every tenant still reaches them.
 //!
 //! - **Shared tables with a tenant column** ("`company_id` in every table").
-//!   [`Hidra::adopt_split`] registers one tenant per distinct value of the
+//!   [`Hidra::adopt_split`](crate::Hidra::adopt_split) registers one tenant per distinct value of the
 //!   column and copies each company's rows into its own schema, built by the
 //!   tenant migrations (which describe the tables without that column), in
 //!   one transaction per tenant: registry row, schema, rows (explicit ids

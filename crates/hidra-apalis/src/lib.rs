@@ -123,7 +123,9 @@ pub use crate::context::TenantJobContext;
 pub use crate::error::{Error, Result};
 pub use crate::job::TenantJob;
 pub use crate::layer::{Refusal, TenantJobLayer, TenantJobService};
-pub use crate::queue::{FanOut, TenantJobs, TenantJobsBuilder, TenantQueue, TenantStorage};
+pub use crate::queue::{
+    FanOut, JobStatus, TenantJobs, TenantJobsBuilder, TenantQueue, TenantStorage,
+};
 
 /// The apalis this crate is built with, for the worker builder
 /// (`apalis::prelude::*`).

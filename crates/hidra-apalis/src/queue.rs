@@ -190,6 +190,22 @@ impl fmt::Debug for TenantJobs {
     }
 }
 
+/// Where one job stands, as apalis-postgres records it; see
+/// [`TenantQueue::status`].
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct JobStatus {
+    /// The job's id.
+    pub id: String,
+    /// apalis's status: `Pending`, `Queued`, `Running`, `Done`, `Failed`,
+    /// `Killed`.
+    pub status: String,
+    /// How many times it ran.
+    pub attempts: i32,
+    /// What its last run returned (its error, for a failed run).
+    pub last_result: Option<serde_json::Value>,
+}
+
 /// One apalis queue of `T` jobs, each carrying its tenant.
 ///
 /// Enqueue with [`push`](Self::push) (the current tenant),
@@ -238,6 +254,32 @@ impl<T> TenantQueue<T> {
             config: config.queue(name),
             ..self
         }
+    }
+
+    /// Where the job `job_id` of this queue stands, if it is `tenant`'s: a
+    /// job of another tenant, or of an earlier incarnation of this one, is
+    /// as unknown as a missing one (`None`), so an id guessed or leaked
+    /// reveals nothing.
+    pub async fn status(&self, tenant: &Tenant, job_id: &str) -> Result<Option<JobStatus>> {
+        let row: Option<(String, String, i32, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT id, status, attempts, last_result FROM apalis.jobs \
+             WHERE id = $1 AND job_type = $2 \
+             AND convert_from(job, 'UTF8')::jsonb ->> 'tenant' = $3 \
+             AND (convert_from(job, 'UTF8')::jsonb ->> 'incarnation')::bigint = $4",
+        )
+        .bind(job_id)
+        .bind(self.name())
+        .bind(tenant.id.as_str())
+        .bind(tenant.incarnation())
+        .fetch_optional(self.jobs.pool())
+        .await
+        .map_err(Error::db("reading a job's status"))?;
+        Ok(row.map(|(id, status, attempts, last_result)| JobStatus {
+            id,
+            status,
+            attempts,
+            last_result,
+        }))
     }
 
     /// The backend for a worker of this queue. It is woken by apalis's

@@ -102,6 +102,25 @@ async fn a_job_of_a_tenant_deleted_and_registered_again_is_never_run() {
     let result = row.last_result.unwrap().to_string();
     assert!(result.contains("registered again"), "{result}");
     wait_for_status(&ctx.jobs, &second_job, "Done").await;
+    // Status: each incarnation sees its own job only; another tenant none.
+    let own = queue
+        .status(&second, &second_job.to_string())
+        .await
+        .unwrap()
+        .expect("the second incarnation's job");
+    assert_eq!((own.status.as_str(), own.attempts), ("Done", 1));
+    assert_eq!(own.id, second_job.to_string());
+    assert_eq!(queue.status(&second, &id.to_string()).await.unwrap(), None);
+    assert_eq!(
+        queue.status(&first, &second_job.to_string()).await.unwrap(),
+        None
+    );
+    let other = tenant_marked(&ctx.hidra, "globex", "globex").await;
+    assert_eq!(
+        queue.status(&other, &second_job.to_string()).await.unwrap(),
+        None
+    );
+    assert_eq!(queue.status(&second, "no-such-job").await.unwrap(), None);
     let runs = runs(&ctx.hidra, &second).await;
     assert!(
         runs.iter()

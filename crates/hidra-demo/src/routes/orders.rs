@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, Checks, ErrorBody};
 use crate::extract::{Json, PageParams, Paginated, Path, Query};
-use crate::jobs::{CONFIRMATIONS, ConfirmOrder};
+use crate::jobs::ConfirmOrder;
 use crate::permissions::{OrdersRead, OrdersWrite};
 use crate::state::AppState;
 
@@ -368,25 +368,19 @@ pub async fn confirmation(
     // The connection goes back before the shared pool is used.
     drop(conn);
     let job_id = job_id.ok_or(ApiError::NotFound("confirmation"))?;
-    let (status, attempts, last_result): (String, i32, Option<serde_json::Value>) = sqlx::query_as(
-        "SELECT status, attempts, last_result FROM apalis.jobs \
-             WHERE id = $1 AND job_type = $2 \
-             AND convert_from(job, 'UTF8')::jsonb ->> 'tenant' = $3 \
-             AND (convert_from(job, 'UTF8')::jsonb ->> 'incarnation')::bigint = $4",
-    )
-    .bind(&job_id)
-    .bind(CONFIRMATIONS)
-    .bind(tenant.id.as_str())
-    .bind(tenant.incarnation())
-    .fetch_optional(state.jobs.pool())
-    .await?
-    .ok_or(ApiError::NotFound("confirmation"))?;
+    // Another tenant's job (or an earlier incarnation's) is as unknown as a
+    // missing one.
+    let job = state
+        .confirmations
+        .status(&tenant, &job_id)
+        .await?
+        .ok_or(ApiError::NotFound("confirmation"))?;
     Ok(Json(OrderConfirmation {
         order_id: id,
         job_id,
-        status,
-        attempts,
-        last_result,
+        status: job.status,
+        attempts: job.attempts,
+        last_result: job.last_result,
         confirmed_at,
     }))
 }

@@ -177,7 +177,7 @@ pub(crate) enum Command {
     /// inspected first: nothing changes when something cannot be adopted.
     Adopt(AdoptArgs),
 
-    /// Views over one table of every schema tenant (`public.all_orders`,
+    /// Views over one table of every schema tenant (`hidra_reports.all_orders`,
     /// with a `tenant_id` column), for reporting tools. Each query plans one
     /// branch per tenant: see the guide before using them at thousands of
     /// tenants.

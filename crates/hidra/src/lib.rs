@@ -145,7 +145,7 @@ pub use crate::store::{
 pub use crate::tenant::{
     MAX_TENANT_ID_LEN, NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus,
 };
-pub use crate::union_view::UnionView;
+pub use crate::union_view::{UNION_VIEW_SCHEMA, UnionView};
 
 /// The registry's change-notification channel; see [`RegistryTable::ddl`].
 pub use crate::store::CHANGES_CHANNEL;

@@ -1,5 +1,10 @@
-//! Views over one table of every tenant: `SELECT … FROM public.all_orders`
+//! Views over one table of every tenant: `SELECT … FROM hidra_reports.all_orders`
 //! reads every schema tenant's `orders`, with a `tenant_id` column.
+//!
+//! The views live in their own schema, [`UNION_VIEW_SCHEMA`], which is on no
+//! tenant's `search_path`: in a shared schema (such as `public`) an
+//! unqualified `all_orders` would reach every tenant's rows from any
+//! tenant's connection.
 //!
 //! For reporting tools that want one relation (a BI tool, an ad-hoc SQL
 //! session) rather than [`Hidra::fan_out`]. The view is a `UNION ALL` of one
@@ -32,7 +37,7 @@ use crate::tenant::{Strategy, TenantId, TenantStatus};
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UnionView {
-    /// The view's schema (the first shared schema).
+    /// The view's schema ([`UNION_VIEW_SCHEMA`]).
     pub schema: String,
     /// The view's name (`all_<table>` by default).
     pub name: String,
@@ -48,8 +53,12 @@ pub struct UnionView {
     pub left_out_tenants: Vec<(TenantId, String)>,
 }
 
-/// Bookkeeping of the views Hidra maintains.
-const DDL: &str = "CREATE TABLE IF NOT EXISTS hidra.union_views (
+/// The schema of the union views: on no tenant's `search_path`.
+pub const UNION_VIEW_SCHEMA: &str = "hidra_reports";
+
+/// Their schema and the bookkeeping of the views Hidra maintains.
+const DDL: &str = "CREATE SCHEMA IF NOT EXISTS hidra_reports;
+CREATE TABLE IF NOT EXISTS hidra.union_views (
     view_schema TEXT NOT NULL,
     view_name TEXT NOT NULL,
     table_name TEXT NOT NULL,
@@ -57,8 +66,8 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS hidra.union_views (
 );\n";
 
 impl Hidra {
-    /// Creates (or rebuilds) the view `all_<table>` in the first shared
-    /// schema over `table` of every active or suspended schema tenant, and
+    /// Creates (or rebuilds) the view `all_<table>` in
+    /// [`UNION_VIEW_SCHEMA`] over `table` of every active or suspended schema tenant, and
     /// keeps it in the list [`refresh_union_views`](Self::refresh_union_views)
     /// rebuilds. Fails with [`Error::InvalidConfig`] when no tenant has the
     /// table.
@@ -212,11 +221,24 @@ impl Hidra {
     }
 
     fn view_schema(&self) -> Result<Ident> {
-        self.inner.shared.first().cloned().ok_or_else(|| {
-            Error::InvalidConfig(
-                "union views live in the first shared schema, and none is configured".into(),
-            )
-        })
+        if self
+            .inner
+            .shared
+            .iter()
+            .any(|s| s.as_str() == UNION_VIEW_SCHEMA)
+        {
+            // On every tenant's search path, the views would hand any
+            // tenant every tenant's rows.
+            return Err(Error::InvalidConfig(
+                format!(
+                    "`{UNION_VIEW_SCHEMA}` is configured as a shared schema, so union views in it \
+                     would be readable from every tenant's connection; remove it from \
+                     shared_schemas"
+                )
+                .into(),
+            ));
+        }
+        Ident::new(UNION_VIEW_SCHEMA.to_owned(), "union view schema")
     }
 
     /// Replaces the view `schema.name` over `table` of the schema tenants

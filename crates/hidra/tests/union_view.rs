@@ -23,9 +23,11 @@ async fn orders(hidra: &Hidra, tenant: &str, totals: &[i64]) {
 
 async fn view_rows(hidra: &Hidra) -> Result<Vec<(String, i64)>, sqlx::Error> {
     let mut conn = hidra.acquire_shared().await.unwrap();
-    sqlx::query_as("SELECT tenant_id, total FROM public.all_orders ORDER BY tenant_id, total")
-        .fetch_all(&mut *conn)
-        .await
+    sqlx::query_as(
+        "SELECT tenant_id, total FROM hidra_reports.all_orders ORDER BY tenant_id, total",
+    )
+    .fetch_all(&mut *conn)
+    .await
 }
 
 fn rows(r: &[(&str, i64)]) -> Vec<(String, i64)> {
@@ -64,7 +66,7 @@ async fn a_union_view_reads_every_tenants_table_and_follows_them() {
     let view = h.create_union_view("orders").await.unwrap();
     assert_eq!(
         (view.schema.as_str(), view.name.as_str()),
-        ("public", "all_orders")
+        ("hidra_reports", "all_orders")
     );
     assert_eq!(view.columns, ["id", "total"]);
     assert_eq!(
@@ -78,6 +80,16 @@ async fn a_union_view_reads_every_tenants_table_and_follows_them() {
         view_rows(h).await.unwrap(),
         rows(&[("acme", 10), ("acme", 20), ("globex", 5), ("initech", 7)])
     );
+    // Isolation: the view is on no tenant's search path, so a tenant's
+    // connection cannot reach the other tenants' rows through it.
+    let acme = h.tenant(&id("acme")).await.unwrap().unwrap();
+    let mut conn = h.acquire(&acme).await.unwrap();
+    let err = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM all_orders")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "{err}");
+    drop(conn);
 
     // A new tenant appears after a refresh.
     h.provision(NewTenant::new(id("hooli"))).await.unwrap();

@@ -12,20 +12,22 @@ async fn views_over_every_tenant() {
 
     let out = ctx.ok(&["view", "create", "items"]);
     assert!(
-        out.contains("public.all_items: `items` of 2 tenant(s), columns tenant_id, id, n"),
+        out.contains("hidra_reports.all_items: `items` of 2 tenant(s), columns tenant_id, id, n"),
         "{out}"
     );
-    let n: i64 = ctx.scalar("SELECT sum(n) FROM public.all_items").await;
+    let n: i64 = ctx
+        .scalar("SELECT sum(n) FROM hidra_reports.all_items")
+        .await;
     assert_eq!(n, 6);
 
     ctx.ok(&["tenant", "create", "initech"]);
     ctx.exec("INSERT INTO tenant_initech.items (n) VALUES (10)")
         .await;
     let refreshed = json(&ctx.ok(&["view", "refresh", "--json"]));
-    assert_eq!(refreshed[0]["view"], "public.all_items");
+    assert_eq!(refreshed[0]["view"], "hidra_reports.all_items");
     assert_eq!(refreshed[0]["tenants"], 3);
     let n: i64 = ctx
-        .scalar("SELECT sum(n) FROM public.all_items WHERE tenant_id <> 'acme'")
+        .scalar("SELECT sum(n) FROM hidra_reports.all_items WHERE tenant_id <> 'acme'")
         .await;
     assert_eq!(n, 13);
 
@@ -36,7 +38,7 @@ async fn views_over_every_tenant() {
     );
     let out = ctx.ok(&["view", "drop", "items"]);
     assert!(out.contains("dropped the view over `items`"), "{out}");
-    assert!(!ctx.exists("public.all_items").await);
+    assert!(!ctx.exists("hidra_reports.all_items").await);
     let out = ctx.ok(&["view", "drop", "items"]);
     assert!(out.contains("no view over `items` was maintained"), "{out}");
 }

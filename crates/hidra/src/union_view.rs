@@ -356,31 +356,20 @@ impl Hidra {
     ) -> Result<(Vec<(TenantId, String)>, Vec<(TenantId, String)>)> {
         let mut out = Vec::new();
         let mut others = Vec::new();
-        let mut page = crate::store::ListTenants::first(crate::store::MAX_PAGE_SIZE);
-        loop {
-            let p = self.inner.store.list(conn, &page).await?;
-            for t in p.items {
-                if !matches!(t.status, TenantStatus::Active | TenantStatus::Suspended) {
-                    continue;
-                }
-                match t.placement.strategy {
-                    Strategy::Schema => out.push((t.id, t.placement.schema)),
-                    Strategy::RowLevel => others.push((
-                        t.id,
-                        "a row-level tenant: its rows are in the row-level tables".to_owned(),
-                    )),
-                    Strategy::Database => others.push((
-                        t.id,
-                        "a database-per-tenant tenant: a view cannot read another database"
-                            .to_owned(),
-                    )),
-                }
+        for t in crate::store::list_all(&*self.inner.store, conn).await? {
+            if !matches!(t.status, TenantStatus::Active | TenantStatus::Suspended) {
+                continue;
             }
-            match p.next {
-                Some(next) => {
-                    page = crate::store::ListTenants::first(crate::store::MAX_PAGE_SIZE).after(next)
-                }
-                None => break,
+            match t.placement.strategy {
+                Strategy::Schema => out.push((t.id, t.placement.schema)),
+                Strategy::RowLevel => others.push((
+                    t.id,
+                    "a row-level tenant: its rows are in the row-level tables".to_owned(),
+                )),
+                Strategy::Database => others.push((
+                    t.id,
+                    "a database-per-tenant tenant: a view cannot read another database".to_owned(),
+                )),
             }
         }
         Ok((out, others))

@@ -15,7 +15,6 @@ use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::scope::Pooled;
 use crate::sql::{self, Batch, Ident};
-use crate::store::{ListTenants, MAX_PAGE_SIZE};
 use crate::tenant::{Strategy, TenantId, TenantStatus};
 
 /// One schema the runner migrates: a tenant's, or a spare of the warm pool.
@@ -288,17 +287,7 @@ impl MigrationRunner {
                     targets.push(t);
                 }
             }
-            None => {
-                let mut page = ListTenants::first(MAX_PAGE_SIZE);
-                loop {
-                    let p = hidra.inner.store.list(&mut conn, &page).await?;
-                    targets.extend(p.items);
-                    match p.next {
-                        Some(next) => page = ListTenants::first(MAX_PAGE_SIZE).after(next),
-                        None => break,
-                    }
-                }
-            }
+            None => targets = crate::store::list_all(&*hidra.inner.store, &mut conn).await?,
         }
         let mut all: Vec<Target> = targets
             .into_iter()

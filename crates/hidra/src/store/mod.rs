@@ -101,6 +101,24 @@ impl TenantUpdate {
     }
 }
 
+/// Every registered tenant, read on `conn` a page of [`MAX_PAGE_SIZE`] at a
+/// time.
+pub(crate) async fn list_all(
+    store: &dyn TenantStore,
+    conn: &mut PgConnection,
+) -> Result<Vec<Tenant>> {
+    let mut all = Vec::new();
+    let mut page = ListTenants::first(MAX_PAGE_SIZE);
+    loop {
+        let p = store.list(conn, &page).await?;
+        all.extend(p.items);
+        match p.next {
+            Some(next) => page = ListTenants::first(MAX_PAGE_SIZE).after(next),
+            None => return Ok(all),
+        }
+    }
+}
+
 /// One page of tenants.
 #[derive(Clone, Debug)]
 pub struct Page<T> {

@@ -314,13 +314,22 @@ impl MigrationRunner {
             }));
         }
 
-        let recorded: HashMap<String, (i64, Vec<u8>)> =
-            sqlx::query("SELECT schema_name, version, digest FROM hidra.schema_versions")
-                .fetch(&mut *conn)
-                .map_ok(|row| (row.get::<String, _>(0), (row.get(1), row.get(2))))
-                .try_collect()
-                .await
-                .map_err(Error::db("reading schema versions"))?;
+        // For chosen tenants (an admin page, one tenant's run), only their
+        // rows: not the whole fleet's bookkeeping.
+        let chosen: Option<Vec<&str>> = self
+            .only
+            .as_ref()
+            .map(|_| all.iter().map(|t| t.schema.as_str()).collect());
+        let recorded: HashMap<String, (i64, Vec<u8>)> = sqlx::query(
+            "SELECT schema_name, version, digest FROM hidra.schema_versions \
+             WHERE $1::text[] IS NULL OR schema_name = ANY($1)",
+        )
+        .bind(chosen)
+        .fetch(&mut *conn)
+        .map_ok(|row| (row.get::<String, _>(0), (row.get(1), row.get(2))))
+        .try_collect()
+        .await
+        .map_err(Error::db("reading schema versions"))?;
 
         let mut plan = Plan {
             latest: migrations.latest(),

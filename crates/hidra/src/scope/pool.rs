@@ -293,10 +293,7 @@ impl Drop for PoolConn {
         };
         runtime.spawn(async move {
             let settled = match settle {
-                Settle::Rollback => sqlx::raw_sql("ROLLBACK")
-                    .execute(&mut *conn)
-                    .await
-                    .map(drop),
+                Settle::Rollback => rollback_if_open(&mut conn).await,
                 _ => conn.ping().await,
             };
             if let Err(error) = settled {
@@ -305,6 +302,25 @@ impl Drop for PoolConn {
             }
         });
     }
+}
+
+/// Rolls back the transaction the connection is in, if any.
+///
+/// A transaction can end without its owner knowing (a `COMMIT` that reached
+/// the server before its future was dropped, a `COMMIT` in user SQL), and a
+/// `ROLLBACK` outside one draws a warning. `begin_with` tells the two apart in
+/// the same round trip that reads any reply still pending: it reports a
+/// statement that leaves the connection outside a transaction as
+/// `BeginFailed`.
+async fn rollback_if_open(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    match conn.begin_with("SELECT 1").await {
+        Ok(open) => return open.rollback().await,
+        Err(sqlx::Error::BeginFailed) => return Ok(()),
+        // An aborted transaction refuses every statement but its end.
+        Err(sqlx::Error::Database(_)) => {}
+        Err(e) => return Err(e),
+    }
+    sqlx::raw_sql("ROLLBACK").execute(conn).await.map(drop)
 }
 
 impl std::ops::Deref for PoolConn {

@@ -22,7 +22,10 @@
 //!   listener loses its connection, the whole cache is cleared once it is back
 //!   (notifications sent meanwhile are lost). While it is disconnected, entries
 //!   live at most their TTL.
-//! - A hit costs no database round trip.
+//! - A hit costs no database round trip, and usually not even a shared
+//!   lock: each thread keeps its own copy of the records it served (valid
+//!   until the entry's TTL, and dropped as a whole at any invalidation), so
+//!   the common request reads a thread-local map.
 //!
 //! A lookup that raced with a change (the record was read just before the
 //! change committed, and the notification arrived before the stale record was
@@ -99,6 +102,11 @@ impl Drop for Handle {
 
 struct State {
     hidra: Hidra,
+    /// Tells this cache's per-thread copies from another cache's.
+    id: u64,
+    ttl: Duration,
+    /// Most records each thread keeps a copy of.
+    front_capacity: usize,
     tenants: Cache<TenantId, Slot<Arc<Tenant>>>,
     domains: Cache<String, Slot<TenantId>>,
     /// Bumped before every invalidation, to detect lookups that raced with one.
@@ -124,6 +132,8 @@ struct State {
 struct Slot<V> {
     value: Option<V>,
     started: u64,
+    /// When it was read (its TTL runs from then).
+    loaded: Instant,
 }
 
 /// Expiry of cache entries: the TTL for found values, the negative TTL for
@@ -193,6 +203,11 @@ impl TenantCacheBuilder {
                 .expire_after(expiry())
                 .build(),
             hidra: self.hidra,
+            id: front::next_cache_id(),
+            ttl: self.ttl,
+            front_capacity: usize::try_from(self.max_capacity)
+                .unwrap_or(usize::MAX)
+                .min(front::MAX_ENTRIES),
             generation: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -273,8 +288,19 @@ impl TenantCache {
     pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>> {
         self.ensure_listener().await;
         let state = &*self.handle.state;
+        // Read before the lookups: a copy taken under it is dropped by the
+        // next invalidation, even one racing with this lookup.
+        let generation = state.generation.load(Ordering::SeqCst);
+        if let Some(tenant) = front::get(state.id, generation, id) {
+            state.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Some(tenant));
+        }
         if let Some(slot) = state.tenants.get(id).await {
             state.hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(tenant) = &slot.value {
+                let expires = slot.loaded + state.ttl;
+                front::put(state.id, generation, tenant, expires, state.front_capacity);
+            }
             return Ok(slot.value);
         }
         state.misses.fetch_add(1, Ordering::Relaxed);
@@ -308,7 +334,12 @@ impl TenantCache {
         let load = async {
             let started = generation.load(Ordering::SeqCst);
             let value = fetch.await?;
-            Ok::<_, hidra::Error>(Slot { value, started })
+            let loaded = Instant::now();
+            Ok::<_, hidra::Error>(Slot {
+                value,
+                started,
+                loaded,
+            })
         };
         let entry = cache
             .entry(key.clone())
@@ -431,18 +462,23 @@ async fn sqlx_notify(
 }
 
 impl State {
+    /// Bumps the generation before (so that a load racing with this is not
+    /// kept) and after (so that a per-thread copy of what a lookup read from
+    /// moka meanwhile is dropped) the entries go.
     async fn invalidate(&self, id: &TenantId) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.tenants.invalidate(id).await;
         // A change of a tenant may change its domains: mappings are few and
         // cheap to reload.
         self.domains.invalidate_all();
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.tenants.invalidate_all();
         self.domains.invalidate_all();
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     fn mark_started(&self) {
@@ -549,5 +585,94 @@ impl State {
                 }
             }
         }
+    }
+}
+
+/// Per-thread copies of found records: the hit path of [`TenantCache::get`]
+/// without moka's shared structures (its hashing, locks and housekeeping
+/// queue), which every request on every core would otherwise touch.
+///
+/// A copy is served only while the cache's invalidation generation is the
+/// one it was taken under and its entry's TTL has not run out; any
+/// invalidation (a registry change heard, a reconnect, an explicit call)
+/// bumps the generation, and each thread drops all its copies at its next
+/// lookup. Absent tenants are not copied (their negative entries stay in
+/// moka).
+mod front {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Instant;
+
+    use hidra::{Tenant, TenantId};
+
+    /// Most copies per thread, whatever the cache's capacity.
+    pub(super) const MAX_ENTRIES: usize = 16_384;
+
+    static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
+
+    /// A new cache's id.
+    pub(super) fn next_cache_id() -> u64 {
+        NEXT_CACHE.fetch_add(1, Ordering::Relaxed)
+    }
+
+    #[derive(Default)]
+    struct Front {
+        /// The cache these copies are of (0: none yet).
+        cache: u64,
+        /// The generation they were taken under.
+        generation: u64,
+        entries: HashMap<TenantId, (Arc<Tenant>, Instant)>,
+    }
+
+    thread_local! {
+        static FRONT: RefCell<Front> = RefCell::new(Front::default());
+    }
+
+    /// This thread's copy of `id` in cache `cache`, if it is still valid at
+    /// `generation`.
+    pub(super) fn get(cache: u64, generation: u64, id: &TenantId) -> Option<Arc<Tenant>> {
+        FRONT
+            .try_with(|front| {
+                let front = front.borrow();
+                if front.cache != cache || front.generation != generation {
+                    return None;
+                }
+                let (tenant, expires) = front.entries.get(id)?;
+                (Instant::now() < *expires).then(|| Arc::clone(tenant))
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Keeps a copy of `tenant`, read from cache `cache` under `generation`,
+    /// until `expires`; a copy from an older generation than this thread's
+    /// is not kept.
+    pub(super) fn put(
+        cache: u64,
+        generation: u64,
+        tenant: &Arc<Tenant>,
+        expires: Instant,
+        capacity: usize,
+    ) {
+        let _ = FRONT.try_with(|front| {
+            let mut front = front.borrow_mut();
+            if front.cache != cache || generation > front.generation {
+                front.entries.clear();
+                front.cache = cache;
+                front.generation = generation;
+            } else if generation < front.generation {
+                return;
+            }
+            if front.entries.len() >= capacity {
+                front.entries.clear();
+            }
+            if capacity > 0 {
+                front
+                    .entries
+                    .insert(tenant.id.clone(), (Arc::clone(tenant), expires));
+            }
+        });
     }
 }

@@ -19,6 +19,26 @@ fn app_with_cache(hidra: &Hidra) -> (Router, TenantCache) {
     (routes().layer(layer), cache)
 }
 
+/// Suspends `tenant` with the registry's change trigger off: no
+/// notification reaches any cache.
+async fn suspend_unheard(conn: &mut sqlx::PgConnection, tenant: &str) {
+    let mut tx = sqlx::Connection::begin(conn).await.unwrap();
+    sqlx::raw_sql("ALTER TABLE tenants DISABLE TRIGGER tenants_notify_change")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE tenants SET status = 'suspended' WHERE id = $1")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::raw_sql("ALTER TABLE tenants ENABLE TRIGGER tenants_notify_change")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_second_request_reads_no_registry() {
     let ctx = setup(2).await;
@@ -151,14 +171,7 @@ async fn a_lost_listener_clears_the_cache_when_it_is_back() {
 
     // A change the listener never hears: the trigger is off while it is made.
     let mut conn = ctx.hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(
-        "ALTER TABLE tenants DISABLE TRIGGER tenants_notify_change;
-         UPDATE tenants SET status = 'suspended' WHERE id = 'alpha';
-         ALTER TABLE tenants ENABLE TRIGGER tenants_notify_change;",
-    )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    suspend_unheard(&mut conn, "alpha").await;
     cache.sync().await.unwrap();
     // Unheard, so the cached record is still served (up to its TTL)...
     assert_eq!(get(&app, "/whoami", &h).await.0, StatusCode::OK);
@@ -194,4 +207,71 @@ async fn a_lost_listener_clears_the_cache_when_it_is_back() {
     drop(conn);
     cache.sync().await.unwrap();
     assert_eq!(get(&app, "/whoami", &h).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_thread_drops_its_copy_of_a_changed_record() {
+    let ctx = setup(4).await;
+    tenant_with_marker(&ctx.hidra, "alpha").await;
+    let (app, cache) = app_with_cache(&ctx.hidra);
+    let h = [("x-tenant-id", "alpha")];
+    // Requests on every worker thread: each keeps its own copy of the record.
+    let burst = |app: Router| async move {
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let app = app.clone();
+                tokio::spawn(async move { get(&app, "/whoami", &h).await.0 })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for task in tasks {
+            statuses.push(task.await.unwrap());
+        }
+        statuses
+    };
+    // One miss fills the shared cache; the bursts after it copy the record
+    // to every thread and then serve it from those copies.
+    assert_eq!(get(&app, "/whoami", &h).await.0, StatusCode::OK);
+    for _ in 0..2 {
+        let statuses = burst(app.clone()).await;
+        assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    }
+    assert_eq!(cache.stats().hits, 128);
+
+    ctx.hidra.suspend(&id("alpha")).await.unwrap();
+    cache.sync().await.unwrap();
+    let after = burst(app.clone()).await;
+    assert!(
+        after.iter().all(|s| *s == StatusCode::NOT_FOUND),
+        "a thread served its copy of the suspended tenant: {after:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_copied_record_lives_no_longer_than_its_ttl() {
+    let ctx = setup(2).await;
+    tenant_with_marker(&ctx.hidra, "alpha").await;
+    let ttl = Duration::from_millis(300);
+    let cache = TenantCache::builder(ctx.hidra.clone()).ttl(ttl).build();
+    let app = routes().layer(TenantLayer::new(ctx.hidra.clone()).with_cache(cache.clone()));
+    let h = [("x-tenant-id", "alpha")];
+    for _ in 0..3 {
+        assert_eq!(get(&app, "/whoami", &h).await.0, StatusCode::OK);
+    }
+    assert!(
+        cache.stats().hits >= 2,
+        "the record is served from the cache"
+    );
+
+    // A change the cache never hears of: only the TTL can end the copy.
+    let mut conn = ctx.hidra.acquire_shared().await.unwrap();
+    suspend_unheard(&mut conn, "alpha").await;
+    drop(conn);
+    let since = std::time::Instant::now();
+    let mut status = StatusCode::OK;
+    while status == StatusCode::OK && since.elapsed() < ttl * 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        status = get(&app, "/whoami", &h).await.0;
+    }
+    assert_eq!(status, StatusCode::NOT_FOUND, "served past its TTL");
 }

@@ -26,6 +26,13 @@
 //!   Switching a connection's `search_path` makes PostgreSQL re-plan its
 //!   cached statements, which a schema-qualified query never pays.
 //!
+//! - **qualified** (built with `--features pg-query`): the design the issue
+//!   asked to measure next. No checkout statement at all and a session
+//!   `search_path` that names no tenant; instead each distinct SQL text is
+//!   parsed once per tenant with PostgreSQL's own parser (`pg_query`) and the
+//!   tenant's schema inserted before every unqualified relation of the tenant
+//!   schema, behind `TenantLayer`. Its floor, and the cost of one rewrite.
+//!
 //! `--tenants 1000` puts the statement caches under pressure (for Hidra and
 //! raw alike: each keeps `--statement-cache` statements per connection),
 //! `--zipf 1.0` skews the tenant mix, and `--provision-during 2` provisions
@@ -93,7 +100,8 @@ struct Args {
     #[arg(long)]
     schema: Option<PathBuf>,
     /// Measure only these variants (hidra, raw, raw-noping, layer,
-    /// search-path); the ratios need all five.
+    /// search-path, and qualified with `--features pg-query`); the ratios
+    /// need them all.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Pick tenants from a Zipf distribution with this exponent (e.g. 1.0:
@@ -240,6 +248,117 @@ async fn bind_customer(
     sqlx::query_as("SELECT id, name, email FROM customers WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
+        .await
+        .map_err(fail)?
+        .map(axum::Json)
+        .ok_or(StatusCode::NOT_FOUND)
+}
+
+/// The schema-qualifying design: statement text rewritten per tenant.
+#[cfg(feature = "pg-query")]
+mod qualified {
+    use std::collections::{HashMap, HashSet};
+    use std::sync::{Arc, RwLock};
+
+    use sqlx::{AssertSqlSafe, SqlSafeStr, SqlStr};
+
+    /// `sql` with `schema.` (already quoted) inserted before every
+    /// unqualified relation named in `tables` that is not a CTE of the
+    /// statement; the rest of the text is left as written.
+    pub(crate) fn qualify(
+        sql: &str,
+        schema: &str,
+        tables: &HashSet<String>,
+    ) -> anyhow::Result<String> {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)?;
+        let ctes: HashSet<&str> = parsed.cte_names.iter().map(String::as_str).collect();
+        let mut at: Vec<usize> = parsed
+            .protobuf
+            .nodes()
+            .into_iter()
+            .filter_map(|(node, ..)| match node {
+                pg_query::NodeRef::RangeVar(r)
+                    if r.schemaname.is_empty()
+                        && !ctes.contains(r.relname.as_str())
+                        && tables.contains(&r.relname) =>
+                {
+                    usize::try_from(r.location).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        at.sort_unstable();
+        at.dedup();
+        let mut out = String::with_capacity(sql.len() + at.len() * (schema.len() + 1));
+        let mut from = 0;
+        for i in at {
+            out.push_str(&sql[from..i]);
+            out.push_str(schema);
+            out.push('.');
+            from = i;
+        }
+        out.push_str(&sql[from..]);
+        Ok(out)
+    }
+
+    /// Each tenant's schema, the tenant schema's relations, and the
+    /// rewritten statements (one parse per tenant and SQL text).
+    #[derive(Clone)]
+    pub(crate) struct Qualified {
+        pub(crate) pool: sqlx::PgPool,
+        pub(crate) schemas: Arc<HashMap<String, String>>,
+        pub(crate) tables: Arc<HashSet<String>>,
+        pub(crate) statements: Arc<RwLock<HashMap<(String, &'static str), SqlStr>>>,
+    }
+
+    impl Qualified {
+        /// `sql` for `tenant`, rewritten on first use.
+        pub(crate) fn statement(&self, tenant: &str, sql: &'static str) -> anyhow::Result<SqlStr> {
+            let key = (tenant.to_owned(), sql);
+            if let Some(s) = self.statements.read().unwrap().get(&key) {
+                return Ok(s.clone());
+            }
+            let schema = self
+                .schemas
+                .get(tenant)
+                .ok_or_else(|| anyhow::anyhow!("no schema for {tenant}"))?;
+            let text = AssertSqlSafe(qualify(sql, schema, &self.tables)?).into_sql_str();
+            self.statements.write().unwrap().insert(key, text.clone());
+            Ok(text)
+        }
+    }
+
+    #[test]
+    fn relations_of_the_tenant_schema_are_qualified_ctes_and_others_not() {
+        let tables: HashSet<String> = ["customers", "orders"].map(String::from).into();
+        let sql = "WITH orders AS (SELECT 1 AS id) SELECT c.id FROM customers c \
+                   JOIN orders o ON o.id = c.id JOIN public.plans p ON true \
+                   WHERE c.name = 'customers' AND EXISTS (SELECT 1 FROM \"customers\")";
+        assert_eq!(
+            qualify(sql, "\"tenant_a\"", &tables).unwrap(),
+            "WITH orders AS (SELECT 1 AS id) SELECT c.id FROM \"tenant_a\".customers c \
+             JOIN orders o ON o.id = c.id JOIN public.plans p ON true \
+             WHERE c.name = 'customers' AND EXISTS (SELECT 1 FROM \"tenant_a\".\"customers\")"
+        );
+    }
+}
+
+#[cfg(feature = "pg-query")]
+async fn qualified_customer(
+    State(q): State<qualified::Qualified>,
+    tenant: hidra_axum::Tenant,
+    Path(id): Path<i64>,
+) -> Result<axum::Json<Customer>, StatusCode> {
+    let fail = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    let sql = q
+        .statement(
+            tenant.0.id.as_str(),
+            "SELECT id, name, email FROM customers WHERE id = $1",
+        )
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)?;
+    sqlx::query_as(sql)
+        .bind(id)
+        .fetch_optional(&q.pool)
         .await
         .map_err(fail)?
         .map(axum::Json)
@@ -393,6 +512,8 @@ async fn main() -> anyhow::Result<()> {
     let mut tenants = Vec::new();
     let mut queries = HashMap::new();
     let mut paths = HashMap::new();
+    #[cfg_attr(not(feature = "pg-query"), allow(unused_variables, unused_mut))]
+    let mut schemas = HashMap::new();
     for i in 0..args.tenants {
         let id = TenantId::new(format!("bench-{i:04}"))?;
         let tenant = hidra.provision(NewTenant::new(id.clone())).await?;
@@ -416,6 +537,7 @@ async fn main() -> anyhow::Result<()> {
             .into_sql_str(),
         );
         paths.insert(id.to_string(), format!("{}, public", schema.quoted()));
+        schemas.insert(id.to_string(), schema.quoted().to_string());
         tenants.push(id.to_string());
     }
     let mut conn = hidra.acquire_shared().await?;
@@ -459,6 +581,8 @@ async fn main() -> anyhow::Result<()> {
         .test_before_acquire(false)
         .connect_with(options.clone())
         .await?;
+    #[cfg(feature = "pg-query")]
+    let options_for_qualified = options.clone();
     let bind_app = Router::new()
         .route("/customers/{id}", get(bind_customer))
         .with_state(Bind {
@@ -476,7 +600,7 @@ async fn main() -> anyhow::Result<()> {
             queries,
         });
 
-    let mut variants = [
+    let mut variants = Vec::from([
         Variant {
             key: "hidra",
             name: "hidra (TenantLayer + TenantConn)",
@@ -512,7 +636,59 @@ async fn main() -> anyhow::Result<()> {
             measured: Measured::default(),
             rounds: Vec::new(),
         },
-    ];
+    ]);
+    #[cfg(feature = "pg-query")]
+    {
+        let mut tables = std::collections::HashSet::new();
+        let mut conn = hidra.acquire_shared().await?;
+        let first_id = TenantId::new(tenants[0].as_str())?;
+        let first = schemas[first_id.as_str()].clone();
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')",
+        )
+        .bind(hidra.schema_name(&first_id))
+        .fetch_all(&mut *conn)
+        .await?;
+        drop(conn);
+        tables.extend(names);
+        let tables = Arc::new(tables);
+        // What one rewrite costs (paid once per tenant and SQL text).
+        let sql = "SELECT id, name, email FROM customers WHERE id = $1";
+        let n = 2000;
+        let started = Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(qualified::qualify(sql, &first, &tables)?);
+        }
+        println!(
+            "qualified design: one rewrite of the point read takes {:.1} µs ({} relations known)",
+            started.elapsed().as_secs_f64() * 1e6 / f64::from(n),
+            tables.len()
+        );
+        let q = qualified::Qualified {
+            pool: PgPoolOptions::new()
+                .max_connections(args.pool)
+                .test_before_acquire(false)
+                // A session path naming no tenant: only qualified text finds
+                // tenant tables.
+                .connect_with(options_for_qualified.options([("search_path", "pg_catalog")]))
+                .await?,
+            schemas: Arc::new(schemas),
+            tables,
+            statements: Default::default(),
+        };
+        let app = Router::new()
+            .route("/customers/{id}", get(qualified_customer))
+            .with_state(q)
+            .layer(TenantLayer::new(hidra.clone()));
+        variants.push(Variant {
+            key: "qualified",
+            name: "qualified text (pg_query), no binding",
+            addr: serve(app).await?,
+            measured: Measured::default(),
+            rounds: Vec::new(),
+        });
+    }
 
     println!(
         "load: concurrency {}, {} s warm-up + {} s measured per variant, {} round(s), pools of {}",
@@ -648,5 +824,9 @@ async fn main() -> anyhow::Result<()> {
     println!("TenantLayer alone (no ping):          {}", ratio(3, 2));
     println!("search_path floor / raw (default):    {}", ratio(4, 1));
     println!("hidra / search_path floor:            {}", ratio(0, 4));
+    if variants.len() > 5 {
+        println!("qualified design / raw (default):     {}", ratio(5, 1));
+        println!("hidra / qualified design:             {}", ratio(0, 5));
+    }
     Ok(())
 }

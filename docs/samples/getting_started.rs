@@ -6,13 +6,13 @@
 use axum::routing::get;
 use axum::{Json, Router};
 use hidra::{Hidra, NewTenant, TenantId};
-use hidra_axum::{Tenant, TenantConn, TenantLayer, TenantTx};
+use hidra_axum::{CurrentTenant, RequestConn, RequestTx, TenantLayer};
 
 /// The first tenant migration: what every tenant's schema starts with.
 const NOTES: &str = "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)";
 
 /// `GET /notes`: the tenant's notes, nobody else's.
-async fn list(tenant: Tenant, mut conn: TenantConn) -> Json<serde_json::Value> {
+async fn list(tenant: CurrentTenant, mut conn: RequestConn) -> Json<serde_json::Value> {
     let notes: Vec<String> = sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
         .fetch_all(&mut conn)
         .await
@@ -21,7 +21,7 @@ async fn list(tenant: Tenant, mut conn: TenantConn) -> Json<serde_json::Value> {
 }
 
 /// `POST /notes`: in a transaction the layer commits if the answer is a success.
-async fn add(mut tx: TenantTx, body: String) -> Result<(), axum::http::StatusCode> {
+async fn add(mut tx: RequestTx, body: String) -> Result<(), axum::http::StatusCode> {
     sqlx::query("INSERT INTO notes (body) VALUES ($1)")
         .bind(body)
         .execute(&mut tx)

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{Hidra, NewTenant, TenantId};
 use hidra_axum::health::Health;
-use hidra_axum::{Tenant, TenantConn, TenantLayer, TenantTx};
+use hidra_axum::{CurrentTenant, RequestConn, RequestTx, TenantLayer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -38,7 +38,7 @@ fn internal(e: sqlx::Error) -> (StatusCode, Json<Value>) {
 }
 
 /// `GET /customers`: the tenant's customers, nobody else's.
-async fn list(tenant: Tenant, mut conn: TenantConn) -> Answer {
+async fn list(tenant: CurrentTenant, mut conn: RequestConn) -> Answer {
     let rows: Vec<(i64, String, Option<String>)> =
         sqlx::query_as("SELECT id, name, email FROM customers ORDER BY id")
             .fetch_all(&mut *conn)
@@ -52,7 +52,7 @@ async fn list(tenant: Tenant, mut conn: TenantConn) -> Answer {
 }
 
 /// `GET /customers/{id}`.
-async fn show(mut conn: TenantConn, Path(id): Path<i64>) -> Answer {
+async fn show(mut conn: RequestConn, Path(id): Path<i64>) -> Answer {
     let row: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT name, email FROM customers WHERE id = $1")
             .bind(id)
@@ -72,7 +72,7 @@ struct NewCustomer {
 }
 
 /// `POST /customers`: written in a transaction the layer commits on success.
-async fn create(mut tx: TenantTx, Json(body): Json<NewCustomer>) -> Answer {
+async fn create(mut tx: RequestTx, Json(body): Json<NewCustomer>) -> Answer {
     if body.name.trim().is_empty() {
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,

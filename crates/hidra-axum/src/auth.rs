@@ -36,7 +36,7 @@ use http::request::Parts;
 use http::{Extensions, HeaderName, header};
 
 use crate::error::{Error, Result};
-use crate::extract::{Tenant, scope};
+use crate::extract::{CurrentTenant, scope};
 use crate::resolve::{Resolution, ResolveContext, TenantResolver, cookie, single};
 
 /// The prefix of every Hidra API key: how a bearer token is told apart from a
@@ -354,7 +354,7 @@ impl Auth {
     fn require(parts: &Parts) -> Result<Auth> {
         let auth = Auth::from_extensions(&parts.extensions)
             .ok_or_else(|| unauthorized("no verified credentials"))?;
-        if let Some(tenant) = Tenant::from_extensions(&parts.extensions)
+        if let Some(tenant) = CurrentTenant::from_extensions(&parts.extensions)
             && &tenant.id != auth.tenant()
         {
             return Err(AuthError::WrongTenant.into());

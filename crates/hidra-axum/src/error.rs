@@ -66,18 +66,18 @@ pub enum Error {
     )]
     MissingTenant,
 
-    /// [`TenantTx`](crate::TenantTx) was extracted while another `TenantTx` of
+    /// [`RequestTx`](crate::RequestTx) was extracted while another `RequestTx` of
     /// the same request was still alive. Answered with `500`.
     #[error(
-        "`TenantTx` was extracted twice for one request; extract it once and pass it to the code that needs it"
+        "`RequestTx` was extracted twice for one request; extract it once and pass it to the code that needs it"
     )]
     TxInUse,
 
-    /// A [`TenantTx`](crate::TenantTx) was still held (moved into a spawned
+    /// A [`RequestTx`](crate::RequestTx) was still held (moved into a spawned
     /// task?) when the response was ready, so it could not be committed; it
     /// rolls back when dropped. Answered with `500`.
     #[error(
-        "a `TenantTx` outlived its request and was not committed; do not move it into spawned tasks"
+        "a `RequestTx` outlived its request and was not committed; do not move it into spawned tasks"
     )]
     TxOutlivedRequest,
 
@@ -86,7 +86,7 @@ pub enum Error {
     #[error("could not read the tenant registry")]
     Registry(#[source] std::sync::Arc<hidra::Error>),
 
-    /// Committing the request's [`TenantTx`](crate::TenantTx) failed (a
+    /// Committing the request's [`RequestTx`](crate::RequestTx) failed (a
     /// deferred constraint, a serialization failure, a lost connection): the
     /// handler's work is lost. Answered with `500`, or `503` with
     /// `Retry-After` when the connection was lost under it (a retryable error).

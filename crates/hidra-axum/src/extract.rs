@@ -1,10 +1,10 @@
-//! Extractors: [`Tenant`], [`TenantConn`], [`TenantReadConn`], [`TenantTx`]
+//! Extractors: [`CurrentTenant`], [`RequestConn`], [`RequestReadConn`], [`RequestTx`]
 //! and [`TenantHandle`].
 //!
 //! They read what [`TenantLayer`](crate::TenantLayer) put in the request
 //! extensions, so they work with any router state. Behind an excluded route or
 //! without the layer they reject with
-//! [`Error::MissingTenant`] (`500`, with a message saying so); `Option<Tenant>`
+//! [`Error::MissingTenant`] (`500`, with a message saying so); `Option<CurrentTenant>`
 //! is `None` there instead.
 
 use std::fmt;
@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 pub(crate) struct Scope(Arc<ScopeInner>);
 
 struct ScopeInner {
-    tenant: Tenant,
+    tenant: CurrentTenant,
     hidra: Hidra,
     tx: Mutex<TxState>,
     /// The status of a refusal at the tenant's pool cap.
@@ -34,14 +34,14 @@ struct ScopeInner {
 /// The request's transaction between the extractor and the layer.
 #[derive(Default)]
 struct TxState {
-    /// The transaction, while no [`TenantTx`] holds it.
+    /// The transaction, while no [`RequestTx`] holds it.
     tx: Option<hidra::TenantTx>,
-    /// Whether a [`TenantTx`] holds it now.
+    /// Whether a [`RequestTx`] holds it now.
     lent: bool,
 }
 
 impl Scope {
-    pub(crate) fn new(tenant: Tenant, hidra: Hidra, busy: http::StatusCode) -> Self {
+    pub(crate) fn new(tenant: CurrentTenant, hidra: Hidra, busy: http::StatusCode) -> Self {
         Scope(Arc::new(ScopeInner {
             tenant,
             hidra,
@@ -68,7 +68,7 @@ impl Scope {
     }
 
     /// The request's tenant.
-    pub(crate) fn tenant(&self) -> &Tenant {
+    pub(crate) fn tenant(&self) -> &CurrentTenant {
         &self.0.tenant
     }
 
@@ -78,7 +78,7 @@ impl Scope {
         &self.0.hidra
     }
 
-    /// The transaction, if the handler began one; fails if a [`TenantTx`]
+    /// The transaction, if the handler began one; fails if a [`RequestTx`]
     /// still holds it.
     pub(crate) fn take_tx(&self) -> Result<Option<hidra::TenantTx>> {
         let mut state = self.tx_state();
@@ -96,21 +96,21 @@ pub(crate) fn scope(extensions: &Extensions) -> Result<&Scope> {
 /// The tenant of the request, as resolved by [`TenantLayer`](crate::TenantLayer):
 /// registered and active.
 ///
-/// Dereferences to [`hidra::Tenant`]. Use `Option<Tenant>` on routes that may
+/// Dereferences to [`hidra::Tenant`]. Use `Option<CurrentTenant>` on routes that may
 /// run without one (excluded routes).
 ///
 /// ```
-/// use hidra_axum::Tenant;
+/// use hidra_axum::CurrentTenant;
 ///
-/// async fn whoami(tenant: Tenant) -> String {
+/// async fn whoami(tenant: CurrentTenant) -> String {
 ///     format!("{} ({})", tenant.name, tenant.id)
 /// }
 /// # let _: axum::routing::MethodRouter = axum::routing::get(whoami);
 /// ```
 #[derive(Clone)]
-pub struct Tenant(pub Arc<hidra::Tenant>);
+pub struct CurrentTenant(pub Arc<hidra::Tenant>);
 
-impl Tenant {
+impl CurrentTenant {
     /// The tenant record.
     pub fn into_inner(self) -> Arc<hidra::Tenant> {
         self.0
@@ -118,18 +118,18 @@ impl Tenant {
 
     /// The tenant [`TenantLayer`](crate::TenantLayer) resolved for a request,
     /// from its extensions (for plain tower services).
-    pub fn from_extensions(extensions: &Extensions) -> Option<Tenant> {
+    pub fn from_extensions(extensions: &Extensions) -> Option<CurrentTenant> {
         extensions.get::<Scope>().map(|s| s.0.tenant.clone())
     }
 }
 
-impl fmt::Debug for Tenant {
+impl fmt::Debug for CurrentTenant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Tenant").field(&self.0.id).finish()
+        f.debug_tuple("CurrentTenant").field(&self.0.id).finish()
     }
 }
 
-impl Deref for Tenant {
+impl Deref for CurrentTenant {
     type Target = hidra::Tenant;
 
     fn deref(&self) -> &hidra::Tenant {
@@ -137,22 +137,22 @@ impl Deref for Tenant {
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for Tenant {
+impl<S: Send + Sync> FromRequestParts<S> for CurrentTenant {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
-        Tenant::from_extensions(&parts.extensions).ok_or(Error::MissingTenant)
+        CurrentTenant::from_extensions(&parts.extensions).ok_or(Error::MissingTenant)
     }
 }
 
-impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
+impl<S: Send + Sync> OptionalFromRequestParts<S> for CurrentTenant {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(
         parts: &mut Parts,
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        Ok(Tenant::from_extensions(&parts.extensions))
+        Ok(CurrentTenant::from_extensions(&parts.extensions))
     }
 }
 
@@ -171,13 +171,13 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Tenant {
 /// ```
 #[derive(Clone)]
 pub struct TenantHandle {
-    tenant: Tenant,
+    tenant: CurrentTenant,
     hidra: Hidra,
 }
 
 impl TenantHandle {
     /// The request's tenant: registered and active when it was resolved.
-    pub fn tenant(&self) -> &Tenant {
+    pub fn tenant(&self) -> &CurrentTenant {
         &self.tenant
     }
 
@@ -219,12 +219,12 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantHandle {
 /// [`sqlx::Executor`](hidra::sqlx::Executor) running per-tenant statements:
 /// `query.fetch_one(&mut conn)` (or `&mut *conn`) reaches the tenant's tables
 /// unqualified. Not safe behind a transaction-pooling proxy (PgBouncer); use
-/// [`TenantTx`] there. Fails with `503` if no connection can be had.
+/// [`RequestTx`] there. Fails with `503` if no connection can be had.
 ///
 /// ```
-/// use hidra_axum::TenantConn;
+/// use hidra_axum::RequestConn;
 ///
-/// async fn count(mut conn: TenantConn) -> Result<String, hidra_axum::Error> {
+/// async fn count(mut conn: RequestConn) -> Result<String, hidra_axum::Error> {
 ///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
 ///         .fetch_one(&mut conn)
 ///         .await
@@ -233,9 +233,9 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantHandle {
 /// }
 /// # let _: axum::routing::MethodRouter = axum::routing::get(count);
 /// ```
-pub struct TenantConn(hidra::TenantConn);
+pub struct RequestConn(hidra::TenantConn);
 
-impl TenantConn {
+impl RequestConn {
     /// The tenant this connection is bound to.
     pub fn tenant(&self) -> &TenantId {
         self.0.tenant()
@@ -247,13 +247,13 @@ impl TenantConn {
     }
 }
 
-impl fmt::Debug for TenantConn {
+impl fmt::Debug for RequestConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TenantConn").field(self.0.tenant()).finish()
+        f.debug_tuple("RequestConn").field(self.0.tenant()).finish()
     }
 }
 
-impl Deref for TenantConn {
+impl Deref for RequestConn {
     type Target = hidra::TenantConn;
 
     fn deref(&self) -> &hidra::TenantConn {
@@ -261,17 +261,17 @@ impl Deref for TenantConn {
     }
 }
 
-impl DerefMut for TenantConn {
+impl DerefMut for RequestConn {
     fn deref_mut(&mut self) -> &mut hidra::TenantConn {
         &mut self.0
     }
 }
 
 // `&mut conn` runs per-tenant statements through the core type, like `&mut *conn`.
-hidra::__impl_scoped_executor!(TenantConn, this => &mut **this);
-hidra::__impl_scoped_executor!(TenantTx, this => &mut **this);
+hidra::__impl_scoped_executor!(RequestConn, this => &mut **this);
+hidra::__impl_scoped_executor!(RequestTx, this => &mut **this);
 
-impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
+impl<S: Send + Sync> FromRequestParts<S> for RequestConn {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
@@ -282,19 +282,19 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
             .acquire(&scope.0.tenant)
             .await
             .map_err(scope.checkout_error("acquiring a tenant connection"))?;
-        Ok(TenantConn(conn))
+        Ok(RequestConn(conn))
     }
 }
 
 /// A connection bound to the request's tenant for reading
 /// ([`Hidra::acquire_read`](hidra::Hidra::acquire_read)): on the read
 /// replica when one is configured and answers, else on the primary. Writes
-/// through it fail on a replica; use [`TenantConn`] or [`TenantTx`] for them.
+/// through it fail on a replica; use [`RequestConn`] or [`RequestTx`] for them.
 ///
 /// ```
-/// use hidra_axum::TenantReadConn;
+/// use hidra_axum::RequestReadConn;
 ///
-/// async fn report(mut conn: TenantReadConn) -> String {
+/// async fn report(mut conn: RequestReadConn) -> String {
 ///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
 ///         .fetch_one(&mut conn)
 ///         .await
@@ -303,24 +303,24 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantConn {
 /// }
 /// # let _: axum::routing::MethodRouter = axum::routing::get(report);
 /// ```
-pub struct TenantReadConn(hidra::TenantConn);
+pub struct RequestReadConn(hidra::TenantConn);
 
-impl TenantReadConn {
+impl RequestReadConn {
     /// The core's connection.
     pub fn into_inner(self) -> hidra::TenantConn {
         self.0
     }
 }
 
-impl fmt::Debug for TenantReadConn {
+impl fmt::Debug for RequestReadConn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TenantReadConn")
+        f.debug_tuple("RequestReadConn")
             .field(self.0.tenant())
             .finish()
     }
 }
 
-impl Deref for TenantReadConn {
+impl Deref for RequestReadConn {
     type Target = hidra::TenantConn;
 
     fn deref(&self) -> &hidra::TenantConn {
@@ -328,15 +328,15 @@ impl Deref for TenantReadConn {
     }
 }
 
-impl DerefMut for TenantReadConn {
+impl DerefMut for RequestReadConn {
     fn deref_mut(&mut self) -> &mut hidra::TenantConn {
         &mut self.0
     }
 }
 
-hidra::__impl_scoped_executor!(TenantReadConn, this => &mut **this);
+hidra::__impl_scoped_executor!(RequestReadConn, this => &mut **this);
 
-impl<S: Send + Sync> FromRequestParts<S> for TenantReadConn {
+impl<S: Send + Sync> FromRequestParts<S> for RequestReadConn {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
@@ -347,7 +347,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantReadConn {
             .acquire_read(&scope.0.tenant)
             .await
             .map_err(scope.checkout_error("acquiring a tenant read connection"))?;
-        Ok(TenantReadConn(conn))
+        Ok(RequestReadConn(conn))
     }
 }
 
@@ -360,15 +360,15 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantReadConn {
 /// Dereferences to [`hidra::TenantTx`], whose `&mut` is a
 /// [`sqlx::Executor`](hidra::sqlx::Executor): `query.execute(&mut *tx)`.
 /// Safe behind a transaction-pooling proxy.
-/// [`commit`](TenantTx::commit) and [`rollback`](TenantTx::rollback) settle it
+/// [`commit`](RequestTx::commit) and [`rollback`](RequestTx::rollback) settle it
 /// early. Extract it at most once per request (a second extraction while the
 /// first is alive fails with `500`), and do not move it into spawned tasks.
 ///
 /// ```
 /// use axum::http::StatusCode;
-/// use hidra_axum::TenantTx;
+/// use hidra_axum::RequestTx;
 ///
-/// async fn create(mut tx: TenantTx) -> Result<StatusCode, StatusCode> {
+/// async fn create(mut tx: RequestTx) -> Result<StatusCode, StatusCode> {
 ///     sqlx::query("INSERT INTO customers (name) VALUES ('Wile E.')")
 ///         .execute(&mut tx)
 ///         .await
@@ -377,23 +377,23 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantReadConn {
 /// }
 /// # let _: axum::routing::MethodRouter = axum::routing::post(create);
 /// ```
-pub struct TenantTx {
+pub struct RequestTx {
     /// Always `Some` until consumed or dropped.
     tx: Option<hidra::TenantTx>,
     scope: Scope,
 }
 
-impl TenantTx {
+impl RequestTx {
     fn tx(&self) -> &hidra::TenantTx {
         self.tx
             .as_ref()
-            .expect("a TenantTx holds its transaction until it is consumed")
+            .expect("a RequestTx holds its transaction until it is consumed")
     }
 
     fn tx_mut(&mut self) -> &mut hidra::TenantTx {
         self.tx
             .as_mut()
-            .expect("a TenantTx holds its transaction until it is consumed")
+            .expect("a RequestTx holds its transaction until it is consumed")
     }
 
     /// Takes the transaction for good: the layer will find nothing to settle.
@@ -428,7 +428,7 @@ impl TenantTx {
     }
 }
 
-impl Drop for TenantTx {
+impl Drop for RequestTx {
     /// Hands the transaction back to the layer, which settles it.
     fn drop(&mut self) {
         if let Some(tx) = self.tx.take() {
@@ -439,15 +439,15 @@ impl Drop for TenantTx {
     }
 }
 
-impl fmt::Debug for TenantTx {
+impl fmt::Debug for RequestTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("TenantTx")
+        f.debug_tuple("RequestTx")
             .field(&self.tx.as_ref().map(|tx| tx.tenant()))
             .finish()
     }
 }
 
-impl Deref for TenantTx {
+impl Deref for RequestTx {
     type Target = hidra::TenantTx;
 
     fn deref(&self) -> &hidra::TenantTx {
@@ -455,13 +455,13 @@ impl Deref for TenantTx {
     }
 }
 
-impl DerefMut for TenantTx {
+impl DerefMut for RequestTx {
     fn deref_mut(&mut self) -> &mut hidra::TenantTx {
         self.tx_mut()
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
+impl<S: Send + Sync> FromRequestParts<S> for RequestTx {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self> {
@@ -486,7 +486,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantTx {
                 }
             },
         };
-        Ok(TenantTx {
+        Ok(RequestTx {
             tx: Some(tx),
             scope,
         })

@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use crate::cache::TenantCache;
 use crate::error::{BoxError, Error};
-use crate::extract::{Scope, Tenant};
+use crate::extract::{CurrentTenant, Scope};
 use crate::future::ResponseFuture;
 use crate::rate::{RateLimits, TenantRate};
 use crate::resolve::{DynResolver, HeaderResolver, Resolution, ResolveContext, TenantResolver};
@@ -43,10 +43,10 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///    database round trip).
 /// 4. **Check** that it is `active`.
 /// 5. **Run** the inner service with the tenant in the request extensions
-///    (for the extractors, or [`Tenant::from_extensions`] in plain tower code),
+///    (for the extractors, or [`CurrentTenant::from_extensions`] in plain tower code),
 ///    inside a `tracing` span `tenant` with the field `tenant = <id>` (and
 ///    `request_id` from `X-Request-ID` when present), and inside
-///    [`hidra::context::scope`]. A [`TenantTx`](crate::TenantTx) extracted by
+///    [`hidra::context::scope`]. A [`RequestTx`](crate::RequestTx) extracted by
 ///    the handler is committed when the response is a success (`2xx`, `3xx`)
 ///    and rolled back otherwise, or when the handler panics.
 ///
@@ -64,9 +64,9 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
-/// use hidra_axum::{TenantConn, TenantLayer};
+/// use hidra_axum::{RequestConn, TenantLayer};
 ///
-/// async fn count(mut conn: TenantConn) -> String {
+/// async fn count(mut conn: RequestConn) -> String {
 ///     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
 ///         .fetch_one(&mut conn)
 ///         .await
@@ -417,7 +417,11 @@ where
         span.record("request_id", id.as_str());
     }
     hidra.load().record_request(&tenant.id);
-    let scope = Scope::new(Tenant(Arc::clone(&tenant)), hidra.clone(), shared.busy);
+    let scope = Scope::new(
+        CurrentTenant(Arc::clone(&tenant)),
+        hidra.clone(),
+        shared.busy,
+    );
     parts.extensions.insert(scope.clone());
     let req = Request::from_parts(parts, body);
 

@@ -12,9 +12,9 @@
 //!   [`TenantCache`] kept fresh by the registry's change notifications, refuses
 //!   tenants that are not active, and runs the handler inside a `tracing` span
 //!   carrying the tenant id.
-//! - Extractors hand handlers the [`Tenant`], a connection bound to it
-//!   ([`TenantConn`]) or a transaction bound to it that commits on success and
-//!   rolls back otherwise ([`TenantTx`]).
+//! - Extractors hand handlers the [`CurrentTenant`], a connection bound to it
+//!   ([`RequestConn`]) or a transaction bound to it that commits on success and
+//!   rolls back otherwise ([`RequestTx`]).
 //! - Refusals leak nothing: a missing, malformed, unknown or suspended tenant
 //!   all get the same response, byte for byte.
 //! - [`health`] routes for probes and dashboards.
@@ -32,11 +32,11 @@
 //!
 //! ```no_run
 //! use axum::{Json, Router, routing::get};
-//! use hidra_axum::{Tenant, TenantConn, TenantLayer};
+//! use hidra_axum::{CurrentTenant, RequestConn, TenantLayer};
 //!
 //! async fn customer(
-//!     tenant: Tenant,
-//!     mut conn: TenantConn,
+//!     tenant: CurrentTenant,
+//!     mut conn: RequestConn,
 //!     axum::extract::Path(id): axum::extract::Path<i64>,
 //! ) -> Result<Json<serde_json::Value>, axum::http::StatusCode> {
 //!     let name: String = sqlx::query_scalar("SELECT name FROM customers WHERE id = $1")
@@ -82,7 +82,7 @@
 //! | a resolver refuses a credential; a guard finds none; no id at all where a resolver [reads credentials](TenantResolver::reads_credentials) | 401, `WWW-Authenticate: Bearer` | `{"error":"unauthorized"}` |
 //! | a guard finds a role, permission or scope missing (`auth`) | 403 | `{"error":"forbidden"}` |
 //! | registry or database unreachable | 503 | `{"error":"service_unavailable"}` |
-//! | commit of a [`TenantTx`] failed | 500 | `{"error":"internal_error"}` |
+//! | commit of a [`RequestTx`] failed | 500 | `{"error":"internal_error"}` |
 //! | extractor used without the layer | 500 | ``{"error":"internal_error","message":"no tenant in request extensions: is `TenantLayer` installed, …"}`` |
 //!
 //! Database text is never sent; it is logged with `tracing`.
@@ -202,7 +202,7 @@ pub use crate::auth::{
 };
 pub use crate::cache::{CacheStats, TenantCache, TenantCacheBuilder};
 pub use crate::error::{BoxError, Error, Result};
-pub use crate::extract::{Tenant, TenantConn, TenantHandle, TenantReadConn, TenantTx};
+pub use crate::extract::{CurrentTenant, RequestConn, RequestReadConn, RequestTx, TenantHandle};
 pub use crate::layer::{TenantLayer, TenantService};
 pub use crate::rate::TenantRate;
 pub use crate::resolve::{
@@ -212,6 +212,7 @@ pub use crate::resolve::{
 
 /// The core crate this layer is built on, so that an application depending
 /// on `hidra-axum` alone reaches the matching `hidra` (and its `sqlx`:
-/// `hidra_axum::hidra::sqlx`). Its `Tenant`, `TenantConn`, `TenantTx` and
-/// `Error` are the core types the extractors of the same names wrap.
+/// `hidra_axum::hidra::sqlx`). Its `Tenant`, `TenantConn` and `TenantTx` are
+/// the core types the extractors [`CurrentTenant`], [`RequestConn`] and
+/// [`RequestTx`] wrap; the names differ so that both can be imported.
 pub use hidra;

@@ -15,7 +15,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing;
 use common::*;
-use hidra_axum::{TenantConn, TenantLayer, TenantTx};
+use hidra_axum::{RequestConn, RequestTx, TenantLayer};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -82,7 +82,7 @@ async fn via_conn(
     State(probe): State<Probe>,
     Query(d): Query<Delay>,
     headers: HeaderMap,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
 ) -> Result<String, StatusCode> {
     let finish = probe.start(&headers);
     let marker = sqlx::query_scalar(QUERY)
@@ -98,7 +98,7 @@ async fn via_tx(
     State(probe): State<Probe>,
     Query(d): Query<Delay>,
     headers: HeaderMap,
-    mut tx: TenantTx,
+    mut tx: RequestTx,
 ) -> Result<String, StatusCode> {
     let finish = probe.start(&headers);
     // A write too, so an aborted transaction has something to lose.

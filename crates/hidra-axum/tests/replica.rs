@@ -1,4 +1,4 @@
-//! `TenantReadConn` and the health report with a real streaming replica.
+//! `RequestReadConn` and the health report with a real streaming replica.
 
 use axum::Router;
 use axum::body::Body;
@@ -7,11 +7,11 @@ use axum::routing::get;
 use hidra::testing::TempCluster;
 use hidra::{Hidra, NewTenant, TenantId};
 use hidra_axum::health::Health;
-use hidra_axum::{TenantLayer, TenantReadConn};
+use hidra_axum::{RequestReadConn, TenantLayer};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-async fn whose(mut conn: TenantReadConn) -> String {
+async fn whose(mut conn: RequestReadConn) -> String {
     let (standby, tenant): (bool, String) =
         sqlx::query_as("SELECT pg_is_in_recovery(), (SELECT tenant FROM marker)")
             .fetch_one(&mut conn)

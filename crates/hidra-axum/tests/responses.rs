@@ -270,7 +270,7 @@ where
     }
 }
 
-async fn traced(tenant: hidra_axum::Tenant) -> String {
+async fn traced(tenant: hidra_axum::CurrentTenant) -> String {
     tracing::info!("handling {}", tenant.id);
     tenant.id.to_string()
 }
@@ -325,7 +325,7 @@ async fn handlers_run_in_a_span_with_the_tenant_and_request_id_and_in_its_contex
 #[tokio::test]
 async fn query_errors_through_question_mark_are_classified() {
     async fn store(
-        mut conn: hidra_axum::TenantConn,
+        mut conn: hidra_axum::RequestConn,
         axum::extract::Path(what): axum::extract::Path<String>,
     ) -> Result<&'static str, Error> {
         let text = if what == "nul" { "a\u{0}b" } else { "fine" };

@@ -15,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use hidra_axum::Tenant;
+use hidra_axum::CurrentTenant;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::{Instrument, Span};
 
@@ -94,7 +94,7 @@ pub async fn observe(mut request: Request, next: Next) -> Response {
 pub async fn record_tenant(request: Request, next: Next) -> Response {
     if let (Some(span), Some(tenant)) = (
         request.extensions().get::<RequestSpan>(),
-        Tenant::from_extensions(request.extensions()),
+        CurrentTenant::from_extensions(request.extensions()),
     ) {
         span.0.record("tenant", tracing::field::display(&tenant.id));
     }

@@ -17,7 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use hidra::testing::TestDatabase;
 use hidra::{Hidra, NewTenant, TenantId};
-use hidra_axum::{Tenant, TenantLayer, TenantTx};
+use hidra_axum::{CurrentTenant, RequestTx, TenantLayer};
 use hidra_sea_orm::{TenantConnection, TenantDatabase};
 use sea_orm::ActiveValue::Set;
 use sea_orm::entity::prelude::*;
@@ -70,7 +70,7 @@ fn internal(e: DbErr) -> (StatusCode, Json<Value>) {
 }
 
 /// `GET /customers`: the tenant's customers, nobody else's.
-async fn list(tenant: Tenant, db: TenantDatabase) -> Answer {
+async fn list(tenant: CurrentTenant, db: TenantDatabase) -> Answer {
     let customers = customer::Entity::find()
         .order_by_asc(customer::Column::Id)
         .all(&db)
@@ -99,7 +99,7 @@ struct NewCustomer {
 
 /// `POST /customers`: inserted in the request's transaction, which the layer
 /// commits on success and rolls back on an error response.
-async fn create(mut tx: TenantTx, Json(body): Json<NewCustomer>) -> Answer {
+async fn create(mut tx: RequestTx, Json(body): Json<NewCustomer>) -> Answer {
     if body.name.trim().is_empty() {
         return Err((
             StatusCode::UNPROCESSABLE_ENTITY,

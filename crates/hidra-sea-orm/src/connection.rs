@@ -18,7 +18,7 @@ use crate::run::{self, TenantExecutor};
 /// use hidra_sea_orm::TenantConnection;
 /// use sea_orm::ConnectionTrait;
 ///
-/// async fn archive(mut tx: hidra_axum::TenantTx) -> Result<(), axum::http::StatusCode> {
+/// async fn archive(mut tx: hidra_axum::RequestTx) -> Result<(), axum::http::StatusCode> {
 ///     let db = TenantConnection::new(&mut tx);
 ///     db.execute_unprepared("UPDATE orders SET archived = true")
 ///         .await

@@ -48,14 +48,14 @@ impl<T: TenantExecutor> TenantExecutor for &mut T {
 }
 
 #[cfg(feature = "axum")]
-impl TenantExecutor for hidra_axum::TenantConn {
+impl TenantExecutor for hidra_axum::RequestConn {
     fn target(&mut self) -> Target<'_> {
         Target::Conn(self)
     }
 }
 
 #[cfg(feature = "axum")]
-impl TenantExecutor for hidra_axum::TenantTx {
+impl TenantExecutor for hidra_axum::RequestTx {
     fn target(&mut self) -> Target<'_> {
         Target::Tx(self)
     }

@@ -9,7 +9,7 @@ use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use common::*;
-use hidra_axum::{TenantLayer, TenantTx};
+use hidra_axum::{RequestTx, TenantLayer};
 use hidra_sea_orm::{TenantConnection, TenantDatabase};
 use http_body_util::BodyExt;
 use sea_orm::ActiveValue::Set;
@@ -33,7 +33,7 @@ struct Name {
 
 /// Inserts in the request's transaction; a name of "oops" is refused after
 /// the insert, so the layer rolls it back.
-async fn create(mut tx: TenantTx, Query(q): Query<Name>) -> StatusCode {
+async fn create(mut tx: RequestTx, Query(q): Query<Name>) -> StatusCode {
     let db = TenantConnection::new(&mut tx);
     let added = customer::ActiveModel {
         name: Set(q.name.clone()),

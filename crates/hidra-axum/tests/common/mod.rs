@@ -18,7 +18,7 @@ use hidra::testing::TestDatabase;
 use hidra::{
     Hidra, ListTenants, NewTenant, Page, PgTenantStore, TenantId, TenantStatus, TenantStore,
 };
-use hidra_axum::{Tenant, TenantConn, TenantTx};
+use hidra_axum::{CurrentTenant, RequestConn, RequestTx};
 use http_body_util::BodyExt;
 use sqlx::PgConnection;
 use tower::ServiceExt;
@@ -168,25 +168,25 @@ pub async fn tenant_with_marker(hidra: &Hidra, name: &str) -> hidra::Tenant {
     tenant_with(hidra, name, serde_json::json!({})).await
 }
 
-async fn marker(mut conn: TenantConn) -> Result<String, StatusCode> {
+async fn marker(mut conn: RequestConn) -> Result<String, StatusCode> {
     sqlx::query_scalar("SELECT tenant FROM marker")
         .fetch_one(&mut *conn)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-async fn marker_tx(mut tx: TenantTx) -> Result<String, StatusCode> {
+async fn marker_tx(mut tx: RequestTx) -> Result<String, StatusCode> {
     sqlx::query_scalar("SELECT tenant FROM marker")
         .fetch_one(&mut *tx)
         .await
         .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR)
 }
 
-async fn whoami(tenant: Tenant) -> String {
+async fn whoami(tenant: CurrentTenant) -> String {
     tenant.id.to_string()
 }
 
-async fn maybe_tenant(tenant: Option<Tenant>) -> String {
+async fn maybe_tenant(tenant: Option<CurrentTenant>) -> String {
     match tenant {
         Some(t) => format!("tenant {}", t.id),
         None => "no tenant".into(),
@@ -212,9 +212,9 @@ pub struct Write {
     redirect: bool,
 }
 
-/// Inserts an item in a `TenantTx`, then answers 500 (`fail`), 303
+/// Inserts an item in a `RequestTx`, then answers 500 (`fail`), 303
 /// (`redirect`) or 201.
-async fn write_item(Query(w): Query<Write>, mut tx: TenantTx) -> axum::response::Response {
+async fn write_item(Query(w): Query<Write>, mut tx: RequestTx) -> axum::response::Response {
     sqlx::query("INSERT INTO items (label) VALUES ($1)")
         .bind(&w.label)
         .execute(&mut *tx)
@@ -229,8 +229,8 @@ async fn write_item(Query(w): Query<Write>, mut tx: TenantTx) -> axum::response:
     }
 }
 
-/// Inserts an item in a `TenantTx`, then panics.
-async fn write_then_panic(Query(w): Query<Write>, mut tx: TenantTx) -> &'static str {
+/// Inserts an item in a `RequestTx`, then panics.
+async fn write_then_panic(Query(w): Query<Write>, mut tx: RequestTx) -> &'static str {
     sqlx::query("INSERT INTO items (label) VALUES ($1)")
         .bind(&w.label)
         .execute(&mut *tx)
@@ -240,7 +240,7 @@ async fn write_then_panic(Query(w): Query<Write>, mut tx: TenantTx) -> &'static 
 }
 
 /// Inserts an item and commits explicitly, then answers 500.
-async fn write_commit_then_fail(Query(w): Query<Write>, mut tx: TenantTx) -> StatusCode {
+async fn write_commit_then_fail(Query(w): Query<Write>, mut tx: RequestTx) -> StatusCode {
     sqlx::query("INSERT INTO items (label) VALUES ($1)")
         .bind(&w.label)
         .execute(&mut *tx)
@@ -251,7 +251,7 @@ async fn write_commit_then_fail(Query(w): Query<Write>, mut tx: TenantTx) -> Sta
 }
 
 /// Breaks a deferred unique constraint, which only fails at commit, and answers 200.
-async fn break_at_commit(mut tx: TenantTx) -> &'static str {
+async fn break_at_commit(mut tx: RequestTx) -> &'static str {
     sqlx::query("INSERT INTO deferred (v) VALUES (1), (1)")
         .execute(&mut *tx)
         .await
@@ -259,11 +259,11 @@ async fn break_at_commit(mut tx: TenantTx) -> &'static str {
     "looks fine"
 }
 
-async fn two_tx(_a: TenantTx, _b: TenantTx) -> &'static str {
+async fn two_tx(_a: RequestTx, _b: RequestTx) -> &'static str {
     "unreachable"
 }
 
-async fn items(mut conn: TenantConn) -> String {
+async fn items(mut conn: RequestConn) -> String {
     let labels: Vec<String> = sqlx::query_scalar("SELECT label FROM items ORDER BY id")
         .fetch_all(&mut *conn)
         .await

@@ -12,7 +12,7 @@
 //! `GET /customers/{id}` for the tenant named by `X-Tenant-ID`:
 //!
 //! - **hidra**: behind `TenantLayer` (registry cache), the handler taking a
-//!   `TenantConn` and running an unqualified query;
+//!   `RequestConn` and running an unqualified query;
 //! - **raw**: plain sqlx, no tenancy at all: a schema-qualified query chosen
 //!   by the header, on a default `PgPoolOptions` pool (which pings every
 //!   connection it hands out). The baseline of the ratio;
@@ -62,7 +62,7 @@ use axum::routing::get;
 use clap::Parser;
 use hidra::testing::TestDatabase;
 use hidra::{Hidra, NewTenant, TenantId};
-use hidra_axum::{TenantConn, TenantLayer};
+use hidra_axum::{RequestConn, TenantLayer};
 use hidra_bench::{percentile, rate, read_reference};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
@@ -184,7 +184,7 @@ struct Customer {
 
 async fn hidra_customer(
     Path(id): Path<i64>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
 ) -> Result<axum::Json<Customer>, StatusCode> {
     sqlx::query_as("SELECT id, name, email FROM customers WHERE id = $1")
         .bind(id)
@@ -346,7 +346,7 @@ mod qualified {
 #[cfg(feature = "pg-query")]
 async fn qualified_customer(
     State(q): State<qualified::Qualified>,
-    tenant: hidra_axum::Tenant,
+    tenant: hidra_axum::CurrentTenant,
     Path(id): Path<i64>,
 ) -> Result<axum::Json<Customer>, StatusCode> {
     let fail = |_| StatusCode::INTERNAL_SERVER_ERROR;
@@ -603,7 +603,7 @@ async fn main() -> anyhow::Result<()> {
     let mut variants = Vec::from([
         Variant {
             key: "hidra",
-            name: "hidra (TenantLayer + TenantConn)",
+            name: "hidra (TenantLayer + RequestConn)",
             addr: serve(hidra_app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),

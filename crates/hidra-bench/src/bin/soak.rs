@@ -16,9 +16,9 @@
 //! behind `TenantLayer` (`X-Tenant-ID`), with tower-http's
 //! `CatchPanicLayer` outermost, serving
 //!
-//! - `GET /customers/{id}`: a `TenantConn` reads the customer (its name, and
+//! - `GET /customers/{id}`: a `RequestConn` reads the customer (its name, and
 //!   `current_schema()`);
-//! - `POST /customers/{id}`: in a `TenantTx`, inserts an `audit_log` row
+//! - `POST /customers/{id}`: in a `RequestTx`, inserts an `audit_log` row
 //!   naming the tenant the layer resolved, then sets the customer's phone to
 //!   the request body and returns the row.
 //!
@@ -69,7 +69,7 @@ use axum::routing::get;
 use clap::{Args, Parser, Subcommand};
 use hidra::testing::TempCluster;
 use hidra::{Hidra, NewTenant, TenantId};
-use hidra_axum::{Tenant, TenantConn, TenantLayer, TenantTx};
+use hidra_axum::{CurrentTenant, RequestConn, RequestTx, TenantLayer};
 use hidra_bench::{percentile, proc_status_kib, rate, read_reference};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -310,7 +310,7 @@ async fn read_customer(
     State(state): State<Arc<ServerState>>,
     Path(id): Path<i64>,
     headers: HeaderMap,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
 ) -> Result<axum::Json<Answer>, hidra_axum::Error> {
     let run = InFlight::enter(&state.handlers);
     let answer: Answer = sqlx::query_as(
@@ -329,9 +329,9 @@ async fn read_customer(
 async fn write_customer(
     State(state): State<Arc<ServerState>>,
     Path(id): Path<i64>,
-    tenant: Tenant,
+    tenant: CurrentTenant,
     headers: HeaderMap,
-    mut tx: TenantTx,
+    mut tx: RequestTx,
     phone: String,
 ) -> Result<axum::Json<Answer>, hidra_axum::Error> {
     let run = InFlight::enter(&state.handlers);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use hidra::auth::{Accounts, AuthError, NewUser, PreparedUser, User};
 use hidra::sqlx::PgConnection;
 use hidra::{NewTenant, Seed, TenantId};
-use hidra_axum::{Auth, TenantConn};
+use hidra_axum::{Auth, RequestConn};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 use utoipa::ToSchema;
@@ -296,7 +296,7 @@ pub struct Me {
 /// The signed-in user.
 #[utoipa::path(get, path = "/me", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
-pub async fn me(auth: Auth, mut conn: TenantConn) -> Result<Json<Me>, ApiError> {
+pub async fn me(auth: Auth, mut conn: RequestConn) -> Result<Json<Me>, ApiError> {
     let id: i64 = auth
         .subject()
         .parse()
@@ -318,7 +318,7 @@ pub async fn me(auth: Auth, mut conn: TenantConn) -> Result<Json<Me>, ApiError> 
 pub async fn logout_everywhere(
     State(state): State<AppState>,
     auth: Auth,
-    hidra_axum::Tenant(tenant): hidra_axum::Tenant,
+    hidra_axum::CurrentTenant(tenant): hidra_axum::CurrentTenant,
 ) -> Result<StatusCode, ApiError> {
     let Some(Ok(id)) = auth.claims().map(|c| c.sub.parse::<i64>()) else {
         return Err(ApiError::field(

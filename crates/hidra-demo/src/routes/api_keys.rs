@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use hidra::auth::{ApiKeyInfo, AuthError, CreatedApiKey, NewApiKey};
-use hidra_axum::{RequirePermission, Tenant};
+use hidra_axum::{CurrentTenant, RequirePermission};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -125,7 +125,7 @@ fn key_error(error: hidra::Error) -> ApiError {
 pub async fn list(
     _: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    CurrentTenant(tenant): CurrentTenant,
 ) -> Result<Json<Vec<ApiKeyView>>, ApiError> {
     let keys = state.api_keys.list(&tenant.id).await?;
     Ok(Json(keys.iter().map(ApiKeyView::from).collect()))
@@ -139,7 +139,7 @@ pub async fn list(
 pub async fn create(
     _: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    CurrentTenant(tenant): CurrentTenant,
     Json(body): Json<NewKeyBody>,
 ) -> Result<(StatusCode, Json<NewKeyView>), ApiError> {
     Checks::default()
@@ -176,7 +176,7 @@ pub async fn create(
 pub async fn rotate(
     _: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    CurrentTenant(tenant): CurrentTenant,
     Path(key_id): Path<String>,
 ) -> Result<(StatusCode, Json<NewKeyView>), ApiError> {
     Checks::default().no_nul("key_id", &key_id).finish()?;
@@ -195,7 +195,7 @@ pub async fn rotate(
 pub async fn revoke(
     _: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    CurrentTenant(tenant): CurrentTenant,
     Path(key_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     Checks::default().no_nul("key_id", &key_id).finish()?;

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use hidra_axum::{RequirePermission, TenantConn};
+use hidra_axum::{RequestConn, RequirePermission};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -97,7 +97,7 @@ const COLUMNS: &str = "id, name, email, phone, address, created_at";
     responses((status = 200, body = Paginated<Customer>), (status = 422, body = ErrorBody)))]
 pub async fn list(
     _: RequirePermission<CustomersRead>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Query(query): Query<CustomerQuery>,
 ) -> Result<Json<Paginated<Customer>>, ApiError> {
     let page = PageParams {
@@ -133,7 +133,7 @@ pub async fn list(
     responses((status = 201, body = Customer), (status = 422, body = ErrorBody)))]
 pub async fn create(
     _: RequirePermission<CustomersWrite>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Json(new): Json<NewCustomer>,
 ) -> Result<(StatusCode, Json<Customer>), ApiError> {
     let mut checks = Checks::default();
@@ -162,7 +162,7 @@ pub async fn create(
     responses((status = 200, body = Customer), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<CustomersRead>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<Json<Customer>, ApiError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -182,7 +182,7 @@ pub async fn show(
         (status = 422, body = ErrorBody)))]
 pub async fn update(
     _: RequirePermission<CustomersWrite>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
     Json(patch): Json<CustomerPatch>,
 ) -> Result<Json<Customer>, ApiError> {
@@ -227,7 +227,7 @@ pub async fn update(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     _: RequirePermission<CustomersWrite>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     let deleted = sqlx::query("DELETE FROM customers WHERE id = $1")

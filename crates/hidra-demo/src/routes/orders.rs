@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use hidra_axum::{RequirePermission, Tenant, TenantConn, TenantTx};
+use hidra_axum::{CurrentTenant, RequestConn, RequestTx, RequirePermission};
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Postgres};
 use utoipa::ToSchema;
@@ -152,7 +152,7 @@ const COLUMNS: &str =
 pub async fn create(
     _: RequirePermission<OrdersWrite>,
     State(state): State<AppState>,
-    mut tx: TenantTx,
+    mut tx: RequestTx,
     Json(new): Json<NewOrder>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     let mut quantities = BTreeMap::new();
@@ -285,7 +285,7 @@ async fn items_of<'c>(
     responses((status = 200, body = Paginated<Order>), (status = 422, body = ErrorBody)))]
 pub async fn list(
     _: RequirePermission<OrdersRead>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Query(params): Query<PageParams>,
 ) -> Result<Json<Paginated<Order>>, ApiError> {
     let page = params.page()?;
@@ -330,7 +330,7 @@ pub async fn list(
     responses((status = 200, body = Order), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<OrdersRead>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<Json<Order>, ApiError> {
     let row: OrderRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -355,8 +355,8 @@ pub async fn show(
 pub async fn confirmation(
     _: RequirePermission<OrdersRead>,
     State(state): State<AppState>,
-    tenant: Tenant,
-    mut conn: TenantConn,
+    tenant: CurrentTenant,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<Json<OrderConfirmation>, ApiError> {
     let (job_id, confirmed_at): (Option<String>, Option<DateTime<Utc>>) =

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use hidra_axum::{RequirePermission, TenantConn};
+use hidra_axum::{RequestConn, RequirePermission};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -104,7 +104,7 @@ const COLUMNS: &str = "id, sku, name, price_cents, stock, created_at";
     responses((status = 200, body = Paginated<Product>), (status = 422, body = ErrorBody)))]
 pub async fn list(
     _: RequirePermission<ProductsRead>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Query(params): Query<PageParams>,
 ) -> Result<Json<Paginated<Product>>, ApiError> {
     let page = params.page()?;
@@ -128,7 +128,7 @@ pub async fn list(
         (status = 422, body = ErrorBody)))]
 pub async fn create(
     _: RequirePermission<ProductsWrite>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Json(new): Json<NewProduct>,
 ) -> Result<(StatusCode, Json<Product>), ApiError> {
     let mut checks = Checks::default();
@@ -159,7 +159,7 @@ pub async fn create(
     responses((status = 200, body = Product), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<ProductsRead>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<Json<Product>, ApiError> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -179,7 +179,7 @@ pub async fn show(
         (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn update(
     _: RequirePermission<ProductsWrite>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
     Json(patch): Json<ProductPatch>,
 ) -> Result<Json<Product>, ApiError> {
@@ -214,7 +214,7 @@ pub async fn update(
     responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 pub async fn delete(
     _: RequirePermission<ProductsWrite>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     let deleted = sqlx::query("DELETE FROM products WHERE id = $1")

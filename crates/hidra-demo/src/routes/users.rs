@@ -3,7 +3,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use hidra::auth::{NewUser, User, UserUpdate};
-use hidra_axum::{RequirePermission, Tenant, TenantConn};
+use hidra_axum::{CurrentTenant, RequestConn, RequirePermission};
 use serde::{Deserialize, Serialize};
 use sqlx::{Executor, Postgres};
 use utoipa::ToSchema;
@@ -104,7 +104,7 @@ fn me(admin: &RequirePermission<UsersManage>) -> Option<i64> {
     responses((status = 200, body = Paginated<UserView>), (status = 403, body = ErrorBody)))]
 pub async fn list(
     _: RequirePermission<UsersManage>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Query(params): Query<PageParams>,
 ) -> Result<Json<Paginated<UserView>>, ApiError> {
     let page = params.page()?;
@@ -129,7 +129,7 @@ pub async fn list(
 pub async fn create(
     _: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    CurrentTenant(tenant): CurrentTenant,
     Json(body): Json<NewUserBody>,
 ) -> Result<(StatusCode, Json<UserView>), ApiError> {
     let mut checks = Checks::default();
@@ -165,7 +165,7 @@ pub async fn create(
     responses((status = 200, body = UserView), (status = 404, body = ErrorBody)))]
 pub async fn show(
     _: RequirePermission<UsersManage>,
-    mut conn: TenantConn,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<Json<UserView>, ApiError> {
     find_user(&mut conn, id)
@@ -184,7 +184,7 @@ pub async fn show(
 pub async fn update(
     admin: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
+    CurrentTenant(tenant): CurrentTenant,
     Path(id): Path<i64>,
     Json(patch): Json<UserPatch>,
 ) -> Result<Json<UserView>, ApiError> {
@@ -240,8 +240,8 @@ pub async fn update(
 pub async fn delete(
     admin: RequirePermission<UsersManage>,
     State(state): State<AppState>,
-    Tenant(tenant): Tenant,
-    mut conn: TenantConn,
+    CurrentTenant(tenant): CurrentTenant,
+    mut conn: RequestConn,
     Path(id): Path<i64>,
 ) -> Result<StatusCode, ApiError> {
     if me(&admin) == Some(id) {

@@ -38,6 +38,23 @@
 //! [`AuthError`] that names its kind, so that the web layer can map it to a
 //! status (the variant docs say which) without parsing messages.
 //!
+//! # Why this is a module of the core, not a crate of its own
+//!
+//! It is a feature of `hidra` (`auth`, which alone pulls in `jsonwebtoken`,
+//! `argon2`, `hmac`, `governor` and `moka`), not a `hidra-auth` crate,
+//! for two reasons. Its SQL text against application-named tables (logins,
+//! attempts, API keys, each a configurable [`TableName`]) is assembled by
+//! the core's crate-private statement builder and quoting, the one audited
+//! place where SQL text is built; a separate crate would have to publish
+//! that builder or build SQL text of its own. And its refusals are variants
+//! of the core's one [`Error`] enum ([`Error::Auth`], `TableMissing`,
+//! `Hashing`), which `hidra-axum` maps to HTTP statuses in one place; a
+//! second error enum would split that mapping. What it needs of the rest
+//! (the registry record and its incarnation, the provisioning's `setup`
+//! hook, connections) is public API, so nothing else ties it to the core.
+//! Applications that do not want it build without the feature (CI checks
+//! that build).
+//!
 //! # Tenant tables
 //!
 //! [`Accounts`] and [`RolePermissions`] use three tables in every tenant's

@@ -11,7 +11,6 @@
 
 use std::sync::OnceLock;
 
-use futures_util::future::BoxFuture;
 use hidra::sqlx::PgConnection;
 use hidra::{Hidra, ListTenants, Page, Placement, Tenant, TenantId, TenantStatus, TenantStore};
 use hidra_axum::TenantCache;
@@ -24,77 +23,65 @@ pub const CUSTOM_DOMAINS: [(&str, &str); 2] = [("shop.acme.test", "acme"), ("bet
 #[derive(Debug, Default)]
 pub struct FuzzStore;
 
-fn read_only<T: Send + 'static>() -> BoxFuture<'static, hidra::Result<T>> {
-    Box::pin(std::future::ready(Err(hidra::Error::InvalidConfig(
+fn read_only<T>() -> hidra::Result<T> {
+    Err(hidra::Error::InvalidConfig(
         "the fuzz registry is read-only".into(),
-    ))))
+    ))
 }
 
 impl TenantStore for FuzzStore {
-    fn get<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _id: &'a TenantId,
-    ) -> BoxFuture<'a, hidra::Result<Option<Tenant>>> {
-        Box::pin(std::future::ready(Ok(None)))
+    async fn get(&self, _conn: &mut PgConnection, _id: &TenantId) -> hidra::Result<Option<Tenant>> {
+        Ok(None)
     }
 
-    fn list<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _page: &'a ListTenants,
-    ) -> BoxFuture<'a, hidra::Result<Page<Tenant>>> {
-        Box::pin(std::future::ready(Ok(Page {
+    async fn list(
+        &self,
+        _conn: &mut PgConnection,
+        _page: &ListTenants,
+    ) -> hidra::Result<Page<Tenant>> {
+        Ok(Page {
             items: Vec::new(),
             next: None,
-        })))
+        })
     }
 
-    fn insert<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _tenant: &'a Tenant,
-    ) -> BoxFuture<'a, hidra::Result<Tenant>> {
+    async fn insert(&self, _conn: &mut PgConnection, _tenant: &Tenant) -> hidra::Result<Tenant> {
         read_only()
     }
 
-    fn update_status<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _id: &'a TenantId,
-        _from: &'a [TenantStatus],
+    async fn update_status(
+        &self,
+        _conn: &mut PgConnection,
+        _id: &TenantId,
+        _from: &[TenantStatus],
         _to: TenantStatus,
-    ) -> BoxFuture<'a, hidra::Result<Option<Tenant>>> {
+    ) -> hidra::Result<Option<Tenant>> {
         read_only()
     }
 
-    fn update_placement<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _id: &'a TenantId,
-        _placement: &'a Placement,
-    ) -> BoxFuture<'a, hidra::Result<Option<Tenant>>> {
+    async fn update_placement(
+        &self,
+        _conn: &mut PgConnection,
+        _id: &TenantId,
+        _placement: &Placement,
+    ) -> hidra::Result<Option<Tenant>> {
         read_only()
     }
 
-    fn delete<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        _id: &'a TenantId,
-    ) -> BoxFuture<'a, hidra::Result<bool>> {
+    async fn delete(&self, _conn: &mut PgConnection, _id: &TenantId) -> hidra::Result<bool> {
         read_only()
     }
 
-    fn find_by_domain<'a>(
-        &'a self,
-        _conn: &'a mut PgConnection,
-        host: &'a str,
-    ) -> BoxFuture<'a, hidra::Result<Option<Tenant>>> {
+    async fn find_by_domain(
+        &self,
+        _conn: &mut PgConnection,
+        host: &str,
+    ) -> hidra::Result<Option<Tenant>> {
         let found = CUSTOM_DOMAINS
             .iter()
             .find(|(domain, _)| *domain == host)
             .map(|(_, id)| hidra::testing::tenant_record(id));
-        Box::pin(std::future::ready(Ok(found)))
+        Ok(found)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::scope::{
     TenantLoads, TenantScope, TenantTx,
 };
 use crate::sql::{self, Ident};
-use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
+use crate::store::{AnyTenantStore, ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
 use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
 
 /// Reference data or other setup run inside a new tenant's schema while it is
@@ -104,7 +104,7 @@ pub struct HidraBuilder {
     schema_prefix: String,
     shared_schemas: Vec<String>,
     registry: Option<RegistryTable>,
-    store: Option<Arc<dyn TenantStore>>,
+    store: Option<AnyTenantStore>,
     tenant_migrations: Migrations,
     shared_migrations: Migrations,
     warm_pool: usize,
@@ -196,7 +196,7 @@ impl HidraBuilder {
 
     /// A custom tenant store instead of [`PgTenantStore`].
     pub fn store(mut self, store: impl TenantStore) -> Self {
-        self.store = Some(Arc::new(store));
+        self.store = Some(AnyTenantStore::new(store));
         self
     }
 
@@ -461,11 +461,11 @@ impl HidraBuilder {
             schema: Ident::new(self.row_level.0, "row-level schema name")?,
             column: Ident::new(self.row_level.1, "tenant column name")?,
         };
-        let (store, registry_store): (Arc<dyn TenantStore>, _) = match (self.store, self.registry) {
+        let (store, registry_store) = match (self.store, self.registry) {
             (Some(store), _) => (store, None),
             (None, registry) => {
                 let store = Arc::new(PgTenantStore::new(registry.unwrap_or_default()));
-                (store.clone(), Some(store))
+                (AnyTenantStore::from_arc(Arc::clone(&store)), Some(store))
             }
         };
         let database_naming = SchemaNaming::new(self.database_prefix)?;
@@ -566,7 +566,7 @@ pub(crate) struct Inner {
     pub(crate) replica: Option<crate::replica::Replica>,
     pub(crate) naming: SchemaNaming,
     pub(crate) shared: Vec<Ident>,
-    pub(crate) store: Arc<dyn TenantStore>,
+    pub(crate) store: AnyTenantStore,
     /// The store, when it is Hidra's own (its statements can join a batch).
     pub(crate) registry_store: Option<Arc<PgTenantStore>>,
     pub(crate) tenant_migrations: Migrations,
@@ -691,8 +691,8 @@ impl Hidra {
     }
 
     /// The tenant store.
-    pub fn store(&self) -> &dyn TenantStore {
-        &*self.inner.store
+    pub fn store(&self) -> &AnyTenantStore {
+        &self.inner.store
     }
 
     /// A connection bound to `tenant` (its schema first in `search_path`, then

@@ -139,8 +139,8 @@ pub use crate::scope::{
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{
-    ListTenants, MAX_PAGE_SIZE, Page, PgTenantStore, RegistryColumns, RegistryTable, TenantStore,
-    TenantUpdate,
+    AnyTenantStore, ListTenants, MAX_PAGE_SIZE, Page, PgTenantStore, RegistryColumns,
+    RegistryTable, TenantStore, TenantUpdate,
 };
 pub use crate::tenant::{
     MAX_TENANT_ID_LEN, NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus,

@@ -356,7 +356,7 @@ impl Hidra {
     ) -> Result<(Vec<(TenantId, String)>, Vec<(TenantId, String)>)> {
         let mut out = Vec::new();
         let mut others = Vec::new();
-        for t in crate::store::list_all(&*self.inner.store, conn).await? {
+        for t in crate::store::list_all(&self.inner.store, conn).await? {
             if !matches!(t.status, TenantStatus::Active | TenantStatus::Suspended) {
                 continue;
             }

@@ -13,7 +13,6 @@ use axum::extract::{OriginalUri, Query};
 use axum::http::{Request, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing;
-use futures_util::future::BoxFuture;
 use hidra::testing::TestDatabase;
 use hidra::{
     Hidra, ListTenants, NewTenant, Page, PgTenantStore, TenantId, TenantStatus, TenantStore,
@@ -51,65 +50,61 @@ impl TenantStore for CountingStore {
         self.inner.install_ddl()
     }
 
-    fn get<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
+    async fn get(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+    ) -> hidra::Result<Option<hidra::Tenant>> {
         self.gets.fetch_add(1, Ordering::SeqCst);
-        self.inner.get(conn, id)
+        self.inner.get(conn, id).await
     }
 
-    fn list<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        page: &'a ListTenants,
-    ) -> BoxFuture<'a, hidra::Result<Page<hidra::Tenant>>> {
-        self.inner.list(conn, page)
+    async fn list(
+        &self,
+        conn: &mut PgConnection,
+        page: &ListTenants,
+    ) -> hidra::Result<Page<hidra::Tenant>> {
+        self.inner.list(conn, page).await
     }
 
-    fn insert<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        tenant: &'a hidra::Tenant,
-    ) -> BoxFuture<'a, hidra::Result<hidra::Tenant>> {
-        self.inner.insert(conn, tenant)
+    async fn insert(
+        &self,
+        conn: &mut PgConnection,
+        tenant: &hidra::Tenant,
+    ) -> hidra::Result<hidra::Tenant> {
+        self.inner.insert(conn, tenant).await
     }
 
-    fn update_status<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-        from: &'a [TenantStatus],
+    async fn update_status(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        from: &[TenantStatus],
         to: TenantStatus,
-    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
-        self.inner.update_status(conn, id, from, to)
+    ) -> hidra::Result<Option<hidra::Tenant>> {
+        self.inner.update_status(conn, id, from, to).await
     }
 
-    fn update_placement<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-        placement: &'a hidra::Placement,
-    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
-        self.inner.update_placement(conn, id, placement)
+    async fn update_placement(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        placement: &hidra::Placement,
+    ) -> hidra::Result<Option<hidra::Tenant>> {
+        self.inner.update_placement(conn, id, placement).await
     }
 
-    fn delete<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-    ) -> BoxFuture<'a, hidra::Result<bool>> {
-        self.inner.delete(conn, id)
+    async fn delete(&self, conn: &mut PgConnection, id: &TenantId) -> hidra::Result<bool> {
+        self.inner.delete(conn, id).await
     }
 
-    fn find_by_domain<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        host: &'a str,
-    ) -> BoxFuture<'a, hidra::Result<Option<hidra::Tenant>>> {
+    async fn find_by_domain(
+        &self,
+        conn: &mut PgConnection,
+        host: &str,
+    ) -> hidra::Result<Option<hidra::Tenant>> {
         self.domain_lookups.fetch_add(1, Ordering::SeqCst);
-        self.inner.find_by_domain(conn, host)
+        self.inner.find_by_domain(conn, host).await
     }
 }
 

@@ -287,7 +287,7 @@ impl MigrationRunner {
                     targets.push(t);
                 }
             }
-            None => targets = crate::store::list_all(&*hidra.inner.store, &mut conn).await?,
+            None => targets = crate::store::list_all(&hidra.inner.store, &mut conn).await?,
         }
         let mut all: Vec<Target> = targets
             .into_iter()

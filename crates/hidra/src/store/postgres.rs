@@ -1,4 +1,3 @@
-use futures_util::future::BoxFuture;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row, SqlStr};
 
@@ -417,175 +416,139 @@ impl TenantStore for PgTenantStore {
         Some(schema + &registry.ddl())
     }
 
-    fn get<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
-        Box::pin(async move {
-            let row = sqlx::query(self.q.get.clone())
-                .bind(id.as_str())
-                .fetch_optional(conn)
-                .await
-                .map_err(self.map_err("reading the tenant registry"))?;
-            row.as_ref().map(decode).transpose()
-        })
+    async fn get(&self, conn: &mut PgConnection, id: &TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query(self.q.get.clone())
+            .bind(id.as_str())
+            .fetch_optional(conn)
+            .await
+            .map_err(self.map_err("reading the tenant registry"))?;
+        row.as_ref().map(decode).transpose()
     }
 
-    fn list<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        page: &'a ListTenants,
-    ) -> BoxFuture<'a, Result<Page<Tenant>>> {
-        Box::pin(async move {
-            let limit = page.limit.clamp(1, MAX_PAGE_SIZE);
-            let rows = sqlx::query(self.q.list.clone())
-                .bind(page.after.as_ref().map(TenantId::as_str))
-                .bind(page.status.map(|s| s.as_str()))
-                .bind(i64::from(limit) + 1)
-                .bind(page.search.as_deref().filter(|s| !s.is_empty()))
-                .fetch_all(conn)
-                .await
-                .map_err(self.map_err("listing tenants"))?;
-            let mut items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
-            let next = if items.len() > limit as usize {
-                items.truncate(limit as usize);
-                items.last().map(|t| t.id.clone())
-            } else {
-                None
-            };
-            Ok(Page { items, next })
-        })
+    async fn list(&self, conn: &mut PgConnection, page: &ListTenants) -> Result<Page<Tenant>> {
+        let limit = page.limit.clamp(1, MAX_PAGE_SIZE);
+        let rows = sqlx::query(self.q.list.clone())
+            .bind(page.after.as_ref().map(TenantId::as_str))
+            .bind(page.status.map(|s| s.as_str()))
+            .bind(i64::from(limit) + 1)
+            .bind(page.search.as_deref().filter(|s| !s.is_empty()))
+            .fetch_all(conn)
+            .await
+            .map_err(self.map_err("listing tenants"))?;
+        let mut items = rows.iter().map(decode).collect::<Result<Vec<_>>>()?;
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|t| t.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
     }
 
-    fn insert<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        tenant: &'a Tenant,
-    ) -> BoxFuture<'a, Result<Tenant>> {
-        Box::pin(async move {
-            let result = sqlx::query(self.q.insert.clone())
-                .bind(tenant.id.as_str())
-                .bind(&tenant.name)
-                .bind(tenant.status.as_str())
-                .bind(tenant.placement.strategy.as_str())
-                .bind(&tenant.placement.schema)
-                .bind(tenant.placement.database.as_deref())
-                .bind(tenant.placement.server.as_deref())
-                .bind(&tenant.metadata)
-                .fetch_one(conn)
-                .await;
-            match result {
-                Ok(row) => decode(&row),
-                Err(err) => Err(self.insert_error(tenant, err)),
-            }
-        })
+    async fn insert(&self, conn: &mut PgConnection, tenant: &Tenant) -> Result<Tenant> {
+        let result = sqlx::query(self.q.insert.clone())
+            .bind(tenant.id.as_str())
+            .bind(&tenant.name)
+            .bind(tenant.status.as_str())
+            .bind(tenant.placement.strategy.as_str())
+            .bind(&tenant.placement.schema)
+            .bind(tenant.placement.database.as_deref())
+            .bind(tenant.placement.server.as_deref())
+            .bind(&tenant.metadata)
+            .fetch_one(conn)
+            .await;
+        match result {
+            Ok(row) => decode(&row),
+            Err(err) => Err(self.insert_error(tenant, err)),
+        }
     }
 
-    fn update_status<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-        from: &'a [TenantStatus],
+    async fn update_status(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        from: &[TenantStatus],
         to: TenantStatus,
-    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
-        Box::pin(async move {
-            let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-            let row = sqlx::query(self.q.update_status.clone())
-                .bind(id.as_str())
-                .bind(to.as_str())
-                .bind(&from)
-                .fetch_optional(conn)
-                .await
-                .map_err(self.map_err("updating a tenant's status"))?;
-            row.as_ref().map(decode).transpose()
-        })
+    ) -> Result<Option<Tenant>> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let row = sqlx::query(self.q.update_status.clone())
+            .bind(id.as_str())
+            .bind(to.as_str())
+            .bind(&from)
+            .fetch_optional(conn)
+            .await
+            .map_err(self.map_err("updating a tenant's status"))?;
+        row.as_ref().map(decode).transpose()
     }
 
-    fn update_placement<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-        placement: &'a Placement,
-    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
-        Box::pin(async move {
-            let row = sqlx::query(self.q.update_placement.clone())
-                .bind(id.as_str())
-                .bind(placement.strategy.as_str())
-                .bind(&placement.schema)
-                .bind(placement.database.as_deref())
-                .bind(placement.server.as_deref())
-                .fetch_optional(conn)
-                .await
-                .map_err(|err| match db_code(&err) {
-                    Some((code, _)) if code == sqlstate::UNIQUE_VIOLATION => Error::SchemaTaken {
-                        id: id.clone(),
-                        schema: placement.schema.clone(),
-                    },
-                    _ => self.map_err("updating a tenant's placement")(err),
-                })?;
-            row.as_ref().map(decode).transpose()
-        })
+    async fn update_placement(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        placement: &Placement,
+    ) -> Result<Option<Tenant>> {
+        let row = sqlx::query(self.q.update_placement.clone())
+            .bind(id.as_str())
+            .bind(placement.strategy.as_str())
+            .bind(&placement.schema)
+            .bind(placement.database.as_deref())
+            .bind(placement.server.as_deref())
+            .fetch_optional(conn)
+            .await
+            .map_err(|err| match db_code(&err) {
+                Some((code, _)) if code == sqlstate::UNIQUE_VIOLATION => Error::SchemaTaken {
+                    id: id.clone(),
+                    schema: placement.schema.clone(),
+                },
+                _ => self.map_err("updating a tenant's placement")(err),
+            })?;
+        row.as_ref().map(decode).transpose()
     }
 
-    fn update_details<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-        update: &'a TenantUpdate,
-    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
-        Box::pin(async move {
-            let row = sqlx::query(self.q.update_details.clone())
-                .bind(id.as_str())
-                .bind(update.name.as_deref())
-                .bind(update.metadata.as_ref())
-                .fetch_optional(conn)
-                .await
-                .map_err(self.map_err("updating a tenant's name or metadata"))?;
-            row.as_ref().map(decode).transpose()
-        })
+    async fn update_details(
+        &self,
+        conn: &mut PgConnection,
+        id: &TenantId,
+        update: &TenantUpdate,
+    ) -> Result<Option<Tenant>> {
+        let row = sqlx::query(self.q.update_details.clone())
+            .bind(id.as_str())
+            .bind(update.name.as_deref())
+            .bind(update.metadata.as_ref())
+            .fetch_optional(conn)
+            .await
+            .map_err(self.map_err("updating a tenant's name or metadata"))?;
+        row.as_ref().map(decode).transpose()
     }
 
-    fn delete<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        id: &'a TenantId,
-    ) -> BoxFuture<'a, Result<bool>> {
-        Box::pin(async move {
-            let done = sqlx::query(self.q.delete.clone())
-                .bind(id.as_str())
-                .execute(conn)
-                .await
-                .map_err(self.map_err("deleting a tenant record"))?;
-            Ok(done.rows_affected() > 0)
-        })
+    async fn delete(&self, conn: &mut PgConnection, id: &TenantId) -> Result<bool> {
+        let done = sqlx::query(self.q.delete.clone())
+            .bind(id.as_str())
+            .execute(conn)
+            .await
+            .map_err(self.map_err("deleting a tenant record"))?;
+        Ok(done.rows_affected() > 0)
     }
 
-    fn find_by_domain<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        host: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Tenant>>> {
-        Box::pin(async move {
-            let rows = sqlx::query(self.q.find_by_domain.clone())
-                .bind(host)
-                .fetch_all(conn)
-                .await
-                .map_err(self.map_err("looking up a custom domain"))?;
-            match rows.as_slice() {
-                [] => Ok(None),
-                [row] => decode(row).map(Some),
-                [a, b, ..] => Err(Error::InvalidConfig(
-                    format!(
-                        "custom domain {host:?} is listed by tenants `{}` and `{}`; \
+    async fn find_by_domain(&self, conn: &mut PgConnection, host: &str) -> Result<Option<Tenant>> {
+        let rows = sqlx::query(self.q.find_by_domain.clone())
+            .bind(host)
+            .fetch_all(conn)
+            .await
+            .map_err(self.map_err("looking up a custom domain"))?;
+        match rows.as_slice() {
+            [] => Ok(None),
+            [row] => decode(row).map(Some),
+            [a, b, ..] => Err(Error::InvalidConfig(
+                format!(
+                    "custom domain {host:?} is listed by tenants `{}` and `{}`; \
                          a domain must belong to one tenant",
-                        decode(a)?.id,
-                        decode(b)?.id
-                    )
-                    .into(),
-                )),
-            }
-        })
+                    decode(a)?.id,
+                    decode(b)?.id
+                )
+                .into(),
+            )),
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use crate::error::{BoxError, Error, Result};
 use crate::migrate::Migrations;
 use crate::scope::{
-    self, DatabasePoolConfig, Pool, PoolConfig, Pooled, SharedConn, TenantConn, TenantDatabases,
+    self, DatabasePoolConfig, Pool, PoolConfig, SharedConn, TenantConn, TenantDatabases,
     TenantLoads, TenantScope, TenantTx,
 };
 use crate::sql::{self, Ident};
@@ -153,7 +153,10 @@ impl Default for HidraBuilder {
             warm_pool: 0,
             seed: None,
             default_strategy: Strategy::Schema,
-            row_level: ("public".into(), crate::rls::DEFAULT_TENANT_COLUMN.into()),
+            row_level: (
+                "public".into(),
+                crate::strategy::row_level::DEFAULT_TENANT_COLUMN.into(),
+            ),
             databases: DatabasePoolConfig::default(),
             database_prefix: "tenant_".into(),
             audit_row_level: false,
@@ -487,14 +490,18 @@ impl HidraBuilder {
                     Pool::new(
                         replica.clone(),
                         &self.pool,
-                        sql::reset_statement(&self.timeouts),
+                        sql::reset_statement(self.timeouts.values()),
                     ),
                     scope::Reachability::new(replica),
                     self.replica_wait,
                 ))
             }
         };
-        let pool = Pool::new(options, &self.pool, sql::reset_statement(&self.timeouts));
+        let pool = Pool::new(
+            options,
+            &self.pool,
+            sql::reset_statement(self.timeouts.values()),
+        );
         // As sqlx's `connect` does: fail now if the server does not answer.
         drop(
             pool.get()
@@ -625,20 +632,6 @@ impl fmt::Debug for Hidra {
     }
 }
 
-/// The database of a database-per-tenant tenant, validated.
-pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
-    let name = tenant
-        .placement
-        .database
-        .as_deref()
-        .ok_or_else(|| Error::CorruptRecord {
-            id: tenant.id.to_string(),
-            reason: "a database-per-tenant tenant without a database name".into(),
-        })?;
-    Ident::new(name, "tenant database name")?;
-    Ok(name)
-}
-
 /// How many connections of the shared pool one tenant may hold at once; see
 /// [`HidraBuilder::tenant_cap`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -705,22 +698,7 @@ impl Hidra {
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
         let scope = self.scope(tenant)?;
         let share = self.admit(tenant, &scope).await?;
-        if tenant.placement.strategy == Strategy::Database {
-            let mut conn = scope::acquire_database(
-                &self.inner.databases,
-                &self.inner.reach,
-                tenant_database(tenant)?,
-            )
-            .await?;
-            scope.bind_database_session(&mut conn).await?;
-            return Ok(TenantConn::new(Pooled::Database(conn), tenant, None).with_share(share));
-        }
-        if let Some(pooled) = &self.inner.pooled {
-            let conn = scope::acquire_unscoped(pooled, &self.inner.reach).await?;
-            return Ok(TenantConn::through_pooler(conn, tenant, scope).with_share(share));
-        }
-        let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, &scope).await?;
-        Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)).with_share(share))
+        self.connect_bound(tenant, scope, share).await
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
@@ -729,20 +707,7 @@ impl Hidra {
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
         let scope = self.scope(tenant)?;
         let share = self.admit(tenant, &scope).await?;
-        if tenant.placement.strategy == Strategy::Database {
-            let conn = scope::acquire_database(
-                &self.inner.databases,
-                &self.inner.reach,
-                tenant_database(tenant)?,
-            )
-            .await?;
-            let tx = TenantTx::begin_in_database(conn, tenant, &scope).await?;
-            return Ok(tx.with_share(share));
-        }
-        let pool = self.inner.pooled.as_ref().unwrap_or(&self.inner.pool);
-        let conn = scope::acquire_for_tx(pool, &self.inner.reach).await?;
-        let tx = TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await?;
-        Ok(tx.with_share(share))
+        self.begin_bound(tenant, scope, share).await
     }
 
     /// Creates what Hidra needs in the database, where it is missing: the
@@ -815,10 +780,7 @@ impl Hidra {
         {
             return Ok(scope.clone());
         }
-        let cap = match tenant.placement.strategy {
-            Strategy::Database => self.inner.database_cap,
-            Strategy::Schema | Strategy::RowLevel => self.inner.tenant_cap,
-        };
+        let cap = self.cap_of(tenant.placement.strategy);
         let scope = Arc::new(TenantScope::new(
             tenant,
             &tenant.placement.schema_ident()?,
@@ -832,31 +794,6 @@ impl Hidra {
         }
         scopes.insert(tenant.id.as_str().to_owned(), scope.clone());
         Ok(scope)
-    }
-
-    /// What a checkout for `tenant` binds.
-    pub(crate) fn binding(&self, tenant: &Tenant) -> Result<scope::Binding> {
-        let schema = tenant.placement.schema_ident()?;
-        let shared: Vec<Ident> = self
-            .inner
-            .shared
-            .iter()
-            .filter(|s| **s != schema)
-            .cloned()
-            .collect();
-        let search_path = sql::search_path_value(&schema, &shared);
-        Ok(match tenant.placement.strategy {
-            Strategy::Schema | Strategy::Database => scope::Binding {
-                search_path,
-                tenant_id: String::new(),
-                timeouts: self.inner.timeouts.for_tenant(tenant),
-            },
-            Strategy::RowLevel => scope::Binding {
-                search_path,
-                tenant_id: tenant.id.to_string(),
-                timeouts: self.inner.timeouts.for_tenant(tenant),
-            },
-        })
     }
 
     /// The tenant with this id, if registered (any status).

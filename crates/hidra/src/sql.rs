@@ -213,35 +213,40 @@ pub(crate) const UNBIND_LOCAL: &str = concat!(
 /// `BEGIN` plus a transaction-local `search_path` and row-level tenant, sent as
 /// one simple query so the binding costs no extra round trip. Utility `SET`s
 /// skip the planner that `SELECT set_config(…)` goes through.
-pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
+pub(crate) fn begin_scoped(search_path: &str, tenant_id: &str, timeouts: Timeouts) -> SqlStr {
     owned(format!(
-        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}{}",
-        b.search_path,
-        quote_literal(&b.tenant_id),
-        set_timeouts(&b.timeouts, "SET LOCAL"),
+        "BEGIN; SET LOCAL search_path TO {search_path}; SET LOCAL {TENANT_SETTING} TO {}{}",
+        quote_literal(tenant_id),
+        set_timeouts(timeouts, "SET LOCAL"),
     ))
 }
 
+/// The managed timeouts in milliseconds, `statement_timeout` first, then
+/// `idle_in_transaction_session_timeout`; `None`: not managed (integers, so
+/// they go into SQL text as they are).
+pub(crate) type Timeouts = [Option<u64>; 2];
+
 /// A tenant database's session timeouts, `None` when none is managed: its
 /// connections serve that tenant alone, so the session holds them.
-pub(crate) fn database_session_timeouts(t: &crate::scope::Timeouts) -> Option<SqlStr> {
+pub(crate) fn database_session_timeouts(t: Timeouts) -> Option<SqlStr> {
     let sets = set_timeouts(t, "SET");
     (!sets.is_empty()).then(|| owned(sets.trim_start_matches("; ").to_owned()))
 }
 
 /// `BEGIN` in a tenant database, with its transaction-local timeouts.
-pub(crate) fn begin_in_database(t: &crate::scope::Timeouts) -> SqlStr {
+pub(crate) fn begin_in_database(t: Timeouts) -> SqlStr {
     owned(format!("BEGIN{}", set_timeouts(t, "SET LOCAL")))
 }
 
 /// `; SET statement_timeout TO …` (and the idle one) for the managed
 /// timeouts, with `set` (`SET` or `SET LOCAL`). The values are integers.
-fn set_timeouts(t: &crate::scope::Timeouts, set: &str) -> String {
+fn set_timeouts(t: Timeouts, set: &str) -> String {
+    let [statement_ms, idle_in_transaction_ms] = t;
     let mut out = String::new();
-    if let Some(ms) = t.statement_ms {
+    if let Some(ms) = statement_ms {
         out.push_str(&format!("; {set} statement_timeout TO {ms}"));
     }
-    if let Some(ms) = t.idle_in_transaction_ms {
+    if let Some(ms) = idle_in_transaction_ms {
         out.push_str(&format!(
             "; {set} idle_in_transaction_session_timeout TO {ms}"
         ));
@@ -251,12 +256,11 @@ fn set_timeouts(t: &crate::scope::Timeouts, set: &str) -> String {
 
 /// The tenant checkout statement: the session `search_path` and row-level
 /// tenant, in one simple query (`search_path` is a list of quoted names).
-pub(crate) fn bind_session(b: &crate::scope::Binding) -> SqlStr {
+pub(crate) fn bind_session(search_path: &str, tenant_id: &str, timeouts: Timeouts) -> SqlStr {
     owned(format!(
-        "SET search_path TO {}; SET {TENANT_SETTING} TO {}{}",
-        b.search_path,
-        quote_literal(&b.tenant_id),
-        set_timeouts(&b.timeouts, "SET"),
+        "SET search_path TO {search_path}; SET {TENANT_SETTING} TO {}{}",
+        quote_literal(tenant_id),
+        set_timeouts(timeouts, "SET"),
     ))
 }
 
@@ -278,16 +282,17 @@ pub(crate) fn install_script(ddl: &str) -> SqlStr {
 
 /// The unscoped checkout statement: default `search_path`, no row-level
 /// tenant, and the server's own value of each timeout Hidra manages.
-pub(crate) fn reset_statement(managed: &crate::scope::Timeouts) -> SqlStr {
+pub(crate) fn reset_statement(managed: Timeouts) -> SqlStr {
     let mut sql = String::from(concat!(
         "RESET search_path; SET ",
         tenant_setting!(),
         " TO ''"
     ));
-    if managed.statement_ms.is_some() {
+    let [statement_ms, idle_in_transaction_ms] = managed;
+    if statement_ms.is_some() {
         sql.push_str("; RESET statement_timeout");
     }
-    if managed.idle_in_transaction_ms.is_some() {
+    if idle_in_transaction_ms.is_some() {
         sql.push_str("; RESET idle_in_transaction_session_timeout");
     }
     owned(sql)
@@ -625,45 +630,30 @@ mod tests {
         );
         assert_eq!(path, "\"tenant_a\", \"public\"");
         assert_eq!(bytea_literal(&[0, 255]), "'\\x00ff'::bytea");
-        let b = crate::scope::Binding {
-            search_path: path,
-            tenant_id: "o'neil".into(),
-            timeouts: Default::default(),
-        };
+        let none = [None, None];
         assert_eq!(
-            begin_scoped(&b).as_str(),
+            begin_scoped(&path, "o'neil", none).as_str(),
             "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
              SET LOCAL hidra.tenant_id TO 'o''neil'"
         );
         assert_eq!(
-            bind_session(&b).as_str(),
+            bind_session(&path, "o'neil", none).as_str(),
             "SET search_path TO \"tenant_a\", \"public\"; SET hidra.tenant_id TO 'o''neil'"
         );
+        assert!(reset_statement(none).as_str().contains(TENANT_SETTING));
+        let managed = [Some(250), None];
         assert!(
-            reset_statement(&Default::default())
-                .as_str()
-                .contains(TENANT_SETTING)
-        );
-        let managed = crate::scope::Timeouts {
-            statement_ms: Some(250),
-            idle_in_transaction_ms: None,
-        };
-        let b = crate::scope::Binding {
-            timeouts: managed,
-            ..b
-        };
-        assert!(
-            bind_session(&b)
+            bind_session(&path, "o'neil", managed)
                 .as_str()
                 .ends_with("; SET statement_timeout TO 250")
         );
         assert!(
-            begin_scoped(&b)
+            begin_scoped(&path, "o'neil", managed)
                 .as_str()
                 .ends_with("; SET LOCAL statement_timeout TO 250")
         );
         assert!(
-            reset_statement(&managed)
+            reset_statement(managed)
                 .as_str()
                 .ends_with("; RESET statement_timeout")
         );

@@ -656,7 +656,8 @@ impl Hidra {
             .await?;
         // Parents first, by the tenant schema's foreign keys; rows that the
         // migrations inserted go first, children first.
-        let order = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
+        let order =
+            crate::strategy::row_level::tables_in_order(&mut tx, schema.as_str(), None).await?;
         let ordered: Vec<(usize, String, Vec<String>)> = order
             .into_iter()
             .filter_map(|(name, qualified, cols)| {

@@ -282,7 +282,7 @@ impl Hidra {
             id,
         };
         let mut manifest = if tenant.placement.strategy == Strategy::Database {
-            let database = crate::hidra::tenant_database(&tenant)?;
+            let database = crate::strategy::database::tenant_database(&tenant)?;
             let mut conn = self.inner.databases.acquire(database).await?;
             conn.discard_on_drop(true);
             let mut data = snapshot(&mut conn).await?;
@@ -376,7 +376,7 @@ impl Hidra {
         }
         let tables = match source.tenant_column {
             Some(_) => self.row_level_tables(conn).await?,
-            None => crate::rls::tables_in_order(conn, schema, None).await?,
+            None => crate::strategy::row_level::tables_in_order(conn, schema, None).await?,
         };
         writer.progress.tables = tables.len();
         let mut archived = Vec::with_capacity(tables.len());

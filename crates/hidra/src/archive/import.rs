@@ -423,7 +423,7 @@ impl Hidra {
         loader: &mut Loader<'_>,
     ) -> Result<ImportSummary> {
         let database = self.inner.database_naming.schema_for(&plan.id);
-        let schema = Ident::trusted(crate::per_database::TENANT_DB_SCHEMA.to_owned());
+        let schema = Ident::trusted(crate::strategy::database::TENANT_DB_SCHEMA.to_owned());
         let draft = self.import_draft(
             plan,
             Placement {
@@ -441,7 +441,9 @@ impl Hidra {
         let created = sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", database.quoted())))
             .execute(&mut *conn)
             .await
-            .map_err(crate::per_database::creation_error(&plan.id, &database));
+            .map_err(crate::strategy::database::creation_error(
+                &plan.id, &database,
+            ));
         if let Err(e) = created {
             if let Err(undo) = self.inner.store.delete(&mut conn, &tenant.id).await {
                 tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
@@ -544,7 +546,8 @@ impl Hidra {
         };
         migrate_in(tx, &build, true, create, &base, &plan.base).await?;
 
-        let targets = crate::rls::tables_in_order(tx, schema.as_str(), None).await?;
+        let targets =
+            crate::strategy::row_level::tables_in_order(tx, schema.as_str(), None).await?;
         crate::moves::truncate(tx, &targets).await?;
         let mut rows = 0;
         let mut tables = 0;

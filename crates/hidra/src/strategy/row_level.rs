@@ -21,15 +21,26 @@
 //! Keys of tenant-scoped tables should include the tenant column (or be UUIDs):
 //! rows of every tenant share the table, and a tenant moved in from its own
 //! schema brings its own ids.
+//!
+//! This module is also the row-level strategy inside Hidra: a row-level
+//! tenant is provisioned as a registry row (and its seed rows) in one
+//! transaction once the audit has passed, dropped by deleting its rows
+//! (children first, with the tenant bound), and moved between the row-level
+//! tables and a schema of its own in one transaction.
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::Serialize;
 
+use sqlx::Connection;
+
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
+use crate::moves::{advance_sequences, columns, ensure_empty, lock};
 use crate::sql::{self, Ident, TableName};
+use crate::strategy::schema::drop_tenant_schema;
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant};
 
 /// The default tenant column of row-level tables.
 pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
@@ -295,6 +306,207 @@ impl Hidra {
         let rl = &self.inner.row_level;
         tables_in_order(conn, rl.schema.as_str(), Some(rl.column.as_str())).await
     }
+}
+
+/// The row-level strategy: provisioning (a registry row and its seed rows),
+/// dropping (deleting its rows), and moves between a schema and the
+/// row-level tables (one transaction each).
+impl Hidra {
+    /// Where row-level tenants' rows live.
+    fn row_level_placement(&self) -> Placement {
+        Placement {
+            strategy: Strategy::RowLevel,
+            schema: self.inner.row_level.schema.to_string(),
+            database: None,
+            server: None,
+        }
+    }
+
+    /// A row-level tenant is a registry row (and its seed rows), in one
+    /// transaction, once the row-level audit has passed.
+    pub(crate) async fn provision_row_level(&self, mut new: NewTenant) -> Result<Tenant> {
+        self.require_row_level_audit().await?;
+        let setup = new.setup.take();
+        let draft = self.draft(new, self.row_level_placement());
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning transaction"))?;
+        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let binding = self.binding(&tenant)?;
+        let tenant = self
+            .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+            .await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning transaction"))?;
+        tracing::info!(tenant = %tenant.id, strategy = "row_level", "provisioned tenant");
+        Ok(tenant)
+    }
+
+    /// Deletes every row of a row-level tenant, children first, with the tenant
+    /// bound so that the policies let exactly its rows through.
+    pub(crate) async fn delete_row_level_rows(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<()> {
+        bind_row_level(tx, tenant.id.as_str()).await?;
+        let tables = self.row_level_tables(tx).await?;
+        let column = self.inner.row_level.column.quoted();
+        for (_, table, _) in tables.iter().rev() {
+            sqlx::query(sql::owned(format!(
+                "DELETE FROM {table} WHERE {column} = $1"
+            )))
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("deleting a row-level tenant's rows"))?;
+        }
+        sqlx::query(sql::BIND_TENANT_LOCAL)
+            .bind("")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("unbinding the row-level tenant"))?;
+        Ok(())
+    }
+
+    /// Moves a row-level tenant into a schema of its own, in `tx`: its rows
+    /// are copied into the new schema and deleted from the shared tables.
+    pub(crate) async fn row_level_to_schema(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<Tenant> {
+        let inner = &self.inner;
+        let tables = self.row_level_tables(tx).await?;
+        lock(tx, tables.iter().map(|t| t.1.clone())).await?;
+        let schema = inner.naming.schema_for(&tenant.id);
+        let placement = super::schema::placement(&schema);
+        let binding = super::Binding {
+            search_path: sql::search_path_value(&schema, &inner.shared),
+            tenant_id: String::new(),
+            timeouts: Default::default(),
+        };
+        self.build_schema_for_move(tx, tenant, &schema, &binding.search_path)
+            .await?;
+        bind_row_level(tx, tenant.id.as_str()).await?;
+        let column = inner.row_level.column.as_str();
+        for (name, source, cols) in &tables {
+            let target = format!("{}.{}", schema.quoted(), sql::quote_ident(name));
+            let target_cols = columns(tx, schema.as_str(), name).await?;
+            if target_cols.is_empty() {
+                ensure_empty(tx, source, &tenant.id, column).await?;
+                continue;
+            }
+            let common: Vec<String> = cols
+                .iter()
+                .filter(|c| c.as_str() != column && target_cols.contains(*c))
+                .map(|c| sql::quote_ident(c))
+                .collect();
+            let list = common.join(", ");
+            sqlx::query(sql::owned(format!(
+                "INSERT INTO {target} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {source} WHERE {} = $1",
+                sql::quote_ident(column)
+            )))
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("copying a tenant's rows into its schema"))?;
+            advance_sequences(tx, &target, schema.as_str(), name).await?;
+        }
+        self.delete_row_level_rows(tx, tenant).await?;
+        unbind_row_level(tx).await?;
+        self.inner
+            .store
+            .update_placement(tx, &tenant.id, &placement)
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+
+    /// Moves a schema-per-tenant tenant into the row-level tables, in `tx`:
+    /// its rows are copied in with its id and its schema is dropped.
+    pub(crate) async fn schema_to_row_level(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<Tenant> {
+        let inner = &self.inner;
+        let schema = tenant.placement.schema_ident()?;
+        let tables = self.row_level_tables(tx).await?;
+        let own: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> '_hidra_migrations'",
+        )
+        .bind(schema.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::db("listing the tenant's tables"))?;
+        lock(
+            tx,
+            own.iter()
+                .map(|t| format!("{}.{}", schema.quoted(), sql::quote_ident(t))),
+        )
+        .await?;
+        let covered: HashSet<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+        for table in own.iter().filter(|t| !covered.contains(t.as_str())) {
+            ensure_empty(
+                tx,
+                &format!("{}.{}", schema.quoted(), sql::quote_ident(table)),
+                &tenant.id,
+                "",
+            )
+            .await?;
+        }
+        bind_row_level(tx, tenant.id.as_str()).await?;
+        let column = inner.row_level.column.as_str();
+        for (name, target, cols) in &tables {
+            if !own.contains(name) {
+                continue;
+            }
+            let source = format!("{}.{}", schema.quoted(), sql::quote_ident(name));
+            let source_cols = columns(tx, schema.as_str(), name).await?;
+            let common: Vec<String> = cols
+                .iter()
+                .filter(|c| c.as_str() != column && source_cols.contains(*c))
+                .map(|c| sql::quote_ident(c))
+                .collect();
+            let list = common.join(", ");
+            sqlx::query(sql::owned(format!(
+                "INSERT INTO {target} ({list}, {col}) OVERRIDING SYSTEM VALUE SELECT {list}, $1 FROM {source}",
+                col = sql::quote_ident(column)
+            )))
+            .bind(tenant.id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("copying a tenant's rows into the row-level tables"))?;
+            advance_sequences(tx, target, inner.row_level.schema.as_str(), name).await?;
+        }
+        unbind_row_level(tx).await?;
+        drop_tenant_schema(tx, &schema).await?;
+        let placement = self.row_level_placement();
+        self.inner
+            .store
+            .update_placement(tx, &tenant.id, &placement)
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+}
+
+/// Binds the row-level tenant `id` for the rest of the transaction (`""`:
+/// none).
+async fn bind_row_level(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
+    sqlx::query(sql::BIND_TENANT_LOCAL)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("binding the row-level tenant"))?;
+    Ok(())
+}
+
+async fn unbind_row_level(tx: &mut sqlx::PgConnection) -> Result<()> {
+    bind_row_level(tx, "").await
 }
 
 /// The tables of `schema` (only the row-level ones — RLS on and the tenant

@@ -1,5 +1,7 @@
 //! Database per tenant: provisioning from a template database kept at the
-//! latest migration (`CREATE DATABASE … TEMPLATE`), and dropping.
+//! latest migration (`CREATE DATABASE … TEMPLATE`), checkouts of a tenant's
+//! own database, moves between a schema and a database of its own, and
+//! dropping.
 //!
 //! Every tenant database holds its tables in `public`, with its own history
 //! (`public._hidra_migrations`) and bookkeeping (`hidra.schema_versions`),
@@ -7,13 +9,24 @@
 //! created and migrated on the first database provisioning of a process,
 //! under an exclusive advisory lock, while creating databases from it takes the
 //! same lock shared, so a template is never migrated while it is copied.
+//!
+//! The connections themselves come from `scope::databases` (a small pool per
+//! tenant database under one global budget): they are what a
+//! [`TenantConn`](crate::TenantConn) or [`TenantTx`](crate::TenantTx) of such
+//! a tenant holds, as `scope::pool` is for the shared database.
 
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use crate::error::{Error, Result};
-use crate::hidra::{Hidra, tenant_database};
+use crate::hidra::Hidra;
 use crate::migrate::{self, Target};
+use crate::moves::{advance_sequences, copy_rows, ensure_empty, lock, truncate};
+use crate::scope::{self, DbConn};
 use crate::sql::{self, Ident};
+use crate::strategy::row_level::tables_in_order;
+use crate::strategy::schema::drop_tenant_schema;
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
 /// Advisory lock key guarding the template database.
@@ -21,6 +34,30 @@ const TEMPLATE_LOCK: i64 = 0x6869_6472_615f_0003;
 
 /// The schema of a tenant database that holds its tables.
 pub(crate) const TENANT_DB_SCHEMA: &str = "public";
+
+/// The placement of a tenant in its own `database`.
+pub(crate) fn placement(database: &Ident) -> Placement {
+    Placement {
+        strategy: Strategy::Database,
+        schema: TENANT_DB_SCHEMA.into(),
+        database: Some(database.to_string()),
+        server: None,
+    }
+}
+
+/// The database of a database-per-tenant tenant, validated.
+pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
+    let name = tenant
+        .placement
+        .database
+        .as_deref()
+        .ok_or_else(|| Error::CorruptRecord {
+            id: tenant.id.to_string(),
+            reason: "a database-per-tenant tenant without a database name".into(),
+        })?;
+    Ident::new(name, "tenant database name")?;
+    Ok(name)
+}
 
 impl Hidra {
     fn template_database(&self) -> Ident {
@@ -38,7 +75,7 @@ impl Hidra {
                 // A session lock: if this is interrupted the connection is
                 // closed, which releases it.
                 conn.close_on_drop();
-                lock(&mut conn, "pg_advisory_lock").await?;
+                lock_template(&mut conn, "pg_advisory_lock").await?;
                 let exists: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
                 )
@@ -74,7 +111,7 @@ impl Hidra {
                     .await?;
                 // No connection to the template may stay open: it could not be copied.
                 self.inner.databases.evict(tpl.as_str()).await;
-                lock(&mut conn, "pg_advisory_unlock").await?;
+                lock_template(&mut conn, "pg_advisory_unlock").await?;
                 Ok::<(), Error>(())
             })
             .await?;
@@ -87,15 +124,7 @@ impl Hidra {
     pub(crate) async fn provision_database(&self, mut new: NewTenant) -> Result<Tenant> {
         let setup = new.setup.take();
         let database = self.inner.database_naming.schema_for(&new.id);
-        let draft = self.draft(
-            new,
-            Placement {
-                strategy: Strategy::Database,
-                schema: TENANT_DB_SCHEMA.into(),
-                database: Some(database.to_string()),
-                server: None,
-            },
-        );
+        let draft = self.draft(new, placement(&database));
         let started = std::time::Instant::now();
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &draft.id).await?;
@@ -180,9 +209,9 @@ impl Hidra {
         let tpl = self.ensure_template().await?;
         let mut conn = self.acquire_shared().await?;
         conn.close_on_drop();
-        lock(&mut conn, "pg_advisory_lock_shared").await?;
+        lock_template(&mut conn, "pg_advisory_lock_shared").await?;
         let created = create_from_template(&mut conn, database, &tpl).await;
-        lock(&mut conn, "pg_advisory_unlock_shared").await?;
+        lock_template(&mut conn, "pg_advisory_unlock_shared").await?;
         created.map_err(creation_error(&tenant.id, database))
     }
 
@@ -203,6 +232,155 @@ impl Hidra {
     }
 }
 
+/// Checkouts of a tenant database, and moves between a schema and a
+/// database of its own (rows streamed through binary `COPY`).
+impl Hidra {
+    /// A connection to `tenant`'s own database, from its per-database pool
+    /// (see `scope::databases`), failing fast while the server does not answer.
+    pub(crate) async fn database_conn(&self, tenant: &Tenant) -> Result<DbConn> {
+        scope::acquire_database(
+            &self.inner.databases,
+            &self.inner.reach,
+            tenant_database(tenant)?,
+        )
+        .await
+    }
+
+    /// Moves a schema-per-tenant tenant into a database of its own; see
+    /// the `moves` module docs.
+    pub(crate) async fn schema_to_database(&self, tenant: &Tenant) -> Result<Tenant> {
+        let database = self.inner.database_naming.schema_for(&tenant.id);
+        let schema = tenant.placement.schema_ident()?;
+        self.create_tenant_database(tenant, &database).await?;
+        let result = async {
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("beginning the move"))?;
+            let tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
+            lock(&mut tx, tables.iter().map(|t| t.1.clone())).await?;
+            {
+                let mut target = self.inner.databases.acquire(database.as_str()).await?;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *target)
+                    .await
+                    .map_err(Error::db("beginning the copy"))?;
+                let copied = async {
+                    let target_tables =
+                        tables_in_order(&mut target, TENANT_DB_SCHEMA, None).await?;
+                    truncate(&mut target, &target_tables).await?;
+                    for (name, source, cols) in &tables {
+                        let Some((_, dest, dest_cols)) =
+                            target_tables.iter().find(|t| &t.0 == name)
+                        else {
+                            ensure_empty(&mut tx, source, &tenant.id, "").await?;
+                            continue;
+                        };
+                        copy_rows(&mut tx, source, &mut target, dest, cols, dest_cols).await?;
+                        advance_sequences(&mut target, dest, TENANT_DB_SCHEMA, name).await?;
+                    }
+                    sqlx::raw_sql("COMMIT")
+                        .execute(&mut *target)
+                        .await
+                        .map_err(Error::db("committing the copy"))?;
+                    Ok::<_, Error>(())
+                }
+                .await;
+                if copied.is_err() {
+                    // Not left open on the pooled connection until its reuse.
+                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+                }
+                copied?;
+            }
+            let placement = placement(&database);
+            let moved = self
+                .inner
+                .store
+                .update_placement(&mut tx, &tenant.id, &placement)
+                .await?
+                .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+            drop_tenant_schema(&mut tx, &schema).await?;
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the move"))?;
+            Ok(moved)
+        }
+        .await;
+        if result.is_err() {
+            let half_made = Tenant {
+                placement: placement(&database),
+                ..tenant.clone()
+            };
+            if let Err(e) = self.drop_tenant_database(&half_made).await {
+                tracing::error!(tenant = %tenant.id, error = %e, "could not drop the half-made database of a failed move");
+            }
+        } else {
+            tracing::info!(tenant = %tenant.id, from = "schema", to = "database", "moved tenant");
+        }
+        result
+    }
+
+    /// Moves a database-per-tenant tenant into a schema of the shared
+    /// database; see the `moves` module docs.
+    pub(crate) async fn database_to_schema(&self, tenant: &Tenant) -> Result<Tenant> {
+        let inner = &self.inner;
+        let database = tenant_database(tenant)?.to_owned();
+        let schema = inner.naming.schema_for(&tenant.id);
+        let mut source = inner.databases.acquire(&database).await?;
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *source)
+            .await
+            .map_err(Error::db("beginning the move"))?;
+        let moved = async {
+            let tables = tables_in_order(&mut source, TENANT_DB_SCHEMA, None).await?;
+            lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("beginning the move"))?;
+            let path = sql::search_path_value(&schema, &inner.shared);
+            self.build_schema_for_move(&mut tx, tenant, &schema, &path)
+                .await?;
+            let target_tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
+            truncate(&mut tx, &target_tables).await?;
+            for (name, from, cols) in &tables {
+                let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
+                    ensure_empty(&mut source, from, &tenant.id, "").await?;
+                    continue;
+                };
+                copy_rows(&mut source, from, &mut tx, dest, cols, dest_cols).await?;
+                advance_sequences(&mut tx, dest, schema.as_str(), name).await?;
+            }
+            let placement = super::schema::placement(&schema);
+            let moved = inner
+                .store
+                .update_placement(&mut tx, &tenant.id, &placement)
+                .await?
+                .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the move"))?;
+            Ok::<_, Error>(moved)
+        }
+        .await;
+        // The source only read (and locked): end its transaction now, whether
+        // the move committed or failed, so that it does not hold the locks
+        // while parked in the pool.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+        drop(source);
+        let moved = moved?;
+
+        if let Err(e) = self.drop_tenant_database(tenant).await {
+            tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database; drop it by hand");
+        }
+        tracing::info!(tenant = %tenant.id, from = "database", to = "schema", "moved tenant");
+        Ok(moved)
+    }
+}
+
 /// The error of creating `database` for `id`: [`Error::SchemaTaken`] when
 /// it exists already.
 pub(crate) fn creation_error(id: &TenantId, database: &Ident) -> impl FnOnce(sqlx::Error) -> Error {
@@ -219,7 +397,7 @@ pub(crate) fn creation_error(id: &TenantId, database: &Ident) -> impl FnOnce(sql
     }
 }
 
-async fn lock(conn: &mut sqlx::PgConnection, function: &'static str) -> Result<()> {
+async fn lock_template(conn: &mut sqlx::PgConnection, function: &'static str) -> Result<()> {
     sqlx::query(sql::owned(format!("SELECT {function}($1)")))
         .bind(TEMPLATE_LOCK)
         .execute(conn)

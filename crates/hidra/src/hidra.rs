@@ -479,7 +479,11 @@ impl HidraBuilder {
             Some(Err(e)) => return Err(Error::InvalidConfig(e.into())),
             // Nothing is ever set on a pooler's connections: a checkout only
             // proves the connection alive and outside a transaction.
-            Some(Ok(pooler)) => Some(Pool::new(pooler, &self.pool, sql::owned("SELECT 1".into()))),
+            Some(Ok(pooler)) => Some(Pool::new(
+                pooler,
+                &self.pool,
+                sqlx::SqlSafeStr::into_sql_str("SELECT 1"),
+            )),
         };
         let replica = match self.replica {
             None => None,
@@ -746,7 +750,7 @@ impl Hidra {
     /// installation, without PostgreSQL's "already exists, skipping" notices.
     pub(crate) async fn install_ddl(&self, context: &'static str, ddl: &str) -> Result<()> {
         let mut conn = self.acquire_shared().await?;
-        let script = sql::install_script(ddl);
+        let script = sql::install_script(crate::migrate::INTERNAL_LOCK, ddl);
         if let Err(source) = sqlx::raw_sql(script).execute(&mut *conn).await {
             // Left inside the failed transaction: closing it rolls back.
             conn.close_on_drop();

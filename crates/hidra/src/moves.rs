@@ -58,7 +58,10 @@ pub(crate) async fn truncate(
         return Ok(());
     }
     let list: Vec<&str> = tables.iter().map(|t| t.1.as_str()).collect();
-    sqlx::raw_sql(sql::owned(format!("TRUNCATE {}", list.join(", "))))
+    let mut truncate = sql::Statement::new();
+    // Names quoted by the catalog query that listed them.
+    truncate.sql("TRUNCATE ").trusted(&list.join(", "));
+    sqlx::raw_sql(truncate.into_sql())
         .execute(conn)
         .await
         .map_err(Error::db("emptying the new tables"))?;
@@ -75,18 +78,27 @@ pub(crate) async fn copy_rows(
     cols: &[String],
     target_cols: &[String],
 ) -> Result<()> {
-    let common: Vec<String> = cols
-        .iter()
-        .filter(|c| target_cols.contains(c))
-        .map(|c| sql::quote_ident(c))
-        .collect();
-    let list = common.join(", ");
+    let common: Vec<&String> = cols.iter().filter(|c| target_cols.contains(c)).collect();
+    let mut copy_in = sql::Statement::new();
+    copy_in
+        .sql("COPY ")
+        .trusted(to)
+        .sql(" (")
+        .names(&common)
+        .sql(") FROM STDIN (FORMAT binary)");
+    let mut copy_out = sql::Statement::new();
+    copy_out
+        .sql("COPY ")
+        .trusted(from)
+        .sql(" (")
+        .names(&common)
+        .sql(") TO STDOUT (FORMAT binary)");
     let mut copy_in = target
-        .copy_in_raw(&format!("COPY {to} ({list}) FROM STDIN (FORMAT binary)"))
+        .copy_in_raw(copy_in.as_str())
         .await
         .map_err(Error::db("starting to copy rows in"))?;
     let mut stream = source
-        .copy_out_raw(&format!("COPY {from} ({list}) TO STDOUT (FORMAT binary)"))
+        .copy_out_raw(copy_out.as_str())
         .await
         .map_err(Error::db("starting to copy rows out"))?;
     use futures_util::StreamExt;
@@ -114,13 +126,14 @@ pub(crate) async fn lock(
     if tables.is_empty() {
         return Ok(());
     }
-    sqlx::raw_sql(sql::owned(format!(
-        "LOCK TABLE {} IN SHARE MODE",
-        tables.join(", ")
-    )))
-    .execute(&mut *tx)
-    .await
-    .map_err(Error::db("locking the tenant's tables for the move"))?;
+    let mut lock = sql::Statement::new();
+    lock.sql("LOCK TABLE ")
+        .trusted(&tables.join(", "))
+        .sql(" IN SHARE MODE");
+    sqlx::raw_sql(lock.into_sql())
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("locking the tenant's tables for the move"))?;
     Ok(())
 }
 
@@ -148,18 +161,17 @@ pub(crate) async fn ensure_empty(
     id: &TenantId,
     column: &str,
 ) -> Result<()> {
-    let filter = if column.is_empty() {
-        String::new()
-    } else {
-        format!(" WHERE {} = $1", sql::quote_ident(column))
-    };
-    let any: bool = sqlx::query_scalar(sql::owned(format!(
-        "SELECT EXISTS (SELECT 1 FROM {table}{filter})"
-    )))
-    .bind(id.as_str())
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(Error::db("checking a table without counterpart"))?;
+    let mut exists = sql::Statement::new();
+    exists.sql("SELECT EXISTS (SELECT 1 FROM ").trusted(table);
+    if !column.is_empty() {
+        exists.sql(" WHERE ").name(column).sql(" = $1");
+    }
+    exists.sql(")");
+    let any: bool = sqlx::query_scalar(exists.into_sql())
+        .bind(id.as_str())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(Error::db("checking a table without counterpart"))?;
     if any {
         return Err(Error::MoveRefused {
             id: id.clone(),
@@ -195,14 +207,21 @@ pub(crate) async fn advance_sequences(
         let column = Ident::new(column, "column name")
             .map(|c| c.quoted())
             .unwrap_or_else(|_| sql::quote_ident(name));
-        sqlx::query(sql::owned(format!(
-            "SELECT setval($1::regclass, GREATEST((SELECT max({column}) FROM {table}), \
-             (SELECT last_value FROM {sequence}), 1))"
-        )))
-        .bind(&sequence)
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("advancing a sequence"))?;
+        let mut setval = sql::Statement::new();
+        setval
+            .sql("SELECT setval($1::regclass, GREATEST((SELECT max(")
+            .trusted(&column)
+            .sql(") FROM ")
+            .trusted(table)
+            .sql("), (SELECT last_value FROM ")
+            // Quoted by `pg_get_serial_sequence`.
+            .trusted(&sequence)
+            .sql("), 1))");
+        sqlx::query(setval.into_sql())
+            .bind(&sequence)
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("advancing a sequence"))?;
     }
     Ok(())
 }

@@ -213,7 +213,7 @@ impl Hidra {
     async fn views_connection(&self) -> Result<crate::SharedConn> {
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
-        sqlx::raw_sql(sql::install_script(DDL))
+        sqlx::raw_sql(sql::install_script(crate::migrate::INTERNAL_LOCK, DDL))
             .execute(&mut *conn)
             .await
             .map_err(Error::db("creating hidra.union_views"))?;

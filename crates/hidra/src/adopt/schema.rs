@@ -345,7 +345,7 @@ impl Hidra {
         for (keyword, identity, _) in &plan.moves {
             ddl.push_str(&sql::set_schema(keyword, identity, &schema));
         }
-        ddl.push_str(&sql::tenant_history_ddl(&schema));
+        ddl.push_str(crate::migrate::tenant_history_ddl(&schema).as_str());
         if let Err(source) = sqlx::raw_sql(sql::owned(ddl)).execute(&mut *tx).await {
             return Err(match crate::error::db_code(&source) {
                 Some((code, _)) if code == sqlstate::DUPLICATE_SCHEMA => Error::SchemaTaken {
@@ -358,7 +358,7 @@ impl Hidra {
                 },
             });
         }
-        let record = sql::owned(sql::record_history(&schema));
+        let record = crate::migrate::record_history(&schema);
         for m in migrations.iter().take_while(|m| m.version <= baseline) {
             sqlx::query(record.clone())
                 .bind(m.version)

@@ -438,7 +438,7 @@ impl Hidra {
         let tenant = self.inner.store.insert(&mut conn, &draft).await?;
         // A database of that name that is not ours (SchemaTaken) must
         // survive the undo: only the record goes.
-        let created = sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", database.quoted())))
+        let created = sqlx::raw_sql(sql::create_database(&database, None))
             .execute(&mut *conn)
             .await
             .map_err(crate::strategy::database::creation_error(
@@ -649,8 +649,8 @@ async fn migrate_in(
     } = *build;
     let version = migrations.last().map_or(0, |m| m.version);
     let digest = all.digest_at(version).expect("one of ours");
-    let (batch, spans) = sql::migration_batch(
-        &sql::Batch {
+    let (batch, spans) = migrate::migration_batch(
+        &migrate::Batch {
             schema,
             search_path,
             own_transaction: None,

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use sqlx::Row;
 
+use super::batch::{self, Batch};
 use super::{Migration, Migrations};
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::scope::Pooled;
-use crate::sql::{self, Batch, Ident};
+use crate::sql::{self, Ident};
 use crate::tenant::{Strategy, TenantId, TenantStatus};
 
 /// One schema the runner migrates: a tenant's, or a spare of the warm pool.
@@ -631,7 +632,7 @@ impl MigrationRunner {
         let migrations = self.migrations();
         let last = batch.last().expect("non-empty batch");
         let digest = migrations.digest_at(last.version).expect("our own version");
-        let (sql, spans) = sql::migration_batch(
+        let (sql, spans) = batch::migration_batch(
             &Batch {
                 schema,
                 search_path: path,
@@ -705,7 +706,7 @@ async fn apply_no_tx(
     let c = &mut **guard.0;
     let db = |context| move |source| Step::Failed(Error::Database { context, source });
 
-    sqlx::raw_sql(sql::migration_session_lock(schema, true))
+    sqlx::raw_sql(batch::migration_session_lock(schema, true))
         .execute(&mut *c)
         .await
         .map_err(db("locking a schema for migration"))?;
@@ -719,7 +720,7 @@ async fn apply_no_tx(
         .execute(&mut *c)
         .await
         .map_err(db("resetting the search_path"))?;
-    sqlx::raw_sql(sql::migration_session_lock(schema, false))
+    sqlx::raw_sql(batch::migration_session_lock(schema, false))
         .execute(&mut *c)
         .await
         .map_err(db("unlocking a schema after migration"))?;
@@ -736,7 +737,7 @@ async fn run_no_tx(
     migrations: &Migrations,
 ) -> Result<i64, Step> {
     let started = Instant::now();
-    sqlx::raw_sql(sql::set_session_search_path(path))
+    sqlx::raw_sql(batch::set_session_search_path(path))
         .execute(&mut *c)
         .await
         .map_err(|source| {
@@ -746,7 +747,7 @@ async fn run_no_tx(
             })
         })?;
     if p.no_history {
-        sqlx::raw_sql(sql::owned(sql::tenant_history_ddl(schema)))
+        sqlx::raw_sql(batch::tenant_history_ddl(schema).into_sql())
             .execute(&mut *c)
             .await
             .map_err(|source| {
@@ -756,7 +757,7 @@ async fn run_no_tx(
                 })
             })?;
     }
-    sqlx::raw_sql(sql::owned(m.sql.clone()))
+    sqlx::raw_sql(sql::trusted(&m.sql))
         .execute(&mut *c)
         .await
         .map_err(|source| Step::Failed(super::failed_alone(m, schema.as_str(), source)))?;
@@ -766,7 +767,7 @@ async fn run_no_tx(
     let digest = Migrations::next_digest(prev, m);
     let record = async {
         let mut tx = sqlx::Connection::begin(&mut *c).await?;
-        sqlx::query(sql::owned(sql::record_history(schema)))
+        sqlx::query(batch::record_history(schema))
             .bind(m.version)
             .bind(&m.description)
             .bind(&m.checksum)

@@ -73,10 +73,13 @@ impl Hidra {
         let ident = self.template_ident(schema)?;
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
-        sqlx::raw_sql(sql::install_script(&sql::create_schema_if_missing(&ident)))
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("creating the template schema"))?;
+        sqlx::raw_sql(sql::install_script(
+            super::INTERNAL_LOCK,
+            &sql::create_schema_if_missing(&ident),
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::db("creating the template schema"))?;
         let (version, digest, has_table) = read_history(&mut conn, ident.as_str()).await?;
         let migrations = &self.inner.tenant_migrations;
         if migrations

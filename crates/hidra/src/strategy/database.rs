@@ -84,7 +84,7 @@ impl Hidra {
                 .await
                 .map_err(Error::db("looking for the template database"))?;
                 if !exists {
-                    sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", tpl.quoted())))
+                    sqlx::raw_sql(sql::create_database(&tpl, None))
                         .execute(&mut *conn)
                         .await
                         .map_err(Error::db("creating the template database"))?;
@@ -221,13 +221,10 @@ impl Hidra {
         let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
         self.inner.databases.evict(database.as_str()).await;
         let mut conn = self.acquire_shared().await?;
-        sqlx::raw_sql(sql::owned(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            database.quoted()
-        )))
-        .execute(&mut *conn)
-        .await
-        .map_err(Error::db("dropping the tenant database"))?;
+        sqlx::raw_sql(sql::drop_database(&database))
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("dropping the tenant database"))?;
         Ok(())
     }
 }
@@ -398,7 +395,9 @@ pub(crate) fn creation_error(id: &TenantId, database: &Ident) -> impl FnOnce(sql
 }
 
 async fn lock_template(conn: &mut sqlx::PgConnection, function: &'static str) -> Result<()> {
-    sqlx::query(sql::owned(format!("SELECT {function}($1)")))
+    let mut statement = sql::Statement::new();
+    statement.sql("SELECT ").sql(function).sql("($1)");
+    sqlx::query(statement.into_sql())
         .bind(TEMPLATE_LOCK)
         .execute(conn)
         .await
@@ -413,17 +412,10 @@ async fn create_from_template(
     database: &Ident,
     template: &Ident,
 ) -> std::result::Result<(), sqlx::Error> {
-    let statement = format!(
-        "CREATE DATABASE {} TEMPLATE {}",
-        database.quoted(),
-        template.quoted()
-    );
+    let statement = sql::create_database(database, Some(template));
     let mut attempt = 0;
     loop {
-        match sqlx::raw_sql(sql::owned(statement.clone()))
-            .execute(&mut *conn)
-            .await
-        {
+        match sqlx::raw_sql(statement.clone()).execute(&mut *conn).await {
             Ok(_) => return Ok(()),
             Err(e)
                 if attempt < 20

@@ -354,15 +354,19 @@ impl Hidra {
     ) -> Result<()> {
         bind_row_level(tx, tenant.id.as_str()).await?;
         let tables = self.row_level_tables(tx).await?;
-        let column = self.inner.row_level.column.quoted();
         for (_, table, _) in tables.iter().rev() {
-            sqlx::query(sql::owned(format!(
-                "DELETE FROM {table} WHERE {column} = $1"
-            )))
-            .bind(tenant.id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("deleting a row-level tenant's rows"))?;
+            let mut delete = sql::Statement::new();
+            delete
+                .sql("DELETE FROM ")
+                .trusted(table)
+                .sql(" WHERE ")
+                .ident(&self.inner.row_level.column)
+                .sql(" = $1");
+            sqlx::query(delete.into_sql())
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("deleting a row-level tenant's rows"))?;
         }
         sqlx::query(sql::BIND_TENANT_LOCAL)
             .bind("")
@@ -394,26 +398,34 @@ impl Hidra {
         bind_row_level(tx, tenant.id.as_str()).await?;
         let column = inner.row_level.column.as_str();
         for (name, source, cols) in &tables {
-            let target = format!("{}.{}", schema.quoted(), sql::quote_ident(name));
+            let target = sql::qualified(&schema, name);
             let target_cols = columns(tx, schema.as_str(), name).await?;
             if target_cols.is_empty() {
                 ensure_empty(tx, source, &tenant.id, column).await?;
                 continue;
             }
-            let common: Vec<String> = cols
+            let common: Vec<&String> = cols
                 .iter()
                 .filter(|c| c.as_str() != column && target_cols.contains(*c))
-                .map(|c| sql::quote_ident(c))
                 .collect();
-            let list = common.join(", ");
-            sqlx::query(sql::owned(format!(
-                "INSERT INTO {target} ({list}) OVERRIDING SYSTEM VALUE SELECT {list} FROM {source} WHERE {} = $1",
-                sql::quote_ident(column)
-            )))
-            .bind(tenant.id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("copying a tenant's rows into its schema"))?;
+            let mut insert = sql::Statement::new();
+            insert
+                .sql("INSERT INTO ")
+                .trusted(&target)
+                .sql(" (")
+                .names(&common)
+                .sql(") OVERRIDING SYSTEM VALUE SELECT ")
+                .names(&common)
+                .sql(" FROM ")
+                .trusted(source)
+                .sql(" WHERE ")
+                .name(column)
+                .sql(" = $1");
+            sqlx::query(insert.into_sql())
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("copying a tenant's rows into its schema"))?;
             advance_sequences(tx, &target, schema.as_str(), name).await?;
         }
         self.delete_row_level_rows(tx, tenant).await?;
@@ -443,21 +455,10 @@ impl Hidra {
         .fetch_all(&mut *tx)
         .await
         .map_err(Error::db("listing the tenant's tables"))?;
-        lock(
-            tx,
-            own.iter()
-                .map(|t| format!("{}.{}", schema.quoted(), sql::quote_ident(t))),
-        )
-        .await?;
+        lock(tx, own.iter().map(|t| sql::qualified(&schema, t))).await?;
         let covered: HashSet<&str> = tables.iter().map(|t| t.0.as_str()).collect();
         for table in own.iter().filter(|t| !covered.contains(t.as_str())) {
-            ensure_empty(
-                tx,
-                &format!("{}.{}", schema.quoted(), sql::quote_ident(table)),
-                &tenant.id,
-                "",
-            )
-            .await?;
+            ensure_empty(tx, &sql::qualified(&schema, table), &tenant.id, "").await?;
         }
         bind_row_level(tx, tenant.id.as_str()).await?;
         let column = inner.row_level.column.as_str();
@@ -465,22 +466,31 @@ impl Hidra {
             if !own.contains(name) {
                 continue;
             }
-            let source = format!("{}.{}", schema.quoted(), sql::quote_ident(name));
+            let source = sql::qualified(&schema, name);
             let source_cols = columns(tx, schema.as_str(), name).await?;
-            let common: Vec<String> = cols
+            let common: Vec<&String> = cols
                 .iter()
                 .filter(|c| c.as_str() != column && source_cols.contains(*c))
-                .map(|c| sql::quote_ident(c))
                 .collect();
-            let list = common.join(", ");
-            sqlx::query(sql::owned(format!(
-                "INSERT INTO {target} ({list}, {col}) OVERRIDING SYSTEM VALUE SELECT {list}, $1 FROM {source}",
-                col = sql::quote_ident(column)
-            )))
-            .bind(tenant.id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(Error::db("copying a tenant's rows into the row-level tables"))?;
+            let mut insert = sql::Statement::new();
+            insert
+                .sql("INSERT INTO ")
+                .trusted(target)
+                .sql(" (")
+                .names(&common)
+                .sql(", ")
+                .name(column)
+                .sql(") OVERRIDING SYSTEM VALUE SELECT ")
+                .names(&common)
+                .sql(", $1 FROM ")
+                .trusted(&source);
+            sqlx::query(insert.into_sql())
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(
+                    "copying a tenant's rows into the row-level tables",
+                ))?;
             advance_sequences(tx, target, inner.row_level.schema.as_str(), name).await?;
         }
         unbind_row_level(tx).await?;

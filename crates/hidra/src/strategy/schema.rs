@@ -179,12 +179,16 @@ impl Hidra {
         draft.status = TenantStatus::Active;
         let path = self.binding(&draft)?.search_path;
         let new = migrate::NewSchema::new(schema, &path, &self.inner.tenant_migrations);
-        let prefix = format!(
-            "BEGIN; SET LOCAL {} TO on;\n{};\n",
-            sql::DEFER_ANNOUNCEMENT,
-            store.insert_literal(&draft),
-        );
-        let batch = sql::owned(format!("{prefix}{}", new.sql.as_str()));
+        let mut batch = sql::Statement::new();
+        batch
+            .sql("BEGIN; SET LOCAL ")
+            .sql(sql::DEFER_ANNOUNCEMENT)
+            .sql(" TO on;\n")
+            // Quoted by the store.
+            .trusted(&store.insert_literal(&draft))
+            .sql(";\n");
+        let prefix = batch.as_str().chars().count();
+        let batch = batch.trusted(new.sql.as_str()).finish();
         // Cut off inside the transaction: rolled back before reuse.
         conn.settle(scope::Settle::Rollback);
         let (mut row, mut applied) = (None, 0usize);
@@ -195,7 +199,8 @@ impl Hidra {
                     None => break None,
                     Some(Ok(sqlx::Either::Right(r))) if row.is_none() => row = Some(r),
                     Some(Ok(sqlx::Either::Right(r))) => {
-                        applied += usize::from(r.try_get::<i64, _>(sql::APPLIED_COLUMN).is_ok());
+                        applied +=
+                            usize::from(r.try_get::<i64, _>(migrate::APPLIED_COLUMN).is_ok());
                     }
                     Some(Ok(_)) => {}
                     Some(Err(e)) => break Some(e),
@@ -214,8 +219,11 @@ impl Hidra {
                 })?;
             // The new row is announced after the commit: see
             // `sql::commit_and_announce`.
-            let mut replies =
-                sqlx::raw_sql(sql::commit_and_announce(&tenant.id)).fetch_many(&mut *conn);
+            let mut replies = sqlx::raw_sql(sql::commit_and_announce(
+                crate::CHANGES_CHANNEL,
+                tenant.id.as_str(),
+            ))
+            .fetch_many(&mut *conn);
             let mut committed = false;
             while let Some(reply) = replies.next().await {
                 match reply {
@@ -253,16 +261,12 @@ impl Hidra {
                     schema: schema.to_string(),
                 }
             }
-            Some(_) => match migrate::failed_migration(
-                &new.batch,
-                &new.spans,
-                &error,
-                prefix.chars().count(),
-                applied,
-            ) {
-                Some(failed) => failed.error(schema.as_str(), error),
-                None => Error::db("provisioning a tenant schema")(error),
-            },
+            Some(_) => {
+                match migrate::failed_migration(&new.batch, &new.spans, &error, prefix, applied) {
+                    Some(failed) => failed.error(schema.as_str(), error),
+                    None => Error::db("provisioning a tenant schema")(error),
+                }
+            }
         })
     }
 

@@ -11,13 +11,17 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::error::{BoxError, Error, Result};
-use crate::migrate::Migrations;
+use crate::lifecycle::Provisioning;
+use crate::migrate::{MigrationConfig, Migrations};
 use crate::scope::{
     self, DatabasePoolConfig, Pool, PoolConfig, SharedConn, TenantConn, TenantDatabases,
     TenantLoads, TenantScope, TenantTx,
 };
 use crate::sql::{self, Ident};
-use crate::store::{ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
+use crate::store::{ListTenants, Page, PgTenantStore, Registry, RegistryTable, TenantStore};
+use crate::strategy::database::DatabaseConfig;
+use crate::strategy::row_level::RowLevelConfig;
+use crate::strategy::schema::SchemaConfig;
 use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
 
 /// Reference data or other setup run inside a new tenant's schema while it is
@@ -463,6 +467,7 @@ impl HidraBuilder {
         let row_level = RowLevelConfig {
             schema: Ident::new(self.row_level.0, "row-level schema name")?,
             column: Ident::new(self.row_level.1, "tenant column name")?,
+            audited: tokio::sync::OnceCell::new(),
         };
         let (store, registry_store): (Arc<dyn TenantStore>, _) = match (self.store, self.registry) {
             (Some(store), _) => (store, None),
@@ -525,32 +530,40 @@ impl HidraBuilder {
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         let hidra = Hidra {
             inner: Arc::new(Inner {
-                pool,
-                pooled,
-                replica,
-                naming,
-                shared,
-                store,
-                registry_store,
-                tenant_migrations: self.tenant_migrations,
-                shared_migrations: self.shared_migrations,
-                warm_pool: self.warm_pool,
-                seed: self.seed,
-                internal_ready: tokio::sync::OnceCell::new(),
-                default_strategy: self.default_strategy,
+                conns: Connections {
+                    pool,
+                    pooled,
+                    replica,
+                    reach: scope::Reachability::new(reach_options),
+                    scopes: RwLock::new(HashMap::new()),
+                    statement_cache_capacity: self.statement_cache_capacity,
+                    tenant_cap: self.tenant_cap.of(self.pool.max_connections),
+                    loads: TenantLoads::default(),
+                    timeouts: self.timeouts,
+                    tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
+                },
+                registry: Registry {
+                    store,
+                    own: registry_store,
+                    internal_ready: tokio::sync::OnceCell::new(),
+                },
+                migrations: MigrationConfig {
+                    tenant: self.tenant_migrations,
+                    shared: self.shared_migrations,
+                    warm_pool: self.warm_pool,
+                },
+                provisioning: Provisioning {
+                    default_strategy: self.default_strategy,
+                    seed: self.seed,
+                },
+                schema: SchemaConfig { naming, shared },
                 row_level,
-                row_level_audited: tokio::sync::OnceCell::new(),
-                databases,
-                database_naming,
-                template_ready: tokio::sync::OnceCell::new(),
-                scopes: RwLock::new(HashMap::new()),
-                statement_cache_capacity: self.statement_cache_capacity,
-                tenant_cap: self.tenant_cap.of(self.pool.max_connections),
-                database_cap,
-                loads: TenantLoads::default(),
-                timeouts: self.timeouts,
-                tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
-                reach: scope::Reachability::new(reach_options),
+                database: DatabaseConfig {
+                    pools: databases,
+                    naming: database_naming,
+                    template_ready: tokio::sync::OnceCell::new(),
+                    cap: database_cap,
+                },
             }),
         };
         if self.audit_row_level {
@@ -570,35 +583,33 @@ pub struct Hidra {
 }
 
 pub(crate) struct Inner {
+    /// The pools and what tenant checkouts apply.
+    pub(crate) conns: Connections,
+    /// The tenant registry and Hidra's internal schema.
+    pub(crate) registry: Registry,
+    /// Tenant and shared migrations, the warm pool.
+    pub(crate) migrations: MigrationConfig,
+    /// How tenants are made.
+    pub(crate) provisioning: Provisioning,
+    /// Schema per tenant (and the shared schemas every tenant searches).
+    pub(crate) schema: SchemaConfig,
+    /// Row level.
+    pub(crate) row_level: RowLevelConfig,
+    /// Database per tenant.
+    pub(crate) database: DatabaseConfig,
+}
+
+/// The connections of the handle: the shared pool (and the pooler's and
+/// the replica's), and what a tenant checkout applies.
+pub(crate) struct Connections {
     pub(crate) pool: Pool,
     /// Tenant traffic's pool in transaction-pooler mode.
     pub(crate) pooled: Option<Pool>,
     /// Where reads may go.
     pub(crate) replica: Option<crate::replica::Replica>,
-    pub(crate) naming: SchemaNaming,
-    pub(crate) shared: Vec<Ident>,
-    pub(crate) store: Arc<dyn TenantStore>,
-    /// The store, when it is Hidra's own (its statements can join a batch).
-    pub(crate) registry_store: Option<Arc<PgTenantStore>>,
-    pub(crate) tenant_migrations: Migrations,
-    pub(crate) shared_migrations: Migrations,
-    pub(crate) warm_pool: usize,
-    pub(crate) seed: Option<Arc<dyn DynSeed>>,
-    /// Set once hidra's internal schema is known to exist.
-    pub(crate) internal_ready: tokio::sync::OnceCell<()>,
-    pub(crate) default_strategy: Strategy,
-    pub(crate) row_level: RowLevelConfig,
-    /// Set once the row-level audit passed in this process.
-    pub(crate) row_level_audited: tokio::sync::OnceCell<()>,
-    pub(crate) databases: TenantDatabases,
-    pub(crate) database_naming: SchemaNaming,
-    /// Set once the template database is known to be at the latest version.
-    pub(crate) template_ready: tokio::sync::OnceCell<()>,
     pub(crate) statement_cache_capacity: usize,
     /// Connections of the shared pool one tenant may hold at once.
     pub(crate) tenant_cap: u32,
-    /// Connections of the tenant-database budget one tenant may hold at once.
-    pub(crate) database_cap: u32,
     /// Per-tenant load counters.
     pub(crate) loads: TenantLoads,
     /// The timeouts tenant checkouts apply by default.
@@ -618,19 +629,12 @@ pub(crate) const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 512;
 /// binding statements and up to a thousand statement texts).
 const MAX_CACHED_SCOPES: usize = 100_000;
 
-/// Where row-level tenants' rows live.
-#[derive(Clone, Debug)]
-pub(crate) struct RowLevelConfig {
-    pub(crate) schema: Ident,
-    pub(crate) column: Ident,
-}
-
 impl fmt::Debug for Hidra {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hidra")
-            .field("schema_prefix", &self.inner.naming.prefix())
-            .field("shared_schemas", &self.inner.shared)
-            .field("store", &self.inner.store)
+            .field("schema_prefix", &self.inner.schema.naming.prefix())
+            .field("shared_schemas", &self.inner.schema.shared)
+            .field("store", &self.inner.registry.store)
             .field("pool", &self.pool_status())
             .finish_non_exhaustive()
     }
@@ -684,12 +688,12 @@ impl Hidra {
 
     /// The schema name `id` maps to: the prefix plus the id with `-` replaced by `_`.
     pub fn schema_name(&self, id: &TenantId) -> String {
-        self.inner.naming.schema_for(id).as_str().to_owned()
+        self.inner.schema.naming.schema_for(id).as_str().to_owned()
     }
 
     /// The tenant store.
     pub fn store(&self) -> &dyn TenantStore {
-        &*self.inner.store
+        &*self.inner.registry.store
     }
 
     /// A connection bound to `tenant` (its schema first in `search_path`, then
@@ -737,7 +741,7 @@ impl Hidra {
     /// # Ok(()) }
     /// ```
     pub async fn install(&self) -> Result<()> {
-        let mut ddl = self.inner.store.install_ddl().unwrap_or_default();
+        let mut ddl = self.inner.registry.store.install_ddl().unwrap_or_default();
         ddl.push_str(crate::migrate::INTERNAL_DDL);
         self.install_ddl(
             "installing the tenant registry and hidra's internal schema",
@@ -761,21 +765,21 @@ impl Hidra {
 
     /// A connection with the server's default `search_path`, for shared tables.
     pub async fn acquire_shared(&self) -> Result<SharedConn> {
-        scope::acquire_unscoped(&self.inner.pool, &self.inner.reach)
+        scope::acquire_unscoped(&self.inner.conns.pool, &self.inner.conns.reach)
             .await
             .map(SharedConn::new)
     }
 
     /// `tenant`'s share of the pool for one more connection.
     async fn admit(&self, tenant: &Tenant, scope: &TenantScope) -> Result<scope::Share> {
-        scope.admit(&tenant.id, self.inner.tenant_wait).await
+        scope.admit(&tenant.id, self.inner.conns.tenant_wait).await
     }
 
     /// The binding, checkout statements and statement texts of `tenant`,
     /// built once per tenant and placement.
     pub(crate) fn scope(&self, tenant: &Tenant) -> Result<Arc<TenantScope>> {
-        let scopes = &self.inner.scopes;
-        let timeouts = self.inner.timeouts.for_tenant(tenant);
+        let scopes = &self.inner.conns.scopes;
+        let timeouts = self.inner.conns.timeouts.for_tenant(tenant);
         if let Some(scope) = scopes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -790,7 +794,7 @@ impl Hidra {
             &tenant.placement.schema_ident()?,
             self.binding(tenant)?,
             cap,
-            self.inner.loads.counters(&tenant.id),
+            self.inner.conns.loads.counters(&tenant.id),
         ));
         let mut scopes = scopes.write().unwrap_or_else(PoisonError::into_inner);
         if scopes.len() >= MAX_CACHED_SCOPES {
@@ -803,7 +807,7 @@ impl Hidra {
     /// The tenant with this id, if registered (any status).
     pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
         let mut conn = self.acquire_shared().await?;
-        self.inner.store.get(&mut conn, id).await
+        self.inner.registry.store.get(&mut conn, id).await
     }
 
     /// Whether a tenant with this id is registered (any status).
@@ -814,7 +818,7 @@ impl Hidra {
     /// A page of registered tenants, ordered by id.
     pub async fn list(&self, page: &ListTenants) -> Result<Page<Tenant>> {
         let mut conn = self.acquire_shared().await?;
-        self.inner.store.list(&mut conn, page).await
+        self.inner.registry.store.list(&mut conn, page).await
     }
 
     /// A listener subscribed to [`CHANGES_CHANNEL`](crate::CHANGES_CHANNEL), on
@@ -830,7 +834,7 @@ impl Hidra {
 
     /// A listener on `channel`, on its own connection to the shared database.
     pub(crate) async fn listener(&self, channel: &str) -> Result<sqlx::postgres::PgListener> {
-        let options = self.inner.pool.connect_options().clone();
+        let options = self.inner.conns.pool.connect_options().clone();
         let own = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options);
@@ -861,19 +865,19 @@ impl Hidra {
     /// # drop(own); Ok(()) }
     /// ```
     pub fn connect_options(&self) -> &PgConnectOptions {
-        self.inner.pool.connect_options()
+        self.inner.conns.pool.connect_options()
     }
 
     /// How many prepared statements each connection keeps; see
     /// [`HidraBuilder::statement_cache_capacity`].
     pub fn statement_cache_capacity(&self) -> usize {
-        self.inner.statement_cache_capacity
+        self.inner.conns.statement_cache_capacity
     }
 
     /// Whether tenant traffic goes through a transaction pooler; see
     /// [`HidraBuilder::transaction_pooler`].
     pub fn is_pooled(&self) -> bool {
-        self.inner.pooled.is_some()
+        self.inner.conns.pooled.is_some()
     }
 
     /// The per-tenant load counters: connections held, connection time,
@@ -890,30 +894,30 @@ impl Hidra {
     /// # }
     /// ```
     pub fn load(&self) -> &TenantLoads {
-        &self.inner.loads
+        &self.inner.conns.loads
     }
 
     /// The state of the shared pool.
     pub fn pool_status(&self) -> PoolStatus {
-        let (size, idle, max) = self.inner.pool.status();
+        let (size, idle, max) = self.inner.conns.pool.status();
         PoolStatus { size, idle, max }
     }
 
     /// The connections to tenant databases (database per tenant).
     pub fn tenant_databases(&self) -> &TenantDatabases {
-        &self.inner.databases
+        &self.inner.database.pools
     }
 
     /// Closes the pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        self.inner.databases.close().await;
-        if let Some(pooled) = &self.inner.pooled {
+        self.inner.database.pools.close().await;
+        if let Some(pooled) = &self.inner.conns.pooled {
             pooled.close().await;
         }
-        if let Some(replica) = &self.inner.replica {
+        if let Some(replica) = &self.inner.conns.replica {
             replica.pool.close().await;
         }
-        self.inner.pool.close().await;
+        self.inner.conns.pool.close().await;
     }
 }
 

@@ -17,6 +17,13 @@ use crate::sql;
 use crate::store::TenantUpdate;
 use crate::tenant::{NewTenant, Placement, Tenant, TenantId, TenantStatus};
 
+/// How the handle makes tenants: the strategy of those provisioned without
+/// one, and the seed hook run in every new tenant.
+pub(crate) struct Provisioning {
+    pub(crate) default_strategy: crate::tenant::Strategy,
+    pub(crate) seed: Option<std::sync::Arc<dyn crate::hidra::DynSeed>>,
+}
+
 /// Proof that the caller means to delete a tenant and everything in it; see
 /// [`Hidra::deprovision`].
 #[derive(Clone, Debug)]
@@ -33,6 +40,7 @@ impl Hidra {
     /// Creates hidra's internal schema once per process, if missing.
     pub(crate) async fn ensure_internal(&self, conn: &mut sqlx::PgConnection) -> Result<()> {
         self.inner
+            .registry
             .internal_ready
             .get_or_try_init(|| migrate::ensure_internal(conn))
             .await
@@ -47,8 +55,8 @@ impl Hidra {
         conn: &mut sqlx::PgConnection,
         id: &TenantId,
     ) -> Result<()> {
-        if self.inner.internal_ready.get().is_none() {
-            self.inner.store.get(conn, id).await?;
+        if self.inner.registry.internal_ready.get().is_none() {
+            self.inner.registry.store.get(conn, id).await?;
         }
         self.ensure_internal(conn).await
     }
@@ -60,7 +68,9 @@ impl Hidra {
     /// [`Error::AlreadyExists`] if the id is taken and [`Error::SchemaTaken`] if
     /// another id maps to the same schema name.
     pub async fn provision(&self, new: NewTenant) -> Result<Tenant> {
-        let strategy = new.strategy.unwrap_or(self.inner.default_strategy);
+        let strategy = new
+            .strategy
+            .unwrap_or(self.inner.provisioning.default_strategy);
         self.provision_with(strategy, new).await
     }
 
@@ -87,7 +97,7 @@ impl Hidra {
     ) -> Result<Tenant> {
         let inner = &self.inner;
         let id = &tenant.id;
-        let hooks = inner.seed.as_deref().into_iter().chain(setup);
+        let hooks = inner.provisioning.seed.as_deref().into_iter().chain(setup);
         let mut bound = false;
         for hook in hooks {
             if !bound {
@@ -113,6 +123,7 @@ impl Hidra {
             .await
             .map_err(Error::db("restoring the search_path"))?;
         inner
+            .registry
             .store
             .update_status(tx, id, &[TenantStatus::Provisioning], TenantStatus::Active)
             .await?
@@ -152,7 +163,7 @@ impl Hidra {
         }
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
-        let store = &self.inner.store;
+        let store = &self.inner.registry.store;
         let updated = if update.is_empty() {
             store.get(&mut conn, id).await?
         } else {
@@ -184,7 +195,7 @@ impl Hidra {
         action: &'static str,
     ) -> Result<Tenant> {
         let mut conn = self.acquire_shared().await?;
-        let store = &self.inner.store;
+        let store = &self.inner.registry.store;
         match store.update_status(&mut conn, id, from, to).await? {
             Some(tenant) => {
                 tracing::info!(tenant = %id, status = %to, "tenant status changed");
@@ -213,7 +224,7 @@ impl Hidra {
         if &confirm.0 != id {
             return Err(Error::ConfirmationRequired(id.clone()));
         }
-        let store = &self.inner.store;
+        let store = &self.inner.registry.store;
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
         let tenant = store

@@ -39,6 +39,7 @@ impl Hidra {
         self.ensure_internal(&mut conn).await?;
         let tenant = self
             .inner
+            .registry
             .store
             .get(&mut conn, id)
             .await?

@@ -223,6 +223,7 @@ impl Hidra {
     fn view_schema(&self) -> Result<Ident> {
         if self
             .inner
+            .schema
             .shared
             .iter()
             .any(|s| s.as_str() == UNION_VIEW_SCHEMA)
@@ -356,7 +357,7 @@ impl Hidra {
     ) -> Result<(Vec<(TenantId, String)>, Vec<(TenantId, String)>)> {
         let mut out = Vec::new();
         let mut others = Vec::new();
-        for t in crate::store::list_all(&*self.inner.store, conn).await? {
+        for t in crate::store::list_all(&*self.inner.registry.store, conn).await? {
             if !matches!(t.status, TenantStatus::Active | TenantStatus::Suspended) {
                 continue;
             }

@@ -273,7 +273,7 @@ impl Hidra {
             what: what.clone(),
             problems,
         };
-        let migrations = &self.inner.tenant_migrations;
+        let migrations = &self.inner.migrations.tenant;
         let baseline = adopt.baseline.ok_or_else(|| {
             refuse(vec![format!(
                 "no baseline given: name the tenant migration version the schema is at (latest {}; 0 if none applies yet)",
@@ -292,7 +292,7 @@ impl Hidra {
                 )
             )]));
         };
-        let schema = self.inner.naming.schema_for(&adopt.id);
+        let schema = self.inner.schema.naming.schema_for(&adopt.id);
         if from.as_str() == crate::tenant::INTERNAL_SCHEMA || from == schema {
             return Err(refuse(vec![format!(
                 "`{from}` is Hidra's own schema or the tenant's: adopt the application's schema"
@@ -317,7 +317,14 @@ impl Hidra {
                 "`{from}` is already a tenant's schema"
             )]));
         }
-        if self.inner.store.get(&mut tx, &adopt.id).await?.is_some() {
+        if self
+            .inner
+            .registry
+            .store
+            .get(&mut tx, &adopt.id)
+            .await?
+            .is_some()
+        {
             return Err(Error::AlreadyExists(adopt.id));
         }
         // Objects described with their schema, whatever the search path.
@@ -340,7 +347,7 @@ impl Hidra {
             new = new.name(name.clone());
         }
         let draft = self.draft(new, placement);
-        self.inner.store.insert(&mut tx, &draft).await?;
+        self.inner.registry.store.insert(&mut tx, &draft).await?;
         let mut ddl = format!("CREATE SCHEMA {};\n", schema.quoted());
         for (keyword, identity, _) in &plan.moves {
             ddl.push_str(&sql::set_schema(keyword, identity, &schema));
@@ -455,7 +462,8 @@ impl Hidra {
         let mut problems = Vec::new();
         let registry = self
             .inner
-            .registry_store
+            .registry
+            .own
             .as_deref()
             .map(|s| s.registry().table());
         let is_registry = |name: &str| {
@@ -516,7 +524,7 @@ impl Hidra {
                 break;
             }
         }
-        let in_shared = self.inner.shared.iter().any(|s| s == from);
+        let in_shared = self.inner.schema.shared.iter().any(|s| s == from);
         if !in_shared && !adopt.keep.is_empty() {
             problems.push(format!(
                 "the tables kept shared would stay in `{from}`, which is not a shared schema, so tenants would not find them: add `{from}` to the shared schemas (`HidraBuilder::shared_schemas`), or move them to one first"

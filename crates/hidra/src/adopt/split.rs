@@ -431,7 +431,7 @@ impl Hidra {
                     invalid.push(format!("{value:?}"));
                     continue;
                 };
-                let earlier = match self.inner.store.get(conn, &id).await? {
+                let earlier = match self.inner.registry.store.get(conn, &id).await? {
                     None => None,
                     Some(t) if adopted_from(&t, from, column, &value) => Some(t),
                     Some(_) => {
@@ -578,8 +578,8 @@ impl Hidra {
         let Some((_, id, _)) = plan.values.iter().find(|v| v.2.is_none()) else {
             return Ok(());
         };
-        let schema = self.inner.naming.schema_for(id);
-        let path = sql::search_path_value(&schema, &self.inner.shared);
+        let schema = self.inner.schema.naming.schema_for(id);
+        let path = sql::search_path_value(&schema, &self.inner.schema.shared);
         let mut tx = conn
             .begin()
             .await
@@ -634,8 +634,8 @@ impl Hidra {
         value: &str,
         id: &TenantId,
     ) -> Result<Tenant> {
-        let schema = self.inner.naming.schema_for(id);
-        let path = sql::search_path_value(&schema, &self.inner.shared);
+        let schema = self.inner.schema.naming.schema_for(id);
+        let path = sql::search_path_value(&schema, &self.inner.schema.shared);
         let mut tx = conn
             .begin()
             .await
@@ -651,7 +651,7 @@ impl Hidra {
             ADOPTED_FROM: { "schema": from.as_str(), "column": column.as_str(), "value": value }
         });
         let draft = self.draft(NewTenant::new(id.clone()).metadata(metadata), placement);
-        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         self.build_schema_for_move(&mut tx, &tenant, &schema, &path)
             .await?;
         // Parents first, by the tenant schema's foreign keys; rows that the

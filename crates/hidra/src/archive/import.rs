@@ -337,7 +337,7 @@ impl Hidra {
     /// The application's migrations up to the archive's version, which must
     /// be the archive's own (same versions and checksums).
     fn archived_migrations(&self, manifest: &Manifest, id: &TenantId) -> Result<Migrations> {
-        let ours = &self.inner.tenant_migrations;
+        let ours = &self.inner.migrations.tenant;
         if ours.iter().any(|m| m.no_tx) {
             return Err(refused(
                 id,
@@ -379,7 +379,7 @@ impl Hidra {
         strategy: Strategy,
         loader: &mut Loader<'_>,
     ) -> Result<ImportSummary> {
-        let schema = self.inner.naming.schema_for(&plan.id);
+        let schema = self.inner.schema.naming.schema_for(&plan.id);
         let mut conn = self.archive_conn().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
         let mut tx = conn
@@ -395,7 +395,7 @@ impl Hidra {
                 server: None,
             },
         );
-        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         let path = self.binding(&tenant)?.search_path;
         let (tables, rows) = self
             .restore_tables(&mut tx, plan, &schema, &path, true, loader)
@@ -422,7 +422,7 @@ impl Hidra {
         plan: &Plan<'_>,
         loader: &mut Loader<'_>,
     ) -> Result<ImportSummary> {
-        let database = self.inner.database_naming.schema_for(&plan.id);
+        let database = self.inner.database.naming.schema_for(&plan.id);
         let schema = Ident::trusted(crate::strategy::database::TENANT_DB_SCHEMA.to_owned());
         let draft = self.import_draft(
             plan,
@@ -435,7 +435,7 @@ impl Hidra {
         );
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
-        let tenant = self.inner.store.insert(&mut conn, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;
         // A database of that name that is not ours (SchemaTaken) must
         // survive the undo: only the record goes.
         let created = sqlx::raw_sql(sql::create_database(&database, None))
@@ -445,7 +445,13 @@ impl Hidra {
                 &plan.id, &database,
             ));
         if let Err(e) = created {
-            if let Err(undo) = self.inner.store.delete(&mut conn, &tenant.id).await {
+            if let Err(undo) = self
+                .inner
+                .registry
+                .store
+                .delete(&mut conn, &tenant.id)
+                .await
+            {
                 tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
             }
             return Err(e);
@@ -454,7 +460,7 @@ impl Hidra {
         let result = async {
             let path = self.binding(&tenant)?.search_path;
             let (tables, rows) = {
-                let mut db = self.inner.databases.acquire(database.as_str()).await?;
+                let mut db = self.inner.database.pools.acquire(database.as_str()).await?;
                 db.discard_on_drop(true);
                 migrate::ensure_internal(&mut db).await?;
                 let mut tx = db
@@ -488,7 +494,11 @@ impl Hidra {
             let undo = async {
                 self.drop_tenant_database(&tenant).await?;
                 let mut conn = self.acquire_shared().await?;
-                self.inner.store.delete(&mut conn, &tenant.id).await
+                self.inner
+                    .registry
+                    .store
+                    .delete(&mut conn, &tenant.id)
+                    .await
             };
             if let Err(undo) = undo.await {
                 tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
@@ -519,6 +529,7 @@ impl Hidra {
             _ => TenantStatus::Active,
         };
         self.inner
+            .registry
             .store
             .update_status(tx, &tenant.id, &[TenantStatus::Provisioning], status)
             .await?
@@ -584,7 +595,7 @@ impl Hidra {
                 .await
                 .map_err(Error::db("setting a sequence"))?;
         }
-        let all = &self.inner.tenant_migrations;
+        let all = &self.inner.migrations.tenant;
         let rest = all.after(manifest.migration_version);
         if !rest.is_empty() {
             migrate_in(tx, &build, false, false, rest, all).await?;

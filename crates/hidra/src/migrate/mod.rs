@@ -92,6 +92,15 @@ pub struct Migration {
     pub no_tx: bool,
 }
 
+/// The migrations the handle runs: every tenant's, the shared schema's,
+/// and how many spare tenant schemas the warm pool keeps ready.
+#[derive(Debug)]
+pub(crate) struct MigrationConfig {
+    pub(crate) tenant: Migrations,
+    pub(crate) shared: Migrations,
+    pub(crate) warm_pool: usize,
+}
+
 /// An ordered set of migrations, for the shared schema or for tenant schemas.
 #[derive(Clone, Debug)]
 pub struct Migrations {

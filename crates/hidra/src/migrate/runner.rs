@@ -264,7 +264,7 @@ impl MigrationRunner {
     }
 
     fn migrations(&self) -> &Migrations {
-        &self.hidra.inner.tenant_migrations
+        &self.hidra.inner.migrations.tenant
     }
 
     /// Decides what is pending for every target with a handful of queries: the
@@ -281,6 +281,7 @@ impl MigrationRunner {
                 for id in ids {
                     let t = hidra
                         .inner
+                        .registry
                         .store
                         .get(&mut conn, id)
                         .await?
@@ -288,7 +289,9 @@ impl MigrationRunner {
                     targets.push(t);
                 }
             }
-            None => targets = crate::store::list_all(&*hidra.inner.store, &mut conn).await?,
+            None => {
+                targets = crate::store::list_all(&*hidra.inner.registry.store, &mut conn).await?
+            }
         }
         let mut all: Vec<Target> = targets
             .into_iter()
@@ -339,7 +342,9 @@ impl MigrationRunner {
         for target in all {
             // A tenant database keeps its own bookkeeping: one round trip each.
             let mut own = match &target.database {
-                Some(db) => Some(Pooled::Database(hidra.inner.databases.acquire(db).await?)),
+                Some(db) => Some(Pooled::Database(
+                    hidra.inner.database.pools.acquire(db).await?,
+                )),
                 None => None,
             };
             let recorded_here = match &mut own {
@@ -549,7 +554,7 @@ impl MigrationRunner {
     ) -> Result<Option<i64>> {
         let hidra = &self.hidra;
         let mut conn = match &p.target.database {
-            Some(db) => Pooled::Database(hidra.inner.databases.acquire(db).await?),
+            Some(db) => Pooled::Database(hidra.inner.database.pools.acquire(db).await?),
             None => match slot.take() {
                 Some(conn) => Pooled::Shared(conn),
                 None => Pooled::Shared(hidra.acquire_shared().await?.into_pool_conn()),
@@ -566,7 +571,7 @@ impl MigrationRunner {
         let hidra = &self.hidra;
         let migrations = self.migrations();
         let schema = Ident::new(p.target.schema.clone(), "tenant schema name")?;
-        let path = sql::search_path_value(&schema, &hidra.inner.shared);
+        let path = sql::search_path_value(&schema, &hidra.inner.schema.shared);
         let mut raced = 0;
         let mut applied_any = false;
         loop {

@@ -101,7 +101,7 @@ impl Hidra {
         } else {
             Vec::new()
         };
-        let migrations = &self.inner.shared_migrations;
+        let migrations = &self.inner.migrations.shared;
         let version = applied.last().map_or(0, |a| a.version);
         let problem = history_problem(migrations, &applied);
         Ok(SharedStatus {
@@ -150,7 +150,7 @@ impl Hidra {
     }
 
     async fn migrate_shared_locked(&self, conn: &mut sqlx::PgConnection) -> Result<SharedReport> {
-        let migrations = &self.inner.shared_migrations;
+        let migrations = &self.inner.migrations.shared;
         let applied = read_history(conn).await?;
         if let Some(detail) = history_problem(migrations, &applied) {
             return Err(Error::ChecksumMismatch {

@@ -81,7 +81,7 @@ impl Hidra {
         .await
         .map_err(Error::db("creating the template schema"))?;
         let (version, digest, has_table) = read_history(&mut conn, ident.as_str()).await?;
-        let migrations = &self.inner.tenant_migrations;
+        let migrations = &self.inner.migrations.tenant;
         if migrations
             .digest_at(version)
             .is_none_or(|expected| expected != digest.as_slice())
@@ -166,11 +166,17 @@ impl Hidra {
                 .into(),
             ))
         };
-        let prefix = self.inner.naming.prefix();
+        let prefix = self.inner.schema.naming.prefix();
         if !prefix.is_empty() && schema.starts_with(prefix) {
             return refused(&format!("tenant schemas are named `{prefix}…`"));
         }
-        if self.inner.shared.iter().any(|s| s.as_str() == schema) {
+        if self
+            .inner
+            .schema
+            .shared
+            .iter()
+            .any(|s| s.as_str() == schema)
+        {
             return refused("it is a shared schema");
         }
         if schema == "hidra"

@@ -35,6 +35,19 @@ const TEMPLATE_LOCK: i64 = 0x6869_6472_615f_0003;
 /// The schema of a tenant database that holds its tables.
 pub(crate) const TENANT_DB_SCHEMA: &str = "public";
 
+/// What database per tenant is configured with, and its state: the pools of
+/// tenant databases, how a tenant id maps to a database name, whether the
+/// template is known to be current, and a tenant's share of the budget.
+#[derive(Debug)]
+pub(crate) struct DatabaseConfig {
+    pub(crate) pools: crate::TenantDatabases,
+    pub(crate) naming: crate::tenant::SchemaNaming,
+    /// Set once the template database is known to be at the latest version.
+    pub(crate) template_ready: tokio::sync::OnceCell<()>,
+    /// Connections of the tenant-database budget one tenant may hold at once.
+    pub(crate) cap: u32,
+}
+
 /// The placement of a tenant in its own `database`.
 pub(crate) fn placement(database: &Ident) -> Placement {
     Placement {
@@ -61,7 +74,7 @@ pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
 
 impl Hidra {
     fn template_database(&self) -> Ident {
-        Ident::trusted(format!("{}_tpl", self.inner.database_naming.prefix()))
+        Ident::trusted(format!("{}_tpl", self.inner.database.naming.prefix()))
     }
 
     /// Creates the template database if missing and brings it to the latest
@@ -69,6 +82,7 @@ impl Hidra {
     pub(crate) async fn ensure_template(&self) -> Result<Ident> {
         let tpl = self.template_database();
         self.inner
+            .database
             .template_ready
             .get_or_try_init(|| async {
                 let mut conn = self.acquire_shared().await?;
@@ -90,7 +104,7 @@ impl Hidra {
                         .map_err(Error::db("creating the template database"))?;
                 }
                 let (version, recorded, no_history) = {
-                    let mut t = self.inner.databases.acquire(tpl.as_str()).await?;
+                    let mut t = self.inner.database.pools.acquire(tpl.as_str()).await?;
                     migrate::ensure_internal(&mut t).await?;
                     match migrate::recorded_state(&mut t, TENANT_DB_SCHEMA).await? {
                         Some((v, _)) => (v, Some(v), false),
@@ -110,7 +124,7 @@ impl Hidra {
                     .finish_target(target, version, recorded, no_history)
                     .await?;
                 // No connection to the template may stay open: it could not be copied.
-                self.inner.databases.evict(tpl.as_str()).await;
+                self.inner.database.pools.evict(tpl.as_str()).await;
                 lock_template(&mut conn, "pg_advisory_unlock").await?;
                 Ok::<(), Error>(())
             })
@@ -123,12 +137,12 @@ impl Hidra {
     /// database and the row are removed.
     pub(crate) async fn provision_database(&self, mut new: NewTenant) -> Result<Tenant> {
         let setup = new.setup.take();
-        let database = self.inner.database_naming.schema_for(&new.id);
+        let database = self.inner.database.naming.schema_for(&new.id);
         let draft = self.draft(new, placement(&database));
         let started = std::time::Instant::now();
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &draft.id).await?;
-        let tenant = self.inner.store.insert(&mut conn, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;
         drop(conn);
         match self
             .build_database(&tenant, &database, setup.as_deref())
@@ -151,7 +165,11 @@ impl Hidra {
                         self.drop_tenant_database(&tenant).await?;
                     }
                     let mut conn = self.acquire_shared().await?;
-                    self.inner.store.delete(&mut conn, &tenant.id).await
+                    self.inner
+                        .registry
+                        .store
+                        .delete(&mut conn, &tenant.id)
+                        .await
                 };
                 if let Err(undo) = undo.await {
                     tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed provisioning; deprovision it");
@@ -170,6 +188,7 @@ impl Hidra {
         self.create_tenant_database(tenant, database).await?;
         let hooks: Vec<&dyn crate::hidra::DynSeed> = self
             .inner
+            .provisioning
             .seed
             .as_deref()
             .into_iter()
@@ -189,6 +208,7 @@ impl Hidra {
         }
         let mut conn = self.acquire_shared().await?;
         self.inner
+            .registry
             .store
             .update_status(
                 &mut conn,
@@ -219,7 +239,7 @@ impl Hidra {
     /// (terminating any other connection to it).
     pub(crate) async fn drop_tenant_database(&self, tenant: &Tenant) -> Result<()> {
         let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
-        self.inner.databases.evict(database.as_str()).await;
+        self.inner.database.pools.evict(database.as_str()).await;
         let mut conn = self.acquire_shared().await?;
         sqlx::raw_sql(sql::drop_database(&database))
             .execute(&mut *conn)
@@ -236,8 +256,8 @@ impl Hidra {
     /// (see `scope::databases`), failing fast while the server does not answer.
     pub(crate) async fn database_conn(&self, tenant: &Tenant) -> Result<DbConn> {
         scope::acquire_database(
-            &self.inner.databases,
-            &self.inner.reach,
+            &self.inner.database.pools,
+            &self.inner.conns.reach,
             tenant_database(tenant)?,
         )
         .await
@@ -246,7 +266,7 @@ impl Hidra {
     /// Moves a schema-per-tenant tenant into a database of its own; see
     /// the `moves` module docs.
     pub(crate) async fn schema_to_database(&self, tenant: &Tenant) -> Result<Tenant> {
-        let database = self.inner.database_naming.schema_for(&tenant.id);
+        let database = self.inner.database.naming.schema_for(&tenant.id);
         let schema = tenant.placement.schema_ident()?;
         self.create_tenant_database(tenant, &database).await?;
         let result = async {
@@ -258,7 +278,7 @@ impl Hidra {
             let tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
             lock(&mut tx, tables.iter().map(|t| t.1.clone())).await?;
             {
-                let mut target = self.inner.databases.acquire(database.as_str()).await?;
+                let mut target = self.inner.database.pools.acquire(database.as_str()).await?;
                 sqlx::raw_sql("BEGIN")
                     .execute(&mut *target)
                     .await
@@ -293,6 +313,7 @@ impl Hidra {
             let placement = placement(&database);
             let moved = self
                 .inner
+                .registry
                 .store
                 .update_placement(&mut tx, &tenant.id, &placement)
                 .await?
@@ -323,8 +344,8 @@ impl Hidra {
     pub(crate) async fn database_to_schema(&self, tenant: &Tenant) -> Result<Tenant> {
         let inner = &self.inner;
         let database = tenant_database(tenant)?.to_owned();
-        let schema = inner.naming.schema_for(&tenant.id);
-        let mut source = inner.databases.acquire(&database).await?;
+        let schema = inner.schema.naming.schema_for(&tenant.id);
+        let mut source = inner.database.pools.acquire(&database).await?;
         sqlx::raw_sql("BEGIN")
             .execute(&mut *source)
             .await
@@ -338,7 +359,7 @@ impl Hidra {
                 .begin()
                 .await
                 .map_err(Error::db("beginning the move"))?;
-            let path = sql::search_path_value(&schema, &inner.shared);
+            let path = sql::search_path_value(&schema, &inner.schema.shared);
             self.build_schema_for_move(&mut tx, tenant, &schema, &path)
                 .await?;
             let target_tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
@@ -353,6 +374,7 @@ impl Hidra {
             }
             let placement = super::schema::placement(&schema);
             let moved = inner
+                .registry
                 .store
                 .update_placement(&mut tx, &tenant.id, &placement)
                 .await?

@@ -83,7 +83,11 @@ impl Hidra {
             Strategy::RowLevel => self.delete_row_level_rows(&mut tx, tenant).await?,
             Strategy::Database => {}
         }
-        self.inner.store.delete(&mut tx, &tenant.id).await?;
+        self.inner
+            .registry
+            .store
+            .delete(&mut tx, &tenant.id)
+            .await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the deprovisioning transaction"))
@@ -154,13 +158,13 @@ impl Hidra {
         Ok(Binding {
             search_path: self.search_path(&schema),
             tenant_id,
-            timeouts: self.inner.timeouts.for_tenant(tenant),
+            timeouts: self.inner.conns.timeouts.for_tenant(tenant),
         })
     }
 
     /// The `search_path` value of `schema` followed by the shared schemas.
     pub(crate) fn search_path(&self, schema: &Ident) -> String {
-        let shared: Vec<Ident> = (self.inner.shared.iter())
+        let shared: Vec<Ident> = (self.inner.schema.shared.iter())
             .filter(|s| *s != schema)
             .cloned()
             .collect();
@@ -171,8 +175,8 @@ impl Hidra {
     /// the shared pool, or of the tenant-database budget.
     pub(crate) fn cap_of(&self, strategy: Strategy) -> u32 {
         match strategy {
-            Strategy::Database => self.inner.database_cap,
-            Strategy::Schema | Strategy::RowLevel => self.inner.tenant_cap,
+            Strategy::Database => self.inner.database.cap,
+            Strategy::Schema | Strategy::RowLevel => self.inner.conns.tenant_cap,
         }
     }
 
@@ -191,13 +195,14 @@ impl Hidra {
                 scope.bind_database_session(&mut conn).await?;
                 TenantConn::new(Pooled::Database(conn), tenant, None)
             }
-            Strategy::Schema | Strategy::RowLevel => match &inner.pooled {
+            Strategy::Schema | Strategy::RowLevel => match &inner.conns.pooled {
                 Some(pooled) => {
-                    let conn = scope::acquire_unscoped(pooled, &inner.reach).await?;
+                    let conn = scope::acquire_unscoped(pooled, &inner.conns.reach).await?;
                     TenantConn::through_pooler(conn, tenant, scope)
                 }
                 None => {
-                    let conn = scope::acquire_bound(&inner.pool, &inner.reach, &scope).await?;
+                    let conn =
+                        scope::acquire_bound(&inner.conns.pool, &inner.conns.reach, &scope).await?;
                     TenantConn::new(Pooled::Shared(conn), tenant, Some(scope))
                 }
             },
@@ -220,9 +225,9 @@ impl Hidra {
                 TenantTx::begin_in_database(conn, tenant, &scope).await?
             }
             Strategy::Schema | Strategy::RowLevel => {
-                let pool = inner.pooled.as_ref().unwrap_or(&inner.pool);
-                let conn = scope::acquire_for_tx(pool, &inner.reach).await?;
-                TenantTx::begin(conn, tenant, scope, inner.pooled.is_some()).await?
+                let pool = inner.conns.pooled.as_ref().unwrap_or(&inner.conns.pool);
+                let conn = scope::acquire_for_tx(pool, &inner.conns.reach).await?;
+                TenantTx::begin(conn, tenant, scope, inner.conns.pooled.is_some()).await?
             }
         };
         Ok(tx.with_share(share))

@@ -226,7 +226,7 @@ impl Hidra {
                 .push(Finding::BypassRls { role: role.clone() });
         }
         let mut schemas: Vec<String> = vec![self.inner.row_level.schema.to_string()];
-        schemas.extend(self.inner.shared.iter().map(|s| s.to_string()));
+        schemas.extend(self.inner.schema.shared.iter().map(|s| s.to_string()));
         let tables: Vec<(String, bool, bool, String, bool, Vec<String>)> = sqlx::query_as(
             "SELECT c.oid::regclass::text, c.relrowsecurity, c.relforcerowsecurity, \
                     pg_get_userbyid(c.relowner)::text, \
@@ -283,7 +283,8 @@ impl Hidra {
     /// Fails closed, once per process, when row-level isolation does not hold.
     pub(crate) async fn require_row_level_audit(&self) -> Result<()> {
         self.inner
-            .row_level_audited
+            .row_level
+            .audited
             .get_or_try_init(|| async {
                 let report = self.audit_row_level().await?;
                 if report.is_clean() {
@@ -306,6 +307,15 @@ impl Hidra {
         let rl = &self.inner.row_level;
         tables_in_order(conn, rl.schema.as_str(), Some(rl.column.as_str())).await
     }
+}
+
+/// Where row-level tenants' rows live, and whether the audit passed.
+#[derive(Debug)]
+pub(crate) struct RowLevelConfig {
+    pub(crate) schema: Ident,
+    pub(crate) column: Ident,
+    /// Set once the row-level audit passed in this process.
+    pub(crate) audited: tokio::sync::OnceCell<()>,
 }
 
 /// The row-level strategy: provisioning (a registry row and its seed rows),
@@ -333,7 +343,7 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning the provisioning transaction"))?;
-        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         let binding = self.binding(&tenant)?;
         let tenant = self
             .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
@@ -386,10 +396,10 @@ impl Hidra {
         let inner = &self.inner;
         let tables = self.row_level_tables(tx).await?;
         lock(tx, tables.iter().map(|t| t.1.clone())).await?;
-        let schema = inner.naming.schema_for(&tenant.id);
+        let schema = inner.schema.naming.schema_for(&tenant.id);
         let placement = super::schema::placement(&schema);
         let binding = super::Binding {
-            search_path: sql::search_path_value(&schema, &inner.shared),
+            search_path: sql::search_path_value(&schema, &inner.schema.shared),
             tenant_id: String::new(),
             timeouts: Default::default(),
         };
@@ -431,6 +441,7 @@ impl Hidra {
         self.delete_row_level_rows(tx, tenant).await?;
         unbind_row_level(tx).await?;
         self.inner
+            .registry
             .store
             .update_placement(tx, &tenant.id, &placement)
             .await?
@@ -497,6 +508,7 @@ impl Hidra {
         drop_tenant_schema(tx, &schema).await?;
         let placement = self.row_level_placement();
         self.inner
+            .registry
             .store
             .update_placement(tx, &tenant.id, &placement)
             .await?

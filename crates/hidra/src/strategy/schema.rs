@@ -22,7 +22,15 @@ use crate::hidra::Hidra;
 use crate::migrate;
 use crate::scope;
 use crate::sql::{self, Ident};
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantStatus};
+use crate::tenant::{NewTenant, Placement, SchemaNaming, Strategy, Tenant, TenantStatus};
+
+/// What schema per tenant is configured with: how a tenant id maps to a
+/// schema name, and the shared schemas searched after a tenant's own.
+#[derive(Debug)]
+pub(crate) struct SchemaConfig {
+    pub(crate) naming: SchemaNaming,
+    pub(crate) shared: Vec<Ident>,
+}
 
 /// The placement of a tenant in `schema` of the shared database.
 pub(crate) fn placement(schema: &Ident) -> Placement {
@@ -54,7 +62,7 @@ impl Hidra {
     pub(crate) async fn provision_schema(&self, mut new: NewTenant) -> Result<Tenant> {
         let inner = &self.inner;
         let setup = new.setup.take();
-        let schema = inner.naming.schema_for(&new.id);
+        let schema = inner.schema.naming.schema_for(&new.id);
         let draft = self.draft(new, placement(&schema));
         let id = draft.id.clone();
         let started = std::time::Instant::now();
@@ -65,11 +73,11 @@ impl Hidra {
 
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &id).await?;
-        if let Some(store) = inner.registry_store.as_deref().filter(|_| {
+        if let Some(store) = inner.registry.own.as_deref().filter(|_| {
             setup.is_none()
-                && inner.seed.is_none()
-                && inner.warm_pool == 0
-                && inner.tenant_migrations.iter().all(|m| !m.no_tx)
+                && inner.provisioning.seed.is_none()
+                && inner.migrations.warm_pool == 0
+                && inner.migrations.tenant.iter().all(|m| !m.no_tx)
         }) {
             let tenant = self
                 .provision_in_one_batch(conn.into_pool_conn(), store, draft, &schema)
@@ -87,12 +95,12 @@ impl Hidra {
             .await
             .map_err(Error::db("beginning the provisioning transaction"))?;
 
-        let tenant = inner.store.insert(&mut tx, &draft).await?;
+        let tenant = inner.registry.store.insert(&mut tx, &draft).await?;
 
-        let migrations = &inner.tenant_migrations;
+        let migrations = &inner.migrations.tenant;
         let binding = self.binding(&tenant)?;
         let path = binding.search_path.clone();
-        let claimed = if inner.warm_pool > 0 {
+        let claimed = if inner.migrations.warm_pool > 0 {
             migrate::claim_spare(&mut tx, migrations, &schema)
                 .await
                 .map_err(|e| match e.sqlstate().as_deref() {
@@ -178,7 +186,7 @@ impl Hidra {
 
         draft.status = TenantStatus::Active;
         let path = self.binding(&draft)?.search_path;
-        let new = migrate::NewSchema::new(schema, &path, &self.inner.tenant_migrations);
+        let new = migrate::NewSchema::new(schema, &path, &self.inner.migrations.tenant);
         let mut batch = sql::Statement::new();
         batch
             .sql("BEGIN; SET LOCAL ")
@@ -279,7 +287,11 @@ impl Hidra {
             .map_err(Error::db("beginning the provisioning rollback"))?;
         let schema = tenant.placement.schema_ident()?;
         drop_tenant_schema(&mut tx, &schema).await?;
-        self.inner.store.delete(&mut tx, &tenant.id).await?;
+        self.inner
+            .registry
+            .store
+            .delete(&mut tx, &tenant.id)
+            .await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the provisioning rollback"))
@@ -294,7 +306,7 @@ impl Hidra {
         schema: &Ident,
         search_path: &str,
     ) -> Result<()> {
-        let migrations = &self.inner.tenant_migrations;
+        let migrations = &self.inner.migrations.tenant;
         let reached = migrate::create_schema(tx, schema, search_path, migrations)
             .await
             .map_err(|(source, failed)| match failed {

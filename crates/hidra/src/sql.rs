@@ -448,6 +448,16 @@ pub(crate) fn drop_database(database: &Ident) -> SqlStr {
     sql.into_sql()
 }
 
+/// `DROP VIEW IF EXISTS "schema"."name"`.
+pub(crate) fn drop_view(schema: &Ident, name: &Ident) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("DROP VIEW IF EXISTS ")
+        .ident(schema)
+        .sql(".")
+        .ident(name);
+    sql.into_sql()
+}
+
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.
 pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
     owned(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))

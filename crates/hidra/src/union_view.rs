@@ -123,14 +123,10 @@ impl Hidra {
             {
                 Ok(view) => views.push(view),
                 Err(Error::InvalidConfig(_)) => {
-                    sqlx::raw_sql(sql::owned(format!(
-                        "DROP VIEW IF EXISTS {}.{}",
-                        schema.quoted(),
-                        name.quoted()
-                    )))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(Error::db("dropping a union view no tenant feeds"))?;
+                    sqlx::raw_sql(sql::drop_view(&schema, &name))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::db("dropping a union view no tenant feeds"))?;
                 }
                 Err(e) => return Err(e),
             }
@@ -147,14 +143,10 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning to drop a union view"))?;
-        sqlx::raw_sql(sql::owned(format!(
-            "DROP VIEW IF EXISTS {}.{}",
-            schema.quoted(),
-            name.quoted()
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("dropping a union view"))?;
+        sqlx::raw_sql(sql::drop_view(&schema, &name))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("dropping a union view"))?;
         let done =
             sqlx::query("DELETE FROM hidra.union_views WHERE view_schema = $1 AND view_name = $2")
                 .bind(schema.as_str())

@@ -9,7 +9,7 @@ use super::{always_kept, some_of};
 use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::sql::{self, Ident};
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
+use crate::tenant::{NewTenant, Tenant, TenantId};
 
 /// What [`Hidra::adopt_schema`] should do: which tenant the schema becomes,
 /// the migration version it is at, and which tables stay shared.
@@ -336,12 +336,7 @@ impl Hidra {
             Err(problems) => return Err(refuse(problems)),
         };
 
-        let placement = Placement {
-            strategy: Strategy::Schema,
-            schema: schema.to_string(),
-            database: None,
-            server: None,
-        };
+        let placement = crate::strategy::schema::placement(&schema);
         let mut new = NewTenant::new(adopt.id.clone()).metadata(adopt.metadata.clone());
         if let Some(name) = &adopt.name {
             new = new.name(name.clone());

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::moves::{advance_sequences, columns, lock};
 use crate::sql::{self, Ident, TableName};
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
+use crate::tenant::{NewTenant, Tenant, TenantId};
 
 /// The metadata key recording where an adopted tenant came from, so that a
 /// rerun recognizes the tenants it registered before.
@@ -586,12 +586,7 @@ impl Hidra {
             .map_err(Error::db("beginning the tenant tables check"))?;
         let probe = self.draft(
             NewTenant::new(id.clone()),
-            Placement {
-                strategy: Strategy::Schema,
-                schema: schema.to_string(),
-                database: None,
-                server: None,
-            },
+            crate::strategy::schema::placement(&schema),
         );
         self.build_schema_for_move(&mut tx, &probe, &schema, &path)
             .await?;
@@ -641,12 +636,7 @@ impl Hidra {
             .await
             .map_err(Error::db("beginning a tenant's split"))?;
         lock(&mut tx, plan.sources.iter().map(|s| s.qualified.clone())).await?;
-        let placement = Placement {
-            strategy: Strategy::Schema,
-            schema: schema.to_string(),
-            database: None,
-            server: None,
-        };
+        let placement = crate::strategy::schema::placement(&schema);
         let metadata = serde_json::json!({
             ADOPTED_FROM: { "schema": from.as_str(), "column": column.as_str(), "value": value }
         });

@@ -293,9 +293,7 @@ impl Hidra {
         if self.tenant(&plan.id).await?.is_some() {
             return Err(Error::AlreadyExists(plan.id.clone()));
         }
-        if strategy == Strategy::RowLevel {
-            self.require_row_level_audit().await?;
-        }
+        self.require_ready(strategy).await?;
         let loaded: Vec<&ArchivedTable> = (manifest.tables.iter())
             .chain(manifest.shared.iter().filter(|t| plan.imports(t)))
             .collect();
@@ -317,11 +315,12 @@ impl Hidra {
             },
             on_progress: options.progress.as_deref(),
         };
-        let summary = match strategy {
-            Strategy::Database => self.import_database(&plan, &mut loader).await?,
-            Strategy::Schema | Strategy::RowLevel => {
-                self.import_shared(&plan, strategy, &mut loader).await?
-            }
+        // A database of its own, or the shared database (a schema, then
+        // placed under the strategy asked for).
+        let summary = if strategy == Strategy::Database {
+            self.import_database(&plan, &mut loader).await?
+        } else {
+            self.import_shared(&plan, strategy, &mut loader).await?
         };
         tracing::info!(
             tenant = %summary.tenant.id,
@@ -386,25 +385,14 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning the import"))?;
-        let draft = self.import_draft(
-            plan,
-            Placement {
-                strategy: Strategy::Schema,
-                schema: schema.to_string(),
-                database: None,
-                server: None,
-            },
-        );
+        let draft = self.import_draft(plan, crate::strategy::schema::placement(&schema));
         let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         let path = self.binding(&tenant)?.search_path;
         let (tables, rows) = self
             .restore_tables(&mut tx, plan, &schema, &path, true, loader)
             .await?;
         let credentials = self.restore_credentials(&mut tx, plan, loader).await?;
-        let tenant = match strategy {
-            Strategy::RowLevel => self.schema_to_row_level(&mut tx, &tenant).await?,
-            _ => tenant,
-        };
+        let tenant = self.place_from_schema(&mut tx, tenant, strategy).await?;
         let tenant = self.finish_import(&mut tx, plan, &tenant).await?;
         tx.commit()
             .await
@@ -424,15 +412,7 @@ impl Hidra {
     ) -> Result<ImportSummary> {
         let database = self.inner.database.naming.schema_for(&plan.id);
         let schema = Ident::trusted(crate::strategy::database::TENANT_DB_SCHEMA.to_owned());
-        let draft = self.import_draft(
-            plan,
-            Placement {
-                strategy: Strategy::Database,
-                schema: schema.to_string(),
-                database: Some(database.to_string()),
-                server: None,
-            },
-        );
+        let draft = self.import_draft(plan, crate::strategy::database::placement(&database));
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
         let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;

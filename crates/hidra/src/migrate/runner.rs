@@ -834,13 +834,15 @@ pub(crate) async fn read_history(
     if !exists {
         return Ok((0, Vec::new(), false));
     }
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sql::owned(format!(
-        "SELECT version, checksum FROM {}._hidra_migrations ORDER BY version",
-        schema.quoted()
-    )))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(Error::db("reading a migration history"))?;
+    let mut history = sql::Statement::new();
+    history
+        .sql("SELECT version, checksum FROM ")
+        .ident(&schema)
+        .sql("._hidra_migrations ORDER BY version");
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(history.into_sql())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading a migration history"))?;
     let mut digest = Vec::new();
     let mut version = 0;
     for (v, checksum) in rows {
@@ -866,12 +868,14 @@ async fn explain_mismatch(
     let Ok(ident) = Ident::new(schema.to_owned(), "tenant schema name") else {
         return "its schema name is invalid".into();
     };
-    let rows: Vec<(i64, String, Vec<u8>)> = match sqlx::query_as(sql::owned(format!(
-        "SELECT version, description, checksum FROM {}._hidra_migrations ORDER BY version",
-        ident.quoted()
-    )))
-    .fetch_all(&mut *conn)
-    .await
+    let mut history = sql::Statement::new();
+    history
+        .sql("SELECT version, description, checksum FROM ")
+        .ident(&ident)
+        .sql("._hidra_migrations ORDER BY version");
+    let rows: Vec<(i64, String, Vec<u8>)> = match sqlx::query_as(history.into_sql())
+        .fetch_all(&mut *conn)
+        .await
     {
         Ok(rows) => rows,
         Err(_) => return "its recorded digest differs from the migrations given".into(),

@@ -171,7 +171,7 @@ impl Hidra {
                  VALUES ($1, $2, $3, $4)",
             );
             if m.no_tx {
-                sqlx::raw_sql(crate::sql::owned(m.sql.clone()))
+                sqlx::raw_sql(crate::sql::trusted(&m.sql))
                     .execute(&mut *conn)
                     .await
                     .map_err(failed)?;
@@ -188,7 +188,7 @@ impl Hidra {
                     .begin()
                     .await
                     .map_err(Error::db("beginning a shared migration"))?;
-                sqlx::raw_sql(crate::sql::owned(m.sql.clone()))
+                sqlx::raw_sql(crate::sql::trusted(&m.sql))
                     .execute(&mut *tx)
                     .await
                     .map_err(failed)?;

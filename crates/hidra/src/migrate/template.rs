@@ -137,13 +137,14 @@ impl Hidra {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(Error::db("looking for the template schema"))?;
-        sqlx::raw_sql(sql::owned(format!(
-            "SET LOCAL client_min_messages = warning; DROP SCHEMA IF EXISTS {} CASCADE",
-            ident.quoted()
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("dropping the template schema"))?;
+        let mut drop = sql::Statement::new();
+        drop.sql("SET LOCAL client_min_messages = warning; DROP SCHEMA IF EXISTS ")
+            .ident(&ident)
+            .sql(" CASCADE");
+        sqlx::raw_sql(drop.into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("dropping the template schema"))?;
         sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
             .bind(ident.as_str())
             .execute(&mut *tx)

@@ -9,9 +9,9 @@
 //!   database under one budget (`scope::databases`).
 //!
 //! Each module owns how its tenants are provisioned, bound, moved in and out,
-//! and dropped. The operations (`lifecycle`, `moves`, the checkouts of
-//! [`Hidra`]) call the functions below, the only `match` on a tenant's
-//! strategy of those operations.
+//! and dropped. The operations (`lifecycle`, `moves`, `archive` import, the
+//! checkouts of [`Hidra`]) call the functions below, the only `match` on a
+//! tenant's strategy of those operations.
 
 pub(crate) mod database;
 pub mod row_level;
@@ -93,6 +93,34 @@ impl Hidra {
             .map_err(Error::db("committing the deprovisioning transaction"))
     }
 
+    /// Fails unless tenants can be placed under `strategy` now: row level
+    /// requires a clean audit (see [`Hidra::audit_row_level`]).
+    pub(crate) async fn require_ready(&self, strategy: Strategy) -> Result<()> {
+        match strategy {
+            Strategy::RowLevel => self.require_row_level_audit().await,
+            Strategy::Schema | Strategy::Database => Ok(()),
+        }
+    }
+
+    /// Places `tenant`, just built in a schema of its own inside `tx` (an
+    /// import), under `strategy`: row level moves its rows into the shared
+    /// tables in the same transaction.
+    pub(crate) async fn place_from_schema(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: Tenant,
+        strategy: Strategy,
+    ) -> Result<Tenant> {
+        match strategy {
+            Strategy::RowLevel => self.schema_to_row_level(tx, &tenant).await,
+            Strategy::Schema => Ok(tenant),
+            Strategy::Database => Err(Error::MoveUnsupported {
+                from: Strategy::Schema,
+                to: strategy,
+            }),
+        }
+    }
+
     /// Moves `tenant` (settled) to `to`, keeping every row; see
     /// [`Hidra::move_tenant`]. `conn` is the shared connection it was read on.
     pub(crate) async fn move_to(
@@ -101,9 +129,7 @@ impl Hidra {
         tenant: Tenant,
         to: Strategy,
     ) -> Result<Tenant> {
-        if to == Strategy::RowLevel {
-            self.require_row_level_audit().await?;
-        }
+        self.require_ready(to).await?;
         let (id, from) = (&tenant.id, tenant.placement.strategy);
         match (from, to) {
             _ if from == to => return Ok(tenant),

@@ -274,7 +274,7 @@ pub enum Error {
 
     /// Row-level isolation does not hold (see [`crate::rls`]); nothing was done.
     #[error("row-level security is not safe to rely on: {}", join(.0))]
-    RowLevelInsecure(Vec<crate::rls::Finding>),
+    RowLevelInsecure(Vec<crate::strategy::row_level::Finding>),
 
     /// A throw-away PostgreSQL could not be started or reached (feature `testing`).
     #[error("test database setup failed: {0}")]
@@ -294,7 +294,7 @@ pub enum Error {
 }
 
 /// Findings, `; `-separated.
-fn join(findings: &[crate::rls::Finding]) -> String {
+fn join(findings: &[crate::strategy::row_level::Finding]) -> String {
     findings
         .iter()
         .map(ToString::to_string)

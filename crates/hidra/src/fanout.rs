@@ -32,10 +32,7 @@ use std::sync::Arc;
 
 use futures_util::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use sqlx::postgres::PgRow;
-use sqlx::{
-    AssertSqlSafe, Column as _, Either, Executor, Row, SqlSafeStr, Statement as _, TypeInfo,
-    ValueRef,
-};
+use sqlx::{Column as _, Either, Executor, Row, Statement as _, TypeInfo, ValueRef};
 
 use crate::error::{BoxError, Error, Result};
 use crate::hidra::Hidra;
@@ -230,9 +227,7 @@ fn active_tenants(hidra: Hidra) -> BoxStream<'static, Result<Tenant>> {
 async fn text_rows(conn: &mut TenantConn, sql: &str, pooled: bool) -> Result<Rows, sqlx::Error> {
     let mut columns = Vec::new();
     if !pooled {
-        let prepared = (&mut *conn)
-            .prepare(AssertSqlSafe(sql.to_owned()).into_sql_str())
-            .await?;
+        let prepared = (&mut *conn).prepare(crate::sql::trusted(sql)).await?;
         columns = prepared.columns().iter().map(column).collect();
     }
     let mut out = Rows {
@@ -240,7 +235,7 @@ async fn text_rows(conn: &mut TenantConn, sql: &str, pooled: bool) -> Result<Row
         rows: Vec::new(),
         rows_affected: 0,
     };
-    let mut results = sqlx::raw_sql(AssertSqlSafe(sql.to_owned())).fetch_many(&mut *conn);
+    let mut results = sqlx::raw_sql(crate::sql::trusted(sql)).fetch_many(&mut *conn);
     while let Some(item) = results.try_next().await? {
         match item {
             Either::Left(done) => out.rows_affected += done.rows_affected(),

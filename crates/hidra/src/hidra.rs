@@ -11,13 +11,19 @@ use sqlx::PgConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 use crate::error::{BoxError, Error, Result};
-use crate::migrate::Migrations;
+use crate::lifecycle::Provisioning;
+use crate::migrate::{MigrationConfig, Migrations};
 use crate::scope::{
-    self, DatabasePoolConfig, Pool, PoolConfig, Pooled, SharedConn, TenantConn, TenantDatabases,
+    self, DatabasePoolConfig, Pool, PoolConfig, SharedConn, TenantConn, TenantDatabases,
     TenantLoads, TenantScope, TenantTx,
 };
 use crate::sql::{self, Ident};
-use crate::store::{AnyTenantStore, ListTenants, Page, PgTenantStore, RegistryTable, TenantStore};
+use crate::store::{
+    AnyTenantStore, ListTenants, Page, PgTenantStore, Registry, RegistryTable, TenantStore,
+};
+use crate::strategy::database::DatabaseConfig;
+use crate::strategy::row_level::RowLevelConfig;
+use crate::strategy::schema::SchemaConfig;
 use crate::tenant::{SchemaNaming, Strategy, Tenant, TenantId};
 
 /// Reference data or other setup run inside a new tenant's schema while it is
@@ -153,7 +159,10 @@ impl Default for HidraBuilder {
             warm_pool: 0,
             seed: None,
             default_strategy: Strategy::Schema,
-            row_level: ("public".into(), crate::rls::DEFAULT_TENANT_COLUMN.into()),
+            row_level: (
+                "public".into(),
+                crate::strategy::row_level::DEFAULT_TENANT_COLUMN.into(),
+            ),
             databases: DatabasePoolConfig::default(),
             database_prefix: "tenant_".into(),
             audit_row_level: false,
@@ -460,6 +469,7 @@ impl HidraBuilder {
         let row_level = RowLevelConfig {
             schema: Ident::new(self.row_level.0, "row-level schema name")?,
             column: Ident::new(self.row_level.1, "tenant column name")?,
+            audited: tokio::sync::OnceCell::new(),
         };
         let (store, registry_store) = match (self.store, self.registry) {
             (Some(store), _) => (store, None),
@@ -476,7 +486,11 @@ impl HidraBuilder {
             Some(Err(e)) => return Err(Error::InvalidConfig(e.into())),
             // Nothing is ever set on a pooler's connections: a checkout only
             // proves the connection alive and outside a transaction.
-            Some(Ok(pooler)) => Some(Pool::new(pooler, &self.pool, sql::owned("SELECT 1".into()))),
+            Some(Ok(pooler)) => Some(Pool::new(
+                pooler,
+                &self.pool,
+                sqlx::SqlSafeStr::into_sql_str("SELECT 1"),
+            )),
         };
         let replica = match self.replica {
             None => None,
@@ -487,14 +501,18 @@ impl HidraBuilder {
                     Pool::new(
                         replica.clone(),
                         &self.pool,
-                        sql::reset_statement(&self.timeouts),
+                        sql::reset_statement(self.timeouts.values()),
                     ),
                     scope::Reachability::new(replica),
                     self.replica_wait,
                 ))
             }
         };
-        let pool = Pool::new(options, &self.pool, sql::reset_statement(&self.timeouts));
+        let pool = Pool::new(
+            options,
+            &self.pool,
+            sql::reset_statement(self.timeouts.values()),
+        );
         // As sqlx's `connect` does: fail now if the server does not answer.
         drop(
             pool.get()
@@ -514,32 +532,40 @@ impl HidraBuilder {
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         let hidra = Hidra {
             inner: Arc::new(Inner {
-                pool,
-                pooled,
-                replica,
-                naming,
-                shared,
-                store,
-                registry_store,
-                tenant_migrations: self.tenant_migrations,
-                shared_migrations: self.shared_migrations,
-                warm_pool: self.warm_pool,
-                seed: self.seed,
-                internal_ready: tokio::sync::OnceCell::new(),
-                default_strategy: self.default_strategy,
+                conns: Connections {
+                    pool,
+                    pooled,
+                    replica,
+                    reach: scope::Reachability::new(reach_options),
+                    scopes: RwLock::new(HashMap::new()),
+                    statement_cache_capacity: self.statement_cache_capacity,
+                    tenant_cap: self.tenant_cap.of(self.pool.max_connections),
+                    loads: TenantLoads::default(),
+                    timeouts: self.timeouts,
+                    tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
+                },
+                registry: Registry {
+                    store,
+                    own: registry_store,
+                    internal_ready: tokio::sync::OnceCell::new(),
+                },
+                migrations: MigrationConfig {
+                    tenant: self.tenant_migrations,
+                    shared: self.shared_migrations,
+                    warm_pool: self.warm_pool,
+                },
+                provisioning: Provisioning {
+                    default_strategy: self.default_strategy,
+                    seed: self.seed,
+                },
+                schema: SchemaConfig { naming, shared },
                 row_level,
-                row_level_audited: tokio::sync::OnceCell::new(),
-                databases,
-                database_naming,
-                template_ready: tokio::sync::OnceCell::new(),
-                scopes: RwLock::new(HashMap::new()),
-                statement_cache_capacity: self.statement_cache_capacity,
-                tenant_cap: self.tenant_cap.of(self.pool.max_connections),
-                database_cap,
-                loads: TenantLoads::default(),
-                timeouts: self.timeouts,
-                tenant_wait: self.tenant_wait.unwrap_or(self.pool.acquire_timeout),
-                reach: scope::Reachability::new(reach_options),
+                database: DatabaseConfig {
+                    pools: databases,
+                    naming: database_naming,
+                    template_ready: tokio::sync::OnceCell::new(),
+                    cap: database_cap,
+                },
             }),
         };
         if self.audit_row_level {
@@ -559,35 +585,33 @@ pub struct Hidra {
 }
 
 pub(crate) struct Inner {
+    /// The pools and what tenant checkouts apply.
+    pub(crate) conns: Connections,
+    /// The tenant registry and Hidra's internal schema.
+    pub(crate) registry: Registry,
+    /// Tenant and shared migrations, the warm pool.
+    pub(crate) migrations: MigrationConfig,
+    /// How tenants are made.
+    pub(crate) provisioning: Provisioning,
+    /// Schema per tenant (and the shared schemas every tenant searches).
+    pub(crate) schema: SchemaConfig,
+    /// Row level.
+    pub(crate) row_level: RowLevelConfig,
+    /// Database per tenant.
+    pub(crate) database: DatabaseConfig,
+}
+
+/// The connections of the handle: the shared pool (and the pooler's and
+/// the replica's), and what a tenant checkout applies.
+pub(crate) struct Connections {
     pub(crate) pool: Pool,
     /// Tenant traffic's pool in transaction-pooler mode.
     pub(crate) pooled: Option<Pool>,
     /// Where reads may go.
     pub(crate) replica: Option<crate::replica::Replica>,
-    pub(crate) naming: SchemaNaming,
-    pub(crate) shared: Vec<Ident>,
-    pub(crate) store: AnyTenantStore,
-    /// The store, when it is Hidra's own (its statements can join a batch).
-    pub(crate) registry_store: Option<Arc<PgTenantStore>>,
-    pub(crate) tenant_migrations: Migrations,
-    pub(crate) shared_migrations: Migrations,
-    pub(crate) warm_pool: usize,
-    pub(crate) seed: Option<Arc<dyn DynSeed>>,
-    /// Set once hidra's internal schema is known to exist.
-    pub(crate) internal_ready: tokio::sync::OnceCell<()>,
-    pub(crate) default_strategy: Strategy,
-    pub(crate) row_level: RowLevelConfig,
-    /// Set once the row-level audit passed in this process.
-    pub(crate) row_level_audited: tokio::sync::OnceCell<()>,
-    pub(crate) databases: TenantDatabases,
-    pub(crate) database_naming: SchemaNaming,
-    /// Set once the template database is known to be at the latest version.
-    pub(crate) template_ready: tokio::sync::OnceCell<()>,
     pub(crate) statement_cache_capacity: usize,
     /// Connections of the shared pool one tenant may hold at once.
     pub(crate) tenant_cap: u32,
-    /// Connections of the tenant-database budget one tenant may hold at once.
-    pub(crate) database_cap: u32,
     /// Per-tenant load counters.
     pub(crate) loads: TenantLoads,
     /// The timeouts tenant checkouts apply by default.
@@ -607,36 +631,15 @@ pub(crate) const DEFAULT_STATEMENT_CACHE_CAPACITY: usize = 512;
 /// binding statements and up to a thousand statement texts).
 const MAX_CACHED_SCOPES: usize = 100_000;
 
-/// Where row-level tenants' rows live.
-#[derive(Clone, Debug)]
-pub(crate) struct RowLevelConfig {
-    pub(crate) schema: Ident,
-    pub(crate) column: Ident,
-}
-
 impl fmt::Debug for Hidra {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Hidra")
-            .field("schema_prefix", &self.inner.naming.prefix())
-            .field("shared_schemas", &self.inner.shared)
-            .field("store", &self.inner.store)
+            .field("schema_prefix", &self.inner.schema.naming.prefix())
+            .field("shared_schemas", &self.inner.schema.shared)
+            .field("store", &self.inner.registry.store)
             .field("pool", &self.pool_status())
             .finish_non_exhaustive()
     }
-}
-
-/// The database of a database-per-tenant tenant, validated.
-pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
-    let name = tenant
-        .placement
-        .database
-        .as_deref()
-        .ok_or_else(|| Error::CorruptRecord {
-            id: tenant.id.to_string(),
-            reason: "a database-per-tenant tenant without a database name".into(),
-        })?;
-    Ident::new(name, "tenant database name")?;
-    Ok(name)
 }
 
 /// How many connections of the shared pool one tenant may hold at once; see
@@ -687,12 +690,12 @@ impl Hidra {
 
     /// The schema name `id` maps to: the prefix plus the id with `-` replaced by `_`.
     pub fn schema_name(&self, id: &TenantId) -> String {
-        self.inner.naming.schema_for(id).as_str().to_owned()
+        self.inner.schema.naming.schema_for(id).as_str().to_owned()
     }
 
     /// The tenant store.
     pub fn store(&self) -> &AnyTenantStore {
-        &self.inner.store
+        &self.inner.registry.store
     }
 
     /// A connection bound to `tenant` (its schema first in `search_path`, then
@@ -705,22 +708,7 @@ impl Hidra {
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
         let scope = self.scope(tenant)?;
         let share = self.admit(tenant, &scope).await?;
-        if tenant.placement.strategy == Strategy::Database {
-            let mut conn = scope::acquire_database(
-                &self.inner.databases,
-                &self.inner.reach,
-                tenant_database(tenant)?,
-            )
-            .await?;
-            scope.bind_database_session(&mut conn).await?;
-            return Ok(TenantConn::new(Pooled::Database(conn), tenant, None).with_share(share));
-        }
-        if let Some(pooled) = &self.inner.pooled {
-            let conn = scope::acquire_unscoped(pooled, &self.inner.reach).await?;
-            return Ok(TenantConn::through_pooler(conn, tenant, scope).with_share(share));
-        }
-        let conn = scope::acquire_bound(&self.inner.pool, &self.inner.reach, &scope).await?;
-        Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)).with_share(share))
+        self.connect_bound(tenant, scope, share).await
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
@@ -729,20 +717,7 @@ impl Hidra {
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
         let scope = self.scope(tenant)?;
         let share = self.admit(tenant, &scope).await?;
-        if tenant.placement.strategy == Strategy::Database {
-            let conn = scope::acquire_database(
-                &self.inner.databases,
-                &self.inner.reach,
-                tenant_database(tenant)?,
-            )
-            .await?;
-            let tx = TenantTx::begin_in_database(conn, tenant, &scope).await?;
-            return Ok(tx.with_share(share));
-        }
-        let pool = self.inner.pooled.as_ref().unwrap_or(&self.inner.pool);
-        let conn = scope::acquire_for_tx(pool, &self.inner.reach).await?;
-        let tx = TenantTx::begin(conn, tenant, scope, self.inner.pooled.is_some()).await?;
-        Ok(tx.with_share(share))
+        self.begin_bound(tenant, scope, share).await
     }
 
     /// Creates what Hidra needs in the database, where it is missing: the
@@ -768,7 +743,7 @@ impl Hidra {
     /// # Ok(()) }
     /// ```
     pub async fn install(&self) -> Result<()> {
-        let mut ddl = self.inner.store.install_ddl().unwrap_or_default();
+        let mut ddl = self.inner.registry.store.install_ddl().unwrap_or_default();
         ddl.push_str(crate::migrate::INTERNAL_DDL);
         self.install_ddl(
             "installing the tenant registry and hidra's internal schema",
@@ -781,7 +756,7 @@ impl Hidra {
     /// installation, without PostgreSQL's "already exists, skipping" notices.
     pub(crate) async fn install_ddl(&self, context: &'static str, ddl: &str) -> Result<()> {
         let mut conn = self.acquire_shared().await?;
-        let script = sql::install_script(ddl);
+        let script = sql::install_script(crate::migrate::INTERNAL_LOCK, ddl);
         if let Err(source) = sqlx::raw_sql(script).execute(&mut *conn).await {
             // Left inside the failed transaction: closing it rolls back.
             conn.close_on_drop();
@@ -792,21 +767,21 @@ impl Hidra {
 
     /// A connection with the server's default `search_path`, for shared tables.
     pub async fn acquire_shared(&self) -> Result<SharedConn> {
-        scope::acquire_unscoped(&self.inner.pool, &self.inner.reach)
+        scope::acquire_unscoped(&self.inner.conns.pool, &self.inner.conns.reach)
             .await
             .map(SharedConn::new)
     }
 
     /// `tenant`'s share of the pool for one more connection.
     async fn admit(&self, tenant: &Tenant, scope: &TenantScope) -> Result<scope::Share> {
-        scope.admit(&tenant.id, self.inner.tenant_wait).await
+        scope.admit(&tenant.id, self.inner.conns.tenant_wait).await
     }
 
     /// The binding, checkout statements and statement texts of `tenant`,
     /// built once per tenant and placement.
     pub(crate) fn scope(&self, tenant: &Tenant) -> Result<Arc<TenantScope>> {
-        let scopes = &self.inner.scopes;
-        let timeouts = self.inner.timeouts.for_tenant(tenant);
+        let scopes = &self.inner.conns.scopes;
+        let timeouts = self.inner.conns.timeouts.for_tenant(tenant);
         if let Some(scope) = scopes
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -815,16 +790,13 @@ impl Hidra {
         {
             return Ok(scope.clone());
         }
-        let cap = match tenant.placement.strategy {
-            Strategy::Database => self.inner.database_cap,
-            Strategy::Schema | Strategy::RowLevel => self.inner.tenant_cap,
-        };
+        let cap = self.cap_of(tenant.placement.strategy);
         let scope = Arc::new(TenantScope::new(
             tenant,
             &tenant.placement.schema_ident()?,
             self.binding(tenant)?,
             cap,
-            self.inner.loads.counters(&tenant.id),
+            self.inner.conns.loads.counters(&tenant.id),
         ));
         let mut scopes = scopes.write().unwrap_or_else(PoisonError::into_inner);
         if scopes.len() >= MAX_CACHED_SCOPES {
@@ -834,35 +806,10 @@ impl Hidra {
         Ok(scope)
     }
 
-    /// What a checkout for `tenant` binds.
-    pub(crate) fn binding(&self, tenant: &Tenant) -> Result<scope::Binding> {
-        let schema = tenant.placement.schema_ident()?;
-        let shared: Vec<Ident> = self
-            .inner
-            .shared
-            .iter()
-            .filter(|s| **s != schema)
-            .cloned()
-            .collect();
-        let search_path = sql::search_path_value(&schema, &shared);
-        Ok(match tenant.placement.strategy {
-            Strategy::Schema | Strategy::Database => scope::Binding {
-                search_path,
-                tenant_id: String::new(),
-                timeouts: self.inner.timeouts.for_tenant(tenant),
-            },
-            Strategy::RowLevel => scope::Binding {
-                search_path,
-                tenant_id: tenant.id.to_string(),
-                timeouts: self.inner.timeouts.for_tenant(tenant),
-            },
-        })
-    }
-
     /// The tenant with this id, if registered (any status).
     pub async fn tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
         let mut conn = self.acquire_shared().await?;
-        self.inner.store.get(&mut conn, id).await
+        self.inner.registry.store.get(&mut conn, id).await
     }
 
     /// Whether a tenant with this id is registered (any status).
@@ -873,7 +820,7 @@ impl Hidra {
     /// A page of registered tenants, ordered by id.
     pub async fn list(&self, page: &ListTenants) -> Result<Page<Tenant>> {
         let mut conn = self.acquire_shared().await?;
-        self.inner.store.list(&mut conn, page).await
+        self.inner.registry.store.list(&mut conn, page).await
     }
 
     /// A listener subscribed to [`CHANGES_CHANNEL`](crate::CHANGES_CHANNEL), on
@@ -889,7 +836,7 @@ impl Hidra {
 
     /// A listener on `channel`, on its own connection to the shared database.
     pub(crate) async fn listener(&self, channel: &str) -> Result<sqlx::postgres::PgListener> {
-        let options = self.inner.pool.connect_options().clone();
+        let options = self.inner.conns.pool.connect_options().clone();
         let own = PgPoolOptions::new()
             .max_connections(1)
             .connect_lazy_with(options);
@@ -920,19 +867,19 @@ impl Hidra {
     /// # drop(own); Ok(()) }
     /// ```
     pub fn connect_options(&self) -> &PgConnectOptions {
-        self.inner.pool.connect_options()
+        self.inner.conns.pool.connect_options()
     }
 
     /// How many prepared statements each connection keeps; see
     /// [`HidraBuilder::statement_cache_capacity`].
     pub fn statement_cache_capacity(&self) -> usize {
-        self.inner.statement_cache_capacity
+        self.inner.conns.statement_cache_capacity
     }
 
     /// Whether tenant traffic goes through a transaction pooler; see
     /// [`HidraBuilder::transaction_pooler`].
     pub fn is_pooled(&self) -> bool {
-        self.inner.pooled.is_some()
+        self.inner.conns.pooled.is_some()
     }
 
     /// The per-tenant load counters: connections held, connection time,
@@ -949,30 +896,30 @@ impl Hidra {
     /// # }
     /// ```
     pub fn load(&self) -> &TenantLoads {
-        &self.inner.loads
+        &self.inner.conns.loads
     }
 
     /// The state of the shared pool.
     pub fn pool_status(&self) -> PoolStatus {
-        let (size, idle, max) = self.inner.pool.status();
+        let (size, idle, max) = self.inner.conns.pool.status();
         PoolStatus { size, idle, max }
     }
 
     /// The connections to tenant databases (database per tenant).
     pub fn tenant_databases(&self) -> &TenantDatabases {
-        &self.inner.databases
+        &self.inner.database.pools
     }
 
     /// Closes the pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
-        self.inner.databases.close().await;
-        if let Some(pooled) = &self.inner.pooled {
+        self.inner.database.pools.close().await;
+        if let Some(pooled) = &self.inner.conns.pooled {
             pooled.close().await;
         }
-        if let Some(replica) = &self.inner.replica {
+        if let Some(replica) = &self.inner.conns.replica {
             replica.pool.close().await;
         }
-        self.inner.pool.close().await;
+        self.inner.conns.pool.close().await;
     }
 }
 

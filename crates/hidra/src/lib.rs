@@ -103,10 +103,10 @@ mod error;
 mod hidra;
 mod lifecycle;
 mod moves;
-mod per_database;
 mod scope;
 mod sql;
 mod store;
+mod strategy;
 mod tenant;
 mod union_view;
 
@@ -118,7 +118,6 @@ pub mod context;
 pub mod fanout;
 pub mod migrate;
 pub mod replica;
-pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -142,6 +141,7 @@ pub use crate::store::{
     AnyTenantStore, ListTenants, MAX_PAGE_SIZE, Page, PgTenantStore, RegistryColumns,
     RegistryTable, TenantStore, TenantUpdate,
 };
+pub use crate::strategy::row_level as rls;
 pub use crate::tenant::{
     MAX_TENANT_ID_LEN, NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus,
 };

@@ -166,7 +166,7 @@ impl Hidra {
 
     /// How the read replica is doing; `None` without one.
     pub async fn replica_status(&self) -> Option<ReplicaStatus> {
-        let replica = self.inner.replica.as_ref()?;
+        let replica = self.inner.conns.replica.as_ref()?;
         let primary = self.wal_position().await.ok();
         let replayed = async {
             let mut conn = scope::acquire_unscoped(&replica.pool, &replica.reach).await?;
@@ -198,14 +198,16 @@ impl Hidra {
     }
 
     async fn read(&self, tenant: &Tenant, after: Option<WalPosition>) -> Result<TenantConn> {
-        let usable = self.inner.replica.as_ref().filter(|_| {
-            tenant.placement.strategy != Strategy::Database && self.inner.pooled.is_none()
+        let usable = self.inner.conns.replica.as_ref().filter(|_| {
+            tenant.placement.strategy != Strategy::Database && self.inner.conns.pooled.is_none()
         });
         let Some(replica) = usable else {
             return self.acquire(tenant).await;
         };
         let scope = self.scope(tenant)?;
-        let share = scope.admit(&tenant.id, self.inner.tenant_wait).await?;
+        let share = scope
+            .admit(&tenant.id, self.inner.conns.tenant_wait)
+            .await?;
         let conn = match scope::acquire_bound(&replica.pool, &replica.reach, &scope).await {
             Ok(conn) => conn,
             Err(e) => {

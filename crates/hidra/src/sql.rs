@@ -1,10 +1,19 @@
-//! The one audited place where names become SQL text.
+//! The one audited place where names and values become SQL text.
 //!
-//! Everything else in hidra binds values as parameters. Identifiers (schema, table
-//! and column names) cannot be parameters, so they are validated by the types here
-//! ([`Ident`]) and always written through [`Ident::quoted`], which doubles embedded
-//! quotes even though validation already forbids them. Statements built here are
-//! the only ones wrapped in [`sqlx::AssertSqlSafe`].
+//! Everything else in hidra binds values as parameters. Identifiers (schema,
+//! table and column names) cannot be parameters, so they are validated by the
+//! types here ([`Ident`]) and always written through [`Ident::quoted`], which
+//! doubles embedded quotes even though validation already forbids them. The
+//! few values that cannot be parameters (utility statements, multi-statement
+//! batches) are written through [`quote_literal`] and the other literal
+//! helpers here.
+//!
+//! Statements are assembled with [`Statement`]: fixed text from Hidra's own
+//! source, quoted identifiers and literals, integers, and (named as such)
+//! text trusted as it is (the application's own migrations and queries).
+//! This module is the only one of the core that wraps text in
+//! [`sqlx::AssertSqlSafe`]. It depends on nothing of the crate but its error
+//! type: what a statement is for is its callers' business.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -12,6 +21,98 @@ use std::fmt;
 use sqlx::{AssertSqlSafe, SqlStr};
 
 use crate::error::{Error, Result};
+
+/// A SQL statement being assembled, the way Hidra writes SQL text: fixed
+/// text (`&'static str`, from Hidra's own source), identifiers through
+/// [`Ident::quoted`], literals through [`quote_literal`] and the other
+/// helpers here, integers, and text trusted as it is, named as such.
+/// [`finish`](Self::finish) marks the result as safe for sqlx.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Statement(String);
+
+impl Statement {
+    /// An empty statement.
+    pub(crate) fn new() -> Self {
+        Statement(String::new())
+    }
+
+    /// Fixed SQL text.
+    pub(crate) fn sql(&mut self, text: &'static str) -> &mut Self {
+        self.0.push_str(text);
+        self
+    }
+
+    /// A quoted identifier: `"name"`.
+    pub(crate) fn ident(&mut self, ident: &Ident) -> &mut Self {
+        self.0.push_str(&ident.quoted());
+        self
+    }
+
+    /// An identifier that only PostgreSQL's catalog vouches for (a column
+    /// or table name read from it), quoted.
+    pub(crate) fn name(&mut self, name: &str) -> &mut Self {
+        self.0.push_str(&quote_ident(name));
+        self
+    }
+
+    /// Quoted identifiers separated by `, `.
+    pub(crate) fn names<S: AsRef<str>>(&mut self, names: &[S]) -> &mut Self {
+        for (i, name) in names.iter().enumerate() {
+            if i > 0 {
+                self.0.push_str(", ");
+            }
+            self.name(name.as_ref());
+        }
+        self
+    }
+
+    /// A quoted string literal: `'it''s'`.
+    pub(crate) fn literal(&mut self, value: &str) -> &mut Self {
+        self.0.push_str(&quote_literal(value));
+        self
+    }
+
+    /// A bytea literal.
+    pub(crate) fn bytea(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.push_str(&bytea_literal(bytes));
+        self
+    }
+
+    /// An integer.
+    pub(crate) fn int(&mut self, n: impl Into<i128>) -> &mut Self {
+        self.0.push_str(&n.into().to_string());
+        self
+    }
+
+    /// SQL text taken as it is: the application's own (a migration, a
+    /// query it hands over), or text quoted before (a [`TableName`], a
+    /// `search_path` value, a name PostgreSQL's catalog quoted).
+    pub(crate) fn trusted(&mut self, text: &str) -> &mut Self {
+        self.0.push_str(text);
+        self
+    }
+
+    /// The text so far.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The statement, marked safe for sqlx.
+    pub(crate) fn finish(&self) -> SqlStr {
+        owned(self.0.clone())
+    }
+
+    /// The statement, marked safe for sqlx, without a copy.
+    pub(crate) fn into_sql(self) -> SqlStr {
+        owned(self.0)
+    }
+}
+
+/// SQL text handed over by the application as it is (a query it runs on
+/// every tenant), marked safe for sqlx.
+pub(crate) fn trusted(text: &str) -> SqlStr {
+    owned(text.to_owned())
+}
 
 /// PostgreSQL's identifier limit (`NAMEDATALEN - 1`), in bytes.
 pub(crate) const MAX_IDENT_BYTES: usize = 63;
@@ -96,6 +197,12 @@ pub(crate) fn quote_ident(name: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// `"schema"."name"`: a table of `schema` whose name PostgreSQL's catalog
+/// gave, quoted.
+pub(crate) fn qualified(schema: &Ident, name: &str) -> String {
+    format!("{}.{}", schema.quoted(), quote_ident(name))
 }
 
 /// Quotes a string as a SQL literal (`'it''s'`), for the few statements that
@@ -213,35 +320,40 @@ pub(crate) const UNBIND_LOCAL: &str = concat!(
 /// `BEGIN` plus a transaction-local `search_path` and row-level tenant, sent as
 /// one simple query so the binding costs no extra round trip. Utility `SET`s
 /// skip the planner that `SELECT set_config(…)` goes through.
-pub(crate) fn begin_scoped(b: &crate::scope::Binding) -> SqlStr {
+pub(crate) fn begin_scoped(search_path: &str, tenant_id: &str, timeouts: Timeouts) -> SqlStr {
     owned(format!(
-        "BEGIN; SET LOCAL search_path TO {}; SET LOCAL {TENANT_SETTING} TO {}{}",
-        b.search_path,
-        quote_literal(&b.tenant_id),
-        set_timeouts(&b.timeouts, "SET LOCAL"),
+        "BEGIN; SET LOCAL search_path TO {search_path}; SET LOCAL {TENANT_SETTING} TO {}{}",
+        quote_literal(tenant_id),
+        set_timeouts(timeouts, "SET LOCAL"),
     ))
 }
 
+/// The managed timeouts in milliseconds, `statement_timeout` first, then
+/// `idle_in_transaction_session_timeout`; `None`: not managed (integers, so
+/// they go into SQL text as they are).
+pub(crate) type Timeouts = [Option<u64>; 2];
+
 /// A tenant database's session timeouts, `None` when none is managed: its
 /// connections serve that tenant alone, so the session holds them.
-pub(crate) fn database_session_timeouts(t: &crate::scope::Timeouts) -> Option<SqlStr> {
+pub(crate) fn database_session_timeouts(t: Timeouts) -> Option<SqlStr> {
     let sets = set_timeouts(t, "SET");
     (!sets.is_empty()).then(|| owned(sets.trim_start_matches("; ").to_owned()))
 }
 
 /// `BEGIN` in a tenant database, with its transaction-local timeouts.
-pub(crate) fn begin_in_database(t: &crate::scope::Timeouts) -> SqlStr {
+pub(crate) fn begin_in_database(t: Timeouts) -> SqlStr {
     owned(format!("BEGIN{}", set_timeouts(t, "SET LOCAL")))
 }
 
 /// `; SET statement_timeout TO …` (and the idle one) for the managed
 /// timeouts, with `set` (`SET` or `SET LOCAL`). The values are integers.
-fn set_timeouts(t: &crate::scope::Timeouts, set: &str) -> String {
+fn set_timeouts(t: Timeouts, set: &str) -> String {
+    let [statement_ms, idle_in_transaction_ms] = t;
     let mut out = String::new();
-    if let Some(ms) = t.statement_ms {
+    if let Some(ms) = statement_ms {
         out.push_str(&format!("; {set} statement_timeout TO {ms}"));
     }
-    if let Some(ms) = t.idle_in_transaction_ms {
+    if let Some(ms) = idle_in_transaction_ms {
         out.push_str(&format!(
             "; {set} idle_in_transaction_session_timeout TO {ms}"
         ));
@@ -251,12 +363,11 @@ fn set_timeouts(t: &crate::scope::Timeouts, set: &str) -> String {
 
 /// The tenant checkout statement: the session `search_path` and row-level
 /// tenant, in one simple query (`search_path` is a list of quoted names).
-pub(crate) fn bind_session(b: &crate::scope::Binding) -> SqlStr {
+pub(crate) fn bind_session(search_path: &str, tenant_id: &str, timeouts: Timeouts) -> SqlStr {
     owned(format!(
-        "SET search_path TO {}; SET {TENANT_SETTING} TO {}{}",
-        b.search_path,
-        quote_literal(&b.tenant_id),
-        set_timeouts(&b.timeouts, "SET"),
+        "SET search_path TO {search_path}; SET {TENANT_SETTING} TO {}{}",
+        quote_literal(tenant_id),
+        set_timeouts(timeouts, "SET"),
     ))
 }
 
@@ -266,28 +377,31 @@ pub(crate) fn create_schema_if_missing(schema: &Ident) -> String {
 }
 
 /// `ddl` (idempotent statements) as one transaction under the lock that
-/// serializes every installation (and the internal schema's creation), with
+/// serializes every installation (`lock`: the internal schema's lock), with
 /// the notices of `IF NOT EXISTS` ("… already exists, skipping") silenced.
-pub(crate) fn install_script(ddl: &str) -> SqlStr {
-    owned(format!(
-        "BEGIN; SET LOCAL client_min_messages TO warning; \
-         SELECT pg_advisory_xact_lock({});\n{ddl}\nCOMMIT;",
-        crate::migrate::INTERNAL_LOCK
-    ))
+pub(crate) fn install_script(lock: i64, ddl: &str) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("BEGIN; SET LOCAL client_min_messages TO warning; SELECT pg_advisory_xact_lock(")
+        .int(lock)
+        .sql(");\n")
+        .trusted(ddl)
+        .sql("\nCOMMIT;");
+    sql.into_sql()
 }
 
 /// The unscoped checkout statement: default `search_path`, no row-level
 /// tenant, and the server's own value of each timeout Hidra manages.
-pub(crate) fn reset_statement(managed: &crate::scope::Timeouts) -> SqlStr {
+pub(crate) fn reset_statement(managed: Timeouts) -> SqlStr {
     let mut sql = String::from(concat!(
         "RESET search_path; SET ",
         tenant_setting!(),
         " TO ''"
     ));
-    if managed.statement_ms.is_some() {
+    let [statement_ms, idle_in_transaction_ms] = managed;
+    if statement_ms.is_some() {
         sql.push_str("; RESET statement_timeout");
     }
-    if managed.idle_in_transaction_ms.is_some() {
+    if idle_in_transaction_ms.is_some() {
         sql.push_str("; RESET idle_in_transaction_session_timeout");
     }
     owned(sql)
@@ -314,29 +428,34 @@ pub(crate) fn shared(sql: std::sync::Arc<str>) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(sql))
 }
 
-/// The history table every tenant schema keeps, created in `schema` (named,
-/// not found through `search_path`: a migration may change that).
-pub(crate) fn tenant_history_ddl(schema: &Ident) -> String {
-    format!(
-        "CREATE TABLE IF NOT EXISTS {}._hidra_migrations (
-    version     BIGINT PRIMARY KEY,
-    description TEXT NOT NULL,
-    checksum    BYTEA NOT NULL,
-    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
-    duration_ms BIGINT NOT NULL
-)",
-        schema.quoted()
-    )
+/// `CREATE DATABASE "name"`, copied from `template` when given.
+pub(crate) fn create_database(database: &Ident, template: Option<&Ident>) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("CREATE DATABASE ").ident(database);
+    if let Some(template) = template {
+        sql.sql(" TEMPLATE ").ident(template);
+    }
+    sql.into_sql()
 }
 
-/// The statement recording one applied migration in `schema`'s history
-/// (`$1` version, `$2` description, `$3` checksum, `$4` duration in ms).
-pub(crate) fn record_history(schema: &Ident) -> String {
-    format!(
-        "INSERT INTO {}._hidra_migrations (version, description, checksum, duration_ms) \
-         VALUES ($1, $2, $3, $4)",
-        schema.quoted()
-    )
+/// `DROP DATABASE IF EXISTS "name" WITH (FORCE)`: other sessions connected
+/// to it are terminated.
+pub(crate) fn drop_database(database: &Ident) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("DROP DATABASE IF EXISTS ")
+        .ident(database)
+        .sql(" WITH (FORCE)");
+    sql.into_sql()
+}
+
+/// `DROP VIEW IF EXISTS "schema"."name"`.
+pub(crate) fn drop_view(schema: &Ident, name: &Ident) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("DROP VIEW IF EXISTS ")
+        .ident(schema)
+        .sql(".")
+        .ident(name);
+    sql.into_sql()
 }
 
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.
@@ -344,8 +463,10 @@ pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
     owned(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
 }
 
-/// Marks a statement assembled from validated, quoted parts as safe.
-/// Shared (`Arc`) so that prepared statement texts clone cheaply.
+/// Marks a statement assembled from validated, quoted parts (with the
+/// helpers of this module) as safe: the one use of [`AssertSqlSafe`] for
+/// built statements, under [`Statement::finish`] too. Shared (`Arc`) so that
+/// prepared statement texts clone cheaply.
 pub(crate) fn owned(sql: String) -> SqlStr {
     sqlx::SqlSafeStr::into_sql_str(AssertSqlSafe(std::sync::Arc::<str>::from(sql)))
 }
@@ -361,200 +482,23 @@ pub(crate) fn bytea_literal(bytes: &[u8]) -> String {
     out
 }
 
-/// The advisory lock key of a schema's migrations (stable across processes).
-fn migration_lock_key(schema: &Ident) -> String {
-    format!(
-        "hashtextextended({}, 0)",
-        quote_literal(&format!("hidra.migrate.{schema}"))
-    )
-}
-
-/// What a migration batch should do besides running the migrations.
-#[derive(Debug)]
-pub(crate) struct Batch<'a> {
-    pub(crate) schema: &'a Ident,
-    pub(crate) search_path: &'a str,
-    /// Wrap in `BEGIN … COMMIT` with the schema's advisory lock, claiming
-    /// the new version in `hidra.schema_versions` only from this one (`None`:
-    /// no row).
-    pub(crate) own_transaction: Option<Option<i64>>,
-    /// Create the schema first.
-    pub(crate) create_schema: bool,
-    /// Create the history table (new schema, or one that never had it).
-    pub(crate) create_history: bool,
-}
-
 /// The setting with which a transaction tells the registry's trigger that it
 /// announces its changes itself, after its commit (see
 /// [`announce_after_commit`]).
 pub(crate) const DEFER_ANNOUNCEMENT: &str = "hidra.announce_after_commit";
 
-/// `COMMIT`, then the announcement of `id` on the registry's channel, in its
+/// `COMMIT`, then the announcement of `id` on the registry's `channel`, in its
 /// own tiny transaction. A transaction that notifies holds PostgreSQL's one
 /// notification lock through its commit; a provisioning's commit is long
 /// (its DDL), so announcing after it lets provisionings commit side by side.
-pub(crate) fn commit_and_announce(id: &crate::TenantId) -> SqlStr {
-    owned(format!(
-        "COMMIT; SELECT pg_notify({}, {})",
-        quote_literal(crate::CHANGES_CHANNEL),
-        quote_literal(id.as_str())
-    ))
-}
-
-/// Column name of the row a batch's claim returns (see [`migration_batch`]).
-pub(crate) const CLAIMED_COLUMN: &str = "hidra_claimed";
-
-/// Column name of the row each applied migration returns, so the caller can
-/// tell how far a failed batch got.
-pub(crate) const APPLIED_COLUMN: &str = "hidra_applied";
-
-/// Builds one simple-query batch that applies `migrations` (in order) to a
-/// schema and records them in its history and in `hidra.schema_versions`.
-///
-/// Each migration's SQL is the application's own, trusted text. It must not
-/// contain transaction control (`BEGIN`, `COMMIT`).
-pub(crate) fn migration_batch(
-    b: &Batch<'_>,
-    migrations: &[crate::migrate::Migration],
-    final_version: i64,
-    final_digest: &[u8],
-) -> (SqlStr, Spans) {
-    let mut spans = Spans::default();
-    let schema_lit = quote_literal(b.schema.as_str());
-    let mut sql = String::new();
-    let version_row = format!(
-        "version = {final_version}, digest = {}, updated_at = now()",
-        bytea_literal(final_digest)
-    );
-    if let Some(expected) = b.own_transaction {
-        sql.push_str("BEGIN;\n");
-        sql.push_str(&format!(
-            "SELECT pg_advisory_xact_lock({});\n",
-            migration_lock_key(b.schema)
-        ));
-        // The claim: the recorded version moves only from the one planned,
-        // in the same statement that checks it. A runner that got there first
-        // leaves no row to update (a division by zero) or a row to conflict
-        // with (a unique violation), before any migration runs; the row it
-        // returns tells the caller that the claim passed.
-        match expected {
-            Some(v) => sql.push_str(&format!(
-                "WITH claimed AS (UPDATE hidra.schema_versions SET {version_row} \
-                 WHERE schema_name = {schema_lit} AND version = {v} RETURNING 1) \
-                 SELECT 1 / count(*) > 0 AS {CLAIMED_COLUMN} FROM claimed;\n"
-            )),
-            None => sql.push_str(&format!(
-                "INSERT INTO hidra.schema_versions (schema_name, version, digest) \
-                 VALUES ({schema_lit}, {final_version}, {}) RETURNING true AS {CLAIMED_COLUMN};\n",
-                bytea_literal(final_digest),
-            )),
-        }
-    }
-    if b.create_schema {
-        sql.push_str(&format!("CREATE SCHEMA {};\n", b.schema.quoted()));
-    }
-    sql.push_str(&format!(
-        "SELECT set_config('search_path', {}, true);\n",
-        quote_literal(b.search_path)
-    ));
-    if b.create_history {
-        sql.push_str(&tenant_history_ddl(b.schema));
-        sql.push_str(";\n");
-    }
-    for m in migrations {
-        sql.push_str("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
-        spans.push(&sql);
-        sql.push_str(&m.sql);
-        sql.push_str("\n;\n");
-        sql.push_str(&format!(
-            "INSERT INTO {}._hidra_migrations (version, description, checksum, duration_ms) \
-             VALUES ({}, {}, {}, (extract(epoch FROM clock_timestamp() - current_setting('hidra.t0')::timestamptz) * 1000)::bigint) \
-             RETURNING version AS {APPLIED_COLUMN};\n",
-            b.schema.quoted(),
-            m.version,
-            quote_literal(&m.description),
-            bytea_literal(&m.checksum),
-        ));
-    }
-    if b.own_transaction.is_some() {
-        sql.push_str("COMMIT;\n");
-    } else {
-        // A new schema (or a renamed spare): its row is written here.
-        sql.push_str(&format!(
-            "INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES ({schema_lit}, {final_version}, {}) \
-             ON CONFLICT (schema_name) DO UPDATE SET {version_row};\n",
-            bytea_literal(final_digest),
-        ));
-        sql.push_str("SET LOCAL search_path TO DEFAULT;\n");
-    }
-    (owned(sql), spans)
-}
-
-/// Where each migration's own SQL starts in a batch, in characters (the
-/// unit of PostgreSQL's error positions), so that an error is reported at
-/// the migration's line, not the batch's. Offsets only: the migrations'
-/// text is the caller's, looked at when an error needs it.
-#[derive(Debug, Default)]
-pub(crate) struct Spans(Vec<usize>);
-
-impl Spans {
-    /// One migration sent on its own.
-    pub(crate) fn alone() -> Spans {
-        Spans(vec![0])
-    }
-
-    fn push(&mut self, batch_so_far: &str) {
-        self.0.push(batch_so_far.chars().count());
-    }
-
-    /// The migration of `batch` (its index) and the line in it that `error`
-    /// points at, for a batch sent after `prefix` more characters.
-    pub(crate) fn locate(
-        &self,
-        batch: &[crate::migrate::Migration],
-        error: &sqlx::Error,
-        prefix: usize,
-    ) -> Option<(usize, u32)> {
-        use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
-        let db = error.as_database_error()?;
-        let PgErrorPosition::Original(position) =
-            db.try_downcast_ref::<PgDatabaseError>()?.position()?
-        else {
-            return None;
-        };
-        // 1-based, in the whole query string.
-        let at = position.checked_sub(1)?.checked_sub(prefix)?;
-        self.0
-            .iter()
-            .zip(batch)
-            .enumerate()
-            .find_map(|(i, (start, m))| {
-                let offset = at.checked_sub(*start)?;
-                (offset < m.sql.chars().count()).then(|| {
-                    let line = m.sql.chars().take(offset).filter(|c| *c == '\n').count() + 1;
-                    (i, u32::try_from(line).unwrap_or(u32::MAX))
-                })
-            })
-    }
-}
-
-/// Session-level advisory lock / unlock of a schema's migrations, for
-/// migrations that cannot run in a transaction.
-pub(crate) fn migration_session_lock(schema: &Ident, lock: bool) -> SqlStr {
-    let f = if lock {
-        "pg_advisory_lock"
-    } else {
-        "pg_advisory_unlock"
-    };
-    owned(format!("SELECT {f}({})", migration_lock_key(schema)))
-}
-
-/// `SET search_path TO …` for the session (no-transaction migrations only).
-pub(crate) fn set_session_search_path(search_path: &str) -> SqlStr {
-    owned(format!(
-        "SELECT set_config('search_path', {}, false)",
-        quote_literal(search_path)
-    ))
+pub(crate) fn commit_and_announce(channel: &str, id: &str) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("COMMIT; SELECT pg_notify(")
+        .literal(channel)
+        .sql(", ")
+        .literal(id)
+        .sql(")");
+    sql.into_sql()
 }
 
 /// `ALTER SCHEMA "from" RENAME TO "to"` and the matching bookkeeping row.
@@ -625,45 +569,30 @@ mod tests {
         );
         assert_eq!(path, "\"tenant_a\", \"public\"");
         assert_eq!(bytea_literal(&[0, 255]), "'\\x00ff'::bytea");
-        let b = crate::scope::Binding {
-            search_path: path,
-            tenant_id: "o'neil".into(),
-            timeouts: Default::default(),
-        };
+        let none = [None, None];
         assert_eq!(
-            begin_scoped(&b).as_str(),
+            begin_scoped(&path, "o'neil", none).as_str(),
             "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
              SET LOCAL hidra.tenant_id TO 'o''neil'"
         );
         assert_eq!(
-            bind_session(&b).as_str(),
+            bind_session(&path, "o'neil", none).as_str(),
             "SET search_path TO \"tenant_a\", \"public\"; SET hidra.tenant_id TO 'o''neil'"
         );
+        assert!(reset_statement(none).as_str().contains(TENANT_SETTING));
+        let managed = [Some(250), None];
         assert!(
-            reset_statement(&Default::default())
-                .as_str()
-                .contains(TENANT_SETTING)
-        );
-        let managed = crate::scope::Timeouts {
-            statement_ms: Some(250),
-            idle_in_transaction_ms: None,
-        };
-        let b = crate::scope::Binding {
-            timeouts: managed,
-            ..b
-        };
-        assert!(
-            bind_session(&b)
+            bind_session(&path, "o'neil", managed)
                 .as_str()
                 .ends_with("; SET statement_timeout TO 250")
         );
         assert!(
-            begin_scoped(&b)
+            begin_scoped(&path, "o'neil", managed)
                 .as_str()
                 .ends_with("; SET LOCAL statement_timeout TO 250")
         );
         assert!(
-            reset_statement(&managed)
+            reset_statement(managed)
                 .as_str()
                 .ends_with("; RESET statement_timeout")
         );

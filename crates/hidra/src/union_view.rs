@@ -123,14 +123,10 @@ impl Hidra {
             {
                 Ok(view) => views.push(view),
                 Err(Error::InvalidConfig(_)) => {
-                    sqlx::raw_sql(sql::owned(format!(
-                        "DROP VIEW IF EXISTS {}.{}",
-                        schema.quoted(),
-                        name.quoted()
-                    )))
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(Error::db("dropping a union view no tenant feeds"))?;
+                    sqlx::raw_sql(sql::drop_view(&schema, &name))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::db("dropping a union view no tenant feeds"))?;
                 }
                 Err(e) => return Err(e),
             }
@@ -147,14 +143,10 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning to drop a union view"))?;
-        sqlx::raw_sql(sql::owned(format!(
-            "DROP VIEW IF EXISTS {}.{}",
-            schema.quoted(),
-            name.quoted()
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("dropping a union view"))?;
+        sqlx::raw_sql(sql::drop_view(&schema, &name))
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("dropping a union view"))?;
         let done =
             sqlx::query("DELETE FROM hidra.union_views WHERE view_schema = $1 AND view_name = $2")
                 .bind(schema.as_str())
@@ -213,7 +205,7 @@ impl Hidra {
     async fn views_connection(&self) -> Result<crate::SharedConn> {
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
-        sqlx::raw_sql(sql::install_script(DDL))
+        sqlx::raw_sql(sql::install_script(crate::migrate::INTERNAL_LOCK, DDL))
             .execute(&mut *conn)
             .await
             .map_err(Error::db("creating hidra.union_views"))?;
@@ -223,6 +215,7 @@ impl Hidra {
     fn view_schema(&self) -> Result<Ident> {
         if self
             .inner
+            .schema
             .shared
             .iter()
             .any(|s| s.as_str() == UNION_VIEW_SCHEMA)
@@ -356,7 +349,7 @@ impl Hidra {
     ) -> Result<(Vec<(TenantId, String)>, Vec<(TenantId, String)>)> {
         let mut out = Vec::new();
         let mut others = Vec::new();
-        for t in crate::store::list_all(&self.inner.store, conn).await? {
+        for t in crate::store::list_all(&self.inner.registry.store, conn).await? {
             if !matches!(t.status, TenantStatus::Active | TenantStatus::Suspended) {
                 continue;
             }

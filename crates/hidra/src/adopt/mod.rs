@@ -66,6 +66,7 @@ impl crate::Hidra {
     ) -> crate::Result<crate::Tenant> {
         use crate::TenantStatus::{Active, Provisioning};
         self.inner
+            .registry
             .store
             .update_status(tx, id, &[Provisioning], Active)
             .await?

@@ -9,7 +9,7 @@ use super::{always_kept, some_of};
 use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::sql::{self, Ident};
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
+use crate::tenant::{NewTenant, Tenant, TenantId};
 
 /// What [`Hidra::adopt_schema`] should do: which tenant the schema becomes,
 /// the migration version it is at, and which tables stay shared.
@@ -273,7 +273,7 @@ impl Hidra {
             what: what.clone(),
             problems,
         };
-        let migrations = &self.inner.tenant_migrations;
+        let migrations = &self.inner.migrations.tenant;
         let baseline = adopt.baseline.ok_or_else(|| {
             refuse(vec![format!(
                 "no baseline given: name the tenant migration version the schema is at (latest {}; 0 if none applies yet)",
@@ -292,7 +292,7 @@ impl Hidra {
                 )
             )]));
         };
-        let schema = self.inner.naming.schema_for(&adopt.id);
+        let schema = self.inner.schema.naming.schema_for(&adopt.id);
         if from.as_str() == crate::tenant::INTERNAL_SCHEMA || from == schema {
             return Err(refuse(vec![format!(
                 "`{from}` is Hidra's own schema or the tenant's: adopt the application's schema"
@@ -317,7 +317,14 @@ impl Hidra {
                 "`{from}` is already a tenant's schema"
             )]));
         }
-        if self.inner.store.get(&mut tx, &adopt.id).await?.is_some() {
+        if self
+            .inner
+            .registry
+            .store
+            .get(&mut tx, &adopt.id)
+            .await?
+            .is_some()
+        {
             return Err(Error::AlreadyExists(adopt.id));
         }
         // Objects described with their schema, whatever the search path.
@@ -329,23 +336,18 @@ impl Hidra {
             Err(problems) => return Err(refuse(problems)),
         };
 
-        let placement = Placement {
-            strategy: Strategy::Schema,
-            schema: schema.to_string(),
-            database: None,
-            server: None,
-        };
+        let placement = crate::strategy::schema::placement(&schema);
         let mut new = NewTenant::new(adopt.id.clone()).metadata(adopt.metadata.clone());
         if let Some(name) = &adopt.name {
             new = new.name(name.clone());
         }
         let draft = self.draft(new, placement);
-        self.inner.store.insert(&mut tx, &draft).await?;
+        self.inner.registry.store.insert(&mut tx, &draft).await?;
         let mut ddl = format!("CREATE SCHEMA {};\n", schema.quoted());
         for (keyword, identity, _) in &plan.moves {
             ddl.push_str(&sql::set_schema(keyword, identity, &schema));
         }
-        ddl.push_str(&sql::tenant_history_ddl(&schema));
+        ddl.push_str(crate::migrate::tenant_history_ddl(&schema).as_str());
         if let Err(source) = sqlx::raw_sql(sql::owned(ddl)).execute(&mut *tx).await {
             return Err(match crate::error::db_code(&source) {
                 Some((code, _)) if code == sqlstate::DUPLICATE_SCHEMA => Error::SchemaTaken {
@@ -358,7 +360,7 @@ impl Hidra {
                 },
             });
         }
-        let record = sql::owned(sql::record_history(&schema));
+        let record = crate::migrate::record_history(&schema);
         for m in migrations.iter().take_while(|m| m.version <= baseline) {
             sqlx::query(record.clone())
                 .bind(m.version)
@@ -455,7 +457,8 @@ impl Hidra {
         let mut problems = Vec::new();
         let registry = self
             .inner
-            .registry_store
+            .registry
+            .own
             .as_deref()
             .map(|s| s.registry().table());
         let is_registry = |name: &str| {
@@ -516,7 +519,7 @@ impl Hidra {
                 break;
             }
         }
-        let in_shared = self.inner.shared.iter().any(|s| s == from);
+        let in_shared = self.inner.schema.shared.iter().any(|s| s == from);
         if !in_shared && !adopt.keep.is_empty() {
             problems.push(format!(
                 "the tables kept shared would stay in `{from}`, which is not a shared schema, so tenants would not find them: add `{from}` to the shared schemas (`HidraBuilder::shared_schemas`), or move them to one first"

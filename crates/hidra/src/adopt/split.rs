@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::moves::{advance_sequences, columns, lock};
 use crate::sql::{self, Ident, TableName};
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
+use crate::tenant::{NewTenant, Tenant, TenantId};
 
 /// The metadata key recording where an adopted tenant came from, so that a
 /// rerun recognizes the tenants it registered before.
@@ -431,7 +431,7 @@ impl Hidra {
                     invalid.push(format!("{value:?}"));
                     continue;
                 };
-                let earlier = match self.inner.store.get(conn, &id).await? {
+                let earlier = match self.inner.registry.store.get(conn, &id).await? {
                     None => None,
                     Some(t) if adopted_from(&t, from, column, &value) => Some(t),
                     Some(_) => {
@@ -578,20 +578,15 @@ impl Hidra {
         let Some((_, id, _)) = plan.values.iter().find(|v| v.2.is_none()) else {
             return Ok(());
         };
-        let schema = self.inner.naming.schema_for(id);
-        let path = sql::search_path_value(&schema, &self.inner.shared);
+        let schema = self.inner.schema.naming.schema_for(id);
+        let path = sql::search_path_value(&schema, &self.inner.schema.shared);
         let mut tx = conn
             .begin()
             .await
             .map_err(Error::db("beginning the tenant tables check"))?;
         let probe = self.draft(
             NewTenant::new(id.clone()),
-            Placement {
-                strategy: Strategy::Schema,
-                schema: schema.to_string(),
-                database: None,
-                server: None,
-            },
+            crate::strategy::schema::placement(&schema),
         );
         self.build_schema_for_move(&mut tx, &probe, &schema, &path)
             .await?;
@@ -634,29 +629,25 @@ impl Hidra {
         value: &str,
         id: &TenantId,
     ) -> Result<Tenant> {
-        let schema = self.inner.naming.schema_for(id);
-        let path = sql::search_path_value(&schema, &self.inner.shared);
+        let schema = self.inner.schema.naming.schema_for(id);
+        let path = sql::search_path_value(&schema, &self.inner.schema.shared);
         let mut tx = conn
             .begin()
             .await
             .map_err(Error::db("beginning a tenant's split"))?;
         lock(&mut tx, plan.sources.iter().map(|s| s.qualified.clone())).await?;
-        let placement = Placement {
-            strategy: Strategy::Schema,
-            schema: schema.to_string(),
-            database: None,
-            server: None,
-        };
+        let placement = crate::strategy::schema::placement(&schema);
         let metadata = serde_json::json!({
             ADOPTED_FROM: { "schema": from.as_str(), "column": column.as_str(), "value": value }
         });
         let draft = self.draft(NewTenant::new(id.clone()).metadata(metadata), placement);
-        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         self.build_schema_for_move(&mut tx, &tenant, &schema, &path)
             .await?;
         // Parents first, by the tenant schema's foreign keys; rows that the
         // migrations inserted go first, children first.
-        let order = crate::rls::tables_in_order(&mut tx, schema.as_str(), None).await?;
+        let order =
+            crate::strategy::row_level::tables_in_order(&mut tx, schema.as_str(), None).await?;
         let ordered: Vec<(usize, String, Vec<String>)> = order
             .into_iter()
             .filter_map(|(name, qualified, cols)| {

@@ -252,6 +252,7 @@ impl Hidra {
         let mut tx = snapshot(&mut shared).await?;
         let tenant = self
             .inner
+            .registry
             .store
             .get(&mut tx, id)
             .await?
@@ -282,8 +283,8 @@ impl Hidra {
             id,
         };
         let mut manifest = if tenant.placement.strategy == Strategy::Database {
-            let database = crate::hidra::tenant_database(&tenant)?;
-            let mut conn = self.inner.databases.acquire(database).await?;
+            let database = crate::strategy::database::tenant_database(&tenant)?;
+            let mut conn = self.inner.database.pools.acquire(database).await?;
             conn.discard_on_drop(true);
             let mut data = snapshot(&mut conn).await?;
             let manifest = self
@@ -364,7 +365,7 @@ impl Hidra {
             // The row-level tables follow the application's latest migrations
             // (as a move to a schema assumes); the import checks every column.
             Some(_) => {
-                let all = &self.inner.tenant_migrations;
+                let all = &self.inner.migrations.tenant;
                 (all.latest(), all.iter().cloned().collect())
             }
             None => self.applied_migrations(conn, &source.schema).await?,
@@ -376,7 +377,7 @@ impl Hidra {
         }
         let tables = match source.tenant_column {
             Some(_) => self.row_level_tables(conn).await?,
-            None => crate::rls::tables_in_order(conn, schema, None).await?,
+            None => crate::strategy::row_level::tables_in_order(conn, schema, None).await?,
         };
         writer.progress.tables = tables.len();
         let mut archived = Vec::with_capacity(tables.len());
@@ -458,7 +459,7 @@ impl Hidra {
         .fetch_all(&mut *conn)
         .await
         .map_err(Error::db("reading the tenant's migration history"))?;
-        let ours = &self.inner.tenant_migrations;
+        let ours = &self.inner.migrations.tenant;
         let mut applied = Vec::with_capacity(history.len());
         for (version, checksum) in history {
             match ours.iter().find(|m| m.version == version) {

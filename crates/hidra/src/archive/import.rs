@@ -293,9 +293,7 @@ impl Hidra {
         if self.tenant(&plan.id).await?.is_some() {
             return Err(Error::AlreadyExists(plan.id.clone()));
         }
-        if strategy == Strategy::RowLevel {
-            self.require_row_level_audit().await?;
-        }
+        self.require_ready(strategy).await?;
         let loaded: Vec<&ArchivedTable> = (manifest.tables.iter())
             .chain(manifest.shared.iter().filter(|t| plan.imports(t)))
             .collect();
@@ -317,11 +315,12 @@ impl Hidra {
             },
             on_progress: options.progress.as_deref(),
         };
-        let summary = match strategy {
-            Strategy::Database => self.import_database(&plan, &mut loader).await?,
-            Strategy::Schema | Strategy::RowLevel => {
-                self.import_shared(&plan, strategy, &mut loader).await?
-            }
+        // A database of its own, or the shared database (a schema, then
+        // placed under the strategy asked for).
+        let summary = if strategy == Strategy::Database {
+            self.import_database(&plan, &mut loader).await?
+        } else {
+            self.import_shared(&plan, strategy, &mut loader).await?
         };
         tracing::info!(
             tenant = %summary.tenant.id,
@@ -337,7 +336,7 @@ impl Hidra {
     /// The application's migrations up to the archive's version, which must
     /// be the archive's own (same versions and checksums).
     fn archived_migrations(&self, manifest: &Manifest, id: &TenantId) -> Result<Migrations> {
-        let ours = &self.inner.tenant_migrations;
+        let ours = &self.inner.migrations.tenant;
         if ours.iter().any(|m| m.no_tx) {
             return Err(refused(
                 id,
@@ -379,32 +378,21 @@ impl Hidra {
         strategy: Strategy,
         loader: &mut Loader<'_>,
     ) -> Result<ImportSummary> {
-        let schema = self.inner.naming.schema_for(&plan.id);
+        let schema = self.inner.schema.naming.schema_for(&plan.id);
         let mut conn = self.archive_conn().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
         let mut tx = conn
             .begin()
             .await
             .map_err(Error::db("beginning the import"))?;
-        let draft = self.import_draft(
-            plan,
-            Placement {
-                strategy: Strategy::Schema,
-                schema: schema.to_string(),
-                database: None,
-                server: None,
-            },
-        );
-        let tenant = self.inner.store.insert(&mut tx, &draft).await?;
+        let draft = self.import_draft(plan, crate::strategy::schema::placement(&schema));
+        let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         let path = self.binding(&tenant)?.search_path;
         let (tables, rows) = self
             .restore_tables(&mut tx, plan, &schema, &path, true, loader)
             .await?;
         let credentials = self.restore_credentials(&mut tx, plan, loader).await?;
-        let tenant = match strategy {
-            Strategy::RowLevel => self.schema_to_row_level(&mut tx, &tenant).await?,
-            _ => tenant,
-        };
+        let tenant = self.place_from_schema(&mut tx, tenant, strategy).await?;
         let tenant = self.finish_import(&mut tx, plan, &tenant).await?;
         tx.commit()
             .await
@@ -422,28 +410,28 @@ impl Hidra {
         plan: &Plan<'_>,
         loader: &mut Loader<'_>,
     ) -> Result<ImportSummary> {
-        let database = self.inner.database_naming.schema_for(&plan.id);
-        let schema = Ident::trusted(crate::per_database::TENANT_DB_SCHEMA.to_owned());
-        let draft = self.import_draft(
-            plan,
-            Placement {
-                strategy: Strategy::Database,
-                schema: schema.to_string(),
-                database: Some(database.to_string()),
-                server: None,
-            },
-        );
+        let database = self.inner.database.naming.schema_for(&plan.id);
+        let schema = Ident::trusted(crate::strategy::database::TENANT_DB_SCHEMA.to_owned());
+        let draft = self.import_draft(plan, crate::strategy::database::placement(&database));
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &plan.id).await?;
-        let tenant = self.inner.store.insert(&mut conn, &draft).await?;
+        let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;
         // A database of that name that is not ours (SchemaTaken) must
         // survive the undo: only the record goes.
-        let created = sqlx::raw_sql(sql::owned(format!("CREATE DATABASE {}", database.quoted())))
+        let created = sqlx::raw_sql(sql::create_database(&database, None))
             .execute(&mut *conn)
             .await
-            .map_err(crate::per_database::creation_error(&plan.id, &database));
+            .map_err(crate::strategy::database::creation_error(
+                &plan.id, &database,
+            ));
         if let Err(e) = created {
-            if let Err(undo) = self.inner.store.delete(&mut conn, &tenant.id).await {
+            if let Err(undo) = self
+                .inner
+                .registry
+                .store
+                .delete(&mut conn, &tenant.id)
+                .await
+            {
                 tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
             }
             return Err(e);
@@ -452,7 +440,7 @@ impl Hidra {
         let result = async {
             let path = self.binding(&tenant)?.search_path;
             let (tables, rows) = {
-                let mut db = self.inner.databases.acquire(database.as_str()).await?;
+                let mut db = self.inner.database.pools.acquire(database.as_str()).await?;
                 db.discard_on_drop(true);
                 migrate::ensure_internal(&mut db).await?;
                 let mut tx = db
@@ -486,7 +474,11 @@ impl Hidra {
             let undo = async {
                 self.drop_tenant_database(&tenant).await?;
                 let mut conn = self.acquire_shared().await?;
-                self.inner.store.delete(&mut conn, &tenant.id).await
+                self.inner
+                    .registry
+                    .store
+                    .delete(&mut conn, &tenant.id)
+                    .await
             };
             if let Err(undo) = undo.await {
                 tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
@@ -517,6 +509,7 @@ impl Hidra {
             _ => TenantStatus::Active,
         };
         self.inner
+            .registry
             .store
             .update_status(tx, &tenant.id, &[TenantStatus::Provisioning], status)
             .await?
@@ -544,7 +537,8 @@ impl Hidra {
         };
         migrate_in(tx, &build, true, create, &base, &plan.base).await?;
 
-        let targets = crate::rls::tables_in_order(tx, schema.as_str(), None).await?;
+        let targets =
+            crate::strategy::row_level::tables_in_order(tx, schema.as_str(), None).await?;
         crate::moves::truncate(tx, &targets).await?;
         let mut rows = 0;
         let mut tables = 0;
@@ -581,7 +575,7 @@ impl Hidra {
                 .await
                 .map_err(Error::db("setting a sequence"))?;
         }
-        let all = &self.inner.tenant_migrations;
+        let all = &self.inner.migrations.tenant;
         let rest = all.after(manifest.migration_version);
         if !rest.is_empty() {
             migrate_in(tx, &build, false, false, rest, all).await?;
@@ -646,8 +640,8 @@ async fn migrate_in(
     } = *build;
     let version = migrations.last().map_or(0, |m| m.version);
     let digest = all.digest_at(version).expect("one of ours");
-    let (batch, spans) = sql::migration_batch(
-        &sql::Batch {
+    let (batch, spans) = migrate::migration_batch(
+        &migrate::Batch {
             schema,
             search_path,
             own_transaction: None,

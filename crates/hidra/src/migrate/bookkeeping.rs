@@ -120,12 +120,13 @@ pub(crate) async fn ensure_internal(conn: &mut PgConnection) -> Result<()> {
     if internal_status(conn).await?.is_complete() {
         return Ok(());
     }
-    let sql =
-        format!("BEGIN; SELECT pg_advisory_xact_lock({INTERNAL_LOCK}); {INTERNAL_DDL} COMMIT;");
-    if let Err(err) = sqlx::raw_sql(crate::sql::owned(sql))
-        .execute(&mut *conn)
-        .await
-    {
+    let mut sql = crate::sql::Statement::new();
+    sql.sql("BEGIN; SELECT pg_advisory_xact_lock(")
+        .int(INTERNAL_LOCK)
+        .sql("); ")
+        .sql(INTERNAL_DDL)
+        .sql(" COMMIT;");
+    if let Err(err) = sqlx::raw_sql(sql.into_sql()).execute(&mut *conn).await {
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
         return Err(Error::Database {
             context: "creating hidra's internal schema",

@@ -46,6 +46,7 @@
 //! removed again if that fails. Or they come from the warm pool of spare
 //! schemas already at the latest version.
 
+mod batch;
 mod bookkeeping;
 mod runner;
 mod shared;
@@ -60,6 +61,9 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub(crate) use batch::{
+    APPLIED_COLUMN, Batch, Spans, migration_batch, record_history, tenant_history_ddl,
+};
 pub use bookkeeping::InternalSchemaStatus;
 pub(crate) use bookkeeping::{INTERNAL_DDL, INTERNAL_LOCK, ensure_internal};
 pub use runner::{
@@ -86,6 +90,15 @@ pub struct Migration {
     pub checksum: Vec<u8>,
     /// Must run outside a transaction (`-- no-transaction` on its first line).
     pub no_tx: bool,
+}
+
+/// The migrations the handle runs: every tenant's, the shared schema's,
+/// and how many spare tenant schemas the warm pool keeps ready.
+#[derive(Debug)]
+pub(crate) struct MigrationConfig {
+    pub(crate) tenant: Migrations,
+    pub(crate) shared: Migrations,
+    pub(crate) warm_pool: usize,
 }
 
 /// An ordered set of migrations, for the shared schema or for tenant schemas.
@@ -307,7 +320,7 @@ pub(crate) async fn create_schema(
 /// batch), else the one after the `applied` ones.
 pub(crate) fn failed_migration(
     batch: &[Migration],
-    spans: &crate::sql::Spans,
+    spans: &Spans,
     error: &sqlx::Error,
     prefix: usize,
     applied: usize,
@@ -329,7 +342,7 @@ pub(crate) fn failed_migration(
 
 /// `m`, sent on its own, failed with `error`: the error, at its line.
 pub(crate) fn failed_alone(m: &Migration, schema: &str, error: sqlx::Error) -> Error {
-    let spans = crate::sql::Spans::alone();
+    let spans = Spans::alone();
     failed_migration(std::slice::from_ref(m), &spans, &error, 0, 0)
         .expect("one migration")
         .error(schema, error)
@@ -359,7 +372,7 @@ impl FailedMigration {
 pub(crate) struct NewSchema {
     pub(crate) sql: sqlx::SqlStr,
     /// Where each migration sits in `sql`.
-    pub(crate) spans: crate::sql::Spans,
+    pub(crate) spans: Spans,
     /// The version it reaches.
     pub(crate) version: i64,
     /// The migrations it applies.
@@ -379,8 +392,8 @@ impl NewSchema {
         let batch: Vec<Migration> = migrations.iter().take(upto).cloned().collect();
         let version = batch.last().map_or(0, |m| m.version);
         let digest = migrations.digest_at(version).expect("our own version");
-        let (sql, spans) = crate::sql::migration_batch(
-            &crate::sql::Batch {
+        let (sql, spans) = migration_batch(
+            &Batch {
                 schema,
                 search_path,
                 own_transaction: None,
@@ -400,7 +413,7 @@ impl NewSchema {
     }
 }
 
-/// How a batch from [`sql::migration_batch`](crate::sql::migration_batch)
+/// How a batch from [`migration_batch`]
 /// failed.
 #[derive(Debug)]
 pub(crate) struct BatchFailure {
@@ -411,7 +424,7 @@ pub(crate) struct BatchFailure {
     pub(crate) claimed: bool,
 }
 
-/// Runs a batch from [`sql::migration_batch`](crate::sql::migration_batch),
+/// Runs a batch from [`migration_batch`],
 /// following its progress by the rows it returns.
 pub(crate) async fn execute_batch(
     conn: &mut sqlx::PgConnection,
@@ -425,9 +438,9 @@ pub(crate) async fn execute_batch(
     while let Some(item) = stream.next().await {
         match item {
             Ok(sqlx::Either::Right(row)) => {
-                if row.try_get::<i64, _>(crate::sql::APPLIED_COLUMN).is_ok() {
+                if row.try_get::<i64, _>(batch::APPLIED_COLUMN).is_ok() {
                     applied += 1;
-                } else if row.try_get::<bool, _>(crate::sql::CLAIMED_COLUMN).is_ok() {
+                } else if row.try_get::<bool, _>(batch::CLAIMED_COLUMN).is_ok() {
                     claimed = true;
                 }
             }

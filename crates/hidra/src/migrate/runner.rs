@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use futures_util::TryStreamExt;
 use sqlx::Row;
 
+use super::batch::{self, Batch};
 use super::{Migration, Migrations};
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::scope::Pooled;
-use crate::sql::{self, Batch, Ident};
+use crate::sql::{self, Ident};
 use crate::tenant::{Strategy, TenantId, TenantStatus};
 
 /// One schema the runner migrates: a tenant's, or a spare of the warm pool.
@@ -263,7 +264,7 @@ impl MigrationRunner {
     }
 
     fn migrations(&self) -> &Migrations {
-        &self.hidra.inner.tenant_migrations
+        &self.hidra.inner.migrations.tenant
     }
 
     /// Decides what is pending for every target with a handful of queries: the
@@ -280,6 +281,7 @@ impl MigrationRunner {
                 for id in ids {
                     let t = hidra
                         .inner
+                        .registry
                         .store
                         .get(&mut conn, id)
                         .await?
@@ -287,7 +289,9 @@ impl MigrationRunner {
                     targets.push(t);
                 }
             }
-            None => targets = crate::store::list_all(&hidra.inner.store, &mut conn).await?,
+            None => {
+                targets = crate::store::list_all(&hidra.inner.registry.store, &mut conn).await?
+            }
         }
         let mut all: Vec<Target> = targets
             .into_iter()
@@ -338,7 +342,9 @@ impl MigrationRunner {
         for target in all {
             // A tenant database keeps its own bookkeeping: one round trip each.
             let mut own = match &target.database {
-                Some(db) => Some(Pooled::Database(hidra.inner.databases.acquire(db).await?)),
+                Some(db) => Some(Pooled::Database(
+                    hidra.inner.database.pools.acquire(db).await?,
+                )),
                 None => None,
             };
             let recorded_here = match &mut own {
@@ -548,7 +554,7 @@ impl MigrationRunner {
     ) -> Result<Option<i64>> {
         let hidra = &self.hidra;
         let mut conn = match &p.target.database {
-            Some(db) => Pooled::Database(hidra.inner.databases.acquire(db).await?),
+            Some(db) => Pooled::Database(hidra.inner.database.pools.acquire(db).await?),
             None => match slot.take() {
                 Some(conn) => Pooled::Shared(conn),
                 None => Pooled::Shared(hidra.acquire_shared().await?.into_pool_conn()),
@@ -565,7 +571,7 @@ impl MigrationRunner {
         let hidra = &self.hidra;
         let migrations = self.migrations();
         let schema = Ident::new(p.target.schema.clone(), "tenant schema name")?;
-        let path = sql::search_path_value(&schema, &hidra.inner.shared);
+        let path = sql::search_path_value(&schema, &hidra.inner.schema.shared);
         let mut raced = 0;
         let mut applied_any = false;
         loop {
@@ -631,7 +637,7 @@ impl MigrationRunner {
         let migrations = self.migrations();
         let last = batch.last().expect("non-empty batch");
         let digest = migrations.digest_at(last.version).expect("our own version");
-        let (sql, spans) = sql::migration_batch(
+        let (sql, spans) = batch::migration_batch(
             &Batch {
                 schema,
                 search_path: path,
@@ -705,7 +711,7 @@ async fn apply_no_tx(
     let c = &mut **guard.0;
     let db = |context| move |source| Step::Failed(Error::Database { context, source });
 
-    sqlx::raw_sql(sql::migration_session_lock(schema, true))
+    sqlx::raw_sql(batch::migration_session_lock(schema, true))
         .execute(&mut *c)
         .await
         .map_err(db("locking a schema for migration"))?;
@@ -719,7 +725,7 @@ async fn apply_no_tx(
         .execute(&mut *c)
         .await
         .map_err(db("resetting the search_path"))?;
-    sqlx::raw_sql(sql::migration_session_lock(schema, false))
+    sqlx::raw_sql(batch::migration_session_lock(schema, false))
         .execute(&mut *c)
         .await
         .map_err(db("unlocking a schema after migration"))?;
@@ -736,7 +742,7 @@ async fn run_no_tx(
     migrations: &Migrations,
 ) -> Result<i64, Step> {
     let started = Instant::now();
-    sqlx::raw_sql(sql::set_session_search_path(path))
+    sqlx::raw_sql(batch::set_session_search_path(path))
         .execute(&mut *c)
         .await
         .map_err(|source| {
@@ -746,7 +752,7 @@ async fn run_no_tx(
             })
         })?;
     if p.no_history {
-        sqlx::raw_sql(sql::owned(sql::tenant_history_ddl(schema)))
+        sqlx::raw_sql(batch::tenant_history_ddl(schema).into_sql())
             .execute(&mut *c)
             .await
             .map_err(|source| {
@@ -756,7 +762,7 @@ async fn run_no_tx(
                 })
             })?;
     }
-    sqlx::raw_sql(sql::owned(m.sql.clone()))
+    sqlx::raw_sql(sql::trusted(&m.sql))
         .execute(&mut *c)
         .await
         .map_err(|source| Step::Failed(super::failed_alone(m, schema.as_str(), source)))?;
@@ -766,7 +772,7 @@ async fn run_no_tx(
     let digest = Migrations::next_digest(prev, m);
     let record = async {
         let mut tx = sqlx::Connection::begin(&mut *c).await?;
-        sqlx::query(sql::owned(sql::record_history(schema)))
+        sqlx::query(batch::record_history(schema))
             .bind(m.version)
             .bind(&m.description)
             .bind(&m.checksum)
@@ -828,13 +834,15 @@ pub(crate) async fn read_history(
     if !exists {
         return Ok((0, Vec::new(), false));
     }
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(sql::owned(format!(
-        "SELECT version, checksum FROM {}._hidra_migrations ORDER BY version",
-        schema.quoted()
-    )))
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(Error::db("reading a migration history"))?;
+    let mut history = sql::Statement::new();
+    history
+        .sql("SELECT version, checksum FROM ")
+        .ident(&schema)
+        .sql("._hidra_migrations ORDER BY version");
+    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(history.into_sql())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(Error::db("reading a migration history"))?;
     let mut digest = Vec::new();
     let mut version = 0;
     for (v, checksum) in rows {
@@ -860,12 +868,14 @@ async fn explain_mismatch(
     let Ok(ident) = Ident::new(schema.to_owned(), "tenant schema name") else {
         return "its schema name is invalid".into();
     };
-    let rows: Vec<(i64, String, Vec<u8>)> = match sqlx::query_as(sql::owned(format!(
-        "SELECT version, description, checksum FROM {}._hidra_migrations ORDER BY version",
-        ident.quoted()
-    )))
-    .fetch_all(&mut *conn)
-    .await
+    let mut history = sql::Statement::new();
+    history
+        .sql("SELECT version, description, checksum FROM ")
+        .ident(&ident)
+        .sql("._hidra_migrations ORDER BY version");
+    let rows: Vec<(i64, String, Vec<u8>)> = match sqlx::query_as(history.into_sql())
+        .fetch_all(&mut *conn)
+        .await
     {
         Ok(rows) => rows,
         Err(_) => return "its recorded digest differs from the migrations given".into(),

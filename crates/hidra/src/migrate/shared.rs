@@ -101,7 +101,7 @@ impl Hidra {
         } else {
             Vec::new()
         };
-        let migrations = &self.inner.shared_migrations;
+        let migrations = &self.inner.migrations.shared;
         let version = applied.last().map_or(0, |a| a.version);
         let problem = history_problem(migrations, &applied);
         Ok(SharedStatus {
@@ -150,7 +150,7 @@ impl Hidra {
     }
 
     async fn migrate_shared_locked(&self, conn: &mut sqlx::PgConnection) -> Result<SharedReport> {
-        let migrations = &self.inner.shared_migrations;
+        let migrations = &self.inner.migrations.shared;
         let applied = read_history(conn).await?;
         if let Some(detail) = history_problem(migrations, &applied) {
             return Err(Error::ChecksumMismatch {
@@ -171,7 +171,7 @@ impl Hidra {
                  VALUES ($1, $2, $3, $4)",
             );
             if m.no_tx {
-                sqlx::raw_sql(crate::sql::owned(m.sql.clone()))
+                sqlx::raw_sql(crate::sql::trusted(&m.sql))
                     .execute(&mut *conn)
                     .await
                     .map_err(failed)?;
@@ -188,7 +188,7 @@ impl Hidra {
                     .begin()
                     .await
                     .map_err(Error::db("beginning a shared migration"))?;
-                sqlx::raw_sql(crate::sql::owned(m.sql.clone()))
+                sqlx::raw_sql(crate::sql::trusted(&m.sql))
                     .execute(&mut *tx)
                     .await
                     .map_err(failed)?;

@@ -73,12 +73,15 @@ impl Hidra {
         let ident = self.template_ident(schema)?;
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
-        sqlx::raw_sql(sql::install_script(&sql::create_schema_if_missing(&ident)))
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("creating the template schema"))?;
+        sqlx::raw_sql(sql::install_script(
+            super::INTERNAL_LOCK,
+            &sql::create_schema_if_missing(&ident),
+        ))
+        .execute(&mut *conn)
+        .await
+        .map_err(Error::db("creating the template schema"))?;
         let (version, digest, has_table) = read_history(&mut conn, ident.as_str()).await?;
-        let migrations = &self.inner.tenant_migrations;
+        let migrations = &self.inner.migrations.tenant;
         if migrations
             .digest_at(version)
             .is_none_or(|expected| expected != digest.as_slice())
@@ -134,13 +137,14 @@ impl Hidra {
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(Error::db("looking for the template schema"))?;
-        sqlx::raw_sql(sql::owned(format!(
-            "SET LOCAL client_min_messages = warning; DROP SCHEMA IF EXISTS {} CASCADE",
-            ident.quoted()
-        )))
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("dropping the template schema"))?;
+        let mut drop = sql::Statement::new();
+        drop.sql("SET LOCAL client_min_messages = warning; DROP SCHEMA IF EXISTS ")
+            .ident(&ident)
+            .sql(" CASCADE");
+        sqlx::raw_sql(drop.into_sql())
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("dropping the template schema"))?;
         sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")
             .bind(ident.as_str())
             .execute(&mut *tx)
@@ -163,11 +167,17 @@ impl Hidra {
                 .into(),
             ))
         };
-        let prefix = self.inner.naming.prefix();
+        let prefix = self.inner.schema.naming.prefix();
         if !prefix.is_empty() && schema.starts_with(prefix) {
             return refused(&format!("tenant schemas are named `{prefix}…`"));
         }
-        if self.inner.shared.iter().any(|s| s.as_str() == schema) {
+        if self
+            .inner
+            .schema
+            .shared
+            .iter()
+            .any(|s| s.as_str() == schema)
+        {
             return refused("it is a shared schema");
         }
         if schema == "hidra"

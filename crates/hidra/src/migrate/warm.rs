@@ -34,7 +34,7 @@ impl Hidra {
     pub async fn warm_pool_status(&self) -> Result<WarmPoolStatus> {
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
-        let migrations = &self.inner.tenant_migrations;
+        let migrations = &self.inner.migrations.tenant;
         let (spares, ready): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE v.version = $1 AND v.digest = $2) \
              FROM hidra.spare_schemas s LEFT JOIN hidra.schema_versions v USING (schema_name)",
@@ -47,7 +47,7 @@ impl Hidra {
         Ok(WarmPoolStatus {
             ready: ready as usize,
             spares: spares as usize,
-            target: self.inner.warm_pool,
+            target: self.inner.migrations.warm_pool,
         })
     }
 
@@ -87,8 +87,8 @@ impl Hidra {
         .await
         .map_err(Error::db("naming a spare schema"))?;
         let schema = Ident::new(name, "spare schema name")?;
-        let migrations: &Migrations = &self.inner.tenant_migrations;
-        let path = sql::search_path_value(&schema, &self.inner.shared);
+        let migrations: &Migrations = &self.inner.migrations.tenant;
+        let path = sql::search_path_value(&schema, &self.inner.schema.shared);
         let mut tx = conn
             .begin()
             .await

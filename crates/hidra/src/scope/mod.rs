@@ -73,16 +73,6 @@ use crate::sql::Ident;
 use crate::tenant::{Strategy, Tenant, TenantId};
 use statements::{Pooler, Scoped, Statements};
 
-/// What a tenant checkout binds: the `search_path`, and the tenant id the
-/// row-level security policies read (`hidra.tenant_id`, empty for tenants
-/// isolated otherwise, so no row-level tenant survives on the connection).
-#[derive(Clone, Debug)]
-pub(crate) struct Binding {
-    pub(crate) search_path: String,
-    pub(crate) tenant_id: String,
-    pub(crate) timeouts: Timeouts,
-}
-
 /// The per-tenant timeouts a checkout applies, in milliseconds; `None`:
 /// not managed by Hidra (the server's setting stands).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,6 +95,12 @@ impl Timeouts {
 
     /// The largest value PostgreSQL takes for these settings.
     pub(crate) const MAX_MS: u64 = i32::MAX as u64;
+
+    /// The values, statement timeout first, as the statement builder takes
+    /// them (`sql::Timeouts`).
+    pub(crate) fn values(self) -> crate::sql::Timeouts {
+        [self.statement_ms, self.idle_in_transaction_ms]
+    }
 
     /// These defaults, or `tenant`'s own values where its registry metadata
     /// has them (integers PostgreSQL accepts: anything else is ignored, so a
@@ -154,7 +150,7 @@ impl TenantScope {
     pub(crate) fn new(
         tenant: &Tenant,
         schema: &Ident,
-        binding: Binding,
+        binding: crate::strategy::Binding,
         cap: u32,
         load: Arc<Counters>,
     ) -> Self {
@@ -162,8 +158,8 @@ impl TenantScope {
             schema: tenant.placement.schema.clone(),
             strategy: tenant.placement.strategy,
             timeouts: binding.timeouts,
-            checkout: crate::sql::bind_session(&binding),
-            begin: crate::sql::begin_scoped(&binding),
+            checkout: binding.session_statement(),
+            begin: binding.begin_statement(),
             statements: Statements::new(schema),
             shares: Arc::new(tokio::sync::Semaphore::new(cap as usize)),
             cap,
@@ -206,7 +202,7 @@ impl TenantScope {
     /// Applies the tenant's timeouts to a connection of its own database
     /// (nothing to send when none is managed).
     pub(crate) async fn bind_database_session(&self, conn: &mut DbConn) -> Result<()> {
-        if let Some(statement) = crate::sql::database_session_timeouts(&self.timeouts) {
+        if let Some(statement) = crate::sql::database_session_timeouts(self.timeouts.values()) {
             sqlx::raw_sql(statement)
                 .execute(&mut **conn)
                 .await
@@ -672,7 +668,7 @@ impl TenantTx {
         // its connection (ending the transaction at once) rather than parking
         // it, open and holding its locks, in the pool.
         conn.discard_on_drop(true);
-        sqlx::raw_sql(crate::sql::begin_in_database(&scope.timeouts))
+        sqlx::raw_sql(crate::sql::begin_in_database(scope.timeouts.values()))
             .execute(&mut *conn)
             .await
             .map_err(Error::db("beginning a tenant transaction"))?;

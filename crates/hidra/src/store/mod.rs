@@ -19,6 +19,16 @@ pub use postgres::{CHANGES_CHANNEL, PgTenantStore, RegistryColumns, RegistryTabl
 /// Largest page [`TenantStore::list`] returns.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// The registry as the handle holds it: the store, the same one when it is
+/// Hidra's own (its statements can join a provisioning's batch), and whether
+/// Hidra's internal schema is known to exist.
+pub(crate) struct Registry {
+    pub(crate) store: AnyTenantStore,
+    pub(crate) own: Option<std::sync::Arc<PgTenantStore>>,
+    /// Set once hidra's internal schema is known to exist.
+    pub(crate) internal_ready: tokio::sync::OnceCell<()>,
+}
+
 /// One page request for [`TenantStore::list`]: keyset pagination ordered by id.
 #[derive(Clone, Debug)]
 pub struct ListTenants {

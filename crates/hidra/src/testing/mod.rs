@@ -33,7 +33,7 @@ mod pgbouncer;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
@@ -288,14 +288,11 @@ impl TestDatabase {
             })?
             .database(&name);
         let mut conn = admin_connect(server.url(), CONNECT_TIMEOUT).await?;
-        let sql = format!("CREATE DATABASE {}", ident.quoted());
+        let sql = crate::sql::create_database(&ident, None);
         let mut attempt = 0u64;
         let created = loop {
             attempt += 1;
-            match sqlx::raw_sql(AssertSqlSafe(sql.as_str()))
-                .execute(&mut conn)
-                .await
-            {
+            match sqlx::raw_sql(sql.clone()).execute(&mut conn).await {
                 // Someone is connected to the template (or another CREATE DATABASE
                 // holds it on old servers): wait a little and try again.
                 Err(sqlx::Error::Database(e))
@@ -402,8 +399,9 @@ async fn admin_connect(url: &str, timeout: Duration) -> Result<PgConnection> {
 async fn drop_database(admin_url: &str, name: &str, timeout: Duration) -> Result<()> {
     let ident = Ident::new(name.to_owned(), "test database name")?;
     let mut conn = admin_connect(admin_url, timeout).await?;
-    let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident.quoted());
-    let dropped = sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await;
+    let dropped = sqlx::raw_sql(crate::sql::drop_database(&ident))
+        .execute(&mut conn)
+        .await;
     let _ = conn.close().await;
     dropped.map_err(Error::db("dropping a test database"))?;
     tracing::debug!(database = %name, "dropped a test database");

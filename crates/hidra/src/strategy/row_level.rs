@@ -21,15 +21,26 @@
 //! Keys of tenant-scoped tables should include the tenant column (or be UUIDs):
 //! rows of every tenant share the table, and a tenant moved in from its own
 //! schema brings its own ids.
+//!
+//! This module is also the row-level strategy inside Hidra: a row-level
+//! tenant is provisioned as a registry row (and its seed rows) in one
+//! transaction once the audit has passed, dropped by deleting its rows
+//! (children first, with the tenant bound), and moved between the row-level
+//! tables and a schema of its own in one transaction.
 
 use std::collections::HashSet;
 use std::fmt;
 
 use serde::Serialize;
 
+use sqlx::Connection;
+
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
+use crate::moves::{advance_sequences, columns, ensure_empty, lock};
 use crate::sql::{self, Ident, TableName};
+use crate::strategy::schema::drop_tenant_schema;
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant};
 
 /// The default tenant column of row-level tables.
 pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
@@ -215,7 +226,7 @@ impl Hidra {
                 .push(Finding::BypassRls { role: role.clone() });
         }
         let mut schemas: Vec<String> = vec![self.inner.row_level.schema.to_string()];
-        schemas.extend(self.inner.shared.iter().map(|s| s.to_string()));
+        schemas.extend(self.inner.schema.shared.iter().map(|s| s.to_string()));
         let tables: Vec<(String, bool, bool, String, bool, Vec<String>)> = sqlx::query_as(
             "SELECT c.oid::regclass::text, c.relrowsecurity, c.relforcerowsecurity, \
                     pg_get_userbyid(c.relowner)::text, \
@@ -272,7 +283,8 @@ impl Hidra {
     /// Fails closed, once per process, when row-level isolation does not hold.
     pub(crate) async fn require_row_level_audit(&self) -> Result<()> {
         self.inner
-            .row_level_audited
+            .row_level
+            .audited
             .get_or_try_init(|| async {
                 let report = self.audit_row_level().await?;
                 if report.is_clean() {
@@ -295,6 +307,228 @@ impl Hidra {
         let rl = &self.inner.row_level;
         tables_in_order(conn, rl.schema.as_str(), Some(rl.column.as_str())).await
     }
+}
+
+/// Where row-level tenants' rows live, and whether the audit passed.
+#[derive(Debug)]
+pub(crate) struct RowLevelConfig {
+    pub(crate) schema: Ident,
+    pub(crate) column: Ident,
+    /// Set once the row-level audit passed in this process.
+    pub(crate) audited: tokio::sync::OnceCell<()>,
+}
+
+/// The row-level strategy: provisioning (a registry row and its seed rows),
+/// dropping (deleting its rows), and moves between a schema and the
+/// row-level tables (one transaction each).
+impl Hidra {
+    /// Where row-level tenants' rows live.
+    fn row_level_placement(&self) -> Placement {
+        Placement {
+            strategy: Strategy::RowLevel,
+            schema: self.inner.row_level.schema.to_string(),
+            database: None,
+            server: None,
+        }
+    }
+
+    /// A row-level tenant is a registry row (and its seed rows), in one
+    /// transaction, once the row-level audit has passed.
+    pub(crate) async fn provision_row_level(&self, mut new: NewTenant) -> Result<Tenant> {
+        self.require_row_level_audit().await?;
+        let setup = new.setup.take();
+        let draft = self.draft(new, self.row_level_placement());
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning transaction"))?;
+        let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
+        let binding = self.binding(&tenant)?;
+        let tenant = self
+            .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+            .await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning transaction"))?;
+        tracing::info!(tenant = %tenant.id, strategy = "row_level", "provisioned tenant");
+        Ok(tenant)
+    }
+
+    /// Deletes every row of a row-level tenant, children first, with the tenant
+    /// bound so that the policies let exactly its rows through.
+    pub(crate) async fn delete_row_level_rows(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<()> {
+        bind_row_level(tx, tenant.id.as_str()).await?;
+        let tables = self.row_level_tables(tx).await?;
+        for (_, table, _) in tables.iter().rev() {
+            let mut delete = sql::Statement::new();
+            delete
+                .sql("DELETE FROM ")
+                .trusted(table)
+                .sql(" WHERE ")
+                .ident(&self.inner.row_level.column)
+                .sql(" = $1");
+            sqlx::query(delete.into_sql())
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("deleting a row-level tenant's rows"))?;
+        }
+        sqlx::query(sql::BIND_TENANT_LOCAL)
+            .bind("")
+            .execute(&mut *tx)
+            .await
+            .map_err(Error::db("unbinding the row-level tenant"))?;
+        Ok(())
+    }
+
+    /// Moves a row-level tenant into a schema of its own, in `tx`: its rows
+    /// are copied into the new schema and deleted from the shared tables.
+    pub(crate) async fn row_level_to_schema(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<Tenant> {
+        let inner = &self.inner;
+        let tables = self.row_level_tables(tx).await?;
+        lock(tx, tables.iter().map(|t| t.1.clone())).await?;
+        let schema = inner.schema.naming.schema_for(&tenant.id);
+        let placement = super::schema::placement(&schema);
+        let binding = super::Binding {
+            search_path: sql::search_path_value(&schema, &inner.schema.shared),
+            tenant_id: String::new(),
+            timeouts: Default::default(),
+        };
+        self.build_schema_for_move(tx, tenant, &schema, &binding.search_path)
+            .await?;
+        bind_row_level(tx, tenant.id.as_str()).await?;
+        let column = inner.row_level.column.as_str();
+        for (name, source, cols) in &tables {
+            let target = sql::qualified(&schema, name);
+            let target_cols = columns(tx, schema.as_str(), name).await?;
+            if target_cols.is_empty() {
+                ensure_empty(tx, source, &tenant.id, column).await?;
+                continue;
+            }
+            let common: Vec<&String> = cols
+                .iter()
+                .filter(|c| c.as_str() != column && target_cols.contains(*c))
+                .collect();
+            let mut insert = sql::Statement::new();
+            insert
+                .sql("INSERT INTO ")
+                .trusted(&target)
+                .sql(" (")
+                .names(&common)
+                .sql(") OVERRIDING SYSTEM VALUE SELECT ")
+                .names(&common)
+                .sql(" FROM ")
+                .trusted(source)
+                .sql(" WHERE ")
+                .name(column)
+                .sql(" = $1");
+            sqlx::query(insert.into_sql())
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("copying a tenant's rows into its schema"))?;
+            advance_sequences(tx, &target, schema.as_str(), name).await?;
+        }
+        self.delete_row_level_rows(tx, tenant).await?;
+        unbind_row_level(tx).await?;
+        self.inner
+            .registry
+            .store
+            .update_placement(tx, &tenant.id, &placement)
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+
+    /// Moves a schema-per-tenant tenant into the row-level tables, in `tx`:
+    /// its rows are copied in with its id and its schema is dropped.
+    pub(crate) async fn schema_to_row_level(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<Tenant> {
+        let inner = &self.inner;
+        let schema = tenant.placement.schema_ident()?;
+        let tables = self.row_level_tables(tx).await?;
+        let own: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p') AND c.relname <> '_hidra_migrations'",
+        )
+        .bind(schema.as_str())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Error::db("listing the tenant's tables"))?;
+        lock(tx, own.iter().map(|t| sql::qualified(&schema, t))).await?;
+        let covered: HashSet<&str> = tables.iter().map(|t| t.0.as_str()).collect();
+        for table in own.iter().filter(|t| !covered.contains(t.as_str())) {
+            ensure_empty(tx, &sql::qualified(&schema, table), &tenant.id, "").await?;
+        }
+        bind_row_level(tx, tenant.id.as_str()).await?;
+        let column = inner.row_level.column.as_str();
+        for (name, target, cols) in &tables {
+            if !own.contains(name) {
+                continue;
+            }
+            let source = sql::qualified(&schema, name);
+            let source_cols = columns(tx, schema.as_str(), name).await?;
+            let common: Vec<&String> = cols
+                .iter()
+                .filter(|c| c.as_str() != column && source_cols.contains(*c))
+                .collect();
+            let mut insert = sql::Statement::new();
+            insert
+                .sql("INSERT INTO ")
+                .trusted(target)
+                .sql(" (")
+                .names(&common)
+                .sql(", ")
+                .name(column)
+                .sql(") OVERRIDING SYSTEM VALUE SELECT ")
+                .names(&common)
+                .sql(", $1 FROM ")
+                .trusted(&source);
+            sqlx::query(insert.into_sql())
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db(
+                    "copying a tenant's rows into the row-level tables",
+                ))?;
+            advance_sequences(tx, target, inner.row_level.schema.as_str(), name).await?;
+        }
+        unbind_row_level(tx).await?;
+        drop_tenant_schema(tx, &schema).await?;
+        let placement = self.row_level_placement();
+        self.inner
+            .registry
+            .store
+            .update_placement(tx, &tenant.id, &placement)
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+}
+
+/// Binds the row-level tenant `id` for the rest of the transaction (`""`:
+/// none).
+async fn bind_row_level(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
+    sqlx::query(sql::BIND_TENANT_LOCAL)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("binding the row-level tenant"))?;
+    Ok(())
+}
+
+async fn unbind_row_level(tx: &mut sqlx::PgConnection) -> Result<()> {
+    bind_row_level(tx, "").await
 }
 
 /// The tables of `schema` (only the row-level ones — RLS on and the tenant

@@ -1,0 +1,238 @@
+//! The statements of tenant migrations: the one simple-query batch that
+//! applies a tenant's pending migrations with their history and bookkeeping
+//! ([`migration_batch`]), where each migration starts in it ([`Spans`], so an
+//! error points at the migration's own line), the history table, and the
+//! locks of a schema's migrations. Assembled with `sql::Statement`.
+
+use sqlx::SqlStr;
+
+use super::Migration;
+use crate::sql::{Ident, Statement};
+
+/// Writes the advisory lock key of a schema's migrations (stable across
+/// processes).
+fn migration_lock_key(sql: &mut Statement, schema: &Ident) {
+    sql.sql("hashtextextended(")
+        .literal(&format!("hidra.migrate.{schema}"))
+        .sql(", 0)");
+}
+
+/// The history table every tenant schema keeps, created in `schema` (named,
+/// not found through `search_path`: a migration may change that).
+pub(crate) fn tenant_history_ddl(schema: &Ident) -> Statement {
+    let mut sql = Statement::new();
+    sql.sql("CREATE TABLE IF NOT EXISTS ").ident(schema).sql(
+        "._hidra_migrations (
+    version     BIGINT PRIMARY KEY,
+    description TEXT NOT NULL,
+    checksum    BYTEA NOT NULL,
+    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    duration_ms BIGINT NOT NULL
+)",
+    );
+    sql
+}
+
+/// The statement recording one applied migration in `schema`'s history
+/// (`$1` version, `$2` description, `$3` checksum, `$4` duration in ms).
+pub(crate) fn record_history(schema: &Ident) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("INSERT INTO ").ident(schema).sql(
+        "._hidra_migrations (version, description, checksum, duration_ms) \
+             VALUES ($1, $2, $3, $4)",
+    );
+    sql.into_sql()
+}
+
+/// What a migration batch should do besides running the migrations.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    pub(crate) schema: &'a Ident,
+    pub(crate) search_path: &'a str,
+    /// Wrap in `BEGIN … COMMIT` with the schema's advisory lock, claiming
+    /// the new version in `hidra.schema_versions` only from this one (`None`:
+    /// no row).
+    pub(crate) own_transaction: Option<Option<i64>>,
+    /// Create the schema first.
+    pub(crate) create_schema: bool,
+    /// Create the history table (new schema, or one that never had it).
+    pub(crate) create_history: bool,
+}
+
+/// Column name of the row a batch's claim returns (see [`migration_batch`]).
+pub(crate) const CLAIMED_COLUMN: &str = "hidra_claimed";
+
+/// Column name of the row each applied migration returns, so the caller can
+/// tell how far a failed batch got.
+pub(crate) const APPLIED_COLUMN: &str = "hidra_applied";
+
+/// Builds one simple-query batch that applies `migrations` (in order) to a
+/// schema and records them in its history and in `hidra.schema_versions`.
+///
+/// Each migration's SQL is the application's own, trusted text. It must not
+/// contain transaction control (`BEGIN`, `COMMIT`).
+pub(crate) fn migration_batch(
+    b: &Batch<'_>,
+    migrations: &[Migration],
+    final_version: i64,
+    final_digest: &[u8],
+) -> (SqlStr, Spans) {
+    let mut spans = Spans::default();
+    let mut sql = Statement::new();
+    let version_row = |sql: &mut Statement| {
+        sql.sql("version = ")
+            .int(final_version)
+            .sql(", digest = ")
+            .bytea(final_digest)
+            .sql(", updated_at = now()");
+    };
+    let insert_row = |sql: &mut Statement| {
+        sql.sql("INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES (")
+            .literal(b.schema.as_str())
+            .sql(", ")
+            .int(final_version)
+            .sql(", ")
+            .bytea(final_digest)
+            .sql(")");
+    };
+    if let Some(expected) = b.own_transaction {
+        sql.sql("BEGIN;\nSELECT pg_advisory_xact_lock(");
+        migration_lock_key(&mut sql, b.schema);
+        sql.sql(");\n");
+        // The claim: the recorded version moves only from the one planned,
+        // in the same statement that checks it. A runner that got there first
+        // leaves no row to update (a division by zero) or a row to conflict
+        // with (a unique violation), before any migration runs; the row it
+        // returns tells the caller that the claim passed.
+        match expected {
+            Some(v) => {
+                sql.sql("WITH claimed AS (UPDATE hidra.schema_versions SET ");
+                version_row(&mut sql);
+                sql.sql(" WHERE schema_name = ")
+                    .literal(b.schema.as_str())
+                    .sql(" AND version = ")
+                    .int(v)
+                    .sql(" RETURNING 1) SELECT 1 / count(*) > 0 AS ")
+                    .sql(CLAIMED_COLUMN)
+                    .sql(" FROM claimed;\n");
+            }
+            None => {
+                insert_row(&mut sql);
+                sql.sql(" RETURNING true AS ")
+                    .sql(CLAIMED_COLUMN)
+                    .sql(";\n");
+            }
+        }
+    }
+    if b.create_schema {
+        sql.sql("CREATE SCHEMA ").ident(b.schema).sql(";\n");
+    }
+    sql.sql("SELECT set_config('search_path', ")
+        .literal(b.search_path)
+        .sql(", true);\n");
+    if b.create_history {
+        sql.trusted(tenant_history_ddl(b.schema).as_str())
+            .sql(";\n");
+    }
+    for m in migrations {
+        sql.sql("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
+        spans.push(sql.as_str());
+        // The application's own migration.
+        sql.trusted(&m.sql).sql("\n;\n");
+        sql.sql("INSERT INTO ")
+            .ident(b.schema)
+            .sql("._hidra_migrations (version, description, checksum, duration_ms) VALUES (")
+            .int(m.version)
+            .sql(", ")
+            .literal(&m.description)
+            .sql(", ")
+            .bytea(&m.checksum)
+            .sql(
+                ", (extract(epoch FROM clock_timestamp() - current_setting('hidra.t0')::timestamptz) * 1000)::bigint) \
+                 RETURNING version AS ",
+            )
+            .sql(APPLIED_COLUMN)
+            .sql(";\n");
+    }
+    if b.own_transaction.is_some() {
+        sql.sql("COMMIT;\n");
+    } else {
+        // A new schema (or a renamed spare): its row is written here.
+        insert_row(&mut sql);
+        sql.sql(" ON CONFLICT (schema_name) DO UPDATE SET ");
+        version_row(&mut sql);
+        sql.sql(";\nSET LOCAL search_path TO DEFAULT;\n");
+    }
+    (sql.into_sql(), spans)
+}
+
+/// Where each migration's own SQL starts in a batch, in characters (the
+/// unit of PostgreSQL's error positions), so that an error is reported at
+/// the migration's line, not the batch's. Offsets only: the migrations'
+/// text is the caller's, looked at when an error needs it.
+#[derive(Debug, Default)]
+pub(crate) struct Spans(Vec<usize>);
+
+impl Spans {
+    /// One migration sent on its own.
+    pub(crate) fn alone() -> Spans {
+        Spans(vec![0])
+    }
+
+    fn push(&mut self, batch_so_far: &str) {
+        self.0.push(batch_so_far.chars().count());
+    }
+
+    /// The migration of `batch` (its index) and the line in it that `error`
+    /// points at, for a batch sent after `prefix` more characters.
+    pub(crate) fn locate(
+        &self,
+        batch: &[Migration],
+        error: &sqlx::Error,
+        prefix: usize,
+    ) -> Option<(usize, u32)> {
+        use sqlx::postgres::{PgDatabaseError, PgErrorPosition};
+        let db = error.as_database_error()?;
+        let PgErrorPosition::Original(position) =
+            db.try_downcast_ref::<PgDatabaseError>()?.position()?
+        else {
+            return None;
+        };
+        // 1-based, in the whole query string.
+        let at = position.checked_sub(1)?.checked_sub(prefix)?;
+        self.0
+            .iter()
+            .zip(batch)
+            .enumerate()
+            .find_map(|(i, (start, m))| {
+                let offset = at.checked_sub(*start)?;
+                (offset < m.sql.chars().count()).then(|| {
+                    let line = m.sql.chars().take(offset).filter(|c| *c == '\n').count() + 1;
+                    (i, u32::try_from(line).unwrap_or(u32::MAX))
+                })
+            })
+    }
+}
+
+/// Session-level advisory lock / unlock of a schema's migrations, for
+/// migrations that cannot run in a transaction.
+pub(crate) fn migration_session_lock(schema: &Ident, lock: bool) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql(if lock {
+        "SELECT pg_advisory_lock("
+    } else {
+        "SELECT pg_advisory_unlock("
+    });
+    migration_lock_key(&mut sql, schema);
+    sql.sql(")");
+    sql.into_sql()
+}
+
+/// `SET search_path TO …` for the session (no-transaction migrations only).
+pub(crate) fn set_session_search_path(search_path: &str) -> SqlStr {
+    let mut sql = Statement::new();
+    sql.sql("SELECT set_config('search_path', ")
+        .literal(search_path)
+        .sql(", false)");
+    sql.into_sql()
+}

@@ -1,0 +1,452 @@
+//! Database per tenant: provisioning from a template database kept at the
+//! latest migration (`CREATE DATABASE … TEMPLATE`), checkouts of a tenant's
+//! own database, moves between a schema and a database of its own, and
+//! dropping.
+//!
+//! Every tenant database holds its tables in `public`, with its own history
+//! (`public._hidra_migrations`) and bookkeeping (`hidra.schema_versions`),
+//! copied from the template. The template is `<database prefix>_tpl`; it is
+//! created and migrated on the first database provisioning of a process,
+//! under an exclusive advisory lock, while creating databases from it takes the
+//! same lock shared, so a template is never migrated while it is copied.
+//!
+//! The connections themselves come from `scope::databases` (a small pool per
+//! tenant database under one global budget): they are what a
+//! [`TenantConn`](crate::TenantConn) or [`TenantTx`](crate::TenantTx) of such
+//! a tenant holds, as `scope::pool` is for the shared database.
+
+use std::time::Duration;
+
+use sqlx::Connection;
+
+use crate::error::{Error, Result};
+use crate::hidra::Hidra;
+use crate::migrate::{self, Target};
+use crate::moves::{advance_sequences, copy_rows, ensure_empty, lock, truncate};
+use crate::scope::{self, DbConn};
+use crate::sql::{self, Ident};
+use crate::strategy::row_level::tables_in_order;
+use crate::strategy::schema::drop_tenant_schema;
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
+
+/// Advisory lock key guarding the template database.
+const TEMPLATE_LOCK: i64 = 0x6869_6472_615f_0003;
+
+/// The schema of a tenant database that holds its tables.
+pub(crate) const TENANT_DB_SCHEMA: &str = "public";
+
+/// What database per tenant is configured with, and its state: the pools of
+/// tenant databases, how a tenant id maps to a database name, whether the
+/// template is known to be current, and a tenant's share of the budget.
+#[derive(Debug)]
+pub(crate) struct DatabaseConfig {
+    pub(crate) pools: crate::TenantDatabases,
+    pub(crate) naming: crate::tenant::SchemaNaming,
+    /// Set once the template database is known to be at the latest version.
+    pub(crate) template_ready: tokio::sync::OnceCell<()>,
+    /// Connections of the tenant-database budget one tenant may hold at once.
+    pub(crate) cap: u32,
+}
+
+/// The placement of a tenant in its own `database`.
+pub(crate) fn placement(database: &Ident) -> Placement {
+    Placement {
+        strategy: Strategy::Database,
+        schema: TENANT_DB_SCHEMA.into(),
+        database: Some(database.to_string()),
+        server: None,
+    }
+}
+
+/// The database of a database-per-tenant tenant, validated.
+pub(crate) fn tenant_database(tenant: &Tenant) -> Result<&str> {
+    let name = tenant
+        .placement
+        .database
+        .as_deref()
+        .ok_or_else(|| Error::CorruptRecord {
+            id: tenant.id.to_string(),
+            reason: "a database-per-tenant tenant without a database name".into(),
+        })?;
+    Ident::new(name, "tenant database name")?;
+    Ok(name)
+}
+
+impl Hidra {
+    fn template_database(&self) -> Ident {
+        Ident::trusted(format!("{}_tpl", self.inner.database.naming.prefix()))
+    }
+
+    /// Creates the template database if missing and brings it to the latest
+    /// tenant migration, once per process.
+    pub(crate) async fn ensure_template(&self) -> Result<Ident> {
+        let tpl = self.template_database();
+        self.inner
+            .database
+            .template_ready
+            .get_or_try_init(|| async {
+                let mut conn = self.acquire_shared().await?;
+                // A session lock: if this is interrupted the connection is
+                // closed, which releases it.
+                conn.close_on_drop();
+                lock_template(&mut conn, "pg_advisory_lock").await?;
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+                )
+                .bind(tpl.as_str())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("looking for the template database"))?;
+                if !exists {
+                    sqlx::raw_sql(sql::create_database(&tpl, None))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::db("creating the template database"))?;
+                }
+                let (version, recorded, no_history) = {
+                    let mut t = self.inner.database.pools.acquire(tpl.as_str()).await?;
+                    migrate::ensure_internal(&mut t).await?;
+                    match migrate::recorded_state(&mut t, TENANT_DB_SCHEMA).await? {
+                        Some((v, _)) => (v, Some(v), false),
+                        None => {
+                            let (v, _, has) =
+                                migrate::read_history(&mut t, TENANT_DB_SCHEMA).await?;
+                            (v, None, !has)
+                        }
+                    }
+                };
+                let target = Target {
+                    schema: TENANT_DB_SCHEMA.into(),
+                    tenant: None,
+                    database: Some(tpl.to_string()),
+                };
+                self.migrator()
+                    .finish_target(target, version, recorded, no_history)
+                    .await?;
+                // No connection to the template may stay open: it could not be copied.
+                self.inner.database.pools.evict(tpl.as_str()).await;
+                lock_template(&mut conn, "pg_advisory_unlock").await?;
+                Ok::<(), Error>(())
+            })
+            .await?;
+        Ok(tpl)
+    }
+
+    /// Creates a database-per-tenant tenant: registry row (`provisioning`),
+    /// database copied from the template, seed, `active`. On failure the
+    /// database and the row are removed.
+    pub(crate) async fn provision_database(&self, mut new: NewTenant) -> Result<Tenant> {
+        let setup = new.setup.take();
+        let database = self.inner.database.naming.schema_for(&new.id);
+        let draft = self.draft(new, placement(&database));
+        let started = std::time::Instant::now();
+        let mut conn = self.acquire_shared().await?;
+        self.ensure_internal_for(&mut conn, &draft.id).await?;
+        let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;
+        drop(conn);
+        match self
+            .build_database(&tenant, &database, setup.as_deref())
+            .await
+        {
+            Ok(active) => {
+                tracing::info!(
+                    tenant = %active.id,
+                    database = %database,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "provisioned tenant database"
+                );
+                Ok(active)
+            }
+            Err(e) => {
+                // A database of that name that was there before is not ours.
+                let created = !matches!(e, Error::SchemaTaken { .. });
+                let undo = async {
+                    if created {
+                        self.drop_tenant_database(&tenant).await?;
+                    }
+                    let mut conn = self.acquire_shared().await?;
+                    self.inner
+                        .registry
+                        .store
+                        .delete(&mut conn, &tenant.id)
+                        .await
+                };
+                if let Err(undo) = undo.await {
+                    tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed provisioning; deprovision it");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn build_database(
+        &self,
+        tenant: &Tenant,
+        database: &Ident,
+        setup: Option<&dyn crate::hidra::DynSeed>,
+    ) -> Result<Tenant> {
+        self.create_tenant_database(tenant, database).await?;
+        let hooks: Vec<&dyn crate::hidra::DynSeed> = self
+            .inner
+            .provisioning
+            .seed
+            .as_deref()
+            .into_iter()
+            .chain(setup)
+            .collect();
+        if !hooks.is_empty() {
+            let mut tx = self.begin(tenant).await?;
+            for hook in hooks {
+                hook.seed_boxed(tx.raw_connection(), tenant)
+                    .await
+                    .map_err(|source| Error::Seed {
+                        id: tenant.id.clone(),
+                        source,
+                    })?;
+            }
+            tx.commit().await?;
+        }
+        let mut conn = self.acquire_shared().await?;
+        self.inner
+            .registry
+            .store
+            .update_status(
+                &mut conn,
+                &tenant.id,
+                &[TenantStatus::Provisioning],
+                TenantStatus::Active,
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+
+    /// Creates `database` from the template (brought up to date first).
+    pub(crate) async fn create_tenant_database(
+        &self,
+        tenant: &Tenant,
+        database: &Ident,
+    ) -> Result<()> {
+        let tpl = self.ensure_template().await?;
+        let mut conn = self.acquire_shared().await?;
+        conn.close_on_drop();
+        lock_template(&mut conn, "pg_advisory_lock_shared").await?;
+        let created = create_from_template(&mut conn, database, &tpl).await;
+        lock_template(&mut conn, "pg_advisory_unlock_shared").await?;
+        created.map_err(creation_error(&tenant.id, database))
+    }
+
+    /// Closes the tenant's pooled connections and drops its database
+    /// (terminating any other connection to it).
+    pub(crate) async fn drop_tenant_database(&self, tenant: &Tenant) -> Result<()> {
+        let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
+        self.inner.database.pools.evict(database.as_str()).await;
+        let mut conn = self.acquire_shared().await?;
+        sqlx::raw_sql(sql::drop_database(&database))
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("dropping the tenant database"))?;
+        Ok(())
+    }
+}
+
+/// Checkouts of a tenant database, and moves between a schema and a
+/// database of its own (rows streamed through binary `COPY`).
+impl Hidra {
+    /// A connection to `tenant`'s own database, from its per-database pool
+    /// (see `scope::databases`), failing fast while the server does not answer.
+    pub(crate) async fn database_conn(&self, tenant: &Tenant) -> Result<DbConn> {
+        scope::acquire_database(
+            &self.inner.database.pools,
+            &self.inner.conns.reach,
+            tenant_database(tenant)?,
+        )
+        .await
+    }
+
+    /// Moves a schema-per-tenant tenant into a database of its own; see
+    /// the `moves` module docs.
+    pub(crate) async fn schema_to_database(&self, tenant: &Tenant) -> Result<Tenant> {
+        let database = self.inner.database.naming.schema_for(&tenant.id);
+        let schema = tenant.placement.schema_ident()?;
+        self.create_tenant_database(tenant, &database).await?;
+        let result = async {
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("beginning the move"))?;
+            let tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
+            lock(&mut tx, tables.iter().map(|t| t.1.clone())).await?;
+            {
+                let mut target = self.inner.database.pools.acquire(database.as_str()).await?;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *target)
+                    .await
+                    .map_err(Error::db("beginning the copy"))?;
+                let copied = async {
+                    let target_tables =
+                        tables_in_order(&mut target, TENANT_DB_SCHEMA, None).await?;
+                    truncate(&mut target, &target_tables).await?;
+                    for (name, source, cols) in &tables {
+                        let Some((_, dest, dest_cols)) =
+                            target_tables.iter().find(|t| &t.0 == name)
+                        else {
+                            ensure_empty(&mut tx, source, &tenant.id, "").await?;
+                            continue;
+                        };
+                        copy_rows(&mut tx, source, &mut target, dest, cols, dest_cols).await?;
+                        advance_sequences(&mut target, dest, TENANT_DB_SCHEMA, name).await?;
+                    }
+                    sqlx::raw_sql("COMMIT")
+                        .execute(&mut *target)
+                        .await
+                        .map_err(Error::db("committing the copy"))?;
+                    Ok::<_, Error>(())
+                }
+                .await;
+                if copied.is_err() {
+                    // Not left open on the pooled connection until its reuse.
+                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+                }
+                copied?;
+            }
+            let placement = placement(&database);
+            let moved = self
+                .inner
+                .registry
+                .store
+                .update_placement(&mut tx, &tenant.id, &placement)
+                .await?
+                .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+            drop_tenant_schema(&mut tx, &schema).await?;
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the move"))?;
+            Ok(moved)
+        }
+        .await;
+        if result.is_err() {
+            let half_made = Tenant {
+                placement: placement(&database),
+                ..tenant.clone()
+            };
+            if let Err(e) = self.drop_tenant_database(&half_made).await {
+                tracing::error!(tenant = %tenant.id, error = %e, "could not drop the half-made database of a failed move");
+            }
+        } else {
+            tracing::info!(tenant = %tenant.id, from = "schema", to = "database", "moved tenant");
+        }
+        result
+    }
+
+    /// Moves a database-per-tenant tenant into a schema of the shared
+    /// database; see the `moves` module docs.
+    pub(crate) async fn database_to_schema(&self, tenant: &Tenant) -> Result<Tenant> {
+        let inner = &self.inner;
+        let database = tenant_database(tenant)?.to_owned();
+        let schema = inner.schema.naming.schema_for(&tenant.id);
+        let mut source = inner.database.pools.acquire(&database).await?;
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *source)
+            .await
+            .map_err(Error::db("beginning the move"))?;
+        let moved = async {
+            let tables = tables_in_order(&mut source, TENANT_DB_SCHEMA, None).await?;
+            lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("beginning the move"))?;
+            let path = sql::search_path_value(&schema, &inner.schema.shared);
+            self.build_schema_for_move(&mut tx, tenant, &schema, &path)
+                .await?;
+            let target_tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
+            truncate(&mut tx, &target_tables).await?;
+            for (name, from, cols) in &tables {
+                let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
+                    ensure_empty(&mut source, from, &tenant.id, "").await?;
+                    continue;
+                };
+                copy_rows(&mut source, from, &mut tx, dest, cols, dest_cols).await?;
+                advance_sequences(&mut tx, dest, schema.as_str(), name).await?;
+            }
+            let placement = super::schema::placement(&schema);
+            let moved = inner
+                .registry
+                .store
+                .update_placement(&mut tx, &tenant.id, &placement)
+                .await?
+                .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the move"))?;
+            Ok::<_, Error>(moved)
+        }
+        .await;
+        // The source only read (and locked): end its transaction now, whether
+        // the move committed or failed, so that it does not hold the locks
+        // while parked in the pool.
+        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+        drop(source);
+        let moved = moved?;
+
+        if let Err(e) = self.drop_tenant_database(tenant).await {
+            tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database; drop it by hand");
+        }
+        tracing::info!(tenant = %tenant.id, from = "database", to = "schema", "moved tenant");
+        Ok(moved)
+    }
+}
+
+/// The error of creating `database` for `id`: [`Error::SchemaTaken`] when
+/// it exists already.
+pub(crate) fn creation_error(id: &TenantId, database: &Ident) -> impl FnOnce(sqlx::Error) -> Error {
+    let (id, database) = (id.clone(), database.to_string());
+    move |source| match crate::error::db_code(&source) {
+        Some((code, _)) if code == "42P04" => Error::SchemaTaken {
+            id,
+            schema: database,
+        },
+        _ => Error::Database {
+            context: "creating the tenant database",
+            source,
+        },
+    }
+}
+
+async fn lock_template(conn: &mut sqlx::PgConnection, function: &'static str) -> Result<()> {
+    let mut statement = sql::Statement::new();
+    statement.sql("SELECT ").sql(function).sql("($1)");
+    sqlx::query(statement.into_sql())
+        .bind(TEMPLATE_LOCK)
+        .execute(conn)
+        .await
+        .map_err(Error::db("locking the template database"))?;
+    Ok(())
+}
+
+/// `CREATE DATABASE … TEMPLATE …`, retried while another session briefly
+/// holds a connection to the template (SQLSTATE 55006).
+async fn create_from_template(
+    conn: &mut sqlx::PgConnection,
+    database: &Ident,
+    template: &Ident,
+) -> std::result::Result<(), sqlx::Error> {
+    let statement = sql::create_database(database, Some(template));
+    let mut attempt = 0;
+    loop {
+        match sqlx::raw_sql(statement.clone()).execute(&mut *conn).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if attempt < 20
+                    && crate::error::db_code(&e).is_some_and(|(code, _)| code == "55006") =>
+            {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The isolation strategies, one module each, and the one place that
+//! dispatches on [`Strategy`].
+//!
+//! - `schema`: a schema of its own in the shared database, bound through
+//!   `search_path`;
+//! - `row_level` (public as [`rls`](crate::rls)): rows in shared tables, bound through the `hidra.tenant_id`
+//!   setting that the row-level security policies read;
+//! - `database`: a database of its own, reached through a small pool per
+//!   database under one budget (`scope::databases`).
+//!
+//! Each module owns how its tenants are provisioned, bound, moved in and out,
+//! and dropped. The operations (`lifecycle`, `moves`, `archive` import, the
+//! checkouts of [`Hidra`]) call the functions below, the only `match` on a
+//! tenant's strategy of those operations.
+
+pub(crate) mod database;
+pub mod row_level;
+pub(crate) mod schema;
+
+use sqlx::Connection;
+
+use crate::error::{Error, Result};
+use crate::hidra::Hidra;
+use crate::scope::{self, Pooled, Share, SharedConn, TenantConn, TenantScope, TenantTx};
+use crate::sql::{self, Ident};
+use crate::tenant::{NewTenant, Strategy, Tenant};
+
+/// What a tenant checkout binds: the `search_path`, and the tenant id the
+/// row-level security policies read (`hidra.tenant_id`, empty for tenants
+/// isolated otherwise, so no row-level tenant survives on the connection).
+///
+/// Built by [`Hidra::binding`], turned into checkout statements by
+/// `scope::TenantScope`.
+#[derive(Clone, Debug)]
+pub(crate) struct Binding {
+    pub(crate) search_path: String,
+    pub(crate) tenant_id: String,
+    pub(crate) timeouts: scope::Timeouts,
+}
+
+impl Binding {
+    /// The statement that binds a session to it (see `sql::bind_session`).
+    pub(crate) fn session_statement(&self) -> sqlx::SqlStr {
+        sql::bind_session(&self.search_path, &self.tenant_id, self.timeouts.values())
+    }
+
+    /// `BEGIN` with it bound for the transaction (see `sql::begin_scoped`).
+    pub(crate) fn begin_statement(&self) -> sqlx::SqlStr {
+        sql::begin_scoped(&self.search_path, &self.tenant_id, self.timeouts.values())
+    }
+}
+
+impl Hidra {
+    /// Creates a tenant with `strategy`; see [`Hidra::provision`].
+    pub(crate) async fn provision_with(
+        &self,
+        strategy: Strategy,
+        new: NewTenant,
+    ) -> Result<Tenant> {
+        match strategy {
+            Strategy::Schema => self.provision_schema(new).await,
+            Strategy::RowLevel => self.provision_row_level(new).await,
+            Strategy::Database => self.provision_database(new).await,
+        }
+    }
+
+    /// Drops everything that holds `tenant`'s data and its registry row
+    /// (already `deleting`): its schema or its rows in one transaction with
+    /// the row's removal; its own database first, outside any transaction
+    /// (PostgreSQL cannot drop a database in one).
+    pub(crate) async fn drop_tenant(&self, conn: &mut SharedConn, tenant: &Tenant) -> Result<()> {
+        if tenant.placement.strategy == Strategy::Database {
+            self.drop_tenant_database(tenant).await?;
+        }
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the deprovisioning transaction"))?;
+        match tenant.placement.strategy {
+            Strategy::Schema => {
+                schema::drop_tenant_schema(&mut tx, &tenant.placement.schema_ident()?).await?;
+            }
+            Strategy::RowLevel => self.delete_row_level_rows(&mut tx, tenant).await?,
+            Strategy::Database => {}
+        }
+        self.inner
+            .registry
+            .store
+            .delete(&mut tx, &tenant.id)
+            .await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the deprovisioning transaction"))
+    }
+
+    /// Fails unless tenants can be placed under `strategy` now: row level
+    /// requires a clean audit (see [`Hidra::audit_row_level`]).
+    pub(crate) async fn require_ready(&self, strategy: Strategy) -> Result<()> {
+        match strategy {
+            Strategy::RowLevel => self.require_row_level_audit().await,
+            Strategy::Schema | Strategy::Database => Ok(()),
+        }
+    }
+
+    /// Places `tenant`, just built in a schema of its own inside `tx` (an
+    /// import), under `strategy`: row level moves its rows into the shared
+    /// tables in the same transaction.
+    pub(crate) async fn place_from_schema(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: Tenant,
+        strategy: Strategy,
+    ) -> Result<Tenant> {
+        match strategy {
+            Strategy::RowLevel => self.schema_to_row_level(tx, &tenant).await,
+            Strategy::Schema => Ok(tenant),
+            Strategy::Database => Err(Error::MoveUnsupported {
+                from: Strategy::Schema,
+                to: strategy,
+            }),
+        }
+    }
+
+    /// Moves `tenant` (settled) to `to`, keeping every row; see
+    /// [`Hidra::move_tenant`]. `conn` is the shared connection it was read on.
+    pub(crate) async fn move_to(
+        &self,
+        mut conn: SharedConn,
+        tenant: Tenant,
+        to: Strategy,
+    ) -> Result<Tenant> {
+        self.require_ready(to).await?;
+        let (id, from) = (&tenant.id, tenant.placement.strategy);
+        match (from, to) {
+            _ if from == to => return Ok(tenant),
+            (Strategy::Schema, Strategy::Database) => {
+                drop(conn);
+                return self.schema_to_database(&tenant).await;
+            }
+            (Strategy::Database, Strategy::Schema) => {
+                drop(conn);
+                return self.database_to_schema(&tenant).await;
+            }
+            (Strategy::RowLevel, Strategy::Database) | (Strategy::Database, Strategy::RowLevel) => {
+                // Through a schema of its own.
+                drop(conn);
+                Box::pin(self.move_tenant(id, Strategy::Schema)).await?;
+                return Box::pin(self.move_tenant(id, to)).await;
+            }
+            _ => {}
+        }
+        // Between a schema and the row-level tables: one transaction.
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the move"))?;
+        let moved = match (from, to) {
+            (Strategy::RowLevel, Strategy::Schema) => {
+                self.row_level_to_schema(&mut tx, &tenant).await?
+            }
+            (Strategy::Schema, Strategy::RowLevel) => {
+                self.schema_to_row_level(&mut tx, &tenant).await?
+            }
+            (from, to) => {
+                return Err(Error::MoveUnsupported { from, to });
+            }
+        };
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the move"))?;
+        tracing::info!(tenant = %id, from = %from, to = %to, "moved tenant");
+        Ok(moved)
+    }
+
+    /// What a checkout for `tenant` binds: its schema first in `search_path`
+    /// (a tenant database's own `public`, for database per tenant), and its
+    /// id for the row-level policies where it is a row-level tenant.
+    pub(crate) fn binding(&self, tenant: &Tenant) -> Result<Binding> {
+        let schema = tenant.placement.schema_ident()?;
+        let tenant_id = match tenant.placement.strategy {
+            Strategy::Schema | Strategy::Database => String::new(),
+            Strategy::RowLevel => tenant.id.to_string(),
+        };
+        Ok(Binding {
+            search_path: self.search_path(&schema),
+            tenant_id,
+            timeouts: self.inner.conns.timeouts.for_tenant(tenant),
+        })
+    }
+
+    /// The `search_path` value of `schema` followed by the shared schemas.
+    pub(crate) fn search_path(&self, schema: &Ident) -> String {
+        let shared: Vec<Ident> = (self.inner.schema.shared.iter())
+            .filter(|s| *s != schema)
+            .cloned()
+            .collect();
+        sql::search_path_value(schema, &shared)
+    }
+
+    /// How many connections one tenant of `strategy` may hold at once: of
+    /// the shared pool, or of the tenant-database budget.
+    pub(crate) fn cap_of(&self, strategy: Strategy) -> u32 {
+        match strategy {
+            Strategy::Database => self.inner.database.cap,
+            Strategy::Schema | Strategy::RowLevel => self.inner.conns.tenant_cap,
+        }
+    }
+
+    /// A connection bound to `tenant`, from the pool its strategy uses; see
+    /// [`Hidra::acquire`].
+    pub(crate) async fn connect_bound(
+        &self,
+        tenant: &Tenant,
+        scope: std::sync::Arc<TenantScope>,
+        share: Share,
+    ) -> Result<TenantConn> {
+        let inner = &self.inner;
+        let conn = match tenant.placement.strategy {
+            Strategy::Database => {
+                let mut conn = self.database_conn(tenant).await?;
+                scope.bind_database_session(&mut conn).await?;
+                TenantConn::new(Pooled::Database(conn), tenant, None)
+            }
+            Strategy::Schema | Strategy::RowLevel => match &inner.conns.pooled {
+                Some(pooled) => {
+                    let conn = scope::acquire_unscoped(pooled, &inner.conns.reach).await?;
+                    TenantConn::through_pooler(conn, tenant, scope)
+                }
+                None => {
+                    let conn =
+                        scope::acquire_bound(&inner.conns.pool, &inner.conns.reach, &scope).await?;
+                    TenantConn::new(Pooled::Shared(conn), tenant, Some(scope))
+                }
+            },
+        };
+        Ok(conn.with_share(share))
+    }
+
+    /// A transaction bound to `tenant`, on the pool its strategy uses; see
+    /// [`Hidra::begin`].
+    pub(crate) async fn begin_bound(
+        &self,
+        tenant: &Tenant,
+        scope: std::sync::Arc<TenantScope>,
+        share: Share,
+    ) -> Result<TenantTx> {
+        let inner = &self.inner;
+        let tx = match tenant.placement.strategy {
+            Strategy::Database => {
+                let conn = self.database_conn(tenant).await?;
+                TenantTx::begin_in_database(conn, tenant, &scope).await?
+            }
+            Strategy::Schema | Strategy::RowLevel => {
+                let pool = inner.conns.pooled.as_ref().unwrap_or(&inner.conns.pool);
+                let conn = scope::acquire_for_tx(pool, &inner.conns.reach).await?;
+                TenantTx::begin(conn, tenant, scope, inner.conns.pooled.is_some()).await?
+            }
+        };
+        Ok(tx.with_share(share))
+    }
+}

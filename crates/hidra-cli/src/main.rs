@@ -53,6 +53,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tenant(command) => cmd::tenant::run(&settings, command).await,
         Command::Migrate(args) => cmd::migrate::run(&settings, args).await,
         Command::ApiKey(command) => cmd::api_key::run(&settings, command).await,
+        Command::Server(command) => cmd::server::run(&settings, command).await,
         Command::Doctor { json, repair } => cmd::doctor::run(&settings, json, repair).await,
         Command::Sql(args) => cmd::sql::run(&settings, args).await,
         Command::Adopt(args) => cmd::adopt::run(&settings, args).await,

@@ -125,9 +125,9 @@ pub(crate) struct GlobalOpts {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
-    /// Create the registry table, the auth tables (logins, API keys) and
-    /// hidra's internal schema, then apply the shared migrations if a
-    /// directory is configured. Safe to run again.
+    /// Create the registry table, the auth tables (logins, API keys), the
+    /// server registry table and hidra's internal schema, then apply the
+    /// shared migrations if a directory is configured. Safe to run again.
     Init,
 
     /// Create, list, inspect, suspend, activate and delete tenants.
@@ -145,9 +145,15 @@ pub(crate) enum Command {
     #[command(subcommand, name = "api-key")]
     ApiKey(ApiKeyCommand),
 
+    /// Register the PostgreSQL servers tenants may live on besides the
+    /// control server (the database of `--database-url`), list them with
+    /// their tenant counts, drain them, and remove them.
+    #[command(subcommand)]
+    Server(ServerCommand),
+
     /// Check the deployment: database reachable, registry and schemas in
-    /// agreement, migrations applied everywhere, and row-level security when
-    /// there are row-level tenants. Exits with 1 if it finds a problem.
+    /// agreement, migrations applied everywhere, row-level security when
+    /// there are row-level tenants, and every registered server reachable. Exits with 1 if it finds a problem.
     Doctor {
         /// Print the report as JSON
         #[arg(long)]
@@ -190,6 +196,60 @@ pub(crate) enum Command {
     /// rate-limit refusals. Reads the service's `/health/detailed` report
     /// (hidra-axum's health routes); needs no database access.
     Top(TopArgs),
+}
+
+/// `hidra server …`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ServerCommand {
+    /// Register a server. It is connected to once first: it must answer and
+    /// run PostgreSQL 15 or later.
+    Add {
+        /// Its name: lowercase ASCII letters, digits, `-` and `_`, 1–50
+        /// characters, starting with a letter
+        name: String,
+        /// Its connection URL, `postgres://user[:password]@host[:port]/database`
+        /// (stored as given; shown with the password redacted)
+        url: String,
+        /// How many tenants it should hold at most (a hint for placement)
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(..=i32::MAX as i64))]
+        capacity: Option<u32>,
+        /// Print the registered server as JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// List the registered servers, with how many tenants each holds.
+    List {
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Stop placing new tenants on a server; its tenants stay and are served.
+    Drain {
+        /// The server
+        name: String,
+    },
+
+    /// Mark a server read-only: it takes no new tenants.
+    #[command(name = "read-only")]
+    ReadOnly {
+        /// The server
+        name: String,
+    },
+
+    /// Make a drained or read-only server take new tenants again.
+    Activate {
+        /// The server
+        name: String,
+    },
+
+    /// Forget a server. Refused while any tenant lives on it; its databases
+    /// are left as they are.
+    Remove {
+        /// The server
+        name: String,
+    },
 }
 
 /// `hidra view …`

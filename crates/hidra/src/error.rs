@@ -109,6 +109,66 @@ pub enum Error {
     #[error("tenant `{0}` not found")]
     NotFound(TenantId),
 
+    /// A server name broke one of the [`ServerName`](crate::ServerName)
+    /// rules; no SQL was run for it.
+    #[error("invalid server name {name:?}: {reason}")]
+    InvalidServerName {
+        /// The refused input (shown with escapes, never used in SQL).
+        name: String,
+        /// The rule it broke.
+        reason: Cow<'static, str>,
+    },
+
+    /// A server with this name is already registered.
+    #[error(
+        "server `{0}` is already registered; pick another name, or remove the registered one first"
+    )]
+    ServerExists(crate::ServerName),
+
+    /// No server with this name is registered.
+    #[error("server `{0}` is not registered; `hidra server list` shows the registered ones")]
+    ServerNotFound(crate::ServerName),
+
+    /// A server could not be reached (refused, timed out, or it refused the
+    /// login or database); nothing was registered.
+    #[error(
+        "cannot connect to server `{name}` at {url}; check that it is running and that the URL's host, port, user, password and database are right"
+    )]
+    ServerUnreachable {
+        /// The server.
+        name: crate::ServerName,
+        /// Its URL, password redacted.
+        url: String,
+        /// What connecting said.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A server runs a PostgreSQL older than 15; nothing was registered.
+    #[error(
+        "server `{name}` at {url} runs PostgreSQL {version}; Hidra needs PostgreSQL 15 or later: upgrade it or register another server"
+    )]
+    ServerUnsupported {
+        /// The server.
+        name: crate::ServerName,
+        /// Its URL, password redacted.
+        url: String,
+        /// Its `server_version`.
+        version: String,
+    },
+
+    /// A server still holds tenants (their registry rows name it), so it
+    /// cannot be removed; nothing was changed.
+    #[error(
+        "server `{name}` still holds {tenants} tenant(s); move or deprovision them first (drain it so that it takes no new ones)"
+    )]
+    ServerInUse {
+        /// The server.
+        name: crate::ServerName,
+        /// How many tenant rows name it.
+        tenants: u64,
+    },
+
     /// PostgreSQL does not answer (connections are refused or time out);
     /// checkouts fail at once instead of queueing until it does. Retry
     /// shortly: service resumes by itself within about a quarter second of the
@@ -318,6 +378,36 @@ impl Error {
     /// ([`Error::AdoptRefused`]).
     pub fn is_adopt_refused(&self) -> bool {
         matches!(self, Error::AdoptRefused { .. })
+    }
+
+    /// Whether a server name was refused ([`Error::InvalidServerName`]).
+    pub fn is_invalid_server_name(&self) -> bool {
+        matches!(self, Error::InvalidServerName { .. })
+    }
+
+    /// Whether the server name is taken ([`Error::ServerExists`]).
+    pub fn is_server_exists(&self) -> bool {
+        matches!(self, Error::ServerExists(_))
+    }
+
+    /// Whether no server with the name is registered
+    /// ([`Error::ServerNotFound`]).
+    pub fn is_server_not_found(&self) -> bool {
+        matches!(self, Error::ServerNotFound(_))
+    }
+
+    /// Whether a server did not answer or runs an unsupported PostgreSQL
+    /// ([`Error::ServerUnreachable`], [`Error::ServerUnsupported`]).
+    pub fn is_server_unusable(&self) -> bool {
+        matches!(
+            self,
+            Error::ServerUnreachable { .. } | Error::ServerUnsupported { .. }
+        )
+    }
+
+    /// Whether a server still holds tenants ([`Error::ServerInUse`]).
+    pub fn is_server_in_use(&self) -> bool {
+        matches!(self, Error::ServerInUse { .. })
     }
 
     /// Whether the tenant held its share of the pool

@@ -723,9 +723,10 @@ impl Hidra {
     /// Creates what Hidra needs in the database, where it is missing: the
     /// tenant registry table (the application's own: `public.tenants`, or
     /// the one given to [`HidraBuilder::registry`]; a custom
-    /// [`store`](HidraBuilder::store)'s [`TenantStore::install_ddl`]) and
-    /// Hidra's internal schema `hidra` (migration bookkeeping, warm-pool
-    /// spares).
+    /// [`store`](HidraBuilder::store)'s [`TenantStore::install_ddl`]), the
+    /// server registry table (`public.hidra_servers`, see
+    /// [`Hidra::servers`]) and Hidra's internal schema `hidra` (migration
+    /// bookkeeping, warm-pool spares).
     ///
     /// Hidra never creates tables behind your back: this is the one call
     /// that does, on purpose, at startup or in a deploy step (`hidra init`
@@ -745,6 +746,7 @@ impl Hidra {
     pub async fn install(&self) -> Result<()> {
         let mut ddl = self.inner.registry.store.install_ddl().unwrap_or_default();
         ddl.push_str(crate::migrate::INTERNAL_DDL);
+        ddl.push_str(&crate::ServersTable::default().ddl());
         self.install_ddl(
             "installing the tenant registry and hidra's internal schema",
             &ddl,

@@ -104,6 +104,7 @@ mod hidra;
 mod lifecycle;
 mod moves;
 mod scope;
+mod servers;
 mod sql;
 mod store;
 mod strategy;
@@ -135,6 +136,10 @@ pub use crate::replica::{ReplicaStatus, WalPosition};
 pub use crate::scope::{
     DatabasePoolConfig, DatabasePoolStats, DbConn, LoadReport, OTHER_TENANTS, SharedConn,
     StaleStatement, TenantConn, TenantDatabases, TenantLoad, TenantLoads, TenantTx,
+};
+pub use crate::servers::{
+    CHECK_TIMEOUT, MAX_SERVER_NAME_LEN, MIN_SERVER_VERSION_NUM, NewServer, Server, ServerCheck,
+    ServerName, ServerState, Servers, ServersTable, redact_url,
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{

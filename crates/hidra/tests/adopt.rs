@@ -276,7 +276,8 @@ async fn a_single_tenant_schema_becomes_the_first_tenant_without_copying_a_row()
     assert!(adopted.extension_objects > 0, "citext stays in public");
 
     // Moved, not copied: the same files, nothing of the application left
-    // in public but the shared table (and the registry).
+    // in public but the shared table (and the registries of tenants and
+    // servers).
     let file_after: i64 = scalar(
         &mut admin,
         "SELECT relfilenode::int8 FROM pg_class WHERE oid = 'tenant_acme.order_items'::regclass",
@@ -289,7 +290,7 @@ async fn a_single_tenant_schema_becomes_the_first_tenant_without_copying_a_row()
          WHERE relnamespace = 'public'::regnamespace AND relkind IN ('r', 'v', 'S')",
     )
     .await;
-    assert_eq!(public, "plans,plans_id_seq,tenants");
+    assert_eq!(public, "hidra_servers,plans,plans_id_seq,tenants");
     assert_eq!(counts(&mut admin, "tenant_acme").await, counts_before);
 
     // The application's queries, through the tenant's connection, see

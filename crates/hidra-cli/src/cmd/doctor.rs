@@ -1,5 +1,6 @@
 //! `hidra doctor`: read-only checks of a deployment.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 use anyhow::{Context, Result, bail};
@@ -23,7 +24,7 @@ enum Status {
 
 #[derive(Debug, Serialize)]
 struct Check {
-    name: &'static str,
+    name: Cow<'static, str>,
     status: Status,
     detail: String,
     items: Vec<String>,
@@ -37,24 +38,30 @@ struct Report {
 }
 
 impl Report {
-    fn add(&mut self, name: &'static str, status: Status, detail: String, items: Vec<String>) {
+    fn add(
+        &mut self,
+        name: impl Into<Cow<'static, str>>,
+        status: Status,
+        detail: String,
+        items: Vec<String>,
+    ) {
         self.checks.push(Check {
-            name,
+            name: name.into(),
             status,
             detail,
             items,
         });
     }
 
-    fn ok(&mut self, name: &'static str, detail: String) {
+    fn ok(&mut self, name: impl Into<Cow<'static, str>>, detail: String) {
         self.add(name, Status::Ok, detail, Vec::new());
     }
 
-    fn problem(&mut self, name: &'static str, detail: String, items: Vec<String>) {
+    fn problem(&mut self, name: impl Into<Cow<'static, str>>, detail: String, items: Vec<String>) {
         self.add(name, Status::Problem, detail, items);
     }
 
-    fn skipped(&mut self, name: &'static str, detail: impl Into<String>) {
+    fn skipped(&mut self, name: impl Into<Cow<'static, str>>, detail: impl Into<String>) {
         self.add(name, Status::Skipped, detail.into(), Vec::new());
     }
 
@@ -296,8 +303,64 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
         }
     }
 
+    server_checks(&mut report, hidra).await?;
     registration_checks(&mut report, hidra, repair).await?;
     report.finish(json)
+}
+
+/// Every registered server: reachable, and running a supported PostgreSQL.
+/// One check a server, named `server NAME`.
+async fn server_checks(report: &mut Report, hidra: &hidra::Hidra) -> Result<()> {
+    let servers = hidra.servers();
+    let mut conn = hidra.acquire_shared().await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(servers.table().table().quoted())
+        .fetch_one(&mut *conn)
+        .await
+        .context("looking for the server registry table")?;
+    drop(conn);
+    if !exists {
+        report.skipped(
+            "servers",
+            format!(
+                "no server registry table `{}` (`hidra init` creates it)",
+                servers.table().table()
+            ),
+        );
+        return Ok(());
+    }
+    let registered = servers.list().await?;
+    if registered.is_empty() {
+        report.skipped(
+            "servers",
+            "no servers registered besides the control server",
+        );
+    }
+    for server in &registered {
+        let name = format!("server {}", server.name);
+        let about = format!(
+            "{}, {}",
+            server.state,
+            plural(server.tenants as usize, "tenant", "tenants")
+        );
+        match servers.check(server).await {
+            Ok(check) => report.ok(
+                name,
+                format!(
+                    "PostgreSQL {} at {} ({about}), answered in {} ms",
+                    check.version,
+                    server.redacted_url(),
+                    check.latency.as_millis()
+                ),
+            ),
+            Err(err) => report.problem(
+                name,
+                format!("{} ({about})", output::one_line(&err)),
+                Vec::new(),
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Database-per-tenant registrations a crash left between their two phases

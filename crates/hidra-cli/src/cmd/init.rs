@@ -12,8 +12,9 @@ use crate::output::outln;
 /// never issues a token, so this stand-in secret signs nothing.
 const NO_JWT_SECRET: &str = "hidra-cli: installing tables never issues a token";
 
-/// Creates the registry table, the auth tables and hidra's internal schema,
-/// then applies the shared migrations. Every step is idempotent.
+/// Creates the registry table, the auth tables, the server registry table
+/// and hidra's internal schema, then applies the shared migrations. Every
+/// step is idempotent.
 pub(crate) async fn run(settings: &Settings) -> Result<()> {
     let registry = db::registry(settings)?;
     let (table, id_column) = (settings.registry_table.as_str(), "id");
@@ -47,6 +48,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<()> {
     outln!("registry table  {}: ready", registry.table())?;
     outln!("login table     {}: ready", accounts.login_table().table())?;
     outln!("API key table   {}: ready", keys.table().table())?;
+    outln!("server table    {}: ready", hidra.servers().table().table())?;
 
     match &db.shared_migrations {
         Some(migrations) => {

@@ -6,6 +6,7 @@ pub(crate) mod archive;
 pub(crate) mod doctor;
 pub(crate) mod init;
 pub(crate) mod migrate;
+pub(crate) mod server;
 pub(crate) mod sql;
 pub(crate) mod tenant;
 pub(crate) mod top;

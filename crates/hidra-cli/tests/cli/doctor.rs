@@ -101,6 +101,7 @@ async fn doctor_on_a_database_never_initialized() {
             ("shared migrations", "skipped"),
             ("tenant migrations", "skipped"),
             ("row-level security", "skipped"),
+            ("servers", "skipped"),
             ("half-made registrations", "skipped"),
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))

@@ -13,6 +13,7 @@ mod doctor;
 mod errors;
 mod init;
 mod migrate;
+mod server;
 mod sql;
 mod tenant;
 mod top;

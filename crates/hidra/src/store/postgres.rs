@@ -125,6 +125,11 @@ impl RegistryTable {
         &self.table
     }
 
+    /// The column naming a tenant's server.
+    pub(crate) fn server_column(&self) -> &Ident {
+        &self.columns.server
+    }
+
     fn schema_constraint(&self) -> String {
         format!("{}_{}_key", self.table.name(), self.columns.schema_name)
     }

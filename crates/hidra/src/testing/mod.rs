@@ -37,6 +37,7 @@ use sqlx::{Connection, PgConnection};
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
+use crate::servers::redact_url as redact;
 use crate::sql::Ident;
 
 pub use self::cluster::TempCluster;
@@ -432,28 +433,6 @@ fn percent_encode(s: &str) -> String {
     out
 }
 
-/// `url` with its password, if any, replaced by `***`, for messages.
-fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
-        return url.to_owned();
-    };
-    let Some(colon) = authority[..at].find(':') else {
-        return url.to_owned();
-    };
-    format!(
-        "{}{}:***{}",
-        &url[..scheme_end],
-        &authority[..colon],
-        &url[scheme_end + at..]
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,15 +474,5 @@ mod tests {
             replace_database("postgres://h/a", "my db"),
             "postgres://h/my%20db"
         );
-    }
-
-    #[test]
-    fn passwords_are_redacted() {
-        assert_eq!(
-            redact("postgres://user:secret@db:5432/app?x=1"),
-            "postgres://user:***@db:5432/app?x=1"
-        );
-        assert_eq!(redact("postgres://user@db/app"), "postgres://user@db/app");
-        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
     }
 }

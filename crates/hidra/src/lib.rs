@@ -138,8 +138,8 @@ pub use crate::scope::{
     StaleStatement, TenantConn, TenantDatabases, TenantLoad, TenantLoads, TenantTx,
 };
 pub use crate::servers::{
-    CHECK_TIMEOUT, MAX_SERVER_NAME_LEN, MIN_SERVER_VERSION_NUM, NewServer, Server, ServerCheck,
-    ServerName, ServerState, Servers, ServersTable, redact_url,
+    MAX_SERVER_NAME_LEN, MIN_SERVER_VERSION_NUM, NewServer, SERVER_CHECK_TIMEOUT, Server,
+    ServerCheck, ServerName, ServerState, Servers, ServersTable, redact_url,
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{

@@ -46,7 +46,7 @@ pub const MIN_SERVER_VERSION_NUM: u32 = 150_000;
 
 /// How long [`Servers::add`] and [`Servers::check`] wait for a server to
 /// answer.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+pub const SERVER_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether a server takes tenants.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -245,7 +245,7 @@ impl Servers {
     }
 
     /// Registers a server, after connecting to it once: it must answer
-    /// within [`CHECK_TIMEOUT`] and run PostgreSQL 15 or later.
+    /// within [`SERVER_CHECK_TIMEOUT`] and run PostgreSQL 15 or later.
     ///
     /// Fails with [`Error::ServerExists`] if the name is taken,
     /// [`Error::InvalidUrl`], [`Error::ServerUnreachable`] or
@@ -392,7 +392,7 @@ impl Servers {
         Ok(())
     }
 
-    /// Connects to `server` once: it must answer within [`CHECK_TIMEOUT`]
+    /// Connects to `server` once: it must answer within [`SERVER_CHECK_TIMEOUT`]
     /// and run PostgreSQL 15 or later. Fails with
     /// [`Error::ServerUnreachable`] or [`Error::ServerUnsupported`].
     pub async fn check(&self, server: &Server) -> Result<ServerCheck> {
@@ -406,10 +406,10 @@ impl Servers {
         only: Option<&ServerName>,
     ) -> Result<HashMap<String, u64>> {
         let inner = &self.hidra.inner;
-        let Some(store) = &inner.registry_store else {
+        let Some(store) = &inner.registry.own else {
             // A custom store: walk its records.
             let mut counts = HashMap::new();
-            for tenant in crate::store::list_all(&*inner.store, conn).await? {
+            for tenant in crate::store::list_all(&inner.registry.store, conn).await? {
                 let server = tenant.placement.server;
                 if let Some(server) = server.filter(|s| only.is_none_or(|o| o.as_str() == s)) {
                     *counts.entry(server).or_default() += 1;
@@ -516,12 +516,12 @@ async fn probe(name: &ServerName, url: &str) -> Result<ServerCheck> {
         let _ = conn.close().await;
         Ok::<_, sqlx::Error>(version)
     };
-    let (version, num) = match tokio::time::timeout(CHECK_TIMEOUT, asked).await {
+    let (version, num) = match tokio::time::timeout(SERVER_CHECK_TIMEOUT, asked).await {
         Ok(answer) => answer.map_err(unreachable)?,
         Err(_) => {
             return Err(unreachable(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", CHECK_TIMEOUT.as_secs()),
+                format!("no answer within {} s", SERVER_CHECK_TIMEOUT.as_secs()),
             ))));
         }
     };

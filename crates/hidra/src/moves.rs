@@ -23,7 +23,7 @@
 
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::sql::{self, Ident};
+use crate::sql;
 use crate::tenant::{Strategy, Tenant, TenantId};
 
 impl Hidra {
@@ -205,9 +205,8 @@ pub(crate) async fn advance_sequences(
     .await
     .map_err(Error::db("reading sequences"))?;
     for (column, sequence) in sequences {
-        let column = Ident::new(column, "column name")
-            .map(|c| c.quoted())
-            .unwrap_or_else(|_| sql::quote_ident(name));
+        // A name from the catalog, any case or character: quoted as it is.
+        let column = sql::quote_ident(&column);
         let mut setval = sql::Statement::new();
         setval
             .sql("SELECT setval($1::regclass, GREATEST((SELECT max(")

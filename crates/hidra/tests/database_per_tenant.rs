@@ -395,6 +395,45 @@ async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() 
 }
 
 #[tokio::test]
+async fn a_move_advances_the_sequence_of_a_mixed_case_serial_column() {
+    let ctx = setup(|b| {
+        b.tenant_migrations(Migrations::new().push(
+            "invoices",
+            // `customers` for the seed every tenant of this file gets.
+            r#"CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+               CREATE TABLE "Invoices" ("InvoiceNo" BIGSERIAL PRIMARY KEY, total INT NOT NULL);"#,
+        ))
+    })
+    .await;
+    let h = &ctx.hidra;
+    let t = h.provision(NewTenant::new(id("ledger"))).await.unwrap();
+    let mut conn = h.acquire(&t).await.unwrap();
+    sqlx::raw_sql(r#"INSERT INTO "Invoices" (total) SELECT g FROM generate_series(1, 5) AS g"#)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+
+    for to in [Strategy::Database, Strategy::Schema] {
+        let moved = h.move_tenant(&t.id, to).await.unwrap();
+        let mut conn = h.acquire(&moved).await.unwrap();
+        let next: i64 = sqlx::query_scalar(
+            r#"INSERT INTO "Invoices" (total) VALUES (0) RETURNING "InvoiceNo""#,
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(next > 5, "{to:?}: the sequence restarted at {next}");
+        sqlx::query(r#"DELETE FROM "Invoices" WHERE "InvoiceNo" = $1"#)
+            .bind(next)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    teardown(ctx).await;
+}
+
+#[tokio::test]
 async fn a_dropped_transaction_releases_its_locks_at_once() {
     let ctx = setup(|b| b).await;
     let h = &ctx.hidra;

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{setup, tenant_with_marker};
+use common::{notices_during, setup, tenant_with_marker};
 use sqlx::{Connection, PgConnection};
 
 /// The state of backend `pid`, read on a connection of its own.
@@ -203,57 +203,30 @@ async fn a_server_that_never_answers_fails_the_checkout_instead_of_hanging() {
 
 #[tokio::test]
 async fn a_transaction_its_own_sql_ended_is_given_back_without_a_stray_rollback() {
-    use std::sync::{Arc, Mutex};
-
-    /// What sqlx logs of PostgreSQL's notices, captured.
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     let ctx = setup(1).await;
     let a = tenant_with_marker(&ctx.hidra, "a").await;
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "sqlx::postgres::notice=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // Single-threaded test runtime: the settling task logs here too.
-    let guard = tracing::subscriber::set_default(subscriber);
+    let notices = notices_during(async {
+        let mut tx = ctx.hidra.begin(&a).await.unwrap();
+        let pid = backend_pid(&mut tx).await;
+        sqlx::query("INSERT INTO items (label) VALUES ('committed by its own SQL')")
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        // What a `commit()` whose future was dropped after the server
+        // committed leaves behind, too.
+        sqlx::raw_sql("COMMIT").execute(&mut tx).await.unwrap();
+        drop(tx);
 
-    let mut tx = ctx.hidra.begin(&a).await.unwrap();
-    let pid = backend_pid(&mut tx).await;
-    sqlx::query("INSERT INTO items (label) VALUES ('committed by its own SQL')")
-        .execute(&mut tx)
-        .await
-        .unwrap();
-    // What a `commit()` whose future was dropped after the server committed
-    // leaves behind, too.
-    sqlx::raw_sql("COMMIT").execute(&mut tx).await.unwrap();
-    drop(tx);
-
-    // One connection: this checkout waits for the settled one.
-    let mut conn = ctx.hidra.acquire(&a).await.unwrap();
-    assert_eq!(backend_pid(&mut conn).await, pid, "reused, not closed");
-    let items: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(items, 1, "the commit stands");
-    drop(conn);
-    drop(guard);
-    let notices = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        // One connection: this checkout waits for the settled one.
+        let mut conn = ctx.hidra.acquire(&a).await.unwrap();
+        assert_eq!(backend_pid(&mut conn).await, pid, "reused, not closed");
+        let items: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(items, 1, "the commit stands");
+    })
+    .await;
     assert!(
         !notices.contains("no transaction in progress"),
         "a ROLLBACK was sent outside a transaction: {notices}"

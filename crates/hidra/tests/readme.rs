@@ -1,6 +1,9 @@
 //! The README's first example, run as a new user would: on a fresh database
 //! with nothing created by hand, `install` is the only setup step.
 
+mod common;
+
+use common::notices_during;
 use hidra::testing::TestDatabase;
 use hidra::{Hidra, NewTenant, TenantId};
 
@@ -96,41 +99,6 @@ async fn install_creates_a_registry_in_its_own_schema() {
         .await
         .unwrap();
     assert_eq!(ids, [tenant.id.to_string()]);
-}
-
-/// PostgreSQL's notices as sqlx logs them (target `sqlx::postgres::notice`),
-/// captured while `f` runs on this thread.
-async fn notices_during<F: std::future::Future<Output = ()>>(f: F) -> String {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "sqlx::postgres::notice=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // The test's runtime is single-threaded: everything `f` does, spawned
-    // tasks included, runs on this thread and logs to `subscriber`.
-    let guard = tracing::subscriber::set_default(subscriber);
-    f.await;
-    drop(guard);
-    let bytes = capture.0.lock().unwrap().clone();
-    String::from_utf8(bytes).unwrap()
 }
 
 /// What a service does at each start (the demo's order): install the shared

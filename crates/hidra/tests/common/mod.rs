@@ -140,3 +140,38 @@ pub async fn wait_for_count(
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
 }
+
+/// PostgreSQL's notices as sqlx logs them (target `sqlx::postgres::notice`),
+/// captured while `f` runs on this thread.
+pub async fn notices_during<F: std::future::Future<Output = ()>>(f: F) -> String {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            "sqlx::postgres::notice=trace",
+        ))
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime is single-threaded: everything `f` does, spawned
+    // tasks included, runs on this thread and logs to `subscriber`.
+    let guard = tracing::subscriber::set_default(subscriber);
+    f.await;
+    drop(guard);
+    let bytes = capture.0.lock().unwrap().clone();
+    String::from_utf8(bytes).unwrap()
+}

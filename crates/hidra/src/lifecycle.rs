@@ -87,8 +87,23 @@ impl Hidra {
     }
 
     /// Seeds a new tenant (the handle's seed, then its own `setup`) and marks
-    /// it active, in the caller's transaction.
-    pub(crate) async fn activate_new(
+    /// it active in `tx`, then commits `tx`: the provisioning's last step.
+    pub(crate) async fn activate_and_commit(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        tenant: &Tenant,
+        binding: &crate::strategy::Binding,
+        setup: Option<&dyn crate::hidra::DynSeed>,
+    ) -> Result<Tenant> {
+        let tenant = self.activate_new(&mut tx, tenant, binding, setup).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning transaction"))?;
+        Ok(tenant)
+    }
+
+    /// Seeds a new tenant and marks it active, in the caller's transaction.
+    async fn activate_new(
         &self,
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,

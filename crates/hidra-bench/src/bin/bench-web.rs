@@ -308,22 +308,29 @@ mod qualified {
         pub(crate) pool: sqlx::PgPool,
         pub(crate) schemas: Arc<HashMap<String, String>>,
         pub(crate) tables: Arc<HashSet<String>>,
-        pub(crate) statements: Arc<RwLock<HashMap<(String, &'static str), SqlStr>>>,
+        /// Per tenant, per SQL text: looked up without allocating.
+        pub(crate) statements: Arc<RwLock<HashMap<String, HashMap<&'static str, SqlStr>>>>,
     }
 
     impl Qualified {
         /// `sql` for `tenant`, rewritten on first use.
         pub(crate) fn statement(&self, tenant: &str, sql: &'static str) -> anyhow::Result<SqlStr> {
-            let key = (tenant.to_owned(), sql);
-            if let Some(s) = self.statements.read().unwrap().get(&key) {
+            let cached = self.statements.read().unwrap();
+            if let Some(s) = cached.get(tenant).and_then(|t| t.get(sql)) {
                 return Ok(s.clone());
             }
+            drop(cached);
             let schema = self
                 .schemas
                 .get(tenant)
                 .ok_or_else(|| anyhow::anyhow!("no schema for {tenant}"))?;
             let text = AssertSqlSafe(qualify(sql, schema, &self.tables)?).into_sql_str();
-            self.statements.write().unwrap().insert(key, text.clone());
+            self.statements
+                .write()
+                .unwrap()
+                .entry(tenant.to_owned())
+                .or_default()
+                .insert(sql, text.clone());
             Ok(text)
         }
     }

@@ -425,13 +425,8 @@ impl Hidra {
                 &plan.id, &database,
             ));
         if let Err(e) = created {
-            if let Err(undo) = self
-                .inner
-                .registry
-                .store
-                .delete(&mut conn, &tenant.id)
-                .await
-            {
+            drop(conn);
+            if let Err(undo) = self.undo_database_tenant(&tenant, false).await {
                 tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
             }
             return Err(e);
@@ -470,19 +465,10 @@ impl Hidra {
             Ok(credentials.summary(plan, tenant, tables, rows))
         }
         .await;
-        if result.is_err() {
-            let undo = async {
-                self.drop_tenant_database(&tenant).await?;
-                let mut conn = self.acquire_shared().await?;
-                self.inner
-                    .registry
-                    .store
-                    .delete(&mut conn, &tenant.id)
-                    .await
-            };
-            if let Err(undo) = undo.await {
-                tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
-            }
+        if result.is_err()
+            && let Err(undo) = self.undo_database_tenant(&tenant, true).await
+        {
+            tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
         }
         result
     }

@@ -160,23 +160,28 @@ impl Hidra {
             Err(e) => {
                 // A database of that name that was there before is not ours.
                 let created = !matches!(e, Error::SchemaTaken { .. });
-                let undo = async {
-                    if created {
-                        self.drop_tenant_database(&tenant).await?;
-                    }
-                    let mut conn = self.acquire_shared().await?;
-                    self.inner
-                        .registry
-                        .store
-                        .delete(&mut conn, &tenant.id)
-                        .await
-                };
-                if let Err(undo) = undo.await {
+                if let Err(undo) = self.undo_database_tenant(&tenant, created).await {
                     tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed provisioning; deprovision it");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Undoes a database tenant whose provisioning or import failed after
+    /// its record was registered: its database (only if this attempt
+    /// `created` it: one that was there before is not ours), then its record.
+    pub(crate) async fn undo_database_tenant(&self, tenant: &Tenant, created: bool) -> Result<()> {
+        let mut conn = self.acquire_shared().await?;
+        if created {
+            return self.drop_tenant(&mut conn, tenant).await;
+        }
+        self.inner
+            .registry
+            .store
+            .delete(&mut conn, &tenant.id)
+            .await
+            .map(drop)
     }
 
     async fn build_database(

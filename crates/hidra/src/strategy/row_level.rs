@@ -346,11 +346,8 @@ impl Hidra {
         let tenant = self.inner.registry.store.insert(&mut tx, &draft).await?;
         let binding = self.binding(&tenant)?;
         let tenant = self
-            .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+            .activate_and_commit(tx, &tenant, &binding, setup.as_deref())
             .await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing the provisioning transaction"))?;
         tracing::info!(tenant = %tenant.id, strategy = "row_level", "provisioned tenant");
         Ok(tenant)
     }

@@ -132,17 +132,12 @@ impl Hidra {
                 self.migrator()
                     .finish(schema.as_str(), Some(id.clone()), None, reached)
                     .await?;
-                let mut tx = conn
+                let tx = conn
                     .begin()
                     .await
                     .map_err(Error::db("beginning the provisioning transaction"))?;
-                let tenant = self
-                    .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
-                    .await?;
-                tx.commit()
+                self.activate_and_commit(tx, &tenant, &binding, setup.as_deref())
                     .await
-                    .map_err(Error::db("committing the provisioning transaction"))?;
-                Ok(tenant)
             }
             .await;
             if finished.is_err()
@@ -154,11 +149,8 @@ impl Hidra {
         }
 
         let tenant = self
-            .activate_new(&mut tx, &tenant, &binding, setup.as_deref())
+            .activate_and_commit(tx, &tenant, &binding, setup.as_deref())
             .await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing the provisioning transaction"))?;
 
         tracing::info!(
             tenant = %id,
@@ -278,23 +270,11 @@ impl Hidra {
         })
     }
 
-    /// Removes what a failed two-phase provisioning left: schema, bookkeeping, row.
+    /// Removes what a failed two-phase provisioning left: the schema and the
+    /// row, as a deprovisioning does.
     async fn undo_provisioning(&self, tenant: &Tenant) -> Result<()> {
         let mut conn = self.acquire_shared().await?;
-        let mut tx = conn
-            .begin()
-            .await
-            .map_err(Error::db("beginning the provisioning rollback"))?;
-        let schema = tenant.placement.schema_ident()?;
-        drop_tenant_schema(&mut tx, &schema).await?;
-        self.inner
-            .registry
-            .store
-            .delete(&mut tx, &tenant.id)
-            .await?;
-        tx.commit()
-            .await
-            .map_err(Error::db("committing the provisioning rollback"))
+        self.drop_tenant(&mut conn, tenant).await
     }
 
     /// Builds a tenant's schema with every tenant migration inside the move's

@@ -169,6 +169,29 @@ pub enum Error {
         tenants: u64,
     },
 
+    /// A new tenant was to go to a server that takes no new tenants (it is
+    /// draining or read-only); nothing was created.
+    #[error(
+        "server `{name}` is {state} and takes no new tenants; place the tenant elsewhere, or `hidra server activate {name}`"
+    )]
+    ServerNotActive {
+        /// The server.
+        name: crate::ServerName,
+        /// Its state.
+        state: crate::ServerState,
+    },
+
+    /// The placement policy found no server with room for a new tenant
+    /// (every active server is at its capacity hint, or the policy refused
+    /// them all); nothing was created.
+    #[error(
+        "no server can take a new tenant ({candidates} candidate(s), none with room): register or activate a server, raise a capacity hint, or name a server for the tenant"
+    )]
+    NoServerAvailable {
+        /// How many servers the policy was offered.
+        candidates: usize,
+    },
+
     /// PostgreSQL does not answer (connections are refused or time out);
     /// checkouts fail at once instead of queueing until it does. Retry
     /// shortly: service resumes by itself within about a quarter second of the
@@ -408,6 +431,15 @@ impl Error {
     /// Whether a server still holds tenants ([`Error::ServerInUse`]).
     pub fn is_server_in_use(&self) -> bool {
         matches!(self, Error::ServerInUse { .. })
+    }
+
+    /// Whether a new tenant found no server to go to
+    /// ([`Error::ServerNotActive`], [`Error::NoServerAvailable`]).
+    pub fn is_no_server(&self) -> bool {
+        matches!(
+            self,
+            Error::ServerNotActive { .. } | Error::NoServerAvailable { .. }
+        )
     }
 
     /// Whether the tenant held its share of the pool

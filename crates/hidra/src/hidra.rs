@@ -131,6 +131,12 @@ pub struct HidraBuilder {
     replica: Option<std::result::Result<PgConnectOptions, String>>,
     /// How long a read-your-writes read waits for the replica.
     replica_wait: Duration,
+    /// The server registry's table.
+    servers_table: crate::ServersTable,
+    /// The pools of the registered servers.
+    server_pools: crate::ServerPoolConfig,
+    /// Where new tenants go.
+    placement: Arc<dyn crate::PlacementPolicy>,
 }
 
 impl fmt::Debug for HidraBuilder {
@@ -174,6 +180,9 @@ impl Default for HidraBuilder {
             timeouts: scope::Timeouts::default(),
             tenant_cap: TenantCap::Fraction(0.5),
             tenant_wait: None,
+            servers_table: crate::ServersTable::default(),
+            server_pools: crate::ServerPoolConfig::default(),
+            placement: Arc::new(crate::FewestTenants::default()),
         }
     }
 }
@@ -451,6 +460,27 @@ impl HidraBuilder {
         self
     }
 
+    /// The table of the [server registry](crate::Servers) (default
+    /// `public.hidra_servers`); [`Hidra::install`] creates the one given.
+    pub fn servers_table(mut self, table: crate::ServersTable) -> Self {
+        self.servers_table = table;
+        self
+    }
+
+    /// How many connections the pools of the registered servers may open,
+    /// per server and in all (default 10 and 40); see [`ServerPoolConfig`](crate::ServerPoolConfig).
+    pub fn server_pools(mut self, config: crate::ServerPoolConfig) -> Self {
+        self.server_pools = config;
+        self
+    }
+
+    /// Where new tenants go when their [`NewTenant`](crate::NewTenant) names
+    /// no server (default: [`FewestTenants`](crate::FewestTenants)).
+    pub fn placement(mut self, policy: impl crate::PlacementPolicy) -> Self {
+        self.placement = Arc::new(policy);
+        self
+    }
+
     /// Connects to `url` and builds the handle.
     pub async fn connect(self, url: &str) -> Result<Hidra> {
         let options: PgConnectOptions = url.parse().map_err(Error::InvalidUrl)?;
@@ -529,6 +559,15 @@ impl HidraBuilder {
             .tenant_cap
             .of(self.databases.budget())
             .min(self.databases.per_database().max(1));
+        let servers = crate::servers::ServerPools::new(
+            self.placement,
+            self.servers_table,
+            self.server_pools,
+            self.pool.clone(),
+            self.databases.clone(),
+            self.statement_cache_capacity,
+            sql::reset_statement(self.timeouts.values()),
+        );
         let databases = TenantDatabases::new(tenant_db_options, self.databases)?;
         let hidra = Hidra {
             inner: Arc::new(Inner {
@@ -538,6 +577,7 @@ impl HidraBuilder {
                     replica,
                     reach: scope::Reachability::new(reach_options),
                     scopes: RwLock::new(HashMap::new()),
+                    servers,
                     statement_cache_capacity: self.statement_cache_capacity,
                     tenant_cap: self.tenant_cap.of(self.pool.max_connections),
                     loads: TenantLoads::default(),
@@ -622,6 +662,8 @@ pub(crate) struct Connections {
     pub(crate) reach: scope::Reachability,
     /// Per-tenant bindings and statement texts, by tenant id.
     pub(crate) scopes: RwLock<HashMap<String, Arc<TenantScope>>>,
+    /// The pools of the registered servers.
+    pub(crate) servers: crate::servers::ServerPools,
 }
 
 /// The default of [`HidraBuilder::statement_cache_capacity`].
@@ -746,7 +788,7 @@ impl Hidra {
     pub async fn install(&self) -> Result<()> {
         let mut ddl = self.inner.registry.store.install_ddl().unwrap_or_default();
         ddl.push_str(crate::migrate::INTERNAL_DDL);
-        ddl.push_str(&crate::ServersTable::default().ddl());
+        ddl.push_str(&self.inner.conns.servers.table.ddl());
         self.install_ddl(
             "installing the tenant registry and hidra's internal schema",
             &ddl,
@@ -914,6 +956,7 @@ impl Hidra {
 
     /// Closes the pools, waiting for checked-out connections to come back.
     pub async fn close(&self) {
+        self.inner.conns.servers.close().await;
         self.inner.database.pools.close().await;
         if let Some(pooled) = &self.inner.conns.pooled {
             pooled.close().await;

@@ -138,8 +138,10 @@ pub use crate::scope::{
     StaleStatement, TenantConn, TenantDatabases, TenantLoad, TenantLoads, TenantTx,
 };
 pub use crate::servers::{
-    MAX_SERVER_NAME_LEN, MIN_SERVER_VERSION_NUM, NewServer, SERVER_CHECK_TIMEOUT, Server,
-    ServerCheck, ServerName, ServerState, Servers, ServersTable, redact_url,
+    Candidate, FewestTenants, LOADS_TTL, MAX_SERVER_NAME_LEN, MIN_SERVER_VERSION_NUM, MoveProgress,
+    NewServer, PlacementPolicy, SERVER_CHECK_TIMEOUT, Server, ServerBudget, ServerCheck,
+    ServerHealth, ServerMove, ServerName, ServerPoolConfig, ServerState, Servers, ServersTable,
+    redact_url,
 };
 pub use crate::sql::{Ident, TableName};
 pub use crate::store::{

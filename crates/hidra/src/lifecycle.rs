@@ -67,11 +67,24 @@ impl Hidra {
     /// All or nothing: on any error nothing of the tenant remains. Fails with
     /// [`Error::AlreadyExists`] if the id is taken and [`Error::SchemaTaken`] if
     /// another id maps to the same schema name.
+    ///
+    /// Where several servers are registered (see [`Hidra::servers`]), the
+    /// tenant goes to the server its [`NewTenant`] names, else to the one the
+    /// handle's [`PlacementPolicy`](crate::PlacementPolicy) chooses. On a
+    /// registered server, the registry row is committed first (`provisioning`)
+    /// on the control server, then the tenant's data is built on its server in
+    /// one transaction there, then the row becomes `active`: a failure, a
+    /// cancelled future or a killed process never leaves data without a row,
+    /// and what such an interruption leaves is undone by
+    /// [`Hidra::repair_provisioning`] (run by `hidra doctor --repair`).
     pub async fn provision(&self, new: NewTenant) -> Result<Tenant> {
         let strategy = new
             .strategy
             .unwrap_or(self.inner.provisioning.default_strategy);
-        self.provision_with(strategy, new).await
+        match self.place(&new).await? {
+            None => self.provision_with(strategy, new).await,
+            Some(server) => self.provision_on_server(strategy, new, server).await,
+        }
     }
 
     pub(crate) fn draft(&self, new: NewTenant, placement: Placement) -> Tenant {
@@ -110,9 +123,33 @@ impl Hidra {
         binding: &crate::strategy::Binding,
         setup: Option<&dyn crate::hidra::DynSeed>,
     ) -> Result<Tenant> {
-        let inner = &self.inner;
         let id = &tenant.id;
-        let hooks = inner.provisioning.seed.as_deref().into_iter().chain(setup);
+        self.run_seeds(tx, tenant, binding, setup).await?;
+        self.inner
+            .registry
+            .store
+            .update_status(tx, id, &[TenantStatus::Provisioning], TenantStatus::Active)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.clone()))
+    }
+
+    /// Runs the handle's seed, then the tenant's own `setup`, in the
+    /// caller's transaction bound to the new tenant; the binding is undone
+    /// afterwards.
+    pub(crate) async fn run_seeds(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        binding: &crate::strategy::Binding,
+        setup: Option<&dyn crate::hidra::DynSeed>,
+    ) -> Result<()> {
+        let hooks = self
+            .inner
+            .provisioning
+            .seed
+            .as_deref()
+            .into_iter()
+            .chain(setup);
         let mut bound = false;
         for hook in hooks {
             if !bound {
@@ -127,7 +164,7 @@ impl Hidra {
             hook.seed_boxed(tx, tenant)
                 .await
                 .map_err(|source| Error::Seed {
-                    id: id.clone(),
+                    id: tenant.id.clone(),
                     source,
                 })?;
         }
@@ -137,12 +174,7 @@ impl Hidra {
             .execute(&mut *tx)
             .await
             .map_err(Error::db("restoring the search_path"))?;
-        inner
-            .registry
-            .store
-            .update_status(tx, id, &[TenantStatus::Provisioning], TenantStatus::Active)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.clone()))
+        Ok(())
     }
 
     /// Suspends a tenant: its data stays, the web layer refuses its requests.

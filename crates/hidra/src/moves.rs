@@ -70,7 +70,7 @@ pub(crate) async fn truncate(
 }
 
 /// Streams the rows of `from` into `to` with binary `COPY`, over the columns
-/// both tables have.
+/// both tables have; returns how many rows the target took.
 pub(crate) async fn copy_rows(
     source: &mut sqlx::PgConnection,
     from: &str,
@@ -78,7 +78,7 @@ pub(crate) async fn copy_rows(
     to: &str,
     cols: &[String],
     target_cols: &[String],
-) -> Result<()> {
+) -> Result<u64> {
     let common: Vec<&String> = cols.iter().filter(|c| target_cols.contains(c)).collect();
     let mut copy_in = sql::Statement::new();
     copy_in
@@ -114,8 +114,7 @@ pub(crate) async fn copy_rows(
     copy_in
         .finish()
         .await
-        .map_err(Error::db("finishing the row copy"))?;
-    Ok(())
+        .map_err(Error::db("finishing the row copy"))
 }
 
 /// Blocks writers of `tables` until the move commits; readers go on.

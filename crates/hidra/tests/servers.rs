@@ -107,10 +107,11 @@ async fn a_second_server_is_registered_listed_drained_and_removed() {
         .unwrap_err();
     assert!(err.is_server_not_found(), "{err}");
 
-    // A tenant row naming the server (placement is not built yet: set
-    // directly) keeps it from being removed.
-    let acme = tenant_with_marker(&ctx.hidra, "acme").await;
-    tenant_with_marker(&ctx.hidra, "globex").await;
+    // A tenant row naming the server (set directly: the data stays on the
+    // control server) keeps it from being removed.
+    let at_home = |tid: &str| hidra::NewTenant::new(id(tid)).on_control_server();
+    let acme = ctx.hidra.provision(at_home("acme")).await.unwrap();
+    ctx.hidra.provision(at_home("globex")).await.unwrap();
     set_server(&ctx.hidra, acme.id.as_str(), Some("eu-1")).await;
     assert_eq!(servers.get(&eu).await.unwrap().unwrap().tenants, 1);
     assert_eq!(servers.list().await.unwrap()[0].tenants, 1);
@@ -171,25 +172,24 @@ async fn an_unreachable_server_is_refused_without_showing_its_password() {
 #[tokio::test]
 async fn a_registry_table_that_was_not_created_is_named() {
     let ctx = setup(2).await;
-    let servers = ctx
-        .hidra
-        .servers()
-        .with_table(ServersTable::new("ops.servers").unwrap());
+    let ops = hidra::Hidra::builder()
+        .servers_table(ServersTable::new("ops.servers").unwrap())
+        .connect_with(ctx.db.connect_options())
+        .await
+        .unwrap();
+    let servers = ops.servers();
     let err = servers.list().await.unwrap_err();
     assert!(err.is_table_missing(), "{err}");
     assert!(
         err.to_string().contains("`ops.servers` does not exist"),
         "{err}"
     );
+    assert!(err.to_string().contains("Hidra::install()"), "{err}");
     assert!(err.to_string().contains("ServersTable::ddl()"), "{err}");
 
-    // Its DDL creates it, and then it works like the default one.
-    let mut conn = ctx.hidra.acquire_shared().await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(servers.table().ddl()))
-        .execute(&mut *conn)
-        .await
-        .unwrap();
-    drop(conn);
+    // Installing creates the table the handle was given, and then it works
+    // like the default one.
+    ops.install().await.unwrap();
     servers
         .add(NewServer::new(name("same"), ctx.db.url()))
         .await

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -29,14 +30,20 @@ pub struct Target {
     /// The database holding it, for database-per-tenant tenants (`None`: the
     /// shared database).
     pub database: Option<String>,
+    /// The registered server holding it (`None`: the control server).
+    pub server: Option<String>,
 }
 
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.tenant, &self.database) {
-            (Some(id), _) => write!(f, "{id}"),
-            (None, Some(db)) => write!(f, "database {db}"),
-            (None, None) => write!(f, "spare {}", self.schema),
+            (Some(id), _) => write!(f, "{id}")?,
+            (None, Some(db)) => write!(f, "database {db}")?,
+            (None, None) => write!(f, "spare {}", self.schema)?,
+        }
+        match &self.server {
+            Some(server) => write!(f, " on server {server}"),
+            None => Ok(()),
         }
     }
 }
@@ -303,6 +310,7 @@ impl MigrationRunner {
                 schema: t.placement.schema,
                 tenant: Some(t.id),
                 database: t.placement.database,
+                server: t.placement.server,
             })
             .collect();
         if self.only.is_none() {
@@ -315,6 +323,7 @@ impl MigrationRunner {
                 schema,
                 tenant: None,
                 database: None,
+                server: None,
             }));
         }
 
@@ -324,36 +333,76 @@ impl MigrationRunner {
             .only
             .as_ref()
             .map(|_| all.iter().map(|t| t.schema.as_str()).collect());
-        let recorded: HashMap<String, (i64, Vec<u8>)> = sqlx::query(
-            "SELECT schema_name, version, digest FROM hidra.schema_versions \
-             WHERE $1::text[] IS NULL OR schema_name = ANY($1)",
-        )
-        .bind(chosen)
-        .fetch(&mut *conn)
-        .map_ok(|row| (row.get::<String, _>(0), (row.get(1), row.get(2))))
-        .try_collect()
-        .await
-        .map_err(Error::db("reading schema versions"))?;
+        let mut recorded: HashMap<Option<String>, Versions> = HashMap::new();
+        recorded.insert(None, read_versions(&mut conn, chosen.as_deref()).await?);
+        // Each registered server keeps the bookkeeping of its own tenants;
+        // one that cannot be read fails its tenants only.
+        let mut servers: Vec<String> = all.iter().filter_map(|t| t.server.clone()).collect();
+        servers.sort();
+        servers.dedup();
+        let mut down: HashMap<String, Error> = HashMap::new();
+        for server in servers {
+            let read = async {
+                let home = hidra.home_of(Some(&server)).await?;
+                let mut remote = hidra.acquire_shared_at(&home).await?;
+                hidra.ensure_internal_at(&home, &mut remote).await?;
+                read_versions(&mut remote, chosen.as_deref()).await
+            };
+            match read.await {
+                Ok(versions) => {
+                    recorded.insert(Some(server), versions);
+                }
+                Err(e) => {
+                    tracing::warn!(server = %server, error = %e, "cannot read a server's schema versions; its tenants are not migrated");
+                    down.insert(server, e);
+                }
+            }
+        }
 
         let mut plan = Plan {
             latest: migrations.latest(),
             ..Plan::default()
         };
         for target in all {
+            if let Some(e) = target.server.as_ref().and_then(|s| down.get(s)) {
+                let error = server_failure(target.server.as_deref().unwrap_or_default(), e);
+                plan.refused.push(Failure { error, target });
+                continue;
+            }
             // A tenant database keeps its own bookkeeping: one round trip each.
             let mut own = match &target.database {
-                Some(db) => Some(Pooled::Database(
-                    hidra.inner.database.pools.acquire(db).await?,
-                )),
+                Some(db) => {
+                    let acquired = async {
+                        let home = hidra.home_of(target.server.as_deref()).await?;
+                        hidra.databases_at(&home).0.acquire(db).await
+                    };
+                    match acquired.await {
+                        Ok(c) => Some(Pooled::Database(c)),
+                        Err(error) => {
+                            plan.refused.push(Failure { error, target });
+                            continue;
+                        }
+                    }
+                }
                 None => None,
             };
             let recorded_here = match &mut own {
                 Some(c) => recorded_state(c, &target.schema).await?,
-                None => recorded.get(&target.schema).cloned(),
+                None => recorded
+                    .get(&target.server)
+                    .and_then(|r| r.get(&target.schema))
+                    .cloned(),
             };
-            let conn: &mut sqlx::PgConnection = match &mut own {
-                Some(c) => c,
-                None => &mut conn,
+            let mut remote = None;
+            let conn: &mut sqlx::PgConnection = match (&mut own, &target.server) {
+                (Some(c), _) => c,
+                (None, None) => &mut conn,
+                (None, Some(server)) => {
+                    let home = hidra.home_of(Some(server)).await?;
+                    remote
+                        .insert(hidra.acquire_shared_at(&home).await?)
+                        .deref_mut()
+                }
             };
             let (version, digest, recorded_version, no_history) = match recorded_here {
                 Some((v, d)) => (v, d, Some(v), false),
@@ -433,20 +482,30 @@ impl MigrationRunner {
         let total = plan.pending.len();
         let done = AtomicUsize::new(0);
         let failed = AtomicUsize::new(0);
-        // `concurrency` workers, each keeping its connection from one tenant
-        // to the next: a tenant costs its batch, not a checkout too.
-        let queue = std::sync::Mutex::new(std::collections::VecDeque::from(plan.pending));
-        let next = || {
+        // `concurrency` workers per server, each keeping its connection from
+        // one tenant to the next: a tenant costs its batch, not a checkout
+        // too. A server that is slow or down holds up its own tenants only.
+        let mut queues: HashMap<Option<String>, std::collections::VecDeque<PlannedTarget>> =
+            HashMap::new();
+        for p in plan.pending {
+            queues
+                .entry(p.target.server.clone())
+                .or_default()
+                .push_back(p);
+        }
+        let queues: Vec<std::sync::Mutex<std::collections::VecDeque<PlannedTarget>>> =
+            queues.into_values().map(std::sync::Mutex::new).collect();
+        let next = |queue: &std::sync::Mutex<std::collections::VecDeque<PlannedTarget>>| {
             queue
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .pop_front()
         };
-        let worker = || async {
-            let (done, failed) = (&done, &failed);
+        let (done, failed) = (&done, &failed);
+        let worker = |queue| async move {
             let mut slot = None;
             let mut out = Vec::new();
-            while let Some(p) = next() {
+            while let Some(p) = next(queue) {
                 let from = p.version;
                 let target = p.target.clone();
                 let result = this.apply(p, &mut slot).await;
@@ -476,9 +535,12 @@ impl MigrationRunner {
             }
             out
         };
-        let workers = self.concurrency.clamp(1, total.max(1));
+        let workers = queues.iter().flat_map(|queue| {
+            let len = next_len(queue);
+            (0..self.concurrency.clamp(1, len.max(1))).map(move |_| queue)
+        });
         let results: Vec<(Target, i64, Result<Option<i64>>)> =
-            futures_util::future::join_all((0..workers).map(|_| worker()))
+            futures_util::future::join_all(workers.map(worker))
                 .await
                 .into_iter()
                 .flatten()
@@ -519,6 +581,7 @@ impl MigrationRunner {
             schema: schema.to_owned(),
             tenant,
             database,
+            server: None,
         };
         self.finish_target(target, version, Some(version), false)
             .await
@@ -553,11 +616,12 @@ impl MigrationRunner {
         slot: &mut Option<crate::scope::PoolConn>,
     ) -> Result<Option<i64>> {
         let hidra = &self.hidra;
+        let home = hidra.home_of(p.target.server.as_deref()).await?;
         let mut conn = match &p.target.database {
-            Some(db) => Pooled::Database(hidra.inner.database.pools.acquire(db).await?),
+            Some(db) => Pooled::Database(hidra.databases_at(&home).0.acquire(db).await?),
             None => match slot.take() {
                 Some(conn) => Pooled::Shared(conn),
-                None => Pooled::Shared(hidra.acquire_shared().await?.into_pool_conn()),
+                None => Pooled::Shared(hidra.acquire_shared_at(&home).await?.into_pool_conn()),
             },
         };
         let result = self.apply_on(&mut conn, p).await;
@@ -800,6 +864,47 @@ async fn run_no_tx(
 }
 
 /// What a database's own `hidra.schema_versions` says of `schema`.
+/// How many targets are queued.
+fn next_len(queue: &std::sync::Mutex<std::collections::VecDeque<PlannedTarget>>) -> usize {
+    queue
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .len()
+}
+
+/// What one server's `hidra.schema_versions` says: version and digest, by
+/// schema.
+type Versions = HashMap<String, (i64, Vec<u8>)>;
+
+/// What `hidra.schema_versions` says on `conn`'s server, by schema (`only`:
+/// those schemas).
+async fn read_versions(conn: &mut sqlx::PgConnection, only: Option<&[&str]>) -> Result<Versions> {
+    sqlx::query(
+        "SELECT schema_name, version, digest FROM hidra.schema_versions \
+         WHERE $1::text[] IS NULL OR schema_name = ANY($1)",
+    )
+    .bind(only)
+    .fetch(conn)
+    .map_ok(|row| (row.get::<String, _>(0), (row.get(1), row.get(2))))
+    .try_collect()
+    .await
+    .map_err(Error::db("reading schema versions"))
+}
+
+/// The failure of one tenant on a server whose bookkeeping could not be
+/// read (`error`, said once for the whole server).
+fn server_failure(server: &str, error: &Error) -> Error {
+    match crate::ServerName::new(server) {
+        Ok(name) if error.is_server_not_found() => Error::ServerNotFound(name),
+        Ok(name) => Error::ServerUnreachable {
+            name,
+            url: "its registered URL".to_owned(),
+            source: sqlx::Error::Io(std::io::Error::other(error.to_string())),
+        },
+        Err(e) => e,
+    }
+}
+
 pub(crate) async fn recorded_state(
     conn: &mut sqlx::PgConnection,
     schema: &str,

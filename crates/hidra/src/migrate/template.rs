@@ -103,6 +103,7 @@ impl Hidra {
             schema: ident.as_str().to_owned(),
             tenant: None,
             database: None,
+            server: None,
         };
         self.migrator()
             .finish_target(target, version, recorded, !has_table)

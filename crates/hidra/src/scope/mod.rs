@@ -55,7 +55,7 @@ mod pool;
 mod reachability;
 mod statements;
 pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
-pub(crate) use pool::{Pool, PoolConfig, PoolConn, Settle};
+pub(crate) use pool::{Budget, Pool, PoolConfig, PoolConn, Settle};
 
 pub(crate) use load::Counters;
 pub use load::{LoadReport, OTHER_TENANTS, TenantLoad, TenantLoads};
@@ -131,6 +131,7 @@ pub(crate) struct TenantScope {
     /// The placement it was built for; a moved tenant gets a new one.
     schema: String,
     strategy: Strategy,
+    server: Option<String>,
     /// The timeouts it binds; new values in the registry get a new scope.
     timeouts: Timeouts,
     /// The session binding of a checkout.
@@ -157,6 +158,7 @@ impl TenantScope {
         TenantScope {
             schema: tenant.placement.schema.clone(),
             strategy: tenant.placement.strategy,
+            server: tenant.placement.server.clone(),
             timeouts: binding.timeouts,
             checkout: binding.session_statement(),
             begin: binding.begin_statement(),
@@ -172,6 +174,7 @@ impl TenantScope {
     pub(crate) fn fits(&self, tenant: &Tenant, timeouts: Timeouts) -> bool {
         self.strategy == tenant.placement.strategy
             && self.schema == tenant.placement.schema
+            && self.server == tenant.placement.server
             && self.timeouts == timeouts
     }
 
@@ -458,6 +461,14 @@ pub(crate) enum Pooled {
 }
 
 impl Pooled {
+    /// Closes the connection when it is dropped instead of giving it back.
+    pub(crate) fn close_on_drop(&mut self) {
+        match self {
+            Pooled::Shared(conn) => conn.close_on_drop(),
+            Pooled::Database(conn) => conn.discard_on_drop(true),
+        }
+    }
+
     fn connection(&mut self) -> &mut PgConnection {
         self
     }

@@ -18,11 +18,13 @@
 //! maximum, idle and lifetime limits) is deadpool's generic pool.
 
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool::managed::{self, Metrics, Object, RecycleError, RecycleResult};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, SqlStr};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// How often idle connections past their idle timeout or lifetime are closed.
 const REAP_EVERY: Duration = Duration::from_secs(30);
@@ -34,6 +36,9 @@ pub(crate) struct Connector {
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
+    /// The budget shared with other pools, if any: each open connection
+    /// holds one unit of it.
+    budget: Option<Arc<Budget>>,
 }
 
 impl Connector {
@@ -44,23 +49,130 @@ impl Connector {
 }
 
 impl managed::Manager for Connector {
-    type Type = PgConnection;
+    type Type = Budgeted;
     type Error = sqlx::Error;
 
-    async fn create(&self) -> Result<PgConnection, sqlx::Error> {
+    async fn create(&self) -> Result<Budgeted, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let unit = match &self.budget {
+            Some(budget) => Some(budget.reserve(deadline).await?),
+            None => None,
+        };
         // A server that accepts but never answers must not hold a checkout
         // past its timeout.
-        tokio::time::timeout(self.connect_timeout, self.options.connect())
+        let conn = tokio::time::timeout_at(deadline, self.options.connect())
             .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        Ok(Budgeted { conn, _unit: unit })
     }
 
-    async fn recycle(&self, _: &mut PgConnection, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
+    async fn recycle(&self, _: &mut Budgeted, metrics: &Metrics) -> RecycleResult<sqlx::Error> {
         // Nothing to check here: the checkout statement proves the connection.
         if self.retired(metrics) {
             return Err(RecycleError::message("past its idle timeout or lifetime"));
         }
         Ok(())
+    }
+}
+
+/// A pooled connection and the unit of a shared [`Budget`] it holds, if its
+/// pool has one: given back when the connection is dropped or closed.
+pub(crate) struct Budgeted {
+    conn: PgConnection,
+    _unit: Option<OwnedSemaphorePermit>,
+}
+
+impl Budgeted {
+    async fn close(self) {
+        let _ = self.conn.close().await;
+    }
+}
+
+/// Open connections allowed across several pools (the pools of the
+/// registered servers): a pool that needs a connection while the budget is
+/// spent closes an idle connection of another pool, else waits for one to
+/// be closed.
+pub(crate) struct Budget {
+    units: Arc<Semaphore>,
+    size: u32,
+    pools: Mutex<Vec<managed::WeakPool<Connector>>>,
+}
+
+impl fmt::Debug for Budget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Budget")
+            .field("size", &self.size)
+            .field("free", &self.units.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often a pool waiting for budget looks again for an idle connection
+/// of another pool to close.
+const BUDGET_RETRY: Duration = Duration::from_millis(20);
+
+impl Budget {
+    /// A budget of `size` open connections (at least 1).
+    pub(crate) fn new(size: u32) -> Arc<Budget> {
+        let size = size.max(1);
+        Arc::new(Budget {
+            units: Arc::new(Semaphore::new(size as usize)),
+            size,
+            pools: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// How many connections it allows, and how many are open.
+    pub(crate) fn usage(&self) -> (u32, u32) {
+        let free = self.units.available_permits() as u32;
+        (self.size, self.size.saturating_sub(free))
+    }
+
+    /// One unit, by `deadline`: a free one, else one freed by closing the
+    /// idle connection of another pool, else the first one given back.
+    async fn reserve(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, sqlx::Error> {
+        loop {
+            if let Ok(unit) = Arc::clone(&self.units).try_acquire_owned() {
+                return Ok(unit);
+            }
+            self.close_one_idle().await;
+            let wait = (tokio::time::Instant::now() + BUDGET_RETRY).min(deadline);
+            match tokio::time::timeout_at(wait, Arc::clone(&self.units).acquire_owned()).await {
+                Ok(Ok(unit)) => return Ok(unit),
+                Ok(Err(_)) => return Err(sqlx::Error::PoolClosed),
+                Err(_) if wait >= deadline => return Err(sqlx::Error::PoolTimedOut),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// Closes one idle connection of some pool, if any is idle.
+    async fn close_one_idle(&self) {
+        let pools: Vec<_> = {
+            let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+            pools.retain(|p| p.upgrade().is_some());
+            pools
+                .iter()
+                .filter_map(managed::WeakPool::upgrade)
+                .collect()
+        };
+        for pool in pools {
+            let mut taken = false;
+            let removed = pool
+                .retain(|_, _| {
+                    let keep = taken;
+                    taken = true;
+                    keep
+                })
+                .removed;
+            if let Some(conn) = removed.into_iter().next() {
+                conn.close().await;
+                return;
+            }
+        }
     }
 }
 
@@ -107,16 +219,31 @@ impl Pool {
     /// A pool that opens its connections lazily; a checkout with no tenant
     /// runs `unscoped`.
     pub(crate) fn new(options: PgConnectOptions, config: &PoolConfig, unscoped: SqlStr) -> Pool {
+        Pool::with_budget(options, config, unscoped, None)
+    }
+
+    /// A pool whose open connections also count against `budget`, shared
+    /// with other pools.
+    pub(crate) fn with_budget(
+        options: PgConnectOptions,
+        config: &PoolConfig,
+        unscoped: SqlStr,
+        budget: Option<Arc<Budget>>,
+    ) -> Pool {
         let connector = Connector {
             options: options.clone(),
             connect_timeout: config.acquire_timeout,
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
+            budget: budget.clone(),
         };
         let pool = managed::Pool::builder(connector)
             .max_size(config.max_connections.max(1) as usize)
             .build()
             .expect("no timeouts are configured, so no runtime is needed");
+        if let Some(budget) = budget {
+            (budget.pools.lock().unwrap_or_else(PoisonError::into_inner)).push(pool.weak());
+        }
         let pool = Pool {
             pool,
             options,
@@ -145,7 +272,7 @@ impl Pool {
                     .removed;
                 drop(pool);
                 for conn in removed {
-                    let _ = conn.close().await;
+                    conn.close().await;
                 }
             }
         });
@@ -206,7 +333,7 @@ impl Pool {
         let idle = self.pool.retain(|_, _| false).removed;
         self.pool.close();
         for conn in idle {
-            let _ = conn.close().await;
+            conn.close().await;
         }
         while self.pool.status().size > 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -267,7 +394,7 @@ impl PoolConn {
 }
 
 /// Closes a connection that left the pool, politely if a runtime is at hand.
-fn close_detached(conn: PgConnection) {
+fn close_detached(conn: Budgeted) {
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
@@ -293,8 +420,8 @@ impl Drop for PoolConn {
         };
         runtime.spawn(async move {
             let settled = match settle {
-                Settle::Rollback => rollback_if_open(&mut conn).await,
-                _ => conn.ping().await,
+                Settle::Rollback => rollback_if_open(&mut conn.conn).await,
+                _ => conn.conn.ping().await,
             };
             if let Err(error) = settled {
                 tracing::debug!(%error, "closing a connection that could not be settled");
@@ -327,13 +454,13 @@ impl std::ops::Deref for PoolConn {
     type Target = PgConnection;
 
     fn deref(&self) -> &PgConnection {
-        self.conn.as_ref().expect("present until dropped")
+        &self.conn.as_ref().expect("present until dropped").conn
     }
 }
 
 impl std::ops::DerefMut for PoolConn {
     fn deref_mut(&mut self) -> &mut PgConnection {
-        self.conn.as_mut().expect("present until dropped")
+        &mut self.conn.as_mut().expect("present until dropped").conn
     }
 }
 

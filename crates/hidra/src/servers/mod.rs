@@ -11,14 +11,29 @@
 //!
 //! This module keeps that registry: it checks that a server answers before
 //! registering it, counts the tenants each one holds, changes states and
-//! refuses to forget a server that still holds tenants. (Placing tenants on
-//! registered servers, per-server pools and moves between servers build on
-//! it.)
+//! refuses to forget a server that still holds tenants. On it build:
+//!
+//! - *placement* (`placement`): which server a new tenant goes to, chosen by
+//!   a [`PlacementPolicy`] ([`FewestTenants`] by default) or named by the
+//!   [`NewTenant`](crate::NewTenant);
+//! - *connections* (`pools`): one pool per server, opened on first use,
+//!   under one budget ([`ServerPoolConfig`]); a tenant's checkouts go to its
+//!   server;
+//! - *provisioning across two servers* (`provision`): the registry row on the
+//!   control server, the data on the tenant's server, all or nothing, with
+//!   [`Hidra::repair_provisioning`] for what a killed process left.
+//!
+//! - *moves between servers* (`moves`): [`Hidra::move_to_server`] copies a
+//!   tenant to another server while it stays readable.
 //!
 //! Connection URLs carry passwords: they are stored as given, and shown only
 //! through [`redact_url`] (in `Debug`, errors and the CLI).
 
+mod moves;
 mod name;
+mod placement;
+mod pools;
+mod provision;
 mod table;
 mod url;
 
@@ -32,7 +47,12 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgRow};
 use sqlx::{Connection, PgConnection, Row};
 
+pub use moves::{MoveProgress, ServerMove};
 pub use name::{MAX_SERVER_NAME_LEN, ServerName};
+pub(crate) use placement::ServerChoice;
+pub use placement::{Candidate, FewestTenants, LOADS_TTL, PlacementPolicy};
+pub(crate) use pools::{Home, ServerPools};
+pub use pools::{ServerBudget, ServerHealth, ServerPoolConfig};
 pub use table::ServersTable;
 pub use url::redact_url;
 
@@ -226,19 +246,12 @@ impl Hidra {
     pub fn servers(&self) -> Servers {
         Servers {
             hidra: self.clone(),
-            table: ServersTable::default(),
+            table: self.inner.conns.servers.table.clone(),
         }
     }
 }
 
 impl Servers {
-    /// The registry in `table` instead of the default one (create it with
-    /// [`ServersTable::ddl`]).
-    pub fn with_table(mut self, table: ServersTable) -> Self {
-        self.table = table;
-        self
-    }
-
     /// The table of this registry.
     pub fn table(&self) -> &ServersTable {
         &self.table
@@ -297,21 +310,7 @@ impl Servers {
 
     /// Every registered server, by name, with its tenant count.
     pub async fn list(&self) -> Result<Vec<Server>> {
-        let mut conn = self.hidra.acquire_shared().await?;
-        let rows = sqlx::query(sql::owned(format!(
-            "SELECT {COLUMNS} FROM {} ORDER BY name",
-            self.table.table().quoted()
-        )))
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(self.map_err("listing servers"))?;
-        let counts = self.tenant_counts(&mut conn, None).await?;
-        rows.iter()
-            .map(|row| {
-                let name: String = row.try_get(0).unwrap_or_default();
-                self.decode(row, counts.get(&name).copied().unwrap_or(0))
-            })
-            .collect()
+        Ok(self.list_with_control_count().await?.0)
     }
 
     /// The server called `name`, if registered.
@@ -345,6 +344,7 @@ impl Servers {
         .await
         .map_err(self.map_err("changing a server's state"))?
         .ok_or_else(|| Error::ServerNotFound(name.clone()))?;
+        self.hidra.inner.conns.servers.loads.clear();
         let count = self.tenant_count(&mut conn, name).await?;
         self.decode(&row, count)
     }
@@ -388,6 +388,11 @@ impl Servers {
         tx.commit()
             .await
             .map_err(Error::db("committing a server's removal"))?;
+        let pools = &self.hidra.inner.conns.servers;
+        pools.loads.clear();
+        if let Some(conns) = pools.forget(name.as_str()) {
+            conns.close().await;
+        }
         tracing::info!(server = %name, "server removed from the registry");
         Ok(())
     }
@@ -399,7 +404,34 @@ impl Servers {
         probe(&server.name, &server.url).await
     }
 
-    /// How many tenant rows name each server, by name (`only`: that one).
+    /// Every registered server, and how many tenants the control server
+    /// holds: what placement chooses from.
+    pub(crate) async fn list_with_control_count(&self) -> Result<(Vec<Server>, u64)> {
+        let mut conn = self.hidra.acquire_shared().await?;
+        let rows = sqlx::query(sql::owned(format!(
+            "SELECT {COLUMNS} FROM {} ORDER BY name",
+            self.table.table().quoted()
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(self.map_err("listing servers"))?;
+        if rows.is_empty() {
+            // Nothing to count for (placement asks often).
+            return Ok((Vec::new(), 0));
+        }
+        let counts = self.tenant_counts(&mut conn, None).await?;
+        let servers = rows
+            .iter()
+            .map(|row| {
+                let name: String = row.try_get(0).unwrap_or_default();
+                self.decode(row, counts.get(&name).copied().unwrap_or(0))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((servers, counts.get("").copied().unwrap_or(0)))
+    }
+
+    /// How many tenant rows name each server, by name (`only`: that one;
+    /// else the control server's tenants too, under `""`).
     async fn tenant_counts(
         &self,
         conn: &mut PgConnection,
@@ -410,8 +442,8 @@ impl Servers {
             // A custom store: walk its records.
             let mut counts = HashMap::new();
             for tenant in crate::store::list_all(&inner.registry.store, conn).await? {
-                let server = tenant.placement.server;
-                if let Some(server) = server.filter(|s| only.is_none_or(|o| o.as_str() == s)) {
+                let server = tenant.placement.server.unwrap_or_default();
+                if only.is_none_or(|o| o.as_str() == server) {
                     *counts.entry(server).or_default() += 1;
                 }
             }
@@ -420,8 +452,8 @@ impl Servers {
         let registry = store.registry();
         let server = registry.server_column().quoted();
         let rows: Vec<(String, i64)> = sqlx::query_as(sql::owned(format!(
-            "SELECT {server}, count(*) FROM {} WHERE {server} IS NOT NULL \
-             AND ($1::text IS NULL OR {server} = $1) GROUP BY 1",
+            "SELECT coalesce({server}, ''), count(*) FROM {} \
+             WHERE ($1::text IS NULL OR {server} = $1) GROUP BY 1",
             registry.table().quoted()
         )))
         .bind(only.map(ServerName::as_str))
@@ -476,12 +508,7 @@ impl Servers {
         move |err| match db_code(&err) {
             Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => {
                 let table = self.table.table().to_string();
-                // `install` creates the default table only.
-                let create = if table == ServersTable::default().table().to_string() {
-                    "Hidra::install()"
-                } else {
-                    "ServersTable::ddl()"
-                };
+                let create = "Hidra::install() (or ServersTable::ddl() in your own migrations)";
                 Error::TableMissing { table, create }
             }
             _ => Error::Database {

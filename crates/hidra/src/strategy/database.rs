@@ -24,6 +24,7 @@ use crate::hidra::Hidra;
 use crate::migrate::{self, Target};
 use crate::moves::{advance_sequences, copy_rows, ensure_empty, lock, truncate};
 use crate::scope::{self, DbConn};
+use crate::servers::Home;
 use crate::sql::{self, Ident};
 use crate::strategy::row_level::tables_in_order;
 use crate::strategy::schema::drop_tenant_schema;
@@ -77,15 +78,18 @@ impl Hidra {
         Ident::trusted(format!("{}_tpl", self.inner.database.naming.prefix()))
     }
 
-    /// Creates the template database if missing and brings it to the latest
-    /// tenant migration, once per process.
-    pub(crate) async fn ensure_template(&self) -> Result<Ident> {
+    /// Creates the template database on `home`'s server if missing and
+    /// brings it to the latest tenant migration, once per process and server.
+    pub(crate) async fn ensure_template_at(&self, home: &Home) -> Result<Ident> {
         let tpl = self.template_database();
-        self.inner
-            .database
-            .template_ready
+        let ready = match home {
+            Home::Control => &self.inner.database.template_ready,
+            Home::Server(server) => &server.template_ready,
+        };
+        let (pools, _) = self.databases_at(home);
+        ready
             .get_or_try_init(|| async {
-                let mut conn = self.acquire_shared().await?;
+                let mut conn = self.acquire_shared_at(home).await?;
                 // A session lock: if this is interrupted the connection is
                 // closed, which releases it.
                 conn.close_on_drop();
@@ -104,7 +108,7 @@ impl Hidra {
                         .map_err(Error::db("creating the template database"))?;
                 }
                 let (version, recorded, no_history) = {
-                    let mut t = self.inner.database.pools.acquire(tpl.as_str()).await?;
+                    let mut t = pools.acquire(tpl.as_str()).await?;
                     migrate::ensure_internal(&mut t).await?;
                     match migrate::recorded_state(&mut t, TENANT_DB_SCHEMA).await? {
                         Some((v, _)) => (v, Some(v), false),
@@ -119,12 +123,13 @@ impl Hidra {
                     schema: TENANT_DB_SCHEMA.into(),
                     tenant: None,
                     database: Some(tpl.to_string()),
+                    server: home.server_name(),
                 };
                 self.migrator()
                     .finish_target(target, version, recorded, no_history)
                     .await?;
                 // No connection to the template may stay open: it could not be copied.
-                self.inner.database.pools.evict(tpl.as_str()).await;
+                pools.evict(tpl.as_str()).await;
                 lock_template(&mut conn, "pg_advisory_unlock").await?;
                 Ok::<(), Error>(())
             })
@@ -231,8 +236,19 @@ impl Hidra {
         tenant: &Tenant,
         database: &Ident,
     ) -> Result<()> {
-        let tpl = self.ensure_template().await?;
-        let mut conn = self.acquire_shared().await?;
+        self.create_tenant_database_at(&Home::Control, tenant, database)
+            .await
+    }
+
+    /// [`create_tenant_database`](Self::create_tenant_database) on `home`'s server.
+    pub(crate) async fn create_tenant_database_at(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        database: &Ident,
+    ) -> Result<()> {
+        let tpl = self.ensure_template_at(home).await?;
+        let mut conn = self.acquire_shared_at(home).await?;
         conn.close_on_drop();
         lock_template(&mut conn, "pg_advisory_lock_shared").await?;
         let created = create_from_template(&mut conn, database, &tpl).await;
@@ -244,8 +260,9 @@ impl Hidra {
     /// (terminating any other connection to it).
     pub(crate) async fn drop_tenant_database(&self, tenant: &Tenant) -> Result<()> {
         let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
-        self.inner.database.pools.evict(database.as_str()).await;
-        let mut conn = self.acquire_shared().await?;
+        let home = self.home(tenant).await?;
+        self.databases_at(&home).0.evict(database.as_str()).await;
+        let mut conn = self.acquire_shared_at(&home).await?;
         sqlx::raw_sql(sql::drop_database(&database))
             .execute(&mut *conn)
             .await
@@ -257,15 +274,16 @@ impl Hidra {
 /// Checkouts of a tenant database, and moves between a schema and a
 /// database of its own (rows streamed through binary `COPY`).
 impl Hidra {
-    /// A connection to `tenant`'s own database, from its per-database pool
-    /// (see `scope::databases`), failing fast while the server does not answer.
-    pub(crate) async fn database_conn(&self, tenant: &Tenant) -> Result<DbConn> {
-        scope::acquire_database(
-            &self.inner.database.pools,
-            &self.inner.conns.reach,
-            tenant_database(tenant)?,
-        )
-        .await
+    /// A connection to `tenant`'s own database on its `home` server, from its
+    /// per-database pool (see `scope::databases`), failing fast while the
+    /// server does not answer.
+    pub(crate) async fn database_conn_at(
+        &self,
+        home: &crate::servers::Home,
+        tenant: &Tenant,
+    ) -> Result<DbConn> {
+        let (databases, reach) = self.databases_at(home);
+        scope::acquire_database(databases, reach, tenant_database(tenant)?).await
     }
 
     /// Moves a schema-per-tenant tenant into a database of its own; see

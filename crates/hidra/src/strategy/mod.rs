@@ -22,6 +22,7 @@ use sqlx::Connection;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::scope::{self, Pooled, Share, SharedConn, TenantConn, TenantScope, TenantTx};
+use crate::servers::Home;
 use crate::sql::{self, Ident};
 use crate::tenant::{NewTenant, Strategy, Tenant};
 
@@ -68,9 +69,16 @@ impl Hidra {
     /// (already `deleting`): its schema or its rows in one transaction with
     /// the row's removal; its own database first, outside any transaction
     /// (PostgreSQL cannot drop a database in one).
-    pub(crate) async fn drop_tenant(&self, conn: &mut SharedConn, tenant: &Tenant) -> Result<()> {
+    pub(crate) async fn drop_tenant(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<()> {
         if tenant.placement.strategy == Strategy::Database {
             self.drop_tenant_database(tenant).await?;
+        }
+        if tenant.placement.server.is_some() {
+            return self.drop_tenant_on_server(conn, tenant).await;
         }
         let mut tx = conn
             .begin()
@@ -91,6 +99,42 @@ impl Hidra {
         tx.commit()
             .await
             .map_err(Error::db("committing the deprovisioning transaction"))
+    }
+
+    /// [`drop_tenant`](Self::drop_tenant) of a tenant on a registered
+    /// server: its schema or rows there in one transaction, then its row on
+    /// the control server (`conn`), so that no data is ever left without a
+    /// row. Each step is idempotent: a failure in between leaves the tenant
+    /// `deleting` (or `provisioning`), and doing it again finishes it.
+    async fn drop_tenant_on_server(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<()> {
+        if tenant.placement.strategy != Strategy::Database {
+            let home = self.home(tenant).await?;
+            let mut remote = self.acquire_shared_at(&home).await?;
+            self.ensure_internal_at(&home, &mut remote).await?;
+            let mut tx = remote
+                .begin()
+                .await
+                .map_err(Error::db("beginning the deprovisioning transaction"))?;
+            match tenant.placement.strategy {
+                Strategy::Schema => {
+                    schema::drop_tenant_schema(&mut tx, &tenant.placement.schema_ident()?).await?;
+                }
+                _ => self.delete_row_level_rows(&mut tx, tenant).await?,
+            }
+            tx.commit()
+                .await
+                .map_err(Error::db("committing the deprovisioning transaction"))?;
+        }
+        self.inner
+            .registry
+            .store
+            .delete(conn, &tenant.id)
+            .await
+            .map(drop)
     }
 
     /// Fails unless tenants can be placed under `strategy` now: row level
@@ -215,23 +259,23 @@ impl Hidra {
         share: Share,
     ) -> Result<TenantConn> {
         let inner = &self.inner;
-        let conn = match tenant.placement.strategy {
-            Strategy::Database => {
-                let mut conn = self.database_conn(tenant).await?;
+        let home = self.home(tenant).await?;
+        let conn = match (tenant.placement.strategy, &home, &inner.conns.pooled) {
+            (Strategy::Database, ..) => {
+                let mut conn = self.database_conn_at(&home, tenant).await?;
                 scope.bind_database_session(&mut conn).await?;
                 TenantConn::new(Pooled::Database(conn), tenant, None)
             }
-            Strategy::Schema | Strategy::RowLevel => match &inner.conns.pooled {
-                Some(pooled) => {
-                    let conn = scope::acquire_unscoped(pooled, &inner.conns.reach).await?;
-                    TenantConn::through_pooler(conn, tenant, scope)
-                }
-                None => {
-                    let conn =
-                        scope::acquire_bound(&inner.conns.pool, &inner.conns.reach, &scope).await?;
-                    TenantConn::new(Pooled::Shared(conn), tenant, Some(scope))
-                }
-            },
+            // The transaction pooler stands in front of the control server.
+            (_, Home::Control, Some(pooled)) => {
+                let conn = scope::acquire_unscoped(pooled, &inner.conns.reach).await?;
+                TenantConn::through_pooler(conn, tenant, scope)
+            }
+            _ => {
+                let (pool, reach) = self.pool_at(&home);
+                let conn = scope::acquire_bound(pool, reach, &scope).await?;
+                TenantConn::new(Pooled::Shared(conn), tenant, Some(scope))
+            }
         };
         Ok(conn.with_share(share))
     }
@@ -245,15 +289,24 @@ impl Hidra {
         share: Share,
     ) -> Result<TenantTx> {
         let inner = &self.inner;
+        let home = self.home(tenant).await?;
         let tx = match tenant.placement.strategy {
             Strategy::Database => {
-                let conn = self.database_conn(tenant).await?;
+                let conn = self.database_conn_at(&home, tenant).await?;
                 TenantTx::begin_in_database(conn, tenant, &scope).await?
             }
             Strategy::Schema | Strategy::RowLevel => {
-                let pool = inner.conns.pooled.as_ref().unwrap_or(&inner.conns.pool);
-                let conn = scope::acquire_for_tx(pool, &inner.conns.reach).await?;
-                TenantTx::begin(conn, tenant, scope, inner.conns.pooled.is_some()).await?
+                let pooled = inner
+                    .conns
+                    .pooled
+                    .as_ref()
+                    .filter(|_| matches!(home, Home::Control));
+                let (pool, reach) = match pooled {
+                    Some(pooled) => (pooled, &inner.conns.reach),
+                    None => self.pool_at(&home),
+                };
+                let conn = scope::acquire_for_tx(pool, reach).await?;
+                TenantTx::begin(conn, tenant, scope, pooled.is_some()).await?
             }
         };
         Ok(tx.with_share(share))

@@ -205,6 +205,15 @@ impl Hidra {
     /// shared schemas. Lists every finding.
     pub async fn audit_row_level(&self) -> Result<AuditReport> {
         let mut conn = self.acquire_shared().await?;
+        self.audit_row_level_on(&mut conn).await
+    }
+
+    /// [`audit_row_level`](Self::audit_row_level) on `conn`'s server.
+    pub(crate) async fn audit_row_level_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<AuditReport> {
+        let conn = &mut *conn;
         let (role, superuser, bypass): (String, bool, bool) = sqlx::query_as(
             "SELECT rolname::text, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
         )
@@ -281,12 +290,21 @@ impl Hidra {
     }
 
     /// Fails closed, once per process, when row-level isolation does not hold.
-    pub(crate) async fn require_row_level_audit(&self) -> Result<()> {
-        self.inner
-            .row_level
-            .audited
+    /// [`require_row_level_audit`](Self::require_row_level_audit) on
+    /// `home`'s server: each server's tables and role are audited (once per
+    /// process) before a row-level tenant goes there.
+    pub(crate) async fn require_row_level_audit_at(
+        &self,
+        home: &crate::servers::Home,
+    ) -> Result<()> {
+        let audited = match home {
+            crate::servers::Home::Control => &self.inner.row_level.audited,
+            crate::servers::Home::Server(server) => &server.row_level_audited,
+        };
+        audited
             .get_or_try_init(|| async {
-                let report = self.audit_row_level().await?;
+                let mut conn = self.acquire_shared_at(home).await?;
+                let report = self.audit_row_level_on(&mut conn).await?;
                 if report.is_clean() {
                     Ok(())
                 } else {
@@ -295,6 +313,13 @@ impl Hidra {
             })
             .await
             .map(|_| ())
+    }
+
+    /// Fails with [`Error::RowLevelInsecure`] unless the control server's
+    /// audit is clean (audited once per process).
+    pub(crate) async fn require_row_level_audit(&self) -> Result<()> {
+        self.require_row_level_audit_at(&crate::servers::Home::Control)
+            .await
     }
 
     /// The tables holding row-level tenants' rows, parents before children
@@ -323,7 +348,7 @@ pub(crate) struct RowLevelConfig {
 /// row-level tables (one transaction each).
 impl Hidra {
     /// Where row-level tenants' rows live.
-    fn row_level_placement(&self) -> Placement {
+    pub(crate) fn row_level_placement(&self) -> Placement {
         Placement {
             strategy: Strategy::RowLevel,
             schema: self.inner.row_level.schema.to_string(),

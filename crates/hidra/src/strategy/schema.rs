@@ -286,6 +286,21 @@ impl Hidra {
         schema: &Ident,
         search_path: &str,
     ) -> Result<()> {
+        self.build_schema_in(tx, tenant, schema, search_path, "a move")
+            .await
+    }
+
+    /// Builds a tenant's schema with every tenant migration inside the
+    /// caller's transaction (`what`: what it is for, in the error when a
+    /// `-- no-transaction` migration cannot be part of it).
+    pub(crate) async fn build_schema_in(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        schema: &Ident,
+        search_path: &str,
+        what: &str,
+    ) -> Result<()> {
         let migrations = &self.inner.migrations.tenant;
         let reached = migrate::create_schema(tx, schema, search_path, migrations)
             .await
@@ -298,7 +313,11 @@ impl Hidra {
             })?;
         if reached < migrations.latest() {
             return Err(Error::InvalidConfig(
-                "a move builds the new schema in one transaction: `-- no-transaction` migrations cannot be part of it".into(),
+                format!(
+                    "tenant migration {} is `-- no-transaction`: {what} builds the tenant's schema in one transaction, so it cannot be part of it",
+                    reached + 1
+                )
+                .into(),
             ));
         }
         Ok(())

@@ -188,6 +188,7 @@ pub struct NewTenant {
     pub(crate) metadata: serde_json::Value,
     pub(crate) strategy: Option<Strategy>,
     pub(crate) setup: Option<std::sync::Arc<dyn crate::hidra::DynSeed>>,
+    pub(crate) server: Option<crate::servers::ServerChoice>,
 }
 
 impl fmt::Debug for NewTenant {
@@ -198,6 +199,7 @@ impl fmt::Debug for NewTenant {
             .field("metadata", &self.metadata)
             .field("strategy", &self.strategy)
             .field("setup", &self.setup.is_some())
+            .field("server", &self.server)
             .finish()
     }
 }
@@ -211,6 +213,7 @@ impl NewTenant {
             metadata: serde_json::Value::Object(Default::default()),
             strategy: None,
             setup: None,
+            server: None,
         }
     }
 
@@ -246,9 +249,36 @@ impl NewTenant {
         self
     }
 
+    /// Places it on the registered server `server` (which must be
+    /// [`active`](crate::ServerState::Active) when it is provisioned),
+    /// whatever the handle's [`PlacementPolicy`](crate::PlacementPolicy)
+    /// would choose.
+    pub fn on_server(mut self, server: crate::ServerName) -> Self {
+        self.server = Some(crate::servers::ServerChoice::Server(server));
+        self
+    }
+
+    /// Places it on the control server (the database the handle connects
+    /// to), whatever the placement policy would choose.
+    pub fn on_control_server(mut self) -> Self {
+        self.server = Some(crate::servers::ServerChoice::Control);
+        self
+    }
+
     /// The id to create.
     pub fn id(&self) -> &TenantId {
         &self.id
+    }
+
+    /// Its metadata, as given to [`metadata`](Self::metadata) (an empty
+    /// object by default).
+    pub fn metadata_value(&self) -> &serde_json::Value {
+        &self.metadata
+    }
+
+    /// The strategy asked for, if any.
+    pub fn strategy_choice(&self) -> Option<Strategy> {
+        self.strategy
     }
 }
 

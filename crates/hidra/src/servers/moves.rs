@@ -1,0 +1,419 @@
+//! Moving a tenant to another server: [`Hidra::move_to_server`].
+//!
+//! The rows are copied with the tenant's tables locked against writes on its
+//! current server (`LOCK … IN SHARE MODE`: readers go on, writers wait), so
+//! the tenant stays readable throughout and no write can slip in behind the
+//! copy:
+//!
+//! 1. on the source, one transaction locks the tenant's tables;
+//! 2. on the target, one transaction builds the tenant (its schema with
+//!    every migration, or its database from the template there), streams
+//!    every table's rows in with binary `COPY`, checks each table's row
+//!    count against the source's, sets the sequences past the copied ids,
+//!    and commits;
+//! 3. on the control server, the registry row names the new server (after
+//!    share-locking the target's row and checking it is still `active`), and
+//!    the change is announced, so every process's cache drops the old record;
+//! 4. the source transaction drops the old copy and commits, which releases
+//!    the writers that waited: their statements fail (the tables are gone),
+//!    and retried they reach the new server.
+//!
+//! A failure before 3 (either server stopped, a constraint violated on the
+//! target, a count that does not match) drops what was built on the target
+//! and rolls the source back: the tenant stays where it was, working. A
+//! failure in 4 leaves the old copy behind, unreachable (the registry no
+//! longer names it); the error says so.
+//!
+//! The write freeze lasts from 1 to 4, so it grows with the tenant's size
+//! (measured by `bench-servers`). A move with a logical-replication catch-up
+//! (a `FOR TABLES IN SCHEMA` publication, then a short freeze) would keep it
+//! short for large tenants; it is not built.
+
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+use super::{Home, ServerName, ServerState};
+use crate::error::{Error, Result};
+use crate::hidra::Hidra;
+use crate::moves::{advance_sequences, copy_rows, ensure_empty, lock, truncate};
+use crate::sql::{self, Ident};
+use crate::strategy::database::{TENANT_DB_SCHEMA, tenant_database};
+use crate::strategy::row_level::tables_in_order;
+use crate::strategy::schema::drop_tenant_schema;
+use crate::tenant::{Strategy, Tenant, TenantId};
+
+/// What [`Hidra::move_to_server`] did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ServerMove {
+    /// The tenant, as registered now.
+    pub tenant: Tenant,
+    /// The server it left (`None`: the control server).
+    pub from: Option<String>,
+    /// The server it is on now (`None`: the control server).
+    pub to: Option<String>,
+    /// Rows copied, over all its tables.
+    pub rows: u64,
+    /// Tables copied.
+    pub tables: usize,
+    /// How long its writes waited at most: from locking the source's tables
+    /// to dropping them.
+    pub write_freeze: Duration,
+    /// How long the whole move took.
+    pub elapsed: Duration,
+}
+
+/// One table copied, for [`Hidra::move_to_server_with`]'s progress callback.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct MoveProgress {
+    /// The table just copied.
+    pub table: String,
+    /// Its rows.
+    pub rows: u64,
+    /// Tables copied so far.
+    pub done: usize,
+    /// Tables in all.
+    pub total: usize,
+}
+
+impl Hidra {
+    /// Moves tenant `id` to the registered server `to` (`None`: the control
+    /// server), keeping every row and its ids; see the
+    /// [module docs](self) for how, and what a failure leaves.
+    ///
+    /// Schema-per-tenant and database-per-tenant tenants move; a row-level
+    /// tenant is refused with [`Error::MoveUnsupported`] (move it to a
+    /// schema of its own first). The tenant must be active or suspended, and
+    /// the target `active` ([`Error::ServerNotActive`]). The copy is built at
+    /// the latest tenant migration: migrate the tenant first.
+    ///
+    /// ```no_run
+    /// # async fn run(hidra: hidra::Hidra) -> hidra::Result<()> {
+    /// use hidra::{ServerName, TenantId};
+    ///
+    /// let moved = hidra
+    ///     .move_to_server(&TenantId::new("acme")?, Some(&ServerName::new("eu-2")?))
+    ///     .await?;
+    /// println!("{} rows, writes held {:?}", moved.rows, moved.write_freeze);
+    /// # Ok(()) }
+    /// ```
+    pub async fn move_to_server(
+        &self,
+        id: &TenantId,
+        to: Option<&ServerName>,
+    ) -> Result<ServerMove> {
+        self.move_to_server_with(id, to, |_| {}).await
+    }
+
+    /// [`move_to_server`](Self::move_to_server), calling `progress` after
+    /// each table is copied.
+    pub async fn move_to_server_with(
+        &self,
+        id: &TenantId,
+        to: Option<&ServerName>,
+        progress: impl Fn(&MoveProgress) + Send + Sync,
+    ) -> Result<ServerMove> {
+        let started = Instant::now();
+        let mut conn = self.acquire_shared().await?;
+        self.ensure_internal(&mut conn).await?;
+        let tenant = (self.inner.registry.store.get(&mut conn, id).await?)
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        drop(conn);
+        tenant.require_settled("moving to another server")?;
+        let from = tenant.placement.server.clone();
+        let to_name = to.map(ToString::to_string);
+        if from == to_name {
+            return Ok(ServerMove {
+                tenant,
+                from,
+                to: to_name,
+                rows: 0,
+                tables: 0,
+                write_freeze: Duration::ZERO,
+                elapsed: started.elapsed(),
+            });
+        }
+        if tenant.placement.strategy == Strategy::RowLevel {
+            return Err(Error::MoveUnsupported {
+                from: Strategy::RowLevel,
+                to: Strategy::RowLevel,
+            });
+        }
+        if let Some(to) = to {
+            // Checked again, under a lock, at the switch.
+            let server =
+                (self.servers().get(to).await?).ok_or_else(|| Error::ServerNotFound(to.clone()))?;
+            if server.state != ServerState::Active {
+                return Err(Error::ServerNotActive {
+                    name: to.clone(),
+                    state: server.state,
+                });
+            }
+        }
+        let source_home = self.home(&tenant).await?;
+        let target_home = self.home_of(to_name.as_deref()).await?;
+        let mut moved_placement = tenant.placement.clone();
+        moved_placement.server = to_name.clone();
+        let moved_record = Tenant {
+            placement: moved_placement.clone(),
+            ..tenant.clone()
+        };
+
+        // 1. The source, locked against writes until the end.
+        let mut source = self.source_conn(&source_home, &tenant).await?;
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *source)
+            .await
+            .map_err(Error::db("beginning the move on the source"))?;
+        let frozen = Instant::now();
+        let copied = async {
+            let schema = tenant.placement.schema.as_str();
+            let tables = tables_in_order(&mut source, schema, None).await?;
+            lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+            // 2. The copy, committed on the target.
+            let built = self
+                .copy_to(&target_home, &tenant, &mut source, &tables, &progress)
+                .await;
+            match built {
+                Ok(rows) => Ok((rows, tables.len())),
+                // A schema or database of that name that was there before
+                // is not ours to drop.
+                Err(e @ Error::SchemaTaken { .. }) => Err(e),
+                Err(e) => {
+                    if let Err(undo) = self.drop_built(&target_home, &moved_record).await {
+                        tracing::error!(tenant = %id, error = %undo, "could not drop the half-made copy of a failed move");
+                    }
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        let (rows, tables) = match copied {
+            Ok(done) => done,
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+                return Err(e);
+            }
+        };
+
+        // 3. The switch, on the control server.
+        let switched = self.switch_server(&tenant, &moved_placement, to).await;
+        let moved = match switched {
+            Ok(moved) => moved,
+            Err(e) => {
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+                if let Err(undo) = self.drop_built(&target_home, &moved_record).await {
+                    tracing::error!(tenant = %id, error = %undo, "could not drop the copy of a move that failed to switch");
+                }
+                return Err(e);
+            }
+        };
+
+        // 4. The old copy goes.
+        let cleaned = self.drop_source(&tenant, &mut source).await;
+        let write_freeze = frozen.elapsed();
+        drop(source);
+        if let Err(e) = cleaned {
+            tracing::error!(tenant = %id, error = %e, "moved, but the old copy could not be dropped");
+            return Err(e);
+        }
+        tracing::info!(
+            tenant = %id,
+            from = from.as_deref().unwrap_or("control"),
+            to = to_name.as_deref().unwrap_or("control"),
+            rows,
+            write_freeze_ms = write_freeze.as_millis() as u64,
+            "moved tenant to another server"
+        );
+        Ok(ServerMove {
+            tenant: moved,
+            from,
+            to: to_name,
+            rows,
+            tables,
+            write_freeze,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    /// A connection to where `tenant`'s tables are on `home`: its own
+    /// database, or the server's database holding its schema.
+    async fn source_conn(&self, home: &Home, tenant: &Tenant) -> Result<crate::scope::Pooled> {
+        Ok(match tenant.placement.strategy {
+            Strategy::Database => {
+                crate::scope::Pooled::Database(self.database_conn_at(home, tenant).await?)
+            }
+            _ => crate::scope::Pooled::Shared(self.acquire_shared_at(home).await?.into_pool_conn()),
+        })
+    }
+
+    /// Builds `tenant` on `home` and copies `tables` into it from `source`,
+    /// in one transaction there; returns the rows copied.
+    async fn copy_to(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        source: &mut sqlx::PgConnection,
+        tables: &[(String, String, Vec<String>)],
+        progress: &(impl Fn(&MoveProgress) + Send + Sync),
+    ) -> Result<u64> {
+        let record = Tenant {
+            placement: crate::Placement {
+                server: home.server_name(),
+                ..tenant.placement.clone()
+            },
+            ..tenant.clone()
+        };
+        let (mut target, schema) = match tenant.placement.strategy {
+            Strategy::Database => {
+                let database =
+                    Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
+                self.create_tenant_database_at(home, tenant, &database)
+                    .await?;
+                let mut conn =
+                    crate::scope::Pooled::Database(self.database_conn_at(home, &record).await?);
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(Error::db("beginning the copy"))?;
+                (conn, TENANT_DB_SCHEMA.to_owned())
+            }
+            _ => {
+                let mut conn = self.acquire_shared_at(home).await?.into_pool_conn();
+                self.ensure_internal_at(home, &mut conn).await?;
+                sqlx::raw_sql("BEGIN")
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(Error::db("beginning the copy"))?;
+                let schema = tenant.placement.schema_ident()?;
+                let path = self.binding(tenant)?.search_path;
+                if let Err(e) = self
+                    .build_schema_for_move(&mut conn, tenant, &schema, &path)
+                    .await
+                {
+                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+                    return Err(e);
+                }
+                (crate::scope::Pooled::Shared(conn), schema.to_string())
+            }
+        };
+        let copied = async {
+            let target_tables = tables_in_order(&mut target, &schema, None).await?;
+            truncate(&mut target, &target_tables).await?;
+            let mut rows = 0;
+            for (done, (name, from, cols)) in tables.iter().enumerate() {
+                let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
+                    ensure_empty(source, from, &tenant.id, "").await?;
+                    continue;
+                };
+                let copied = copy_rows(source, from, &mut target, dest, cols, dest_cols).await?;
+                let counted = count_rows(source, from).await?;
+                if copied != counted {
+                    return Err(Error::Database {
+                        context: "verifying the copy",
+                        source: sqlx::Error::Protocol(format!(
+                            "{copied} rows of {from} reached the target, the source has {counted}"
+                        )),
+                    });
+                }
+                advance_sequences(&mut target, dest, &schema, name).await?;
+                rows += copied;
+                progress(&MoveProgress {
+                    table: name.clone(),
+                    rows: copied,
+                    done: done + 1,
+                    total: tables.len(),
+                });
+            }
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut *target)
+                .await
+                .map_err(Error::db("committing the copy"))?;
+            Ok::<_, Error>(rows)
+        }
+        .await;
+        if copied.is_err() {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+        }
+        copied
+    }
+
+    /// Names `to` in the tenant's registry row, if `to` is still active.
+    async fn switch_server(
+        &self,
+        tenant: &Tenant,
+        placement: &crate::Placement,
+        to: Option<&ServerName>,
+    ) -> Result<Tenant> {
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the switch"))?;
+        if let Some(to) = to {
+            self.lock_active_server(&mut tx, to).await?;
+        }
+        let moved = (self.inner.registry.store)
+            .update_placement(&mut tx, &tenant.id, placement)
+            .await?
+            .ok_or_else(|| Error::NotFound(tenant.id.clone()))?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the switch"))?;
+        Ok(moved)
+    }
+
+    /// Drops the copy of `record` built on `home` by a move that failed.
+    async fn drop_built(&self, home: &Home, record: &Tenant) -> Result<()> {
+        match record.placement.strategy {
+            Strategy::Database => self.drop_tenant_database(record).await,
+            _ => {
+                let mut conn = self.acquire_shared_at(home).await?;
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(Error::db("beginning to drop a half-made copy"))?;
+                drop_tenant_schema(&mut tx, &record.placement.schema_ident()?).await?;
+                tx.commit()
+                    .await
+                    .map_err(Error::db("dropping a half-made copy"))
+            }
+        }
+    }
+
+    /// Step 4: drops the old copy while the source's locks still hold: the
+    /// schema in the source's own transaction, or the database with
+    /// `WITH (FORCE)`, which ends every session on it (the source's and
+    /// the waiting writers', whose writes fail rather than land in a
+    /// database about to go).
+    async fn drop_source(&self, tenant: &Tenant, source: &mut crate::scope::Pooled) -> Result<()> {
+        match tenant.placement.strategy {
+            Strategy::Database => {
+                source.close_on_drop();
+                self.drop_tenant_database(tenant).await
+            }
+            _ => {
+                drop_tenant_schema(source, &tenant.placement.schema_ident()?).await?;
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut **source)
+                    .await
+                    .map_err(Error::db("dropping the old copy"))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The rows of `table` (quoted), as the source sees them under its lock.
+async fn count_rows(conn: &mut sqlx::PgConnection, table: &str) -> Result<u64> {
+    let mut count = sql::Statement::new();
+    // Quoted by the catalog query that listed it.
+    count.sql("SELECT count(*) FROM ").trusted(table);
+    let n: i64 = sqlx::query_scalar(count.into_sql())
+        .fetch_one(conn)
+        .await
+        .map_err(Error::db("counting the source's rows"))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}

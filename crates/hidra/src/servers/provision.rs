@@ -1,0 +1,376 @@
+//! Provisioning on a registered server, all or nothing across two servers.
+//!
+//! A tenant on a registered server has its registry row on the control
+//! server and its data on its own server; no transaction spans both. The
+//! order keeps the one invariant that matters, *no data without a row*:
+//!
+//! 1. **Claim**: on the control server, a session advisory lock on the
+//!    tenant id is taken (held until the end), then one transaction checks
+//!    that the server is still active (its row share-locked, so it cannot be
+//!    drained or removed meanwhile) and commits the row as `provisioning`.
+//!    The web layer refuses a `provisioning` tenant.
+//! 2. **Build**: on the tenant's server, one transaction creates its schema
+//!    (every migration, its bookkeeping) or its database, and runs the seed.
+//! 3. **Activate**: the row becomes `active`, and the lock is released.
+//!
+//! A failure in 2 or 3 undoes 2 (drops what was built) and then deletes the
+//! row. A cancelled future does the same from a task it leaves behind. A
+//! killed process leaves a `provisioning` row whose lock nobody holds (the
+//! server released it with the session): [`Hidra::repair_provisioning`]
+//! finds those rows, takes their lock, drops whatever of the tenant exists
+//! on its server, and deletes the row. A provisioning still in progress
+//! holds its lock, so repair never touches it.
+
+use sqlx::Connection;
+
+use super::{Home, ServerName, ServerState};
+use crate::error::{Error, Result};
+use crate::hidra::Hidra;
+use crate::migrate;
+use crate::scope::PoolConn;
+use crate::sql;
+use crate::strategy;
+use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
+
+/// First key of the advisory locks provisionings on registered servers
+/// hold (`pg_advisory_lock(int4, int4)`, the second key the hash of the
+/// tenant id).
+const PROVISION_LOCK: i32 = 0x6869_6470; // "hidp"
+
+impl Hidra {
+    /// Creates a tenant on the registered server `server`; see
+    /// [`Hidra::provision`].
+    pub(crate) async fn provision_on_server(
+        &self,
+        strategy: Strategy,
+        mut new: NewTenant,
+        server: ServerName,
+    ) -> Result<Tenant> {
+        let setup = new.setup.take();
+        let home = self.home_of(Some(server.as_str())).await?;
+        if strategy == Strategy::RowLevel {
+            self.require_row_level_audit_at(&home).await?;
+        }
+        let mut placement = match strategy {
+            Strategy::Schema => {
+                strategy::schema::placement(&self.inner.schema.naming.schema_for(&new.id))
+            }
+            Strategy::Database => {
+                strategy::database::placement(&self.inner.database.naming.schema_for(&new.id))
+            }
+            Strategy::RowLevel => self.row_level_placement(),
+        };
+        placement.server = Some(server.to_string());
+        let draft = self.draft(new, placement);
+        let started = std::time::Instant::now();
+
+        let claim = self.claim_provisioning(&draft, &server).await?;
+        let built = self
+            .build_on_server(&home, &claim.tenant, setup.as_deref())
+            .await;
+        let tenant = match built {
+            Ok(()) => claim.activate().await,
+            Err(e) => {
+                claim.undo().await;
+                return Err(e);
+            }
+        }?;
+        tracing::info!(
+            tenant = %tenant.id,
+            server = %server,
+            strategy = %strategy,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "provisioned tenant on a registered server"
+        );
+        Ok(tenant)
+    }
+
+    /// Step 1: the lock, then the row (`provisioning`) committed on the
+    /// control server, if `server` is active.
+    async fn claim_provisioning(&self, draft: &Tenant, server: &ServerName) -> Result<Claim> {
+        let mut conn = self.acquire_shared().await?.into_pool_conn();
+        // Until the lock is given back, the connection must not be reused.
+        conn.close_on_drop();
+        self.ensure_internal_for(&mut conn, &draft.id).await?;
+        lock_provisioning(&mut conn, &draft.id, Lock::Take).await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning transaction"))?;
+        self.lock_active_server(&mut tx, server).await?;
+        let tenant = self.inner.registry.store.insert(&mut tx, draft).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the new tenant's registry row"))?;
+        tracing::debug!(tenant = %tenant.id, server = %server, "tenant claimed; building it on its server");
+        Ok(Claim {
+            hidra: self.clone(),
+            conn: Some(conn),
+            tenant,
+        })
+    }
+
+    /// Share-locks the registry row of `server` in the caller's transaction
+    /// (so that it cannot be drained or removed before that commits) and
+    /// checks that it is active.
+    pub(crate) async fn lock_active_server(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        server: &ServerName,
+    ) -> Result<()> {
+        let servers = &self.inner.conns.servers;
+        let mut lock = sql::Statement::new();
+        lock.sql("SELECT state FROM ")
+            // Quoted by `TableName`.
+            .trusted(&servers.table.table().quoted())
+            .sql(" WHERE name = $1 FOR SHARE");
+        let state: Option<String> = sqlx::query_scalar(lock.into_sql())
+            .bind(server.as_str())
+            .fetch_optional(tx)
+            .await
+            .map_err(Error::db("locking the tenant's server"))?;
+        match state.as_deref().map(str::parse::<ServerState>) {
+            None => Err(Error::ServerNotFound(server.clone())),
+            Some(Ok(ServerState::Active)) => Ok(()),
+            Some(Ok(state)) => {
+                servers.loads.clear();
+                Err(Error::ServerNotActive {
+                    name: server.clone(),
+                    state,
+                })
+            }
+            Some(Err(reason)) => Err(Error::InvalidConfig(
+                format!("the row of server {server:?} is not valid: {reason}").into(),
+            )),
+        }
+    }
+
+    /// Step 2: the tenant's data on its server, in one transaction there.
+    async fn build_on_server(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        setup: Option<&dyn crate::hidra::DynSeed>,
+    ) -> Result<()> {
+        let Home::Server(server) = home else {
+            unreachable!("provision_on_server resolves a registered server");
+        };
+        let binding = self.binding(tenant)?;
+        match tenant.placement.strategy {
+            Strategy::Database => {
+                let database = sql::Ident::new(
+                    strategy::database::tenant_database(tenant)?.to_owned(),
+                    "tenant database name",
+                )?;
+                self.create_tenant_database_at(home, tenant, &database)
+                    .await?;
+                let conn = self.database_conn_at(home, tenant).await?;
+                let mut conn = crate::scope::Pooled::Database(conn);
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(Error::db("beginning the tenant database's seed"))?;
+                self.run_seeds(&mut tx, tenant, &binding, setup).await?;
+                tx.commit()
+                    .await
+                    .map_err(Error::db("committing the tenant database's seed"))?;
+            }
+            Strategy::Schema | Strategy::RowLevel => {
+                let mut conn = self.acquire_shared_at(home).await?;
+                self.ensure_internal_at(home, &mut conn).await?;
+                let mut tx = conn
+                    .begin()
+                    .await
+                    .map_err(Error::db("beginning the provisioning transaction"))?;
+                if tenant.placement.strategy == Strategy::Schema {
+                    let schema = tenant.placement.schema_ident()?;
+                    let what = format!("provisioning on a registered server (`{}`)", server.name);
+                    self.build_schema_in(&mut tx, tenant, &schema, &binding.search_path, &what)
+                        .await?;
+                }
+                self.run_seeds(&mut tx, tenant, &binding, setup).await?;
+                tx.commit()
+                    .await
+                    .map_err(Error::db("committing the provisioning transaction"))?;
+            }
+        }
+        tracing::debug!(tenant = %tenant.id, server = %server.name, "tenant data committed on its server; activating");
+        Ok(())
+    }
+
+    /// Creates Hidra's internal schema on `home`'s server once per process.
+    pub(crate) async fn ensure_internal_at(
+        &self,
+        home: &Home,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<()> {
+        match home {
+            Home::Control => self.ensure_internal(conn).await,
+            Home::Server(server) => server
+                .internal_ready
+                .get_or_try_init(|| migrate::ensure_internal(conn))
+                .await
+                .map(|_| ()),
+        }
+    }
+
+    /// Tenants whose provisioning on a registered server was interrupted (a
+    /// killed process): `provisioning` rows whose provisioning lock nobody
+    /// holds. See the [module docs](self).
+    pub async fn abandoned_provisionings(&self) -> Result<Vec<Tenant>> {
+        let mut conn = self.acquire_shared().await?.into_pool_conn();
+        conn.close_on_drop();
+        let mut abandoned = Vec::new();
+        for tenant in crate::store::list_all(&self.inner.registry.store, &mut conn).await? {
+            if tenant.status != TenantStatus::Provisioning || tenant.placement.server.is_none() {
+                continue;
+            }
+            if lock_provisioning(&mut conn, &tenant.id, Lock::Try).await? {
+                lock_provisioning(&mut conn, &tenant.id, Lock::Release).await?;
+                abandoned.push(tenant);
+            }
+        }
+        conn.settled();
+        Ok(abandoned)
+    }
+
+    /// Undoes every [abandoned provisioning](Hidra::abandoned_provisionings):
+    /// drops what was built of each tenant on its server, then its registry
+    /// row. Returns the ids undone. A tenant whose server does not answer is
+    /// left as it is (and named in the error); run it again once it does.
+    pub async fn repair_provisioning(&self) -> Result<Vec<TenantId>> {
+        let mut undone = Vec::new();
+        for tenant in self.abandoned_provisionings().await? {
+            if self.undo_claimed(&tenant.id).await? {
+                undone.push(tenant.id);
+            }
+        }
+        Ok(undone)
+    }
+
+    /// Undoes the provisioning of `id` under its lock, if its row is still
+    /// `provisioning`: its data on its server, then its row. Returns whether
+    /// there was anything to undo.
+    async fn undo_claimed(&self, id: &TenantId) -> Result<bool> {
+        let mut conn = self.acquire_shared().await?.into_pool_conn();
+        conn.close_on_drop();
+        lock_provisioning(&mut conn, id, Lock::Take).await?;
+        let tenant = self.inner.registry.store.get(&mut conn, id).await?;
+        let undone = match tenant.filter(|t| t.status == TenantStatus::Provisioning) {
+            Some(tenant) => {
+                self.drop_tenant(&mut conn, &tenant).await?;
+                tracing::info!(tenant = %id, "undid an interrupted provisioning");
+                true
+            }
+            None => false,
+        };
+        lock_provisioning(&mut conn, id, Lock::Release).await?;
+        conn.settled();
+        Ok(undone)
+    }
+}
+
+/// What to do with a tenant's provisioning lock.
+#[derive(Clone, Copy, Debug)]
+enum Lock {
+    /// Wait for it.
+    Take,
+    /// Take it if free.
+    Try,
+    /// Give it back.
+    Release,
+}
+
+/// Takes, tries or gives back the provisioning lock of `id`; returns
+/// whether it is held (`Try`) or was held (`Release`), `true` for `Take`.
+async fn lock_provisioning(
+    conn: &mut sqlx::PgConnection,
+    id: &TenantId,
+    lock: Lock,
+) -> Result<bool> {
+    let statement = match lock {
+        Lock::Take => "SELECT pg_advisory_lock($1, hashtext($2)) IS NULL",
+        Lock::Try => "SELECT pg_try_advisory_lock($1, hashtext($2))",
+        Lock::Release => "SELECT pg_advisory_unlock($1, hashtext($2))",
+    };
+    sqlx::query_scalar(statement)
+        .bind(PROVISION_LOCK)
+        .bind(id.as_str())
+        .fetch_one(conn)
+        .await
+        .map_err(Error::db("taking the tenant's provisioning lock"))
+}
+
+/// A tenant claimed on the control server (step 1 done): activate it, or
+/// undo it. Dropped without either (a cancelled future), it undoes the
+/// provisioning from a task of its own.
+struct Claim {
+    hidra: Hidra,
+    /// The control connection holding the provisioning lock.
+    conn: Option<PoolConn>,
+    tenant: Tenant,
+}
+
+impl Claim {
+    /// Step 3: the row becomes `active`; the lock is given back. If that
+    /// fails, the provisioning is undone.
+    async fn activate(mut self) -> Result<Tenant> {
+        let mut conn = self.conn.take().expect("present until used");
+        let activated = self
+            .hidra
+            .inner
+            .registry
+            .store
+            .update_status(
+                &mut conn,
+                &self.tenant.id,
+                &[TenantStatus::Provisioning],
+                TenantStatus::Active,
+            )
+            .await
+            .and_then(|t| t.ok_or_else(|| Error::NotFound(self.tenant.id.clone())));
+        match activated {
+            Ok(tenant) => {
+                if lock_provisioning(&mut conn, &self.tenant.id, Lock::Release)
+                    .await
+                    .is_ok()
+                {
+                    conn.settled();
+                }
+                Ok(tenant)
+            }
+            Err(e) => {
+                self.conn = Some(conn);
+                self.undo().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Undoes a failed step 2 or 3: the data on the server, then the row.
+    async fn undo(mut self) {
+        // The lock goes with the connection; `undo_claimed` takes it again.
+        drop(self.conn.take());
+        let id = self.tenant.id.clone();
+        if let Err(e) = self.hidra.undo_claimed(&id).await {
+            tracing::error!(tenant = %id, error = %e, "could not undo a failed provisioning; `hidra doctor --repair` will");
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        // Activated or undone: nothing left to do.
+        let Some(conn) = self.conn.take() else { return };
+        drop(conn);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (hidra, id) = (self.hidra.clone(), self.tenant.id.clone());
+        runtime.spawn(async move {
+            if let Err(e) = hidra.undo_claimed(&id).await {
+                tracing::error!(tenant = %id, error = %e, "could not undo a cancelled provisioning; `hidra doctor --repair` will");
+            }
+        });
+    }
+}

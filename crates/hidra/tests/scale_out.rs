@@ -1,0 +1,985 @@
+//! Tenants spread over several PostgreSQL servers: three throw-away clusters
+//! started by the harness are registered; tenants are placed on them by the
+//! default policy and by an explicit choice, for every strategy; their
+//! connections reach their own server (checked on the servers themselves);
+//! provisioning is all or nothing across two servers, also when its future
+//! is cancelled; deprovisioning leaves nothing on the server; a fan-out
+//! migration with one server stopped migrates the others, names the stopped
+//! server's tenants, and a rerun finishes them.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use hidra::testing::TempCluster;
+use hidra::{
+    BoxError, Error, FewestTenants, Hidra, Migrations, NewServer, NewTenant, Seed, ServerName,
+    ServerState, Strategy, Tenant,
+};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+const NOTES_V1: &str = "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);";
+const NOTES_V2: &str = "ALTER TABLE notes ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;";
+
+/// The role a row-level tenant's server is used as: row-level security
+/// never restricts a superuser.
+const APP_ROLE: &str = "hidra_app";
+
+fn name(s: &str) -> ServerName {
+    ServerName::new(s).unwrap()
+}
+
+struct Fleet {
+    ctx: Ctx,
+    servers: Vec<(ServerName, TempCluster)>,
+}
+
+impl Fleet {
+    fn cluster(&self, server: &str) -> &TempCluster {
+        &self
+            .servers
+            .iter()
+            .find(|(n, _)| n.as_str() == server)
+            .unwrap()
+            .1
+    }
+
+    async fn admin(&self, server: &str) -> PgConnection {
+        PgConnection::connect(self.cluster(server).url())
+            .await
+            .unwrap()
+    }
+
+    /// Whether `schema` exists on `server` (`None`: the control server).
+    async fn has_schema(&self, server: Option<&str>, schema: &str) -> bool {
+        let mut conn = match server {
+            Some(s) => self.admin(s).await,
+            None => PgConnection::connect(self.ctx.db.url()).await.unwrap(),
+        };
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    async fn has_database(&self, server: &str, database: &str) -> bool {
+        let mut conn = self.admin(server).await;
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(database)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+}
+
+/// A control database, and three registered servers (`s1`, `s2`, `s3`),
+/// each with the row-level tables and an ordinary role to serve them.
+async fn fleet(builder: hidra::HidraBuilder) -> Fleet {
+    let ctx = setup_with(builder).await;
+    let mut servers = Vec::new();
+    for n in ["s1", "s2", "s3"] {
+        let cluster = TempCluster::start().await.unwrap();
+        let mut su = PgConnection::connect(cluster.url()).await.unwrap();
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS;
+             GRANT CREATE ON DATABASE postgres TO {APP_ROLE};
+             ALTER ROLE {APP_ROLE} CREATEDB;
+             GRANT ALL ON SCHEMA public TO {APP_ROLE};
+             SET ROLE {APP_ROLE};
+             CREATE TABLE public.notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
+             {}",
+            hidra::rls::tenant_table_sql("public.notes").unwrap()
+        )))
+        .execute(&mut su)
+        .await
+        .unwrap();
+        let url = cluster
+            .url()
+            .replacen("postgres@", &format!("{APP_ROLE}@"), 1);
+        ctx.hidra
+            .servers()
+            .add(NewServer::new(name(n), url))
+            .await
+            .unwrap();
+        servers.push((name(n), cluster));
+    }
+    Fleet { ctx, servers }
+}
+
+/// A prefix for tenant databases no other test uses: databases on the
+/// shared control server are global.
+fn database_prefix() -> String {
+    format!("so{}_", &uuid_like()[..8])
+}
+
+fn uuid_like() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    format!("{:016x}", h.finish())
+}
+
+fn builder() -> hidra::HidraBuilder {
+    Hidra::builder()
+        .database_prefix(database_prefix())
+        .tenant_migrations(Migrations::new().push("notes", NOTES_V1))
+        .max_connections(4)
+        .placement(FewestTenants::excluding_control())
+}
+
+/// Writes a note through the tenant's own connection and transaction, and
+/// reads both back.
+async fn write_and_read(hidra: &Hidra, tenant: &Tenant, body: &str) -> Vec<String> {
+    let mut conn = hidra.acquire(tenant).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) VALUES ($1)")
+        .bind(format!("{body} (conn)"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut tx = hidra.begin(tenant).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) VALUES ($1)")
+        .bind(format!("{body} (tx)"))
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = hidra.acquire(tenant).await.unwrap();
+    sqlx::query_scalar("SELECT body FROM notes ORDER BY id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The note bodies `server` holds for a tenant, read on the server itself.
+async fn notes_on(fleet: &Fleet, server: &str, tenant: &Tenant) -> Vec<String> {
+    try_notes_on(fleet, server, tenant).await.unwrap()
+}
+
+/// [`notes_on`], or the error of a server without the tenant's table.
+async fn try_notes_on(
+    fleet: &Fleet,
+    server: &str,
+    tenant: &Tenant,
+) -> Result<Vec<String>, sqlx::Error> {
+    let p = &tenant.placement;
+    let mut conn = match &p.database {
+        Some(db) => {
+            let base = fleet.cluster(server).url().rsplit_once('/').unwrap().0;
+            let url = format!("{base}/{db}");
+            PgConnection::connect(&url).await.unwrap()
+        }
+        None => fleet.admin(server).await,
+    };
+    let (table, filter) = match p.strategy {
+        Strategy::RowLevel => (
+            "public.notes".to_owned(),
+            format!(" WHERE tenant_id = '{}'", tenant.id),
+        ),
+        _ => (format!("\"{}\".notes", p.schema), String::new()),
+    };
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT body FROM {table}{filter} ORDER BY id"
+    )))
+    .fetch_all(&mut conn)
+    .await
+}
+
+#[tokio::test]
+async fn tenants_are_placed_over_three_servers_and_served_there() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+
+    // The default policy spreads schema tenants evenly.
+    let mut placed = Vec::new();
+    for i in 0..6 {
+        let t = hidra
+            .provision(NewTenant::new(id(&format!("spread-{i}"))))
+            .await
+            .unwrap();
+        placed.push(t);
+    }
+    for server in ["s1", "s2", "s3"] {
+        let on: Vec<_> = placed
+            .iter()
+            .filter(|t| t.placement.server.as_deref() == Some(server))
+            .collect();
+        assert_eq!(on.len(), 2, "{server}: {placed:?}");
+        for t in on {
+            assert!(fleet.has_schema(Some(server), &t.placement.schema).await);
+            assert!(!fleet.has_schema(None, &t.placement.schema).await);
+        }
+    }
+    let counts: Vec<(String, u64)> = (hidra.servers().list().await.unwrap())
+        .into_iter()
+        .map(|s| (s.name.to_string(), s.tenants))
+        .collect();
+    assert_eq!(
+        counts,
+        [("s1".into(), 2), ("s2".into(), 2), ("s3".into(), 2)]
+    );
+
+    // An explicit choice wins over the policy, for every strategy; each
+    // tenant's reads and writes land on its own server.
+    for (strategy, server) in [
+        (Strategy::Schema, "s2"),
+        (Strategy::Database, "s3"),
+        (Strategy::RowLevel, "s1"),
+        (Strategy::RowLevel, "s2"),
+    ] {
+        let tid = format!("{strategy}-on-{server}").replace('_', "-");
+        let t = hidra
+            .provision(
+                NewTenant::new(id(&tid))
+                    .strategy(strategy)
+                    .on_server(name(server)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(t.placement.server.as_deref(), Some(server));
+        assert_eq!(t.placement.strategy, strategy);
+        let seen = write_and_read(hidra, &t, &tid).await;
+        assert_eq!(seen, [format!("{tid} (conn)"), format!("{tid} (tx)")]);
+        assert_eq!(notes_on(&fleet, server, &t).await, seen, "{tid}");
+        // No other server holds its notes.
+        for other in ["s1", "s2", "s3"].into_iter().filter(|s| *s != server) {
+            match strategy {
+                Strategy::Database => assert!(
+                    !fleet
+                        .has_database(other, t.placement.database.as_deref().unwrap())
+                        .await
+                ),
+                Strategy::Schema => {
+                    assert!(!fleet.has_schema(Some(other), &t.placement.schema).await)
+                }
+                _ => assert!(
+                    notes_on(&fleet, other, &t).await.is_empty(),
+                    "{tid} on {other}"
+                ),
+            }
+        }
+    }
+
+    // A tenant on the control server still works as before.
+    let home = hidra
+        .provision(NewTenant::new(id("at-home")).on_control_server())
+        .await
+        .unwrap();
+    assert_eq!(home.placement.server, None);
+    assert_eq!(write_and_read(hidra, &home, "home").await.len(), 2);
+    assert!(fleet.has_schema(None, &home.placement.schema).await);
+}
+
+#[tokio::test]
+async fn servers_that_take_no_tenants_are_refused_and_deprovisioning_cleans_up() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    let servers = hidra.servers();
+    servers
+        .set_state(&name("s1"), ServerState::Draining)
+        .await
+        .unwrap();
+    let err = hidra
+        .provision(NewTenant::new(id("to-drained")).on_server(name("s1")))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::ServerNotActive { name, state: ServerState::Draining } if name.as_str() == "s1"),
+        "{err:?}"
+    );
+    assert!(err.is_no_server());
+    assert!(hidra.tenant(&id("to-drained")).await.unwrap().is_none());
+    assert!(!fleet.has_schema(Some("s1"), "tenant_to_drained").await);
+
+    // An unknown server is named.
+    let err = hidra
+        .provision(NewTenant::new(id("to-nowhere")).on_server(name("s9")))
+        .await
+        .unwrap_err();
+    assert!(err.is_server_not_found(), "{err:?}");
+    assert!(hidra.tenant(&id("to-nowhere")).await.unwrap().is_none());
+
+    // Every active server full: the policy finds no room.
+    for n in ["s2", "s3"] {
+        servers
+            .set_state(&name(n), ServerState::ReadOnly)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(hidra::LOADS_TTL).await;
+    let err = hidra
+        .provision(NewTenant::new(id("no-room")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoServerAvailable { .. }), "{err:?}");
+    for n in ["s1", "s2", "s3"] {
+        servers
+            .set_state(&name(n), ServerState::Active)
+            .await
+            .unwrap();
+    }
+
+    // Deprovisioning removes the data on the tenant's server, then its row.
+    let schema = hidra
+        .provision(NewTenant::new(id("gone-schema")).on_server(name("s2")))
+        .await
+        .unwrap();
+    let database = hidra
+        .provision(
+            NewTenant::new(id("gone-db"))
+                .strategy(Strategy::Database)
+                .on_server(name("s3")),
+        )
+        .await
+        .unwrap();
+    let rows = hidra
+        .provision(
+            NewTenant::new(id("gone-rows"))
+                .strategy(Strategy::RowLevel)
+                .on_server(name("s1")),
+        )
+        .await
+        .unwrap();
+    write_and_read(hidra, &rows, "row").await;
+    let db_name = database.placement.database.clone().unwrap();
+    assert!(fleet.has_schema(Some("s2"), "tenant_gone_schema").await);
+    assert!(fleet.has_database("s3", &db_name).await);
+    for t in [&schema, &database, &rows] {
+        hidra
+            .deprovision(&t.id, hidra::Confirmation::of(&t.id))
+            .await
+            .unwrap();
+        assert!(hidra.tenant(&t.id).await.unwrap().is_none());
+    }
+    assert!(!fleet.has_schema(Some("s2"), "tenant_gone_schema").await);
+    assert!(!fleet.has_database("s3", &db_name).await);
+    assert!(notes_on(&fleet, "s1", &rows).await.is_empty());
+    assert_eq!(
+        servers.get(&name("s2")).await.unwrap().unwrap().tenants,
+        0,
+        "the row is gone too"
+    );
+}
+
+/// A seed that tells the test it started, then never finishes.
+struct Hang(tokio::sync::mpsc::UnboundedSender<()>);
+
+impl Seed for Hang {
+    async fn seed(&self, conn: &mut PgConnection, _: &Tenant) -> Result<(), BoxError> {
+        sqlx::query("INSERT INTO notes (body) VALUES ('seeded')")
+            .execute(&mut *conn)
+            .await?;
+        let _ = self.0.send(());
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_provisioning_cancelled_between_the_two_servers_leaves_nothing() {
+    let fleet = fleet(builder()).await;
+    let hidra = fleet.ctx.hidra.clone();
+    for strategy in [Strategy::Schema, Strategy::Database, Strategy::RowLevel] {
+        let tid = id(&format!("cut-{}", strategy.to_string().replace('_', "-")));
+        let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let provision = hidra.provision(
+            NewTenant::new(tid.clone())
+                .strategy(strategy)
+                .on_server(name("s2"))
+                .setup(Hang(tx)),
+        );
+        tokio::select! {
+            _ = provision => panic!("the seed never finishes"),
+            _ = started.recv() => {}
+        }
+        // Cancelled with the registry row committed and the data half built
+        // on s2: the row is undone by the task the provisioning left behind.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while hidra.tenant(&tid).await.unwrap().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{tid} still registered"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let schema = format!("tenant_{}", tid.as_str().replace('-', "_"));
+        assert!(!fleet.has_schema(Some("s2"), &schema).await, "{schema}");
+        assert!(!fleet.has_database("s2", &schema).await, "{schema}");
+        let mut conn = fleet.admin("s2").await;
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM public.notes")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0);
+        assert!(hidra.abandoned_provisionings().await.unwrap().is_empty());
+        // The id is free again.
+        hidra
+            .provision(
+                NewTenant::new(tid.clone())
+                    .strategy(strategy)
+                    .on_server(name("s2")),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_provisioning_is_found_and_repaired() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    // What a process killed after building the tenant on s3 leaves: a
+    // `provisioning` row nobody holds the lock of, and the schema on s3.
+    let t = hidra
+        .provision(NewTenant::new(id("killed")).on_server(name("s3")))
+        .await
+        .unwrap();
+    let mut control = PgConnection::connect(fleet.ctx.db.url()).await.unwrap();
+    sqlx::query("UPDATE tenants SET status = 'provisioning' WHERE id = $1")
+        .bind(t.id.as_str())
+        .execute(&mut control)
+        .await
+        .unwrap();
+    // A provisioning in progress (its lock held) is not touched.
+    let mut holder = PgConnection::connect(fleet.ctx.db.url()).await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock($1, hashtext($2))")
+        .bind(0x6869_6470_i32)
+        .bind(t.id.as_str())
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert!(hidra.abandoned_provisionings().await.unwrap().is_empty());
+    assert!(hidra.repair_provisioning().await.unwrap().is_empty());
+    assert!(fleet.has_schema(Some("s3"), "tenant_killed").await);
+    holder.close().await.unwrap();
+
+    let abandoned = hidra.abandoned_provisionings().await.unwrap();
+    assert_eq!(abandoned.len(), 1);
+    assert_eq!(abandoned[0].id, t.id);
+    assert_eq!(
+        hidra.repair_provisioning().await.unwrap(),
+        vec![t.id.clone()]
+    );
+    assert!(hidra.tenant(&t.id).await.unwrap().is_none());
+    assert!(!fleet.has_schema(Some("s3"), "tenant_killed").await);
+    assert!(hidra.repair_provisioning().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_fan_out_with_one_server_stopped_migrates_the_others_and_a_rerun_finishes() {
+    let mut fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    let mut tenants = Vec::new();
+    for i in 0..6 {
+        tenants.push(
+            hidra
+                .provision(NewTenant::new(id(&format!("fan-{i}"))))
+                .await
+                .unwrap(),
+        );
+    }
+    tenants.push(
+        hidra
+            .provision(
+                NewTenant::new(id("fan-db"))
+                    .strategy(Strategy::Database)
+                    .on_server(name("s2")),
+            )
+            .await
+            .unwrap(),
+    );
+    let v2 = Hidra::builder()
+        .tenant_migrations(
+            Migrations::new()
+                .push("notes", NOTES_V1)
+                .push("pinned", NOTES_V2),
+        )
+        .max_connections(4)
+        .connect_with(fleet.ctx.db.connect_options())
+        .await
+        .unwrap();
+    let on_s2: Vec<String> = tenants
+        .iter()
+        .filter(|t| t.placement.server.as_deref() == Some("s2"))
+        .map(|t| t.id.to_string())
+        .collect();
+    assert_eq!(on_s2.len(), 3, "{tenants:?}");
+
+    fleet.servers[1].1.pause().await.unwrap();
+    let summary = v2.migrator().concurrency(2).run().await.unwrap();
+    assert!(!summary.is_success());
+    let mut failed: Vec<String> = summary
+        .failed
+        .iter()
+        .map(|f| f.target.tenant.as_ref().unwrap().to_string())
+        .collect();
+    failed.sort();
+    let mut expected = on_s2.clone();
+    expected.sort();
+    assert_eq!(failed, expected, "{summary}");
+    assert!(
+        summary
+            .failed
+            .iter()
+            .all(|f| f.target.server.as_deref() == Some("s2")),
+        "{summary}"
+    );
+    assert_eq!(summary.migrated.len(), 4, "{summary}");
+
+    fleet.servers[1].1.resume().await.unwrap();
+    // Checkouts fail fast until the handle's next probe finds s2 back
+    // (within about a quarter second): rerun until then.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let rerun = loop {
+        let rerun = v2.migrator().concurrency(2).run().await.unwrap();
+        if rerun.is_success() || tokio::time::Instant::now() > deadline {
+            break rerun;
+        }
+        assert_eq!(rerun.migrated.len(), 0, "{rerun}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(rerun.is_success(), "{rerun}");
+    assert_eq!(rerun.migrated.len(), 3, "{rerun}");
+    for t in &tenants {
+        let mut conn = v2.acquire(t).await.unwrap();
+        let pinned: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE NOT pinned")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(pinned, 0, "{}", t.id);
+    }
+    v2.close().await;
+}
+
+/// What the child process of
+/// [`a_provisioning_killed_with_sigkill_is_repaired_by_doctor`] is told.
+const CHILD_URL: &str = "HIDRA_TEST_CHILD_CONTROL_URL";
+const CHILD_STOP_AT: &str = "HIDRA_TEST_CHILD_STOP_AT";
+
+/// Stops the whole process when provisioning reports its data committed on
+/// the tenant's server: it prints `READY` and blocks the runtime's thread
+/// until the parent kills it.
+struct StopWhenCommitted;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for StopWhenCommitted {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Message(String);
+        impl tracing::field::Visit for Message {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    self.0 = format!("{value:?}");
+                }
+            }
+        }
+        let mut message = Message(String::new());
+        event.record(&mut message);
+        if message.0.contains("tenant data committed on its server") {
+            println!("READY");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "the child process of a_provisioning_killed_with_sigkill_is_repaired_by_doctor"]
+async fn child_provisions_until_killed() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let url = std::env::var(CHILD_URL).expect("run by the parent test");
+    let stop_at = std::env::var(CHILD_STOP_AT).unwrap();
+    let hidra = builder().connect(&url).await.unwrap();
+    let tid = id(&format!("killed-{stop_at}"));
+    let new = NewTenant::new(tid).on_server(name("s1"));
+    if stop_at == "seed" {
+        // Killed inside the transaction on s1, the row committed.
+        let (tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let provision = hidra.provision(new.setup(Hang(tx)));
+        tokio::select! {
+            _ = provision => unreachable!("the seed never finishes"),
+            _ = started.recv() => println!("READY"),
+        }
+        std::future::pending::<()>().await;
+    } else {
+        // Killed after the data committed on s1, before the row is active.
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .with(StopWhenCommitted);
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        hidra.provision(new).await.unwrap();
+        unreachable!("stopped before the provisioning finished");
+    }
+}
+
+#[tokio::test]
+async fn a_provisioning_killed_with_sigkill_is_repaired_by_doctor() {
+    use std::io::BufRead;
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    for stop_at in ["seed", "committed"] {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "child_provisions_until_killed",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_URL, fleet.ctx.db.url())
+            .env(CHILD_STOP_AT, stop_at)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| line.contains("READY"))
+        });
+        let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .expect("the child got to its stop")
+            .unwrap();
+        assert!(ready, "the child ended before its stop ({stop_at})");
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+
+        let tid = id(&format!("killed-{stop_at}"));
+        let schema = format!("tenant_killed_{stop_at}");
+        let t = hidra
+            .tenant(&tid)
+            .await
+            .unwrap()
+            .expect("the row was committed first");
+        assert_eq!(t.status, hidra::TenantStatus::Provisioning);
+        assert_eq!(
+            fleet.has_schema(Some("s1"), &schema).await,
+            stop_at == "committed",
+            "{stop_at}"
+        );
+        // The killed session's lock goes once its server notices.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let abandoned = hidra.abandoned_provisionings().await.unwrap();
+            if abandoned.iter().any(|a| a.id == tid) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stop_at}: not found"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            hidra.repair_provisioning().await.unwrap(),
+            vec![tid.clone()]
+        );
+        assert!(hidra.tenant(&tid).await.unwrap().is_none());
+        assert!(!fleet.has_schema(Some("s1"), &schema).await, "{stop_at}");
+    }
+}
+
+/// Inserts notes for `tenant` until `stop`, re-reading its record after a
+/// failure (the move drops the old copy under waiting writers); returns the
+/// bodies whose insert was acknowledged.
+async fn keep_writing(
+    hidra: Hidra,
+    tid: hidra::TenantId,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, usize) {
+    let mut acked = Vec::new();
+    let mut failures = 0;
+    let mut tenant = hidra.tenant(&tid).await.unwrap().unwrap();
+    let mut n = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let body = format!("w{n}");
+        let written = async {
+            let mut conn = hidra.acquire(&tenant).await?;
+            sqlx::query("INSERT INTO notes (body) VALUES ($1)")
+                .bind(&body)
+                .execute(&mut conn)
+                .await?;
+            Ok::<_, BoxError>(())
+        };
+        match written.await {
+            Ok(()) => {
+                acked.push(body);
+                n += 1;
+            }
+            Err(_) => {
+                failures += 1;
+                tenant = hidra.tenant(&tid).await.unwrap().unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    (acked, failures)
+}
+
+/// Counts notes for `tenant` until `stop`, re-reading its record after a
+/// failure; returns how many reads succeeded and the longest time it went
+/// without an answer.
+async fn keep_reading(
+    hidra: Hidra,
+    tid: hidra::TenantId,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (usize, Duration) {
+    let mut tenant = hidra.tenant(&tid).await.unwrap().unwrap();
+    let (mut reads, mut longest) = (0, Duration::ZERO);
+    let mut last = std::time::Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let read = async {
+            let mut conn = hidra.acquire(&tenant).await?;
+            let n = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notes")
+                .fetch_one(&mut conn)
+                .await?;
+            Ok::<_, BoxError>(n)
+        };
+        match read.await {
+            Ok(_) => {
+                reads += 1;
+                longest = longest.max(last.elapsed());
+                last = std::time::Instant::now();
+            }
+            Err(_) => tenant = hidra.tenant(&tid).await.unwrap().unwrap(),
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (reads, longest)
+}
+
+#[tokio::test]
+async fn a_tenant_moves_between_servers_under_reads_and_writes() {
+    let prefix = database_prefix();
+    let fleet = fleet(builder().database_prefix(&prefix)).await;
+    let hidra = &fleet.ctx.hidra;
+    for (tid, strategy, from, to) in [
+        ("mover", Strategy::Schema, Some("s1"), Some("s2")),
+        ("db-mover", Strategy::Database, Some("s3"), None),
+        ("home-mover", Strategy::Schema, None, Some("s3")),
+    ] {
+        let new = NewTenant::new(id(tid)).strategy(strategy);
+        let new = match from {
+            Some(s) => new.on_server(name(s)),
+            None => new.on_control_server(),
+        };
+        let t = hidra.provision(new).await.unwrap();
+        let mut conn = hidra.acquire(&t).await.unwrap();
+        sqlx::query(
+            "INSERT INTO notes (body) SELECT 'seed ' || g FROM generate_series(1, 20000) g",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        drop(conn);
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = tokio::spawn(keep_writing(hidra.clone(), t.id.clone(), stop.clone()));
+        let reader = tokio::spawn(keep_reading(hidra.clone(), t.id.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let to_name = to.map(name);
+        let progress = std::sync::Mutex::new(Vec::new());
+        let moved = hidra
+            .move_to_server_with(&t.id, to_name.as_ref(), |p| {
+                progress.lock().unwrap().push((p.table.clone(), p.rows));
+            })
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (acked, _failures) = writer.await.unwrap();
+        let (reads, longest) = reader.await.unwrap();
+
+        assert_eq!(moved.tenant.placement.server.as_deref(), to, "{tid}");
+        assert_eq!(moved.from.as_deref(), from);
+        assert!(moved.rows >= 20_000, "{tid}: {moved:?}");
+        assert!(moved.write_freeze <= moved.elapsed);
+        let progress = progress.into_inner().unwrap();
+        assert_eq!(progress.len(), 1, "{progress:?}");
+        assert_eq!(progress[0].0, "notes");
+        assert!(
+            !acked.is_empty() && reads > 0,
+            "{tid}: {} writes, {reads} reads",
+            acked.len()
+        );
+        // Readers were answered throughout (the copy holds writers only).
+        assert!(longest < Duration::from_secs(10), "{tid}: {longest:?}");
+
+        // Every acknowledged write is on the new server, every seed row too,
+        // and the ids go on from where they were.
+        let t = hidra.tenant(&t.id).await.unwrap().unwrap();
+        assert_eq!(t.placement.server.as_deref(), to);
+        let mut conn = hidra.acquire(&t).await.unwrap();
+        let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notes WHERE body LIKE 'w%'")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        let bodies: std::collections::HashSet<String> = bodies.into_iter().collect();
+        for body in &acked {
+            assert!(
+                bodies.contains(body),
+                "{tid}: acknowledged {body} is missing"
+            );
+        }
+        let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE body LIKE 'seed %'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(seeds, 20_000);
+        let next: i64 =
+            sqlx::query_scalar("INSERT INTO notes (body) VALUES ('after') RETURNING id")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        let max: i64 = sqlx::query_scalar("SELECT max(id) FROM notes WHERE body <> 'after'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert!(next > max, "{tid}: id {next} after {max}");
+        drop(conn);
+
+        // Nothing is left on the source.
+        match (strategy, from) {
+            (Strategy::Database, Some(s)) => assert!(
+                !fleet
+                    .has_database(s, t.placement.database.as_deref().unwrap())
+                    .await
+            ),
+            (_, source) => assert!(!fleet.has_schema(source, &t.placement.schema).await),
+        }
+        // Databases on the shared control server outlive the test's own.
+        hidra
+            .deprovision(&t.id, hidra::Confirmation::of(&t.id))
+            .await
+            .unwrap();
+    }
+    hidra.close().await;
+    let mut control = PgConnection::connect(fleet.ctx.db.url()).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{prefix}_tpl\" WITH (FORCE)"
+    )))
+    .execute(&mut control)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_move_that_fails_at_any_step_leaves_the_tenant_where_it_was() {
+    let mut fleet = fleet(
+        Hidra::builder()
+            .tenant_migrations(Migrations::new().push(
+                "notes",
+                "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL UNIQUE);",
+            ))
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(2))
+            .placement(FewestTenants::excluding_control()),
+    )
+    .await;
+    let hidra = fleet.ctx.hidra.clone();
+    let t = hidra
+        .provision(NewTenant::new(id("stays")).on_server(name("s1")))
+        .await
+        .unwrap();
+    let mut conn = hidra.acquire(&t).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 500) g")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let still_works = |hidra: Hidra| async move {
+        let t = hidra.tenant(&id("stays")).await.unwrap().unwrap();
+        assert_eq!(t.placement.server.as_deref(), Some("s1"));
+        let mut conn = hidra.acquire(&t).await.unwrap();
+        sqlx::query("INSERT INTO notes (body) VALUES (gen_random_uuid()::text)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notes")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    };
+
+    // The target stopped.
+    fleet.servers[2].1.pause().await.unwrap();
+    let err = hidra
+        .move_to_server(&t.id, Some(&name("s3")))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    assert_eq!(still_works(hidra.clone()).await, 501);
+    fleet.servers[2].1.resume().await.unwrap();
+
+    // A target that is not active.
+    hidra
+        .servers()
+        .set_state(&name("s3"), ServerState::Draining)
+        .await
+        .unwrap();
+    let err = hidra
+        .move_to_server(&t.id, Some(&name("s3")))
+        .await
+        .unwrap_err();
+    assert!(err.is_no_server(), "{err:?}");
+    assert!(!fleet.has_schema(Some("s3"), "tenant_stays").await);
+    assert_eq!(still_works(hidra.clone()).await, 502);
+
+    // A constraint violated on the target: the source drifted (a duplicate
+    // the migrations forbid), so the copy fails there.
+    let mut s1 = fleet.admin("s1").await;
+    sqlx::raw_sql(
+        "ALTER TABLE tenant_stays.notes DROP CONSTRAINT notes_body_key;
+         INSERT INTO tenant_stays.notes (body) VALUES ('n1')",
+    )
+    .execute(&mut s1)
+    .await
+    .unwrap();
+    let err = hidra
+        .move_to_server(&t.id, Some(&name("s2")))
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("23505"), "{err:?}");
+    assert!(!fleet.has_schema(Some("s2"), "tenant_stays").await);
+    assert_eq!(still_works(hidra.clone()).await, 504);
+
+    // The source stopped.
+    fleet.servers[0].1.pause().await.unwrap();
+    let err = hidra
+        .move_to_server(&t.id, Some(&name("s2")))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().is_empty());
+    fleet.servers[0].1.resume().await.unwrap();
+    assert!(!fleet.has_schema(Some("s2"), "tenant_stays").await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let t = hidra.tenant(&t.id).await.unwrap().unwrap();
+    while hidra.acquire(&t).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "s1 never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(still_works(hidra.clone()).await, 505);
+
+    // A row-level tenant is refused, with nothing changed.
+    let rows = hidra
+        .provision(
+            NewTenant::new(id("rows"))
+                .strategy(Strategy::RowLevel)
+                .on_server(name("s1")),
+        )
+        .await
+        .unwrap();
+    let err = hidra
+        .move_to_server(&rows.id, Some(&name("s2")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::MoveUnsupported { .. }), "{err:?}");
+}

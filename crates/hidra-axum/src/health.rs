@@ -5,7 +5,7 @@
 //! | `/health`          | `200 {"status":"ok"}`: the process is up |
 //! | `/health/live`     | `200 {"status":"ok"}`: the process is up (liveness probe) |
 //! | `/health/ready`    | `200 {"status":"ready"}` when the database answers within the timeout (default 2 s), else `503 {"status":"unavailable"}` (readiness probe) |
-//! | `/health/detailed` | the database check with its latency, the pool's size and idle connections, the registry cache's size and hit rate, and the tenants holding the most connections now ([`Hidra::load`](hidra::Hidra::load)), as JSON; `503` when the database does not answer |
+//! | `/health/detailed` | the database check with its latency, the pool's size and idle connections, each registered server's state, tenant count, latency and pool ([`Hidra::server_health`](hidra::Hidra::server_health)), the registry cache's size and hit rate, and the tenants holding the most connections now ([`Hidra::load`](hidra::Hidra::load)), as JSON; `503` when the control database does not answer, `"status": "degraded"` (still `200`) when only a registered server does not |
 //!
 //! The probes need no tenant: layer the tenant routes, then merge the health
 //! router beside them, as below. [`Router::layer`](axum::Router::layer)
@@ -180,6 +180,27 @@ async fn detailed(State(health): State<Health>) -> Response {
             "replay_age_seconds": r.replay_age.map(|d| d.as_secs_f64()),
         })
     });
+    // A registry without the servers table (never installed) has none.
+    let servers = health
+        .hidra
+        .server_health(health.timeout)
+        .await
+        .unwrap_or_default();
+    let servers_down = servers.iter().any(|s| !s.is_reachable());
+    let servers: Vec<_> = servers
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name.as_str(),
+                "state": s.state.as_str(),
+                "tenants": s.tenants,
+                "reachable": s.is_reachable(),
+                "latency_ms": s.latency.map(|d| d.as_secs_f64() * 1000.0),
+                "pool": { "size": s.pool.size, "idle": s.pool.idle, "max": s.pool.max },
+            })
+        })
+        .collect();
+    let budget = health.hidra.server_budget();
     let load = health.hidra.load().busiest(health.top);
     let top: Vec<_> = load
         .top
@@ -187,7 +208,11 @@ async fn detailed(State(health): State<Health>) -> Response {
         .map(|(id, load)| json!({ "tenant": id, "load": load }))
         .collect();
     let body = json!({
-        "status": if latency.is_some() { "ok" } else { "unavailable" },
+        "status": match (latency.is_some(), servers_down) {
+            (false, _) => "unavailable",
+            (true, true) => "degraded",
+            (true, false) => "ok",
+        },
         "tenants": {
             "busiest": top,
             "other": load.other,
@@ -198,6 +223,8 @@ async fn detailed(State(health): State<Health>) -> Response {
             "latency_ms": latency.map(|d| d.as_secs_f64() * 1000.0),
         },
         "pool": { "size": pool.size, "idle": pool.idle, "max": pool.max },
+        "servers": servers,
+        "server_connections": { "open": budget.open, "budget": budget.budget },
         "cache": cache,
         "replica": replica,
     });

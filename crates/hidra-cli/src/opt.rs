@@ -394,6 +394,10 @@ pub(crate) enum TenantCommand {
         /// Free-form metadata, a JSON object (e.g. '{"plan":"pro"}')
         #[arg(long, value_name = "JSON")]
         metadata: Option<String>,
+        /// The registered server to place it on (`control`: the control
+        /// server) [default: the placement policy's choice]
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
         /// Print the new tenant as JSON
         #[arg(long)]
         json: bool,
@@ -495,6 +499,19 @@ pub(crate) enum TenantCommand {
         /// Do not ask for confirmation
         #[arg(long, short)]
         yes: bool,
+    },
+
+    /// Move a tenant to another server, keeping every row. It stays readable;
+    /// its writes wait while its tables are copied.
+    Move {
+        /// The tenant id
+        id: String,
+        /// The registered server to move it to (`control`: the control server)
+        #[arg(long, value_name = "NAME")]
+        to_server: String,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 

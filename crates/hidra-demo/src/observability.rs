@@ -104,8 +104,9 @@ pub async fn record_tenant(request: Request, next: Next) -> Response {
 /// How many tenants `/metrics` names by load; the rest share one series.
 const TOP_TENANTS: usize = 20;
 
-/// `GET /metrics`: the Prometheus text format, with the pool and the tenant
-/// cache sampled now, and the per-tenant load of the top tenants.
+/// `GET /metrics`: the Prometheus text format, with the pool, each
+/// registered server and the tenant cache sampled now, and the per-tenant
+/// load of the top tenants.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let Some(handle) = &state.metrics else {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
@@ -118,6 +119,28 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     metrics::gauge!("hidra_tenant_cache_entries").set(cache.entries as f64);
     metrics::gauge!("hidra_tenant_cache_hits").set(cache.hits as f64);
     metrics::gauge!("hidra_tenant_cache_misses").set(cache.misses as f64);
+    // Each registered server: reachable, latency, pool.
+    for server in state
+        .hidra
+        .server_health(std::time::Duration::from_secs(2))
+        .await
+        .unwrap_or_default()
+    {
+        let name = server.name.to_string();
+        let up = if server.is_reachable() { 1.0 } else { 0.0 };
+        metrics::gauge!("hidra_server_up", "server" => name.clone()).set(up);
+        let latency = server.latency.map_or(f64::NAN, |d| d.as_secs_f64());
+        metrics::gauge!("hidra_server_latency_seconds", "server" => name.clone()).set(latency);
+        metrics::gauge!("hidra_server_tenants", "server" => name.clone())
+            .set(server.tenants as f64);
+        let pool = server.pool;
+        metrics::gauge!("hidra_server_pool_connections", "server" => name.clone())
+            .set(f64::from(pool.size));
+        metrics::gauge!("hidra_server_pool_idle_connections", "server" => name.clone())
+            .set(f64::from(pool.idle));
+        metrics::gauge!("hidra_server_pool_max_connections", "server" => name)
+            .set(f64::from(pool.max));
+    }
     handle.run_upkeep();
     // Per-tenant load: the top tenants and one `_other` series, however
     // many tenants there are.

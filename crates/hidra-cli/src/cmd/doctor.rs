@@ -304,6 +304,7 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
     }
 
     server_checks(&mut report, hidra).await?;
+    provisioning_checks(&mut report, hidra, repair).await?;
     registration_checks(&mut report, hidra, repair).await?;
     report.finish(json)
 }
@@ -359,6 +360,64 @@ async fn server_checks(report: &mut Report, hidra: &hidra::Hidra) -> Result<()> 
                 Vec::new(),
             ),
         }
+    }
+    Ok(())
+}
+
+/// Provisionings on registered servers that a killed process left between
+/// the registry row and the data on the tenant's server.
+async fn provisioning_checks(
+    report: &mut Report,
+    hidra: &hidra::Hidra,
+    repair: bool,
+) -> Result<()> {
+    const NAME: &str = "interrupted provisionings";
+    let abandoned = match hidra.abandoned_provisionings().await {
+        Ok(abandoned) => abandoned,
+        Err(e) if e.is_table_missing() => {
+            report.skipped(NAME, "no tenant registry");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if repair && !abandoned.is_empty() {
+        let undone = hidra.repair_provisioning().await?;
+        if !undone.is_empty() {
+            report.ok(
+                NAME,
+                format!(
+                    "repaired: {} undone on their servers and unregistered (their ids are free again)",
+                    plural(undone.len(), "provisioning", "provisionings")
+                ),
+            );
+            return Ok(());
+        }
+    }
+    if abandoned.is_empty() {
+        report.ok(
+            NAME,
+            "no provisioning on a registered server was left half done".into(),
+        );
+    } else {
+        report.problem(
+            NAME,
+            format!(
+                "{} `provisioning` with nobody finishing them (a killed process?): \
+                 `hidra doctor --repair` drops what was built on their servers and unregisters them",
+                plural(abandoned.len(), "tenant", "tenants")
+            ),
+            abandoned
+                .iter()
+                .map(|t| {
+                    format!(
+                        "{} on server {} (since {})",
+                        t.id,
+                        t.placement.server.as_deref().unwrap_or("?"),
+                        t.created_at.to_rfc3339()
+                    )
+                })
+                .collect(),
+        );
     }
     Ok(())
 }
@@ -476,6 +535,8 @@ fn schema_checks(
     let stuck: Vec<String> = tenants
         .iter()
         .filter(|t| t.status == hidra::TenantStatus::Provisioning)
+        // Those on registered servers are checked precisely below.
+        .filter(|t| t.placement.server.is_none())
         .filter(|t| {
             chrono::Utc::now() - t.created_at > chrono::Duration::minutes(STUCK_AFTER_MINUTES)
         })
@@ -505,10 +566,11 @@ fn schema_checks(
         );
     }
 
-    // Only schema-per-tenant tenants own a schema in this database.
+    // Only schema-per-tenant tenants of the control server own a schema in
+    // this database.
     let missing: Vec<String> = tenants
         .iter()
-        .filter(|t| t.placement.strategy == Strategy::Schema)
+        .filter(|t| t.placement.strategy == Strategy::Schema && t.placement.server.is_none())
         .filter(|t| !schemas.contains(&t.placement.schema))
         .map(|t| format!("{} (schema {}, {})", t.id, t.placement.schema, t.status))
         .collect();

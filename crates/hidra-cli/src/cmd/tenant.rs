@@ -18,12 +18,19 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
             name,
             strategy,
             metadata,
+            server,
             json,
         } => {
             let strategy = strategy
                 .map(|s| s.parse::<Strategy>().map_err(|e: String| anyhow!(e)))
                 .transpose()?;
-            create(settings, &id, name, strategy, metadata.as_deref(), json).await
+            let new = NewTenant::new(tenant_id(&id)?);
+            let new = match server.as_deref() {
+                None => new,
+                Some("control") => new.on_control_server(),
+                Some(name) => new.on_server(hidra::ServerName::new(name)?),
+            };
+            create(settings, new, name, strategy, metadata.as_deref(), json).await
         }
         TenantCommand::List {
             status,
@@ -45,6 +52,11 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
             outln!("tenant `{}` is {}", tenant.id, tenant.status)
         }
         TenantCommand::Delete { id, yes } => delete(settings, &id, yes).await,
+        TenantCommand::Move {
+            id,
+            to_server,
+            json,
+        } => move_to_server(settings, &id, &to_server, json).await,
         TenantCommand::Export {
             id,
             output,
@@ -74,14 +86,12 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
 
 async fn create(
     settings: &Settings,
-    id: &str,
+    mut new: NewTenant,
     name: Option<String>,
     strategy: Option<Strategy>,
     metadata: Option<&str>,
     json: bool,
 ) -> Result<()> {
-    let id = tenant_id(id)?;
-    let mut new = NewTenant::new(id);
     if let Some(name) = name {
         new = new.name(name);
     }
@@ -245,4 +255,44 @@ async fn delete(settings: &Settings, id: &str, yes: bool) -> Result<()> {
     }
     db.hidra.deprovision(&id, Confirmation::of(&id)).await?;
     outln!("deleted tenant `{id}` and {what}")
+}
+
+/// `hidra tenant move ID --to-server NAME`: copies the tenant to the server,
+/// with a bar of the tables copied.
+async fn move_to_server(settings: &Settings, id: &str, to: &str, json: bool) -> Result<()> {
+    let id = tenant_id(id)?;
+    let to = match to {
+        "control" => None,
+        name => Some(hidra::ServerName::new(name)?),
+    };
+    let db = db::connect(settings, Needs::TENANT_MIGRATIONS).await?;
+    let progress = crate::progress::Reporter::labeled("moving", "tables");
+    let moved = db
+        .hidra
+        .move_to_server_with(&id, to.as_ref(), |p| progress.step(p.done, p.total, 0))
+        .await;
+    progress.finish();
+    let moved = moved?;
+    if json {
+        return output::json(&serde_json::json!({
+            "tenant": moved.tenant,
+            "from": moved.from,
+            "to": moved.to,
+            "rows": moved.rows,
+            "tables": moved.tables,
+            "write_freeze_ms": moved.write_freeze.as_millis() as u64,
+            "elapsed_ms": moved.elapsed.as_millis() as u64,
+        }));
+    }
+    let server = |s: &Option<String>| s.clone().unwrap_or_else(|| "control".to_owned());
+    outln!(
+        "moved tenant `{}` from server {} to {}: {} rows in {} tables, writes held {:.1} s, {:.1} s in all",
+        moved.tenant.id,
+        server(&moved.from),
+        server(&moved.to),
+        moved.rows,
+        moved.tables,
+        moved.write_freeze.as_secs_f64(),
+        moved.elapsed.as_secs_f64()
+    )
 }

@@ -102,6 +102,7 @@ async fn doctor_on_a_database_never_initialized() {
             ("tenant migrations", "skipped"),
             ("row-level security", "skipped"),
             ("servers", "skipped"),
+            ("interrupted provisionings", "skipped"),
             ("half-made registrations", "skipped"),
         ]
         .map(|(a, b)| (a.to_owned(), b.to_owned()))

@@ -1,3 +1,4 @@
+use hidra::sqlx::{self, Connection};
 use hidra::testing::TestDatabase;
 
 use crate::common::{Ctx, UNREACHABLE, error_line, json};
@@ -127,4 +128,86 @@ async fn doctor_checks_every_registered_server() {
         "{detail}"
     );
     assert!(!report.to_string().contains(PASSWORD), "{report}");
+}
+
+#[tokio::test]
+async fn tenants_are_placed_moved_and_repaired_across_servers() {
+    let ctx = Ctx::initialized().await;
+    let (other, url) = second().await;
+    ctx.ok(&["server", "add", "eu-1", &url]);
+
+    // Placed where asked.
+    let out = json(&ctx.ok(&["tenant", "create", "acme", "--server", "eu-1", "--json"]));
+    assert_eq!(out["placement"]["server"], "eu-1", "{out}");
+    let show = ctx.ok(&["tenant", "show", "acme"]);
+    assert!(show.contains("server:    eu-1"), "{show}");
+    let home = json(&ctx.ok(&["tenant", "create", "home", "--server", "control", "--json"]));
+    assert_eq!(home["placement"]["server"], serde_json::Value::Null);
+    let err = ctx.fails(&["tenant", "create", "lost", "--server", "nowhere"]);
+    assert!(err.contains("server `nowhere` is not registered"), "{err}");
+    // The schema is on the other database, not this one.
+    assert!(!ctx.exists("tenant_acme").await);
+    let mut conn = sqlx::PgConnection::connect(other.url()).await.unwrap();
+    let there: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_acme')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(there);
+    sqlx::query("INSERT INTO tenant_acme.items (n) SELECT g FROM generate_series(1, 250) g")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    // Moved back and forth, every row with it.
+    let moved = json(&ctx.ok(&["tenant", "move", "acme", "--to-server", "control", "--json"]));
+    assert_eq!(moved["from"], "eu-1", "{moved}");
+    assert_eq!(moved["to"], serde_json::Value::Null, "{moved}");
+    assert_eq!(moved["rows"], 250, "{moved}");
+    assert!(ctx.exists("tenant_acme").await);
+    let n: i64 = ctx.scalar("SELECT count(*) FROM tenant_acme.items").await;
+    assert_eq!(n, 250);
+    let out = ctx.ok(&["tenant", "move", "acme", "--to-server", "eu-1"]);
+    assert!(
+        out.starts_with("moved tenant `acme` from server control to eu-1: 250 rows in 1 tables"),
+        "{out}"
+    );
+    assert!(!ctx.exists("tenant_acme").await);
+    let err = ctx.fails(&["tenant", "move", "acme", "--to-server", "nowhere"]);
+    assert!(err.contains("server `nowhere` is not registered"), "{err}");
+
+    // A provisioning a killed process left half done: doctor finds it and
+    // --repair undoes it on its server.
+    ctx.exec("UPDATE public.tenants SET status = 'provisioning' WHERE id = 'acme'")
+        .await;
+    let out = ctx.cmd().args(["doctor", "--json"]).output().unwrap();
+    let report = json(&String::from_utf8(out.stdout).unwrap());
+    let check = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "interrupted provisionings")
+        .unwrap_or_else(|| panic!("no provisioning check: {report}"));
+    assert_eq!(check["status"], "problem", "{report}");
+    assert!(
+        check["items"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("acme on server eu-1")
+    );
+    let out = ctx.ok(&["doctor", "--repair"]);
+    assert!(
+        out.contains("repaired: 1 provisioning undone on their servers"),
+        "{out}"
+    );
+    let gone: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_acme')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(gone);
+    let err = ctx.fails(&["tenant", "show", "acme"]);
+    assert!(err.contains("acme"), "{err}");
 }

@@ -124,6 +124,13 @@ impl Statement {
     pub(crate) fn into_sql(self) -> SqlStr {
         owned(self.0)
     }
+
+    /// The text, for an API that hands SQL to the application (the auth
+    /// tables' recommended DDL).
+    #[cfg(feature = "auth")]
+    pub(crate) fn into_string(self) -> String {
+        self.0
+    }
 }
 
 /// A statement written as fixed SQL text from Hidra's source with named

@@ -678,18 +678,29 @@ pub(crate) fn rename_schema(from: &Ident, to: &Ident) -> SqlStr {
 /// keywords (`TABLE`, `TYPE`, `ROUTINE`, …); `identity` is the object's
 /// identity as PostgreSQL's `pg_identify_object` quotes it (catalog text,
 /// never user input).
-pub(crate) fn set_schema(keyword: &'static str, identity: &str, target: &Ident) -> String {
-    format!(
-        "ALTER {keyword} {identity} SET SCHEMA {};\n",
-        target.quoted()
-    )
+pub(crate) fn set_schema(keyword: &'static str, identity: &str, target: &Ident) -> Statement {
+    let mut sql = Statement::new();
+    sql.sql("ALTER ")
+        .sql(keyword)
+        .sql(" ")
+        .trusted(identity)
+        .sql(" SET SCHEMA ")
+        .ident(target)
+        .sql(";\n");
+    sql
 }
 
 /// `CAST($n::text AS <type>)`: a value read as text, compared with a column
 /// of type `column_type` (as PostgreSQL's `format_type` spells it), so that
 /// an index on the column still serves the comparison.
-pub(crate) fn text_param_as(n: u8, column_type: &str) -> String {
-    format!("CAST(${n}::text AS {column_type})")
+pub(crate) fn text_param_as(n: u8, column_type: &str) -> Statement {
+    let mut sql = Statement::new();
+    sql.sql("CAST($")
+        .int(n)
+        .sql("::text AS ")
+        .trusted(column_type)
+        .sql(")");
+    sql
 }
 
 #[cfg(test)]
@@ -790,6 +801,19 @@ mod tests {
     #[should_panic(expected = "a lone brace")]
     fn templates_refuse_a_lone_brace() {
         let _ = template("SELECT '}'").finish();
+    }
+
+    #[test]
+    fn adoption_fragments_quote_their_parts() {
+        let target = Ident::trusted("tenant_acme".into());
+        assert_eq!(
+            set_schema("TABLE", "public.orders", &target).as_str(),
+            "ALTER TABLE public.orders SET SCHEMA \"tenant_acme\";\n"
+        );
+        assert_eq!(
+            text_param_as(1, "character varying(20)").as_str(),
+            "CAST($1::text AS character varying(20))"
+        );
     }
 
     #[test]

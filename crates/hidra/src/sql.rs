@@ -56,13 +56,31 @@ impl Statement {
     }
 
     /// Quoted identifiers separated by `, `.
-    pub(crate) fn names<S: AsRef<str>>(&mut self, names: &[S]) -> &mut Self {
-        for (i, name) in names.iter().enumerate() {
+    pub(crate) fn names<I>(&mut self, names: I) -> &mut Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        for (i, name) in names.into_iter().enumerate() {
             if i > 0 {
                 self.0.push_str(", ");
             }
             self.name(name.as_ref());
         }
+        self
+    }
+
+    /// A quoted, possibly qualified table name: `"public"."tenants"`.
+    pub(crate) fn table(&mut self, table: &TableName) -> &mut Self {
+        if let Some(schema) = &table.schema {
+            self.ident(schema).sql(".");
+        }
+        self.ident(&table.name)
+    }
+
+    /// A part assembled before with this builder (a column list, a clause).
+    pub(crate) fn append(&mut self, part: &Statement) -> &mut Self {
+        self.0.push_str(&part.0);
         self
     }
 
@@ -105,6 +123,148 @@ impl Statement {
     /// The statement, marked safe for sqlx, without a copy.
     pub(crate) fn into_sql(self) -> SqlStr {
         owned(self.0)
+    }
+
+    /// The text, for an API that hands SQL to the application (the auth
+    /// tables' recommended DDL).
+    #[cfg(feature = "auth")]
+    pub(crate) fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// A statement written as fixed SQL text from Hidra's source with named
+/// holes (`{t}`), each filled with one part of the kinds [`Statement`]
+/// writes: for statements that read best whole (a table's DDL, a statement
+/// naming its table three times). `{{` and `}}` stand for `{` and `}`, as in
+/// `format!`. For example
+/// `template("SELECT tenant_id FROM {t} WHERE email = $1").table("t", &logins)`.
+///
+/// Every hole must have its part and every part its hole: a mismatch is a
+/// mistake in Hidra's own text, and filling panics on it.
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Template {
+    text: &'static str,
+    parts: Vec<(&'static str, Statement)>,
+}
+
+/// A [`Template`] of `text`, its holes to be filled.
+pub(crate) fn template(text: &'static str) -> Template {
+    Template {
+        text,
+        parts: Vec::new(),
+    }
+}
+
+impl Template {
+    /// Fills `hole` with what `write` writes.
+    fn part(mut self, hole: &'static str, write: impl FnOnce(&mut Statement)) -> Self {
+        assert!(
+            self.parts.iter().all(|(h, _)| *h != hole),
+            "SQL template hole {{{hole}}} given two parts"
+        );
+        let mut part = Statement::new();
+        write(&mut part);
+        self.parts.push((hole, part));
+        self
+    }
+
+    /// `hole` filled with a quoted identifier (see [`Statement::ident`]).
+    pub(crate) fn ident(self, hole: &'static str, ident: &Ident) -> Self {
+        self.part(hole, |s| {
+            s.ident(ident);
+        })
+    }
+
+    /// `hole` filled with a quoted name PostgreSQL's catalog vouches for,
+    /// or one Hidra derives from a validated one (see [`Statement::name`]).
+    pub(crate) fn name(self, hole: &'static str, name: &str) -> Self {
+        self.part(hole, |s| {
+            s.name(name);
+        })
+    }
+
+    /// `hole` filled with a quoted table name (see [`Statement::table`]).
+    pub(crate) fn table(self, hole: &'static str, table: &TableName) -> Self {
+        self.part(hole, |s| {
+            s.table(table);
+        })
+    }
+
+    /// `hole` filled with a quoted string literal (see [`Statement::literal`]).
+    pub(crate) fn literal(self, hole: &'static str, value: &str) -> Self {
+        self.part(hole, |s| {
+            s.literal(value);
+        })
+    }
+
+    /// `hole` filled with fixed SQL text (a column list of Hidra's own).
+    pub(crate) fn sql(self, hole: &'static str, text: &'static str) -> Self {
+        self.part(hole, |s| {
+            s.sql(text);
+        })
+    }
+
+    /// `hole` filled with text taken as it is (see [`Statement::trusted`]).
+    pub(crate) fn trusted(self, hole: &'static str, text: &str) -> Self {
+        self.part(hole, |s| {
+            s.trusted(text);
+        })
+    }
+
+    /// `hole` filled with a part assembled before with [`Statement`].
+    pub(crate) fn append(self, hole: &'static str, part: &Statement) -> Self {
+        self.part(hole, |s| {
+            s.append(part);
+        })
+    }
+
+    /// The text with its holes filled.
+    ///
+    /// # Panics
+    ///
+    /// On a hole without a part, a part without a hole, or a lone brace.
+    pub(crate) fn statement(self) -> Statement {
+        let text = self.text;
+        let mut out = Statement(String::with_capacity(text.len()));
+        let mut used = vec![false; self.parts.len()];
+        let mut rest = text;
+        while let Some(at) = rest.find(['{', '}']) {
+            out.0.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(after) = tail.strip_prefix("{{").or_else(|| tail.strip_prefix("}}")) {
+                out.0.push_str(&tail[..1]);
+                rest = after;
+                continue;
+            }
+            let end = tail
+                .strip_prefix('{')
+                .and_then(|t| t.find('}'))
+                .unwrap_or_else(|| panic!("a lone brace in SQL template {text:?}"));
+            let hole = &tail[1..=end];
+            let i = self
+                .parts
+                .iter()
+                .position(|(h, _)| *h == hole)
+                .unwrap_or_else(|| panic!("no part for hole {{{hole}}} of SQL template {text:?}"));
+            out.append(&self.parts[i].1);
+            used[i] = true;
+            rest = &tail[end + 2..];
+        }
+        out.0.push_str(rest);
+        if let Some(i) = used.iter().position(|u| !u) {
+            panic!(
+                "part {:?} fills no hole of SQL template {text:?}",
+                self.parts[i].0
+            );
+        }
+        out
+    }
+
+    /// The filled statement, marked safe for sqlx.
+    pub(crate) fn finish(self) -> SqlStr {
+        self.statement().into_sql()
     }
 }
 
@@ -518,18 +678,29 @@ pub(crate) fn rename_schema(from: &Ident, to: &Ident) -> SqlStr {
 /// keywords (`TABLE`, `TYPE`, `ROUTINE`, …); `identity` is the object's
 /// identity as PostgreSQL's `pg_identify_object` quotes it (catalog text,
 /// never user input).
-pub(crate) fn set_schema(keyword: &'static str, identity: &str, target: &Ident) -> String {
-    format!(
-        "ALTER {keyword} {identity} SET SCHEMA {};\n",
-        target.quoted()
-    )
+pub(crate) fn set_schema(keyword: &'static str, identity: &str, target: &Ident) -> Statement {
+    let mut sql = Statement::new();
+    sql.sql("ALTER ")
+        .sql(keyword)
+        .sql(" ")
+        .trusted(identity)
+        .sql(" SET SCHEMA ")
+        .ident(target)
+        .sql(";\n");
+    sql
 }
 
 /// `CAST($n::text AS <type>)`: a value read as text, compared with a column
 /// of type `column_type` (as PostgreSQL's `format_type` spells it), so that
 /// an index on the column still serves the comparison.
-pub(crate) fn text_param_as(n: u8, column_type: &str) -> String {
-    format!("CAST(${n}::text AS {column_type})")
+pub(crate) fn text_param_as(n: u8, column_type: &str) -> Statement {
+    let mut sql = Statement::new();
+    sql.sql("CAST($")
+        .int(n)
+        .sql("::text AS ")
+        .trusted(column_type)
+        .sql(")");
+    sql
 }
 
 #[cfg(test)]
@@ -559,6 +730,90 @@ mod tests {
         assert_eq!(TableName::parse("tenants").unwrap().quoted(), "\"tenants\"");
         assert!(TableName::parse("public.ten;ants").is_err());
         assert!(TableName::parse("a.b.c").is_err());
+    }
+
+    #[test]
+    fn statements_write_tables_lists_and_parts() {
+        let t = TableName::parse("public.hidra_logins").unwrap();
+        let mut list = Statement::new();
+        list.names(["a", "b\"c"].iter());
+        let mut sql = Statement::new();
+        sql.sql("SELECT ")
+            .append(&list)
+            .sql(" FROM ")
+            .table(&t)
+            .sql(", ")
+            .table(&TableName::parse("bare").unwrap());
+        assert_eq!(
+            sql.as_str(),
+            "SELECT \"a\", \"b\"\"c\" FROM \"public\".\"hidra_logins\", \"bare\""
+        );
+        assert_eq!(sql.finish().as_str(), sql.as_str());
+        let none: [&str; 0] = [];
+        assert_eq!(Statement::new().names(none).as_str(), "");
+    }
+
+    #[test]
+    fn templates_fill_every_hole_with_its_part() {
+        let t = TableName::parse("public.keys").unwrap();
+        let mut cast = Statement::new();
+        cast.sql("$1::int");
+        let sql = template(
+            "SELECT {cols} FROM {t} WHERE {c} = {v} AND k ~ '^[0-9a-f]{{24}}$' AND s <> '{{}}' \
+             AND t = {lit} AND {t}.{n} IS NOT NULL -- {raw}",
+        )
+        .sql("cols", "a, b")
+        .table("t", &t)
+        .ident("c", &Ident::trusted("tenant_id".into()))
+        .append("v", &cast)
+        .literal("lit", "o'neil")
+        .name("n", "Odd\"Name")
+        .trusted("raw", "as is")
+        .finish();
+        assert_eq!(
+            sql.as_str(),
+            "SELECT a, b FROM \"public\".\"keys\" WHERE \"tenant_id\" = $1::int \
+             AND k ~ '^[0-9a-f]{24}$' AND s <> '{}' AND t = 'o''neil' \
+             AND \"public\".\"keys\".\"Odd\"\"Name\" IS NOT NULL -- as is"
+        );
+        assert_eq!(template("no holes").finish().as_str(), "no holes");
+    }
+
+    #[test]
+    #[should_panic(expected = "no part for hole {t}")]
+    fn templates_refuse_a_hole_without_its_part() {
+        let _ = template("SELECT 1 FROM {t}").finish();
+    }
+
+    #[test]
+    #[should_panic(expected = "part \"x\" fills no hole")]
+    fn templates_refuse_a_part_without_its_hole() {
+        let _ = template("SELECT 1").sql("x", "1").finish();
+    }
+
+    #[test]
+    #[should_panic(expected = "given two parts")]
+    fn templates_refuse_a_hole_filled_twice() {
+        let _ = template("SELECT {x}").sql("x", "1").sql("x", "2");
+    }
+
+    #[test]
+    #[should_panic(expected = "a lone brace")]
+    fn templates_refuse_a_lone_brace() {
+        let _ = template("SELECT '}'").finish();
+    }
+
+    #[test]
+    fn adoption_fragments_quote_their_parts() {
+        let target = Ident::trusted("tenant_acme".into());
+        assert_eq!(
+            set_schema("TABLE", "public.orders", &target).as_str(),
+            "ALTER TABLE public.orders SET SCHEMA \"tenant_acme\";\n"
+        );
+        assert_eq!(
+            text_param_as(1, "character varying(20)").as_str(),
+            "CAST($1::text AS character varying(20))"
+        );
     }
 
     #[test]

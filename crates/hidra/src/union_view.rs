@@ -30,7 +30,7 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::sql::{self, Ident};
+use crate::sql::{self, Ident, Statement};
 use crate::tenant::{Strategy, TenantId, TenantStatus};
 
 /// One view over a table of every schema tenant.
@@ -298,30 +298,33 @@ impl Hidra {
                 left_out_columns.push((*column).to_owned());
             }
         }
-        let list = kept
-            .iter()
-            .map(Ident::quoted)
-            .collect::<Vec<_>>()
-            .join(", ");
-        let branches = feeding
-            .iter()
-            .map(|(id, s)| {
-                Ok(format!(
-                    "SELECT {}::text AS tenant_id{}{list} FROM {}.{}",
-                    sql::quote_literal(id.as_str()),
-                    if kept.is_empty() { "" } else { ", " },
-                    Ident::new((*s).clone(), "tenant schema name")?.quoted(),
-                    table.quoted()
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .join("\nUNION ALL ");
-        let ddl = format!(
-            "BEGIN; SET LOCAL client_min_messages TO warning; \
-             DROP VIEW IF EXISTS {view}; CREATE VIEW {view} AS {branches}; COMMIT;",
-            view = format_args!("{}.{}", schema.quoted(), name.quoted()),
-        );
-        if let Err(e) = sqlx::raw_sql(sql::owned(ddl)).execute(&mut *conn).await {
+        let mut ddl = Statement::new();
+        ddl.sql("BEGIN; SET LOCAL client_min_messages TO warning; DROP VIEW IF EXISTS ")
+            .ident(schema)
+            .sql(".")
+            .ident(name)
+            .sql("; CREATE VIEW ")
+            .ident(schema)
+            .sql(".")
+            .ident(name)
+            .sql(" AS ");
+        for (i, (id, s)) in feeding.iter().enumerate() {
+            if i > 0 {
+                ddl.sql("\nUNION ALL ");
+            }
+            ddl.sql("SELECT ")
+                .literal(id.as_str())
+                .sql("::text AS tenant_id");
+            for column in &kept {
+                ddl.sql(", ").ident(column);
+            }
+            ddl.sql(" FROM ")
+                .ident(&Ident::new((*s).clone(), "tenant schema name")?)
+                .sql(".")
+                .ident(table);
+        }
+        ddl.sql("; COMMIT;");
+        if let Err(e) = sqlx::raw_sql(ddl.into_sql()).execute(&mut *conn).await {
             let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
             return Err(Error::db("creating a union view")(e));
         }

@@ -79,9 +79,9 @@ fn tokens_round_trip_with_every_algorithm() {
 #[test]
 fn alg_none_is_refused() {
     for jwt in every_algorithm() {
-        let body = b64url(payload().to_string().as_bytes());
+        let body = b64url_encode(payload().to_string().as_bytes());
         for alg in ["none", "None", "NONE"] {
-            let head = b64url(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes());
+            let head = b64url_encode(json!({"alg": alg, "typ": "JWT"}).to_string().as_bytes());
             for token in [format!("{head}.{body}."), format!("{head}.{body}")] {
                 assert_eq!(
                     kind(jwt.verify(&token)),
@@ -217,7 +217,7 @@ fn tampered_payload_is_refused() {
             let forged = format!(
                 "{}.{}.{}",
                 parts[0],
-                b64url(claims.to_string().as_bytes()),
+                b64url_encode(claims.to_string().as_bytes()),
                 parts[2]
             );
             assert_eq!(
@@ -231,7 +231,7 @@ fn tampered_payload_is_refused() {
         // The signature itself, one bit.
         let mut sig = b64url_decode(parts[2]);
         sig[0] ^= 1;
-        let forged = format!("{}.{}.{}", parts[0], parts[1], b64url(&sig));
+        let forged = format!("{}.{}.{}", parts[0], parts[1], b64url_encode(&sig));
         assert_eq!(kind(jwt.verify(&forged)), AuthError::InvalidToken);
         // The untouched token still verifies.
         assert!(jwt.verify(&token).is_ok());
@@ -1063,7 +1063,7 @@ async fn the_database_never_holds_a_key_in_clear() {
             key.to_owned(),
             secret.to_owned(),
             secret.to_uppercase(),
-            b64url(&secret_bytes),
+            b64url_encode(&secret_bytes),
         ];
         needles.extend((0..=secret.len() - 16).map(|i| secret[i..i + 16].to_owned()));
         for row in &dump {

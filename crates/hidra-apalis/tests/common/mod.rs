@@ -4,13 +4,15 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use apalis::prelude::*;
 use hidra::testing::TestDatabase;
-use hidra::{Hidra, NewTenant, Tenant, TenantId};
+use hidra::{Hidra, HidraBuilder, NewTenant, Tenant};
+// Each test binary uses some of them.
 use hidra_apalis::{TenantJob, TenantJobContext, TenantJobLayer, TenantJobs, TenantQueue};
+#[allow(unused_imports)]
+pub use hidra_test_support::{id, wait_for, write_marker};
 use serde::{Deserialize, Serialize};
 
 /// Every tenant's tables: a marker row naming the tenant, what probe jobs
@@ -20,29 +22,25 @@ CREATE TABLE job_runs (id BIGSERIAL PRIMARY KEY, label TEXT NOT NULL, phase TEXT
     seen TEXT NOT NULL, current TEXT, context TEXT NOT NULL);
 CREATE TABLE orders (id BIGSERIAL PRIMARY KEY, total INT NOT NULL);";
 
-/// How long a test waits for a condition before failing.
-const PATIENCE: Duration = Duration::from_secs(30);
-
 pub struct Ctx {
     pub db: TestDatabase,
     pub hidra: Hidra,
     pub jobs: TenantJobs,
 }
 
+/// A Hidra builder with the tests' tenant schema.
+fn builder() -> HidraBuilder {
+    Hidra::builder().schema_sql("001_probe", SCHEMA)
+}
+
 /// A Hidra handle with the tests' tenant schema, on `url`.
 pub async fn connect(url: &str) -> Hidra {
-    Hidra::builder()
-        .schema_sql("001_probe", SCHEMA)
-        .connect(url)
-        .await
-        .expect("connect hidra")
+    builder().connect(url).await.expect("connect hidra")
 }
 
 /// A fresh database with Hidra's and apalis's tables.
 pub async fn setup() -> Ctx {
-    let db = TestDatabase::create().await.expect("create test database");
-    let hidra = connect(db.url()).await;
-    hidra.install().await.expect("install hidra");
+    let hidra_test_support::Ctx { db, hidra } = hidra_test_support::setup_with(builder()).await;
     let jobs = TenantJobs::new(&hidra);
     jobs.install().await.expect("install apalis-postgres");
     Ctx { db, hidra, jobs }
@@ -63,19 +61,10 @@ pub async fn with_tenants<const N: usize>(
     (ctx, tenants, queue)
 }
 
-pub fn id(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-
 /// Provisions `name` with `marker` as its marker row.
 pub async fn tenant_marked(hidra: &Hidra, name: &str, marker: &str) -> Tenant {
     let tenant = hidra.provision(NewTenant::new(id(name))).await.unwrap();
-    let mut conn = hidra.acquire(&tenant).await.unwrap();
-    sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
-        .bind(marker)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    write_marker(hidra, &tenant, marker).await;
     tenant
 }
 
@@ -217,23 +206,6 @@ pub fn worker(name: &str, queue: &TenantQueue<Probe>, layer: TenantJobLayer) -> 
             panic!("worker failed: {e}");
         }
     }))
-}
-
-/// Polls `check` every 20 ms until it returns `Some`; panics after 30 s,
-/// naming what it waited for.
-pub async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(found) = check().await {
-            return found;
-        }
-        assert!(Instant::now() < deadline, "waited {PATIENCE:?} for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A job's row in apalis's table: status, attempts, last result.

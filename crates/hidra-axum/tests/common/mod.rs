@@ -17,7 +17,10 @@ use hidra::testing::TestDatabase;
 use hidra::{
     Hidra, ListTenants, NewTenant, Page, PgTenantStore, TenantId, TenantStatus, TenantStore,
 };
+// Each test binary uses some of them.
 use hidra_axum::{CurrentTenant, RequestConn, RequestTx};
+#[allow(unused_imports)]
+pub use hidra_test_support::{id, setup_with, tenant_with_marker, wait_for, write_marker};
 use http_body_util::BodyExt;
 use sqlx::PgConnection;
 use tower::ServiceExt;
@@ -123,24 +126,14 @@ pub async fn setup(max: u32) -> Ctx {
 /// [`setup`], with `extra` SQL run in every tenant's schema after the marker
 /// schema (when not empty).
 pub async fn setup_with_schema(max: u32, extra: &str) -> Ctx {
-    let db = TestDatabase::create().await.expect("create test database");
     let store = CountingStore::default();
     let mut builder = Hidra::builder().schema_sql("001_marker", MARKER_SCHEMA);
     if !extra.is_empty() {
         builder = builder.schema_sql("002_extra", extra);
     }
-    let hidra = builder
-        .max_connections(max)
-        .store(store.clone())
-        .connect_with(db.connect_options())
-        .await
-        .expect("connect hidra");
-    hidra.install().await.expect("create registry");
+    let hidra_test_support::Ctx { db, hidra } =
+        setup_with(builder.max_connections(max).store(store.clone())).await;
     Ctx { db, hidra, store }
-}
-
-pub fn id(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
 }
 
 /// Provisions `name` (with `metadata`) and writes its marker row.
@@ -149,18 +142,8 @@ pub async fn tenant_with(hidra: &Hidra, name: &str, metadata: serde_json::Value)
         .provision(NewTenant::new(id(name)).metadata(metadata))
         .await
         .unwrap();
-    let mut conn = hidra.acquire(&tenant).await.unwrap();
-    sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
-        .bind(name)
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    write_marker(hidra, &tenant, name).await;
     tenant
-}
-
-/// Provisions `name` and writes its marker row.
-pub async fn tenant_with_marker(hidra: &Hidra, name: &str) -> hidra::Tenant {
-    tenant_with(hidra, name, serde_json::json!({})).await
 }
 
 async fn marker(mut conn: RequestConn) -> Result<String, StatusCode> {

@@ -1,10 +1,13 @@
-//! Shared setup: a throw-away database per test, a `Hidra` over it, tenants
-//! with a `customers` table, and the SeaORM entity for it.
+//! Shared setup: a throw-away database per test and a `Hidra` over it (from
+//! `hidra-test-support`), tenants with a `customers` table, and the SeaORM
+//! entity for it.
 
 #![allow(dead_code, unreachable_pub)]
 
-use hidra::testing::TestDatabase;
-use hidra::{Hidra, HidraBuilder, NewTenant, Tenant, TenantId};
+use hidra::{Hidra, Tenant};
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use hidra_test_support::{Ctx, id, setup_with};
 
 pub const CUSTOMERS: &str =
     "CREATE TABLE customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE);";
@@ -26,26 +29,6 @@ pub mod customer {
     impl ActiveModelBehavior for ActiveModel {}
 }
 
-pub struct Ctx {
-    pub db: TestDatabase,
-    pub hidra: Hidra,
-}
-
-pub fn id(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-
-/// A fresh database with the registry, and a `Hidra` built from `builder`.
-pub async fn setup_with(builder: HidraBuilder) -> Ctx {
-    let db = TestDatabase::create().await.expect("create test database");
-    let hidra = builder
-        .connect_with(db.connect_options())
-        .await
-        .expect("connect hidra");
-    hidra.install().await.expect("install");
-    Ctx { db, hidra }
-}
-
 /// `setup_with` the customers table and a pool of `max` connections.
 pub async fn setup(max: u32) -> Ctx {
     setup_with(
@@ -54,20 +37,6 @@ pub async fn setup(max: u32) -> Ctx {
             .max_connections(max),
     )
     .await
-}
-
-impl Ctx {
-    pub async fn tenant(&self, name: &str) -> Tenant {
-        self.hidra
-            .provision(NewTenant::new(id(name)))
-            .await
-            .expect("provision")
-    }
-
-    pub async fn teardown(self) {
-        self.hidra.close().await;
-        self.db.drop_now().await.unwrap();
-    }
 }
 
 /// The customers' names in `tenant`'s schema, read with plain sqlx.

@@ -220,6 +220,13 @@ JOIN units ru ON ru.cls = d.refclassid AND ru.obj = d.refobjid
 LEFT JOIN units du ON du.cls = d.classid AND du.obj = d.objid
 WHERE d.deptype IN ('n', 'a')";
 
+/// [`UNITS_CTE`] followed by `query` ([`UNITS`] or [`EDGES`]).
+fn with_units(query: &'static str) -> sqlx::SqlStr {
+    let mut sql = sql::Statement::new();
+    sql.sql(UNITS_CTE).sql(query);
+    sql.into_sql()
+}
+
 /// A dependency: the depending unit (or the description of an object outside
 /// the schema), and the unit it depends on.
 type Edge = (Option<Key>, Option<String>, Key);
@@ -343,12 +350,13 @@ impl Hidra {
         }
         let draft = self.draft(new, placement);
         self.inner.registry.store.insert(&mut tx, &draft).await?;
-        let mut ddl = format!("CREATE SCHEMA {};\n", schema.quoted());
+        let mut ddl = sql::Statement::new();
+        ddl.sql("CREATE SCHEMA ").ident(&schema).sql(";\n");
         for (keyword, identity, _) in &plan.moves {
-            ddl.push_str(&sql::set_schema(keyword, identity, &schema));
+            ddl.append(&sql::set_schema(keyword, identity, &schema));
         }
-        ddl.push_str(crate::migrate::tenant_history_ddl(&schema).as_str());
-        if let Err(source) = sqlx::raw_sql(sql::owned(ddl)).execute(&mut *tx).await {
+        ddl.append(&crate::migrate::tenant_history_ddl(&schema));
+        if let Err(source) = sqlx::raw_sql(ddl.into_sql()).execute(&mut *tx).await {
             return Err(match crate::error::db_code(&source) {
                 Some((code, _)) if code == sqlstate::DUPLICATE_SCHEMA => Error::SchemaTaken {
                     id: adopt.id.clone(),
@@ -421,7 +429,7 @@ impl Hidra {
             bool,
             bool,
         );
-        let rows: Vec<UnitRow> = sqlx::query_as(sql::owned(format!("{UNITS_CTE}{UNITS}")))
+        let rows: Vec<UnitRow> = sqlx::query_as(with_units(UNITS))
             .bind(from.as_str())
             .fetch_all(&mut *tx)
             .await
@@ -444,15 +452,14 @@ impl Hidra {
             )
             .collect();
         type EdgeRow = (Option<String>, Option<i64>, String, i64, Option<String>);
-        let edges: Vec<Edge> =
-            sqlx::query_as::<_, EdgeRow>(sql::owned(format!("{UNITS_CTE}{EDGES}")))
-                .bind(from.as_str())
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(Error::db("reading what depends on the schema's objects"))?
-                .into_iter()
-                .map(|(cls, oid, rcls, roid, outside)| (cls.zip(oid), outside, (rcls, roid)))
-                .collect();
+        let edges: Vec<Edge> = sqlx::query_as::<_, EdgeRow>(with_units(EDGES))
+            .bind(from.as_str())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(Error::db("reading what depends on the schema's objects"))?
+            .into_iter()
+            .map(|(cls, oid, rcls, roid, outside)| (cls.zip(oid), outside, (rcls, roid)))
+            .collect();
 
         let mut problems = Vec::new();
         let registry = self

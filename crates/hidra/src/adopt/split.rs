@@ -11,7 +11,7 @@ use super::some_of;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::moves::{advance_sequences, columns, lock};
-use crate::sql::{self, Ident, TableName};
+use crate::sql::{self, Ident, Statement, TableName};
 use crate::tenant::{NewTenant, Tenant, TenantId};
 
 /// The metadata key recording where an adopted tenant came from, so that a
@@ -255,7 +255,7 @@ struct SplitPlan {
     column: Ident,
     sources: Vec<Source>,
     /// `CAST($1::text AS <type of the tenant column>)`, per source.
-    value_casts: Vec<String>,
+    value_casts: Vec<Statement>,
     /// Values with their tenant ids, in order; `Some` for tenants created earlier.
     values: Vec<(String, TenantId, Option<Tenant>)>,
     /// The users table (index into `sources`), email column, whether its
@@ -352,7 +352,7 @@ impl Hidra {
                 problems.push(format!("there is no table `{from}.{name}`: check the name"));
                 continue;
             }
-            let qualified = format!("{}.{}", from.quoted(), name.quoted());
+            let qualified = sql::qualified(from, name.as_str());
             let column_type: Option<String> = sqlx::query_scalar(
                 "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
                  WHERE a.attrelid = to_regclass($1) AND a.attname = $2 AND NOT a.attisdropped",
@@ -368,10 +368,12 @@ impl Hidra {
                 ));
                 continue;
             };
-            let nulls: i64 = sqlx::query_scalar(sql::owned(format!(
-                "SELECT count(*) FROM {qualified} WHERE {} IS NULL",
-                column.quoted()
-            )))
+            let nulls: i64 = sqlx::query_scalar(
+                sql::template("SELECT count(*) FROM {t} WHERE {column} IS NULL")
+                    .trusted("t", &qualified)
+                    .ident("column", column)
+                    .finish(),
+            )
             .fetch_one(&mut *conn)
             .await
             .map_err(Error::db("counting rows without a tenant"))?;
@@ -415,11 +417,18 @@ impl Hidra {
         // The values, tenant ids and earlier runs.
         let mut values = Vec::new();
         if problems.is_empty() {
-            let union: Vec<String> = sources
-                .iter()
-                .map(|s| format!("SELECT {}::text AS v FROM {}", column.quoted(), s.qualified))
-                .collect();
-            let mut raw: Vec<String> = sqlx::query_scalar(sql::owned(union.join(" UNION ")))
+            let mut union = Statement::new();
+            for (i, s) in sources.iter().enumerate() {
+                if i > 0 {
+                    union.sql(" UNION ");
+                }
+                union
+                    .sql("SELECT ")
+                    .ident(column)
+                    .sql("::text AS v FROM ")
+                    .trusted(&s.qualified);
+            }
+            let mut raw: Vec<String> = sqlx::query_scalar(union.into_sql())
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(Error::db("reading the tenant column's values"))?;
@@ -519,41 +528,52 @@ impl Hidra {
                 create: "Accounts::install",
             });
         }
-        let normalized = format!("lower(btrim(u.{}))", email.quoted());
-        let (t, c, e) = (&users.qualified, column.quoted(), email.quoted());
-        let l = login_table.quoted();
+        let mut normalized = Statement::new();
+        normalized.sql("lower(btrim(u.").ident(email).sql("))");
+        let users_and_emails = |text| {
+            sql::template(text)
+                .append("normalized", &normalized)
+                .trusted("t", &users.qualified)
+                .ident("e", email)
+                .finish()
+        };
         // Each check binds the id prefix as `$1`, used or not.
         let checks = [
             (
-                format!(
+                users_and_emails(
                     "SELECT {normalized} FROM {t} u WHERE u.{e} IS NOT NULL AND $1::text IS NOT NULL \
-                     GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 6"
+                     GROUP BY 1 HAVING count(*) > 1 ORDER BY 1 LIMIT 6",
                 ),
                 "looking for duplicate emails",
                 "emails used by more than one user",
                 "an email logs in to one tenant, so make them unique first",
             ),
             (
-                format!(
+                users_and_emails(
                     "SELECT {normalized} FROM {t} u WHERE u.{e} IS NOT NULL AND $1::text IS NOT NULL \
-                     AND {normalized} NOT LIKE '%_@_%' ORDER BY 1 LIMIT 6"
+                     AND {normalized} NOT LIKE '%_@_%' ORDER BY 1 LIMIT 6",
                 ),
                 "looking for malformed emails",
                 "emails that are not addresses",
                 "correct them first",
             ),
             (
-                format!(
+                sql::template(
                     "SELECT l.email FROM {t} u JOIN {l} l ON l.email = {normalized} \
-                     WHERE l.tenant_id <> ($1 || u.{c}::text) ORDER BY 1 LIMIT 6"
-                ),
+                     WHERE l.tenant_id <> ($1 || u.{c}::text) ORDER BY 1 LIMIT 6",
+                )
+                .trusted("t", &users.qualified)
+                .table("l", login_table)
+                .append("normalized", &normalized)
+                .ident("c", column)
+                .finish(),
                 "looking for emails taken by other tenants",
                 "emails already registered to other tenants",
                 "rename those users first",
             ),
         ];
         for (query, context, what, fix) in checks {
-            let found: Vec<String> = sqlx::query_scalar(sql::owned(query))
+            let found: Vec<String> = sqlx::query_scalar(query)
                 .bind(prefix)
                 .fetch_all(&mut *conn)
                 .await
@@ -656,7 +676,9 @@ impl Hidra {
             })
             .collect();
         for (_, target, _) in ordered.iter().rev() {
-            sqlx::query(sql::owned(format!("DELETE FROM {target}")))
+            let mut delete = Statement::new();
+            delete.sql("DELETE FROM ").trusted(target);
+            sqlx::query(delete.into_sql())
                 .execute(&mut *tx)
                 .await
                 .map_err(Error::db("emptying the tenant's new tables"))?;
@@ -678,26 +700,37 @@ impl Hidra {
             .fetch_all(&mut *tx)
             .await
             .map_err(Error::db("matching a table's columns"))?;
-            let list = common
-                .iter()
-                .map(|(c, ..)| sql::quote_ident(c))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let values = common
-                .iter()
-                .map(|(c, same, ty)| match same {
-                    true => sql::quote_ident(c),
-                    false => format!("CAST(CAST({} AS text) AS {ty})", sql::quote_ident(c)),
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            sqlx::query(sql::owned(format!(
-                "INSERT INTO {target} ({list}) OVERRIDING SYSTEM VALUE \
-                 SELECT {values} FROM {} WHERE {} = {}",
-                source.qualified,
-                column.quoted(),
-                plan.value_casts[*i]
-            )))
+            let mut list = Statement::new();
+            list.names(common.iter().map(|(c, ..)| c));
+            let mut values = Statement::new();
+            for (n, (c, same, ty)) in common.iter().enumerate() {
+                if n > 0 {
+                    values.sql(", ");
+                }
+                match same {
+                    true => values.name(c),
+                    // A type as PostgreSQL's `format_type` spells it.
+                    false => values
+                        .sql("CAST(CAST(")
+                        .name(c)
+                        .sql(" AS text) AS ")
+                        .trusted(ty)
+                        .sql(")"),
+                };
+            }
+            sqlx::query(
+                sql::template(
+                    "INSERT INTO {target} ({list}) OVERRIDING SYSTEM VALUE \
+                     SELECT {values} FROM {source} WHERE {column} = {cast}",
+                )
+                .trusted("target", target)
+                .append("list", &list)
+                .append("values", &values)
+                .trusted("source", &source.qualified)
+                .ident("column", column)
+                .append("cast", &plan.value_casts[*i])
+                .finish(),
+            )
             .bind(value)
             .execute(&mut *tx)
             .await
@@ -721,18 +754,23 @@ impl Hidra {
             });
         }
         if let Some((i, email, integer_id)) = &plan.logins {
-            let users = format!("{}.{}", schema.quoted(), plan.sources[*i].name.quoted());
             let user_id = if *integer_id {
                 "\"id\"::int8"
             } else {
                 "NULL::int8"
             };
-            sqlx::query(sql::owned(format!(
-                "INSERT INTO {} (email, tenant_id, user_id) \
-                 SELECT lower(btrim({e})), $1, {user_id} FROM {users} WHERE {e} IS NOT NULL",
-                plan.login_table.quoted(),
-                e = email.quoted(),
-            )))
+            sqlx::query(
+                sql::template(
+                    "INSERT INTO {logins} (email, tenant_id, user_id) \
+                     SELECT lower(btrim({e})), $1, {user_id} FROM {schema}.{users} WHERE {e} IS NOT NULL",
+                )
+                .table("logins", &plan.login_table)
+                .ident("e", email)
+                .sql("user_id", user_id)
+                .ident("schema", &schema)
+                .ident("users", &plan.sources[*i].name)
+                .finish(),
+            )
             .bind(id.as_str())
             .execute(&mut *tx)
             .await
@@ -764,13 +802,18 @@ async fn counts(
 ) -> Result<(Vec<TableRows>, i64)> {
     let mut out = Vec::with_capacity(plan.sources.len());
     for (source, cast) in plan.sources.iter().zip(&plan.value_casts) {
-        let (before, after): (i64, i64) = sqlx::query_as(sql::owned(format!(
-            "SELECT (SELECT count(*) FROM {} WHERE {} = {cast}), (SELECT count(*) FROM {}.{})",
-            source.qualified,
-            plan.column.quoted(),
-            schema.quoted(),
-            source.name.quoted(),
-        )))
+        let (before, after): (i64, i64) = sqlx::query_as(
+            sql::template(
+                "SELECT (SELECT count(*) FROM {source} WHERE {column} = {cast}), \
+                 (SELECT count(*) FROM {schema}.{table})",
+            )
+            .trusted("source", &source.qualified)
+            .ident("column", &plan.column)
+            .append("cast", cast)
+            .ident("schema", schema)
+            .ident("table", &source.name)
+            .finish(),
+        )
         .bind(value)
         .fetch_one(&mut *conn)
         .await
@@ -783,10 +826,11 @@ async fn counts(
     }
     let logins = match &plan.logins {
         None => 0,
-        Some(_) => sqlx::query_scalar(sql::owned(format!(
-            "SELECT count(*) FROM {} WHERE tenant_id = $1",
-            plan.login_table.quoted()
-        )))
+        Some(_) => sqlx::query_scalar(
+            sql::template("SELECT count(*) FROM {logins} WHERE tenant_id = $1")
+                .table("logins", &plan.login_table)
+                .finish(),
+        )
         .bind(id.as_str())
         .fetch_one(&mut *conn)
         .await
@@ -823,19 +867,25 @@ async fn check_cross_references(
     .await
     .map_err(Error::db("reading the split tables' foreign keys"))?;
     for (child, parent, child_cols, parent_cols) in keys {
-        let on: Vec<String> = child_cols
-            .iter()
-            .zip(&parent_cols)
-            .map(|(c, p)| format!("c.{} = p.{}", sql::quote_ident(c), sql::quote_ident(p)))
-            .collect();
-        let crossing: i64 = sqlx::query_scalar(sql::owned(format!(
-            "SELECT count(*) FROM {f}.{} c JOIN {f}.{} p ON {} WHERE c.{col} <> p.{col}",
-            sql::quote_ident(&child),
-            sql::quote_ident(&parent),
-            on.join(" AND "),
-            f = from.quoted(),
-            col = column.quoted(),
-        )))
+        let mut on = Statement::new();
+        for (n, (c, p)) in child_cols.iter().zip(&parent_cols).enumerate() {
+            if n > 0 {
+                on.sql(" AND ");
+            }
+            on.sql("c.").name(c).sql(" = p.").name(p);
+        }
+        let crossing: i64 = sqlx::query_scalar(
+            sql::template(
+                "SELECT count(*) FROM {f}.{child} c JOIN {f}.{parent} p ON {on} \
+                 WHERE c.{col} <> p.{col}",
+            )
+            .ident("f", from)
+            .name("child", &child)
+            .name("parent", &parent)
+            .append("on", &on)
+            .ident("col", column)
+            .finish(),
+        )
         .fetch_one(&mut *conn)
         .await
         .map_err(Error::db(
@@ -868,13 +918,17 @@ async fn advance_default_sequences(tx: &mut sqlx::PgConnection, target: &str) ->
     .await
     .map_err(Error::db("reading the sequences of column defaults"))?;
     for (column, sequence) in defaults {
-        sqlx::query(sql::owned(format!(
-            "SELECT setval(x.s, x.m) FROM (SELECT $1::regclass AS s, \
-             (SELECT max({})::int8 FROM {target}) AS m) x \
-             WHERE x.m >= coalesce(pg_sequence_last_value(x.s), \
-                                   (SELECT seqstart FROM pg_sequence WHERE seqrelid = x.s))",
-            sql::quote_ident(&column)
-        )))
+        sqlx::query(
+            sql::template(
+                "SELECT setval(x.s, x.m) FROM (SELECT $1::regclass AS s, \
+                 (SELECT max({column})::int8 FROM {target}) AS m) x \
+                 WHERE x.m >= coalesce(pg_sequence_last_value(x.s), \
+                                       (SELECT seqstart FROM pg_sequence WHERE seqrelid = x.s))",
+            )
+            .name("column", &column)
+            .trusted("target", target)
+            .finish(),
+        )
         .bind(&sequence)
         .execute(&mut *tx)
         .await

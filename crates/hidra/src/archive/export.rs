@@ -14,7 +14,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate::Migration;
-use crate::sql::{self, Ident, TableName};
+use crate::sql::{self, Ident, Statement, TableName};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
 /// A `REPEATABLE READ READ ONLY` transaction: one snapshot for every read.
@@ -83,12 +83,10 @@ async fn copy_format(conn: &mut PgConnection, qualified: &str) -> Result<CopyFor
 }
 
 /// `"a", "b"`.
-pub(super) fn column_list(columns: &[(String, String)]) -> String {
-    columns
-        .iter()
-        .map(|(c, _)| sql::quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ")
+pub(super) fn column_list(columns: &[(String, String)]) -> Statement {
+    let mut list = Statement::new();
+    list.names(columns.iter().map(|(c, _)| c));
+    list
 }
 
 /// Writes the entries of an archive and remembers their digests.
@@ -387,24 +385,26 @@ impl Hidra {
             let statement = match source.tenant_column {
                 Some(column) => {
                     columns.retain(|(c, _)| c != column.as_str());
-                    format!(
-                        "COPY (SELECT {} FROM {qualified} WHERE {} = {}) TO STDOUT (FORMAT {})",
-                        column_list(&columns),
-                        column.quoted(),
-                        sql::quote_literal(source.id.as_str()),
-                        format.option()
+                    sql::template(
+                        "COPY (SELECT {columns} FROM {t} WHERE {column} = {id}) \
+                         TO STDOUT (FORMAT {format})",
                     )
+                    .append("columns", &column_list(&columns))
+                    .trusted("t", qualified)
+                    .ident("column", column)
+                    .literal("id", source.id.as_str())
+                    .sql("format", format.option())
                 }
-                None => format!(
-                    "COPY {qualified} ({}) TO STDOUT (FORMAT {})",
-                    column_list(&columns),
-                    format.option()
-                ),
-            };
+                None => sql::template("COPY {t} ({columns}) TO STDOUT (FORMAT {format})")
+                    .trusted("t", qualified)
+                    .append("columns", &column_list(&columns))
+                    .sql("format", format.option()),
+            }
+            .statement();
             let table = writer
                 .copy_out(
                     conn,
-                    &statement,
+                    statement.as_str(),
                     &format!("data/{i:04}"),
                     name,
                     columns,
@@ -452,10 +452,13 @@ impl Hidra {
         conn: &mut PgConnection,
         schema: &Ident,
     ) -> Result<(i64, Vec<Migration>)> {
-        let history: Vec<(i64, Vec<u8>)> = sqlx::query_as(sql::owned(format!(
-            "SELECT version, checksum FROM {}._hidra_migrations ORDER BY version",
-            schema.quoted()
-        )))
+        let history: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+            sql::template(
+                "SELECT version, checksum FROM {schema}._hidra_migrations ORDER BY version",
+            )
+            .ident("schema", schema)
+            .finish(),
+        )
         .fetch_all(&mut *conn)
         .await
         .map_err(Error::db("reading the tenant's migration history"))?;
@@ -495,11 +498,12 @@ async fn sequences(conn: &mut PgConnection, schema: &str) -> Result<Vec<Archived
     .map_err(Error::db("listing the tenant's sequences"))?;
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let (last_value, is_called): (i64, bool) = sqlx::query_as(sql::owned(format!(
-            "SELECT last_value, is_called FROM {}.{}",
-            sql::quote_ident(schema),
-            sql::quote_ident(&name)
-        )))
+        let (last_value, is_called): (i64, bool) = sqlx::query_as(
+            sql::template("SELECT last_value, is_called FROM {schema}.{name}")
+                .name("schema", schema)
+                .name("name", &name)
+                .finish(),
+        )
         .fetch_one(&mut *conn)
         .await
         .map_err(Error::db("reading a sequence"))?;
@@ -524,17 +528,18 @@ async fn export_shared<W: AsyncWrite + Unpin + Send>(
         return Ok(None);
     }
     let columns = copy_columns(conn, &table.quoted()).await?;
-    let statement = format!(
-        "COPY (SELECT {} FROM {} WHERE tenant_id = {}) TO STDOUT (FORMAT binary)",
-        column_list(&columns),
-        table.quoted(),
-        sql::quote_literal(id.as_str())
-    );
+    let statement = sql::template(
+        "COPY (SELECT {columns} FROM {t} WHERE tenant_id = {id}) TO STDOUT (FORMAT binary)",
+    )
+    .append("columns", &column_list(&columns))
+    .table("t", table)
+    .literal("id", id.as_str())
+    .statement();
     writer.progress.tables += 1;
     let rows = writer
         .copy_out(
             conn,
-            &statement,
+            statement.as_str(),
             &format!("shared/{kind}"),
             kind,
             columns,

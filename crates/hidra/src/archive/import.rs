@@ -17,7 +17,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate::{self, Migrations};
-use crate::sql::{self, Ident, TableName};
+use crate::sql::{self, Ident, Statement, TableName};
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
 type Reader = TarReader<BufReader<tokio::fs::File>>;
@@ -146,11 +146,14 @@ impl Loader<'_> {
     ) -> Result<u64> {
         self.progress.table = table.name.clone();
         let mut copy = conn
-            .copy_in_raw(&format!(
-                "COPY {target} ({}) FROM STDIN (FORMAT {})",
-                column_list(&table.columns),
-                table.format.option()
-            ))
+            .copy_in_raw(
+                sql::template("COPY {target} ({columns}) FROM STDIN (FORMAT {format})")
+                    .trusted("target", target)
+                    .append("columns", &column_list(&table.columns))
+                    .sql("format", table.format.option())
+                    .statement()
+                    .as_str(),
+            )
             .await
             .map_err(Error::db("starting to load a table"))?;
         let mut counter = RowCounter::new(table.format);
@@ -701,20 +704,25 @@ async fn restore_shared(
         ));
     }
     check_columns(tx, id, archived, &table.quoted()).await?;
-    let temp = sql::quote_ident(&format!("hidra_import_{}", archived.name));
-    sqlx::raw_sql(sql::owned(format!(
-        "CREATE TEMPORARY TABLE {temp} (LIKE {}) ON COMMIT DROP",
-        table.quoted()
-    )))
+    let mut temp = Statement::new();
+    temp.name(&format!("hidra_import_{}", archived.name));
+    sqlx::raw_sql(
+        sql::template("CREATE TEMPORARY TABLE {temp} (LIKE {t}) ON COMMIT DROP")
+            .append("temp", &temp)
+            .table("t", table)
+            .finish(),
+    )
     .execute(&mut *tx)
     .await
     .map_err(Error::db("staging shared rows"))?;
-    let rows = loader.copy_in(tx, archived, &temp).await?;
-    let key = sql::quote_ident(key);
-    let taken: Option<String> = sqlx::query_scalar(sql::owned(format!(
-        "SELECT s.{key}::text FROM {temp} s JOIN {} t ON t.{key} = s.{key} LIMIT 1",
-        table.quoted()
-    )))
+    let rows = loader.copy_in(tx, archived, temp.as_str()).await?;
+    let taken: Option<String> = sqlx::query_scalar(
+        sql::template("SELECT s.{key}::text FROM {temp} s JOIN {t} t ON t.{key} = s.{key} LIMIT 1")
+            .name("key", key)
+            .append("temp", &temp)
+            .table("t", table)
+            .finish(),
+    )
     .fetch_optional(&mut *tx)
     .await
     .map_err(Error::db("checking shared rows"))?;
@@ -731,30 +739,36 @@ async fn restore_shared(
             ),
         ));
     }
-    let columns = column_list(&archived.columns);
-    let values = archived
-        .columns
-        .iter()
-        .map(|(c, _)| {
-            if c == "tenant_id" {
-                "$1".to_owned()
-            } else {
-                sql::quote_ident(c)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    sqlx::query(sql::owned(format!(
-        "INSERT INTO {} ({columns}) SELECT {values} FROM {temp}",
-        table.quoted()
-    )))
+    let mut values = Statement::new();
+    for (i, (c, _)) in archived.columns.iter().enumerate() {
+        if i > 0 {
+            values.sql(", ");
+        }
+        if c == "tenant_id" {
+            values.sql("$1");
+        } else {
+            values.name(c);
+        }
+    }
+    sqlx::query(
+        sql::template("INSERT INTO {t} ({columns}) SELECT {values} FROM {temp}")
+            .table("t", table)
+            .append("columns", &column_list(&archived.columns))
+            .append("values", &values)
+            .append("temp", &temp)
+            .finish(),
+    )
     .bind(id.as_str())
     .execute(&mut *tx)
     .await
     .map_err(Error::db("writing shared rows"))?;
-    sqlx::raw_sql(sql::owned(format!("DROP TABLE {temp}")))
-        .execute(&mut *tx)
-        .await
-        .map_err(Error::db("staging shared rows"))?;
+    sqlx::raw_sql(
+        sql::template("DROP TABLE {temp}")
+            .append("temp", &temp)
+            .finish(),
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(Error::db("staging shared rows"))?;
     Ok(rows)
 }

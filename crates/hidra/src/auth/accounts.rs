@@ -11,7 +11,7 @@ use super::{
 };
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
-use crate::sql::{self, TableName};
+use crate::sql::{self, Statement, TableName};
 use crate::tenant::{Strategy, Tenant, TenantId};
 
 /// The longest email address accepted (RFC 5321's path limit).
@@ -65,14 +65,13 @@ impl LoginTable {
     /// and it upgrades a table made by an earlier version (adding the two
     /// columns).
     pub fn ddl(&self) -> String {
-        let t = self.table.quoted();
         let bare = self.table.name().as_str();
-        let schema = self.table.schema().map(|s| s.quoted()).unwrap_or_default();
-        let notify = format!(
-            "{schema}.{}",
-            sql::quote_ident(&format!("{bare}_notify_change"))
-        );
-        format!(
+        let mut notify = Statement::new();
+        if let Some(schema) = self.table.schema() {
+            notify.ident(schema);
+        }
+        notify.sql(".").name(&format!("{bare}_notify_change"));
+        sql::template(
             r#"-- Hidra login lookup: the tenant of every login email. Emails are unique across
 -- tenants (the primary key), stored trimmed and lowercased. The application owns
 -- this table: run this on purpose, after the tenant registry. Safe to run twice.
@@ -109,14 +108,18 @@ DROP TRIGGER IF EXISTS {trigger} ON {t};
 CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
     FOR EACH ROW EXECUTE FUNCTION {notify}();
 "#,
-            fk = TenantsRef::clause(&self.tenants),
-            pkey = sql::quote_ident(&self.pkey()),
-            check = sql::quote_ident(&format!("{bare}_email_check")),
-            idx = sql::quote_ident(&format!("{bare}_tenant_id_idx")),
-            user_idx = sql::quote_ident(&format!("{bare}_tenant_user_idx")),
-            trigger = sql::quote_ident(&format!("{bare}_notify_change")),
-            channel = sql::quote_literal(super::LOGIN_CHANGES_CHANNEL),
         )
+        .table("t", &self.table)
+        .append("fk", &TenantsRef::clause(&self.tenants))
+        .name("pkey", &self.pkey())
+        .name("check", &format!("{bare}_email_check"))
+        .name("idx", &format!("{bare}_tenant_id_idx"))
+        .name("user_idx", &format!("{bare}_tenant_user_idx"))
+        .name("trigger", &format!("{bare}_notify_change"))
+        .append("notify", &notify)
+        .literal("channel", super::LOGIN_CHANGES_CHANNEL)
+        .statement()
+        .into_string()
     }
 }
 
@@ -159,12 +162,15 @@ impl LoginTable {
         hidra: &Hidra,
         older_than: std::time::Duration,
     ) -> Result<Vec<HalfRegistered>> {
-        let t = self.table.quoted();
         let mut conn = hidra.acquire_shared().await?;
-        let rows: Vec<(String, String)> = sqlx::query_as(sql::owned(format!(
-            "SELECT email, tenant_id FROM {t} WHERE user_id IS NULL \
-             AND created_at < now() - make_interval(secs => $1) ORDER BY created_at"
-        )))
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            sql::template(
+                "SELECT email, tenant_id FROM {t} WHERE user_id IS NULL \
+                 AND created_at < now() - make_interval(secs => $1) ORDER BY created_at",
+            )
+            .table("t", &self.table)
+            .finish(),
+        )
         .bind(older_than.as_secs_f64())
         .fetch_all(&mut *conn)
         .await
@@ -224,17 +230,18 @@ impl LoginTable {
     /// user if it exists (returns `false`), else removes the login row
     /// (returns `true`, the email is free).
     async fn settle(&self, hidra: &Hidra, tenant: &Tenant, email: &str) -> Result<bool> {
-        let t = self.table.quoted();
         let user = user_id_of(hidra, tenant, email).await?;
         let mut conn = hidra.acquire_shared().await?;
         // `$3` is NULL to undo: the row goes, else it gets its user id.
-        let statement = format!(
+        let statement = sql::template(
             "WITH linked AS (UPDATE {t} SET user_id = $3 \
                WHERE email = $1 AND tenant_id = $2 AND user_id IS NULL AND $3::bigint IS NOT NULL) \
              DELETE FROM {t} WHERE email = $1 AND tenant_id = $2 AND user_id IS NULL \
-               AND $3::bigint IS NULL"
-        );
-        sqlx::query(sql::owned(statement))
+               AND $3::bigint IS NULL",
+        )
+        .table("t", &self.table)
+        .finish();
+        sqlx::query(statement)
             .bind(email)
             .bind(tenant.id.as_str())
             .bind(user)
@@ -487,27 +494,18 @@ struct Statements {
 
 impl Statements {
     fn new(logins: &LoginTable) -> Self {
-        let t = logins.table.quoted();
+        let t = &logins.table;
+        let on = |text| sql::template(text).table("t", t).finish();
         Statements {
-            lookup: sql::owned(format!(
-                "SELECT tenant_id, user_id, token_version FROM {t} WHERE email = $1"
-            )),
-            insert: sql::owned(format!(
-                "INSERT INTO {t} (email, tenant_id, user_id) VALUES ($1, $2, $3)"
-            )),
-            count: sql::owned(format!("SELECT count(*) FROM {t} WHERE tenant_id = $1")),
-            delete: sql::owned(format!(
-                "DELETE FROM {t} WHERE email = $1 AND tenant_id = $2"
-            )),
-            link: sql::owned(format!(
-                "UPDATE {t} SET user_id = $3, token_version = CASE \
+            lookup: on("SELECT tenant_id, user_id, token_version FROM {t} WHERE email = $1"),
+            insert: on("INSERT INTO {t} (email, tenant_id, user_id) VALUES ($1, $2, $3)"),
+            count: on("SELECT count(*) FROM {t} WHERE tenant_id = $1"),
+            delete: on("DELETE FROM {t} WHERE email = $1 AND tenant_id = $2"),
+            link: on("UPDATE {t} SET user_id = $3, token_version = CASE \
                  WHEN user_id IS NULL OR user_id = $3 THEN token_version ELSE token_version + 1 END \
-                 WHERE email = $1 AND tenant_id = $2 RETURNING token_version"
-            )),
-            bump: sql::owned(format!(
-                "UPDATE {t} SET token_version = token_version + 1 \
-                 WHERE tenant_id = $1 AND user_id = $2"
-            )),
+                 WHERE email = $1 AND tenant_id = $2 RETURNING token_version"),
+            bump: on("UPDATE {t} SET token_version = token_version + 1 \
+                 WHERE tenant_id = $1 AND user_id = $2"),
         }
     }
 }
@@ -785,11 +783,14 @@ impl Accounts {
         let Some((tenant_id, (None, _))) = self.lookup(email).await? else {
             return Ok(());
         };
-        let t = self.logins.table.quoted();
         let mut conn = self.hidra.acquire_shared().await?;
-        let old: bool = sqlx::query_scalar(sql::owned(format!(
-            "SELECT created_at < now() - make_interval(secs => $2) FROM {t} WHERE email = $1"
-        )))
+        let old: bool = sqlx::query_scalar(
+            sql::template(
+                "SELECT created_at < now() - make_interval(secs => $2) FROM {t} WHERE email = $1",
+            )
+            .table("t", &self.logins.table)
+            .finish(),
+        )
         .bind(email)
         .bind(PENDING_REGISTRATION_GRACE.as_secs_f64())
         .fetch_optional(&mut *conn)

@@ -59,9 +59,8 @@ impl ApiKeyTable {
     /// The recommended DDL: the table, keyed by key id, and an index on the
     /// tenant. Idempotent.
     pub fn ddl(&self) -> String {
-        let t = self.table.quoted();
         let bare = self.table.name().as_str();
-        format!(
+        sql::template(
             r#"-- Hidra API keys. Only a keyed hash (HMAC-SHA-256 with a server-side pepper) of
 -- each secret is stored; the key id is not secret. The application owns this
 -- table: run this on purpose, after the tenant registry. Safe to run twice.
@@ -83,12 +82,15 @@ CREATE TABLE IF NOT EXISTS {t} (
 );
 CREATE INDEX IF NOT EXISTS {idx} ON {t} (tenant_id, created_at);
 "#,
-            fk = TenantsRef::clause(&self.tenants),
-            pkey = sql::quote_ident(&format!("{bare}_pkey")),
-            id_check = sql::quote_ident(&format!("{bare}_key_id_check")),
-            hash_check = sql::quote_ident(&format!("{bare}_hash_check")),
-            idx = sql::quote_ident(&format!("{bare}_tenant_id_idx")),
         )
+        .table("t", &self.table)
+        .append("fk", &TenantsRef::clause(&self.tenants))
+        .name("pkey", &format!("{bare}_pkey"))
+        .name("id_check", &format!("{bare}_key_id_check"))
+        .name("hash_check", &format!("{bare}_hash_check"))
+        .name("idx", &format!("{bare}_tenant_id_idx"))
+        .statement()
+        .into_string()
     }
 }
 
@@ -381,38 +383,38 @@ const INFO_COLUMNS: &str = "key_id, tenant_id, name, scopes, created_at, expires
 
 impl Statements {
     fn new(table: &ApiKeyTable) -> Self {
-        let t = table.table.quoted();
-        let cols = INFO_COLUMNS;
+        let t = &table.table;
+        let on = |text| {
+            sql::template(text)
+                .table("t", t)
+                .sql("cols", INFO_COLUMNS)
+                .finish()
+        };
+        let on_table = |text| sql::template(text).table("t", t).finish();
         Statements {
-            insert: sql::owned(format!(
+            insert: on(
                 "INSERT INTO {t} (key_id, tenant_id, name, hash, scopes, expires_at, rotated_from) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {cols}"
-            )),
-            list: sql::owned(format!(
-                "SELECT {cols} FROM {t} WHERE tenant_id = $1 ORDER BY created_at, key_id"
-            )),
-            get: sql::owned(format!(
-                "SELECT {cols} FROM {t} WHERE tenant_id = $1 AND key_id = $2"
-            )),
-            lock: sql::owned(format!(
-                "SELECT {cols} FROM {t} WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE"
-            )),
-            find: sql::owned(format!(
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {cols}",
+            ),
+            list: on("SELECT {cols} FROM {t} WHERE tenant_id = $1 ORDER BY created_at, key_id"),
+            get: on("SELECT {cols} FROM {t} WHERE tenant_id = $1 AND key_id = $2"),
+            lock: on("SELECT {cols} FROM {t} WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE"),
+            find: on_table(
                 "SELECT tenant_id, name, hash, scopes, expires_at, revoked_at, grace_until, \
-                 last_used_at FROM {t} WHERE key_id = $1"
-            )),
-            owner: sql::owned(format!("SELECT tenant_id FROM {t} WHERE key_id = $1")),
-            end_grace: sql::owned(format!("UPDATE {t} SET grace_until = $2 WHERE key_id = $1")),
-            revoke: sql::owned(format!(
+                 last_used_at FROM {t} WHERE key_id = $1",
+            ),
+            owner: on_table("SELECT tenant_id FROM {t} WHERE key_id = $1"),
+            end_grace: on_table("UPDATE {t} SET grace_until = $2 WHERE key_id = $1"),
+            revoke: on_table(
                 "UPDATE {t} SET revoked_at = COALESCE(revoked_at, now()) \
-                 WHERE tenant_id = $1 AND key_id = $2 RETURNING key_id"
-            )),
-            revoke_all: sql::owned(format!(
-                "UPDATE {t} SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL"
-            )),
-            touch: sql::owned(format!(
-                "UPDATE {t} SET last_used_at = GREATEST(last_used_at, $2) WHERE key_id = $1"
-            )),
+                 WHERE tenant_id = $1 AND key_id = $2 RETURNING key_id",
+            ),
+            revoke_all: on_table(
+                "UPDATE {t} SET revoked_at = now() WHERE tenant_id = $1 AND revoked_at IS NULL",
+            ),
+            touch: on_table(
+                "UPDATE {t} SET last_used_at = GREATEST(last_used_at, $2) WHERE key_id = $1",
+            ),
         }
     }
 }

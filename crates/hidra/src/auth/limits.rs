@@ -86,9 +86,8 @@ impl AttemptTable {
 
     /// The recommended DDL. Idempotent.
     pub fn ddl(&self) -> String {
-        let t = self.table.quoted();
         let bare = self.table.name().as_str();
-        format!(
+        sql::template(
             r#"-- Hidra brute-force limits: failed logins and sign-ups per account and client,
 -- counted in fixed windows by every process. Keys are SHA-256 digests. The
 -- application owns this table: run this on purpose. Safe to run twice.
@@ -100,8 +99,11 @@ CREATE TABLE IF NOT EXISTS {t} (
 );
 CREATE INDEX IF NOT EXISTS {idx} ON {t} (window_end);
 "#,
-            idx = sql::quote_ident(&format!("{bare}_window_end_idx")),
         )
+        .table("t", &self.table)
+        .name("idx", &format!("{bare}_window_end_idx"))
+        .statement()
+        .into_string()
     }
 }
 
@@ -240,21 +242,21 @@ impl Limiter {
     }
 
     pub(crate) fn new(config: LoginLimits) -> Self {
-        let t = config.table.table.quoted();
+        let on = |text| sql::template(text).table("t", &config.table.table).finish();
         Limiter {
             burst: Arc::new(RateLimiter::keyed(config.burst)),
             calls: Arc::new(AtomicU64::new(0)),
             // The longest remaining lock among `keys` whose count reached its
             // limit, in whole seconds.
-            blocked: sql::owned(format!(
+            blocked: on(
                 "SELECT max(ceil(extract(epoch FROM a.window_end - now())))::bigint \
                  FROM unnest($1::text[], $2::int[]) AS k(key, max) \
                  JOIN {t} a ON a.key = k.key \
-                 WHERE a.attempts >= k.max AND a.window_end > now()"
-            )),
+                 WHERE a.attempts >= k.max AND a.window_end > now()",
+            ),
             // One more attempt for `key`, in a new window if the last ended;
             // returns the count and the seconds until the window ends.
-            count: sql::owned(format!(
+            count: on(
                 "INSERT INTO {t} AS a (key, attempts, window_start, window_end) \
                  SELECT key, 1, now(), now() + make_interval(secs => secs) \
                  FROM unnest($1::text[], $2::float8[]) AS k(key, secs) \
@@ -263,10 +265,10 @@ impl Limiter {
                    window_start = CASE WHEN a.window_end <= now() THEN now() ELSE a.window_start END, \
                    window_end = CASE WHEN a.window_end <= now() THEN EXCLUDED.window_end \
                                 ELSE a.window_end END \
-                 RETURNING attempts, ceil(extract(epoch FROM window_end - now()))::bigint"
-            )),
-            clear: sql::owned(format!("DELETE FROM {t} WHERE key = $1")),
-            prune: sql::owned(format!("DELETE FROM {t} WHERE window_end < now()")),
+                 RETURNING attempts, ceil(extract(epoch FROM window_end - now()))::bigint",
+            ),
+            clear: on("DELETE FROM {t} WHERE key = $1"),
+            prune: on("DELETE FROM {t} WHERE window_end < now()"),
             config,
         }
     }

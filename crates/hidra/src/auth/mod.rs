@@ -149,7 +149,7 @@ pub use revocation::{LOGIN_CHANGES_CHANNEL, Revocations};
 pub use roles::{RolePermissions, grants};
 
 use crate::error::Error;
-use crate::sql::{Ident, TableName};
+use crate::sql::{Ident, Statement, TableName};
 
 /// Why an authentication or authorization check refused, carried by
 /// [`Error::Auth`].
@@ -387,15 +387,16 @@ impl TenantsRef {
     }
 
     /// ` REFERENCES "public"."tenants" ("id") ON DELETE CASCADE`, or nothing.
-    pub(crate) fn clause(this: &Option<TenantsRef>) -> String {
-        match this {
-            Some(r) => format!(
-                " REFERENCES {} ({}) ON DELETE CASCADE",
-                r.table.quoted(),
-                r.column.quoted()
-            ),
-            None => String::new(),
+    pub(crate) fn clause(this: &Option<TenantsRef>) -> Statement {
+        let mut sql = Statement::new();
+        if let Some(r) = this {
+            sql.sql(" REFERENCES ")
+                .table(&r.table)
+                .sql(" (")
+                .ident(&r.column)
+                .sql(") ON DELETE CASCADE");
         }
+        sql
     }
 }
 

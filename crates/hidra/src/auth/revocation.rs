@@ -94,13 +94,14 @@ impl Revocations {
     }
 
     pub(crate) fn with_ttl(hidra: Hidra, logins: &LoginTable, ttl: Duration) -> Self {
-        let t = logins.table().quoted();
         Revocations {
             inner: Arc::new(Inner {
                 hidra,
-                lookup: sql::owned(format!(
-                    "SELECT token_version FROM {t} WHERE tenant_id = $1 AND user_id = $2"
-                )),
+                lookup: sql::template(
+                    "SELECT token_version FROM {t} WHERE tenant_id = $1 AND user_id = $2",
+                )
+                .table("t", logins.table())
+                .finish(),
                 versions: moka::sync::Cache::builder()
                     .max_capacity(100_000)
                     .time_to_live(ttl)

@@ -11,7 +11,10 @@ use std::path::PathBuf;
 
 use hidra::auth::{Accounts, ApiKeys, AuthError, Jwt, NewUser, Passwords, User};
 use hidra::testing::TestDatabase;
-use hidra::{Error, Hidra, NewTenant, Tenant, TenantId};
+use hidra::{Error, Hidra, NewTenant, Tenant};
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use hidra_test_support::{b64url_decode, b64url_encode, id, setup_with};
 
 /// The auth tables of the reference tenant schema, and three roles.
 pub const TENANT_SQL: &str = "
@@ -58,59 +61,12 @@ pub fn key(name: &str) -> Vec<u8> {
     std::fs::read(key_path(name)).expect("read test key")
 }
 
-pub fn id(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-
 /// The refusal kind of an error, or a panic naming what came instead.
 pub fn kind<T: std::fmt::Debug>(result: hidra::Result<T>) -> AuthError {
     match result {
         Err(Error::Auth(kind)) => kind,
         other => panic!("expected an auth refusal, got {other:?}"),
     }
-}
-
-/// Unpadded base64url, for hand-made tokens.
-pub fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
-}
-
-/// Decodes unpadded base64url.
-pub fn b64url_decode(s: &str) -> Vec<u8> {
-    let value = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => panic!("not base64url: {c}"),
-        }
-    };
-    let mut out = Vec::new();
-    for chunk in s.as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, c) in chunk.iter().enumerate() {
-            n |= value(*c) << (18 - 6 * i);
-        }
-        for i in 0..chunk.len() - 1 {
-            out.push((n >> (16 - 8 * i)) as u8);
-        }
-    }
-    out
 }
 
 pub struct Ctx {
@@ -131,14 +87,12 @@ pub fn cheap_passwords() -> Passwords {
 /// A fresh database with the registry, the login and API key tables, and two
 /// tenants, `acme` and `globex`.
 pub async fn setup() -> Ctx {
-    let db = TestDatabase::create().await.expect("create test database");
-    let hidra = Hidra::builder()
-        .schema_sql("auth tables", TENANT_SQL)
-        .max_connections(4)
-        .connect_with(db.connect_options())
-        .await
-        .expect("connect hidra");
-    hidra.install().await.expect("install");
+    let hidra_test_support::Ctx { db, hidra } = setup_with(
+        Hidra::builder()
+            .schema_sql("auth tables", TENANT_SQL)
+            .max_connections(4),
+    )
+    .await;
     let jwt = Jwt::hs256(SECRET).unwrap();
     let accounts = Accounts::new(hidra.clone(), jwt.clone()).with_passwords(cheap_passwords());
     let keys = ApiKeys::new(hidra.clone(), PEPPER).unwrap();

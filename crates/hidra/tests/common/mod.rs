@@ -1,30 +1,20 @@
 //! Shared setup for the integration tests: a throw-away database per test with
-//! the registry table created, and a `Hidra` connected to it.
+//! the registry table created, and a `Hidra` connected to it (from
+//! `hidra-test-support`), and what this crate's tests share besides.
 
 #![allow(dead_code, unreachable_pub)]
 
-use hidra::testing::TestDatabase;
-use hidra::{Hidra, HidraBuilder, NewTenant, Tenant, TenantId};
+// Each test binary uses some of them.
+#[allow(unused_imports)]
+pub use hidra_test_support::{
+    Ctx, id, notices_during, setup_with, tenant_with_marker, wait_for, write_marker,
+};
+
+use hidra::{Hidra, Tenant};
 
 /// The tenant schema used by most tests: a marker row that says whose schema it is.
 pub const MARKER_SCHEMA: &str = "CREATE TABLE marker (tenant TEXT NOT NULL);
 CREATE TABLE items (id BIGSERIAL PRIMARY KEY, label TEXT NOT NULL);";
-
-pub struct Ctx {
-    pub db: TestDatabase,
-    pub hidra: Hidra,
-}
-
-/// A fresh database with the registry table, and a `Hidra` built from `builder`.
-pub async fn setup_with(builder: HidraBuilder) -> Ctx {
-    let db = TestDatabase::create().await.expect("create test database");
-    let hidra = builder
-        .connect_with(db.connect_options())
-        .await
-        .expect("connect hidra");
-    hidra.install().await.expect("create registry");
-    Ctx { db, hidra }
-}
 
 /// `setup_with` the marker schema and a pool of `max` connections.
 pub async fn setup(max: u32) -> Ctx {
@@ -46,22 +36,6 @@ pub async fn setup_uncapped(max: u32) -> Ctx {
             .tenant_cap(hidra::TenantCap::Fraction(1.0)),
     )
     .await
-}
-
-pub fn id(s: &str) -> TenantId {
-    TenantId::new(s).unwrap()
-}
-
-/// Provisions `name` and writes its marker row.
-pub async fn tenant_with_marker(hidra: &Hidra, name: &str) -> Tenant {
-    let tenant = hidra.provision(NewTenant::new(id(name))).await.unwrap();
-    let mut conn = hidra.acquire(&tenant).await.unwrap();
-    sqlx::query("INSERT INTO marker (tenant) VALUES ($1)")
-        .bind(name)
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    tenant
 }
 
 /// Names of the schemas that exist in the test database.
@@ -139,39 +113,4 @@ pub async fn wait_for_count(
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-}
-
-/// PostgreSQL's notices as sqlx logs them (target `sqlx::postgres::notice`),
-/// captured while `f` runs on this thread.
-pub async fn notices_during<F: std::future::Future<Output = ()>>(f: F) -> String {
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let capture = Capture::default();
-    let writer = capture.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(
-            "sqlx::postgres::notice=trace",
-        ))
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    // The test's runtime is single-threaded: everything `f` does, spawned
-    // tasks included, runs on this thread and logs to `subscriber`.
-    let guard = tracing::subscriber::set_default(subscriber);
-    f.await;
-    drop(guard);
-    let bytes = capture.0.lock().unwrap().clone();
-    String::from_utf8(bytes).unwrap()
 }

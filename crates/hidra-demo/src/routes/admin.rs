@@ -422,6 +422,9 @@ pub async fn update(
         .update_tenant(&id, update)
         .await
         .map_err(not_found)?;
+    // This process serves the change at once; the others when the
+    // registry's notification reaches them.
+    state.tenants.invalidate(&id).await;
     Ok(Json(TenantView::from(&tenant)))
 }
 
@@ -437,6 +440,7 @@ pub async fn suspend(
 ) -> Result<Json<TenantView>, ApiError> {
     let id = tenant_id(&id)?;
     let tenant = state.hidra.suspend(&id).await.map_err(not_found)?;
+    state.tenants.invalidate(&id).await;
     Ok(Json(TenantView::from(&tenant)))
 }
 
@@ -451,6 +455,7 @@ pub async fn activate(
 ) -> Result<Json<TenantView>, ApiError> {
     let id = tenant_id(&id)?;
     let tenant = state.hidra.activate(&id).await.map_err(not_found)?;
+    state.tenants.invalidate(&id).await;
     Ok(Json(TenantView::from(&tenant)))
 }
 
@@ -479,6 +484,7 @@ pub async fn delete(
         .deprovision(&id, Confirmation::of(&id))
         .await
         .map_err(not_found)?;
+    state.tenants.invalidate(&id).await;
     tracing::info!(tenant = %id, users, "the operator deleted a tenant");
     Ok(StatusCode::NO_CONTENT)
 }

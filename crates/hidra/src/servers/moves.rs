@@ -80,8 +80,10 @@ pub struct MoveProgress {
 
 impl Hidra {
     /// Moves tenant `id` to the registered server `to` (`None`: the control
-    /// server), keeping every row and its ids; see the
-    /// [module docs](self) for how, and what a failure leaves.
+    /// server), keeping every row and its ids. The tenant stays readable; its
+    /// writes wait while its tables are copied; a failure before the registry
+    /// row is switched leaves it where it was (the guide's "Several
+    /// PostgreSQL servers" has every step).
     ///
     /// Schema-per-tenant and database-per-tenant tenants move; a row-level
     /// tenant is refused with [`Error::MoveUnsupported`] (move it to a

@@ -216,7 +216,7 @@ impl Hidra {
 
     /// Tenants whose provisioning on a registered server was interrupted (a
     /// killed process): `provisioning` rows whose provisioning lock nobody
-    /// holds. See the [module docs](self).
+    /// holds (a provisioning in progress holds its lock).
     pub async fn abandoned_provisionings(&self) -> Result<Vec<Tenant>> {
         let mut conn = self.acquire_shared().await?.into_pool_conn();
         conn.close_on_drop();

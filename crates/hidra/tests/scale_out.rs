@@ -432,6 +432,54 @@ async fn a_provisioning_cancelled_between_the_two_servers_leaves_nothing() {
 }
 
 #[tokio::test]
+async fn a_schema_already_on_the_server_is_never_dropped_by_an_undo() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    // A schema named like the tenant, not Hidra's, with data in it.
+    let mut s2 = fleet.admin("s2").await;
+    sqlx::raw_sql(
+        "CREATE SCHEMA tenant_stray; CREATE TABLE tenant_stray.keep (v TEXT);
+         INSERT INTO tenant_stray.keep VALUES ('precious')",
+    )
+    .execute(&mut s2)
+    .await
+    .unwrap();
+    let still_there = |mut conn: PgConnection| async move {
+        let kept: Vec<String> = sqlx::query_scalar("SELECT v FROM tenant_stray.keep")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(kept, ["precious"]);
+    };
+
+    // Provisioning there fails, and its undo removes the row only.
+    let err = hidra
+        .provision(NewTenant::new(id("stray")).on_server(name("s2")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::SchemaTaken { .. }), "{err:?}");
+    assert!(hidra.tenant(&id("stray")).await.unwrap().is_none());
+    still_there(fleet.admin("s2").await).await;
+
+    // A killed provisioning of that id, found by repair: the stray schema
+    // has no bookkeeping row of Hidra's, so only the row goes.
+    let mut control = PgConnection::connect(fleet.ctx.db.url()).await.unwrap();
+    sqlx::query(
+        "INSERT INTO tenants (id, name, status, strategy, schema_name, server) \
+         VALUES ('stray', 'stray', 'provisioning', 'schema', 'tenant_stray', 's2')",
+    )
+    .execute(&mut control)
+    .await
+    .unwrap();
+    assert_eq!(
+        hidra.repair_provisioning().await.unwrap(),
+        vec![id("stray")]
+    );
+    assert!(hidra.tenant(&id("stray")).await.unwrap().is_none());
+    still_there(s2).await;
+}
+
+#[tokio::test]
 async fn an_abandoned_provisioning_is_found_and_repaired() {
     let fleet = fleet(builder()).await;
     let hidra = &fleet.ctx.hidra;

@@ -70,8 +70,14 @@ impl Hidra {
             .await;
         let tenant = match built {
             Ok(()) => claim.activate().await,
+            // A schema or database of that name was there before: not ours
+            // to drop.
+            Err(e @ Error::SchemaTaken { .. }) => {
+                claim.undo(Undo::RowOnly).await;
+                return Err(e);
+            }
             Err(e) => {
-                claim.undo().await;
+                claim.undo(Undo::DataAndRow).await;
                 return Err(e);
             }
         }?;
@@ -241,7 +247,7 @@ impl Hidra {
     pub async fn repair_provisioning(&self) -> Result<Vec<TenantId>> {
         let mut undone = Vec::new();
         for tenant in self.abandoned_provisionings().await? {
-            if self.undo_claimed(&tenant.id).await? {
+            if self.undo_claimed(&tenant.id, Undo::DataAndRow).await? {
                 undone.push(tenant.id);
             }
         }
@@ -251,14 +257,20 @@ impl Hidra {
     /// Undoes the provisioning of `id` under its lock, if its row is still
     /// `provisioning`: its data on its server, then its row. Returns whether
     /// there was anything to undo.
-    async fn undo_claimed(&self, id: &TenantId) -> Result<bool> {
+    async fn undo_claimed(&self, id: &TenantId, undo: Undo) -> Result<bool> {
         let mut conn = self.acquire_shared().await?.into_pool_conn();
         conn.close_on_drop();
         lock_provisioning(&mut conn, id, Lock::Take).await?;
-        let tenant = self.inner.registry.store.get(&mut conn, id).await?;
-        let undone = match tenant.filter(|t| t.status == TenantStatus::Provisioning) {
+        let store = &self.inner.registry.store;
+        let undone = match (store.get(&mut conn, id).await?)
+            .filter(|t| t.status == TenantStatus::Provisioning)
+        {
             Some(tenant) => {
-                self.drop_tenant(&mut conn, &tenant).await?;
+                if undo == Undo::DataAndRow && self.built_by_provisioning(&tenant).await? {
+                    self.drop_tenant(&mut conn, &tenant).await?;
+                } else {
+                    store.delete(&mut conn, id).await?;
+                }
                 tracing::info!(tenant = %id, "undid an interrupted provisioning");
                 true
             }
@@ -267,6 +279,37 @@ impl Hidra {
         lock_provisioning(&mut conn, id, Lock::Release).await?;
         conn.settled();
         Ok(undone)
+    }
+}
+
+/// What undoing a provisioning removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Undo {
+    /// What it built on the tenant's server, then the row.
+    DataAndRow,
+    /// The row only: the name was taken on the server by something else.
+    RowOnly,
+}
+
+impl Hidra {
+    /// Whether what is on `tenant`'s server under its name can be the work
+    /// of its provisioning: a schema is, only if its bookkeeping row exists
+    /// (committed with it, in one transaction); a stray schema of that name
+    /// is left alone.
+    async fn built_by_provisioning(&self, tenant: &Tenant) -> Result<bool> {
+        if tenant.placement.strategy != Strategy::Schema {
+            return Ok(true);
+        }
+        let home = self.home(tenant).await?;
+        let mut conn = self.acquire_shared_at(&home).await?;
+        sqlx::query_scalar(
+            "SELECT to_regclass('hidra.schema_versions') IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM hidra.schema_versions WHERE schema_name = $1)",
+        )
+        .bind(&tenant.placement.schema)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(Error::db("checking whose schema it is"))
     }
 }
 
@@ -341,18 +384,19 @@ impl Claim {
             }
             Err(e) => {
                 self.conn = Some(conn);
-                self.undo().await;
+                self.undo(Undo::DataAndRow).await;
                 Err(e)
             }
         }
     }
 
-    /// Undoes a failed step 2 or 3: the data on the server, then the row.
-    async fn undo(mut self) {
+    /// Undoes a failed step 2 or 3: the data on the server (unless
+    /// `RowOnly`), then the row.
+    async fn undo(mut self, undo: Undo) {
         // The lock goes with the connection; `undo_claimed` takes it again.
         drop(self.conn.take());
         let id = self.tenant.id.clone();
-        if let Err(e) = self.hidra.undo_claimed(&id).await {
+        if let Err(e) = self.hidra.undo_claimed(&id, undo).await {
             tracing::error!(tenant = %id, error = %e, "could not undo a failed provisioning; `hidra doctor --repair` will");
         }
     }
@@ -368,7 +412,7 @@ impl Drop for Claim {
         };
         let (hidra, id) = (self.hidra.clone(), self.tenant.id.clone());
         runtime.spawn(async move {
-            if let Err(e) = hidra.undo_claimed(&id).await {
+            if let Err(e) = hidra.undo_claimed(&id, Undo::DataAndRow).await {
                 tracing::error!(tenant = %id, error = %e, "could not undo a cancelled provisioning; `hidra doctor --repair` will");
             }
         });

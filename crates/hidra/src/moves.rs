@@ -69,6 +69,58 @@ pub(crate) async fn truncate(
     Ok(())
 }
 
+/// Copies a tenant's `tables` (as `tables_in_order` lists them, on
+/// `source`) into the tables of the same names in `target_schema` on
+/// `target`, which are emptied first (rows migrations inserted). Each
+/// table's copy is checked against the source's row count (the source must
+/// be locked against writes) and the target's sequences are set past the
+/// copied ids; a source table without counterpart must be empty. Calls
+/// `on_table(name, rows, tables done)` after each; returns the rows copied.
+pub(crate) async fn copy_tables(
+    source: &mut sqlx::PgConnection,
+    tables: &[(String, String, Vec<String>)],
+    target: &mut sqlx::PgConnection,
+    target_schema: &str,
+    tenant: &crate::TenantId,
+    mut on_table: impl FnMut(&str, u64, usize),
+) -> Result<u64> {
+    let target_tables =
+        crate::strategy::row_level::tables_in_order(target, target_schema, None).await?;
+    truncate(target, &target_tables).await?;
+    let mut rows = 0;
+    for (done, (name, from, cols)) in tables.iter().enumerate() {
+        let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
+            ensure_empty(source, from, tenant, "").await?;
+            continue;
+        };
+        let copied = copy_rows(source, from, target, dest, cols, dest_cols).await?;
+        let counted = count_rows(source, from).await?;
+        if copied != counted {
+            return Err(Error::Database {
+                context: "verifying the copy",
+                source: sqlx::Error::Protocol(format!(
+                    "{copied} rows of {from} reached the target, the source has {counted}"
+                )),
+            });
+        }
+        advance_sequences(target, dest, target_schema, name).await?;
+        rows += copied;
+        on_table(name, copied, done + 1);
+    }
+    Ok(rows)
+}
+
+/// The rows of `table` (quoted by the catalog query that listed it).
+async fn count_rows(conn: &mut sqlx::PgConnection, table: &str) -> Result<u64> {
+    let mut count = sql::Statement::new();
+    count.sql("SELECT count(*) FROM ").trusted(table);
+    let n: i64 = sqlx::query_scalar(count.into_sql())
+        .fetch_one(conn)
+        .await
+        .map_err(Error::db("counting the source's rows"))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// Streams the rows of `from` into `to` with binary `COPY`, over the columns
 /// both tables have; returns how many rows the target took.
 pub(crate) async fn copy_rows(

@@ -33,11 +33,11 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use super::{Home, ServerName, ServerState};
+use super::{Home, ServerName};
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::moves::{advance_sequences, copy_rows, ensure_empty, lock, truncate};
-use crate::sql::{self, Ident};
+use crate::moves::{copy_tables, lock};
+use crate::sql::Ident;
 use crate::strategy::database::{TENANT_DB_SCHEMA, tenant_database};
 use crate::strategy::row_level::tables_in_order;
 use crate::strategy::schema::drop_tenant_schema;
@@ -144,15 +144,13 @@ impl Hidra {
             });
         }
         if let Some(to) = to {
-            // Checked again, under a lock, at the switch.
-            let server =
-                (self.servers().get(to).await?).ok_or_else(|| Error::ServerNotFound(to.clone()))?;
-            if server.state != ServerState::Active {
-                return Err(Error::ServerNotActive {
-                    name: to.clone(),
-                    state: server.state,
-                });
-            }
+            // Before copying anything; checked again, locked, at the switch.
+            let mut conn = self.acquire_shared().await?;
+            let mut tx = conn
+                .begin()
+                .await
+                .map_err(Error::db("checking the target server"))?;
+            self.lock_active_server(&mut tx, to).await?;
         }
         let source_home = self.home(&tenant).await?;
         let target_home = self.home_of(to_name.as_deref()).await?;
@@ -184,7 +182,7 @@ impl Hidra {
                 // is not ours to drop.
                 Err(e @ Error::SchemaTaken { .. }) => Err(e),
                 Err(e) => {
-                    if let Err(undo) = self.drop_built(&target_home, &moved_record).await {
+                    if let Err(undo) = self.drop_data(&moved_record).await {
                         tracing::error!(tenant = %id, error = %undo, "could not drop the half-made copy of a failed move");
                     }
                     Err(e)
@@ -206,7 +204,7 @@ impl Hidra {
             Ok(moved) => moved,
             Err(e) => {
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
-                if let Err(undo) = self.drop_built(&target_home, &moved_record).await {
+                if let Err(undo) = self.drop_data(&moved_record).await {
                     tracing::error!(tenant = %id, error = %undo, "could not drop the copy of a move that failed to switch");
                 }
                 return Err(e);
@@ -302,33 +300,22 @@ impl Hidra {
             }
         };
         let copied = async {
-            let target_tables = tables_in_order(&mut target, &schema, None).await?;
-            truncate(&mut target, &target_tables).await?;
-            let mut rows = 0;
-            for (done, (name, from, cols)) in tables.iter().enumerate() {
-                let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
-                    ensure_empty(source, from, &tenant.id, "").await?;
-                    continue;
-                };
-                let copied = copy_rows(source, from, &mut target, dest, cols, dest_cols).await?;
-                let counted = count_rows(source, from).await?;
-                if copied != counted {
-                    return Err(Error::Database {
-                        context: "verifying the copy",
-                        source: sqlx::Error::Protocol(format!(
-                            "{copied} rows of {from} reached the target, the source has {counted}"
-                        )),
+            let rows = copy_tables(
+                source,
+                tables,
+                &mut target,
+                &schema,
+                &tenant.id,
+                |t, n, done| {
+                    progress(&MoveProgress {
+                        table: t.to_owned(),
+                        rows: n,
+                        done,
+                        total: tables.len(),
                     });
-                }
-                advance_sequences(&mut target, dest, &schema, name).await?;
-                rows += copied;
-                progress(&MoveProgress {
-                    table: name.clone(),
-                    rows: copied,
-                    done: done + 1,
-                    total: tables.len(),
-                });
-            }
+                },
+            )
+            .await?;
             sqlx::raw_sql("COMMIT")
                 .execute(&mut *target)
                 .await
@@ -367,24 +354,6 @@ impl Hidra {
         Ok(moved)
     }
 
-    /// Drops the copy of `record` built on `home` by a move that failed.
-    async fn drop_built(&self, home: &Home, record: &Tenant) -> Result<()> {
-        match record.placement.strategy {
-            Strategy::Database => self.drop_tenant_database(record).await,
-            _ => {
-                let mut conn = self.acquire_shared_at(home).await?;
-                let mut tx = conn
-                    .begin()
-                    .await
-                    .map_err(Error::db("beginning to drop a half-made copy"))?;
-                drop_tenant_schema(&mut tx, &record.placement.schema_ident()?).await?;
-                tx.commit()
-                    .await
-                    .map_err(Error::db("dropping a half-made copy"))
-            }
-        }
-    }
-
     /// Step 4: drops the old copy while the source's locks still hold: the
     /// schema in the source's own transaction, or the database with
     /// `WITH (FORCE)`, which ends every session on it (the source's and
@@ -406,16 +375,4 @@ impl Hidra {
             }
         }
     }
-}
-
-/// The rows of `table` (quoted), as the source sees them under its lock.
-async fn count_rows(conn: &mut sqlx::PgConnection, table: &str) -> Result<u64> {
-    let mut count = sql::Statement::new();
-    // Quoted by the catalog query that listed it.
-    count.sql("SELECT count(*) FROM ").trusted(table);
-    let n: i64 = sqlx::query_scalar(count.into_sql())
-        .fetch_one(conn)
-        .await
-        .map_err(Error::db("counting the source's rows"))?;
-    Ok(u64::try_from(n).unwrap_or(0))
 }

@@ -22,7 +22,7 @@ use sqlx::Connection;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate::{self, Target};
-use crate::moves::{advance_sequences, copy_rows, ensure_empty, lock, truncate};
+use crate::moves::{copy_tables, lock};
 use crate::scope::{self, DbConn};
 use crate::servers::Home;
 use crate::sql::{self, Ident};
@@ -307,19 +307,8 @@ impl Hidra {
                     .await
                     .map_err(Error::db("beginning the copy"))?;
                 let copied = async {
-                    let target_tables =
-                        tables_in_order(&mut target, TENANT_DB_SCHEMA, None).await?;
-                    truncate(&mut target, &target_tables).await?;
-                    for (name, source, cols) in &tables {
-                        let Some((_, dest, dest_cols)) =
-                            target_tables.iter().find(|t| &t.0 == name)
-                        else {
-                            ensure_empty(&mut tx, source, &tenant.id, "").await?;
-                            continue;
-                        };
-                        copy_rows(&mut tx, source, &mut target, dest, cols, dest_cols).await?;
-                        advance_sequences(&mut target, dest, TENANT_DB_SCHEMA, name).await?;
-                    }
+                    let (to, id) = (TENANT_DB_SCHEMA, &tenant.id);
+                    copy_tables(&mut tx, &tables, &mut target, to, id, |_, _, _| {}).await?;
                     sqlx::raw_sql("COMMIT")
                         .execute(&mut *target)
                         .await
@@ -385,16 +374,8 @@ impl Hidra {
             let path = sql::search_path_value(&schema, &inner.schema.shared);
             self.build_schema_for_move(&mut tx, tenant, &schema, &path)
                 .await?;
-            let target_tables = tables_in_order(&mut tx, schema.as_str(), None).await?;
-            truncate(&mut tx, &target_tables).await?;
-            for (name, from, cols) in &tables {
-                let Some((_, dest, dest_cols)) = target_tables.iter().find(|t| &t.0 == name) else {
-                    ensure_empty(&mut source, from, &tenant.id, "").await?;
-                    continue;
-                };
-                copy_rows(&mut source, from, &mut tx, dest, cols, dest_cols).await?;
-                advance_sequences(&mut tx, dest, schema.as_str(), name).await?;
-            }
+            let (to, id) = (schema.as_str(), &tenant.id);
+            copy_tables(&mut source, &tables, &mut tx, to, id, |_, _, _| {}).await?;
             let placement = super::schema::placement(&schema);
             let moved = inner
                 .registry

@@ -74,67 +74,59 @@ impl Hidra {
         conn: &mut sqlx::PgConnection,
         tenant: &Tenant,
     ) -> Result<()> {
+        let store = &self.inner.registry.store;
+        if tenant.placement.server.is_some() {
+            // Two servers: the data first, then the row, so that no data is
+            // ever left without a row. Each step is idempotent: a failure in
+            // between leaves the tenant `deleting` (or `provisioning`), and
+            // doing it again finishes it.
+            self.drop_data(tenant).await?;
+            return store.delete(conn, &tenant.id).await.map(drop);
+        }
         if tenant.placement.strategy == Strategy::Database {
             self.drop_tenant_database(tenant).await?;
-        }
-        if tenant.placement.server.is_some() {
-            return self.drop_tenant_on_server(conn, tenant).await;
         }
         let mut tx = conn
             .begin()
             .await
             .map_err(Error::db("beginning the deprovisioning transaction"))?;
-        match tenant.placement.strategy {
-            Strategy::Schema => {
-                schema::drop_tenant_schema(&mut tx, &tenant.placement.schema_ident()?).await?;
-            }
-            Strategy::RowLevel => self.delete_row_level_rows(&mut tx, tenant).await?,
-            Strategy::Database => {}
-        }
-        self.inner
-            .registry
-            .store
-            .delete(&mut tx, &tenant.id)
-            .await?;
+        self.drop_data_in(&mut tx, tenant).await?;
+        store.delete(&mut tx, &tenant.id).await?;
         tx.commit()
             .await
             .map_err(Error::db("committing the deprovisioning transaction"))
     }
 
-    /// [`drop_tenant`](Self::drop_tenant) of a tenant on a registered
-    /// server: its schema or rows there in one transaction, then its row on
-    /// the control server (`conn`), so that no data is ever left without a
-    /// row. Each step is idempotent: a failure in between leaves the tenant
-    /// `deleting` (or `provisioning`), and doing it again finishes it.
-    async fn drop_tenant_on_server(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        tenant: &Tenant,
-    ) -> Result<()> {
-        if tenant.placement.strategy != Strategy::Database {
-            let home = self.home(tenant).await?;
-            let mut remote = self.acquire_shared_at(&home).await?;
-            self.ensure_internal_at(&home, &mut remote).await?;
-            let mut tx = remote
-                .begin()
-                .await
-                .map_err(Error::db("beginning the deprovisioning transaction"))?;
-            match tenant.placement.strategy {
-                Strategy::Schema => {
-                    schema::drop_tenant_schema(&mut tx, &tenant.placement.schema_ident()?).await?;
-                }
-                _ => self.delete_row_level_rows(&mut tx, tenant).await?,
-            }
-            tx.commit()
-                .await
-                .map_err(Error::db("committing the deprovisioning transaction"))?;
+    /// Drops what holds `tenant`'s data on the server its placement names,
+    /// leaving its registry row: its own database, or its schema or rows in
+    /// one transaction there.
+    pub(crate) async fn drop_data(&self, tenant: &Tenant) -> Result<()> {
+        if tenant.placement.strategy == Strategy::Database {
+            return self.drop_tenant_database(tenant).await;
         }
-        self.inner
-            .registry
-            .store
-            .delete(conn, &tenant.id)
+        let home = self.home(tenant).await?;
+        let mut conn = self.acquire_shared_at(&home).await?;
+        self.ensure_internal_at(&home, &mut conn).await?;
+        let mut tx = conn
+            .begin()
             .await
-            .map(drop)
+            .map_err(Error::db("beginning the deprovisioning transaction"))?;
+        self.drop_data_in(&mut tx, tenant).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the deprovisioning transaction"))
+    }
+
+    /// Drops `tenant`'s schema (and its bookkeeping) or deletes its rows in
+    /// the caller's transaction; a tenant database is dropped apart.
+    async fn drop_data_in(&self, tx: &mut sqlx::PgConnection, tenant: &Tenant) -> Result<()> {
+        match tenant.placement.strategy {
+            Strategy::Schema => {
+                schema::drop_tenant_schema(tx, &tenant.placement.schema_ident()?).await
+            }
+            Strategy::RowLevel => self.delete_row_level_rows(tx, tenant).await,
+            Strategy::Database => Ok(()),
+        }
     }
 
     /// Fails unless tenants can be placed under `strategy` now: row level

@@ -169,6 +169,21 @@ pub enum Error {
         tenants: u64,
     },
 
+    /// A registered server could not be used for this tenant's part of a
+    /// fleet operation (a migration run reads each server's bookkeeping
+    /// once): the cause, said once for the whole server, is the source.
+    /// The other servers' tenants are not affected; rerun once it is back.
+    #[error(
+        "server `{server}` could not be reached or read, so this tenant was left as it is; rerun once the server is back"
+    )]
+    ServerFailed {
+        /// The server.
+        server: crate::ServerName,
+        /// Why, shared by every tenant of the server.
+        #[source]
+        source: std::sync::Arc<Error>,
+    },
+
     /// A new tenant was to go to a server that takes no new tenants (it is
     /// draining or read-only); nothing was created.
     #[error(
@@ -431,6 +446,12 @@ impl Error {
     /// Whether a server still holds tenants ([`Error::ServerInUse`]).
     pub fn is_server_in_use(&self) -> bool {
         matches!(self, Error::ServerInUse { .. })
+    }
+
+    /// Whether a registered server could not be used for this tenant
+    /// ([`Error::ServerFailed`]).
+    pub fn is_server_failed(&self) -> bool {
+        matches!(self, Error::ServerFailed { .. })
     }
 
     /// Whether a new tenant found no server to go to

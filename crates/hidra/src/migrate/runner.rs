@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::ops::DerefMut;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -340,21 +339,25 @@ impl MigrationRunner {
         let mut servers: Vec<String> = all.iter().filter_map(|t| t.server.clone()).collect();
         servers.sort();
         servers.dedup();
-        let mut down: HashMap<String, Error> = HashMap::new();
+        // One connection per server for the whole plan.
+        let mut remotes: HashMap<String, crate::SharedConn> = HashMap::new();
+        let mut down: HashMap<String, std::sync::Arc<Error>> = HashMap::new();
         for server in servers {
             let read = async {
                 let home = hidra.home_of(Some(&server)).await?;
                 let mut remote = hidra.acquire_shared_at(&home).await?;
                 hidra.ensure_internal_at(&home, &mut remote).await?;
-                read_versions(&mut remote, chosen.as_deref()).await
+                let versions = read_versions(&mut remote, chosen.as_deref()).await?;
+                Ok::<_, Error>((remote, versions))
             };
             match read.await {
-                Ok(versions) => {
-                    recorded.insert(Some(server), versions);
+                Ok((remote, versions)) => {
+                    recorded.insert(Some(server.clone()), versions);
+                    remotes.insert(server, remote);
                 }
                 Err(e) => {
                     tracing::warn!(server = %server, error = %e, "cannot read a server's schema versions; its tenants are not migrated");
-                    down.insert(server, e);
+                    down.insert(server, std::sync::Arc::new(e));
                 }
             }
         }
@@ -364,8 +367,14 @@ impl MigrationRunner {
             ..Plan::default()
         };
         for target in all {
-            if let Some(e) = target.server.as_ref().and_then(|s| down.get(s)) {
-                let error = server_failure(target.server.as_deref().unwrap_or_default(), e);
+            if let Some((server, e)) = target.server.as_ref().and_then(|s| down.get_key_value(s)) {
+                let error = match crate::ServerName::new(server) {
+                    Ok(server) => Error::ServerFailed {
+                        server,
+                        source: std::sync::Arc::clone(e),
+                    },
+                    Err(invalid) => invalid,
+                };
                 plan.refused.push(Failure { error, target });
                 continue;
             }
@@ -393,16 +402,12 @@ impl MigrationRunner {
                     .and_then(|r| r.get(&target.schema))
                     .cloned(),
             };
-            let mut remote = None;
             let conn: &mut sqlx::PgConnection = match (&mut own, &target.server) {
                 (Some(c), _) => c,
                 (None, None) => &mut conn,
-                (None, Some(server)) => {
-                    let home = hidra.home_of(Some(server)).await?;
-                    remote
-                        .insert(hidra.acquire_shared_at(&home).await?)
-                        .deref_mut()
-                }
+                (None, Some(server)) => remotes
+                    .get_mut(server)
+                    .expect("a server that is not down was read above"),
             };
             let (version, digest, recorded_version, no_history) = match recorded_here {
                 Some((v, d)) => (v, d, Some(v), false),
@@ -889,20 +894,6 @@ async fn read_versions(conn: &mut sqlx::PgConnection, only: Option<&[&str]>) -> 
     .try_collect()
     .await
     .map_err(Error::db("reading schema versions"))
-}
-
-/// The failure of one tenant on a server whose bookkeeping could not be
-/// read (`error`, said once for the whole server).
-fn server_failure(server: &str, error: &Error) -> Error {
-    match crate::ServerName::new(server) {
-        Ok(name) if error.is_server_not_found() => Error::ServerNotFound(name),
-        Ok(name) => Error::ServerUnreachable {
-            name,
-            url: "its registered URL".to_owned(),
-            source: sqlx::Error::Io(std::io::Error::other(error.to_string())),
-        },
-        Err(e) => e,
-    }
 }
 
 pub(crate) async fn recorded_state(

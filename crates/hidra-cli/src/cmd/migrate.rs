@@ -296,6 +296,8 @@ struct TenantStatusJson {
 struct SchemaStatusJson {
     tenant: Option<String>,
     schema: String,
+    /// The registered server holding it; `null`: the control server.
+    server: Option<String>,
     /// `None` when the schema's history cannot be matched to the migrations.
     version: Option<i64>,
     pending: usize,
@@ -307,6 +309,7 @@ impl From<&MigrationStatus> for SchemaStatusJson {
         SchemaStatusJson {
             tenant: tenant_of(&s.target),
             schema: s.target.schema.clone(),
+            server: s.target.server.clone(),
             version: s.problem.is_none().then_some(s.version),
             pending: s.pending,
             problem: s.problem.clone(),
@@ -384,11 +387,14 @@ async fn status(settings: &Settings, json: bool) -> Result<()> {
     if t.schemas.is_empty() {
         return fail();
     }
-    let mut table = Table::new(["TENANT", "SCHEMA", "VERSION", "PENDING", "PROBLEM"]);
+    let mut table = Table::new([
+        "TENANT", "SCHEMA", "SERVER", "VERSION", "PENDING", "PROBLEM",
+    ]);
     for s in &t.schemas {
         table.row(vec![
             s.tenant.clone().unwrap_or_else(|| "(spare)".to_owned()),
             s.schema.clone(),
+            s.server.clone().unwrap_or_else(|| "control".to_owned()),
             s.version.map_or_else(|| "?".to_owned(), |v| v.to_string()),
             s.pending.to_string(),
             s.problem.clone().unwrap_or_default(),

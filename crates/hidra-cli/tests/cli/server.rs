@@ -177,6 +177,18 @@ async fn tenants_are_placed_moved_and_repaired_across_servers() {
     let err = ctx.fails(&["tenant", "move", "acme", "--to-server", "nowhere"]);
     assert!(err.contains("server `nowhere` is not registered"), "{err}");
 
+    // Migration status is read where each tenant lives.
+    let status = json(&ctx.ok(&["migrate", "status", "--json"]));
+    let schemas = status["tenants"]["schemas"].as_array().unwrap();
+    let acme = schemas.iter().find(|s| s["tenant"] == "acme").unwrap();
+    assert_eq!(acme["server"], "eu-1", "{status}");
+    assert_eq!(acme["version"], 1, "{status}");
+    assert_eq!(acme["pending"], 0, "{status}");
+    let text = ctx.ok(&["migrate", "status"]);
+    assert!(text.contains("TENANT  SCHEMA       SERVER"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("acme")).unwrap();
+    assert!(line.contains("eu-1"), "{text}");
+
     // A provisioning a killed process left half done: doctor finds it and
     // --repair undoes it on its server.
     ctx.exec("UPDATE public.tenants SET status = 'provisioning' WHERE id = 'acme'")

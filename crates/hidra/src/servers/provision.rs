@@ -227,8 +227,10 @@ impl Hidra {
         let mut conn = self.acquire_shared().await?.into_pool_conn();
         conn.close_on_drop();
         let mut abandoned = Vec::new();
-        for tenant in crate::store::list_all(&self.inner.registry.store, &mut conn).await? {
-            if tenant.status != TenantStatus::Provisioning || tenant.placement.server.is_none() {
+        let store = &self.inner.registry.store;
+        let provisioning = Some(TenantStatus::Provisioning);
+        for tenant in crate::store::list_all_in(store, &mut conn, provisioning).await? {
+            if tenant.placement.server.is_none() {
                 continue;
             }
             if lock_provisioning(&mut conn, &tenant.id, Lock::Try).await? {

@@ -119,13 +119,29 @@ pub(crate) async fn list_all(
     store: &AnyTenantStore,
     conn: &mut PgConnection,
 ) -> Result<Vec<Tenant>> {
+    list_all_in(store, conn, None).await
+}
+
+/// [`list_all`], only the tenants in `status` when given.
+pub(crate) async fn list_all_in(
+    store: &AnyTenantStore,
+    conn: &mut PgConnection,
+    status: Option<TenantStatus>,
+) -> Result<Vec<Tenant>> {
+    let first = || {
+        let page = ListTenants::first(MAX_PAGE_SIZE);
+        match status {
+            Some(status) => page.status(status),
+            None => page,
+        }
+    };
     let mut all = Vec::new();
-    let mut page = ListTenants::first(MAX_PAGE_SIZE);
+    let mut page = first();
     loop {
         let p = store.list(conn, &page).await?;
         all.extend(p.items);
         match p.next {
-            Some(next) => page = ListTenants::first(MAX_PAGE_SIZE).after(next),
+            Some(next) => page = first().after(next),
             None => return Ok(all),
         }
     }

@@ -13,3 +13,5 @@ CREATE TABLE IF NOT EXISTS "public"."hidra_servers" (
     CONSTRAINT "hidra_servers_state_check" CHECK (state IN ('active', 'draining', 'read_only')),
     CONSTRAINT "hidra_servers_capacity_check" CHECK (capacity IS NULL OR capacity >= 0)
 );
+-- A removed server keeps its row (and its name, never reused).
+ALTER TABLE "public"."hidra_servers" ADD COLUMN IF NOT EXISTS removed_at TIMESTAMPTZ;

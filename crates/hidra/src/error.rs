@@ -119,9 +119,10 @@ pub enum Error {
         reason: Cow<'static, str>,
     },
 
-    /// A server with this name is already registered.
+    /// A server with this name is registered, or was: the name of a
+    /// removed server is never reused.
     #[error(
-        "server `{0}` is already registered; pick another name, or remove the registered one first"
+        "server name `{0}` is taken (by a registered server, or one removed before: names are never reused); pick another name"
     )]
     ServerExists(crate::ServerName),
 

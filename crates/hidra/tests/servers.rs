@@ -80,7 +80,7 @@ async fn a_second_server_is_registered_listed_drained_and_removed() {
         .unwrap_err();
     assert!(err.is_server_exists(), "{err}");
     assert!(
-        err.to_string().contains("`eu-1` is already registered"),
+        err.to_string().contains("server name `eu-1` is taken"),
         "{err}"
     );
 
@@ -128,8 +128,20 @@ async fn a_second_server_is_registered_listed_drained_and_removed() {
     set_server(&ctx.hidra, acme.id.as_str(), None).await;
     servers.remove(&eu).await.unwrap();
     assert!(servers.list().await.unwrap().is_empty());
+    assert!(servers.get(&eu).await.unwrap().is_none());
     let err = servers.remove(&eu).await.unwrap_err();
     assert!(err.is_server_not_found(), "{err}");
+    let err = (servers.set_state(&eu, ServerState::Active).await).unwrap_err();
+    assert!(err.is_server_not_found(), "{err}");
+    // Its name is never given to another server: processes that still hold
+    // its connections by name would reach the old one.
+    let err = servers
+        .add(NewServer::new(eu.clone(), &url))
+        .await
+        .unwrap_err();
+    assert!(err.is_server_exists(), "{err}");
+    assert!(err.to_string().contains("names are never reused"), "{err}");
+    assert!(servers.list().await.unwrap().is_empty());
 
     second.stop().await.unwrap();
 }

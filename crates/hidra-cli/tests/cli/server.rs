@@ -46,7 +46,7 @@ async fn servers_are_added_listed_drained_and_removed() {
     // Refusals: a taken name, a bad name (before connecting), an
     // unreachable server (its password not shown).
     let err = ctx.fails(&["server", "add", "eu-1", &url]);
-    assert!(err.contains("server `eu-1` is already registered"), "{err}");
+    assert!(err.contains("server name `eu-1` is taken"), "{err}");
     let err = ctx.fails(&["server", "add", "EU", &url]);
     assert!(
         err.starts_with("error: invalid server name \"EU\""),

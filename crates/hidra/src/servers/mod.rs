@@ -317,7 +317,7 @@ impl Servers {
     pub async fn get(&self, name: &ServerName) -> Result<Option<Server>> {
         let mut conn = self.hidra.acquire_shared().await?;
         let row = sqlx::query(sql::owned(format!(
-            "SELECT {COLUMNS} FROM {} WHERE name = $1",
+            "SELECT {COLUMNS} FROM {} WHERE name = $1 AND removed_at IS NULL",
             self.table.table().quoted()
         )))
         .bind(name.as_str())
@@ -335,7 +335,7 @@ impl Servers {
     pub async fn set_state(&self, name: &ServerName, state: ServerState) -> Result<Server> {
         let mut conn = self.hidra.acquire_shared().await?;
         let row = sqlx::query(sql::owned(format!(
-            "UPDATE {} SET state = $2 WHERE name = $1 RETURNING {COLUMNS}",
+            "UPDATE {} SET state = $2 WHERE name = $1 AND removed_at IS NULL RETURNING {COLUMNS}",
             self.table.table().quoted()
         )))
         .bind(name.as_str())
@@ -351,6 +351,11 @@ impl Servers {
 
     /// Forgets the server called `name`. Its databases are left as they are.
     ///
+    /// Its name is never registered again ([`Error::ServerExists`]): running
+    /// processes keep a server's connections by its name, so a name reused
+    /// for another server would send them to the old one. The row stays,
+    /// marked `removed_at`, and is no longer listed.
+    ///
     /// Fails with [`Error::ServerInUse`] while any tenant row names it (move
     /// or deprovision those tenants first), and [`Error::ServerNotFound`] if
     /// it is not registered. The control server is not in the registry and
@@ -364,7 +369,7 @@ impl Servers {
         // Locked, so that its row cannot change while its tenants are counted.
         let t = self.table.table().quoted();
         let found = sqlx::query(sql::owned(format!(
-            "SELECT 1 FROM {t} WHERE name = $1 FOR UPDATE"
+            "SELECT 1 FROM {t} WHERE name = $1 AND removed_at IS NULL FOR UPDATE"
         )))
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
@@ -380,11 +385,13 @@ impl Servers {
                 tenants,
             });
         }
-        sqlx::query(sql::owned(format!("DELETE FROM {t} WHERE name = $1")))
-            .bind(name.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(self.map_err("removing a server"))?;
+        sqlx::query(sql::owned(format!(
+            "UPDATE {t} SET removed_at = now() WHERE name = $1"
+        )))
+        .bind(name.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(self.map_err("removing a server"))?;
         tx.commit()
             .await
             .map_err(Error::db("committing a server's removal"))?;
@@ -409,7 +416,7 @@ impl Servers {
     pub(crate) async fn list_with_control_count(&self) -> Result<(Vec<Server>, u64)> {
         let mut conn = self.hidra.acquire_shared().await?;
         let rows = sqlx::query(sql::owned(format!(
-            "SELECT {COLUMNS} FROM {} ORDER BY name",
+            "SELECT {COLUMNS} FROM {} WHERE removed_at IS NULL ORDER BY name",
             self.table.table().quoted()
         )))
         .fetch_all(&mut *conn)

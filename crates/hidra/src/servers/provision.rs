@@ -129,7 +129,7 @@ impl Hidra {
         lock.sql("SELECT state FROM ")
             // Quoted by `TableName`.
             .trusted(&servers.table.table().quoted())
-            .sql(" WHERE name = $1 FOR SHARE");
+            .sql(" WHERE name = $1 AND removed_at IS NULL FOR SHARE");
         let state: Option<String> = sqlx::query_scalar(lock.into_sql())
             .bind(server.as_str())
             .fetch_optional(tx)

@@ -12,7 +12,8 @@ use crate::sql::{self, TableName};
 /// Columns: `name` (primary key, a [`ServerName`](crate::ServerName)),
 /// `url` (the connection URL), `state` (`active`, `draining` or
 /// `read_only`), `capacity` (how many tenants it should hold, optional) and
-/// `created_at`. The tenant registry's `server` column names a row of this
+/// `created_at`, and `removed_at` (set by [`Servers::remove`](crate::Servers::remove): a
+/// removed server's row stays, so that its name is never reused). The tenant registry's `server` column names a row of this
 /// table; a tenant without one lives on the control server (the database
 /// [`Hidra`](crate::Hidra) connects to), which is not in this table.
 ///
@@ -83,6 +84,8 @@ impl ServersTable {
     CONSTRAINT {state_check} CHECK (state IN ('active', 'draining', 'read_only')),
     CONSTRAINT {capacity_check} CHECK (capacity IS NULL OR capacity >= 0)
 );
+-- A removed server keeps its row (and its name, never reused).
+ALTER TABLE {t} ADD COLUMN IF NOT EXISTS removed_at TIMESTAMPTZ;
 "#,
             pkey = constraint("pkey"),
             name_check = constraint("name_check"),

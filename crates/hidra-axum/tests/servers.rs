@@ -14,31 +14,16 @@ use http::StatusCode;
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 use tower::ServiceExt;
 
-/// The ordinary role the servers are used as (row-level security does not
-/// restrict a superuser).
-const APP_ROLE: &str = "hidra_app";
-
 async fn start_server(hidra: &hidra::Hidra, name: &str) -> TempCluster {
-    let cluster = TempCluster::start().await.unwrap();
-    let mut su = PgConnection::connect(cluster.url()).await.unwrap();
     let shared = MARKER_SCHEMA.replace("CREATE TABLE ", "CREATE TABLE public.");
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS CREATEDB;
-         GRANT CREATE ON DATABASE postgres TO {APP_ROLE};
-         GRANT ALL ON SCHEMA public TO {APP_ROLE};
-         SET ROLE {APP_ROLE};
-         {shared}
+    let (cluster, url) = hidra_test_support::app_server(&format!(
+        "{shared}
          {}
          {}",
         hidra::rls::tenant_table_sql("public.marker").unwrap(),
         hidra::rls::tenant_table_sql("public.items").unwrap(),
-    )))
-    .execute(&mut su)
-    .await
-    .unwrap();
-    let url = cluster
-        .url()
-        .replacen("postgres@", &format!("{APP_ROLE}@"), 1);
+    ))
+    .await;
     hidra
         .servers()
         .add(NewServer::new(ServerName::new(name).unwrap(), url))

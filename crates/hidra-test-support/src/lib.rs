@@ -94,6 +94,37 @@ where
     }
 }
 
+/// Writes `w0`, `w1`, … into `tenant` with `insert` (one `$1` parameter)
+/// until `stop`, as an application would: through a record it re-reads only
+/// after a failure (a stale record fails over to the current one). Returns
+/// the values whose insert was acknowledged, and how many failed.
+pub async fn keep_writing(
+    hidra: Hidra,
+    tenant: TenantId,
+    insert: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<String>, usize) {
+    let (mut acked, mut failures) = (Vec::new(), 0);
+    let mut record = hidra.tenant(&tenant).await.unwrap().unwrap();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let value = format!("w{}", acked.len());
+        let written = async {
+            let mut conn = hidra.acquire(&record).await?;
+            sqlx::query(insert).bind(&value).execute(&mut conn).await?;
+            Ok::<_, hidra::BoxError>(())
+        };
+        match written.await {
+            Ok(()) => acked.push(value),
+            Err(_) => {
+                failures += 1;
+                record = hidra.tenant(&tenant).await.unwrap().unwrap();
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    (acked, failures)
+}
+
 /// PostgreSQL's notices as sqlx logs them (target `sqlx::postgres::notice`),
 /// captured while `f` runs on this thread.
 pub async fn notices_during<F: Future<Output = ()>>(f: F) -> String {
@@ -170,6 +201,34 @@ pub fn b64url_decode(text: &str) -> Vec<u8> {
         out.extend_from_slice(&bytes[..chunk.len().saturating_sub(1)]);
     }
     out
+}
+
+/// The ordinary role [`app_server`] creates: row-level security does not
+/// restrict a superuser, so servers are used as this role.
+pub const APP_ROLE: &str = "hidra_app";
+
+/// A throw-away PostgreSQL cluster to register as a server: [`APP_ROLE`]
+/// (no superuser, no `BYPASSRLS`, `CREATEDB`, allowed to create schemas in
+/// `postgres`) has run `setup` (the row-level tables, say) there. Returns the
+/// cluster and the URL to register, which logs in as that role.
+pub async fn app_server(setup: &str) -> (hidra::testing::TempCluster, String) {
+    use sqlx::Connection;
+    let cluster = hidra::testing::TempCluster::start().await.unwrap();
+    let mut su = sqlx::PgConnection::connect(cluster.url()).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS CREATEDB;
+         GRANT CREATE ON DATABASE postgres TO {APP_ROLE};
+         GRANT ALL ON SCHEMA public TO {APP_ROLE};
+         SET ROLE {APP_ROLE};
+         {setup}"
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let url = cluster
+        .url()
+        .replacen("postgres@", &format!("{APP_ROLE}@"), 1);
+    (cluster, url)
 }
 
 #[cfg(test)]

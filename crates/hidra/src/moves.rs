@@ -175,17 +175,39 @@ pub(crate) async fn lock(
     tables: impl Iterator<Item = String>,
 ) -> Result<()> {
     let tables: Vec<String> = tables.collect();
+    on_tables(tx, "LOCK TABLE ", &tables, " IN SHARE MODE")
+        .await
+        .map_err(Error::db("locking the tenant's tables for the move"))
+}
+
+/// Drops the moved tenant's old `tables` (quoted qualified names) in the
+/// source's transaction, which holds [`lock`]'s locks: the writers waiting
+/// on them fail once it commits, instead of landing in the old copy after
+/// the move (a database dropped `WITH (FORCE)` alone is not enough: a writer
+/// signalled after the source's session ended can get the lock and commit
+/// before the database goes).
+pub(crate) async fn drop_tables(tx: &mut sqlx::PgConnection, tables: &[String]) -> Result<()> {
+    on_tables(tx, "DROP TABLE ", tables, " CASCADE")
+        .await
+        .map_err(Error::db("dropping the moved tenant's old tables"))
+}
+
+/// Runs `before` + `tables` (quoted qualified names) + `after`, if there
+/// are any tables.
+async fn on_tables(
+    tx: &mut sqlx::PgConnection,
+    before: &'static str,
+    tables: &[String],
+    after: &'static str,
+) -> std::result::Result<(), sqlx::Error> {
     if tables.is_empty() {
         return Ok(());
     }
-    let mut lock = sql::Statement::new();
-    lock.sql("LOCK TABLE ")
-        .trusted(&tables.join(", "))
-        .sql(" IN SHARE MODE");
-    sqlx::raw_sql(lock.into_sql())
+    let mut statement = sql::Statement::new();
+    statement.sql(before).trusted(&tables.join(", ")).sql(after);
+    sqlx::raw_sql(statement.into_sql())
         .execute(&mut *tx)
-        .await
-        .map_err(Error::db("locking the tenant's tables for the move"))?;
+        .await?;
     Ok(())
 }
 

@@ -394,6 +394,68 @@ async fn moves_to_and_from_a_database_keep_every_row_and_leave_nothing_behind() 
     teardown(ctx).await;
 }
 
+/// The writers that wait on the locked tables during a move fail once it
+/// commits and retry at the new place: no acknowledged write is left in the
+/// old schema or database (a database move once released its locks before
+/// dropping the old database, and the writers that waited landed there).
+#[tokio::test]
+async fn moves_to_and_from_a_database_lose_no_acknowledged_write() {
+    let ctx = setup(|b| b.tenant_migrations(migrations())).await;
+    let h = &ctx.hidra;
+    let t = h.provision(NewTenant::new(id("busy"))).await.unwrap();
+    for to in [Strategy::Database, Strategy::Schema, Strategy::Database] {
+        let current = h.tenant(&t.id).await.unwrap().unwrap();
+        let mut conn = h.acquire(&current).await.unwrap();
+        sqlx::query("DELETE FROM customers")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        drop(conn);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..3)
+            .map(|_| {
+                tokio::spawn(keep_writing(
+                    h.clone(),
+                    t.id.clone(),
+                    "INSERT INTO customers (name) VALUES ($1)",
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let moved = h.move_tenant(&t.id, to).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for writer in writers {
+            acked.push(writer.await.unwrap().0);
+        }
+        let mut conn = h.acquire(&moved).await.unwrap();
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM customers")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        // Each writer counts from w0: compare counts per name.
+        let mut have = std::collections::HashMap::<String, usize>::new();
+        for n in names {
+            *have.entry(n).or_default() += 1;
+        }
+        let mut want = std::collections::HashMap::<String, usize>::new();
+        for n in acked.iter().flatten() {
+            *want.entry(n.clone()).or_default() += 1;
+        }
+        assert!(want.len() > 10, "the writers wrote: {}", want.len());
+        for (name, n) in &want {
+            let found = have.get(name).copied().unwrap_or(0);
+            assert!(
+                found >= *n,
+                "{to:?}: {name} acknowledged {n} times, found {found}"
+            );
+        }
+    }
+    teardown(ctx).await;
+}
+
 #[tokio::test]
 async fn a_move_advances_the_sequence_of_a_mixed_case_serial_column() {
     let ctx = setup(|b| {

@@ -22,10 +22,6 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 const NOTES_V1: &str = "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);";
 const NOTES_V2: &str = "ALTER TABLE notes ADD COLUMN pinned BOOLEAN NOT NULL DEFAULT false;";
 
-/// The role a row-level tenant's server is used as: row-level security
-/// never restricts a superuser.
-const APP_ROLE: &str = "hidra_app";
-
 fn name(s: &str) -> ServerName {
     ServerName::new(s).unwrap()
 }
@@ -80,24 +76,12 @@ async fn fleet(builder: hidra::HidraBuilder) -> Fleet {
     let ctx = setup_with(builder).await;
     let mut servers = Vec::new();
     for n in ["s1", "s2", "s3"] {
-        let cluster = TempCluster::start().await.unwrap();
-        let mut su = PgConnection::connect(cluster.url()).await.unwrap();
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS;
-             GRANT CREATE ON DATABASE postgres TO {APP_ROLE};
-             ALTER ROLE {APP_ROLE} CREATEDB;
-             GRANT ALL ON SCHEMA public TO {APP_ROLE};
-             SET ROLE {APP_ROLE};
-             CREATE TABLE public.notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
+        let (cluster, url) = hidra_test_support::app_server(&format!(
+            "CREATE TABLE public.notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL);
              {}",
             hidra::rls::tenant_table_sql("public.notes").unwrap()
-        )))
-        .execute(&mut su)
-        .await
-        .unwrap();
-        let url = cluster
-            .url()
-            .replacen("postgres@", &format!("{APP_ROLE}@"), 1);
+        ))
+        .await;
         ctx.hidra
             .servers()
             .add(NewServer::new(name(n), url))
@@ -111,19 +95,7 @@ async fn fleet(builder: hidra::HidraBuilder) -> Fleet {
 /// A prefix for tenant databases no other test uses: databases on the
 /// shared control server are global.
 fn database_prefix() -> String {
-    format!("so{}_", &uuid_like()[..8])
-}
-
-fn uuid_like() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    );
-    format!("{:016x}", h.finish())
+    format!("so{:08x}_", rand::random::<u32>())
 }
 
 fn builder() -> hidra::HidraBuilder {
@@ -401,14 +373,10 @@ async fn a_provisioning_cancelled_between_the_two_servers_leaves_nothing() {
         }
         // Cancelled with the registry row committed and the data half built
         // on s2: the row is undone by the task the provisioning left behind.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while hidra.tenant(&tid).await.unwrap().is_some() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{tid} still registered"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for(&format!("{tid} to be unregistered"), || async {
+            hidra.tenant(&tid).await.unwrap().is_none().then_some(())
+        })
+        .await;
         let schema = format!("tenant_{}", tid.as_str().replace('-', "_"));
         assert!(!fleet.has_schema(Some("s2"), &schema).await, "{schema}");
         assert!(!fleet.has_database("s2", &schema).await, "{schema}");
@@ -508,7 +476,13 @@ async fn an_abandoned_provisioning_is_found_and_repaired() {
     assert!(fleet.has_schema(Some("s3"), "tenant_killed").await);
     holder.close().await.unwrap();
 
-    let abandoned = hidra.abandoned_provisionings().await.unwrap();
+    // The lock goes when the holder's backend has exited, a moment after
+    // the close.
+    let abandoned = wait_for("the holder's lock to go", || async {
+        let abandoned = hidra.abandoned_provisionings().await.unwrap();
+        (!abandoned.is_empty()).then_some(abandoned)
+    })
+    .await;
     assert_eq!(abandoned.len(), 1);
     assert_eq!(abandoned[0].id, t.id);
     assert_eq!(
@@ -584,16 +558,14 @@ async fn a_fan_out_with_one_server_stopped_migrates_the_others_and_a_rerun_finis
     fleet.servers[1].1.resume().await.unwrap();
     // Checkouts fail fast until the handle's next probe finds s2 back
     // (within about a quarter second): rerun until then.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let rerun = loop {
+    let rerun = wait_for("a rerun to finish the tenants of s2", || async {
         let rerun = v2.migrator().concurrency(2).run().await.unwrap();
-        if rerun.is_success() || tokio::time::Instant::now() > deadline {
-            break rerun;
+        if !rerun.is_success() {
+            assert_eq!(rerun.migrated.len(), 0, "{rerun}");
         }
-        assert_eq!(rerun.migrated.len(), 0, "{rerun}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(rerun.is_success(), "{rerun}");
+        rerun.is_success().then_some(rerun)
+    })
+    .await;
     assert_eq!(rerun.migrated.len(), 3, "{rerun}");
     for t in &tenants {
         let mut conn = v2.acquire(t).await.unwrap();
@@ -714,18 +686,11 @@ async fn a_provisioning_killed_with_sigkill_is_repaired_by_doctor() {
             "{stop_at}"
         );
         // The killed session's lock goes once its server notices.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
+        wait_for(&format!("{stop_at}: {tid} to be abandoned"), || async {
             let abandoned = hidra.abandoned_provisionings().await.unwrap();
-            if abandoned.iter().any(|a| a.id == tid) {
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{stop_at}: not found"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            abandoned.iter().any(|a| a.id == tid).then_some(())
+        })
+        .await;
         assert_eq!(
             hidra.repair_provisioning().await.unwrap(),
             vec![tid.clone()]
@@ -733,43 +698,6 @@ async fn a_provisioning_killed_with_sigkill_is_repaired_by_doctor() {
         assert!(hidra.tenant(&tid).await.unwrap().is_none());
         assert!(!fleet.has_schema(Some("s1"), &schema).await, "{stop_at}");
     }
-}
-
-/// Inserts notes for `tenant` until `stop`, re-reading its record after a
-/// failure (the move drops the old copy under waiting writers); returns the
-/// bodies whose insert was acknowledged.
-async fn keep_writing(
-    hidra: Hidra,
-    tid: hidra::TenantId,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (Vec<String>, usize) {
-    let mut acked = Vec::new();
-    let mut failures = 0;
-    let mut tenant = hidra.tenant(&tid).await.unwrap().unwrap();
-    let mut n = 0;
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let body = format!("w{n}");
-        let written = async {
-            let mut conn = hidra.acquire(&tenant).await?;
-            sqlx::query("INSERT INTO notes (body) VALUES ($1)")
-                .bind(&body)
-                .execute(&mut conn)
-                .await?;
-            Ok::<_, BoxError>(())
-        };
-        match written.await {
-            Ok(()) => {
-                acked.push(body);
-                n += 1;
-            }
-            Err(_) => {
-                failures += 1;
-                tenant = hidra.tenant(&tid).await.unwrap().unwrap();
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    }
-    (acked, failures)
 }
 
 /// Counts notes for `tenant` until `stop`, re-reading its record after a
@@ -830,7 +758,12 @@ async fn a_tenant_moves_between_servers_under_reads_and_writes() {
         drop(conn);
 
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = tokio::spawn(keep_writing(hidra.clone(), t.id.clone(), stop.clone()));
+        let writer = tokio::spawn(keep_writing(
+            hidra.clone(),
+            t.id.clone(),
+            "INSERT INTO notes (body) VALUES ($1)",
+            stop.clone(),
+        ));
         let reader = tokio::spawn(keep_reading(hidra.clone(), t.id.clone(), stop.clone()));
         tokio::time::sleep(Duration::from_millis(100)).await;
         let to_name = to.map(name);
@@ -871,6 +804,14 @@ async fn a_tenant_moves_between_servers_under_reads_and_writes() {
             .await
             .unwrap();
         let bodies: std::collections::HashSet<String> = bodies.into_iter().collect();
+        let missing: Vec<_> = acked.iter().filter(|b| !bodies.contains(*b)).collect();
+        eprintln!(
+            "DEBUG {tid}: acked {} missing {:?} last acked {:?} freeze {:?}",
+            acked.len(),
+            missing,
+            acked.last(),
+            moved.write_freeze
+        );
         for body in &acked {
             assert!(
                 bodies.contains(body),
@@ -1008,12 +949,11 @@ async fn a_move_that_fails_at_any_step_leaves_the_tenant_where_it_was() {
     assert!(!err.to_string().is_empty());
     fleet.servers[0].1.resume().await.unwrap();
     assert!(!fleet.has_schema(Some("s2"), "tenant_stays").await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let t = hidra.tenant(&t.id).await.unwrap().unwrap();
-    while hidra.acquire(&t).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "s1 never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("s1 to come back", || async {
+        hidra.acquire(&t).await.ok().map(drop)
+    })
+    .await;
     assert_eq!(still_works(hidra.clone()).await, 505);
 
     // A row-level tenant is refused, with nothing changed.

@@ -36,7 +36,7 @@ use sqlx::Connection;
 use super::{Home, ServerName};
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::moves::{copy_tables, lock};
+use crate::moves::{copy_tables, drop_tables, lock};
 use crate::sql::Ident;
 use crate::strategy::database::{TENANT_DB_SCHEMA, tenant_database};
 use crate::strategy::row_level::tables_in_order;
@@ -177,7 +177,7 @@ impl Hidra {
                 .copy_to(&target_home, &tenant, &mut source, &tables, &progress)
                 .await;
             match built {
-                Ok(rows) => Ok((rows, tables.len())),
+                Ok(rows) => Ok((rows, tables)),
                 // A schema or database of that name that was there before
                 // is not ours to drop.
                 Err(e @ Error::SchemaTaken { .. }) => Err(e),
@@ -191,7 +191,7 @@ impl Hidra {
         }
         .await;
         let (rows, tables) = match copied {
-            Ok(done) => done,
+            Ok((rows, tables)) => (rows, tables),
             Err(e) => {
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
                 return Err(e);
@@ -212,7 +212,7 @@ impl Hidra {
         };
 
         // 4. The old copy goes.
-        let cleaned = self.drop_source(&tenant, &mut source).await;
+        let cleaned = self.drop_source(&tenant, &tables, &mut source).await;
         let write_freeze = frozen.elapsed();
         drop(source);
         if let Err(e) = cleaned {
@@ -232,7 +232,7 @@ impl Hidra {
             from,
             to: to_name,
             rows,
-            tables,
+            tables: tables.len(),
             write_freeze,
             elapsed: started.elapsed(),
         })
@@ -354,14 +354,23 @@ impl Hidra {
         Ok(moved)
     }
 
-    /// Step 4: drops the old copy while the source's locks still hold: the
-    /// schema in the source's own transaction, or the database with
-    /// `WITH (FORCE)`, which ends every session on it (the source's and
-    /// the waiting writers', whose writes fail rather than land in a
-    /// database about to go).
-    async fn drop_source(&self, tenant: &Tenant, source: &mut crate::scope::Pooled) -> Result<()> {
+    /// Step 4: drops the old copy in the source's own transaction, while its
+    /// locks still hold, so the writers that waited fail when it commits
+    /// (their tables are gone); then a database tenant's old database goes.
+    async fn drop_source(
+        &self,
+        tenant: &Tenant,
+        tables: &[(String, String, Vec<String>)],
+        source: &mut crate::scope::Pooled,
+    ) -> Result<()> {
         match tenant.placement.strategy {
             Strategy::Database => {
+                let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+                drop_tables(source, &names).await?;
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut **source)
+                    .await
+                    .map_err(Error::db("dropping the old copy's tables"))?;
                 source.close_on_drop();
                 self.drop_tenant_database(tenant).await
             }

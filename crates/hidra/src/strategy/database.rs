@@ -22,7 +22,7 @@ use sqlx::Connection;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate::{self, Target};
-use crate::moves::{copy_tables, lock};
+use crate::moves::{copy_tables, drop_tables, lock};
 use crate::scope::{self, DbConn};
 use crate::servers::Home;
 use crate::sql::{self, Ident};
@@ -362,8 +362,9 @@ impl Hidra {
             .execute(&mut *source)
             .await
             .map_err(Error::db("beginning the move"))?;
+        let mut tables = Vec::new();
         let moved = async {
-            let tables = tables_in_order(&mut source, TENANT_DB_SCHEMA, None).await?;
+            tables = tables_in_order(&mut source, TENANT_DB_SCHEMA, None).await?;
             lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
 
             let mut conn = self.acquire_shared().await?;
@@ -389,10 +390,30 @@ impl Hidra {
             Ok::<_, Error>(moved)
         }
         .await;
-        // The source only read (and locked): end its transaction now, whether
-        // the move committed or failed, so that it does not hold the locks
-        // while parked in the pool.
-        let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+        // Moved: the old tables go while the locks hold, so the writers that
+        // waited fail rather than land in the old database. Failed: the
+        // locks go, the tenant stays. Either way the transaction ends here,
+        // not left open on a pooled connection.
+        let ended = match &moved {
+            Ok(_) => {
+                let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+                match drop_tables(&mut source, &names).await {
+                    Ok(()) => sqlx::raw_sql("COMMIT")
+                        .execute(&mut *source)
+                        .await
+                        .map(drop)
+                        .map_err(Error::db("dropping the old database's tables")),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(_) => Ok(()),
+        };
+        if moved.is_err() || ended.is_err() {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
+        }
+        if let Err(e) = ended {
+            tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database's tables");
+        }
         drop(source);
         let moved = moved?;
 

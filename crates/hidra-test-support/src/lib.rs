@@ -94,10 +94,10 @@ where
     }
 }
 
-/// Writes `w0`, `w1`, … into `tenant` with `insert` (one `$1` parameter)
-/// until `stop`, as an application would: through a record it re-reads only
-/// after a failure (a stale record fails over to the current one). Returns
-/// the values whose insert was acknowledged, and how many failed.
+/// Writes `w0`, `w1`, … into `tenant` with `insert` (one `$1` parameter),
+/// a transaction each (as the web layer's requests do), until `stop`, as an
+/// application would: through a record it re-reads only after a failure.
+/// Returns the values whose commit was acknowledged, and how many failed.
 pub async fn keep_writing(
     hidra: Hidra,
     tenant: TenantId,
@@ -109,8 +109,9 @@ pub async fn keep_writing(
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let value = format!("w{}", acked.len());
         let written = async {
-            let mut conn = hidra.acquire(&record).await?;
-            sqlx::query(insert).bind(&value).execute(&mut conn).await?;
+            let mut tx = hidra.begin(&record).await?;
+            sqlx::query(insert).bind(&value).execute(&mut tx).await?;
+            tx.commit().await?;
             Ok::<_, hidra::BoxError>(())
         };
         match written.await {
@@ -123,6 +124,38 @@ pub async fn keep_writing(
         }
     }
     (acked, failures)
+}
+
+/// Runs `work` while `writers` tasks [`keep_writing`] into `tenant` (from
+/// 100 ms before it to 200 ms after); returns its output and each writer's
+/// acknowledged values.
+pub async fn while_writing<T>(
+    hidra: &Hidra,
+    tenant: &TenantId,
+    insert: &'static str,
+    writers: usize,
+    work: impl Future<Output = T>,
+) -> (T, Vec<Vec<String>>) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..writers)
+        .map(|_| {
+            tokio::spawn(keep_writing(
+                hidra.clone(),
+                tenant.clone(),
+                insert,
+                stop.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let out = work.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.push(task.await.unwrap().0);
+    }
+    (out, acked)
 }
 
 /// PostgreSQL's notices as sqlx logs them (target `sqlx::postgres::notice`),

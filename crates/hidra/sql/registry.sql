@@ -39,3 +39,18 @@ $$;
 DROP TRIGGER IF EXISTS "tenants_notify_change" ON "public"."tenants";
 CREATE TRIGGER "tenants_notify_change" AFTER INSERT OR UPDATE OR DELETE ON "public"."tenants"
     FOR EACH ROW EXECUTE FUNCTION "public"."tenants_notify_change"();
+
+-- A row-level tenant is bound only while this table says it is one.
+CREATE OR REPLACE FUNCTION "public"."tenants_bind_row_level"(TEXT, BOOLEAN) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF $2 THEN
+        PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
+    END IF;
+    IF NOT EXISTS (SELECT FROM "public"."tenants" WHERE "id" = $1 AND "strategy" = 'row_level') THEN
+        RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
+            USING ERRCODE = 'HD001';
+    END IF;
+    PERFORM set_config('hidra.tenant_id', $1, $2);
+END
+$$;

@@ -109,6 +109,16 @@ pub enum Error {
     #[error("tenant `{0}` not found")]
     NotFound(TenantId),
 
+    /// A row-level tenant's record was read before the tenant moved out of
+    /// the shared tables (or was deprovisioned): the checkout refused to
+    /// bind it there. [`Hidra::acquire`](crate::Hidra::acquire) and
+    /// [`Hidra::begin`](crate::Hidra::begin) read the record again and
+    /// retry once by themselves; this reaches you only if it moved again.
+    #[error(
+        "tenant `{0}` is no longer a row-level tenant (it moved or was deprovisioned since its record was read); read it again with Hidra::tenant"
+    )]
+    StaleRecord(TenantId),
+
     /// A server name broke one of the [`ServerName`](crate::ServerName)
     /// rules; no SQL was run for it.
     #[error("invalid server name {name:?}: {reason}")]
@@ -402,6 +412,20 @@ fn join(findings: &[crate::strategy::row_level::Finding]) -> String {
 }
 
 impl Error {
+    /// The error of a checkout for `id`: a refusal of the registry's
+    /// `_bind_row_level` function is [`Error::StaleRecord`].
+    pub(crate) fn for_checkout_of(self, id: &TenantId) -> Error {
+        match &self {
+            Error::Database {
+                source: sqlx::Error::Database(db),
+                ..
+            } if db.code().as_deref() == Some(crate::strategy::row_level::STALE_RECORD) => {
+                Error::StaleRecord(id.clone())
+            }
+            _ => self,
+        }
+    }
+
     /// Whether no tenant with the id is registered ([`Error::NotFound`]).
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::NotFound(_))

@@ -588,6 +588,7 @@ impl HidraBuilder {
                     store,
                     own: registry_store,
                     internal_ready: tokio::sync::OnceCell::new(),
+                    row_level_guard: tokio::sync::OnceCell::new(),
                 },
                 migrations: MigrationConfig {
                     tenant: self.tenant_migrations,
@@ -748,15 +749,37 @@ impl Hidra {
     /// The record is trusted as given: check its status first if that matters
     /// (the web layer does).
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
+        match self.acquire_as(tenant).await {
+            Err(Error::StaleRecord(id)) => self.acquire_as(&self.reread(&id).await?).await,
+            done => done,
+        }
+    }
+
+    async fn acquire_as(&self, tenant: &Tenant) -> Result<TenantConn> {
         let scope = self.scope(tenant)?;
         let share = self.admit(tenant, &scope).await?;
         self.connect_bound(tenant, scope, share).await
+    }
+
+    /// `id`'s record as registered now, after a checkout refused a stale
+    /// one ([`Error::NotFound`] once deprovisioned).
+    async fn reread(&self, id: &TenantId) -> Result<Tenant> {
+        self.tenant(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(id.clone()))
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
     /// Behind a transaction-pooling proxy, use
     /// [`HidraBuilder::transaction_pooler`] (unnamed statements only).
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
+        match self.begin_as(tenant).await {
+            Err(Error::StaleRecord(id)) => self.begin_as(&self.reread(&id).await?).await,
+            done => done,
+        }
+    }
+
+    async fn begin_as(&self, tenant: &Tenant) -> Result<TenantTx> {
         let scope = self.scope(tenant)?;
         let share = self.admit(tenant, &scope).await?;
         self.begin_bound(tenant, scope, share).await

@@ -480,12 +480,31 @@ pub(crate) const UNBIND_LOCAL: &str = concat!(
 /// `BEGIN` plus a transaction-local `search_path` and row-level tenant, sent as
 /// one simple query so the binding costs no extra round trip. Utility `SET`s
 /// skip the planner that `SELECT set_config(…)` goes through.
-pub(crate) fn begin_scoped(search_path: &str, tenant_id: &str, timeouts: Timeouts) -> SqlStr {
+///
+/// With `guard` (the registry's `_bind_row_level` function), the row-level
+/// tenant is bound through it instead, which checks the registry first.
+pub(crate) fn begin_scoped(
+    search_path: &str,
+    tenant_id: &str,
+    guard: Option<&str>,
+    timeouts: Timeouts,
+) -> SqlStr {
     owned(format!(
-        "BEGIN; SET LOCAL search_path TO {search_path}; SET LOCAL {TENANT_SETTING} TO {}{}",
-        quote_literal(tenant_id),
+        "BEGIN; SET LOCAL search_path TO {search_path}; {}{}",
+        bind_tenant(tenant_id, guard, true),
         set_timeouts(timeouts, "SET LOCAL"),
     ))
+}
+
+/// The statement binding `hidra.tenant_id` (`local`: for the transaction):
+/// a utility `SET`, or a call of `guard`.
+fn bind_tenant(tenant_id: &str, guard: Option<&str>, local: bool) -> String {
+    let id = quote_literal(tenant_id);
+    match guard {
+        Some(function) => format!("SELECT {function}({id}, {local})"),
+        None if local => format!("SET LOCAL {TENANT_SETTING} TO {id}"),
+        None => format!("SET {TENANT_SETTING} TO {id}"),
+    }
 }
 
 /// The managed timeouts in milliseconds, `statement_timeout` first, then
@@ -523,10 +542,16 @@ fn set_timeouts(t: Timeouts, set: &str) -> String {
 
 /// The tenant checkout statement: the session `search_path` and row-level
 /// tenant, in one simple query (`search_path` is a list of quoted names).
-pub(crate) fn bind_session(search_path: &str, tenant_id: &str, timeouts: Timeouts) -> SqlStr {
+/// With `guard`, as in [`begin_scoped`].
+pub(crate) fn bind_session(
+    search_path: &str,
+    tenant_id: &str,
+    guard: Option<&str>,
+    timeouts: Timeouts,
+) -> SqlStr {
     owned(format!(
-        "SET search_path TO {search_path}; SET {TENANT_SETTING} TO {}{}",
-        quote_literal(tenant_id),
+        "SET search_path TO {search_path}; {}{}",
+        bind_tenant(tenant_id, guard, false),
         set_timeouts(timeouts, "SET"),
     ))
 }
@@ -826,23 +851,34 @@ mod tests {
         assert_eq!(bytea_literal(&[0, 255]), "'\\x00ff'::bytea");
         let none = [None, None];
         assert_eq!(
-            begin_scoped(&path, "o'neil", none).as_str(),
+            begin_scoped(&path, "o'neil", None, none).as_str(),
             "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
              SET LOCAL hidra.tenant_id TO 'o''neil'"
         );
         assert_eq!(
-            bind_session(&path, "o'neil", none).as_str(),
+            bind_session(&path, "o'neil", None, none).as_str(),
             "SET search_path TO \"tenant_a\", \"public\"; SET hidra.tenant_id TO 'o''neil'"
+        );
+        let guard = Some("\"public\".\"tenants_bind_row_level\"");
+        assert_eq!(
+            begin_scoped(&path, "acme", guard, none).as_str(),
+            "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
+             SELECT \"public\".\"tenants_bind_row_level\"('acme', true)"
+        );
+        assert!(
+            bind_session(&path, "acme", guard, none)
+                .as_str()
+                .ends_with("; SELECT \"public\".\"tenants_bind_row_level\"('acme', false)")
         );
         assert!(reset_statement(none).as_str().contains(TENANT_SETTING));
         let managed = [Some(250), None];
         assert!(
-            bind_session(&path, "o'neil", managed)
+            bind_session(&path, "o'neil", None, managed)
                 .as_str()
                 .ends_with("; SET statement_timeout TO 250")
         );
         assert!(
-            begin_scoped(&path, "o'neil", managed)
+            begin_scoped(&path, "o'neil", None, managed)
                 .as_str()
                 .ends_with("; SET LOCAL statement_timeout TO 250")
         );

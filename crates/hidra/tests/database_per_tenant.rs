@@ -411,25 +411,9 @@ async fn moves_to_and_from_a_database_lose_no_acknowledged_write() {
             .await
             .unwrap();
         drop(conn);
-        let stop = Arc::new(AtomicBool::new(false));
-        let writers: Vec<_> = (0..3)
-            .map(|_| {
-                tokio::spawn(keep_writing(
-                    h.clone(),
-                    t.id.clone(),
-                    "INSERT INTO customers (name) VALUES ($1)",
-                    stop.clone(),
-                ))
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let moved = h.move_tenant(&t.id, to).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        stop.store(true, Ordering::Relaxed);
-        let mut acked = Vec::new();
-        for writer in writers {
-            acked.push(writer.await.unwrap().0);
-        }
+        let insert = "INSERT INTO customers (name) VALUES ($1)";
+        let (moved, acked) = while_writing(h, &t.id, insert, 3, h.move_tenant(&t.id, to)).await;
+        let moved = moved.unwrap();
         let mut conn = h.acquire(&moved).await.unwrap();
         let names: Vec<String> = sqlx::query_scalar("SELECT name FROM customers")
             .fetch_all(&mut conn)

@@ -384,3 +384,74 @@ async fn a_move_keeps_every_row_and_leaves_nothing_behind() {
     assert_eq!(customers_and_orders(h, &other).await.len(), 20);
     teardown(ctx).await;
 }
+
+/// The transactions that wait on the shared tables while a row-level tenant
+/// moves into a schema of its own, and those begun after it with the record
+/// read before, fail or land in the schema: no acknowledged write is left
+/// behind in the shared tables (a stale record once kept writing there).
+#[tokio::test]
+async fn a_move_out_of_the_shared_tables_loses_no_acknowledged_write() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let t = row_level(h, "busy").await;
+    let insert = "INSERT INTO customers (name) VALUES ($1)";
+    let (moved, acked) =
+        while_writing(h, &t.id, insert, 3, h.move_tenant(&t.id, Strategy::Schema)).await;
+    let moved = moved.unwrap();
+    let acked: usize = acked.iter().map(Vec::len).sum();
+    let mut conn = h.acquire(&moved).await.unwrap();
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM customers WHERE name LIKE 'w%'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut su = admin(ctx.db.url()).await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM public.customers WHERE tenant_id = 'busy'")
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+    assert!(acked > 10, "{acked}");
+    assert_eq!((found as usize, left), (acked, 0));
+    teardown(ctx).await;
+}
+
+/// A record read before its row-level tenant moved out binds the tenant
+/// where it is now (the checkout reads the registry again), and one read
+/// before its deprovisioning binds nothing.
+#[tokio::test]
+async fn a_stale_row_level_record_is_never_bound_to_the_shared_tables() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let stale = row_level(h, "leaver").await;
+    h.move_tenant(&stale.id, Strategy::Schema).await.unwrap();
+    let mut conn = h.acquire(&stale).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) VALUES ('after the move')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let mut tx = h.begin(&stale).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) VALUES ('in a transaction')")
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut su = admin(ctx.db.url()).await;
+    let (shared, own): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM public.customers WHERE tenant_id = 'leaver'), \
+                (SELECT count(*) FROM tenant_leaver.customers WHERE name <> '')",
+    )
+    .fetch_one(&mut su)
+    .await
+    .unwrap();
+    assert_eq!((shared, own), (0, 2));
+
+    let gone = row_level(h, "gone").await;
+    h.deprovision(&gone.id, hidra::Confirmation::of(&gone.id))
+        .await
+        .unwrap();
+    assert!(h.acquire(&gone).await.unwrap_err().is_not_found());
+    assert!(h.begin(&gone).await.unwrap_err().is_not_found());
+    teardown(ctx).await;
+}

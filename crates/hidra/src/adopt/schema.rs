@@ -120,6 +120,7 @@ struct Unit {
     kind: String,
     identity: String,
     described: String,
+    /// A relation's or routine's bare name (else empty).
     relname: String,
     extension: bool,
     owned: bool,
@@ -197,7 +198,8 @@ SELECT u.ucls::regclass::text, u.uobj::int8,
        END,
        (pg_identify_object(u.ucls, u.uobj, 0)).identity,
        pg_describe_object(u.ucls, u.uobj, 0),
-       coalesce((SELECT c.relname::text FROM pg_class c WHERE u.ucls = 'pg_class'::regclass AND c.oid = u.uobj), ''),
+       coalesce((SELECT c.relname::text FROM pg_class c WHERE u.ucls = 'pg_class'::regclass AND c.oid = u.uobj),
+                (SELECT p.proname::text FROM pg_proc p WHERE u.ucls = 'pg_proc'::regclass AND p.oid = u.uobj), ''),
        EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = u.ucls AND d.objid = u.uobj AND d.deptype = 'e'),
        coalesce(pg_has_role(CASE u.ucls
            WHEN 'pg_class'::regclass THEN (SELECT c.relowner FROM pg_class c WHERE c.oid = u.uobj)
@@ -472,11 +474,17 @@ impl Hidra {
             registry
                 .is_some_and(|t| t.name().as_str() == name && t.schema().is_none_or(|s| s == from))
         };
+        // The registry's row-level binding function goes with it (its
+        // trigger function stays through the trigger's dependency).
+        let is_registry_routine = |name: &str| {
+            name.strip_suffix("_bind_row_level")
+                .is_some_and(&is_registry)
+        };
         let mut kept: BTreeSet<&Key> = BTreeSet::new();
         for name in &adopt.keep {
             match units
                 .iter()
-                .find(|(_, u)| u.relname == *name && keyword(&u.kind).is_some())
+                .find(|(_, u)| u.relname == *name && u.kind.starts_with("rel_"))
             {
                 Some((key, _)) => {
                     kept.insert(key);
@@ -489,6 +497,7 @@ impl Hidra {
         for (key, unit) in &units {
             if unit.kind.starts_with("rel_")
                 && (always_kept(&unit.relname) || is_registry(&unit.relname))
+                || unit.kind == "routine" && is_registry_routine(&unit.relname)
             {
                 kept.insert(key);
             }

@@ -134,6 +134,8 @@ pub(crate) struct TenantScope {
     server: Option<String>,
     /// The timeouts it binds; new values in the registry get a new scope.
     timeouts: Timeouts,
+    /// The registry's `_bind_row_level` function the binding calls, if any.
+    guard: Option<String>,
     /// The session binding of a checkout.
     checkout: SqlStr,
     /// `BEGIN` plus the transaction-local binding.
@@ -161,12 +163,18 @@ impl TenantScope {
             server: tenant.placement.server.clone(),
             timeouts: binding.timeouts,
             checkout: binding.session_statement(),
+            guard: binding.guard.clone(),
             begin: binding.begin_statement(),
             statements: Statements::new(schema),
             shares: Arc::new(tokio::sync::Semaphore::new(cap as usize)),
             cap,
             load,
         }
+    }
+
+    /// The registry's `_bind_row_level` function its binding calls, if any.
+    pub(crate) fn guard(&self) -> Option<&str> {
+        self.guard.as_deref()
     }
 
     /// Whether this scope was built for `tenant`'s current placement and
@@ -284,6 +292,13 @@ async fn checked_out(pool: &Pool, statement: &SqlStr) -> Result<PoolConn, sqlx::
             Ok(false) => {
                 tracing::warn!("closing a pooled connection returned inside an open transaction");
                 conn.discard();
+            }
+            // The registry refused a stale row-level record: the connection
+            // is sound, the caller's record is not.
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some(crate::strategy::row_level::STALE_RECORD) =>
+            {
+                return Err(sqlx::Error::Database(db));
             }
             Err(e) if conn.is_fresh() => {
                 conn.discard();

@@ -27,6 +27,8 @@ pub(crate) struct Registry {
     pub(crate) own: Option<std::sync::Arc<PgTenantStore>>,
     /// Set once hidra's internal schema is known to exist.
     pub(crate) internal_ready: tokio::sync::OnceCell<()>,
+    /// Set once the registry's row-level binding function is known to exist.
+    pub(crate) row_level_guard: tokio::sync::OnceCell<()>,
 }
 
 /// One page request for [`TenantStore::list`]: keyset pagination ordered by id.

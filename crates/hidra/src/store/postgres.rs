@@ -138,21 +138,68 @@ impl RegistryTable {
         format!("{}_{}_key", self.table.name(), self.columns.database_name)
     }
 
-    /// The recommended DDL for this table: the table, its constraints and the
-    /// trigger that announces changes on [`CHANGES_CHANNEL`]. Idempotent.
+    /// In the registry's schema: `<table>_<suffix>`, quoted (and qualified
+    /// when the table is).
+    fn companion(&self, suffix: &str) -> String {
+        let name = sql::quote_ident(&format!("{}_{suffix}", self.table.name().as_str()));
+        match self.table.schema() {
+            Some(s) => format!("{}.{name}", s.quoted()),
+            None => name,
+        }
+    }
+
+    /// The function a row-level tenant's checkout binds it with (see
+    /// [`bind_row_level_ddl`](Self::bind_row_level_ddl)).
+    pub(crate) fn bind_row_level_function(&self) -> String {
+        self.companion("bind_row_level")
+    }
+
+    /// `<table>_bind_row_level(tenant, local)` (positional parameters, so
+    /// that no column name can shadow them): binds `hidra.tenant_id` for
+    /// the session (or, `local`, the transaction) only if this registry
+    /// still names `tenant` a row-level tenant, else raises `HD001`. A
+    /// record read before the tenant moved out of the shared tables, or was
+    /// deprovisioned, can then not write rows nobody will see. A
+    /// transaction first takes the tenant's shared advisory lock, which a
+    /// move or deprovisioning takes exclusively: it waits for the
+    /// transactions under way, and those begun meanwhile read the registry
+    /// after it commits.
+    pub(crate) fn bind_row_level_ddl(&self) -> String {
+        let c = &self.columns;
+        format!(
+            r#"CREATE OR REPLACE FUNCTION {func}(TEXT, BOOLEAN) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF $2 THEN
+        PERFORM pg_advisory_xact_lock_shared({lock}, hashtext($1));
+    END IF;
+    IF NOT EXISTS (SELECT FROM {t} WHERE {id} = $1 AND {strategy} = 'row_level') THEN
+        RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
+            USING ERRCODE = '{code}';
+    END IF;
+    PERFORM set_config('{setting}', $1, $2);
+END
+$$;
+"#,
+            func = self.bind_row_level_function(),
+            t = self.table.quoted(),
+            id = c.id.quoted(),
+            strategy = c.strategy.quoted(),
+            lock = crate::strategy::row_level::TENANT_LOCK,
+            code = crate::strategy::row_level::STALE_RECORD,
+            setting = sql::TENANT_SETTING,
+        )
+    }
+
+    /// The recommended DDL for this table: the table, its constraints, the
+    /// trigger that announces changes on [`CHANGES_CHANNEL`], and the
+    /// function that binds a row-level tenant. Idempotent.
     pub fn ddl(&self) -> String {
         let c = &self.columns;
         let t = self.table.quoted();
         let bare = self.table.name().as_str();
-        let func = match self.table.schema() {
-            Some(s) => format!(
-                "{}.{}",
-                s.quoted(),
-                sql::quote_ident(&format!("{bare}_notify_change"))
-            ),
-            None => sql::quote_ident(&format!("{bare}_notify_change")),
-        };
-        format!(
+        let func = self.companion("notify_change");
+        let ddl = format!(
             r#"-- Hidra tenant registry. The application owns this table: run this on purpose
 -- (from your migrations or `hidra init`). Safe to run more than once.
 CREATE TABLE IF NOT EXISTS {t} (
@@ -212,6 +259,10 @@ CREATE TRIGGER {trigger} AFTER INSERT OR UPDATE OR DELETE ON {t}
             trigger = sql::quote_ident(&format!("{bare}_notify_change")),
             channel = CHANGES_CHANNEL,
             defer = sql::DEFER_ANNOUNCEMENT,
+        );
+        format!(
+            "{ddl}\n-- A row-level tenant is bound only while this table says it is one.\n{}",
+            self.bind_row_level_ddl()
         )
     }
 }
@@ -564,7 +615,15 @@ mod tests {
     #[test]
     fn shipped_ddl_matches_the_generator() {
         let shipped = include_str!("../../sql/registry.sql");
-        assert_eq!(shipped, RegistryTable::default().ddl());
+        let generated = RegistryTable::default().ddl();
+        if std::env::var_os("HIDRA_REGENERATE_SQL").is_some() {
+            std::fs::write(
+                concat!(env!("CARGO_MANIFEST_DIR"), "/sql/registry.sql"),
+                &generated,
+            )
+            .unwrap();
+        }
+        assert_eq!(shipped, generated, "HIDRA_REGENERATE_SQL=1 rewrites it");
     }
 
     #[test]

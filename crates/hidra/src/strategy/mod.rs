@@ -37,17 +37,30 @@ pub(crate) struct Binding {
     pub(crate) search_path: String,
     pub(crate) tenant_id: String,
     pub(crate) timeouts: scope::Timeouts,
+    /// The registry's `_bind_row_level` function, for a row-level tenant
+    /// whose registry is Hidra's own table on the same server.
+    pub(crate) guard: Option<String>,
 }
 
 impl Binding {
     /// The statement that binds a session to it (see `sql::bind_session`).
     pub(crate) fn session_statement(&self) -> sqlx::SqlStr {
-        sql::bind_session(&self.search_path, &self.tenant_id, self.timeouts.values())
+        sql::bind_session(
+            &self.search_path,
+            &self.tenant_id,
+            self.guard.as_deref(),
+            self.timeouts.values(),
+        )
     }
 
     /// `BEGIN` with it bound for the transaction (see `sql::begin_scoped`).
     pub(crate) fn begin_statement(&self) -> sqlx::SqlStr {
-        sql::begin_scoped(&self.search_path, &self.tenant_id, self.timeouts.values())
+        sql::begin_scoped(
+            &self.search_path,
+            &self.tenant_id,
+            self.guard.as_deref(),
+            self.timeouts.values(),
+        )
     }
 }
 
@@ -217,10 +230,16 @@ impl Hidra {
             Strategy::Schema | Strategy::Database => String::new(),
             Strategy::RowLevel => tenant.id.to_string(),
         };
+        let guard = match (tenant.placement.strategy, &tenant.placement.server) {
+            (Strategy::RowLevel, None) => (self.inner.registry.own.as_ref())
+                .map(|own| own.registry().bind_row_level_function()),
+            _ => None,
+        };
         Ok(Binding {
             search_path: self.search_path(&schema),
             tenant_id,
             timeouts: self.inner.conns.timeouts.for_tenant(tenant),
+            guard,
         })
     }
 
@@ -252,6 +271,7 @@ impl Hidra {
     ) -> Result<TenantConn> {
         let inner = &self.inner;
         let home = self.home(tenant).await?;
+        self.ensure_row_level_guard(&scope).await?;
         let conn = match (tenant.placement.strategy, &home, &inner.conns.pooled) {
             (Strategy::Database, ..) => {
                 let mut conn = self.database_conn_at(&home, tenant).await?;
@@ -265,11 +285,49 @@ impl Hidra {
             }
             _ => {
                 let (pool, reach) = self.pool_at(&home);
-                let conn = scope::acquire_bound(pool, reach, &scope).await?;
+                let conn = scope::acquire_bound(pool, reach, &scope)
+                    .await
+                    .map_err(|e| e.for_checkout_of(&tenant.id))?;
                 TenantConn::new(Pooled::Shared(conn), tenant, Some(scope))
             }
         };
         Ok(conn.with_share(share))
+    }
+
+    /// Creates the registry's `_bind_row_level` function if a row-level
+    /// scope needs it and it is missing (a registry created before Hidra
+    /// had it); checked once per handle.
+    async fn ensure_row_level_guard(&self, scope: &TenantScope) -> Result<()> {
+        let Some(function) = scope.guard() else {
+            return Ok(());
+        };
+        let registry = &self.inner.registry;
+        let Some(own) = registry.own.as_ref() else {
+            return Ok(());
+        };
+        registry
+            .row_level_guard
+            .get_or_try_init(|| async {
+                let mut conn = self.acquire_shared().await?;
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regprocedure($1 || '(text,boolean)') IS NOT NULL")
+                        .bind(function)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .map_err(Error::db("looking for the row-level binding function"))?;
+                if !exists {
+                    let ddl = own.registry().bind_row_level_ddl();
+                    sqlx::raw_sql(sql::owned(ddl))
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(Error::db(
+                            "creating the registry's row-level binding function (run `hidra install`)",
+                        ))?;
+                }
+                Ok::<_, Error>(())
+            })
+            .await
+            .map(|_| ())
     }
 
     /// A transaction bound to `tenant`, on the pool its strategy uses; see
@@ -297,8 +355,11 @@ impl Hidra {
                     Some(pooled) => (pooled, &inner.conns.reach),
                     None => self.pool_at(&home),
                 };
+                self.ensure_row_level_guard(&scope).await?;
                 let conn = scope::acquire_for_tx(pool, reach).await?;
-                TenantTx::begin(conn, tenant, scope, pooled.is_some()).await?
+                TenantTx::begin(conn, tenant, scope, pooled.is_some())
+                    .await
+                    .map_err(|e| e.for_checkout_of(&tenant.id))?
             }
         };
         Ok(tx.with_share(share))

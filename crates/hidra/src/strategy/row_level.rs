@@ -5,7 +5,10 @@
 //! Every Hidra checkout sets the `hidra.tenant_id` setting: to the tenant's id
 //! for a row-level tenant (transaction-local in [`Hidra::begin`]), to the empty
 //! string for everything else, so the policies below see a tenant only while
-//! that tenant's work runs.
+//! that tenant's work runs. With Hidra's own registry table, a row-level
+//! tenant is bound through the registry's `_bind_row_level` function, which
+//! refuses a record read before the tenant moved out or was deprovisioned
+//! (no write then lands in the shared tables for a tenant no longer there).
 //!
 //! [`tenant_table_sql`] gives the migration that makes a table tenant-scoped:
 //! the column, a default taken from the setting, `ENABLE` and `FORCE ROW LEVEL
@@ -40,7 +43,30 @@ use crate::hidra::Hidra;
 use crate::moves::{advance_sequences, columns, ensure_empty, lock};
 use crate::sql::{self, Ident, TableName};
 use crate::strategy::schema::drop_tenant_schema;
-use crate::tenant::{NewTenant, Placement, Strategy, Tenant};
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
+
+/// Advisory lock namespace of a row-level tenant (`"hidr"`, with
+/// `hashtext(id)`): its transactions hold it shared from their `BEGIN`, a
+/// move out of the shared tables or its deprovisioning exclusively.
+pub(crate) const TENANT_LOCK: i32 = 0x6869_6472;
+
+/// SQLSTATE the registry's `_bind_row_level` function raises for a tenant
+/// that is no longer a row-level tenant.
+pub(crate) const STALE_RECORD: &str = "HD001";
+
+/// Waits for the row-level transactions of `id` under way, and holds back
+/// those that begin, until `tx` ends (see `RegistryTable::bind_row_level_ddl`).
+/// Taken before any table lock: a waiting transaction may hold its shared
+/// lock and wait for a table.
+pub(crate) async fn lock_tenant(tx: &mut sqlx::PgConnection, id: &TenantId) -> Result<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(TENANT_LOCK)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("waiting for the row-level tenant's transactions"))?;
+    Ok(())
+}
 
 /// The default tenant column of row-level tables.
 pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
@@ -384,6 +410,7 @@ impl Hidra {
         tx: &mut sqlx::PgConnection,
         tenant: &Tenant,
     ) -> Result<()> {
+        lock_tenant(tx, &tenant.id).await?;
         bind_row_level(tx, tenant.id.as_str()).await?;
         let tables = self.row_level_tables(tx).await?;
         for (_, table, _) in tables.iter().rev() {
@@ -416,16 +443,13 @@ impl Hidra {
         tenant: &Tenant,
     ) -> Result<Tenant> {
         let inner = &self.inner;
+        lock_tenant(tx, &tenant.id).await?;
         let tables = self.row_level_tables(tx).await?;
         lock(tx, tables.iter().map(|t| t.1.clone())).await?;
         let schema = inner.schema.naming.schema_for(&tenant.id);
         let placement = super::schema::placement(&schema);
-        let binding = super::Binding {
-            search_path: sql::search_path_value(&schema, &inner.schema.shared),
-            tenant_id: String::new(),
-            timeouts: Default::default(),
-        };
-        self.build_schema_for_move(tx, tenant, &schema, &binding.search_path)
+        let search_path = sql::search_path_value(&schema, &inner.schema.shared);
+        self.build_schema_for_move(tx, tenant, &schema, &search_path)
             .await?;
         bind_row_level(tx, tenant.id.as_str()).await?;
         let column = inner.row_level.column.as_str();

@@ -7,7 +7,8 @@
 // Each test binary uses some of them.
 #[allow(unused_imports)]
 pub use hidra_test_support::{
-    Ctx, id, keep_writing, notices_during, setup_with, tenant_with_marker, wait_for, write_marker,
+    Ctx, id, keep_writing, notices_during, setup_with, tenant_with_marker, wait_for, while_writing,
+    write_marker,
 };
 
 use hidra::{Hidra, Tenant};

@@ -484,6 +484,11 @@ pub(crate) enum TenantCommand {
         /// Import neither logins nor API keys
         #[arg(long)]
         skip_credentials: bool,
+        /// Place the tenant on this registered server (`hidra server list`):
+        /// built on the control server, then moved there; a failed move
+        /// takes the import back [default: the control server]
+        #[arg(long, value_name = "NAME")]
+        server: Option<String>,
         /// Print the summary as JSON
         #[arg(long)]
         json: bool,

@@ -98,6 +98,21 @@ fn database_prefix() -> String {
     format!("so{:08x}_", rand::random::<u32>())
 }
 
+/// A schema tenant `tid` on `server` with `notes` notes.
+async fn schema_tenant_with_notes(hidra: &Hidra, tid: &str, server: &str, notes: i64) -> Tenant {
+    let t = hidra
+        .provision(NewTenant::new(id(tid)).on_server(name(server)))
+        .await
+        .unwrap();
+    let mut conn = hidra.acquire(&t).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, $1) g")
+        .bind(notes)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    t
+}
+
 fn builder() -> hidra::HidraBuilder {
     Hidra::builder()
         .database_prefix(database_prefix())
@@ -874,16 +889,7 @@ async fn a_move_that_fails_at_any_step_leaves_the_tenant_where_it_was() {
     )
     .await;
     let hidra = fleet.ctx.hidra.clone();
-    let t = hidra
-        .provision(NewTenant::new(id("stays")).on_server(name("s1")))
-        .await
-        .unwrap();
-    let mut conn = hidra.acquire(&t).await.unwrap();
-    sqlx::query("INSERT INTO notes (body) SELECT 'n' || g FROM generate_series(1, 500) g")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    drop(conn);
+    let t = schema_tenant_with_notes(&hidra, "stays", "s1", 500).await;
     let still_works = |hidra: Hidra| async move {
         let t = hidra.tenant(&id("stays")).await.unwrap().unwrap();
         assert_eq!(t.placement.server.as_deref(), Some("s1"));
@@ -970,4 +976,90 @@ async fn a_move_that_fails_at_any_step_leaves_the_tenant_where_it_was() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::MoveUnsupported { .. }), "{err:?}");
+}
+
+/// Exports `tenant` into `dir` and imports the archive as `as_id` onto
+/// `server`; returns the archive's path and the import.
+async fn export_and_import(
+    hidra: &Hidra,
+    tenant: &hidra::TenantId,
+    dir: &std::path::Path,
+    as_id: &str,
+    server: &str,
+) -> (std::path::PathBuf, hidra::archive::ImportSummary) {
+    use hidra::archive::{ExportOptions, ImportOptions};
+    let path = dir.join(format!("{tenant}.tar"));
+    let file = tokio::fs::File::create(&path).await.unwrap();
+    hidra
+        .export_tenant(tenant, file, ExportOptions::new())
+        .await
+        .unwrap();
+    let options = ImportOptions::new()
+        .as_id(id(as_id))
+        .on_server(name(server));
+    let imported = hidra.import_tenant(&path, options).await.unwrap();
+    assert_eq!(imported.tenant.placement.server.as_deref(), Some(server));
+    (path, imported)
+}
+
+/// An archive imports onto a named server (built on the control server,
+/// then moved there); a server that takes no tenants, or a row-level
+/// import, is refused with nothing created.
+#[tokio::test]
+async fn an_archive_is_imported_onto_a_server() {
+    use hidra::archive::ImportOptions;
+    let fleet = fleet(builder().database_prefix(database_prefix())).await;
+    let hidra = &fleet.ctx.hidra;
+    let db = hidra
+        .provision(
+            NewTenant::new(id("db-exported"))
+                .strategy(Strategy::Database)
+                .on_server(name("s2")),
+        )
+        .await
+        .unwrap();
+    let t = schema_tenant_with_notes(hidra, "exported", "s1", 500).await;
+    let dir = std::env::temp_dir().join(format!("hidra-so-{:08x}", rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).unwrap();
+
+    let (path, imported) = export_and_import(hidra, &t.id, &dir, "imported", "s3").await;
+    assert_eq!(imported.rows, 500);
+    assert!(fleet.has_schema(Some("s3"), "tenant_imported").await);
+    assert!(!fleet.has_schema(None, "tenant_imported").await);
+    let mut conn = hidra.acquire(&imported.tenant).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 500);
+    drop(conn);
+
+    // A database tenant's archive, from s2 onto s3.
+    let (_, db_copy) = export_and_import(hidra, &db.id, &dir, "db-copy", "s3").await;
+    assert_eq!(db_copy.tenant.placement.strategy, Strategy::Database);
+    let database = db_copy.tenant.placement.database.clone().unwrap();
+    assert!(fleet.has_database("s3", &database).await);
+    hidra.acquire(&db_copy.tenant).await.unwrap();
+
+    hidra
+        .servers()
+        .set_state(&name("s2"), ServerState::Draining)
+        .await
+        .unwrap();
+    let refused = [
+        ImportOptions::new()
+            .as_id(id("nowhere"))
+            .on_server(name("s2")),
+        ImportOptions::new()
+            .as_id(id("nowhere"))
+            .strategy(Strategy::RowLevel)
+            .on_server(name("s3")),
+    ];
+    for options in refused {
+        let err = hidra.import_tenant(&path, options).await.unwrap_err();
+        assert!(!err.to_string().is_empty());
+        assert!(hidra.tenant(&id("nowhere")).await.unwrap().is_none());
+        assert!(!fleet.has_schema(None, "tenant_nowhere").await);
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

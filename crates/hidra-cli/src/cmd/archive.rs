@@ -20,6 +20,8 @@ pub(crate) struct Import<'a> {
     pub(crate) strategy: Option<&'a str>,
     pub(crate) name: Option<String>,
     pub(crate) skip_credentials: bool,
+    /// A registered server's name; `control` or none: the control server.
+    pub(crate) server: Option<&'a str>,
     pub(crate) json: bool,
 }
 
@@ -112,6 +114,9 @@ pub(crate) async fn import(settings: &Settings, args: Import<'_>) -> Result<()> 
     if args.skip_credentials {
         options = options.skip_credentials();
     }
+    if let Some(server) = args.server.filter(|s| *s != "control") {
+        options = options.on_server(hidra::ServerName::new(server)?);
+    }
     let db = connect(settings).await?;
     let reporter = ArchiveReporter::new("importing");
     let imported = db
@@ -133,10 +138,11 @@ pub(crate) async fn import(settings: &Settings, args: Import<'_>) -> Result<()> 
         }));
     }
     outln!(
-        "imported tenant `{}` ({}, schema {}, {}): {} tables, {} rows, {} logins, {} API keys",
+        "imported tenant `{}` ({}, schema {}, server {}, {}): {} tables, {} rows, {} logins, {} API keys",
         tenant.id,
         tenant.placement.strategy,
         tenant.placement.schema,
+        tenant.placement.server.as_deref().unwrap_or("control"),
         tenant.status,
         summary.tables,
         summary.rows,

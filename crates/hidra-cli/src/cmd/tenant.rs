@@ -69,6 +69,7 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
             strategy,
             name,
             skip_credentials,
+            server,
             json,
         } => {
             let args = super::archive::Import {
@@ -77,6 +78,7 @@ pub(crate) async fn run(settings: &Settings, command: TenantCommand) -> Result<(
                 strategy: strategy.as_deref(),
                 name,
                 skip_credentials,
+                server: server.as_deref(),
                 json,
             };
             super::archive::import(settings, args).await

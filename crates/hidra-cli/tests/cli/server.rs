@@ -189,6 +189,29 @@ async fn tenants_are_placed_moved_and_repaired_across_servers() {
     let line = text.lines().find(|l| l.starts_with("acme")).unwrap();
     assert!(line.contains("eu-1"), "{text}");
 
+    // An archive imports onto a server.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.tar");
+    let file = file.to_str().unwrap();
+    ctx.ok(&["tenant", "export", "acme", "--output", file]);
+    let copy = json(&ctx.ok(&[
+        "tenant",
+        "import",
+        file,
+        "--as",
+        "acme-copy",
+        "--server",
+        "eu-1",
+        "--json",
+    ]));
+    assert_eq!(copy["tenant"]["placement"]["server"], "eu-1", "{copy}");
+    assert_eq!(copy["rows"], 250, "{copy}");
+    let err = ctx.fails(&[
+        "tenant", "import", file, "--as", "lost", "--server", "nowhere",
+    ]);
+    assert!(err.contains("nowhere"), "{err}");
+    assert!(ctx.fails(&["tenant", "show", "lost"]).contains("lost"));
+
     // A provisioning a killed process left half done: doctor finds it and
     // --repair undoes it on its server.
     ctx.exec("UPDATE public.tenants SET status = 'provisioning' WHERE id = 'acme'")

@@ -280,29 +280,40 @@ impl Hidra {
                 .then_some(&self.inner.row_level.column),
             id,
         };
-        let mut manifest = if tenant.placement.strategy == Strategy::Database {
-            let database = crate::strategy::database::tenant_database(&tenant)?;
-            let mut conn = self.inner.database.pools.acquire(database).await?;
-            conn.discard_on_drop(true);
-            let mut data = snapshot(&mut conn).await?;
-            let manifest = self
-                .export_data(&mut data, &tenant, &source, &mut writer)
-                .await?;
-            data.rollback()
-                .await
-                .map_err(Error::db("ending the export"))?;
-            conn.discard_on_drop(false);
-            manifest
-        } else {
-            if source.tenant_column.is_some() {
-                sqlx::query(sql::BIND_TENANT_LOCAL)
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
+        // The tenant's rows from its own server: its database, or the
+        // database of the server holding its schema or its rows.
+        let home = self.home(&tenant).await?;
+        let mut manifest = match (tenant.placement.strategy, &home) {
+            (Strategy::Database, _) => {
+                let mut conn = self.database_conn_at(&home, &tenant).await?;
+                conn.discard_on_drop(true);
+                let mut data = snapshot(&mut conn).await?;
+                let manifest = self
+                    .export_data(&mut data, &tenant, &source, &mut writer)
+                    .await?;
+                data.rollback()
                     .await
-                    .map_err(Error::db("binding the row-level tenant"))?;
+                    .map_err(Error::db("ending the export"))?;
+                conn.discard_on_drop(false);
+                manifest
             }
-            self.export_data(&mut tx, &tenant, &source, &mut writer)
-                .await?
+            (_, crate::servers::Home::Control) => {
+                self.export_from(&mut tx, &tenant, &source, &mut writer)
+                    .await?
+            }
+            _ => {
+                let mut conn = self.acquire_shared_at(&home).await?.into_pool_conn();
+                conn.close_on_drop();
+                let mut data = snapshot(&mut conn).await?;
+                let manifest = self
+                    .export_from(&mut data, &tenant, &source, &mut writer)
+                    .await?;
+                data.rollback()
+                    .await
+                    .map_err(Error::db("ending the export"))?;
+                conn.settled();
+                manifest
+            }
         };
         manifest.exported_at = exported_at;
         if !options.skip_credentials {
@@ -347,6 +358,29 @@ impl Hidra {
             "exported tenant"
         );
         Ok(summary)
+    }
+
+    /// [`export_data`](Self::export_data) of a schema or row-level tenant
+    /// in `tx` (a snapshot of the database holding it), its row-level
+    /// binding made first.
+    async fn export_from<W>(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        source: &Source<'_>,
+        writer: &mut Writer<'_, W>,
+    ) -> Result<Manifest>
+    where
+        W: AsyncWrite + Unpin + Send,
+    {
+        if source.tenant_column.is_some() {
+            sqlx::query(sql::BIND_TENANT_LOCAL)
+                .bind(source.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("binding the row-level tenant"))?;
+        }
+        self.export_data(tx, tenant, source, writer).await
     }
 
     /// The DDL, tables and sequences of the tenant, read on `conn` (in the

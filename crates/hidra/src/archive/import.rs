@@ -296,6 +296,16 @@ impl Hidra {
         if self.tenant(&plan.id).await?.is_some() {
             return Err(Error::AlreadyExists(plan.id.clone()));
         }
+        if let Some(server) = &options.server {
+            if strategy == Strategy::RowLevel {
+                return Err(refused(
+                    &plan.id,
+                    "a row-level tenant stays on the control server: import it as schema or database to place it on a server",
+                ));
+            }
+            // Before anything is built; the move checks again.
+            self.check_active_server(server).await?;
+        }
         self.require_ready(strategy).await?;
         let loaded: Vec<&ArchivedTable> = (manifest.tables.iter())
             .chain(manifest.shared.iter().filter(|t| plan.imports(t)))
@@ -325,6 +335,10 @@ impl Hidra {
         } else {
             self.import_shared(&plan, strategy, &mut loader).await?
         };
+        let summary = match &options.server {
+            Some(server) => self.place_import(summary, server).await?,
+            None => summary,
+        };
         tracing::info!(
             tenant = %summary.tenant.id,
             from = %manifest.tenant.id,
@@ -334,6 +348,30 @@ impl Hidra {
             "imported tenant"
         );
         Ok(summary)
+    }
+
+    /// Moves a tenant just imported on the control server to `server`; if
+    /// the move fails, the import is taken back (the tenant deprovisioned),
+    /// so that an import onto a server is all or nothing too.
+    async fn place_import(
+        &self,
+        mut summary: ImportSummary,
+        server: &crate::ServerName,
+    ) -> Result<ImportSummary> {
+        let id = summary.tenant.id.clone();
+        match self.move_to_server(&id, Some(server)).await {
+            Ok(moved) => {
+                summary.tenant = moved.tenant;
+                Ok(summary)
+            }
+            Err(e) => {
+                let undo = self.deprovision(&id, crate::Confirmation::of(&id)).await;
+                if let Err(undo) = undo {
+                    tracing::error!(tenant = %id, error = %undo, "could not take back an import whose move to its server failed");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The application's migrations up to the archive's version, which must

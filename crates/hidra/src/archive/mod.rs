@@ -285,6 +285,7 @@ pub struct ImportOptions {
     strategy: Option<Strategy>,
     name: Option<String>,
     skip_credentials: bool,
+    server: Option<crate::ServerName>,
     progress: Option<ProgressFn>,
     shared: CredentialTables,
 }
@@ -296,6 +297,7 @@ impl fmt::Debug for ImportOptions {
             .field("strategy", &self.strategy)
             .field("name", &self.name)
             .field("skip_credentials", &self.skip_credentials)
+            .field("server", &self.server)
             .field("progress", &self.progress.is_some())
             .field("shared", &self.shared)
             .finish()
@@ -324,6 +326,16 @@ impl ImportOptions {
     /// The display name (default: the archived one).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
+        self
+    }
+
+    /// Imports onto the registered server `server` (default: the control
+    /// server): the tenant is built on the control server, then moved there
+    /// ([`Hidra::move_to_server`](crate::Hidra::move_to_server)); a move
+    /// that fails takes the import back. The server must be `active`, and
+    /// the strategy schema or database.
+    pub fn on_server(mut self, server: crate::ServerName) -> Self {
+        self.server = Some(server);
         self
     }
 }

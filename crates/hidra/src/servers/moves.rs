@@ -145,12 +145,7 @@ impl Hidra {
         }
         if let Some(to) = to {
             // Before copying anything; checked again, locked, at the switch.
-            let mut conn = self.acquire_shared().await?;
-            let mut tx = conn
-                .begin()
-                .await
-                .map_err(Error::db("checking the target server"))?;
-            self.lock_active_server(&mut tx, to).await?;
+            self.check_active_server(to).await?;
         }
         let source_home = self.home(&tenant).await?;
         let target_home = self.home_of(to_name.as_deref()).await?;

@@ -116,6 +116,17 @@ impl Hidra {
         })
     }
 
+    /// Whether `server` is registered and `active`, checked before work that
+    /// checks it again, locked, when it commits.
+    pub(crate) async fn check_active_server(&self, server: &ServerName) -> Result<()> {
+        let mut conn = self.acquire_shared().await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("checking the target server"))?;
+        self.lock_active_server(&mut tx, server).await
+    }
+
     /// Share-locks the registry row of `server` in the caller's transaction
     /// (so that it cannot be drained or removed before that commits) and
     /// checks that it is active.

@@ -1063,3 +1063,76 @@ async fn an_archive_is_imported_onto_a_server() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The pattern the guide gives for shared data: shared tables (here
+/// `plans`) live on the control server; a tenant there sees them through its
+/// `search_path`, a tenant on a registered server does not (its server holds
+/// no shared data) and reads them through `acquire_shared`, as every tenant
+/// may.
+#[tokio::test]
+async fn shared_tables_stay_on_the_control_server_and_are_read_through_a_shared_connection() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    let mut control = PgConnection::connect(fleet.ctx.db.url()).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE public.plans (id TEXT PRIMARY KEY, seats INT NOT NULL);
+         INSERT INTO public.plans VALUES ('pro', 25);",
+    )
+    .execute(&mut control)
+    .await
+    .unwrap();
+    let away = hidra
+        .provision(NewTenant::new(id("away")).on_server(name("s2")))
+        .await
+        .unwrap();
+    let home = hidra
+        .provision(NewTenant::new(id("home")).on_control_server())
+        .await
+        .unwrap();
+    let seats = "SELECT seats FROM plans WHERE id = 'pro'";
+
+    // On the control server the shared schema is in the tenant's path.
+    let mut conn = hidra.acquire(&home).await.unwrap();
+    let n: i32 = sqlx::query_scalar(seats)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 25);
+    drop(conn);
+
+    // On s2 it is not: the table is not there, and no copy answers.
+    let mut conn = hidra.acquire(&away).await.unwrap();
+    let err = sqlx::query_scalar::<_, i32>(seats)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_err();
+    let code = err.as_database_error().and_then(|e| e.code());
+    assert_eq!(code.as_deref(), Some("42P01"), "{err}");
+    // The tenant's own tables answer on the same connection.
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(notes, 0);
+    drop(conn);
+
+    // Tenant-scoped code reads shared data with a second connection, which
+    // is on the control server wherever the tenant is; the registry too.
+    let mut shared = hidra.acquire_shared().await.unwrap();
+    let n: i32 = sqlx::query_scalar(seats)
+        .fetch_one(&mut *shared)
+        .await
+        .unwrap();
+    assert_eq!(n, 25);
+    drop(shared);
+    let record = hidra.tenant(&away.id).await.unwrap().unwrap();
+    assert_eq!(record.placement.server.as_deref(), Some("s2"));
+    let mut s2 = fleet.admin("s2").await;
+    let copies: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relname = 'plans' AND relkind = 'r'",
+    )
+    .fetch_one(&mut s2)
+    .await
+    .unwrap();
+    assert_eq!(copies, 0);
+}

@@ -180,16 +180,26 @@ pub(crate) async fn lock(
         .map_err(Error::db("locking the tenant's tables for the move"))
 }
 
-/// Drops the moved tenant's old `tables` (quoted qualified names) in the
-/// source's transaction, which holds [`lock`]'s locks: the writers waiting
-/// on them fail once it commits, instead of landing in the old copy after
-/// the move (a database dropped `WITH (FORCE)` alone is not enough: a writer
-/// signalled after the source's session ended can get the lock and commit
-/// before the database goes).
-pub(crate) async fn drop_tables(tx: &mut sqlx::PgConnection, tables: &[String]) -> Result<()> {
-    on_tables(tx, "DROP TABLE ", tables, " CASCADE")
+/// Ends a move on its source: drops the moved tenant's old `tables` (as
+/// [`tables_in_order`](crate::strategy::row_level::tables_in_order) lists
+/// them) in the source's transaction, which holds [`lock`]'s locks, and
+/// commits. The writers waiting on them then fail instead of landing in the
+/// old copy after the move (a database dropped `WITH (FORCE)` alone is not
+/// enough: a writer signalled after the source's session ended can get the
+/// lock and commit before the database goes).
+pub(crate) async fn drop_and_commit(
+    tx: &mut sqlx::PgConnection,
+    tables: &[(String, String, Vec<String>)],
+) -> Result<()> {
+    let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+    on_tables(tx, "DROP TABLE ", &names, " CASCADE")
         .await
-        .map_err(Error::db("dropping the moved tenant's old tables"))
+        .map_err(Error::db("dropping the moved tenant's old tables"))?;
+    sqlx::raw_sql("COMMIT")
+        .execute(&mut *tx)
+        .await
+        .map_err(Error::db("dropping the moved tenant's old tables"))?;
+    Ok(())
 }
 
 /// Runs `before` + `tables` (quoted qualified names) + `after`, if there

@@ -287,30 +287,22 @@ impl Hidra {
             (Strategy::Database, _) => {
                 let mut conn = self.database_conn_at(&home, &tenant).await?;
                 conn.discard_on_drop(true);
-                let mut data = snapshot(&mut conn).await?;
                 let manifest = self
-                    .export_data(&mut data, &tenant, &source, &mut writer)
+                    .export_in_snapshot(&mut conn, &tenant, &source, &mut writer)
                     .await?;
-                data.rollback()
-                    .await
-                    .map_err(Error::db("ending the export"))?;
                 conn.discard_on_drop(false);
                 manifest
             }
             (_, crate::servers::Home::Control) => {
-                self.export_from(&mut tx, &tenant, &source, &mut writer)
+                self.export_data(&mut tx, &tenant, &source, &mut writer)
                     .await?
             }
             _ => {
                 let mut conn = self.acquire_shared_at(&home).await?.into_pool_conn();
                 conn.close_on_drop();
-                let mut data = snapshot(&mut conn).await?;
                 let manifest = self
-                    .export_from(&mut data, &tenant, &source, &mut writer)
+                    .export_in_snapshot(&mut conn, &tenant, &source, &mut writer)
                     .await?;
-                data.rollback()
-                    .await
-                    .map_err(Error::db("ending the export"))?;
                 conn.settled();
                 manifest
             }
@@ -360,12 +352,11 @@ impl Hidra {
         Ok(summary)
     }
 
-    /// [`export_data`](Self::export_data) of a schema or row-level tenant
-    /// in `tx` (a snapshot of the database holding it), its row-level
-    /// binding made first.
-    async fn export_from<W>(
+    /// [`export_data`](Self::export_data) in a snapshot of its own on
+    /// `conn`: the tenant's database, or the server holding its schema.
+    async fn export_in_snapshot<W>(
         &self,
-        tx: &mut sqlx::PgConnection,
+        conn: &mut PgConnection,
         tenant: &Tenant,
         source: &Source<'_>,
         writer: &mut Writer<'_, W>,
@@ -373,18 +364,17 @@ impl Hidra {
     where
         W: AsyncWrite + Unpin + Send,
     {
-        if source.tenant_column.is_some() {
-            sqlx::query(sql::BIND_TENANT_LOCAL)
-                .bind(source.id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(Error::db("binding the row-level tenant"))?;
-        }
-        self.export_data(tx, tenant, source, writer).await
+        let mut data = snapshot(conn).await?;
+        let manifest = self.export_data(&mut data, tenant, source, writer).await?;
+        data.rollback()
+            .await
+            .map_err(Error::db("ending the export"))?;
+        Ok(manifest)
     }
 
     /// The DDL, tables and sequences of the tenant, read on `conn` (in the
-    /// snapshot), written to `writer`; the manifest without shared rows.
+    /// snapshot; a row-level tenant is bound first), written to `writer`;
+    /// the manifest without shared rows.
     async fn export_data<W: AsyncWrite + Unpin + Send>(
         &self,
         conn: &mut PgConnection,
@@ -392,6 +382,13 @@ impl Hidra {
         source: &Source<'_>,
         writer: &mut Writer<'_, W>,
     ) -> Result<Manifest> {
+        if source.tenant_column.is_some() {
+            sqlx::query(sql::BIND_TENANT_LOCAL)
+                .bind(source.id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(Error::db("binding the row-level tenant"))?;
+        }
         let schema = source.schema.as_str();
         let (version, applied) = match source.tenant_column {
             // The row-level tables follow the application's latest migrations

@@ -36,7 +36,7 @@ use sqlx::Connection;
 use super::{Home, ServerName};
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::moves::{copy_tables, drop_tables, lock};
+use crate::moves::{copy_tables, drop_and_commit, lock};
 use crate::sql::Ident;
 use crate::strategy::database::{TENANT_DB_SCHEMA, tenant_database};
 use crate::strategy::row_level::tables_in_order;
@@ -360,12 +360,7 @@ impl Hidra {
     ) -> Result<()> {
         match tenant.placement.strategy {
             Strategy::Database => {
-                let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
-                drop_tables(source, &names).await?;
-                sqlx::raw_sql("COMMIT")
-                    .execute(&mut **source)
-                    .await
-                    .map_err(Error::db("dropping the old copy's tables"))?;
+                drop_and_commit(source, tables).await?;
                 source.close_on_drop();
                 self.drop_tenant_database(tenant).await
             }

@@ -22,7 +22,7 @@ use sqlx::Connection;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate::{self, Target};
-use crate::moves::{copy_tables, drop_tables, lock};
+use crate::moves::{copy_tables, drop_and_commit, lock};
 use crate::scope::{self, DbConn};
 use crate::servers::Home;
 use crate::sql::{self, Ident};
@@ -394,25 +394,13 @@ impl Hidra {
         // waited fail rather than land in the old database. Failed: the
         // locks go, the tenant stays. Either way the transaction ends here,
         // not left open on a pooled connection.
-        let ended = match &moved {
-            Ok(_) => {
-                let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
-                match drop_tables(&mut source, &names).await {
-                    Ok(()) => sqlx::raw_sql("COMMIT")
-                        .execute(&mut *source)
-                        .await
-                        .map(drop)
-                        .map_err(Error::db("dropping the old database's tables")),
-                    Err(e) => Err(e),
-                }
+        if moved.is_ok() {
+            if let Err(e) = drop_and_commit(&mut source, &tables).await {
+                tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database's tables");
+                let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
             }
-            Err(_) => Ok(()),
-        };
-        if moved.is_err() || ended.is_err() {
+        } else {
             let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
-        }
-        if let Err(e) = ended {
-            tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database's tables");
         }
         drop(source);
         let moved = moved?;

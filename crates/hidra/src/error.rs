@@ -109,15 +109,30 @@ pub enum Error {
     #[error("tenant `{0}` not found")]
     NotFound(TenantId),
 
-    /// A row-level tenant's record was read before the tenant moved out of
-    /// the shared tables (or was deprovisioned): the checkout refused to
-    /// bind it there. [`Hidra::acquire`](crate::Hidra::acquire) and
+    /// A tenant's record was read before the tenant moved (to another
+    /// strategy or server) or was deprovisioned: the checkout refused to
+    /// bind it to the old placement (a row-level tenant no longer in the
+    /// shared tables, a schema or database that is gone).
+    /// [`Hidra::acquire`](crate::Hidra::acquire) and
     /// [`Hidra::begin`](crate::Hidra::begin) read the record again and
     /// retry once by themselves; this reaches you only if it moved again.
     #[error(
-        "tenant `{0}` is no longer a row-level tenant (it moved or was deprovisioned since its record was read); read it again with Hidra::tenant"
+        "tenant `{0}` is no longer where its record places it (it moved or was deprovisioned since the record was read); read it again with Hidra::tenant"
     )]
     StaleRecord(TenantId),
+
+    /// The registry places a tenant where its data is not: its schema, the
+    /// schema's migration history (`_hidra_migrations`) or its database is
+    /// missing. Nothing was bound.
+    #[error(
+        "tenant `{id}`'s data is missing from where the registry places it ({place}): its schema, that schema's `_hidra_migrations` table or its database is gone; restore it from a backup, or deprovision the tenant"
+    )]
+    DataMissing {
+        /// The tenant.
+        id: TenantId,
+        /// Its schema or database, as the registry names it.
+        place: String,
+    },
 
     /// A server name broke one of the [`ServerName`](crate::ServerName)
     /// rules; no SQL was run for it.
@@ -412,16 +427,15 @@ fn join(findings: &[crate::strategy::row_level::Finding]) -> String {
 }
 
 impl Error {
-    /// The error of a checkout for `id`: a refusal of the registry's
-    /// `_bind_row_level` function is [`Error::StaleRecord`].
+    /// The error of a checkout for `id`: a binding that found the tenant
+    /// gone from its record's placement ([`refuses_stale_record`]) is
+    /// [`Error::StaleRecord`].
     pub(crate) fn for_checkout_of(self, id: &TenantId) -> Error {
         match &self {
             Error::Database {
                 source: sqlx::Error::Database(db),
                 ..
-            } if db.code().as_deref() == Some(crate::strategy::row_level::STALE_RECORD) => {
-                Error::StaleRecord(id.clone())
-            }
+            } if refuses_stale_record(db.code().as_deref()) => Error::StaleRecord(id.clone()),
             _ => self,
         }
     }
@@ -546,7 +560,26 @@ impl Error {
 }
 
 /// SQLSTATE codes hidra classifies on.
+/// Whether a checkout's binding failed with `code` because the tenant is no
+/// longer where the record it was bound from places it: the registry's
+/// row-level guard refused it (`HD001`), the schema proof found no schema
+/// (`3F000`) or no history table (`42P01`), or its database is gone
+/// (`3D000`). The connection itself is sound.
+pub(crate) fn refuses_stale_record(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            crate::strategy::row_level::STALE_RECORD
+                | sqlstate::INVALID_SCHEMA_NAME
+                | sqlstate::UNDEFINED_TABLE
+                | sqlstate::INVALID_CATALOG_NAME
+        )
+    )
+}
+
 pub(crate) mod sqlstate {
+    pub(crate) const INVALID_SCHEMA_NAME: &str = "3F000";
+    pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
     pub(crate) const UNIQUE_VIOLATION: &str = "23505";
     pub(crate) const DIVISION_BY_ZERO: &str = "22012";
     pub(crate) const DUPLICATE_SCHEMA: &str = "42P06";

@@ -750,7 +750,7 @@ impl Hidra {
     /// (the web layer does).
     pub async fn acquire(&self, tenant: &Tenant) -> Result<TenantConn> {
         match self.acquire_as(tenant).await {
-            Err(Error::StaleRecord(id)) => self.acquire_as(&self.reread(&id).await?).await,
+            Err(Error::StaleRecord(id)) => self.acquire_as(&self.reread(tenant, id).await?).await,
             done => done,
         }
     }
@@ -761,12 +761,23 @@ impl Hidra {
         self.connect_bound(tenant, scope, share).await
     }
 
-    /// `id`'s record as registered now, after a checkout refused a stale
-    /// one ([`Error::NotFound`] once deprovisioned).
-    async fn reread(&self, id: &TenantId) -> Result<Tenant> {
-        self.tenant(id)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.clone()))
+    /// `stale`'s record as registered now, after a checkout refused it
+    /// ([`Error::NotFound`] once deprovisioned). A record that did not
+    /// change was not stale: its data is missing ([`Error::DataMissing`]).
+    async fn reread(&self, stale: &Tenant, id: TenantId) -> Result<Tenant> {
+        let now = (self.tenant(&id).await?)
+            .filter(|now| now.status != crate::TenantStatus::Deleting)
+            .ok_or_else(|| Error::NotFound(id.clone()))?;
+        if now.placement == stale.placement {
+            return Err(Error::DataMissing {
+                id,
+                place: match &now.placement.database {
+                    Some(database) => format!("database {database}"),
+                    None => format!("schema {}", now.placement.schema),
+                },
+            });
+        }
+        Ok(now)
     }
 
     /// A transaction bound to `tenant` with a transaction-local `search_path`.
@@ -774,7 +785,7 @@ impl Hidra {
     /// [`HidraBuilder::transaction_pooler`] (unnamed statements only).
     pub async fn begin(&self, tenant: &Tenant) -> Result<TenantTx> {
         match self.begin_as(tenant).await {
-            Err(Error::StaleRecord(id)) => self.begin_as(&self.reread(&id).await?).await,
+            Err(Error::StaleRecord(id)) => self.begin_as(&self.reread(tenant, id).await?).await,
             done => done,
         }
     }

@@ -182,25 +182,105 @@ pub(crate) async fn lock(
 
 /// Ends a move on its source: drops the moved tenant's old `tables` (as
 /// [`tables_in_order`](crate::strategy::row_level::tables_in_order) lists
-/// them) in the source's transaction, which holds [`lock`]'s locks, and
-/// commits. The writers waiting on them then fail instead of landing in the
-/// old copy after the move (a database dropped `WITH (FORCE)` alone is not
-/// enough: a writer signalled after the source's session ended can get the
-/// lock and commit before the database goes).
+/// them, all in `schema`) in the source's transaction, which holds [`lock`]'s
+/// locks, and commits. The writers waiting on them then fail instead of
+/// landing in the old copy after the move (a database dropped `WITH (FORCE)`
+/// alone is not enough: a writer signalled after the source's session ended
+/// can get the lock and commit before the database goes).
 pub(crate) async fn drop_and_commit(
     tx: &mut sqlx::PgConnection,
+    schema: &str,
     tables: &[(String, String, Vec<String>)],
 ) -> Result<()> {
-    let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
-    on_tables(tx, "DROP TABLE ", &names, " CASCADE")
-        .await
-        .map_err(Error::db("dropping the moved tenant's old tables"))?;
+    if !tables.is_empty() {
+        let names: Vec<String> = tables.iter().map(|t| t.1.clone()).collect();
+        let mut drop = sql::Statement::new();
+        drop.sql("DROP TABLE ")
+            .trusted(&names.join(", "))
+            .sql(" CASCADE");
+        drop_cancelling(tx, schema, drop)
+            .await
+            .map_err(Error::db("dropping the moved tenant's old tables"))?;
+    }
     sqlx::raw_sql("COMMIT")
         .execute(&mut *tx)
         .await
         .map_err(Error::db("dropping the moved tenant's old tables"))?;
     Ok(())
 }
+
+/// How long one attempt of [`drop_cancelling`] waits for its locks, in ms.
+const DROP_PATIENCE_MS: u32 = 200;
+
+/// Attempts of [`drop_cancelling`] before it gives up (about 10 s).
+const DROP_ATTEMPTS: u32 = 50;
+
+/// Runs `drop` (of `schema` or of tables in it) in the caller's transaction,
+/// cancelling the tenant's transactions that keep it waiting.
+///
+/// A transaction of the tenant holds locks on its tables until it ends: a
+/// schema tenant's binding holds one on its history table
+/// (`sql::prove_schema`), and a writer waiting on a move's `SHARE` locks
+/// holds what it read before. Waiting for them could take as long as the
+/// application keeps them open, and a waiting writer deadlocks with the
+/// drop. So each attempt waits at most [`DROP_PATIENCE_MS`] under a savepoint;
+/// when it times out, the statements of those transactions are cancelled
+/// (transactions idle in between are ended) and the drop is tried again.
+/// They fail, and retried they read the tenant's record again.
+pub(crate) async fn drop_cancelling(
+    tx: &mut sqlx::PgConnection,
+    schema: &str,
+    drop: sql::Statement,
+) -> std::result::Result<(), sqlx::Error> {
+    let mut attempt = sql::Statement::new();
+    attempt
+        .sql("SAVEPOINT hidra_drop; SET LOCAL lock_timeout TO ")
+        .int(DROP_PATIENCE_MS)
+        .sql("; ")
+        .append(&drop)
+        .sql("; RELEASE SAVEPOINT hidra_drop; SET LOCAL lock_timeout TO DEFAULT");
+    let attempt = attempt.into_sql();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match sqlx::raw_sql(attempt.clone()).execute(&mut *tx).await {
+            Ok(_) => return Ok(()),
+            Err(sqlx::Error::Database(db))
+                if tries < DROP_ATTEMPTS
+                    && matches!(db.code().as_deref(), Some("55P03" | "40P01")) =>
+            {
+                sqlx::raw_sql("ROLLBACK TO SAVEPOINT hidra_drop")
+                    .execute(&mut *tx)
+                    .await?;
+                let ended: i64 = sqlx::query_scalar(END_LOCK_HOLDERS)
+                    .bind(schema)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                tracing::debug!(
+                    schema,
+                    ended,
+                    "cancelled transactions keeping a tenant's drop waiting"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Cancels the statements of the other sessions holding or awaiting locks
+/// on relations of schema `$1` in this database (ends them when idle inside
+/// their transaction), where this role may signal them; returns how many.
+const END_LOCK_HOLDERS: &str = "\
+    SELECT count(CASE WHEN a.state LIKE 'idle in transaction%' \
+                      THEN pg_terminate_backend(a.pid) ELSE pg_cancel_backend(a.pid) END) \
+    FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid \
+    WHERE a.pid <> pg_backend_pid() \
+      AND a.pid IN (SELECT l.pid FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                    WHERE l.locktype = 'relation' AND c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) \
+                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+      AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user) \
+           OR (NOT r.rolsuper AND (pg_has_role(r.oid, 'MEMBER') \
+                                   OR pg_has_role('pg_signal_backend', 'MEMBER'))))";
 
 /// Runs `before` + `tables` (quoted qualified names) + `after`, if there
 /// are any tables.

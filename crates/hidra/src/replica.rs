@@ -204,31 +204,37 @@ impl Hidra {
         let Some(replica) = usable else {
             return self.acquire(tenant).await;
         };
+        // Replayed first: the binding proves the tenant's schema is there,
+        // which it is not on a replica still behind its creation.
+        if let Some(position) = after {
+            let ready = match scope::acquire_unscoped(&replica.pool, &replica.reach).await {
+                Ok(mut conn) => replayed(&mut conn, position, replica.wait).await,
+                Err(_) => false,
+            };
+            if !ready {
+                return self.acquire(tenant).await;
+            }
+        }
         let scope = self.scope(tenant)?;
         let share = scope
             .admit(&tenant.id, self.inner.conns.tenant_wait)
             .await?;
         let conn = match scope::acquire_bound(&replica.pool, &replica.reach, &scope).await {
             Ok(conn) => conn,
+            // Also a schema the replica has not replayed yet: the primary
+            // has it, or refuses a stale record.
             Err(e) => {
                 tracing::debug!(tenant = %tenant.id, error = %e, "read replica unavailable; reading from the primary");
                 drop(share);
                 return self.acquire(tenant).await;
             }
         };
-        let mut conn = TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)).with_share(share);
-        if let Some(position) = after
-            && !replayed(&mut conn, position, replica.wait).await
-        {
-            drop(conn);
-            return self.acquire(tenant).await;
-        }
-        Ok(conn)
+        Ok(TenantConn::new(Pooled::Shared(conn), tenant, Some(scope)).with_share(share))
     }
 }
 
 /// Waits up to `wait` for the replica behind `conn` to replay `position`.
-async fn replayed(conn: &mut TenantConn, position: WalPosition, wait: Duration) -> bool {
+async fn replayed(conn: &mut sqlx::PgConnection, position: WalPosition, wait: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + wait;
     let target = position.to_string();
     loop {

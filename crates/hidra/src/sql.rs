@@ -483,17 +483,37 @@ pub(crate) const UNBIND_LOCAL: &str = concat!(
 ///
 /// With `guard` (the registry's `_bind_row_level` function), the row-level
 /// tenant is bound through it instead, which checks the registry first.
+/// With `proof` (see [`prove_schema`]), the statement fails unless the
+/// tenant's schema is still there.
 pub(crate) fn begin_scoped(
     search_path: &str,
     tenant_id: &str,
     guard: Option<&str>,
+    proof: Option<&str>,
     timeouts: Timeouts,
 ) -> SqlStr {
     owned(format!(
-        "BEGIN; SET LOCAL search_path TO {search_path}; {}{}",
+        "BEGIN; SET LOCAL search_path TO {search_path}; {}{}{}",
         bind_tenant(tenant_id, guard, true),
         set_timeouts(timeouts, "SET LOCAL"),
+        proof.map(|p| format!("; {p}")).unwrap_or_default(),
     ))
+}
+
+/// The statement that proves a schema tenant's schema is still where its
+/// record places it: a lock on its migration history, which every tenant
+/// schema has. Outside the schema it fails (`3F000` or `42P01`) instead of
+/// letting unqualified names fall through to the shared schemas; inside a
+/// transaction it holds until the end, so a move or a deprovisioning cannot
+/// drop the schema under the transaction (they cancel it instead; see
+/// `strategy::schema::drop_tenant_schema`). `ACCESS SHARE` conflicts with
+/// nothing but such a drop.
+pub(crate) fn prove_schema(schema: &Ident) -> String {
+    let mut sql = Statement::new();
+    sql.sql("LOCK TABLE ")
+        .ident(schema)
+        .sql("._hidra_migrations IN ACCESS SHARE MODE");
+    sql.0
 }
 
 /// The statement binding `hidra.tenant_id` (`local`: for the transaction):
@@ -542,17 +562,20 @@ fn set_timeouts(t: Timeouts, set: &str) -> String {
 
 /// The tenant checkout statement: the session `search_path` and row-level
 /// tenant, in one simple query (`search_path` is a list of quoted names).
-/// With `guard`, as in [`begin_scoped`].
+/// With `guard` and `proof`, as in [`begin_scoped`] (a session's proof
+/// holds for the checkout statement only).
 pub(crate) fn bind_session(
     search_path: &str,
     tenant_id: &str,
     guard: Option<&str>,
+    proof: Option<&str>,
     timeouts: Timeouts,
 ) -> SqlStr {
     owned(format!(
-        "SET search_path TO {search_path}; {}{}",
+        "SET search_path TO {search_path}; {}{}{}",
         bind_tenant(tenant_id, guard, false),
         set_timeouts(timeouts, "SET"),
+        proof.map(|p| format!("; {p}")).unwrap_or_default(),
     ))
 }
 
@@ -644,8 +667,12 @@ pub(crate) fn drop_view(schema: &Ident, name: &Ident) -> SqlStr {
 }
 
 /// `DROP SCHEMA IF EXISTS "name" CASCADE`.
-pub(crate) fn drop_schema(schema: &Ident) -> SqlStr {
-    owned(format!("DROP SCHEMA IF EXISTS {} CASCADE", schema.quoted()))
+pub(crate) fn drop_schema(schema: &Ident) -> Statement {
+    let mut sql = Statement::new();
+    sql.sql("DROP SCHEMA IF EXISTS ")
+        .ident(schema)
+        .sql(" CASCADE");
+    sql
 }
 
 /// Marks a statement assembled from validated, quoted parts (with the
@@ -851,34 +878,41 @@ mod tests {
         assert_eq!(bytea_literal(&[0, 255]), "'\\x00ff'::bytea");
         let none = [None, None];
         assert_eq!(
-            begin_scoped(&path, "o'neil", None, none).as_str(),
+            begin_scoped(&path, "o'neil", None, None, none).as_str(),
             "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
              SET LOCAL hidra.tenant_id TO 'o''neil'"
         );
         assert_eq!(
-            bind_session(&path, "o'neil", None, none).as_str(),
+            bind_session(&path, "o'neil", None, None, none).as_str(),
             "SET search_path TO \"tenant_a\", \"public\"; SET hidra.tenant_id TO 'o''neil'"
         );
         let guard = Some("\"public\".\"tenants_bind_row_level\"");
         assert_eq!(
-            begin_scoped(&path, "acme", guard, none).as_str(),
+            begin_scoped(&path, "acme", guard, None, none).as_str(),
             "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
              SELECT \"public\".\"tenants_bind_row_level\"('acme', true)"
         );
         assert!(
-            bind_session(&path, "acme", guard, none)
+            bind_session(&path, "acme", guard, None, none)
                 .as_str()
                 .ends_with("; SELECT \"public\".\"tenants_bind_row_level\"('acme', false)")
+        );
+        let proof = prove_schema(&Ident::trusted("tenant_a".into()));
+        assert_eq!(
+            begin_scoped(&path, "", None, Some(&proof), [Some(250), None]).as_str(),
+            "BEGIN; SET LOCAL search_path TO \"tenant_a\", \"public\"; \
+             SET LOCAL hidra.tenant_id TO ''; SET LOCAL statement_timeout TO 250; \
+             LOCK TABLE \"tenant_a\"._hidra_migrations IN ACCESS SHARE MODE"
         );
         assert!(reset_statement(none).as_str().contains(TENANT_SETTING));
         let managed = [Some(250), None];
         assert!(
-            bind_session(&path, "o'neil", None, managed)
+            bind_session(&path, "o'neil", None, None, managed)
                 .as_str()
                 .ends_with("; SET statement_timeout TO 250")
         );
         assert!(
-            begin_scoped(&path, "o'neil", None, managed)
+            begin_scoped(&path, "o'neil", None, None, managed)
                 .as_str()
                 .ends_with("; SET LOCAL statement_timeout TO 250")
         );

@@ -635,3 +635,176 @@ async fn provisioning_over_an_existing_database_leaves_that_database_alone() {
     assert!(!ctx.hidra.exists(&id("stray")).await.unwrap());
     teardown(ctx).await;
 }
+
+/// A table in the shared schema named like a tenant table, without
+/// row-level security: what a stale schema binding would fall through to.
+async fn shadow_customers(ctx: &DbCtx) -> PgConnection {
+    let mut su = PgConnection::connect(ctx.db.url()).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE public.customers (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL);
+         GRANT ALL ON public.customers, public.customers_id_seq TO {};",
+        ctx.role
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    su
+}
+
+async fn shadowed_rows(su: &mut PgConnection) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM public.customers")
+        .fetch_one(su)
+        .await
+        .unwrap()
+}
+
+/// A record read before its schema tenant moved binds the tenant where it
+/// is now, and one read before its deprovisioning binds nothing: neither
+/// ever reaches the shared schema's same-named table.
+#[tokio::test]
+async fn a_stale_schema_record_is_never_bound_to_the_shared_schemas() {
+    let ctx = setup(|b| b.tenant_migrations(migrations())).await;
+    let mut su = shadow_customers(&ctx).await;
+    let h = &ctx.hidra;
+    let stale = h.provision(NewTenant::new(id("leaver"))).await.unwrap();
+    h.move_tenant(&stale.id, Strategy::Database).await.unwrap();
+    add_customer(h, &stale, "in a transaction").await;
+    let mut conn = h.acquire(&stale).await.unwrap();
+    sqlx::query("INSERT INTO customers (name) VALUES ('on a session')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let now = h.tenant(&stale.id).await.unwrap().unwrap();
+    assert_eq!(now.placement.strategy, Strategy::Database);
+    let names = customer_names(h, &now).await;
+    assert_eq!(names[1..], ["in a transaction", "on a session"]);
+
+    // And back: the database record is stale now.
+    h.move_tenant(&stale.id, Strategy::Schema).await.unwrap();
+    add_customer(h, &now, "back in a schema").await;
+    assert_eq!(customer_names(h, &stale).await.len(), 4);
+
+    let gone = h.provision(NewTenant::new(id("gone"))).await.unwrap();
+    h.deprovision(&gone.id, hidra::Confirmation::of(&gone.id))
+        .await
+        .unwrap();
+    assert!(h.acquire(&gone).await.unwrap_err().is_not_found());
+    assert!(h.begin(&gone).await.unwrap_err().is_not_found());
+    assert_eq!(shadowed_rows(&mut su).await, 0);
+    teardown(ctx).await;
+}
+
+/// A transaction left open on a tenant's schema does not hold up its
+/// deprovisioning: it is ended, and its next statement fails rather than
+/// falling through to the shared schema.
+#[tokio::test]
+async fn an_open_transaction_does_not_hold_up_the_drop_of_its_schema() {
+    let ctx = setup(|b| b.tenant_migrations(migrations())).await;
+    let mut su = shadow_customers(&ctx).await;
+    let h = &ctx.hidra;
+    let t = h.provision(NewTenant::new(id("lingering"))).await.unwrap();
+    let mut tx = h.begin(&t).await.unwrap();
+    let seen: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut tx)
+        .await
+        .unwrap();
+    assert_eq!(seen, 1);
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        h.deprovision(&t.id, hidra::Confirmation::of(&t.id)),
+    )
+    .await
+    .expect("the deprovisioning waited for the open transaction")
+    .unwrap();
+    let late = sqlx::query("INSERT INTO customers (name) VALUES ('late')")
+        .execute(&mut tx)
+        .await;
+    assert!(late.is_err());
+    drop(tx);
+    assert_eq!(shadowed_rows(&mut su).await, 0);
+    teardown(ctx).await;
+}
+
+/// A transaction that read the tenant and then writes while the move holds
+/// its tables waits on the move, which waits on it at the drop: the move
+/// ends that transaction instead of failing itself.
+#[tokio::test]
+async fn a_move_is_not_stopped_by_a_transaction_that_read_before_writing() {
+    let ctx = setup(|b| b.tenant_migrations(migrations())).await;
+    let h = &ctx.hidra;
+    let t = h.provision(NewTenant::new(id("reader"))).await.unwrap();
+    let mut conn = h.acquire(&t).await.unwrap();
+    sqlx::query(
+        "INSERT INTO customers (name) SELECT 'c' || g FROM generate_series(1, 300000) AS g",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let mut tx = h.begin(&t).await.unwrap();
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut tx)
+        .await
+        .unwrap();
+    let mover = h.clone();
+    let moving =
+        tokio::spawn(async move { mover.move_tenant(&id("reader"), Strategy::Database).await });
+    // Once the move holds the tables against writes, write.
+    let su = sqlx::PgPool::connect(ctx.db.url()).await.unwrap();
+    let schema = t.placement.schema.clone();
+    wait_for("the move's lock", || {
+        let (su, schema) = (su.clone(), schema.clone());
+        async move {
+            let held: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                 JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = 'customers' AND l.mode = 'ShareLock' AND l.granted)",
+            )
+            .bind(schema)
+            .fetch_one(&su)
+            .await
+            .unwrap();
+            held.then_some(())
+        }
+    })
+    .await;
+    let write = sqlx::query("INSERT INTO customers (name) VALUES ('during the move')")
+        .execute(&mut tx)
+        .await;
+    assert!(write.is_err(), "the write went through: the move gave way");
+    drop(tx);
+    su.close().await;
+    let moved = moving.await.unwrap().unwrap();
+    assert_eq!(moved.placement.strategy, Strategy::Database);
+    let mut conn = h.acquire(&moved).await.unwrap();
+    let after: i64 = sqlx::query_scalar("SELECT count(*) FROM customers")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(after, before);
+    drop(conn);
+    teardown(ctx).await;
+}
+
+/// A schema tenant whose history table was dropped by hand is reported as
+/// such, not as a stale record.
+#[tokio::test]
+async fn a_schema_without_its_history_table_is_reported() {
+    let ctx = setup(|b| b.tenant_migrations(migrations())).await;
+    let h = &ctx.hidra;
+    let t = h.provision(NewTenant::new(id("amnesiac"))).await.unwrap();
+    let mut su = PgConnection::connect(ctx.db.url()).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP TABLE \"{}\"._hidra_migrations",
+        t.placement.schema
+    )))
+    .execute(&mut su)
+    .await
+    .unwrap();
+    let e = h.acquire(&t).await.unwrap_err();
+    assert!(matches!(e, hidra::Error::DataMissing { .. }), "{e}");
+    let e = h.begin(&t).await.unwrap_err();
+    assert!(matches!(e, hidra::Error::DataMissing { .. }), "{e}");
+    teardown(ctx).await;
+}

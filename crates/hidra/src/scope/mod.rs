@@ -293,10 +293,10 @@ async fn checked_out(pool: &Pool, statement: &SqlStr) -> Result<PoolConn, sqlx::
                 tracing::warn!("closing a pooled connection returned inside an open transaction");
                 conn.discard();
             }
-            // The registry refused a stale row-level record: the connection
-            // is sound, the caller's record is not.
+            // The binding found the tenant gone from where the caller's
+            // record places it: the connection is sound, the record is not.
             Err(sqlx::Error::Database(db))
-                if db.code().as_deref() == Some(crate::strategy::row_level::STALE_RECORD) =>
+                if crate::error::refuses_stale_record(db.code().as_deref()) =>
             {
                 return Err(sqlx::Error::Database(db));
             }

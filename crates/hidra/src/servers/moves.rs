@@ -360,7 +360,7 @@ impl Hidra {
     ) -> Result<()> {
         match tenant.placement.strategy {
             Strategy::Database => {
-                drop_and_commit(source, tables).await?;
+                drop_and_commit(source, TENANT_DB_SCHEMA, tables).await?;
                 source.close_on_drop();
                 self.drop_tenant_database(tenant).await
             }

@@ -395,7 +395,7 @@ impl Hidra {
         // locks go, the tenant stays. Either way the transaction ends here,
         // not left open on a pooled connection.
         if moved.is_ok() {
-            if let Err(e) = drop_and_commit(&mut source, &tables).await {
+            if let Err(e) = drop_and_commit(&mut source, TENANT_DB_SCHEMA, &tables).await {
                 tracing::error!(tenant = %tenant.id, error = %e, "moved, but could not drop the old database's tables");
                 let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *source).await;
             }

@@ -40,6 +40,11 @@ pub(crate) struct Binding {
     /// The registry's `_bind_row_level` function, for a row-level tenant
     /// whose registry is Hidra's own table on the same server.
     pub(crate) guard: Option<String>,
+    /// For a schema tenant, the statement proving its schema is still
+    /// there (`sql::prove_schema`): a record read before a move or a
+    /// deprovisioning is refused ([`Error::StaleRecord`]), never bound to
+    /// the shared schemas alone.
+    pub(crate) proof: Option<String>,
 }
 
 impl Binding {
@@ -49,6 +54,7 @@ impl Binding {
             &self.search_path,
             &self.tenant_id,
             self.guard.as_deref(),
+            self.proof.as_deref(),
             self.timeouts.values(),
         )
     }
@@ -59,6 +65,7 @@ impl Binding {
             &self.search_path,
             &self.tenant_id,
             self.guard.as_deref(),
+            self.proof.as_deref(),
             self.timeouts.values(),
         )
     }
@@ -235,11 +242,14 @@ impl Hidra {
                 .map(|own| own.registry().bind_row_level_function()),
             _ => None,
         };
+        let proof =
+            (tenant.placement.strategy == Strategy::Schema).then(|| sql::prove_schema(&schema));
         Ok(Binding {
             search_path: self.search_path(&schema),
             tenant_id,
             timeouts: self.inner.conns.timeouts.for_tenant(tenant),
             guard,
+            proof,
         })
     }
 
@@ -274,7 +284,8 @@ impl Hidra {
         self.ensure_row_level_guard(&scope).await?;
         let conn = match (tenant.placement.strategy, &home, &inner.conns.pooled) {
             (Strategy::Database, ..) => {
-                let mut conn = self.database_conn_at(&home, tenant).await?;
+                let mut conn = (self.database_conn_at(&home, tenant).await)
+                    .map_err(|e| e.for_checkout_of(&tenant.id))?;
                 scope.bind_database_session(&mut conn).await?;
                 TenantConn::new(Pooled::Database(conn), tenant, None)
             }
@@ -342,7 +353,8 @@ impl Hidra {
         let home = self.home(tenant).await?;
         let tx = match tenant.placement.strategy {
             Strategy::Database => {
-                let conn = self.database_conn_at(&home, tenant).await?;
+                let conn = (self.database_conn_at(&home, tenant).await)
+                    .map_err(|e| e.for_checkout_of(&tenant.id))?;
                 TenantTx::begin_in_database(conn, tenant, &scope).await?
             }
             Strategy::Schema | Strategy::RowLevel => {

@@ -43,10 +43,10 @@ pub(crate) fn placement(schema: &Ident) -> Placement {
 }
 
 /// Drops a tenant schema with everything in it and forgets its version, in the
-/// caller's transaction.
+/// caller's transaction. The tenant's transactions still open on it are
+/// cancelled rather than waited for (see `moves::drop_cancelling`).
 pub(crate) async fn drop_tenant_schema(tx: &mut sqlx::PgConnection, schema: &Ident) -> Result<()> {
-    sqlx::raw_sql(sql::drop_schema(schema))
-        .execute(&mut *tx)
+    crate::moves::drop_cancelling(tx, schema.as_str(), sql::drop_schema(schema))
         .await
         .map_err(Error::db("dropping the tenant schema"))?;
     sqlx::query("DELETE FROM hidra.schema_versions WHERE schema_name = $1")

@@ -763,6 +763,7 @@ async fn a_tenant_moves_between_servers_under_reads_and_writes() {
             None => new.on_control_server(),
         };
         let t = hidra.provision(new).await.unwrap();
+        let before = t.clone();
         let mut conn = hidra.acquire(&t).await.unwrap();
         sqlx::query(
             "INSERT INTO notes (body) SELECT 'seed ' || g FROM generate_series(1, 20000) g",
@@ -820,19 +821,10 @@ async fn a_tenant_moves_between_servers_under_reads_and_writes() {
             .unwrap();
         let bodies: std::collections::HashSet<String> = bodies.into_iter().collect();
         let missing: Vec<_> = acked.iter().filter(|b| !bodies.contains(*b)).collect();
-        eprintln!(
-            "DEBUG {tid}: acked {} missing {:?} last acked {:?} freeze {:?}",
-            acked.len(),
-            missing,
-            acked.last(),
-            moved.write_freeze
+        assert!(
+            missing.is_empty(),
+            "{tid}: acknowledged {missing:?} missing"
         );
-        for body in &acked {
-            assert!(
-                bodies.contains(body),
-                "{tid}: acknowledged {body} is missing"
-            );
-        }
         let seeds: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE body LIKE 'seed %'")
             .fetch_one(&mut conn)
             .await
@@ -848,6 +840,27 @@ async fn a_tenant_moves_between_servers_under_reads_and_writes() {
             .await
             .unwrap();
         assert!(next > max, "{tid}: id {next} after {max}");
+        drop(conn);
+
+        // A record read before the move reaches the tenant where it is now.
+        let mut stale = hidra.acquire(&before).await.unwrap();
+        sqlx::query("INSERT INTO notes (body) VALUES ('stale session')")
+            .execute(&mut stale)
+            .await
+            .unwrap();
+        drop(stale);
+        let mut stale = hidra.begin(&before).await.unwrap();
+        sqlx::query("INSERT INTO notes (body) VALUES ('stale transaction')")
+            .execute(&mut stale)
+            .await
+            .unwrap();
+        stale.commit().await.unwrap();
+        let mut conn = hidra.acquire(&t).await.unwrap();
+        let late: i64 = sqlx::query_scalar("SELECT count(*) FROM notes WHERE body LIKE 'stale %'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(late, 2, "{tid}");
         drop(conn);
 
         // Nothing is left on the source.
@@ -1135,4 +1148,121 @@ async fn shared_tables_stay_on_the_control_server_and_are_read_through_a_shared_
     .await
     .unwrap();
     assert_eq!(copies, 0);
+}
+
+/// The tables of users and their roles the accounts of a tenant use.
+const AUTH_TABLES: &str = "
+CREATE TABLE roles (id BIGSERIAL PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                    permissions TEXT[] NOT NULL DEFAULT '{}');
+CREATE TABLE users (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL UNIQUE,
+                    full_name TEXT NOT NULL, password_hash TEXT NOT NULL,
+                    is_active BOOLEAN NOT NULL DEFAULT TRUE);
+CREATE TABLE user_roles (user_id BIGINT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+                         role_id BIGINT NOT NULL REFERENCES roles(id) ON DELETE CASCADE,
+                         PRIMARY KEY (user_id, role_id));
+";
+
+/// Registers its prepared user inside the provisioning transaction, then
+/// fails the provisioning if told to.
+struct FirstUser {
+    accounts: hidra::auth::Accounts,
+    user: hidra::auth::PreparedUser,
+    fail_after: bool,
+}
+
+impl Seed for FirstUser {
+    async fn seed(&self, conn: &mut PgConnection, tenant: &Tenant) -> Result<(), BoxError> {
+        self.accounts.register_in(conn, tenant, &self.user).await?;
+        if self.fail_after {
+            return Err("the seed fails after registering".into());
+        }
+        Ok(())
+    }
+}
+
+/// Users of tenants on a registered server live there; their login rows
+/// stay on the control server. A user registered in a provisioning
+/// transaction that fails leaves its email free; one that commits can log
+/// in and gets a token at once.
+#[tokio::test]
+async fn accounts_of_tenants_on_servers_keep_their_login_rows_on_the_control_server() {
+    let fleet = fleet(
+        builder().tenant_migrations(
+            Migrations::new()
+                .push("notes", NOTES_V1)
+                .push("users", AUTH_TABLES),
+        ),
+    )
+    .await;
+    let hidra = &fleet.ctx.hidra;
+    let jwt = hidra::auth::Jwt::hs256("0123456789abcdef0123456789abcdef").unwrap();
+    let accounts = hidra::auth::Accounts::new(hidra.clone(), jwt);
+    accounts.install().await.unwrap();
+    let user = |email: &str| hidra::auth::NewUser::new(email, "Boss", "correct horse battery");
+
+    let failed = hidra
+        .provision(
+            NewTenant::new(id("fails"))
+                .on_server(name("s1"))
+                .setup(FirstUser {
+                    accounts: accounts.clone(),
+                    user: accounts.prepare(user("boss@shared.test")).await.unwrap(),
+                    fail_after: true,
+                }),
+        )
+        .await;
+    assert!(failed.is_err());
+    assert!(
+        accounts
+            .tenant_of("boss@shared.test")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let t = hidra
+        .provision(
+            NewTenant::new(id("signs-up"))
+                .on_server(name("s1"))
+                .setup(FirstUser {
+                    accounts: accounts.clone(),
+                    user: accounts.prepare(user("boss@shared.test")).await.unwrap(),
+                    fail_after: false,
+                }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t.placement.server.as_deref(), Some("s1"));
+    let login = accounts
+        .login("boss@shared.test", "correct horse battery")
+        .await
+        .unwrap();
+    assert_eq!(login.user().tenant, t.id);
+    let token = accounts.issue_token(&t, login.user()).await.unwrap();
+    assert!(token.is_some());
+
+    // A second user, registered after provisioning, and the user rows are
+    // on the server, not on the control server.
+    accounts
+        .register(&t, user("clerk@shared.test"))
+        .await
+        .unwrap();
+    let mut s1 = fleet.admin("s1").await;
+    let users: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT email FROM \"{}\".users ORDER BY email",
+        t.placement.schema
+    )))
+    .fetch_all(&mut s1)
+    .await
+    .unwrap();
+    assert_eq!(users, ["boss@shared.test", "clerk@shared.test"]);
+    assert_eq!(accounts.user_count(&t.id).await.unwrap(), 2);
+    assert!(accounts.delete_user(&t, "clerk@shared.test").await.unwrap());
+    assert!(
+        accounts
+            .tenant_of("clerk@shared.test")
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

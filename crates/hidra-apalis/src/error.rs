@@ -23,10 +23,12 @@ pub enum Error {
     NoCurrentTenant,
 
     /// A job was enqueued in the transaction of a tenant that lives in its
-    /// own database, where apalis's job table is not.
+    /// own database or on a registered server, where apalis's job table (in
+    /// the control server's shared database) is not.
     #[error(
-        "tenant `{0}` lives in its own database, which has no job table: enqueue its job \
-         with `push_for` after the transaction commits"
+        "tenant `{0}` lives in its own database or on another server than the job table: \
+         enqueue its job with `push_for` (after the transaction commits, or before it with a \
+         job that waits for the data it needs)"
     )]
     OwnDatabase(TenantId),
 

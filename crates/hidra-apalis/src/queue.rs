@@ -318,8 +318,8 @@ impl<T: Serialize> TenantQueue<T> {
     /// executor. That statement names apalis's table with its schema; only
     /// the `hstore` type it binds is found through the tenant's
     /// `search_path`, which ends with Hidra's shared schemas (see
-    /// [`TenantJobs::install`]). A tenant in its own database has no job
-    /// table there: [`Error::OwnDatabase`].
+    /// [`TenantJobs::install`]). A tenant in its own database, or on a
+    /// registered server, has no job table at hand: [`Error::OwnDatabase`].
     ///
     /// ```no_run
     /// # #[derive(serde::Serialize)] struct Confirm { order: i64 }
@@ -342,7 +342,8 @@ impl<T: Serialize> TenantQueue<T> {
                 .await?
                 .ok_or_else(|| Error::UnknownTenant(id.clone()))?,
         };
-        if tenant.placement.strategy == Strategy::Database {
+        // The job table is in the shared database of the control server.
+        if tenant.placement.strategy == Strategy::Database || tenant.placement.server.is_some() {
             return Err(Error::OwnDatabase(id));
         }
         let (task_id, task) = task(TenantJob::new(&tenant, job))?;

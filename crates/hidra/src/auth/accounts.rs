@@ -186,7 +186,7 @@ impl LoginTable {
             let Some(record) = hidra.tenant(&id).await? else {
                 continue;
             };
-            if record.placement.strategy != Strategy::Database {
+            if !users_apart(&record) {
                 continue;
             }
             let user_exists = user_id_of(hidra, &record, &email).await?.is_some();
@@ -251,6 +251,31 @@ impl LoginTable {
         tracing::info!(tenant = %tenant.id, completed = user.is_some(), "settled a half-made registration");
         Ok(user.is_none())
     }
+}
+
+/// Writes `user`'s row and roles in `tenant` on `conn` (bound to it);
+/// returns its id.
+async fn insert_with_roles<C>(conn: &mut C, tenant: &Tenant, user: &PreparedUser) -> Result<i64>
+where
+    for<'c> &'c mut C: Executor<'c, Database = Postgres>,
+{
+    let id = insert_user(
+        &mut *conn,
+        &tenant.id,
+        &user.email,
+        &user.full_name,
+        &user.hash,
+    )
+    .await?;
+    grant_roles(conn, id, &user.roles).await?;
+    Ok(id)
+}
+
+/// Whether `tenant`'s users live apart from the login table, which is in the
+/// shared database of the control server: in a database of the tenant's own,
+/// or on a registered server. Their registration takes two phases.
+fn users_apart(tenant: &Tenant) -> bool {
+    tenant.placement.strategy == Strategy::Database || tenant.placement.server.is_some()
 }
 
 /// The id of the user `email` in `tenant`'s `users`, if any.
@@ -643,38 +668,20 @@ impl Accounts {
     /// the first user right after provisioning).
     pub async fn register(&self, tenant: &Tenant, user: NewUser) -> Result<User> {
         let user = self.prepare(user).await?;
-        if tenant.placement.strategy == Strategy::Database {
+        if users_apart(tenant) {
             // The lookup lives in the shared database, the user in the
-            // tenant's own: claim the email first, give it back if the user
-            // cannot be written.
+            // tenant's own database or on its server: claim the email
+            // first, give it back if the user cannot be written.
             // Two phases, recorded: the login row without a user id first
             // (the email is claimed), then the user in the tenant's
             // database, then the user id. A crash in between leaves a row
             // that `LoginTable::settle_registrations`, `hidra doctor
             // --repair` or the next registration of the email settles.
             let mut shared = self.hidra.acquire_shared().await?;
-            match self
-                .insert_lookup(&mut *shared, &user.email, tenant, None)
-                .await
-            {
-                Err(Error::Auth(AuthError::EmailTaken)) => {
-                    self.settle_own(&user.email).await?;
-                    self.insert_lookup(&mut *shared, &user.email, tenant, None)
-                        .await?;
-                }
-                other => other?,
-            }
+            self.claim_email(&mut shared, &user.email, tenant).await?;
             let written = async {
                 let mut tx = self.hidra.begin(tenant).await?;
-                let id = insert_user(
-                    &mut tx,
-                    &tenant.id,
-                    &user.email,
-                    &user.full_name,
-                    &user.hash,
-                )
-                .await?;
-                grant_roles(&mut tx, id, &user.roles).await?;
+                let id = insert_with_roles(&mut tx, tenant, &user).await?;
                 tx.commit().await?;
                 Ok::<_, Error>(id)
             }
@@ -738,23 +745,47 @@ impl Accounts {
     /// at all, even if the process dies in between. Writes the same rows as
     /// [`register`](Self::register).
     ///
-    /// Not for database-per-tenant tenants, whose login row lives in another
-    /// database than their users: use [`register`](Self::register) there.
+    /// A tenant whose users live apart from the login table (database per
+    /// tenant, or a tenant on a registered server) cannot have both rows in
+    /// one transaction: the email is claimed first, in a login row of its
+    /// own without a user id, and the user is written on `conn`. If the
+    /// provisioning fails or its process dies, the tenant's registry row
+    /// goes and the login row with it; once it commits,
+    /// [`issue_token`](Self::issue_token) or the first login records the
+    /// user id.
     pub async fn register_in(
         &self,
         conn: &mut sqlx::PgConnection,
         tenant: &Tenant,
         user: &PreparedUser,
     ) -> Result<User> {
-        if tenant.placement.strategy == Strategy::Database {
-            return Err(Error::InvalidConfig(
-                "register_in cannot write a database-per-tenant tenant's login row in the same \
-                 transaction (it lives in the shared database); use Accounts::register"
-                    .into(),
-            ));
+        if users_apart(tenant) {
+            let mut shared = self.hidra.acquire_shared().await?;
+            self.claim_email(&mut shared, &user.email, tenant).await?;
+            drop(shared);
+            let id = insert_with_roles(conn, tenant, user).await?;
+            return Ok(self.registered(id, tenant, user));
         }
         let id = self.write_user(conn, tenant, user).await?;
         Ok(self.registered(id, tenant, user))
+    }
+
+    /// Claims `email` for `tenant` with a login row without a user id (the
+    /// first phase of a registration whose user lives apart), settling a
+    /// half-made registration of the same email first if one is in the way.
+    async fn claim_email(
+        &self,
+        shared: &mut sqlx::PgConnection,
+        email: &str,
+        tenant: &Tenant,
+    ) -> Result<()> {
+        match self.insert_lookup(&mut *shared, email, tenant, None).await {
+            Err(Error::Auth(AuthError::EmailTaken)) => {
+                self.settle_own(email).await?;
+                self.insert_lookup(&mut *shared, email, tenant, None).await
+            }
+            other => other,
+        }
     }
 
     /// Writes the user's row, roles and lookup row on `conn`, inside a
@@ -763,15 +794,7 @@ impl Accounts {
     where
         for<'c> &'c mut C: Executor<'c, Database = Postgres>,
     {
-        let id = insert_user(
-            &mut *conn,
-            &tenant.id,
-            &user.email,
-            &user.full_name,
-            &user.hash,
-        )
-        .await?;
-        grant_roles(conn, id, &user.roles).await?;
+        let id = insert_with_roles(conn, tenant, user).await?;
         self.insert_lookup(&mut *conn, &user.email, tenant, Some(id))
             .await?;
         Ok(id)
@@ -799,7 +822,7 @@ impl Accounts {
         .unwrap_or(false);
         drop(conn);
         match self.hidra.tenant(&tenant_id).await? {
-            Some(record) if old && record.placement.strategy == Strategy::Database => {
+            Some(record) if old && users_apart(&record) => {
                 self.logins.settle(&self.hidra, &record, email).await?;
             }
             _ => {}
@@ -888,8 +911,25 @@ impl Accounts {
     /// after a step the application verified itself. `None` when the user
     /// has no login row.
     pub async fn issue_token(&self, tenant: &Tenant, user: &User) -> Result<Option<Login>> {
-        let Some(version) = self.revocations.current(&tenant.id, user.id).await? else {
-            return Ok(None);
+        let version = match self.revocations.current(&tenant.id, user.id).await? {
+            Some(version) => version,
+            // Registered in a provisioning transaction apart from its login
+            // row (see `register_in`): record its id now.
+            None if users_apart(tenant) => {
+                let mut shared = self.hidra.acquire_shared().await?;
+                let linked: Option<i64> = sqlx::query_scalar(self.q.link.clone())
+                    .bind(&user.email)
+                    .bind(tenant.id.as_str())
+                    .bind(user.id)
+                    .fetch_optional(&mut *shared)
+                    .await
+                    .map_err(Error::db("recording a login's user id"))?;
+                match linked {
+                    Some(version) => version,
+                    None => return Ok(None),
+                }
+            }
+            None => return Ok(None),
         };
         let mut claims = self
             .jwt
@@ -1066,7 +1106,7 @@ impl Accounts {
         let delete_lookup = sqlx::query(self.q.delete.clone())
             .bind(&email)
             .bind(tenant.id.as_str());
-        let lookups = if tenant.placement.strategy == Strategy::Database {
+        let lookups = if users_apart(tenant) {
             // The lookup is in the shared database: after the user is gone.
             tx.commit().await?;
             let mut shared = self.hidra.acquire_shared().await?;
@@ -1191,7 +1231,7 @@ impl Accounts {
             tx.rollback().await?;
             return Ok(None);
         };
-        let separate = tenant.placement.strategy == Strategy::Database;
+        let separate = users_apart(tenant);
         if revoke && !separate {
             self.bump(&mut tx, &tenant.id, value.user_id()).await?;
         }

@@ -112,11 +112,10 @@ pub async fn seed(
         )
         .fetch_one(&mut tx)
         .await?;
-        let job = confirmations
-            .push_in(&mut tx, ConfirmOrder { order_id })
-            .await?;
+        let job =
+            crate::jobs::enqueue_confirmation(confirmations, &mut tx, &tenant, order_id).await?;
         sqlx::query("UPDATE orders SET confirmation_job = $1 WHERE id = $2")
-            .bind(job.to_string())
+            .bind(job)
             .bind(order_id)
             .execute(&mut tx)
             .await?;

@@ -2,7 +2,11 @@
 //!
 //! `POST /orders` enqueues a [`ConfirmOrder`] job in the order's own
 //! transaction ([`TenantQueue::push_in`]): the order and its job are
-//! committed, or rolled back, together. A worker started with the server
+//! committed, or rolled back, together. A tenant on another server than the
+//! job table (`--servers`) cannot do that: its job is enqueued at once, before
+//! the order commits, and [`confirm_order`] waits for the order (up to
+//! [`ORDER_WAIT`]); an order rolled back leaves a job that confirms nothing.
+//! A worker started with the server
 //! ([`spawn_worker`]) runs [`confirm_order`] as the job's tenant, which sets
 //! the order's `confirmed_at`. `GET /orders/{id}/confirmation` reads the
 //! job's status from apalis's table.
@@ -38,26 +42,56 @@ pub struct ConfirmOrder {
     pub order_id: i64,
 }
 
+/// How long [`confirm_order`] waits for an order enqueued before its
+/// transaction committed (see the module docs).
+pub const ORDER_WAIT: Duration = Duration::from_secs(10);
+
 /// Confirms the order, in the job's tenant's schema. Idempotent, as a job
 /// may run more than once (a worker killed mid-job leaves it to run again):
-/// an order already confirmed keeps its first `confirmed_at`. Returns
-/// whether this run confirmed it (apalis records it as the job's result).
+/// an order already confirmed keeps its first `confirmed_at`. An order not
+/// there yet is waited for, up to [`ORDER_WAIT`]. Returns whether this run
+/// confirmed it (apalis records it as the job's result).
 pub async fn confirm_order(
     job: TenantJob<ConfirmOrder>,
     ctx: TenantJobContext,
 ) -> Result<bool, BoxDynError> {
-    let mut tx = ctx.begin().await?;
-    let confirmed = sqlx::query(
-        "UPDATE orders SET confirmed_at = now() WHERE id = $1 AND confirmed_at IS NULL",
-    )
-    .bind(job.order_id)
-    .execute(&mut tx)
-    .await?
-    .rows_affected()
-        == 1;
-    tx.commit().await?;
+    let deadline = tokio::time::Instant::now() + ORDER_WAIT;
+    let confirmed = loop {
+        let mut tx = ctx.begin().await?;
+        // The outer scan sees the order as it was before the update.
+        let (exists, confirmed): (bool, bool) = sqlx::query_as(
+            "WITH c AS (UPDATE orders SET confirmed_at = now() \
+                        WHERE id = $1 AND confirmed_at IS NULL RETURNING id) \
+             SELECT EXISTS (SELECT 1 FROM orders WHERE id = $1), EXISTS (SELECT 1 FROM c)",
+        )
+        .bind(job.order_id)
+        .fetch_one(&mut tx)
+        .await?;
+        tx.commit().await?;
+        if exists || tokio::time::Instant::now() >= deadline {
+            break confirmed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     tracing::info!(tenant = %ctx.tenant_id(), order = job.order_id, confirmed, "order confirmation ran");
     Ok(confirmed)
+}
+
+/// Enqueues the confirmation of order `order_id` of `tenant`: in `tx`, the
+/// order's transaction, where the job table is at hand; else at once (see
+/// the module docs). Returns the job's id.
+pub async fn enqueue_confirmation(
+    confirmations: &TenantQueue<ConfirmOrder>,
+    tx: &mut hidra::TenantTx,
+    tenant: &hidra::Tenant,
+    order_id: i64,
+) -> Result<String, hidra_apalis::Error> {
+    let job = ConfirmOrder { order_id };
+    let id = match confirmations.push_in(tx, job.clone()).await {
+        Err(hidra_apalis::Error::OwnDatabase(_)) => confirmations.push_for(tenant, job).await?,
+        other => other?,
+    };
+    Ok(id.to_string())
 }
 
 /// The order confirmation queue of `jobs`.

@@ -42,8 +42,8 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::routing::get;
 use hidra::auth::{Accounts, ApiKeys, Jwt, Limit, LoginLimits};
-use hidra::testing::{PgServer, TestDatabase};
-use hidra::{Hidra, Migrations};
+use hidra::testing::{PgServer, TempCluster, TestDatabase};
+use hidra::{FewestTenants, Hidra, Migrations, NewServer, ServerName};
 use hidra_apalis::TenantJobs;
 use hidra_axum::{
     ApiKeyResolver, HeaderResolver, JwtResolver, PermissionCache, SubdomainResolver, TenantLayer,
@@ -151,6 +151,14 @@ pub struct Config {
     /// for the run and printed.
     #[arg(long, env = "HIDRA_DEMO_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Start this many more throw-away PostgreSQL servers from the installed
+    /// binaries, register them (`local-1`, `local-2`, …) and place new
+    /// tenants on them, the one with the fewest tenants first; the registry,
+    /// logins and API keys stay on the first server. Without DATABASE_URL
+    /// only: their data goes when the demo stops.
+    #[arg(long, env = "HIDRA_DEMO_SERVERS", default_value_t = 0)]
+    pub servers: usize,
 }
 
 /// Where the data lives.
@@ -158,6 +166,8 @@ struct Database {
     options: PgConnectOptions,
     /// The throw-away database of the zero-setup mode, dropped on exit.
     throwaway: Option<TestDatabase>,
+    /// The throw-away servers of `--servers`, stopped on exit.
+    servers: Vec<TempCluster>,
 }
 
 async fn open_database(config: &Config) -> anyhow::Result<Database> {
@@ -169,9 +179,15 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
         let options = url
             .parse()
             .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+        anyhow::ensure!(
+            config.servers == 0,
+            "--servers starts throw-away servers, whose tenants would outlive them in DATABASE_URL's \
+             registry: unset DATABASE_URL, or register servers of your own with `hidra server add`"
+        );
         return Ok(Database {
             options,
             throwaway: None,
+            servers: Vec::new(),
         });
     }
     let server = PgServer::get().await?;
@@ -185,10 +201,32 @@ async fn open_database(config: &Config) -> anyhow::Result<Database> {
         database = db.name(),
         "DATABASE_URL is unset: working in a fresh throw-away database, dropped on exit"
     );
+    let mut servers = Vec::with_capacity(config.servers);
+    for _ in 0..config.servers {
+        let cluster = TempCluster::start()
+            .await
+            .context("starting a throw-away server for --servers")?;
+        servers.push(cluster);
+    }
     Ok(Database {
         options: db.connect_options(),
         throwaway: Some(db),
+        servers,
     })
+}
+
+/// Registers the throw-away servers of `--servers` as `local-1`, `local-2`, …
+async fn register_servers(hidra: &Hidra, servers: &[TempCluster]) -> anyhow::Result<()> {
+    for (i, cluster) in servers.iter().enumerate() {
+        let name = ServerName::new(format!("local-{}", i + 1))?;
+        hidra
+            .servers()
+            .add(NewServer::new(name.clone(), cluster.url()))
+            .await
+            .with_context(|| format!("registering server {name}"))?;
+        tracing::info!(server = %name, url = cluster.url(), "registered a throw-away server");
+    }
+    Ok(())
 }
 
 /// Creates the shared tables (registry, logins, attempts, API keys, apalis's
@@ -385,7 +423,12 @@ pub async fn run(
     admin_token(&config, true)?;
     let database = open_database(&config).await?;
     let demo_data = config.demo_data || database.throwaway.is_some();
-    let result = serve(&config, database.options.clone(), demo_data, cors, shutdown).await;
+    let result = serve(&config, &database, demo_data, cors, shutdown).await;
+    for cluster in database.servers {
+        if let Err(e) = cluster.stop().await {
+            tracing::warn!(error = %e, "could not stop a throw-away server");
+        }
+    }
     if let Some(db) = database.throwaway {
         let name = db.name().to_owned();
         match db.drop_now().await {
@@ -400,7 +443,7 @@ pub async fn run(
 
 async fn serve(
     config: &Config,
-    options: PgConnectOptions,
+    database: &Database,
     demo_data: bool,
     cors: CorsLayer,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -417,8 +460,11 @@ async fn serve(
         tracing::info!("tenant traffic goes through the transaction pooler");
         builder = builder.transaction_pooler(url);
     }
+    if !database.servers.is_empty() {
+        builder = builder.placement(FewestTenants::excluding_control());
+    }
     let hidra = builder
-        .connect_with(options)
+        .connect_with(database.options.clone())
         .await
         .context("connecting to PostgreSQL")?;
     let jwt = jwt(config)?;
@@ -434,6 +480,7 @@ async fn serve(
         ApiKeys::new(hidra.clone(), pepper).context("HIDRA_API_KEY_PEPPER is not usable")?;
     let jobs = TenantJobs::new(&hidra);
     prepare(&hidra, &accounts, &api_keys, &jobs).await?;
+    register_servers(&hidra, &database.servers).await?;
     let confirmations = jobs::confirmations(&jobs);
     let warm_pool = (config.warm_pool > 0).then(|| hidra.spawn_warm_pool(Duration::from_secs(5)));
     if demo_data {
@@ -459,6 +506,9 @@ async fn serve(
     let worker = jobs::spawn_worker(&jobs, &confirmations);
     let base = format!("http://{}", listener.local_addr()?);
     println!("listening on {base}");
+    for (i, cluster) in database.servers.iter().enumerate() {
+        println!("server local-{}: {}", i + 1, cluster.url());
+    }
     print_welcome(&base, demo_data, admin.as_ref());
 
     axum::serve(

@@ -13,7 +13,6 @@ use utoipa::ToSchema;
 
 use crate::error::{ApiError, Checks, ErrorBody};
 use crate::extract::{Json, PageParams, Paginated, Path, Query};
-use crate::jobs::ConfirmOrder;
 use crate::permissions::{OrdersRead, OrdersWrite};
 use crate::state::AppState;
 
@@ -242,11 +241,10 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await?;
     // In the order's transaction: no order, no job; no job, no order.
-    let job = state
-        .confirmations
-        .push_in(&mut tx, ConfirmOrder { order_id: order.id })
-        .await?
-        .to_string();
+    let tenant = hidra::context::current()
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no current tenant")))?;
+    let job =
+        crate::jobs::enqueue_confirmation(&state.confirmations, &mut tx, &tenant, order.id).await?;
     sqlx::query("UPDATE orders SET confirmation_job = $1 WHERE id = $2")
         .bind(&job)
         .bind(order.id)

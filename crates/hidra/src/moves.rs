@@ -33,7 +33,9 @@ impl Hidra {
     /// upgrading to its own schema) and back. The tenant's tables must have the
     /// same names and columns under both strategies (the row-level ones with
     /// the tenant column added); a table of the source without a counterpart
-    /// fails the move rather than losing its rows.
+    /// fails the move rather than losing its rows. A tenant on a registered
+    /// server is refused ([`Error::MoveRefused`]): move it to the control
+    /// server first ([`Hidra::move_to_server`]).
     pub async fn move_tenant(&self, id: &TenantId, to: Strategy) -> Result<Tenant> {
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal(&mut conn).await?;
@@ -45,6 +47,21 @@ impl Hidra {
             .await?
             .ok_or_else(|| Error::NotFound(id.clone()))?;
         tenant.require_settled("moving")?;
+        if let Some(server) = &tenant.placement.server
+            && tenant.placement.strategy != to
+        {
+            // The strategy moves work inside one server's databases.
+            return Err(Error::MoveRefused {
+                id: id.clone(),
+                reason: format!(
+                    "it is on server `{server}`, and a move between strategies runs on the \
+                     control server only; move it there first (`Hidra::move_to_server(id, None)`, \
+                     `hidra tenant move {id} --to-server control`), change its strategy, then \
+                     move it back"
+                )
+                .into(),
+            });
+        }
         self.move_to(conn, tenant, to).await
     }
 }

@@ -1266,3 +1266,21 @@ async fn accounts_of_tenants_on_servers_keep_their_login_rows_on_the_control_ser
             .is_none()
     );
 }
+
+/// A strategy move of a tenant on a registered server would build the new
+/// copy on the control server from nothing: it is refused, and the tenant
+/// stays where it is with every row.
+#[tokio::test]
+async fn a_strategy_move_of_a_tenant_on_a_server_is_refused() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    let t = schema_tenant_with_notes(hidra, "stays", "s2", 50).await;
+    for to in [Strategy::Database, Strategy::RowLevel] {
+        let e = hidra.move_tenant(&t.id, to).await.unwrap_err();
+        assert!(matches!(e, Error::MoveRefused { .. }), "{to:?}: {e}");
+        assert!(e.to_string().contains("move_to_server"), "{e}");
+    }
+    let now = hidra.tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(now.placement, t.placement);
+    assert_eq!(notes_on(&fleet, "s2", &now).await.len(), 50);
+}

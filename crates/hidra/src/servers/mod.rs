@@ -252,6 +252,16 @@ impl Hidra {
 }
 
 impl Servers {
+    /// `text` with `{t}` the servers table and `{cols}` (if there) the
+    /// columns a [`Server`] is read from.
+    fn statement(&self, text: &'static str) -> sqlx::SqlStr {
+        let statement = sql::template(text).table("t", self.table.table());
+        match text.contains("{cols}") {
+            true => statement.sql("cols", COLUMNS).finish(),
+            false => statement.finish(),
+        }
+    }
+
     /// The table of this registry.
     pub fn table(&self) -> &ServersTable {
         &self.table
@@ -286,11 +296,10 @@ impl Servers {
         }
         probe(&new.name, &new.url).await?;
         let mut conn = self.hidra.acquire_shared().await?;
-        let row = sqlx::query(sql::owned(format!(
-            "INSERT INTO {} (name, url, state, capacity) VALUES ($1, $2, 'active', $3) \
-             RETURNING {COLUMNS}",
-            self.table.table().quoted()
-        )))
+        let row = sqlx::query(self.statement(
+            "INSERT INTO {t} (name, url, state, capacity) VALUES ($1, $2, 'active', $3) \
+             RETURNING {cols}",
+        ))
         .bind(new.name.as_str())
         .bind(&new.url)
         .bind(capacity)
@@ -316,10 +325,9 @@ impl Servers {
     /// The server called `name`, if registered.
     pub async fn get(&self, name: &ServerName) -> Result<Option<Server>> {
         let mut conn = self.hidra.acquire_shared().await?;
-        let row = sqlx::query(sql::owned(format!(
-            "SELECT {COLUMNS} FROM {} WHERE name = $1 AND removed_at IS NULL",
-            self.table.table().quoted()
-        )))
+        let row = sqlx::query(
+            self.statement("SELECT {cols} FROM {t} WHERE name = $1 AND removed_at IS NULL"),
+        )
         .bind(name.as_str())
         .fetch_optional(&mut *conn)
         .await
@@ -334,10 +342,9 @@ impl Servers {
     /// Fails with [`Error::ServerNotFound`] if it is not registered.
     pub async fn set_state(&self, name: &ServerName, state: ServerState) -> Result<Server> {
         let mut conn = self.hidra.acquire_shared().await?;
-        let row = sqlx::query(sql::owned(format!(
-            "UPDATE {} SET state = $2 WHERE name = $1 AND removed_at IS NULL RETURNING {COLUMNS}",
-            self.table.table().quoted()
-        )))
+        let row = sqlx::query(self.statement(
+            "UPDATE {t} SET state = $2 WHERE name = $1 AND removed_at IS NULL RETURNING {cols}",
+        ))
         .bind(name.as_str())
         .bind(state.as_str())
         .fetch_optional(&mut *conn)
@@ -367,10 +374,9 @@ impl Servers {
             .await
             .map_err(Error::db("beginning to remove a server"))?;
         // Locked, so that its row cannot change while its tenants are counted.
-        let t = self.table.table().quoted();
-        let found = sqlx::query(sql::owned(format!(
-            "SELECT 1 FROM {t} WHERE name = $1 AND removed_at IS NULL FOR UPDATE"
-        )))
+        let found = sqlx::query(
+            self.statement("SELECT 1 FROM {t} WHERE name = $1 AND removed_at IS NULL FOR UPDATE"),
+        )
         .bind(name.as_str())
         .fetch_optional(&mut *tx)
         .await
@@ -385,13 +391,11 @@ impl Servers {
                 tenants,
             });
         }
-        sqlx::query(sql::owned(format!(
-            "UPDATE {t} SET removed_at = now() WHERE name = $1"
-        )))
-        .bind(name.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(self.map_err("removing a server"))?;
+        sqlx::query(self.statement("UPDATE {t} SET removed_at = now() WHERE name = $1"))
+            .bind(name.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(self.map_err("removing a server"))?;
         tx.commit()
             .await
             .map_err(Error::db("committing a server's removal"))?;
@@ -415,10 +419,9 @@ impl Servers {
     /// holds: what placement chooses from.
     pub(crate) async fn list_with_control_count(&self) -> Result<(Vec<Server>, u64)> {
         let mut conn = self.hidra.acquire_shared().await?;
-        let rows = sqlx::query(sql::owned(format!(
-            "SELECT {COLUMNS} FROM {} WHERE removed_at IS NULL ORDER BY name",
-            self.table.table().quoted()
-        )))
+        let rows = sqlx::query(
+            self.statement("SELECT {cols} FROM {t} WHERE removed_at IS NULL ORDER BY name"),
+        )
         .fetch_all(&mut *conn)
         .await
         .map_err(self.map_err("listing servers"))?;
@@ -457,24 +460,26 @@ impl Servers {
             return Ok(counts);
         };
         let registry = store.registry();
-        let server = registry.server_column().quoted();
-        let rows: Vec<(String, i64)> = sqlx::query_as(sql::owned(format!(
-            "SELECT coalesce({server}, ''), count(*) FROM {} \
+        let counts = sql::template(
+            "SELECT coalesce({server}, ''), count(*) FROM {t} \
              WHERE ($1::text IS NULL OR {server} = $1) GROUP BY 1",
-            registry.table().quoted()
-        )))
-        .bind(only.map(ServerName::as_str))
-        .fetch_all(conn)
-        .await
-        .map_err(|err| match db_code(&err) {
-            Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => {
-                Error::RegistryMissing(registry.table().to_string())
-            }
-            _ => Error::Database {
-                context: "counting the tenants of each server",
-                source: err,
-            },
-        })?;
+        )
+        .ident("server", registry.server_column())
+        .table("t", registry.table())
+        .finish();
+        let rows: Vec<(String, i64)> = sqlx::query_as(counts)
+            .bind(only.map(ServerName::as_str))
+            .fetch_all(conn)
+            .await
+            .map_err(|err| match db_code(&err) {
+                Some((code, _)) if code == sqlstate::UNDEFINED_TABLE => {
+                    Error::RegistryMissing(registry.table().to_string())
+                }
+                _ => Error::Database {
+                    context: "counting the tenants of each server",
+                    source: err,
+                },
+            })?;
         Ok(rows
             .into_iter()
             .map(|(name, n)| (name, u64::try_from(n).unwrap_or(0)))

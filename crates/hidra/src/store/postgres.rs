@@ -280,9 +280,9 @@ struct Statements {
     list: SqlStr,
     insert: SqlStr,
     /// `INSERT INTO … (cols) VALUES`, for [`PgTenantStore::insert_literal`].
-    insert_into: String,
+    insert_into: sql::Statement,
     /// `RETURNING cols`.
-    returning: String,
+    returning: sql::Statement,
     update_status: SqlStr,
     update_placement: SqlStr,
     update_details: SqlStr,
@@ -300,21 +300,34 @@ impl PgTenantStore {
     /// The registration of `tenant` as one statement with its values as
     /// literals (quoted here), returning the row like `insert`: for a
     /// provisioning sent as one batch.
-    pub(crate) fn insert_literal(&self, tenant: &Tenant) -> String {
-        let text = |v: Option<&str>| v.map_or_else(|| "NULL".to_owned(), sql::quote_literal);
-        format!(
-            "{}({}, {}, {}, {}, {}, {}, {}, {}::jsonb, now(), now()){}",
-            self.q.insert_into,
-            sql::quote_literal(tenant.id.as_str()),
-            sql::quote_literal(&tenant.name),
-            sql::quote_literal(tenant.status.as_str()),
-            sql::quote_literal(tenant.placement.strategy.as_str()),
-            sql::quote_literal(&tenant.placement.schema),
-            text(tenant.placement.database.as_deref()),
-            text(tenant.placement.server.as_deref()),
-            sql::quote_literal(&tenant.metadata.to_string()),
-            self.q.returning,
-        )
+    pub(crate) fn insert_literal(&self, tenant: &Tenant) -> sql::Statement {
+        let mut sql = self.q.insert_into.clone();
+        sql.sql("(");
+        for (i, value) in [
+            Some(tenant.id.as_str()),
+            Some(&tenant.name),
+            Some(tenant.status.as_str()),
+            Some(tenant.placement.strategy.as_str()),
+            Some(&tenant.placement.schema),
+            tenant.placement.database.as_deref(),
+            tenant.placement.server.as_deref(),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                sql.sql(", ");
+            }
+            match value {
+                Some(value) => sql.literal(value),
+                None => sql.sql("NULL"),
+            };
+        }
+        sql.sql(", ")
+            .literal(&tenant.metadata.to_string())
+            .sql("::jsonb, now(), now())")
+            .append(&self.q.returning);
+        sql
     }
 
     /// A registry row as a tenant record.
@@ -349,65 +362,87 @@ impl PgTenantStore {
     /// A store over `registry`.
     pub fn new(registry: RegistryTable) -> Self {
         let c = &registry.columns;
-        let t = registry.table.quoted();
-        let cols = format!(
-            "{}, {}, {}, {}, {}, {}, {}, {}, {}, {}",
-            c.id.quoted(),
-            c.name.quoted(),
-            c.status.quoted(),
-            c.strategy.quoted(),
-            c.schema_name.quoted(),
-            c.database_name.quoted(),
-            c.server.quoted(),
-            c.metadata.quoted(),
-            c.created_at.quoted(),
-            c.updated_at.quoted(),
-        );
-        let id = c.id.quoted();
-        let status = c.status.quoted();
+        let mut cols = sql::Statement::new();
+        for (i, column) in [
+            &c.id,
+            &c.name,
+            &c.status,
+            &c.strategy,
+            &c.schema_name,
+            &c.database_name,
+            &c.server,
+            &c.metadata,
+            &c.created_at,
+            &c.updated_at,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if i > 0 {
+                cols.sql(", ");
+            }
+            cols.ident(column);
+        }
+        // `text` with `{t}`, `{cols}` and each column's hole it has filled.
+        let on = |text: &'static str| {
+            let mut statement = sql::template(text);
+            if text.contains("{t}") {
+                statement = statement.table("t", &registry.table);
+            }
+            if text.contains("{cols}") {
+                statement = statement.append("cols", &cols);
+            }
+            for (hole, column) in [
+                ("id", &c.id),
+                ("name", &c.name),
+                ("status", &c.status),
+                ("strategy", &c.strategy),
+                ("schema", &c.schema_name),
+                ("database", &c.database_name),
+                ("server", &c.server),
+                ("metadata", &c.metadata),
+                ("updated", &c.updated_at),
+            ] {
+                if text.contains(&format!("{{{hole}}}")) {
+                    statement = statement.ident(hole, column);
+                }
+            }
+            statement.statement()
+        };
         let q = Statements {
-            get: sql::owned(format!("SELECT {cols} FROM {t} WHERE {id} = $1")),
-            list: sql::owned(format!(
-                "SELECT {cols} FROM {t} WHERE ($1::text IS NULL OR {id} > $1) \
+            get: on("SELECT {cols} FROM {t} WHERE {id} = $1").into_sql(),
+            list: on("SELECT {cols} FROM {t} WHERE ($1::text IS NULL OR {id} > $1) \
                  AND ($2::text IS NULL OR {status} = $2) \
                  AND ($4::text IS NULL OR strpos(lower({id}), lower($4)) > 0 \
                       OR strpos(lower({name}), lower($4)) > 0) \
-                 ORDER BY {id} LIMIT $3",
-                name = c.name.quoted(),
-            )),
-            insert: sql::owned(format!(
+                 ORDER BY {id} LIMIT $3")
+            .into_sql(),
+            insert: on(
                 "INSERT INTO {t} ({cols}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now()) \
-                 RETURNING {cols}"
-            )),
-            insert_into: format!("INSERT INTO {t} ({cols}) VALUES "),
-            returning: format!(" RETURNING {cols}"),
-            update_status: sql::owned(format!(
-                "UPDATE {t} SET {status} = $2, {updated} = now() \
-                 WHERE {id} = $1 AND {status} = ANY($3) RETURNING {cols}",
-                updated = c.updated_at.quoted(),
-            )),
-            update_placement: sql::owned(format!(
+                 RETURNING {cols}",
+            )
+            .into_sql(),
+            insert_into: on("INSERT INTO {t} ({cols}) VALUES "),
+            returning: on(" RETURNING {cols}"),
+            update_status: on("UPDATE {t} SET {status} = $2, {updated} = now() \
+                 WHERE {id} = $1 AND {status} = ANY($3) RETURNING {cols}")
+            .into_sql(),
+            update_placement: on(
                 "UPDATE {t} SET {strategy} = $2, {schema} = $3, {database} = $4, {server} = $5, \
                  {updated} = now() WHERE {id} = $1 RETURNING {cols}",
-                strategy = c.strategy.quoted(),
-                schema = c.schema_name.quoted(),
-                database = c.database_name.quoted(),
-                server = c.server.quoted(),
-                updated = c.updated_at.quoted(),
-            )),
-            update_details: sql::owned(format!(
+            )
+            .into_sql(),
+            update_details: on(
                 "UPDATE {t} SET {name} = coalesce($2, {name}), {metadata} = coalesce($3, {metadata}), \
                  {updated} = now() WHERE {id} = $1 RETURNING {cols}",
-                name = c.name.quoted(),
-                metadata = c.metadata.quoted(),
-                updated = c.updated_at.quoted(),
-            )),
-            delete: sql::owned(format!("DELETE FROM {t} WHERE {id} = $1")),
-            find_by_domain: sql::owned(format!(
+            )
+            .into_sql(),
+            delete: on("DELETE FROM {t} WHERE {id} = $1").into_sql(),
+            find_by_domain: on(
                 "SELECT {cols} FROM {t} WHERE {metadata}->'domains' @> jsonb_build_array($1::text) \
                  ORDER BY {id} LIMIT 2",
-                metadata = c.metadata.quoted(),
-            )),
+            )
+            .into_sql(),
         };
         PgTenantStore { registry, q }
     }

@@ -185,7 +185,7 @@ impl Hidra {
             .sql(sql::DEFER_ANNOUNCEMENT)
             .sql(" TO on;\n")
             // Quoted by the store.
-            .trusted(&store.insert_literal(&draft))
+            .append(&store.insert_literal(&draft))
             .sql(";\n");
         let prefix = batch.as_str().chars().count();
         let batch = batch.trusted(new.sql.as_str()).finish();

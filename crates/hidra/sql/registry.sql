@@ -47,7 +47,7 @@ BEGIN
     IF $2 THEN
         PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
     END IF;
-    IF NOT EXISTS (SELECT FROM "public"."tenants" WHERE "id" = $1 AND "strategy" = 'row_level') THEN
+    IF NOT EXISTS (SELECT FROM "public"."tenants" WHERE "id" = $1 AND "strategy" = 'row_level' AND "server" IS NULL) THEN
         RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
             USING ERRCODE = 'HD001';
     END IF;

@@ -128,7 +128,7 @@ pub(crate) async fn copy_tables(
 }
 
 /// The rows of `table` (quoted by the catalog query that listed it).
-async fn count_rows(conn: &mut sqlx::PgConnection, table: &str) -> Result<u64> {
+pub(crate) async fn count_rows(conn: &mut sqlx::PgConnection, table: &str) -> Result<u64> {
     let mut count = sql::Statement::new();
     count.sql("SELECT count(*) FROM ").trusted(table);
     let n: i64 = sqlx::query_scalar(count.into_sql())

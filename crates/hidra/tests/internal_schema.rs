@@ -4,11 +4,12 @@
 use hidra::Hidra;
 use hidra::testing::TestDatabase;
 
-const EVERY_PART: [&str; 4] = [
+const EVERY_PART: [&str; 5] = [
     "hidra",
     "hidra.shared_migrations",
     "hidra.schema_versions",
     "hidra.spare_schemas",
+    "hidra.row_level_tenants",
 ];
 
 #[tokio::test]

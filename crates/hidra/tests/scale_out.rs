@@ -974,21 +974,7 @@ async fn a_move_that_fails_at_any_step_leaves_the_tenant_where_it_was() {
     })
     .await;
     assert_eq!(still_works(hidra.clone()).await, 505);
-
-    // A row-level tenant is refused, with nothing changed.
-    let rows = hidra
-        .provision(
-            NewTenant::new(id("rows"))
-                .strategy(Strategy::RowLevel)
-                .on_server(name("s1")),
-        )
-        .await
-        .unwrap();
-    let err = hidra
-        .move_to_server(&rows.id, Some(&name("s2")))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::MoveUnsupported { .. }), "{err:?}");
+    // A row-level tenant's failed move: `a_row_level_tenant_moves_between_servers`.
 }
 
 /// Exports `tenant` into `dir` and imports the archive as `as_id` onto
@@ -1283,4 +1269,102 @@ async fn a_strategy_move_of_a_tenant_on_a_server_is_refused() {
     let now = hidra.tenant(&t.id).await.unwrap().unwrap();
     assert_eq!(now.placement, t.placement);
     assert_eq!(notes_on(&fleet, "s2", &now).await.len(), 50);
+}
+
+/// The row-level tenant's notes as the server holds them (superuser: no
+/// policy in the way).
+async fn row_level_notes(fleet: &Fleet, server: &str, tid: &str) -> Vec<String> {
+    let mut conn = fleet.admin(server).await;
+    sqlx::query_scalar("SELECT body FROM public.notes WHERE tenant_id = $1 ORDER BY id")
+        .bind(tid)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// A row-level tenant moves between servers under writes: every
+/// acknowledged write reaches the new server, nothing is left on the old
+/// one, and a record read before the move binds the tenant where it is
+/// now. A move whose ids are taken on the target fails and leaves the
+/// tenant where it was, working.
+#[tokio::test]
+async fn a_row_level_tenant_moves_between_servers() {
+    let fleet = fleet(builder()).await;
+    let hidra = &fleet.ctx.hidra;
+    let new = |tid: &str, server: &str| {
+        NewTenant::new(id(tid))
+            .strategy(Strategy::RowLevel)
+            .on_server(name(server))
+    };
+    let t = hidra.provision(new("rows", "s1")).await.unwrap();
+    let other = hidra.provision(new("neighbour", "s2")).await.unwrap();
+    for (tenant, n) in [(&t, 300), (&other, 10)] {
+        let mut tx = hidra.begin(tenant).await.unwrap();
+        sqlx::query("INSERT INTO notes (body) SELECT 'seed ' || g FROM generate_series(1, $1) g")
+            .bind(n)
+            .execute(&mut tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+
+    // s2's ids 1..10 are taken by its own tenant: the copy fails there.
+    let e = hidra
+        .move_to_server(&t.id, Some(&name("s2")))
+        .await
+        .unwrap_err();
+    assert!(format!("{e:?}").contains("23505"), "{e:?}");
+    let now = hidra.tenant(&t.id).await.unwrap().unwrap();
+    assert_eq!(now.placement.server.as_deref(), Some("s1"));
+    assert_eq!(row_level_notes(&fleet, "s1", "rows").await.len(), 300);
+    assert!(row_level_notes(&fleet, "s2", "rows").await.is_empty());
+    write_and_read(hidra, &now, "still on s1").await;
+
+    // With ids that do not collide (s3 is empty), under three writers.
+    let insert = "INSERT INTO notes (body) VALUES ($1)";
+    let (moved, acked) = while_writing(
+        hidra,
+        &t.id,
+        insert,
+        3,
+        hidra.move_to_server(&t.id, Some(&name("s3"))),
+    )
+    .await;
+    let moved = moved.unwrap();
+    assert_eq!(moved.tenant.placement.server.as_deref(), Some("s3"));
+    assert!(moved.rows >= 301, "{moved:?}");
+    let on_s3 = row_level_notes(&fleet, "s3", "rows").await;
+    assert!(acked.iter().flatten().count() > 10, "{acked:?}");
+    for body in acked.iter().flatten() {
+        assert!(on_s3.contains(body), "acknowledged {body} is missing on s3");
+    }
+    assert!(row_level_notes(&fleet, "s1", "rows").await.is_empty());
+    assert_eq!(row_level_notes(&fleet, "s2", "neighbour").await.len(), 10);
+
+    // The record read before the moves: refused on s1, bound on s3.
+    let mut tx = hidra.begin(&t).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) VALUES ('stale transaction')")
+        .execute(&mut tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let mut conn = hidra.acquire(&t).await.unwrap();
+    sqlx::query("INSERT INTO notes (body) VALUES ('stale session')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+    let on_s3 = row_level_notes(&fleet, "s3", "rows").await;
+    assert!(on_s3.contains(&"stale transaction".to_owned()));
+    assert!(on_s3.contains(&"stale session".to_owned()));
+    assert!(row_level_notes(&fleet, "s1", "rows").await.is_empty());
+
+    // Deprovisioned: a record of it binds nothing on its server.
+    hidra
+        .deprovision(&other.id, hidra::Confirmation::of(&other.id))
+        .await
+        .unwrap();
+    assert!(hidra.acquire(&other).await.unwrap_err().is_not_found());
+    assert!(hidra.begin(&other).await.unwrap_err().is_not_found());
+    assert!(row_level_notes(&fleet, "s2", "neighbour").await.is_empty());
 }

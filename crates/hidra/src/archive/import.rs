@@ -300,7 +300,7 @@ impl Hidra {
             if strategy == Strategy::RowLevel {
                 return Err(refused(
                     &plan.id,
-                    "a row-level tenant stays on the control server: import it as schema or database to place it on a server",
+                    "a row-level archive is imported on the control server only: import it there, then move it with `Hidra::move_to_server` (`hidra tenant move ID --to-server NAME`), or import it as schema or database",
                 ));
             }
             // Before anything is built; the move checks again.

@@ -28,7 +28,31 @@ CREATE TABLE IF NOT EXISTS hidra.spare_schemas (
     schema_name TEXT PRIMARY KEY,
     created_at  TIMESTAMPTZ NOT NULL DEFAULT now()
 );
+-- The row-level tenants of this server, on a registered server (where the
+-- registry is not at hand): what its row-level binding checks.
+CREATE TABLE IF NOT EXISTS hidra.row_level_tenants (
+    tenant_id TEXT PRIMARY KEY,
+    placed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+-- Binds `hidra.tenant_id` for the session (or, $2, the transaction) only if
+-- $1 is a row-level tenant of this server, else raises HD001. It first takes
+-- the tenant's shared advisory lock (1751737458 = row_level::TENANT_LOCK),
+-- which a move or deprovisioning takes exclusively.
+CREATE OR REPLACE FUNCTION hidra.bind_row_level(TEXT, BOOLEAN) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
+    IF NOT EXISTS (SELECT FROM hidra.row_level_tenants WHERE tenant_id = $1) THEN
+        RAISE EXCEPTION 'tenant % is not a row-level tenant of this server (moved or deprovisioned since its record was read)', $1
+            USING ERRCODE = 'HD001';
+    END IF;
+    PERFORM set_config('hidra.tenant_id', $1, $2);
+END
+$$;
 "#;
+
+/// The row-level binding function of a registered server's internal schema.
+pub(crate) const SERVER_BIND_ROW_LEVEL: &str = "\"hidra\".\"bind_row_level\"";
 
 /// Which parts of Hidra's internal schema `hidra` exist, as
 /// [`Hidra::internal_schema_status`] found them.
@@ -46,6 +70,9 @@ pub struct InternalSchemaStatus {
     pub schema_versions: bool,
     /// `hidra.spare_schemas`: the warm pool's spare schemas.
     pub spare_schemas: bool,
+    /// `hidra.row_level_tenants` and `hidra.bind_row_level`: the row-level
+    /// tenants of a registered server, and their binding.
+    pub row_level_tenants: bool,
 }
 
 impl InternalSchemaStatus {
@@ -63,6 +90,7 @@ impl InternalSchemaStatus {
             (self.shared_migrations, "hidra.shared_migrations"),
             (self.schema_versions, "hidra.schema_versions"),
             (self.spare_schemas, "hidra.spare_schemas"),
+            (self.row_level_tenants, "hidra.row_level_tenants"),
         ]
         .into_iter()
         .filter(|(exists, _)| !exists)
@@ -73,21 +101,29 @@ impl InternalSchemaStatus {
 
 /// Looks the internal schema up in the catalog, in one query, changing nothing.
 pub(crate) async fn internal_status(conn: &mut PgConnection) -> Result<InternalSchemaStatus> {
-    let (schema, shared_migrations, schema_versions, spare_schemas): (bool, bool, bool, bool) =
-        sqlx::query_as(
-            "SELECT to_regnamespace('hidra') IS NOT NULL, \
-             to_regclass('hidra.shared_migrations') IS NOT NULL, \
-             to_regclass('hidra.schema_versions') IS NOT NULL, \
-             to_regclass('hidra.spare_schemas') IS NOT NULL",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(Error::db("checking hidra's internal schema"))?;
+    let (schema, shared_migrations, schema_versions, spare_schemas, row_level_tenants): (
+        bool,
+        bool,
+        bool,
+        bool,
+        bool,
+    ) = sqlx::query_as(
+        "SELECT to_regnamespace('hidra') IS NOT NULL, \
+         to_regclass('hidra.shared_migrations') IS NOT NULL, \
+         to_regclass('hidra.schema_versions') IS NOT NULL, \
+         to_regclass('hidra.spare_schemas') IS NOT NULL, \
+         to_regclass('hidra.row_level_tenants') IS NOT NULL \
+           AND to_regprocedure('hidra.bind_row_level(text,boolean)') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(Error::db("checking hidra's internal schema"))?;
     Ok(InternalSchemaStatus {
         schema,
         shared_migrations,
         schema_versions,
         spare_schemas,
+        row_level_tenants,
     })
 }
 
@@ -134,4 +170,17 @@ pub(crate) async fn ensure_internal(conn: &mut PgConnection) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_server_binding_takes_the_row_level_tenant_lock() {
+        let lock = crate::strategy::row_level::TENANT_LOCK.to_string();
+        assert!(super::INTERNAL_DDL.contains(&format!("pg_advisory_xact_lock_shared({lock},")));
+        assert!(
+            super::INTERNAL_DDL.contains(crate::strategy::row_level::STALE_RECORD)
+                && super::INTERNAL_DDL.contains(crate::sql::TENANT_SETTING)
+        );
+    }
 }

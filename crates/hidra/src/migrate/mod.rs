@@ -65,7 +65,9 @@ pub(crate) use batch::{
     APPLIED_COLUMN, Batch, Spans, migration_batch, record_history, tenant_history_ddl,
 };
 pub use bookkeeping::InternalSchemaStatus;
-pub(crate) use bookkeeping::{INTERNAL_DDL, INTERNAL_LOCK, ensure_internal};
+pub(crate) use bookkeeping::{
+    INTERNAL_DDL, INTERNAL_LOCK, SERVER_BIND_ROW_LEVEL, ensure_internal, internal_status,
+};
 pub use runner::{
     Failure, Migrated, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary,
     Target,

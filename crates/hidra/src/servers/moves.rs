@@ -28,6 +28,13 @@
 //! (measured by `bench-servers`). A move with a logical-replication catch-up
 //! (a `FOR TABLES IN SCHEMA` publication, then a short freeze) would keep it
 //! short for large tenants; it is not built.
+//!
+//! A row-level tenant moves its rows only: the source first takes the
+//! tenant's advisory lock (waiting for its transactions, holding back new
+//! ones) and locks the row-level tables in share mode, the copy goes through
+//! a temporary table on the target (row-level security refuses `COPY FROM`)
+//! and records the tenant in that server's `hidra.row_level_tenants`, and
+//! step 4 deletes its rows and that record on the source.
 
 use std::time::{Duration, Instant};
 
@@ -36,10 +43,12 @@ use sqlx::Connection;
 use super::{Home, ServerName};
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::moves::{copy_tables, drop_and_commit, lock};
+use crate::moves::{
+    advance_sequences, copy_tables, count_rows, drop_and_commit, ensure_empty, lock,
+};
 use crate::sql::Ident;
 use crate::strategy::database::{TENANT_DB_SCHEMA, tenant_database};
-use crate::strategy::row_level::tables_in_order;
+use crate::strategy::row_level::{self, tables_in_order};
 use crate::strategy::schema::drop_tenant_schema;
 use crate::tenant::{Strategy, Tenant, TenantId};
 
@@ -85,9 +94,10 @@ impl Hidra {
     /// row is switched leaves it where it was (the guide's "Several
     /// PostgreSQL servers" has every step).
     ///
-    /// Schema-per-tenant and database-per-tenant tenants move; a row-level
-    /// tenant is refused with [`Error::MoveUnsupported`] (move it to a
-    /// schema of its own first). The tenant must be active or suspended, and
+    /// Every strategy moves. A row-level tenant's rows keep their ids, so
+    /// the target's row-level tables must not hold those ids already (a
+    /// unique violation fails the move; keys that include the tenant column
+    /// never collide). The tenant must be active or suspended, and
     /// the target `active` ([`Error::ServerNotActive`]). The copy is built at
     /// the latest tenant migration: migrate the tenant first.
     ///
@@ -137,12 +147,6 @@ impl Hidra {
                 elapsed: started.elapsed(),
             });
         }
-        if tenant.placement.strategy == Strategy::RowLevel {
-            return Err(Error::MoveUnsupported {
-                from: Strategy::RowLevel,
-                to: Strategy::RowLevel,
-            });
-        }
         if let Some(to) = to {
             // Before copying anything; checked again, locked, at the switch.
             self.check_active_server(to).await?;
@@ -164,13 +168,29 @@ impl Hidra {
             .map_err(Error::db("beginning the move on the source"))?;
         let frozen = Instant::now();
         let copied = async {
-            let schema = tenant.placement.schema.as_str();
-            let tables = tables_in_order(&mut source, schema, None).await?;
-            lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+            let row_level = tenant.placement.strategy == Strategy::RowLevel;
+            let tables = if row_level {
+                // Its transactions first (they hold its shared lock and may
+                // wait for a table), then the tables; its rows only, bound.
+                row_level::lock_tenant(&mut source, &tenant.id).await?;
+                let tables = self.row_level_tables(&mut source).await?;
+                lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+                row_level::bind_in_tx(&mut source, tenant.id.as_str()).await?;
+                tables
+            } else {
+                let schema = tenant.placement.schema.as_str();
+                let tables = tables_in_order(&mut source, schema, None).await?;
+                lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
+                tables
+            };
             // 2. The copy, committed on the target.
-            let built = self
-                .copy_to(&target_home, &tenant, &mut source, &tables, &progress)
-                .await;
+            let built = if row_level {
+                self.copy_row_level_to(&target_home, &tenant, &mut source, &tables, &progress)
+                    .await
+            } else {
+                self.copy_to(&target_home, &tenant, &mut source, &tables, &progress)
+                    .await
+            };
             match built {
                 Ok(rows) => Ok((rows, tables)),
                 // A schema or database of that name that was there before
@@ -311,17 +331,73 @@ impl Hidra {
                 },
             )
             .await?;
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut *target)
-                .await
-                .map_err(Error::db("committing the copy"))?;
             Ok::<_, Error>(rows)
         }
         .await;
-        if copied.is_err() {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+        end_copy(&mut target, copied).await
+    }
+
+    /// Copies a row-level tenant's rows (`tables`, read on `source` with
+    /// the tenant bound) into the same row-level tables on `home`, in one
+    /// transaction there that also records it as a row-level tenant of that
+    /// server; returns the rows copied. The tables must exist there (the
+    /// application creates its row-level tables on every server); a row
+    /// whose key is taken there (a key without the tenant column, from
+    /// another server's sequence) fails the copy, and the move with it.
+    async fn copy_row_level_to(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        source: &mut sqlx::PgConnection,
+        tables: &[(String, String, Vec<String>)],
+        progress: &(impl Fn(&MoveProgress) + Send + Sync),
+    ) -> Result<u64> {
+        let mut target = self.acquire_shared_at(home).await?.into_pool_conn();
+        self.ensure_internal_at(home, &mut target).await?;
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *target)
+            .await
+            .map_err(Error::db("beginning the copy"))?;
+        let copied = async {
+            row_level::bind_in_tx(&mut target, tenant.id.as_str()).await?;
+            let there = self.row_level_tables(&mut target).await?;
+            let column = self.inner.row_level.column.as_str();
+            let schema = self.inner.row_level.schema.as_str();
+            let mut rows = 0;
+            for (done, (name, from, cols)) in tables.iter().enumerate() {
+                let Some((_, to, to_cols)) = there.iter().find(|t| &t.0 == name) else {
+                    ensure_empty(source, from, &tenant.id, column).await?;
+                    continue;
+                };
+                // Row-level security refuses `COPY FROM`: through a
+                // temporary table, then an insert the policies check.
+                let n =
+                    row_level::copy_rows_in(source, from, &mut target, to, cols, to_cols).await?;
+                let counted = count_rows(source, from).await?;
+                if n != counted {
+                    return Err(Error::Database {
+                        context: "verifying the copy",
+                        source: sqlx::Error::Protocol(format!(
+                            "{n} rows of {from} reached the target, the source has {counted}"
+                        )),
+                    });
+                }
+                advance_sequences(&mut target, to, schema, name).await?;
+                rows += n;
+                progress(&MoveProgress {
+                    table: name.clone(),
+                    rows: n,
+                    done: done + 1,
+                    total: tables.len(),
+                });
+            }
+            if matches!(home, Home::Server(_)) {
+                row_level::record_on_server(&mut target, &tenant.id).await?;
+            }
+            Ok::<_, Error>(rows)
         }
-        copied
+        .await;
+        end_copy(&mut target, copied).await
     }
 
     /// Names `to` in the tenant's registry row, if `to` is still active.
@@ -364,7 +440,17 @@ impl Hidra {
                 source.close_on_drop();
                 self.drop_tenant_database(tenant).await
             }
-            _ => {
+            Strategy::RowLevel => {
+                // Deleted under the locks still held; forgotten by the
+                // source server's binding in the same transaction.
+                self.delete_row_level_rows(source, tenant).await?;
+                sqlx::raw_sql("COMMIT")
+                    .execute(&mut **source)
+                    .await
+                    .map_err(Error::db("deleting the moved tenant's old rows"))?;
+                Ok(())
+            }
+            Strategy::Schema => {
                 drop_tenant_schema(source, &tenant.placement.schema_ident()?).await?;
                 sqlx::raw_sql("COMMIT")
                     .execute(&mut **source)
@@ -372,6 +458,24 @@ impl Hidra {
                     .map_err(Error::db("dropping the old copy"))?;
                 Ok(())
             }
+        }
+    }
+}
+
+/// Ends the target's transaction of a copy: commits it after `copied`, or
+/// rolls it back.
+async fn end_copy(target: &mut sqlx::PgConnection, copied: Result<u64>) -> Result<u64> {
+    match copied {
+        Ok(rows) => {
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut *target)
+                .await
+                .map_err(Error::db("committing the copy"))?;
+            Ok(rows)
+        }
+        Err(e) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+            Err(e)
         }
     }
 }

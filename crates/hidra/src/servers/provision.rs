@@ -204,6 +204,8 @@ impl Hidra {
                     let what = format!("provisioning on a registered server (`{}`)", server.name);
                     self.build_schema_in(&mut tx, tenant, &schema, &binding.search_path, &what)
                         .await?;
+                } else {
+                    strategy::row_level::record_on_server(&mut tx, &tenant.id).await?;
                 }
                 self.run_seeds(&mut tx, tenant, &binding, setup).await?;
                 tx.commit()
@@ -225,10 +227,49 @@ impl Hidra {
             Home::Control => self.ensure_internal(conn).await,
             Home::Server(server) => server
                 .internal_ready
-                .get_or_try_init(|| migrate::ensure_internal(conn))
+                .get_or_try_init(|| async {
+                    let before = migrate::internal_status(conn).await?;
+                    migrate::ensure_internal(conn).await?;
+                    if !before.row_level_tenants {
+                        self.record_row_level_tenants(&server.name, conn).await?;
+                    }
+                    Ok::<_, Error>(())
+                })
                 .await
                 .map(|_| ()),
         }
+    }
+
+    /// Records the row-level tenants the registry places on `server` in its
+    /// `hidra.row_level_tenants`, just created there: tenants provisioned
+    /// before their server's binding checked that table.
+    async fn record_row_level_tenants(
+        &self,
+        server: &ServerName,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<()> {
+        let mut control = self.acquire_shared().await?;
+        let ids: Vec<String> = crate::store::list_all(&self.inner.registry.store, &mut control)
+            .await?
+            .into_iter()
+            .filter(|t| {
+                t.placement.strategy == Strategy::RowLevel
+                    && t.placement.server.as_deref() == Some(server.as_str())
+            })
+            .map(|t| t.id.to_string())
+            .collect();
+        drop(control);
+        if !ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO hidra.row_level_tenants (tenant_id) SELECT unnest($1::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("recording a server's row-level tenants"))?;
+        }
+        Ok(())
     }
 
     /// Tenants whose provisioning on a registered server was interrupted (a

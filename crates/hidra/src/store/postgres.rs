@@ -157,7 +157,8 @@ impl RegistryTable {
     /// `<table>_bind_row_level(tenant, local)` (positional parameters, so
     /// that no column name can shadow them): binds `hidra.tenant_id` for
     /// the session (or, `local`, the transaction) only if this registry
-    /// still names `tenant` a row-level tenant, else raises `HD001`. A
+    /// still names `tenant` a row-level tenant of the control server, else
+    /// raises `HD001`. A
     /// record read before the tenant moved out of the shared tables, or was
     /// deprovisioned, can then not write rows nobody will see. A
     /// transaction first takes the tenant's shared advisory lock, which a
@@ -173,7 +174,7 @@ BEGIN
     IF $2 THEN
         PERFORM pg_advisory_xact_lock_shared({lock}, hashtext($1));
     END IF;
-    IF NOT EXISTS (SELECT FROM {t} WHERE {id} = $1 AND {strategy} = 'row_level') THEN
+    IF NOT EXISTS (SELECT FROM {t} WHERE {id} = $1 AND {strategy} = 'row_level' AND {server} IS NULL) THEN
         RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
             USING ERRCODE = '{code}';
     END IF;
@@ -185,6 +186,7 @@ $$;
             t = self.table.quoted(),
             id = c.id.quoted(),
             strategy = c.strategy.quoted(),
+            server = c.server.quoted(),
             lock = crate::strategy::row_level::TENANT_LOCK,
             code = crate::strategy::row_level::STALE_RECORD,
             setting = sql::TENANT_SETTING,

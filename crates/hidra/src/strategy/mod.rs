@@ -240,6 +240,8 @@ impl Hidra {
         let guard = match (tenant.placement.strategy, &tenant.placement.server) {
             (Strategy::RowLevel, None) => (self.inner.registry.own.as_ref())
                 .map(|own| own.registry().bind_row_level_function()),
+            // A registered server checks its own list of row-level tenants.
+            (Strategy::RowLevel, Some(_)) => Some(crate::migrate::SERVER_BIND_ROW_LEVEL.to_owned()),
             _ => None,
         };
         let proof =
@@ -281,7 +283,7 @@ impl Hidra {
     ) -> Result<TenantConn> {
         let inner = &self.inner;
         let home = self.home(tenant).await?;
-        self.ensure_row_level_guard(&scope).await?;
+        self.ensure_row_level_guard(&scope, &home).await?;
         let conn = match (tenant.placement.strategy, &home, &inner.conns.pooled) {
             (Strategy::Database, ..) => {
                 let mut conn = (self.database_conn_at(&home, tenant).await)
@@ -308,10 +310,18 @@ impl Hidra {
     /// Creates the registry's `_bind_row_level` function if a row-level
     /// scope needs it and it is missing (a registry created before Hidra
     /// had it); checked once per handle.
-    async fn ensure_row_level_guard(&self, scope: &TenantScope) -> Result<()> {
+    async fn ensure_row_level_guard(&self, scope: &TenantScope, home: &Home) -> Result<()> {
         let Some(function) = scope.guard() else {
             return Ok(());
         };
+        if let Home::Server(server) = home {
+            // The server's internal schema has it (checked once per server).
+            if server.internal_ready.initialized() {
+                return Ok(());
+            }
+            let mut conn = self.acquire_shared_at(home).await?;
+            return self.ensure_internal_at(home, &mut conn).await;
+        }
         let registry = &self.inner.registry;
         let Some(own) = registry.own.as_ref() else {
             return Ok(());
@@ -320,12 +330,16 @@ impl Hidra {
             .row_level_guard
             .get_or_try_init(|| async {
                 let mut conn = self.acquire_shared().await?;
-                let exists: bool =
-                    sqlx::query_scalar("SELECT to_regprocedure($1 || '(text,boolean)') IS NOT NULL")
-                        .bind(function)
-                        .fetch_one(&mut *conn)
-                        .await
-                        .map_err(Error::db("looking for the row-level binding function"))?;
+                // One made before it checked the server column is replaced.
+                let exists: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT FROM pg_proc \
+                     WHERE oid = to_regprocedure($1 || '(text,boolean)') AND strpos(prosrc, $2) > 0)",
+                )
+                .bind(function)
+                .bind(format!("{} IS NULL", own.registry().server_column().quoted()))
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(Error::db("looking for the row-level binding function"))?;
                 if !exists {
                     let ddl = own.registry().bind_row_level_ddl();
                     sqlx::raw_sql(sql::owned(ddl))
@@ -367,7 +381,7 @@ impl Hidra {
                     Some(pooled) => (pooled, &inner.conns.reach),
                     None => self.pool_at(&home),
                 };
-                self.ensure_row_level_guard(&scope).await?;
+                self.ensure_row_level_guard(&scope, &home).await?;
                 let conn = scope::acquire_for_tx(pool, reach).await?;
                 TenantTx::begin(conn, tenant, scope, pooled.is_some())
                     .await

@@ -68,6 +68,20 @@ pub(crate) async fn lock_tenant(tx: &mut sqlx::PgConnection, id: &TenantId) -> R
     Ok(())
 }
 
+/// Records `id` as a row-level tenant of the registered server `tx` is on
+/// (`hidra.row_level_tenants`, which its binding checks), in the
+/// transaction that places its rows there.
+pub(crate) async fn record_on_server(tx: &mut sqlx::PgConnection, id: &TenantId) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO hidra.row_level_tenants (tenant_id) VALUES ($1) ON CONFLICT DO NOTHING",
+    )
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await
+    .map_err(Error::db("recording a row-level tenant on its server"))?;
+    Ok(())
+}
+
 /// The default tenant column of row-level tables.
 pub const DEFAULT_TENANT_COLUMN: &str = "tenant_id";
 
@@ -411,6 +425,14 @@ impl Hidra {
         tenant: &Tenant,
     ) -> Result<()> {
         lock_tenant(tx, &tenant.id).await?;
+        if tenant.placement.server.is_some() {
+            // Its binding on that server is refused from now on.
+            sqlx::query("DELETE FROM hidra.row_level_tenants WHERE tenant_id = $1")
+                .bind(tenant.id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(Error::db("forgetting a row-level tenant of its server"))?;
+        }
         bind_row_level(tx, tenant.id.as_str()).await?;
         let tables = self.row_level_tables(tx).await?;
         for (_, table, _) in tables.iter().rev() {
@@ -560,6 +582,57 @@ impl Hidra {
             .await?
             .ok_or_else(|| Error::NotFound(tenant.id.clone()))
     }
+}
+
+/// Binds the row-level tenant `id` for the rest of the transaction `tx`,
+/// without a check: for Hidra's own work on its rows (a move's copy).
+pub(crate) async fn bind_in_tx(tx: &mut sqlx::PgConnection, id: &str) -> Result<()> {
+    bind_row_level(tx, id).await
+}
+
+/// Copies the rows `source` sees of `from` into the row-level table `to` on
+/// `target` (both in transactions with the tenant bound), over the columns
+/// both have, keeping their ids: binary `COPY` into a temporary table
+/// (row-level security refuses `COPY FROM` into `to`), then an insert that
+/// the policies check. Returns the rows inserted.
+pub(crate) async fn copy_rows_in(
+    source: &mut sqlx::PgConnection,
+    from: &str,
+    target: &mut sqlx::PgConnection,
+    to: &str,
+    cols: &[String],
+    to_cols: &[String],
+) -> Result<u64> {
+    let common: Vec<&String> = cols.iter().filter(|c| to_cols.contains(c)).collect();
+    let mut stage = sql::Statement::new();
+    stage
+        .sql("CREATE TEMPORARY TABLE hidra_moving_rows (LIKE ")
+        .trusted(to)
+        .sql(") ON COMMIT DROP");
+    sqlx::raw_sql(stage.into_sql())
+        .execute(&mut *target)
+        .await
+        .map_err(Error::db("staging the moved rows"))?;
+    crate::moves::copy_rows(source, from, target, "hidra_moving_rows", cols, to_cols).await?;
+    let mut insert = sql::Statement::new();
+    insert
+        .sql("INSERT INTO ")
+        .trusted(to)
+        .sql(" (")
+        .names(&common)
+        .sql(") OVERRIDING SYSTEM VALUE SELECT ")
+        .names(&common)
+        .sql(" FROM hidra_moving_rows");
+    let inserted = sqlx::query(insert.into_sql())
+        .execute(&mut *target)
+        .await
+        .map_err(Error::db("inserting the moved rows"))?
+        .rows_affected();
+    sqlx::raw_sql("DROP TABLE hidra_moving_rows")
+        .execute(&mut *target)
+        .await
+        .map_err(Error::db("staging the moved rows"))?;
+    Ok(inserted)
 }
 
 /// Binds the row-level tenant `id` for the rest of the transaction (`""`:

@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use apalis::prelude::{PollWith, StreamStrategy, TaskBuilder, TaskId};
 use apalis_postgres::{Config, PgTask, PostgresStorage, Pubsub};
-use hidra::{
-    Hidra, ListTenants, MAX_PAGE_SIZE, Strategy, Tenant, TenantId, TenantStatus, TenantTx,
-};
+use hidra::{Hidra, ListTenants, MAX_PAGE_SIZE, Tenant, TenantId, TenantStatus, TenantTx};
 use serde::Serialize;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -343,7 +341,7 @@ impl<T: Serialize> TenantQueue<T> {
                 .ok_or_else(|| Error::UnknownTenant(id.clone()))?,
         };
         // The job table is in the shared database of the control server.
-        if tenant.placement.strategy == Strategy::Database || tenant.placement.server.is_some() {
+        if !tenant.placement.shares_control_database() {
             return Err(Error::OwnDatabase(id));
         }
         let (task_id, task) = task(TenantJob::new(&tenant, job))?;

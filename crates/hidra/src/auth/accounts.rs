@@ -12,7 +12,7 @@ use super::{
 use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::sql::{self, Statement, TableName};
-use crate::tenant::{Strategy, Tenant, TenantId};
+use crate::tenant::{Tenant, TenantId};
 
 /// The longest email address accepted (RFC 5321's path limit).
 const MAX_EMAIL_BYTES: usize = 254;
@@ -275,7 +275,7 @@ where
 /// shared database of the control server: in a database of the tenant's own,
 /// or on a registered server. Their registration takes two phases.
 fn users_apart(tenant: &Tenant) -> bool {
-    tenant.placement.strategy == Strategy::Database || tenant.placement.server.is_some()
+    !tenant.placement.shares_control_database()
 }
 
 /// The id of the user `email` in `tenant`'s `users`, if any.

@@ -125,6 +125,20 @@ pub struct Placement {
 }
 
 impl Placement {
+    /// Whether the tenant's tables are in the shared database of the control
+    /// server, next to the shared tables (the registry, logins, API keys,
+    /// job tables): a schema or row-level tenant placed on no registered
+    /// server. Only then can one transaction bound to the tenant also write
+    /// the shared tables; a tenant in its own database or on a registered
+    /// server needs a second connection ([`Hidra::acquire_shared`]) and a
+    /// way to recover between the two (see the guide's "Several PostgreSQL
+    /// servers").
+    ///
+    /// [`Hidra::acquire_shared`]: crate::Hidra::acquire_shared
+    pub fn shares_control_database(&self) -> bool {
+        self.strategy != Strategy::Database && self.server.is_none()
+    }
+
     /// The schema as a validated identifier.
     pub(crate) fn schema_ident(&self) -> Result<Ident> {
         Ident::new(self.schema.clone(), "tenant schema name")
@@ -334,6 +348,21 @@ impl SchemaNaming {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_shared_database_tenants_of_the_control_server_share_it() {
+        let on = |strategy, server: Option<&str>| Placement {
+            strategy,
+            schema: "tenant_a".into(),
+            database: None,
+            server: server.map(str::to_owned),
+        };
+        assert!(on(Strategy::Schema, None).shares_control_database());
+        assert!(on(Strategy::RowLevel, None).shares_control_database());
+        assert!(!on(Strategy::Database, None).shares_control_database());
+        assert!(!on(Strategy::Schema, Some("eu-2")).shares_control_database());
+        assert!(!on(Strategy::RowLevel, Some("eu-2")).shares_control_database());
+    }
 
     #[test]
     fn schema_names_are_deterministic_and_bounded() {

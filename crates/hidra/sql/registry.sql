@@ -44,9 +44,7 @@ CREATE TRIGGER "tenants_notify_change" AFTER INSERT OR UPDATE OR DELETE ON "publ
 CREATE OR REPLACE FUNCTION "public"."tenants_bind_row_level"(TEXT, BOOLEAN) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF $2 THEN
-        PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
-    END IF;
+    PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
     IF NOT EXISTS (SELECT FROM "public"."tenants" WHERE "id" = $1 AND "strategy" = 'row_level' AND "server" IS NULL) THEN
         RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
             USING ERRCODE = 'HD001';

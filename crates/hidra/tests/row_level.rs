@@ -455,3 +455,53 @@ async fn a_stale_row_level_record_is_never_bound_to_the_shared_tables() {
     assert!(h.begin(&gone).await.unwrap_err().is_not_found());
     teardown(ctx).await;
 }
+
+/// A session checked out while a move holds the tenant's lock waits for
+/// the move, then reads the registry as the move left it: a stale record is
+/// never bound for a session either.
+#[tokio::test]
+async fn a_session_bound_during_a_move_waits_for_it_and_reads_the_registry_after() {
+    let ctx = rls_setup().await;
+    let h = &ctx.hidra;
+    let stale = row_level(h, "session").await;
+    // Warm: the guard function exists before the "move" takes the lock.
+    drop(h.acquire(&stale).await.unwrap());
+
+    // What a move does: the tenant's lock, exclusive, then a placement
+    // that is no longer row level, committed.
+    let mut mover = admin(ctx.db.url()).await;
+    sqlx::raw_sql(
+        "BEGIN; SELECT pg_advisory_xact_lock(1751737458, hashtext('session')); \
+         UPDATE public.tenants SET strategy = 'schema', schema_name = 'tenant_session' \
+         WHERE id = 'session'",
+    )
+    .execute(&mut mover)
+    .await
+    .unwrap();
+    let checkout = {
+        let (h, stale) = (h.clone(), stale.clone());
+        tokio::spawn(async move { h.acquire(&stale).await.map(drop) })
+    };
+    let url = ctx.db.url().to_owned();
+    wait_for("the checkout waiting on the tenant's lock", || {
+        let url = url.clone();
+        async move {
+            let mut su = admin(&url).await;
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                 AND classid = 1751737458 AND NOT granted)",
+            )
+            .fetch_one(&mut su)
+            .await
+            .unwrap();
+            waiting.then_some(())
+        }
+    })
+    .await;
+    sqlx::raw_sql("COMMIT").execute(&mut mover).await.unwrap();
+    // Refused on the shared tables; its record read again names a schema
+    // that this fake move never built, which the schema proof refuses too.
+    let e = checkout.await.unwrap().unwrap_err();
+    assert!(matches!(e, Error::StaleRecord(_)), "{e:?}");
+    teardown(ctx).await;
+}

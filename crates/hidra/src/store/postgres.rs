@@ -160,20 +160,19 @@ impl RegistryTable {
     /// still names `tenant` a row-level tenant of the control server, else
     /// raises `HD001`. A
     /// record read before the tenant moved out of the shared tables, or was
-    /// deprovisioned, can then not write rows nobody will see. A
-    /// transaction first takes the tenant's shared advisory lock, which a
-    /// move or deprovisioning takes exclusively: it waits for the
-    /// transactions under way, and those begun meanwhile read the registry
-    /// after it commits.
+    /// deprovisioned, can then not write rows nobody will see. It first
+    /// takes the tenant's shared advisory lock (to the end of a transaction;
+    /// for the binding statement alone in a session), which a move or
+    /// deprovisioning takes exclusively: it waits for the transactions under
+    /// way, and transactions begun and sessions bound meanwhile read the
+    /// registry after it commits.
     pub(crate) fn bind_row_level_ddl(&self) -> String {
         let c = &self.columns;
         format!(
             r#"CREATE OR REPLACE FUNCTION {func}(TEXT, BOOLEAN) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF $2 THEN
-        PERFORM pg_advisory_xact_lock_shared({lock}, hashtext($1));
-    END IF;
+    PERFORM pg_advisory_xact_lock_shared({lock}, hashtext($1));
     IF NOT EXISTS (SELECT FROM {t} WHERE {id} = $1 AND {strategy} = 'row_level' AND {server} IS NULL) THEN
         RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
             USING ERRCODE = '{code}';

@@ -330,10 +330,12 @@ impl Hidra {
             .row_level_guard
             .get_or_try_init(|| async {
                 let mut conn = self.acquire_shared().await?;
-                // One made before it checked the server column is replaced.
+                // One made before it checked the server column, or before
+                // sessions took the lock too, is replaced.
                 let exists: bool = sqlx::query_scalar(
                     "SELECT EXISTS (SELECT FROM pg_proc \
-                     WHERE oid = to_regprocedure($1 || '(text,boolean)') AND strpos(prosrc, $2) > 0)",
+                     WHERE oid = to_regprocedure($1 || '(text,boolean)') \
+                       AND strpos(prosrc, $2) > 0 AND strpos(prosrc, 'IF $2 THEN') = 0)",
                 )
                 .bind(function)
                 .bind(format!("{} IS NULL", own.registry().server_column().quoted()))

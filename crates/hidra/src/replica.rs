@@ -35,7 +35,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::scope::{self, Pool, Pooled, Reachability, TenantConn};
-use crate::tenant::{Strategy, Tenant};
+use crate::tenant::Tenant;
 
 /// The default of [`HidraBuilder::replica_wait`](crate::HidraBuilder::replica_wait).
 pub(crate) const DEFAULT_REPLICA_WAIT: Duration = Duration::from_secs(1);
@@ -199,7 +199,8 @@ impl Hidra {
 
     async fn read(&self, tenant: &Tenant, after: Option<WalPosition>) -> Result<TenantConn> {
         let usable = self.inner.conns.replica.as_ref().filter(|_| {
-            tenant.placement.strategy != Strategy::Database && self.inner.conns.pooled.is_none()
+            // The replica is the control server's: its shared database.
+            tenant.placement.shares_control_database() && self.inner.conns.pooled.is_none()
         });
         let Some(replica) = usable else {
             return self.acquire(tenant).await;

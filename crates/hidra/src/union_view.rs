@@ -357,6 +357,11 @@ impl Hidra {
                 continue;
             }
             match t.placement.strategy {
+                // A view on the control server reads its schemas only.
+                Strategy::Schema if t.placement.server.is_some() => others.push((
+                    t.id,
+                    "a tenant on a registered server: a view cannot read another server".to_owned(),
+                )),
                 Strategy::Schema => out.push((t.id, t.placement.schema)),
                 Strategy::RowLevel => others.push((
                     t.id,

@@ -1368,3 +1368,32 @@ async fn a_row_level_tenant_moves_between_servers() {
     assert!(hidra.begin(&other).await.unwrap_err().is_not_found());
     assert!(row_level_notes(&fleet, "s2", "neighbour").await.is_empty());
 }
+
+/// A union view on the control server reads the schemas there: a schema
+/// tenant on a registered server is left out, and the reason says why.
+#[tokio::test]
+async fn a_union_view_leaves_out_tenants_on_other_servers() {
+    let fleet = fleet(builder().placement(FewestTenants::default())).await;
+    let hidra = &fleet.ctx.hidra;
+    let home = hidra
+        .provision(NewTenant::new(id("home")).on_control_server())
+        .await
+        .unwrap();
+    write_and_read(hidra, &home, "at home").await;
+    let away = schema_tenant_with_notes(hidra, "away", "s1", 3).await;
+    let view = hidra.create_union_view("notes").await.unwrap();
+    assert_eq!(view.tenants, 1);
+    assert_eq!(view.left_out_tenants.len(), 1, "{view:?}");
+    assert_eq!(view.left_out_tenants[0].0, away.id);
+    assert!(
+        view.left_out_tenants[0].1.contains("registered server"),
+        "{view:?}"
+    );
+    let mut conn = hidra.acquire_shared().await.unwrap();
+    let tenants: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tenant_id FROM hidra_reports.all_notes")
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+    assert_eq!(tenants, ["home"]);
+}

@@ -579,6 +579,8 @@ pub(crate) fn refuses_stale_record(code: Option<&str>) -> bool {
 
 pub(crate) mod sqlstate {
     pub(crate) const INVALID_SCHEMA_NAME: &str = "3F000";
+    pub(crate) const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
     pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
     pub(crate) const UNIQUE_VIOLATION: &str = "23505";
     pub(crate) const DIVISION_BY_ZERO: &str = "22012";

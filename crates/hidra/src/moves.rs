@@ -21,7 +21,7 @@
 //! checking tables without counterpart, advancing sequences), which archive
 //! import and adoption use too.
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::sql;
 use crate::tenant::{Strategy, Tenant, TenantId};
@@ -264,7 +264,10 @@ pub(crate) async fn drop_cancelling(
             Ok(_) => return Ok(()),
             Err(sqlx::Error::Database(db))
                 if tries < DROP_ATTEMPTS
-                    && matches!(db.code().as_deref(), Some("55P03" | "40P01")) =>
+                    && matches!(
+                        db.code().as_deref(),
+                        Some(sqlstate::LOCK_NOT_AVAILABLE | sqlstate::DEADLOCK_DETECTED)
+                    ) =>
             {
                 sqlx::raw_sql("ROLLBACK TO SAVEPOINT hidra_drop")
                     .execute(&mut *tx)

@@ -255,6 +255,7 @@ impl Hidra {
             .filter(|t| {
                 t.placement.strategy == Strategy::RowLevel
                     && t.placement.server.as_deref() == Some(server.as_str())
+                    && t.status != TenantStatus::Deleting
             })
             .map(|t| t.id.to_string())
             .collect();

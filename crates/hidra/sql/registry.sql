@@ -46,7 +46,7 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
     IF NOT EXISTS (SELECT FROM "public"."tenants" WHERE "id" = $1 AND "strategy" = 'row_level' AND "server" IS NULL) THEN
-        RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
+        RAISE EXCEPTION 'tenant % is not a row-level tenant here (moved or deprovisioned since its record was read)', $1
             USING ERRCODE = 'HD001';
     END IF;
     PERFORM set_config('hidra.tenant_id', $1, $2);

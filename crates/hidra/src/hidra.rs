@@ -821,7 +821,7 @@ impl Hidra {
     /// ```
     pub async fn install(&self) -> Result<()> {
         let mut ddl = self.inner.registry.store.install_ddl().unwrap_or_default();
-        ddl.push_str(crate::migrate::INTERNAL_DDL);
+        ddl.push_str(&crate::migrate::internal_ddl());
         ddl.push_str(&self.inner.conns.servers.table.ddl());
         self.install_ddl(
             "installing the tenant registry and hidra's internal schema",

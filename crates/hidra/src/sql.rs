@@ -492,10 +492,32 @@ pub(crate) fn begin_scoped(
     proof: Option<&str>,
     timeouts: Timeouts,
 ) -> SqlStr {
+    bind_statement(true, search_path, tenant_id, guard, proof, timeouts)
+}
+
+/// What [`begin_scoped`] (`local`) and [`bind_session`] send.
+fn bind_statement(
+    local: bool,
+    search_path: &str,
+    tenant_id: &str,
+    guard: Option<&str>,
+    proof: Option<&str>,
+    timeouts: Timeouts,
+) -> SqlStr {
+    let (begin, set) = if local {
+        ("BEGIN; ", "SET LOCAL")
+    } else {
+        ("", "SET")
+    };
+    let id = quote_literal(tenant_id);
+    // `hidra.tenant_id`: through the guard function, or a utility `SET`.
+    let tenant = match guard {
+        Some(function) => format!("SELECT {function}({id}, {local})"),
+        None => format!("{set} {TENANT_SETTING} TO {id}"),
+    };
     owned(format!(
-        "BEGIN; SET LOCAL search_path TO {search_path}; {}{}{}",
-        bind_tenant(tenant_id, guard, true),
-        set_timeouts(timeouts, "SET LOCAL"),
+        "{begin}{set} search_path TO {search_path}; {tenant}{}{}",
+        set_timeouts(timeouts, set),
         proof.map(|p| format!("; {p}")).unwrap_or_default(),
     ))
 }
@@ -514,17 +536,6 @@ pub(crate) fn prove_schema(schema: &Ident) -> String {
         .ident(schema)
         .sql("._hidra_migrations IN ACCESS SHARE MODE");
     sql.0
-}
-
-/// The statement binding `hidra.tenant_id` (`local`: for the transaction):
-/// a utility `SET`, or a call of `guard`.
-fn bind_tenant(tenant_id: &str, guard: Option<&str>, local: bool) -> String {
-    let id = quote_literal(tenant_id);
-    match guard {
-        Some(function) => format!("SELECT {function}({id}, {local})"),
-        None if local => format!("SET LOCAL {TENANT_SETTING} TO {id}"),
-        None => format!("SET {TENANT_SETTING} TO {id}"),
-    }
 }
 
 /// The managed timeouts in milliseconds, `statement_timeout` first, then
@@ -571,12 +582,7 @@ pub(crate) fn bind_session(
     proof: Option<&str>,
     timeouts: Timeouts,
 ) -> SqlStr {
-    owned(format!(
-        "SET search_path TO {search_path}; {}{}{}",
-        bind_tenant(tenant_id, guard, false),
-        set_timeouts(timeouts, "SET"),
-        proof.map(|p| format!("; {p}")).unwrap_or_default(),
-    ))
+    bind_statement(false, search_path, tenant_id, guard, proof, timeouts)
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS` for `schema`.

@@ -8,8 +8,8 @@ use crate::hidra::Hidra;
 /// Advisory lock key serializing the creation of the internal schema.
 pub(crate) const INTERNAL_LOCK: i64 = 0x6869_6472_615f_0001;
 
-/// DDL of the internal schema. Idempotent.
-pub(crate) const INTERNAL_DDL: &str = r#"
+/// The tables of the internal schema (see [`internal_ddl`]).
+const INTERNAL_TABLES: &str = r#"
 CREATE SCHEMA IF NOT EXISTS hidra;
 CREATE TABLE IF NOT EXISTS hidra.shared_migrations (
     version     BIGINT PRIMARY KEY,
@@ -34,25 +34,20 @@ CREATE TABLE IF NOT EXISTS hidra.row_level_tenants (
     tenant_id TEXT PRIMARY KEY,
     placed_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
--- Binds `hidra.tenant_id` for the session (or, $2, the transaction) only if
--- $1 is a row-level tenant of this server, else raises HD001. It first takes
--- the tenant's shared advisory lock (1751737458 = row_level::TENANT_LOCK),
--- which a move or deprovisioning takes exclusively.
-CREATE OR REPLACE FUNCTION hidra.bind_row_level(TEXT, BOOLEAN) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock_shared(1751737458, hashtext($1));
-    IF NOT EXISTS (SELECT FROM hidra.row_level_tenants WHERE tenant_id = $1) THEN
-        RAISE EXCEPTION 'tenant % is not a row-level tenant of this server (moved or deprovisioned since its record was read)', $1
-            USING ERRCODE = 'HD001';
-    END IF;
-    PERFORM set_config('hidra.tenant_id', $1, $2);
-END
-$$;
 "#;
 
 /// The row-level binding function of a registered server's internal schema.
 pub(crate) const SERVER_BIND_ROW_LEVEL: &str = "\"hidra\".\"bind_row_level\"";
+
+/// DDL of the internal schema: its tables, and the row-level binding of a
+/// registered server, which checks `hidra.row_level_tenants`. Idempotent.
+pub(crate) fn internal_ddl() -> String {
+    INTERNAL_TABLES.to_owned()
+        + &crate::strategy::row_level::binding_function_ddl(
+            SERVER_BIND_ROW_LEVEL,
+            "SELECT FROM hidra.row_level_tenants WHERE tenant_id = $1",
+        )
+}
 
 /// Which parts of Hidra's internal schema `hidra` exist, as
 /// [`Hidra::internal_schema_status`] found them.
@@ -160,7 +155,7 @@ pub(crate) async fn ensure_internal(conn: &mut PgConnection) -> Result<()> {
     sql.sql("BEGIN; SELECT pg_advisory_xact_lock(")
         .int(INTERNAL_LOCK)
         .sql("); ")
-        .sql(INTERNAL_DDL)
+        .trusted(&internal_ddl())
         .sql(" COMMIT;");
     if let Err(err) = sqlx::raw_sql(sql.into_sql()).execute(&mut *conn).await {
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
@@ -175,12 +170,11 @@ pub(crate) async fn ensure_internal(conn: &mut PgConnection) -> Result<()> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn the_server_binding_takes_the_row_level_tenant_lock() {
-        let lock = crate::strategy::row_level::TENANT_LOCK.to_string();
-        assert!(super::INTERNAL_DDL.contains(&format!("pg_advisory_xact_lock_shared({lock},")));
-        assert!(
-            super::INTERNAL_DDL.contains(crate::strategy::row_level::STALE_RECORD)
-                && super::INTERNAL_DDL.contains(crate::sql::TENANT_SETTING)
-        );
+    fn the_server_binding_checks_its_own_list_and_always_takes_the_lock() {
+        let ddl = super::internal_ddl();
+        assert!(ddl.contains("FUNCTION \"hidra\".\"bind_row_level\"(TEXT, BOOLEAN)"));
+        assert!(ddl.contains("FROM hidra.row_level_tenants WHERE tenant_id = $1"));
+        assert!(ddl.contains("    PERFORM pg_advisory_xact_lock_shared("));
+        assert!(!ddl.contains("IF $2 THEN"));
     }
 }

@@ -66,7 +66,7 @@ pub(crate) use batch::{
 };
 pub use bookkeeping::InternalSchemaStatus;
 pub(crate) use bookkeeping::{
-    INTERNAL_DDL, INTERNAL_LOCK, SERVER_BIND_ROW_LEVEL, ensure_internal, internal_status,
+    INTERNAL_LOCK, SERVER_BIND_ROW_LEVEL, ensure_internal, internal_ddl, internal_status,
 };
 pub use runner::{
     Failure, Migrated, MigrationRunner, MigrationStatus, Plan, PlannedTarget, Progress, RunSummary,

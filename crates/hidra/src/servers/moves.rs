@@ -289,19 +289,12 @@ impl Hidra {
                     .await?;
                 let mut conn =
                     crate::scope::Pooled::Database(self.database_conn_at(home, &record).await?);
-                sqlx::raw_sql("BEGIN")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(Error::db("beginning the copy"))?;
+                begin_copy(&mut conn).await?;
                 (conn, TENANT_DB_SCHEMA.to_owned())
             }
+            // A row-level tenant is copied by `copy_row_level_to`.
             _ => {
-                let mut conn = self.acquire_shared_at(home).await?.into_pool_conn();
-                self.ensure_internal_at(home, &mut conn).await?;
-                sqlx::raw_sql("BEGIN")
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(Error::db("beginning the copy"))?;
+                let mut conn = self.begin_shared_copy(home).await?;
                 let schema = tenant.placement.schema_ident()?;
                 let path = self.binding(tenant)?.search_path;
                 if let Err(e) = self
@@ -352,12 +345,7 @@ impl Hidra {
         tables: &[(String, String, Vec<String>)],
         progress: &(impl Fn(&MoveProgress) + Send + Sync),
     ) -> Result<u64> {
-        let mut target = self.acquire_shared_at(home).await?.into_pool_conn();
-        self.ensure_internal_at(home, &mut target).await?;
-        sqlx::raw_sql("BEGIN")
-            .execute(&mut *target)
-            .await
-            .map_err(Error::db("beginning the copy"))?;
+        let mut target = self.begin_shared_copy(home).await?;
         let copied = async {
             row_level::bind_in_tx(&mut target, tenant.id.as_str()).await?;
             let there = self.row_level_tables(&mut target).await?;
@@ -398,6 +386,15 @@ impl Hidra {
         }
         .await;
         end_copy(&mut target, copied).await
+    }
+
+    /// A connection to `home`'s shared database, with Hidra's internal schema
+    /// there, inside a transaction begun for a copy.
+    async fn begin_shared_copy(&self, home: &Home) -> Result<crate::scope::PoolConn> {
+        let mut conn = self.acquire_shared_at(home).await?.into_pool_conn();
+        self.ensure_internal_at(home, &mut conn).await?;
+        begin_copy(&mut conn).await?;
+        Ok(conn)
     }
 
     /// Names `to` in the tenant's registry row, if `to` is still active.
@@ -460,6 +457,15 @@ impl Hidra {
             }
         }
     }
+}
+
+/// Begins the target's transaction of a copy.
+async fn begin_copy(target: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut *target)
+        .await
+        .map_err(Error::db("beginning the copy"))?;
+    Ok(())
 }
 
 /// Ends the target's transaction of a copy: commits it after `copied`, or

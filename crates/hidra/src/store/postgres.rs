@@ -154,41 +154,27 @@ impl RegistryTable {
         self.companion("bind_row_level")
     }
 
-    /// `<table>_bind_row_level(tenant, local)` (positional parameters, so
-    /// that no column name can shadow them): binds `hidra.tenant_id` for
-    /// the session (or, `local`, the transaction) only if this registry
-    /// still names `tenant` a row-level tenant of the control server, else
-    /// raises `HD001`. A
-    /// record read before the tenant moved out of the shared tables, or was
-    /// deprovisioned, can then not write rows nobody will see. It first
-    /// takes the tenant's shared advisory lock (to the end of a transaction;
-    /// for the binding statement alone in a session), which a move or
-    /// deprovisioning takes exclusively: it waits for the transactions under
-    /// way, and transactions begun and sessions bound meanwhile read the
-    /// registry after it commits.
+    /// `<table>_bind_row_level(tenant, local)`: binds `hidra.tenant_id` only
+    /// while this registry names `tenant` a row-level tenant of the control
+    /// server (see `row_level::binding_function_ddl`). A record read before
+    /// the tenant moved out of the shared tables, or was deprovisioned, can
+    /// then not write rows nobody will see.
     pub(crate) fn bind_row_level_ddl(&self) -> String {
         let c = &self.columns;
-        format!(
-            r#"CREATE OR REPLACE FUNCTION {func}(TEXT, BOOLEAN) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_advisory_xact_lock_shared({lock}, hashtext($1));
-    IF NOT EXISTS (SELECT FROM {t} WHERE {id} = $1 AND {strategy} = 'row_level' AND {server} IS NULL) THEN
-        RAISE EXCEPTION 'tenant % is no longer a row-level tenant (moved or deprovisioned since its record was read)', $1
-            USING ERRCODE = '{code}';
-    END IF;
-    PERFORM set_config('{setting}', $1, $2);
-END
-$$;
-"#,
-            func = self.bind_row_level_function(),
-            t = self.table.quoted(),
-            id = c.id.quoted(),
-            strategy = c.strategy.quoted(),
-            server = c.server.quoted(),
-            lock = crate::strategy::row_level::TENANT_LOCK,
-            code = crate::strategy::row_level::STALE_RECORD,
-            setting = sql::TENANT_SETTING,
+        let mut exists = sql::Statement::new();
+        exists
+            .sql("SELECT FROM ")
+            .table(&self.table)
+            .sql(" WHERE ")
+            .ident(&c.id)
+            .sql(" = $1 AND ")
+            .ident(&c.strategy)
+            .sql(" = 'row_level' AND ")
+            .ident(&c.server)
+            .sql(" IS NULL");
+        crate::strategy::row_level::binding_function_ddl(
+            &self.bind_row_level_function(),
+            exists.as_str(),
         )
     }
 

@@ -68,6 +68,33 @@ pub(crate) async fn lock_tenant(tx: &mut sqlx::PgConnection, id: &TenantId) -> R
     Ok(())
 }
 
+/// A row-level binding function, `function(tenant, local)`: binds
+/// `hidra.tenant_id` for the session (or, `local`, the transaction) only if
+/// `exists` (`SELECT FROM …` naming the tenant `$1`) finds it, else raises
+/// [`STALE_RECORD`]. It first takes the tenant's shared advisory lock (to
+/// the end of a transaction; for the binding statement alone in a
+/// session), which a move or deprovisioning takes exclusively
+/// ([`lock_tenant`]): it waits for the transactions under way, and
+/// transactions begun and sessions bound meanwhile look after it commits.
+/// Positional parameters, so that no column name can shadow them.
+pub(crate) fn binding_function_ddl(function: &str, exists: &str) -> String {
+    format!(
+        r#"CREATE OR REPLACE FUNCTION {function}(TEXT, BOOLEAN) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared({TENANT_LOCK}, hashtext($1));
+    IF NOT EXISTS ({exists}) THEN
+        RAISE EXCEPTION 'tenant % is not a row-level tenant here (moved or deprovisioned since its record was read)', $1
+            USING ERRCODE = '{STALE_RECORD}';
+    END IF;
+    PERFORM set_config('{setting}', $1, $2);
+END
+$$;
+"#,
+        setting = sql::TENANT_SETTING,
+    )
+}
+
 /// Records `id` as a row-level tenant of the registered server `tx` is on
 /// (`hidra.row_level_tenants`, which its binding checks), in the
 /// transaction that places its rows there.

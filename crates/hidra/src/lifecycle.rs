@@ -133,6 +133,21 @@ impl Hidra {
             .ok_or_else(|| Error::NotFound(id.clone()))
     }
 
+    /// [`run_seeds`](Self::run_seeds) in `tx`, then commits it: the end of
+    /// a provisioning transaction.
+    pub(crate) async fn commit_seeded(
+        &self,
+        mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+        tenant: &Tenant,
+        binding: &crate::strategy::Binding,
+        setup: Option<&dyn crate::hidra::DynSeed>,
+    ) -> Result<()> {
+        self.run_seeds(&mut tx, tenant, binding, setup).await?;
+        tx.commit()
+            .await
+            .map_err(Error::db("committing the provisioning transaction"))
+    }
+
     /// Runs the handle's seed, then the tenant's own `setup`, in the
     /// caller's transaction bound to the new tenant; the binding is undone
     /// afterwards.

@@ -127,6 +127,83 @@ pub(crate) async fn copy_tables(
     Ok(rows)
 }
 
+/// A table of a tenant as [`tables_in_order`](crate::strategy::row_level::tables_in_order)
+/// lists it: its name, its quoted qualified name, its columns.
+pub(crate) type Table = (String, String, Vec<String>);
+
+/// The progress callback of a move between servers.
+pub(crate) type Progress<'a> = dyn Fn(&crate::servers::MoveProgress) + Send + Sync + 'a;
+
+impl Hidra {
+    /// A connection to `home`'s shared database, with Hidra's internal
+    /// schema there, inside a transaction begun for a copy.
+    pub(crate) async fn begin_shared_copy(
+        &self,
+        home: &crate::servers::Home,
+    ) -> Result<crate::scope::PoolConn> {
+        let mut conn = self.acquire_internal_at(home).await?.into_pool_conn();
+        begin_copy(&mut conn).await?;
+        Ok(conn)
+    }
+}
+
+/// Begins the target's transaction of a copy.
+pub(crate) async fn begin_copy(target: &mut sqlx::PgConnection) -> Result<()> {
+    sqlx::raw_sql("BEGIN")
+        .execute(&mut *target)
+        .await
+        .map_err(Error::db("beginning the copy"))?;
+    Ok(())
+}
+
+/// Ends the target's transaction of a copy: commits it after `copied`, or
+/// rolls it back.
+pub(crate) async fn end_copy(target: &mut sqlx::PgConnection, copied: Result<u64>) -> Result<u64> {
+    match copied {
+        Ok(rows) => {
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut *target)
+                .await
+                .map_err(Error::db("committing the copy"))?;
+            Ok(rows)
+        }
+        Err(e) => {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
+            Err(e)
+        }
+    }
+}
+
+/// [`copy_tables`] into `target_schema` on `target`, inside the copy's
+/// transaction begun there, reporting each table to `progress`; then
+/// [`end_copy`].
+pub(crate) async fn copy_and_commit(
+    source: &mut sqlx::PgConnection,
+    tables: &[Table],
+    target: &mut sqlx::PgConnection,
+    target_schema: &str,
+    tenant: &TenantId,
+    progress: &Progress<'_>,
+) -> Result<u64> {
+    let copied = copy_tables(
+        source,
+        tables,
+        target,
+        target_schema,
+        tenant,
+        |t, n, done| {
+            progress(&crate::servers::MoveProgress {
+                table: t.to_owned(),
+                rows: n,
+                done,
+                total: tables.len(),
+            });
+        },
+    )
+    .await;
+    end_copy(target, copied).await
+}
+
 /// The rows of `table` (quoted by the catalog query that listed it).
 pub(crate) async fn count_rows(conn: &mut sqlx::PgConnection, table: &str) -> Result<u64> {
     let mut count = sql::Statement::new();

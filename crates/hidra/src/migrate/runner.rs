@@ -16,7 +16,7 @@ use crate::error::{Error, Result, db_code, sqlstate};
 use crate::hidra::Hidra;
 use crate::scope::Pooled;
 use crate::sql::{self, Ident};
-use crate::tenant::{Strategy, TenantId, TenantStatus};
+use crate::tenant::{TenantId, TenantStatus};
 
 /// One schema the runner migrates: a tenant's, or a spare of the warm pool.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -302,7 +302,7 @@ impl MigrationRunner {
         let mut all: Vec<Target> = targets
             .into_iter()
             .filter(|t| {
-                matches!(t.placement.strategy, Strategy::Schema | Strategy::Database)
+                t.placement.has_own_tables()
                     && matches!(t.status, TenantStatus::Active | TenantStatus::Suspended)
             })
             .map(|t| Target {
@@ -345,8 +345,7 @@ impl MigrationRunner {
         for server in servers {
             let read = async {
                 let home = hidra.home_of(Some(&server)).await?;
-                let mut remote = hidra.acquire_shared_at(&home).await?;
-                hidra.ensure_internal_at(&home, &mut remote).await?;
+                let mut remote = hidra.acquire_internal_at(&home).await?;
                 let versions = read_versions(&mut remote, chosen.as_deref()).await?;
                 Ok::<_, Error>((remote, versions))
             };

@@ -49,12 +49,13 @@
 //! on server connections bound by someone else. Behind such a proxy, use
 //! [`Hidra::begin`](crate::Hidra::begin) only.
 
-mod databases;
 mod load;
 mod pool;
 mod reachability;
 mod statements;
-pub use databases::{DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases};
+pub use crate::strategy::database::pools::{
+    DatabasePoolConfig, DatabasePoolStats, DbConn, TenantDatabases,
+};
 pub(crate) use pool::{Budget, Pool, PoolConfig, PoolConn, Settle};
 
 pub(crate) use load::Counters;

@@ -40,17 +40,10 @@ use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 
-use super::{Home, ServerName};
+use super::ServerName;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::moves::{
-    advance_sequences, copy_tables, count_rows, drop_and_commit, ensure_empty, lock,
-};
-use crate::sql::Ident;
-use crate::strategy::database::{TENANT_DB_SCHEMA, tenant_database};
-use crate::strategy::row_level::{self, tables_in_order};
-use crate::strategy::schema::drop_tenant_schema;
-use crate::tenant::{Strategy, Tenant, TenantId};
+use crate::tenant::{Tenant, TenantId};
 
 /// What [`Hidra::move_to_server`] did.
 #[derive(Clone, Debug)]
@@ -161,36 +154,18 @@ impl Hidra {
         };
 
         // 1. The source, locked against writes until the end.
-        let mut source = self.source_conn(&source_home, &tenant).await?;
+        let mut source = self.tables_conn_at(&source_home, &tenant).await?;
         sqlx::raw_sql("BEGIN")
             .execute(&mut *source)
             .await
             .map_err(Error::db("beginning the move on the source"))?;
         let frozen = Instant::now();
         let copied = async {
-            let row_level = tenant.placement.strategy == Strategy::RowLevel;
-            let tables = if row_level {
-                // Its transactions first (they hold its shared lock and may
-                // wait for a table), then the tables; its rows only, bound.
-                row_level::lock_tenant(&mut source, &tenant.id).await?;
-                let tables = self.row_level_tables(&mut source).await?;
-                lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
-                row_level::bind_in_tx(&mut source, tenant.id.as_str()).await?;
-                tables
-            } else {
-                let schema = tenant.placement.schema.as_str();
-                let tables = tables_in_order(&mut source, schema, None).await?;
-                lock(&mut source, tables.iter().map(|t| t.1.clone())).await?;
-                tables
-            };
+            let tables = self.freeze_tables(&mut source, &tenant).await?;
             // 2. The copy, committed on the target.
-            let built = if row_level {
-                self.copy_row_level_to(&target_home, &tenant, &mut source, &tables, &progress)
-                    .await
-            } else {
-                self.copy_to(&target_home, &tenant, &mut source, &tables, &progress)
-                    .await
-            };
+            let built = self
+                .copy_to_home(&target_home, &tenant, &mut source, &tables, &progress)
+                .await;
             match built {
                 Ok(rows) => Ok((rows, tables)),
                 // A schema or database of that name that was there before
@@ -227,7 +202,7 @@ impl Hidra {
         };
 
         // 4. The old copy goes.
-        let cleaned = self.drop_source(&tenant, &tables, &mut source).await;
+        let cleaned = self.drop_moved_source(&tenant, &tables, &mut source).await;
         let write_freeze = frozen.elapsed();
         drop(source);
         if let Err(e) = cleaned {
@@ -253,150 +228,6 @@ impl Hidra {
         })
     }
 
-    /// A connection to where `tenant`'s tables are on `home`: its own
-    /// database, or the server's database holding its schema.
-    async fn source_conn(&self, home: &Home, tenant: &Tenant) -> Result<crate::scope::Pooled> {
-        Ok(match tenant.placement.strategy {
-            Strategy::Database => {
-                crate::scope::Pooled::Database(self.database_conn_at(home, tenant).await?)
-            }
-            _ => crate::scope::Pooled::Shared(self.acquire_shared_at(home).await?.into_pool_conn()),
-        })
-    }
-
-    /// Builds `tenant` on `home` and copies `tables` into it from `source`,
-    /// in one transaction there; returns the rows copied.
-    async fn copy_to(
-        &self,
-        home: &Home,
-        tenant: &Tenant,
-        source: &mut sqlx::PgConnection,
-        tables: &[(String, String, Vec<String>)],
-        progress: &(impl Fn(&MoveProgress) + Send + Sync),
-    ) -> Result<u64> {
-        let record = Tenant {
-            placement: crate::Placement {
-                server: home.server_name(),
-                ..tenant.placement.clone()
-            },
-            ..tenant.clone()
-        };
-        let (mut target, schema) = match tenant.placement.strategy {
-            Strategy::Database => {
-                let database =
-                    Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
-                self.create_tenant_database_at(home, tenant, &database)
-                    .await?;
-                let mut conn =
-                    crate::scope::Pooled::Database(self.database_conn_at(home, &record).await?);
-                begin_copy(&mut conn).await?;
-                (conn, TENANT_DB_SCHEMA.to_owned())
-            }
-            // A row-level tenant is copied by `copy_row_level_to`.
-            _ => {
-                let mut conn = self.begin_shared_copy(home).await?;
-                let schema = tenant.placement.schema_ident()?;
-                let path = self.binding(tenant)?.search_path;
-                if let Err(e) = self
-                    .build_schema_for_move(&mut conn, tenant, &schema, &path)
-                    .await
-                {
-                    let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
-                    return Err(e);
-                }
-                (crate::scope::Pooled::Shared(conn), schema.to_string())
-            }
-        };
-        let copied = async {
-            let rows = copy_tables(
-                source,
-                tables,
-                &mut target,
-                &schema,
-                &tenant.id,
-                |t, n, done| {
-                    progress(&MoveProgress {
-                        table: t.to_owned(),
-                        rows: n,
-                        done,
-                        total: tables.len(),
-                    });
-                },
-            )
-            .await?;
-            Ok::<_, Error>(rows)
-        }
-        .await;
-        end_copy(&mut target, copied).await
-    }
-
-    /// Copies a row-level tenant's rows (`tables`, read on `source` with
-    /// the tenant bound) into the same row-level tables on `home`, in one
-    /// transaction there that also records it as a row-level tenant of that
-    /// server; returns the rows copied. The tables must exist there (the
-    /// application creates its row-level tables on every server); a row
-    /// whose key is taken there (a key without the tenant column, from
-    /// another server's sequence) fails the copy, and the move with it.
-    async fn copy_row_level_to(
-        &self,
-        home: &Home,
-        tenant: &Tenant,
-        source: &mut sqlx::PgConnection,
-        tables: &[(String, String, Vec<String>)],
-        progress: &(impl Fn(&MoveProgress) + Send + Sync),
-    ) -> Result<u64> {
-        let mut target = self.begin_shared_copy(home).await?;
-        let copied = async {
-            row_level::bind_in_tx(&mut target, tenant.id.as_str()).await?;
-            let there = self.row_level_tables(&mut target).await?;
-            let column = self.inner.row_level.column.as_str();
-            let schema = self.inner.row_level.schema.as_str();
-            let mut rows = 0;
-            for (done, (name, from, cols)) in tables.iter().enumerate() {
-                let Some((_, to, to_cols)) = there.iter().find(|t| &t.0 == name) else {
-                    ensure_empty(source, from, &tenant.id, column).await?;
-                    continue;
-                };
-                // Row-level security refuses `COPY FROM`: through a
-                // temporary table, then an insert the policies check.
-                let n =
-                    row_level::copy_rows_in(source, from, &mut target, to, cols, to_cols).await?;
-                let counted = count_rows(source, from).await?;
-                if n != counted {
-                    return Err(Error::Database {
-                        context: "verifying the copy",
-                        source: sqlx::Error::Protocol(format!(
-                            "{n} rows of {from} reached the target, the source has {counted}"
-                        )),
-                    });
-                }
-                advance_sequences(&mut target, to, schema, name).await?;
-                rows += n;
-                progress(&MoveProgress {
-                    table: name.clone(),
-                    rows: n,
-                    done: done + 1,
-                    total: tables.len(),
-                });
-            }
-            if matches!(home, Home::Server(_)) {
-                row_level::record_on_server(&mut target, &tenant.id).await?;
-            }
-            Ok::<_, Error>(rows)
-        }
-        .await;
-        end_copy(&mut target, copied).await
-    }
-
-    /// A connection to `home`'s shared database, with Hidra's internal schema
-    /// there, inside a transaction begun for a copy.
-    async fn begin_shared_copy(&self, home: &Home) -> Result<crate::scope::PoolConn> {
-        let mut conn = self.acquire_shared_at(home).await?.into_pool_conn();
-        self.ensure_internal_at(home, &mut conn).await?;
-        begin_copy(&mut conn).await?;
-        Ok(conn)
-    }
-
     /// Names `to` in the tenant's registry row, if `to` is still active.
     async fn switch_server(
         &self,
@@ -420,68 +251,5 @@ impl Hidra {
             .await
             .map_err(Error::db("committing the switch"))?;
         Ok(moved)
-    }
-
-    /// Step 4: drops the old copy in the source's own transaction, while its
-    /// locks still hold, so the writers that waited fail when it commits
-    /// (their tables are gone); then a database tenant's old database goes.
-    async fn drop_source(
-        &self,
-        tenant: &Tenant,
-        tables: &[(String, String, Vec<String>)],
-        source: &mut crate::scope::Pooled,
-    ) -> Result<()> {
-        match tenant.placement.strategy {
-            Strategy::Database => {
-                drop_and_commit(source, TENANT_DB_SCHEMA, tables).await?;
-                source.close_on_drop();
-                self.drop_tenant_database(tenant).await
-            }
-            Strategy::RowLevel => {
-                // Deleted under the locks still held; forgotten by the
-                // source server's binding in the same transaction.
-                self.delete_row_level_rows(source, tenant).await?;
-                sqlx::raw_sql("COMMIT")
-                    .execute(&mut **source)
-                    .await
-                    .map_err(Error::db("deleting the moved tenant's old rows"))?;
-                Ok(())
-            }
-            Strategy::Schema => {
-                drop_tenant_schema(source, &tenant.placement.schema_ident()?).await?;
-                sqlx::raw_sql("COMMIT")
-                    .execute(&mut **source)
-                    .await
-                    .map_err(Error::db("dropping the old copy"))?;
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Begins the target's transaction of a copy.
-async fn begin_copy(target: &mut sqlx::PgConnection) -> Result<()> {
-    sqlx::raw_sql("BEGIN")
-        .execute(&mut *target)
-        .await
-        .map_err(Error::db("beginning the copy"))?;
-    Ok(())
-}
-
-/// Ends the target's transaction of a copy: commits it after `copied`, or
-/// rolls it back.
-async fn end_copy(target: &mut sqlx::PgConnection, copied: Result<u64>) -> Result<u64> {
-    match copied {
-        Ok(rows) => {
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut *target)
-                .await
-                .map_err(Error::db("committing the copy"))?;
-            Ok(rows)
-        }
-        Err(e) => {
-            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *target).await;
-            Err(e)
-        }
     }
 }

@@ -29,7 +29,6 @@ use crate::hidra::Hidra;
 use crate::migrate;
 use crate::scope::PoolConn;
 use crate::sql;
-use crate::strategy;
 use crate::tenant::{NewTenant, Strategy, Tenant, TenantId, TenantStatus};
 
 /// First key of the advisory locks provisionings on registered servers
@@ -48,26 +47,17 @@ impl Hidra {
     ) -> Result<Tenant> {
         let setup = new.setup.take();
         let home = self.home_of(Some(server.as_str())).await?;
-        if strategy == Strategy::RowLevel {
-            self.require_row_level_audit_at(&home).await?;
-        }
-        let mut placement = match strategy {
-            Strategy::Schema => {
-                strategy::schema::placement(&self.inner.schema.naming.schema_for(&new.id))
-            }
-            Strategy::Database => {
-                strategy::database::placement(&self.inner.database.naming.schema_for(&new.id))
-            }
-            Strategy::RowLevel => self.row_level_placement(),
-        };
+        self.require_ready_at(&home, strategy).await?;
+        let mut placement = self.placement_for(strategy, &new.id);
         placement.server = Some(server.to_string());
         let draft = self.draft(new, placement);
         let started = std::time::Instant::now();
 
         let claim = self.claim_provisioning(&draft, &server).await?;
-        let built = self
-            .build_on_server(&home, &claim.tenant, setup.as_deref())
-            .await;
+        let built = self.build_at(&home, &claim.tenant, setup.as_deref()).await;
+        if built.is_ok() {
+            tracing::debug!(tenant = %claim.tenant.id, server = %server, "tenant data committed on its server; activating");
+        }
         let tenant = match built {
             Ok(()) => claim.activate().await,
             // A schema or database of that name was there before: not ours
@@ -162,59 +152,12 @@ impl Hidra {
         }
     }
 
-    /// Step 2: the tenant's data on its server, in one transaction there.
-    async fn build_on_server(
-        &self,
-        home: &Home,
-        tenant: &Tenant,
-        setup: Option<&dyn crate::hidra::DynSeed>,
-    ) -> Result<()> {
-        let Home::Server(server) = home else {
-            unreachable!("provision_on_server resolves a registered server");
-        };
-        let binding = self.binding(tenant)?;
-        match tenant.placement.strategy {
-            Strategy::Database => {
-                let database = sql::Ident::new(
-                    strategy::database::tenant_database(tenant)?.to_owned(),
-                    "tenant database name",
-                )?;
-                self.create_tenant_database_at(home, tenant, &database)
-                    .await?;
-                let conn = self.database_conn_at(home, tenant).await?;
-                let mut conn = crate::scope::Pooled::Database(conn);
-                let mut tx = conn
-                    .begin()
-                    .await
-                    .map_err(Error::db("beginning the tenant database's seed"))?;
-                self.run_seeds(&mut tx, tenant, &binding, setup).await?;
-                tx.commit()
-                    .await
-                    .map_err(Error::db("committing the tenant database's seed"))?;
-            }
-            Strategy::Schema | Strategy::RowLevel => {
-                let mut conn = self.acquire_shared_at(home).await?;
-                self.ensure_internal_at(home, &mut conn).await?;
-                let mut tx = conn
-                    .begin()
-                    .await
-                    .map_err(Error::db("beginning the provisioning transaction"))?;
-                if tenant.placement.strategy == Strategy::Schema {
-                    let schema = tenant.placement.schema_ident()?;
-                    let what = format!("provisioning on a registered server (`{}`)", server.name);
-                    self.build_schema_in(&mut tx, tenant, &schema, &binding.search_path, &what)
-                        .await?;
-                } else {
-                    strategy::row_level::record_on_server(&mut tx, &tenant.id).await?;
-                }
-                self.run_seeds(&mut tx, tenant, &binding, setup).await?;
-                tx.commit()
-                    .await
-                    .map_err(Error::db("committing the provisioning transaction"))?;
-            }
-        }
-        tracing::debug!(tenant = %tenant.id, server = %server.name, "tenant data committed on its server; activating");
-        Ok(())
+    /// A connection to `home`'s shared database, with Hidra's internal
+    /// schema there.
+    pub(crate) async fn acquire_internal_at(&self, home: &Home) -> Result<crate::SharedConn> {
+        let mut conn = self.acquire_shared_at(home).await?;
+        self.ensure_internal_at(home, &mut conn).await?;
+        Ok(conn)
     }
 
     /// Creates Hidra's internal schema on `home`'s server once per process.
@@ -238,39 +181,6 @@ impl Hidra {
                 .await
                 .map(|_| ()),
         }
-    }
-
-    /// Records the row-level tenants the registry places on `server` in its
-    /// `hidra.row_level_tenants`, just created there: tenants provisioned
-    /// before their server's binding checked that table.
-    async fn record_row_level_tenants(
-        &self,
-        server: &ServerName,
-        conn: &mut sqlx::PgConnection,
-    ) -> Result<()> {
-        let mut control = self.acquire_shared().await?;
-        let ids: Vec<String> = crate::store::list_all(&self.inner.registry.store, &mut control)
-            .await?
-            .into_iter()
-            .filter(|t| {
-                t.placement.strategy == Strategy::RowLevel
-                    && t.placement.server.as_deref() == Some(server.as_str())
-                    && t.status != TenantStatus::Deleting
-            })
-            .map(|t| t.id.to_string())
-            .collect();
-        drop(control);
-        if !ids.is_empty() {
-            sqlx::query(
-                "INSERT INTO hidra.row_level_tenants (tenant_id) SELECT unnest($1::text[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&ids)
-            .execute(&mut *conn)
-            .await
-            .map_err(Error::db("recording a server's row-level tenants"))?;
-        }
-        Ok(())
     }
 
     /// Tenants whose provisioning on a registered server was interrupted (a
@@ -344,28 +254,6 @@ enum Undo {
     DataAndRow,
     /// The row only: the name was taken on the server by something else.
     RowOnly,
-}
-
-impl Hidra {
-    /// Whether what is on `tenant`'s server under its name can be the work
-    /// of its provisioning: a schema is, only if its bookkeeping row exists
-    /// (committed with it, in one transaction); a stray schema of that name
-    /// is left alone.
-    async fn built_by_provisioning(&self, tenant: &Tenant) -> Result<bool> {
-        if tenant.placement.strategy != Strategy::Schema {
-            return Ok(true);
-        }
-        let home = self.home(tenant).await?;
-        let mut conn = self.acquire_shared_at(&home).await?;
-        sqlx::query_scalar(
-            "SELECT to_regclass('hidra.schema_versions') IS NOT NULL \
-             AND EXISTS (SELECT 1 FROM hidra.schema_versions WHERE schema_name = $1)",
-        )
-        .bind(&tenant.placement.schema)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(Error::db("checking whose schema it is"))
-    }
 }
 
 /// What to do with a tenant's provisioning lock.

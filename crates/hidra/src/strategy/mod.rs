@@ -6,12 +6,15 @@
 //! - `row_level` (public as [`rls`](crate::rls)): rows in shared tables, bound through the `hidra.tenant_id`
 //!   setting that the row-level security policies read;
 //! - `database`: a database of its own, reached through a small pool per
-//!   database under one budget (`scope::databases`).
+//!   database under one budget (`database::pools`, public as
+//!   [`TenantDatabases`](crate::TenantDatabases)).
 //!
-//! Each module owns how its tenants are provisioned, bound, moved in and out,
-//! and dropped. The operations (`lifecycle`, `moves`, `archive` import, the
-//! checkouts of [`Hidra`]) call the functions below, the only `match` on a
-//! tenant's strategy of those operations.
+//! Each module owns how its tenants are provisioned (on the control server
+//! or a registered one), bound, moved in and out (between strategies and
+//! between servers), and dropped. The operations (`lifecycle`, `moves`,
+//! `servers`, `archive` import, the checkouts of [`Hidra`]) call the
+//! functions below, the only `match` on a tenant's strategy of those
+//! operations.
 
 pub(crate) mod database;
 pub mod row_level;
@@ -20,11 +23,12 @@ pub(crate) mod schema;
 use sqlx::Connection;
 
 use crate::error::{Error, Result};
-use crate::hidra::Hidra;
+use crate::hidra::{DynSeed, Hidra};
+use crate::moves;
 use crate::scope::{self, Pooled, Share, SharedConn, TenantConn, TenantScope, TenantTx};
 use crate::servers::Home;
 use crate::sql::{self, Ident};
-use crate::tenant::{NewTenant, Strategy, Tenant};
+use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
 
 /// What a tenant checkout binds: the `search_path`, and the tenant id the
 /// row-level security policies read (`hidra.tenant_id`, empty for tenants
@@ -125,8 +129,7 @@ impl Hidra {
             return self.drop_tenant_database(tenant).await;
         }
         let home = self.home(tenant).await?;
-        let mut conn = self.acquire_shared_at(&home).await?;
-        self.ensure_internal_at(&home, &mut conn).await?;
+        let mut conn = self.acquire_internal_at(&home).await?;
         let mut tx = conn
             .begin()
             .await
@@ -152,8 +155,13 @@ impl Hidra {
     /// Fails unless tenants can be placed under `strategy` now: row level
     /// requires a clean audit (see [`Hidra::audit_row_level`]).
     pub(crate) async fn require_ready(&self, strategy: Strategy) -> Result<()> {
+        self.require_ready_at(&Home::Control, strategy).await
+    }
+
+    /// [`require_ready`](Self::require_ready) on `home`'s server.
+    pub(crate) async fn require_ready_at(&self, home: &Home, strategy: Strategy) -> Result<()> {
         match strategy {
-            Strategy::RowLevel => self.require_row_level_audit().await,
+            Strategy::RowLevel => self.require_row_level_audit_at(home).await,
             Strategy::Schema | Strategy::Database => Ok(()),
         }
     }
@@ -319,8 +327,7 @@ impl Hidra {
             if server.internal_ready.initialized() {
                 return Ok(());
             }
-            let mut conn = self.acquire_shared_at(home).await?;
-            return self.ensure_internal_at(home, &mut conn).await;
+            return self.acquire_internal_at(home).await.map(drop);
         }
         let registry = &self.inner.registry;
         let Some(own) = registry.own.as_ref() else {
@@ -391,5 +398,155 @@ impl Hidra {
             }
         };
         Ok(tx.with_share(share))
+    }
+}
+
+/// Provisioning on a registered server and moves between servers
+/// (`servers::provision`, `servers::moves`): what differs per strategy.
+impl Hidra {
+    /// Where a new tenant `id` goes under `strategy`, as the configured
+    /// naming names it; the caller sets the server.
+    pub(crate) fn placement_for(&self, strategy: Strategy, id: &TenantId) -> Placement {
+        match strategy {
+            Strategy::Schema => schema::placement(&self.inner.schema.naming.schema_for(id)),
+            Strategy::Database => database::placement(&self.inner.database.naming.schema_for(id)),
+            Strategy::RowLevel => self.row_level_placement(),
+        }
+    }
+
+    /// Builds `tenant` (its placement naming the server of `home`) there and
+    /// runs its seeds, committed in one transaction on that server.
+    pub(crate) async fn build_at(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        setup: Option<&dyn DynSeed>,
+    ) -> Result<()> {
+        let binding = self.binding(tenant)?;
+        if tenant.placement.strategy == Strategy::Database {
+            return self.build_database_at(home, tenant, &binding, setup).await;
+        }
+        let mut conn = self.acquire_internal_at(home).await?;
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the provisioning transaction"))?;
+        match tenant.placement.strategy {
+            Strategy::Schema => {
+                let what = format!(
+                    "provisioning on a registered server (`{}`)",
+                    home.server_name().unwrap_or_default()
+                );
+                let schema = tenant.placement.schema_ident()?;
+                self.build_schema_in(&mut tx, tenant, &schema, &binding.search_path, &what)
+                    .await?;
+            }
+            Strategy::RowLevel => row_level::record_on_server(&mut tx, &tenant.id).await?,
+            Strategy::Database => unreachable!("built above"),
+        }
+        self.commit_seeded(tx, tenant, &binding, setup).await
+    }
+
+    /// Whether what is on `tenant`'s server under its name can be the work
+    /// of its provisioning (a repair drops it): a schema is, only if its
+    /// bookkeeping row exists (committed with it, in one transaction); a
+    /// stray schema of that name is left alone.
+    pub(crate) async fn built_by_provisioning(&self, tenant: &Tenant) -> Result<bool> {
+        match tenant.placement.strategy {
+            Strategy::Schema => {
+                let home = self.home(tenant).await?;
+                let mut conn = self.acquire_shared_at(&home).await?;
+                schema::has_bookkeeping(&mut conn, &tenant.placement.schema).await
+            }
+            Strategy::RowLevel | Strategy::Database => Ok(true),
+        }
+    }
+
+    /// A connection to where `tenant`'s tables are on `home`: its own
+    /// database, or the server's database holding its schema or rows.
+    pub(crate) async fn tables_conn_at(&self, home: &Home, tenant: &Tenant) -> Result<Pooled> {
+        Ok(match tenant.placement.strategy {
+            Strategy::Database => Pooled::Database(self.database_conn_at(home, tenant).await?),
+            Strategy::Schema | Strategy::RowLevel => {
+                Pooled::Shared(self.acquire_shared_at(home).await?.into_pool_conn())
+            }
+        })
+    }
+
+    /// Locks `tenant`'s tables on `source`, inside the transaction begun
+    /// there, against writes (readers go on), and returns them in copy
+    /// order. A row-level tenant's own transactions are waited for first,
+    /// and `source` is left bound to it.
+    pub(crate) async fn freeze_tables(
+        &self,
+        source: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+    ) -> Result<Vec<moves::Table>> {
+        match tenant.placement.strategy {
+            Strategy::RowLevel => self.freeze_row_level(source, &tenant.id).await,
+            Strategy::Schema | Strategy::Database => {
+                let tables =
+                    row_level::tables_in_order(source, &tenant.placement.schema, None).await?;
+                moves::lock(source, tables.iter().map(|t| t.1.clone())).await?;
+                Ok(tables)
+            }
+        }
+    }
+
+    /// Builds `tenant` on `home` and copies `tables` into it from `source`
+    /// (frozen by [`freeze_tables`](Self::freeze_tables)), in one
+    /// transaction there; returns the rows copied.
+    pub(crate) async fn copy_to_home(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        source: &mut sqlx::PgConnection,
+        tables: &[moves::Table],
+        progress: &moves::Progress<'_>,
+    ) -> Result<u64> {
+        match tenant.placement.strategy {
+            Strategy::Database => {
+                self.copy_database_to(home, tenant, source, tables, progress)
+                    .await
+            }
+            Strategy::Schema => {
+                self.copy_schema_to(home, tenant, source, tables, progress)
+                    .await
+            }
+            Strategy::RowLevel => {
+                self.copy_row_level_to(home, tenant, source, tables, progress)
+                    .await
+            }
+        }
+    }
+
+    /// Drops the old copy of a moved `tenant` in `source`'s transaction,
+    /// while its locks still hold, and commits it (the writers that waited
+    /// then fail: their tables or rows are gone); then a tenant database's
+    /// old database goes.
+    pub(crate) async fn drop_moved_source(
+        &self,
+        tenant: &Tenant,
+        tables: &[moves::Table],
+        source: &mut Pooled,
+    ) -> Result<()> {
+        match tenant.placement.strategy {
+            Strategy::Database => {
+                moves::drop_and_commit(source, database::TENANT_DB_SCHEMA, tables).await?;
+                source.close_on_drop();
+                return self.drop_tenant_database(tenant).await;
+            }
+            // Deleted under the locks still held; forgotten by the source
+            // server's binding in the same transaction.
+            Strategy::RowLevel => self.delete_row_level_rows(source, tenant).await?,
+            Strategy::Schema => {
+                schema::drop_tenant_schema(source, &tenant.placement.schema_ident()?).await?
+            }
+        }
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut **source)
+            .await
+            .map_err(Error::db("dropping the moved tenant's old copy"))?;
+        Ok(())
     }
 }

@@ -40,7 +40,10 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
-use crate::moves::{advance_sequences, columns, ensure_empty, lock};
+use crate::moves::{
+    Progress, Table, advance_sequences, columns, count_rows, end_copy, ensure_empty, lock,
+};
+use crate::servers::{Home, MoveProgress};
 use crate::sql::{self, Ident, TableName};
 use crate::strategy::schema::drop_tenant_schema;
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId};
@@ -608,6 +611,116 @@ impl Hidra {
             .update_placement(tx, &tenant.id, &placement)
             .await?
             .ok_or_else(|| Error::NotFound(tenant.id.clone()))
+    }
+}
+
+/// A row-level tenant on a registered server and its moves between
+/// servers (dispatched by `strategy`).
+impl Hidra {
+    /// Records the row-level tenants the registry places on `server` in its
+    /// `hidra.row_level_tenants`, just created there: tenants provisioned
+    /// before their server's binding checked that table.
+    pub(crate) async fn record_row_level_tenants(
+        &self,
+        server: &crate::ServerName,
+        conn: &mut sqlx::PgConnection,
+    ) -> Result<()> {
+        let mut control = self.acquire_shared().await?;
+        let ids: Vec<String> = crate::store::list_all(&self.inner.registry.store, &mut control)
+            .await?
+            .into_iter()
+            .filter(|t| {
+                t.placement.strategy == Strategy::RowLevel
+                    && t.placement.server.as_deref() == Some(server.as_str())
+                    && t.status != crate::TenantStatus::Deleting
+            })
+            .map(|t| t.id.to_string())
+            .collect();
+        drop(control);
+        if !ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO hidra.row_level_tenants (tenant_id) SELECT unnest($1::text[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await
+            .map_err(Error::db("recording a server's row-level tenants"))?;
+        }
+        Ok(())
+    }
+
+    /// Freezes a row-level tenant on `source` for a move between servers:
+    /// its transactions first (they hold its shared lock and may wait for a
+    /// table), then the row-level tables in share mode; leaves `source`
+    /// bound to it, so only its rows are read.
+    pub(crate) async fn freeze_row_level(
+        &self,
+        source: &mut sqlx::PgConnection,
+        id: &TenantId,
+    ) -> Result<Vec<Table>> {
+        lock_tenant(source, id).await?;
+        let tables = self.row_level_tables(source).await?;
+        lock(source, tables.iter().map(|t| t.1.clone())).await?;
+        bind_in_tx(source, id.as_str()).await?;
+        Ok(tables)
+    }
+
+    /// Copies a row-level tenant's rows (`tables`, read on `source` with
+    /// the tenant bound) into the same row-level tables on `home`, in one
+    /// transaction there that also records it as a row-level tenant of that
+    /// server; returns the rows copied. The tables must exist there (the
+    /// application creates its row-level tables on every server); a row
+    /// whose key is taken there (a key without the tenant column, from
+    /// another server's sequence) fails the copy, and the move with it.
+    pub(crate) async fn copy_row_level_to(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        source: &mut sqlx::PgConnection,
+        tables: &[Table],
+        progress: &Progress<'_>,
+    ) -> Result<u64> {
+        let mut target = self.begin_shared_copy(home).await?;
+        let copied = async {
+            bind_in_tx(&mut target, tenant.id.as_str()).await?;
+            let there = self.row_level_tables(&mut target).await?;
+            let column = self.inner.row_level.column.as_str();
+            let schema = self.inner.row_level.schema.as_str();
+            let mut rows = 0;
+            for (done, (name, from, cols)) in tables.iter().enumerate() {
+                let Some((_, to, to_cols)) = there.iter().find(|t| &t.0 == name) else {
+                    ensure_empty(source, from, &tenant.id, column).await?;
+                    continue;
+                };
+                // Row-level security refuses `COPY FROM`: through a
+                // temporary table, then an insert the policies check.
+                let n = copy_rows_in(source, from, &mut target, to, cols, to_cols).await?;
+                let counted = count_rows(source, from).await?;
+                if n != counted {
+                    return Err(Error::Database {
+                        context: "verifying the copy",
+                        source: sqlx::Error::Protocol(format!(
+                            "{n} rows of {from} reached the target, the source has {counted}"
+                        )),
+                    });
+                }
+                advance_sequences(&mut target, to, schema, name).await?;
+                rows += n;
+                progress(&MoveProgress {
+                    table: name.clone(),
+                    rows: n,
+                    done: done + 1,
+                    total: tables.len(),
+                });
+            }
+            if matches!(home, Home::Server(_)) {
+                record_on_server(&mut target, &tenant.id).await?;
+            }
+            Ok::<_, Error>(rows)
+        }
+        .await;
+        end_copy(&mut target, copied).await
     }
 }
 

@@ -20,7 +20,9 @@ use sqlx::Connection;
 use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
 use crate::migrate;
+use crate::moves::{Progress, Table, copy_and_commit};
 use crate::scope;
+use crate::servers::Home;
 use crate::sql::{self, Ident};
 use crate::tenant::{NewTenant, Placement, SchemaNaming, Strategy, Tenant, TenantStatus};
 
@@ -55,6 +57,19 @@ pub(crate) async fn drop_tenant_schema(tx: &mut sqlx::PgConnection, schema: &Ide
         .await
         .map_err(Error::db("forgetting the tenant's schema version"))?;
     Ok(())
+}
+
+/// Whether `schema` has its row in `hidra.schema_versions` (written in
+/// the transaction that creates a tenant schema).
+pub(crate) async fn has_bookkeeping(conn: &mut sqlx::PgConnection, schema: &str) -> Result<bool> {
+    sqlx::query_scalar(
+        "SELECT to_regclass('hidra.schema_versions') IS NOT NULL \
+         AND EXISTS (SELECT 1 FROM hidra.schema_versions WHERE schema_name = $1)",
+    )
+    .bind(schema)
+    .fetch_one(conn)
+    .await
+    .map_err(Error::db("checking whose schema it is"))
 }
 
 impl Hidra {
@@ -321,5 +336,36 @@ impl Hidra {
             ));
         }
         Ok(())
+    }
+
+    /// Builds a schema tenant on `home` and copies `tables` into it from
+    /// `source`, in one transaction there; returns the rows copied.
+    pub(crate) async fn copy_schema_to(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        source: &mut sqlx::PgConnection,
+        tables: &[Table],
+        progress: &Progress<'_>,
+    ) -> Result<u64> {
+        let mut conn = self.begin_shared_copy(home).await?;
+        let schema = tenant.placement.schema_ident()?;
+        let path = self.binding(tenant)?.search_path;
+        if let Err(e) = self
+            .build_schema_for_move(&mut conn, tenant, &schema, &path)
+            .await
+        {
+            let _ = sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await;
+            return Err(e);
+        }
+        copy_and_commit(
+            source,
+            tables,
+            &mut conn,
+            schema.as_str(),
+            &tenant.id,
+            progress,
+        )
+        .await
     }
 }

@@ -139,6 +139,13 @@ impl Placement {
         self.strategy != Strategy::Database && self.server.is_none()
     }
 
+    /// Whether the tenant has tables of its own that tenant migrations
+    /// build (a schema of its own, or its own database's): not a row-level
+    /// tenant, whose rows are in tables the shared migrations own.
+    pub(crate) fn has_own_tables(&self) -> bool {
+        self.strategy != Strategy::RowLevel
+    }
+
     /// The schema as a validated identifier.
     pub(crate) fn schema_ident(&self) -> Result<Ident> {
         Ident::new(self.schema.clone(), "tenant schema name")

@@ -987,9 +987,9 @@ async fn is_clean(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
     // A statement, not an empty query: inside a failed transaction it fails.
     // The timeouts too: a tenant checkout sets its own on the session, and
     // the next user may be the migration runner or a move.
-    super::run_outside_transaction(
+    crate::scope::run_outside_transaction(
         conn,
-        crate::sql::reset_statement(super::Timeouts::ALL.values()),
+        crate::sql::reset_statement(crate::scope::Timeouts::ALL.values()),
     )
     .await
 }

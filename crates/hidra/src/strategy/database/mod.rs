@@ -10,10 +10,12 @@
 //! under an exclusive advisory lock, while creating databases from it takes the
 //! same lock shared, so a template is never migrated while it is copied.
 //!
-//! The connections themselves come from `scope::databases` (a small pool per
+//! The connections themselves come from `strategy::database::pools` (a small pool per
 //! tenant database under one global budget): they are what a
 //! [`TenantConn`](crate::TenantConn) or [`TenantTx`](crate::TenantTx) of such
 //! a tenant holds, as `scope::pool` is for the shared database.
+
+pub(crate) mod pools;
 
 use std::time::Duration;
 
@@ -275,7 +277,7 @@ impl Hidra {
 /// database of its own (rows streamed through binary `COPY`).
 impl Hidra {
     /// A connection to `tenant`'s own database on its `home` server, from its
-    /// per-database pool (see `scope::databases`), failing fast while the
+    /// per-database pool (see `strategy::database::pools`), failing fast while the
     /// server does not answer.
     pub(crate) async fn database_conn_at(
         &self,
@@ -284,6 +286,60 @@ impl Hidra {
     ) -> Result<DbConn> {
         let (databases, reach) = self.databases_at(home);
         scope::acquire_database(databases, reach, tenant_database(tenant)?).await
+    }
+
+    /// Creates a database tenant's database on `home`'s server from the
+    /// template there and runs its seeds in it.
+    pub(crate) async fn build_database_at(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        binding: &super::Binding,
+        setup: Option<&dyn crate::hidra::DynSeed>,
+    ) -> Result<()> {
+        let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
+        self.create_tenant_database_at(home, tenant, &database)
+            .await?;
+        let mut conn = scope::Pooled::Database(self.database_conn_at(home, tenant).await?);
+        let tx = conn
+            .begin()
+            .await
+            .map_err(Error::db("beginning the tenant database's seed"))?;
+        self.commit_seeded(tx, tenant, binding, setup).await
+    }
+
+    /// Creates a database tenant's database on `home` and copies `tables`
+    /// into it from `source`, in one transaction there; returns the rows
+    /// copied.
+    pub(crate) async fn copy_database_to(
+        &self,
+        home: &Home,
+        tenant: &Tenant,
+        source: &mut sqlx::PgConnection,
+        tables: &[crate::moves::Table],
+        progress: &crate::moves::Progress<'_>,
+    ) -> Result<u64> {
+        let database = Ident::new(tenant_database(tenant)?.to_owned(), "tenant database name")?;
+        self.create_tenant_database_at(home, tenant, &database)
+            .await?;
+        let record = Tenant {
+            placement: Placement {
+                server: home.server_name(),
+                ..tenant.placement.clone()
+            },
+            ..tenant.clone()
+        };
+        let mut conn = scope::Pooled::Database(self.database_conn_at(home, &record).await?);
+        crate::moves::begin_copy(&mut conn).await?;
+        crate::moves::copy_and_commit(
+            source,
+            tables,
+            &mut conn,
+            TENANT_DB_SCHEMA,
+            &tenant.id,
+            progress,
+        )
+        .await
     }
 
     /// Moves a schema-per-tenant tenant into a database of its own; see

@@ -51,7 +51,6 @@ mod bookkeeping;
 mod runner;
 mod shared;
 mod template;
-mod warm;
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -61,6 +60,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+pub use crate::strategy::schema::warm::WarmPoolStatus;
 pub(crate) use batch::{
     APPLIED_COLUMN, Batch, Spans, migration_batch, record_history, tenant_history_ddl,
 };
@@ -75,8 +75,6 @@ pub use runner::{
 pub(crate) use runner::{read_history, recorded_state};
 pub use shared::{SharedReport, SharedStatus};
 pub use template::{DEFAULT_TEMPLATE_SCHEMA, TemplateSchema};
-pub use warm::WarmPoolStatus;
-pub(crate) use warm::claim_spare;
 
 /// One migration: a version, a description and the SQL to run.
 #[derive(Clone, Debug)]

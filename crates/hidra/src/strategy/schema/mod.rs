@@ -15,6 +15,8 @@
 //! and its bookkeeping row. Moves into a schema build it here
 //! ([`Hidra::build_schema_for_move`]).
 
+pub(crate) mod warm;
+
 use sqlx::Connection;
 
 use crate::error::{Error, Result, sqlstate};
@@ -116,7 +118,7 @@ impl Hidra {
         let binding = self.binding(&tenant)?;
         let path = binding.search_path.clone();
         let claimed = if inner.migrations.warm_pool > 0 {
-            migrate::claim_spare(&mut tx, migrations, &schema)
+            warm::claim_spare(&mut tx, migrations, &schema)
                 .await
                 .map_err(|e| match e.sqlstate().as_deref() {
                     Some(sqlstate::DUPLICATE_SCHEMA) => taken(),

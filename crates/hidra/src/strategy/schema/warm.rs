@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use super::Migrations;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
+use crate::migrate::{self, Migrations};
 use crate::sql::{self, Ident};
 
 /// How full the warm pool is.
@@ -93,7 +93,7 @@ impl Hidra {
             .begin()
             .await
             .map_err(Error::db("beginning a spare schema"))?;
-        let version = super::create_schema(&mut tx, &schema, &path, migrations)
+        let version = migrate::create_schema(&mut tx, &schema, &path, migrations)
             .await
             .map_err(|(source, failed)| match failed {
                 Some(m) => m.error(schema.as_str(), source),

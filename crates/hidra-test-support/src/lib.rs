@@ -280,3 +280,55 @@ mod tests {
         assert_eq!(b64url_decode("+/8="), b"\xfb\xff");
     }
 }
+
+/// Another run of the current test binary: one `#[ignore]`d test, started
+/// as a child process to be killed (SIGKILL) at a point it announces. It is
+/// killed when dropped too, so no child outlives a failed assertion.
+#[derive(Debug)]
+pub struct ChildTest(std::process::Child);
+
+impl ChildTest {
+    /// Starts the ignored test `name` with the environment `env`, and waits
+    /// until it prints a line containing `READY` (panics if it ends first,
+    /// or after 60 s).
+    pub async fn until_ready(name: &str, env: &[(&str, &str)]) -> ChildTest {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args([
+                "--exact",
+                name,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped());
+        let mut child = ChildTest(command.spawn().expect("start the child test"));
+        let stdout = child.0.stdout.take().unwrap();
+        let ready = tokio::task::spawn_blocking(move || {
+            std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .any(|line| line.contains("READY"))
+        });
+        let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .unwrap_or_else(|_| panic!("{name} did not get READY within 60 s"))
+            .unwrap();
+        assert!(ready, "{name} ended before it was READY ({env:?})");
+        child
+    }
+
+    /// Kills it with SIGKILL and waits for it to end.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for ChildTest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

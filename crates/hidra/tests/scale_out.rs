@@ -655,37 +655,15 @@ async fn child_provisions_until_killed() {
 
 #[tokio::test]
 async fn a_provisioning_killed_with_sigkill_is_repaired_by_doctor() {
-    use std::io::BufRead;
     let fleet = fleet(builder()).await;
     let hidra = &fleet.ctx.hidra;
     for stop_at in ["seed", "committed"] {
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "child_provisions_until_killed",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_URL, fleet.ctx.db.url())
-            .env(CHILD_STOP_AT, stop_at)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let ready = tokio::task::spawn_blocking(move || {
-            std::io::BufReader::new(stdout)
-                .lines()
-                .map_while(Result::ok)
-                .any(|line| line.contains("READY"))
-        });
-        let ready = tokio::time::timeout(Duration::from_secs(60), ready)
-            .await
-            .expect("the child got to its stop")
-            .unwrap();
-        assert!(ready, "the child ended before its stop ({stop_at})");
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        hidra_test_support::ChildTest::until_ready(
+            "child_provisions_until_killed",
+            &[(CHILD_URL, fleet.ctx.db.url()), (CHILD_STOP_AT, stop_at)],
+        )
+        .await
+        .kill(); // SIGKILL
 
         let tid = id(&format!("killed-{stop_at}"));
         let schema = format!("tenant_killed_{stop_at}");

@@ -189,7 +189,13 @@ pub(crate) async fn run(settings: &Settings, json: bool, repair: bool) -> Result
 
     match &tenants {
         Some(tenants) => {
-            schema_checks(&mut report, settings, tenants, &schemas);
+            // Provisionings whose lock nobody holds (see `schema_checks`).
+            let abandoned: HashSet<hidra::TenantId> = match hidra.abandoned_provisionings().await {
+                Ok(abandoned) => abandoned.into_iter().map(|t| t.id).collect(),
+                Err(e) if e.is_table_missing() => HashSet::new(),
+                Err(e) => return Err(e.into()),
+            };
+            schema_checks(&mut report, settings, tenants, &schemas, &abandoned);
         }
         None => {
             report.skipped("orphan schemas", "needs the registry table");
@@ -394,25 +400,26 @@ async fn provisioning_checks(
         }
     }
     if abandoned.is_empty() {
-        report.ok(
-            NAME,
-            "no provisioning on a registered server was left half done".into(),
-        );
+        report.ok(NAME, "no provisioning was left half done".into());
     } else {
         report.problem(
             NAME,
             format!(
                 "{} `provisioning` with nobody finishing them (a killed process?): \
-                 `hidra doctor --repair` drops what was built on their servers and unregisters them",
+                 `hidra doctor --repair` drops what was built of them and unregisters them",
                 plural(abandoned.len(), "tenant", "tenants")
             ),
             abandoned
                 .iter()
                 .map(|t| {
                     format!(
-                        "{} on server {} (since {})",
+                        "{} on {} ({}, since {})",
                         t.id,
-                        t.placement.server.as_deref().unwrap_or("?"),
+                        t.placement
+                            .server
+                            .as_ref()
+                            .map_or("the control server".to_owned(), |s| format!("server {s}")),
+                        t.placement.strategy,
                         t.created_at.to_rfc3339()
                     )
                 })
@@ -500,6 +507,7 @@ fn schema_checks(
     settings: &Settings,
     tenants: &[Tenant],
     schemas: &HashSet<String>,
+    abandoned: &HashSet<hidra::TenantId>,
 ) {
     let prefix = settings.schema_prefix.as_str();
     let registered: HashSet<&str> = tenants
@@ -530,13 +538,15 @@ fn schema_checks(
     }
 
     // Provisioning is one transaction, except around `-- no-transaction`
-    // migrations and tenant databases: a row still `provisioning` long after
-    // it was written is what a crash there left behind.
+    // migrations, tenant databases and registered servers, where the process
+    // holds the tenant's provisioning lock until the row is settled. Rows
+    // whose lock nobody holds are interrupted provisionings (checked below,
+    // repaired by `--repair`); a row still held long after it was written
+    // is a provisioning that hangs.
     let stuck: Vec<String> = tenants
         .iter()
         .filter(|t| t.status == hidra::TenantStatus::Provisioning)
-        // Those on registered servers are checked precisely below.
-        .filter(|t| t.placement.server.is_none())
+        .filter(|t| !abandoned.contains(&t.id))
         .filter(|t| {
             chrono::Utc::now() - t.created_at > chrono::Duration::minutes(STUCK_AFTER_MINUTES)
         })
@@ -558,8 +568,8 @@ fn schema_checks(
         report.problem(
             "stuck provisioning",
             format!(
-                "{} `provisioning` for over {STUCK_AFTER_MINUTES} minutes (a crash mid-provisioning?): \
-                 delete them with `hidra tenant delete ID --yes` and provision again",
+                "{} `provisioning` for over {STUCK_AFTER_MINUTES} minutes, a process still at it (a seed or \
+                 migration that hangs?): stop that process, then `hidra doctor --repair` undoes them",
                 plural(stuck.len(), "tenant", "tenants")
             ),
             stuck,

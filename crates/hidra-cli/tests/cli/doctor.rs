@@ -1,5 +1,8 @@
 use serde_json::Value;
 
+use hidra::sqlx::{self, Connection, PgConnection};
+use hidra_test_support::wait_for;
+
 use crate::common::{Ctx, error_line, json};
 
 /// The status of each check of a JSON report, by name.
@@ -226,25 +229,85 @@ async fn doctor_finds_tenants_stuck_in_provisioning() {
         check(&json(&ctx.ok(&["doctor", "--json"])), "stuck provisioning")["status"],
         "ok"
     );
-    // What a crash in the middle of a two-phase provisioning leaves: a row
-    // still `provisioning` long after it was written (and a fresh one, which
-    // may still be under way).
+    // Rows left `provisioning` by multi-step provisionings: `hung` an hour
+    // ago by a process that still holds its provisioning lock (the session
+    // below stands for it), `crashed` by a process that is gone (nobody holds
+    // its lock), and `fresh` by one that is gone too.
     ctx.exec(
         "INSERT INTO public.tenants (id, name, status, strategy, schema_name, created_at, updated_at) \
-         VALUES ('crashed', 'Crashed', 'provisioning', 'schema', 'tenant_crashed', now() - interval '1 hour', now()), \
+         VALUES ('hung', 'Hung', 'provisioning', 'schema', 'tenant_hung', now() - interval '1 hour', now()), \
+                ('crashed', 'Crashed', 'provisioning', 'schema', 'tenant_crashed', now() - interval '1 hour', now()), \
                 ('fresh', 'Fresh', 'provisioning', 'schema', 'tenant_fresh', now(), now()); \
-         CREATE SCHEMA tenant_crashed; CREATE SCHEMA tenant_fresh",
+         CREATE SCHEMA tenant_hung; CREATE SCHEMA tenant_crashed; CREATE SCHEMA tenant_fresh",
     )
     .await;
+    let mut alive = PgConnection::connect(ctx.db.url()).await.unwrap();
+    // The provisioning lock's keys (`servers::provision`): "hidp", the id.
+    sqlx::query("SELECT pg_advisory_lock(1751737456, hashtext('hung'))")
+        .execute(&mut alive)
+        .await
+        .unwrap();
     let out = ctx.cmd().args(["doctor", "--json"]).output().unwrap();
-    assert_eq!(error_line(&out), "error: doctor found 1 problem");
+    assert_eq!(error_line(&out), "error: doctor found 2 problems");
     let report = json(&String::from_utf8(out.stdout).unwrap());
-    let stuck = check(&report, "stuck provisioning");
-    assert_eq!(stuck["status"], "problem");
-    let items = stuck["items"].as_array().unwrap();
-    assert_eq!(items.len(), 1, "{stuck}");
-    assert!(
-        items[0].as_str().unwrap().starts_with("crashed "),
-        "{stuck}"
+    let items = |name: &str| -> Vec<String> {
+        let found = check(&report, name);
+        assert_eq!(found["status"], "problem", "{found}");
+        (found["items"].as_array().unwrap().iter())
+            .map(|i| i.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let stuck = items("stuck provisioning");
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+    assert!(stuck[0].starts_with("hung "), "{stuck:?}");
+    let interrupted = items("interrupted provisionings");
+    assert_eq!(interrupted.len(), 2, "{interrupted:?}");
+    assert!(interrupted[0].starts_with("crashed on the control server (schema, since"));
+    assert!(interrupted[1].starts_with("fresh on the control server"));
+
+    // Repair undoes the two nobody finishes, and leaves the one in progress
+    // (still a problem).
+    let repair = || {
+        ctx.cmd()
+            .args(["doctor", "--repair", "--json"])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(error_line(&repair()), "error: doctor found 1 problem");
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM public.tenants WHERE status = 'provisioning' ORDER BY id",
+    )
+    .fetch_all(&mut alive)
+    .await
+    .unwrap();
+    assert_eq!(left, ["hung"]);
+    // Once its process is gone, it is interrupted too.
+    drop(alive);
+    wait_for("the hung provisioning's lock to go", || async {
+        let out = ctx.cmd().args(["doctor", "--json"]).output().unwrap();
+        let report = json(&String::from_utf8(out.stdout).unwrap());
+        (check(&report, "interrupted provisionings")["items"][0]
+            .as_str()
+            .is_some_and(|i| i.starts_with("hung ")))
+        .then_some(())
+    })
+    .await;
+    let out = repair();
+    let report = json(&String::from_utf8(out.stdout.clone()).unwrap());
+    assert_eq!(
+        check(&report, "stuck provisioning")["status"],
+        "ok",
+        "{report}"
     );
+    assert_eq!(check(&report, "interrupted provisionings")["status"], "ok");
+    // The schemas stay: without their bookkeeping row they cannot be told
+    // from stray ones of those names.
+    assert_eq!(
+        check(&report, "orphan schemas")["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(error_line(&out), "error: doctor found 1 problem");
 }

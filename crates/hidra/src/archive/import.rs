@@ -17,6 +17,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate::{self, Migrations};
+use crate::servers::ProvisioningLock;
 use crate::sql::{self, Ident, Statement, TableName};
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 
@@ -454,25 +455,21 @@ impl Hidra {
         let database = self.inner.database.naming.schema_for(&plan.id);
         let schema = Ident::trusted(crate::strategy::database::TENANT_DB_SCHEMA.to_owned());
         let draft = self.import_draft(plan, crate::strategy::database::placement(&database));
-        let mut conn = self.acquire_shared().await?;
-        self.ensure_internal_for(&mut conn, &plan.id).await?;
-        let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;
+        // Held until the row is settled: a killed process leaves a row
+        // `hidra doctor --repair` recognises as abandoned.
+        let (mut lock, tenant) = ProvisioningLock::register(self, &draft).await?;
         // A database of that name that is not ours (SchemaTaken) must
         // survive the undo: only the record goes.
         let created = sqlx::raw_sql(sql::create_database(&database, None))
-            .execute(&mut *conn)
+            .execute(&mut **lock.conn())
             .await
             .map_err(crate::strategy::database::creation_error(
                 &plan.id, &database,
             ));
         if let Err(e) = created {
-            drop(conn);
-            if let Err(undo) = self.undo_database_tenant(&tenant, false).await {
-                tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
-            }
+            self.undo_database_tenant(lock, &tenant, false).await;
             return Err(e);
         }
-        drop(conn);
         let result = async {
             let path = self.binding(&tenant)?.search_path;
             let (tables, rows) = {
@@ -506,10 +503,9 @@ impl Hidra {
             Ok(credentials.summary(plan, tenant, tables, rows))
         }
         .await;
-        if result.is_err()
-            && let Err(undo) = self.undo_database_tenant(&tenant, true).await
-        {
-            tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed import; deprovision it");
+        match result {
+            Ok(_) => lock.release().await,
+            Err(_) => self.undo_database_tenant(lock, &tenant, true).await,
         }
         result
     }

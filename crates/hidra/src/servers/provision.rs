@@ -84,12 +84,9 @@ impl Hidra {
     /// Step 1: the lock, then the row (`provisioning`) committed on the
     /// control server, if `server` is active.
     async fn claim_provisioning(&self, draft: &Tenant, server: &ServerName) -> Result<Claim> {
-        let mut conn = self.acquire_shared().await?.into_pool_conn();
-        // Until the lock is given back, the connection must not be reused.
-        conn.close_on_drop();
-        self.ensure_internal_for(&mut conn, &draft.id).await?;
-        lock_provisioning(&mut conn, &draft.id, Lock::Take).await?;
-        let mut tx = conn
+        let mut lock = ProvisioningLock::take(self, &draft.id).await?;
+        let mut tx = lock
+            .conn()
             .begin()
             .await
             .map_err(Error::db("beginning the provisioning transaction"))?;
@@ -101,7 +98,7 @@ impl Hidra {
         tracing::debug!(tenant = %tenant.id, server = %server, "tenant claimed; building it on its server");
         Ok(Claim {
             hidra: self.clone(),
-            conn: Some(conn),
+            lock: Some(lock),
             tenant,
         })
     }
@@ -183,9 +180,12 @@ impl Hidra {
         }
     }
 
-    /// Tenants whose provisioning on a registered server was interrupted (a
-    /// killed process): `provisioning` rows whose provisioning lock nobody
-    /// holds (a provisioning in progress holds its lock).
+    /// Tenants whose provisioning was interrupted (a killed process) after
+    /// their row was committed as `provisioning`: a tenant on a registered
+    /// server, a tenant database, a schema waiting for its `--
+    /// no-transaction` migrations, an imported database. These are the
+    /// `provisioning` rows whose provisioning lock nobody holds (a
+    /// provisioning in progress holds its lock).
     pub async fn abandoned_provisionings(&self) -> Result<Vec<Tenant>> {
         let mut conn = self.acquire_shared().await?.into_pool_conn();
         conn.close_on_drop();
@@ -193,9 +193,6 @@ impl Hidra {
         let store = &self.inner.registry.store;
         let provisioning = Some(TenantStatus::Provisioning);
         for tenant in crate::store::list_all_in(store, &mut conn, provisioning).await? {
-            if tenant.placement.server.is_none() {
-                continue;
-            }
             if lock_provisioning(&mut conn, &tenant.id, Lock::Try).await? {
                 lock_provisioning(&mut conn, &tenant.id, Lock::Release).await?;
                 abandoned.push(tenant);
@@ -223,26 +220,23 @@ impl Hidra {
     /// `provisioning`: its data on its server, then its row. Returns whether
     /// there was anything to undo.
     async fn undo_claimed(&self, id: &TenantId, undo: Undo) -> Result<bool> {
-        let mut conn = self.acquire_shared().await?.into_pool_conn();
-        conn.close_on_drop();
-        lock_provisioning(&mut conn, id, Lock::Take).await?;
+        let mut lock = ProvisioningLock::take(self, id).await?;
+        let conn = lock.conn();
         let store = &self.inner.registry.store;
-        let undone = match (store.get(&mut conn, id).await?)
-            .filter(|t| t.status == TenantStatus::Provisioning)
-        {
-            Some(tenant) => {
-                if undo == Undo::DataAndRow && self.built_by_provisioning(&tenant).await? {
-                    self.drop_tenant(&mut conn, &tenant).await?;
-                } else {
-                    store.delete(&mut conn, id).await?;
+        let undone =
+            match (store.get(conn, id).await?).filter(|t| t.status == TenantStatus::Provisioning) {
+                Some(tenant) => {
+                    if undo == Undo::DataAndRow && self.built_by_provisioning(&tenant).await? {
+                        self.drop_tenant(conn, &tenant).await?;
+                    } else {
+                        store.delete(conn, id).await?;
+                    }
+                    tracing::info!(tenant = %id, "undid an interrupted provisioning");
+                    true
                 }
-                tracing::info!(tenant = %id, "undid an interrupted provisioning");
-                true
-            }
-            None => false,
-        };
-        lock_provisioning(&mut conn, id, Lock::Release).await?;
-        conn.settled();
+                None => false,
+            };
+        lock.release().await;
         Ok(undone)
     }
 }
@@ -287,13 +281,69 @@ async fn lock_provisioning(
         .map_err(Error::db("taking the tenant's provisioning lock"))
 }
 
+/// The provisioning lock of one tenant, held on a control-server connection
+/// of its own from before the tenant's registry row is committed as
+/// `provisioning` until that row is settled. A provisioning in progress holds
+/// it; a `provisioning` row whose lock nobody holds is abandoned (see
+/// [`Hidra::abandoned_provisionings`]). Dropped without
+/// [`release`](Self::release) (an error, a cancelled future), its connection
+/// is closed, which gives the lock back.
+pub(crate) struct ProvisioningLock {
+    conn: PoolConn,
+    id: TenantId,
+}
+
+impl ProvisioningLock {
+    /// Waits for the lock of `id` on a connection of the shared pool, with
+    /// Hidra's internal schema there; do the row's work on [`conn`](Self::conn).
+    pub(crate) async fn take(hidra: &Hidra, id: &TenantId) -> Result<Self> {
+        let mut conn = hidra.acquire_shared().await?.into_pool_conn();
+        // Until the lock is given back, the connection must not be reused.
+        conn.close_on_drop();
+        hidra.ensure_internal_for(&mut conn, id).await?;
+        lock_provisioning(&mut conn, id, Lock::Take).await?;
+        Ok(Self {
+            conn,
+            id: id.clone(),
+        })
+    }
+
+    /// Takes the lock of `draft`, then commits its row (`provisioning`) on
+    /// the lock's connection; returns both.
+    pub(crate) async fn register(hidra: &Hidra, draft: &Tenant) -> Result<(Self, Tenant)> {
+        let mut lock = Self::take(hidra, &draft.id).await?;
+        let tenant = hidra
+            .inner
+            .registry
+            .store
+            .insert(lock.conn(), draft)
+            .await?;
+        Ok((lock, tenant))
+    }
+
+    /// The connection holding the lock.
+    pub(crate) fn conn(&mut self) -> &mut PoolConn {
+        &mut self.conn
+    }
+
+    /// Gives the lock back, and the connection to the pool (closed instead
+    /// if the unlock fails).
+    pub(crate) async fn release(mut self) {
+        if lock_provisioning(&mut self.conn, &self.id, Lock::Release)
+            .await
+            .is_ok()
+        {
+            self.conn.settled();
+        }
+    }
+}
+
 /// A tenant claimed on the control server (step 1 done): activate it, or
 /// undo it. Dropped without either (a cancelled future), it undoes the
 /// provisioning from a task of its own.
 struct Claim {
     hidra: Hidra,
-    /// The control connection holding the provisioning lock.
-    conn: Option<PoolConn>,
+    lock: Option<ProvisioningLock>,
     tenant: Tenant,
 }
 
@@ -301,14 +351,14 @@ impl Claim {
     /// Step 3: the row becomes `active`; the lock is given back. If that
     /// fails, the provisioning is undone.
     async fn activate(mut self) -> Result<Tenant> {
-        let mut conn = self.conn.take().expect("present until used");
+        let mut lock = self.lock.take().expect("present until used");
         let activated = self
             .hidra
             .inner
             .registry
             .store
             .update_status(
-                &mut conn,
+                lock.conn(),
                 &self.tenant.id,
                 &[TenantStatus::Provisioning],
                 TenantStatus::Active,
@@ -317,16 +367,11 @@ impl Claim {
             .and_then(|t| t.ok_or_else(|| Error::NotFound(self.tenant.id.clone())));
         match activated {
             Ok(tenant) => {
-                if lock_provisioning(&mut conn, &self.tenant.id, Lock::Release)
-                    .await
-                    .is_ok()
-                {
-                    conn.settled();
-                }
+                lock.release().await;
                 Ok(tenant)
             }
             Err(e) => {
-                self.conn = Some(conn);
+                self.lock = Some(lock);
                 self.undo(Undo::DataAndRow).await;
                 Err(e)
             }
@@ -337,7 +382,7 @@ impl Claim {
     /// `RowOnly`), then the row.
     async fn undo(mut self, undo: Undo) {
         // The lock goes with the connection; `undo_claimed` takes it again.
-        drop(self.conn.take());
+        drop(self.lock.take());
         let id = self.tenant.id.clone();
         if let Err(e) = self.hidra.undo_claimed(&id, undo).await {
             tracing::error!(tenant = %id, error = %e, "could not undo a failed provisioning; `hidra doctor --repair` will");
@@ -348,8 +393,8 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         // Activated or undone: nothing left to do.
-        let Some(conn) = self.conn.take() else { return };
-        drop(conn);
+        let Some(lock) = self.lock.take() else { return };
+        drop(lock);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };

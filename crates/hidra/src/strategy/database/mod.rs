@@ -26,7 +26,7 @@ use crate::hidra::Hidra;
 use crate::migrate::{self, Target};
 use crate::moves::{copy_tables, drop_and_commit, lock};
 use crate::scope::{self, DbConn};
-use crate::servers::Home;
+use crate::servers::{Home, ProvisioningLock};
 use crate::sql::{self, Ident};
 use crate::strategy::row_level::tables_in_order;
 use crate::strategy::schema::drop_tenant_schema;
@@ -147,15 +147,15 @@ impl Hidra {
         let database = self.inner.database.naming.schema_for(&new.id);
         let draft = self.draft(new, placement(&database));
         let started = std::time::Instant::now();
-        let mut conn = self.acquire_shared().await?;
-        self.ensure_internal_for(&mut conn, &draft.id).await?;
-        let tenant = self.inner.registry.store.insert(&mut conn, &draft).await?;
-        drop(conn);
-        match self
-            .build_database(&tenant, &database, setup.as_deref())
-            .await
-        {
+        // Held until the row is settled: a killed process leaves a row
+        // `hidra doctor --repair` recognises as abandoned.
+        let (mut lock, tenant) = ProvisioningLock::register(self, &draft).await?;
+        let built = self
+            .build_database(lock.conn(), &tenant, &database, setup.as_deref())
+            .await;
+        match built {
             Ok(active) => {
+                lock.release().await;
                 tracing::info!(
                     tenant = %active.id,
                     database = %database,
@@ -167,37 +167,60 @@ impl Hidra {
             Err(e) => {
                 // A database of that name that was there before is not ours.
                 let created = !matches!(e, Error::SchemaTaken { .. });
-                if let Err(undo) = self.undo_database_tenant(&tenant, created).await {
-                    tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed provisioning; deprovision it");
-                }
+                self.undo_database_tenant(lock, &tenant, created).await;
                 Err(e)
             }
         }
     }
 
     /// Undoes a database tenant whose provisioning or import failed after
-    /// its record was registered: its database (only if this attempt
-    /// `created` it: one that was there before is not ours), then its record.
-    pub(crate) async fn undo_database_tenant(&self, tenant: &Tenant, created: bool) -> Result<()> {
-        let mut conn = self.acquire_shared().await?;
+    /// its record was registered, under its provisioning `lock`: its
+    /// database (only if this attempt `created` it: one that was there
+    /// before is not ours), then its record. If that fails too, the row
+    /// stays `provisioning` with its lock free, for `hidra doctor --repair`.
+    pub(crate) async fn undo_database_tenant(
+        &self,
+        mut lock: ProvisioningLock,
+        tenant: &Tenant,
+        created: bool,
+    ) {
+        match self.drop_new_database(lock.conn(), tenant, created).await {
+            Ok(()) => lock.release().await,
+            Err(undo) => {
+                tracing::error!(tenant = %tenant.id, error = %undo, "could not undo a failed provisioning or import; `hidra doctor --repair` will")
+            }
+        }
+    }
+
+    async fn drop_new_database(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        tenant: &Tenant,
+        created: bool,
+    ) -> Result<()> {
         if created {
-            return self.drop_tenant(&mut conn, tenant).await;
+            return self.drop_tenant(conn, tenant).await;
         }
         self.inner
             .registry
             .store
-            .delete(&mut conn, &tenant.id)
+            .delete(conn, &tenant.id)
             .await
             .map(drop)
     }
 
+    /// Creates the database of `tenant` (registered `provisioning`), seeds
+    /// it and activates the row; `conn` is the control server's connection
+    /// that holds the tenant's provisioning lock.
     async fn build_database(
         &self,
+        conn: &mut sqlx::PgConnection,
         tenant: &Tenant,
         database: &Ident,
         setup: Option<&dyn crate::hidra::DynSeed>,
     ) -> Result<Tenant> {
-        self.create_tenant_database(tenant, database).await?;
+        self.create_tenant_database_on(conn, &Home::Control, tenant, database)
+            .await?;
         let hooks: Vec<&dyn crate::hidra::DynSeed> = self
             .inner
             .provisioning
@@ -218,12 +241,11 @@ impl Hidra {
             }
             tx.commit().await?;
         }
-        let mut conn = self.acquire_shared().await?;
         self.inner
             .registry
             .store
             .update_status(
-                &mut conn,
+                conn,
                 &tenant.id,
                 &[TenantStatus::Provisioning],
                 TenantStatus::Active,
@@ -249,12 +271,27 @@ impl Hidra {
         tenant: &Tenant,
         database: &Ident,
     ) -> Result<()> {
-        let tpl = self.ensure_template_at(home).await?;
         let mut conn = self.acquire_shared_at(home).await?;
+        // Cancelled while it holds the template's lock, it must not be reused.
         conn.close_on_drop();
-        lock_template(&mut conn, "pg_advisory_lock_shared").await?;
-        let created = create_from_template(&mut conn, database, &tpl).await;
-        lock_template(&mut conn, "pg_advisory_unlock_shared").await?;
+        self.create_tenant_database_on(&mut conn, home, tenant, database)
+            .await
+    }
+
+    /// [`create_tenant_database_at`](Self::create_tenant_database_at) on
+    /// `conn`, a connection to `home`'s shared database that is closed, not
+    /// reused, if this is cancelled (it holds the template's lock meanwhile).
+    async fn create_tenant_database_on(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        home: &Home,
+        tenant: &Tenant,
+        database: &Ident,
+    ) -> Result<()> {
+        let tpl = self.ensure_template_at(home).await?;
+        lock_template(conn, "pg_advisory_lock_shared").await?;
+        let created = create_from_template(conn, database, &tpl).await;
+        lock_template(conn, "pg_advisory_unlock_shared").await?;
         created.map_err(creation_error(&tenant.id, database))
     }
 

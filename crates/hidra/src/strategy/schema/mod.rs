@@ -24,7 +24,7 @@ use crate::hidra::Hidra;
 use crate::migrate;
 use crate::moves::{Progress, Table, copy_and_commit};
 use crate::scope;
-use crate::servers::Home;
+use crate::servers::{Home, ProvisioningLock};
 use crate::sql::{self, Ident};
 use crate::tenant::{NewTenant, Placement, SchemaNaming, Strategy, Tenant, TenantStatus};
 
@@ -88,6 +88,14 @@ impl Hidra {
             schema: schema.to_string(),
         };
 
+        // A tenant committed `provisioning` while its `-- no-transaction`
+        // migrations run holds its provisioning lock until it is settled, so
+        // that a killed process leaves a row `hidra doctor --repair`
+        // recognises as abandoned.
+        let lock = match inner.migrations.tenant.iter().any(|m| m.no_tx) {
+            true => Some(ProvisioningLock::take(self, &id).await?),
+            false => None,
+        };
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &id).await?;
         if let Some(store) = inner.registry.own.as_deref().filter(|_| {
@@ -157,10 +165,16 @@ impl Hidra {
                     .await
             }
             .await;
-            if finished.is_err()
-                && let Err(undo) = self.undo_provisioning(&tenant).await
-            {
-                tracing::error!(tenant = %id, error = %undo, "could not undo a failed provisioning; deprovision it");
+            let settled = match &finished {
+                Ok(_) => Ok(()),
+                Err(_) => self.undo_provisioning(&tenant).await,
+            };
+            match (settled, lock) {
+                (Ok(()), Some(lock)) => lock.release().await,
+                (Ok(()), None) => {}
+                (Err(undo), _) => {
+                    tracing::error!(tenant = %id, error = %undo, "could not undo a failed provisioning; `hidra doctor --repair` will")
+                }
             }
             return finished;
         }
@@ -168,6 +182,9 @@ impl Hidra {
         let tenant = self
             .activate_and_commit(tx, &tenant, &binding, setup.as_deref())
             .await?;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
 
         tracing::info!(
             tenant = %id,

@@ -16,8 +16,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
+use crate::lifecycle::ProvisioningLock;
 use crate::migrate::{self, Migrations};
-use crate::servers::ProvisioningLock;
 use crate::sql::{self, Ident, Statement, TableName};
 use crate::tenant::{NewTenant, Placement, Strategy, Tenant, TenantId, TenantStatus};
 

@@ -53,7 +53,6 @@ pub(crate) use placement::ServerChoice;
 pub use placement::{Candidate, FewestTenants, LOADS_TTL, PlacementPolicy};
 pub(crate) use pools::{Home, ServerPools};
 pub use pools::{ServerBudget, ServerHealth, ServerPoolConfig};
-pub(crate) use provision::ProvisioningLock;
 pub use table::ServersTable;
 pub use url::redact_url;
 

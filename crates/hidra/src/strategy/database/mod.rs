@@ -23,10 +23,11 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
+use crate::lifecycle::ProvisioningLock;
 use crate::migrate::{self, Target};
 use crate::moves::{copy_tables, drop_and_commit, lock};
 use crate::scope::{self, DbConn};
-use crate::servers::{Home, ProvisioningLock};
+use crate::servers::Home;
 use crate::sql::{self, Ident};
 use crate::strategy::row_level::tables_in_order;
 use crate::strategy::schema::drop_tenant_schema;

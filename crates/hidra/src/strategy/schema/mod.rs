@@ -21,10 +21,11 @@ use sqlx::Connection;
 
 use crate::error::{Error, Result, sqlstate};
 use crate::hidra::Hidra;
+use crate::lifecycle::ProvisioningLock;
 use crate::migrate;
 use crate::moves::{Progress, Table, copy_and_commit};
 use crate::scope;
-use crate::servers::{Home, ProvisioningLock};
+use crate::servers::Home;
 use crate::sql::{self, Ident};
 use crate::tenant::{NewTenant, Placement, SchemaNaming, Strategy, Tenant, TenantStatus};
 

@@ -10,6 +10,9 @@
 //! all or nothing; a concurrent provision of the same id waits on the row's
 //! unique key and then fails with [`Error::AlreadyExists`].
 
+mod repair;
+pub(crate) use repair::{ProvisioningLock, Undo};
+
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::migrate;

@@ -130,7 +130,8 @@ async fn lock_provisioning(
 /// is closed, which gives the lock back.
 pub(crate) struct ProvisioningLock {
     conn: PoolConn,
-    id: TenantId,
+    /// `None`: no lock taken (see [`on`](Self::on)).
+    id: Option<TenantId>,
 }
 
 impl ProvisioningLock {
@@ -138,13 +139,23 @@ impl ProvisioningLock {
     /// Hidra's internal schema there; do the row's work on [`conn`](Self::conn).
     pub(crate) async fn take(hidra: &Hidra, id: &TenantId) -> Result<Self> {
         let mut conn = hidra.acquire_shared().await?.into_pool_conn();
+        hidra.ensure_internal_for(&mut conn, id).await?;
+        Self::on(conn, id, true).await
+    }
+
+    /// Waits for the lock of `id` on `conn`, the provisioning's own
+    /// connection of the shared pool, if `needed` (a provisioning that
+    /// commits its row before it is done); else it only keeps `conn`.
+    pub(crate) async fn on(mut conn: PoolConn, id: &TenantId, needed: bool) -> Result<Self> {
+        if !needed {
+            return Ok(Self { conn, id: None });
+        }
         // Until the lock is given back, the connection must not be reused.
         conn.close_on_drop();
-        hidra.ensure_internal_for(&mut conn, id).await?;
         lock_provisioning(&mut conn, id, Lock::Take).await?;
         Ok(Self {
             conn,
-            id: id.clone(),
+            id: Some(id.clone()),
         })
     }
 
@@ -169,7 +180,8 @@ impl ProvisioningLock {
     /// Gives the lock back, and the connection to the pool (closed instead
     /// if the unlock fails).
     pub(crate) async fn release(mut self) {
-        if lock_provisioning(&mut self.conn, &self.id, Lock::Release)
+        let Some(id) = &self.id else { return };
+        if lock_provisioning(&mut self.conn, id, Lock::Release)
             .await
             .is_ok()
         {

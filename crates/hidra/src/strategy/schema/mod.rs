@@ -89,14 +89,6 @@ impl Hidra {
             schema: schema.to_string(),
         };
 
-        // A tenant committed `provisioning` while its `-- no-transaction`
-        // migrations run holds its provisioning lock until it is settled, so
-        // that a killed process leaves a row `hidra doctor --repair`
-        // recognises as abandoned.
-        let lock = match inner.migrations.tenant.iter().any(|m| m.no_tx) {
-            true => Some(ProvisioningLock::take(self, &id).await?),
-            false => None,
-        };
         let mut conn = self.acquire_shared().await?;
         self.ensure_internal_for(&mut conn, &id).await?;
         if let Some(store) = inner.registry.own.as_deref().filter(|_| {
@@ -116,6 +108,13 @@ impl Hidra {
             );
             return Ok(tenant);
         }
+        // A tenant committed `provisioning` while its `-- no-transaction`
+        // migrations run holds its provisioning lock until it is settled, so
+        // that a killed process leaves a row `hidra doctor --repair`
+        // recognises as abandoned.
+        let no_tx = inner.migrations.tenant.iter().any(|m| m.no_tx);
+        let mut lock = ProvisioningLock::on(conn.into_pool_conn(), &id, no_tx).await?;
+        let conn = lock.conn();
         let mut tx = conn
             .begin()
             .await
@@ -170,10 +169,9 @@ impl Hidra {
                 Ok(_) => Ok(()),
                 Err(_) => self.undo_provisioning(&tenant).await,
             };
-            match (settled, lock) {
-                (Ok(()), Some(lock)) => lock.release().await,
-                (Ok(()), None) => {}
-                (Err(undo), _) => {
+            match settled {
+                Ok(()) => lock.release().await,
+                Err(undo) => {
                     tracing::error!(tenant = %id, error = %undo, "could not undo a failed provisioning; `hidra doctor --repair` will")
                 }
             }
@@ -183,9 +181,7 @@ impl Hidra {
         let tenant = self
             .activate_and_commit(tx, &tenant, &binding, setup.as_deref())
             .await?;
-        if let Some(lock) = lock {
-            lock.release().await;
-        }
+        lock.release().await;
 
         tracing::info!(
             tenant = %id,

@@ -489,8 +489,9 @@ impl Hidra {
                 db.discard_on_drop(false);
                 loaded
             };
-            let mut conn = self.archive_conn().await?;
-            let mut tx = conn
+            // On the lock's connection: no second one of the shared pool.
+            let mut tx = lock
+                .conn()
                 .begin()
                 .await
                 .map_err(Error::db("beginning the import"))?;
@@ -499,7 +500,6 @@ impl Hidra {
             tx.commit()
                 .await
                 .map_err(Error::db("committing the import"))?;
-            conn.settled();
             Ok(credentials.summary(plan, tenant, tables, rows))
         }
         .await;

@@ -111,15 +111,7 @@ pub(crate) async fn copy_tables(
             continue;
         };
         let copied = copy_rows(source, from, target, dest, cols, dest_cols).await?;
-        let counted = count_rows(source, from).await?;
-        if copied != counted {
-            return Err(Error::Database {
-                context: "verifying the copy",
-                source: sqlx::Error::Protocol(format!(
-                    "{copied} rows of {from} reached the target, the source has {counted}"
-                )),
-            });
-        }
+        check_copied(source, from, copied).await?;
         advance_sequences(target, dest, target_schema, name).await?;
         rows += copied;
         on_table(name, copied, done + 1);
@@ -202,6 +194,25 @@ pub(crate) async fn copy_and_commit(
     )
     .await;
     end_copy(target, copied).await
+}
+
+/// Fails unless `copied`, the rows of `from` that reached the target, are
+/// all the rows `source` has there (locked against writes for the move).
+pub(crate) async fn check_copied(
+    source: &mut sqlx::PgConnection,
+    from: &str,
+    copied: u64,
+) -> Result<()> {
+    let counted = count_rows(source, from).await?;
+    if copied != counted {
+        return Err(Error::Database {
+            context: "verifying the copy",
+            source: sqlx::Error::Protocol(format!(
+                "{copied} rows of {from} reached the target, the source has {counted}"
+            )),
+        });
+    }
+    Ok(())
 }
 
 /// The rows of `table` (quoted by the catalog query that listed it).

@@ -41,7 +41,7 @@ use sqlx::Connection;
 use crate::error::{Error, Result};
 use crate::hidra::Hidra;
 use crate::moves::{
-    Progress, Table, advance_sequences, columns, count_rows, end_copy, ensure_empty, lock,
+    Progress, Table, advance_sequences, check_copied, columns, end_copy, ensure_empty, lock,
 };
 use crate::servers::{Home, MoveProgress};
 use crate::sql::{self, Ident, TableName};
@@ -696,15 +696,7 @@ impl Hidra {
                 // Row-level security refuses `COPY FROM`: through a
                 // temporary table, then an insert the policies check.
                 let n = copy_rows_in(source, from, &mut target, to, cols, to_cols).await?;
-                let counted = count_rows(source, from).await?;
-                if n != counted {
-                    return Err(Error::Database {
-                        context: "verifying the copy",
-                        source: sqlx::Error::Protocol(format!(
-                            "{n} rows of {from} reached the target, the source has {counted}"
-                        )),
-                    });
-                }
+                check_copied(source, from, n).await?;
                 advance_sequences(&mut target, to, schema, name).await?;
                 rows += n;
                 progress(&MoveProgress {

@@ -793,3 +793,106 @@ async fn a_failed_migration_is_reported_at_its_own_line() {
         other => panic!("expected MigrationFailed, got {other:?}"),
     }
 }
+
+/// The history's shape: relations, column storage, indexes.
+async fn history_shape(h: &Hidra, schema: &str) -> (bool, i64, Vec<(String, String)>) {
+    let mut conn = h.acquire_shared().await.unwrap();
+    let table = format!("\"{schema}\"._hidra_migrations");
+    let (toast, indexes): (bool, i64) = sqlx::query_as(
+        "SELECT c.reltoastrelid <> 0, (SELECT count(*) FROM pg_index i WHERE i.indrelid = c.oid) \
+         FROM pg_class c WHERE c.oid = $1::regclass",
+    )
+    .bind(&table)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT attname::text, attstorage::text FROM pg_attribute \
+         WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+    )
+    .bind(&table)
+    .fetch_all(&mut *conn)
+    .await
+    .unwrap();
+    (toast, indexes, columns)
+}
+
+#[tokio::test]
+async fn a_new_history_is_one_relation_and_an_older_one_still_migrates() {
+    // The longest description allowed fits the history row uncompressed.
+    let long = v1().push(
+        "d".repeat(1000),
+        "CREATE TABLE loyalty (id int PRIMARY KEY);",
+    );
+    let ctx = setup_with(builder_with(long.clone(), 4)).await;
+    let h = &ctx.hidra;
+    // The one-batch path, and the runner's path for a schema without history.
+    let fast = h.provision(NewTenant::new(id("fast"))).await.unwrap();
+    let expected = vec![
+        ("applied_at".to_owned(), "p".to_owned()),
+        ("checksum".to_owned(), "p".to_owned()),
+        ("description".to_owned(), "p".to_owned()),
+        ("duration_ms".to_owned(), "p".to_owned()),
+        ("version".to_owned(), "p".to_owned()),
+    ];
+    assert_eq!(
+        history_shape(h, &fast.placement.schema).await,
+        (false, 0, expected.clone()),
+        "no TOAST table, no index, every column stored PLAIN"
+    );
+    assert_eq!(
+        scalar_i64(
+            h,
+            &fast,
+            "SELECT max(length(description))::bigint FROM _hidra_migrations"
+        )
+        .await,
+        1000
+    );
+
+    // A schema made by an earlier version: a keyed, TOASTed history.
+    let v1_only = hidra_with(&ctx, v1(), 4).await;
+    let old = v1_only.provision(NewTenant::new(id("old"))).await.unwrap();
+    {
+        let mut conn = h.acquire(&old).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE keep AS SELECT * FROM _hidra_migrations;
+             DROP TABLE _hidra_migrations;
+             CREATE TABLE _hidra_migrations (
+                 version     BIGINT PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 checksum    BYTEA NOT NULL,
+                 applied_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+                 duration_ms BIGINT NOT NULL
+             );
+             INSERT INTO _hidra_migrations (version, description, checksum, applied_at, duration_ms)
+                 SELECT version, description, checksum, applied_at, duration_ms FROM keep;
+             DROP TABLE keep;",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let (toast, indexes, _) = history_shape(h, &old.placement.schema).await;
+    assert!(toast && indexes == 1);
+    let summary = h.migrator().run().await.unwrap();
+    assert!(summary.is_success(), "{summary}");
+    assert_eq!(
+        (summary.migrated.len(), summary.current),
+        (1, 1),
+        "{summary}"
+    );
+    assert_eq!(
+        scalar_i64(h, &old, "SELECT count(*) FROM _hidra_migrations").await,
+        2
+    );
+    // Its table is left as it was.
+    let (toast, indexes, _) = history_shape(h, &old.placement.schema).await;
+    assert!(toast && indexes == 1);
+    let status = h.migration_status().await.unwrap();
+    assert!(
+        status.iter().all(|s| s.version == 2 && s.problem.is_none()),
+        "{status:?}"
+    );
+    ctx.db.drop_now().await.unwrap();
+}

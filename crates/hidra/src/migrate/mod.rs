@@ -76,6 +76,11 @@ pub(crate) use runner::{read_history, recorded_state};
 pub use shared::{SharedReport, SharedStatus};
 pub use template::{DEFAULT_TEMPLATE_SCHEMA, TemplateSchema};
 
+/// The longest migration description, in bytes: a tenant's history row is
+/// stored uncompressed in one page (see `batch::tenant_history_ddl`). sqlx's
+/// file names give far shorter ones.
+pub(crate) const MAX_DESCRIPTION_BYTES: usize = 1000;
+
 /// One migration: a version, a description and the SQL to run.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -173,15 +178,15 @@ impl Migrations {
     ///
     /// # Panics
     ///
-    /// If the last version is `i64::MAX`; [`try_push`](Self::try_push)
-    /// returns the error instead.
+    /// If the last version is `i64::MAX` or the description is over 1,000
+    /// bytes; [`try_push`](Self::try_push) returns the error instead.
     pub fn push(self, description: impl Into<String>, sql: impl Into<String>) -> Self {
         self.try_push(description, sql)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`push`](Self::push), failing with [`Error::InvalidConfig`] when no
-    /// version follows the last one.
+    /// version follows the last one or the description is over 1,000 bytes.
     pub fn try_push(self, description: impl Into<String>, sql: impl Into<String>) -> Result<Self> {
         let mut list = self.list.to_vec();
         let version = match list.last() {
@@ -207,7 +212,10 @@ impl Migrations {
         Self::from_list(list)
     }
 
-    /// Builds a set from migrations in increasing version order.
+    /// Builds a set from migrations in increasing version order. Fails with
+    /// [`Error::InvalidConfig`] when a version is not positive or does not
+    /// increase, or when a description is over 1,000 bytes (each tenant's
+    /// history stores it uncompressed).
     pub fn from_list(list: Vec<Migration>) -> Result<Self> {
         if let Some(w) = list.windows(2).find(|w| w[0].version >= w[1].version) {
             return Err(Error::InvalidConfig(
@@ -221,6 +229,20 @@ impl Migrations {
         if let Some(m) = list.iter().find(|m| m.version <= 0) {
             return Err(Error::InvalidConfig(
                 format!("migration versions must be positive, found {}", m.version).into(),
+            ));
+        }
+        if let Some(m) = list
+            .iter()
+            .find(|m| m.description.len() > MAX_DESCRIPTION_BYTES)
+        {
+            return Err(Error::InvalidConfig(
+                format!(
+                    "the description of migration {} is {} bytes long; a tenant's history \
+                     keeps it uncompressed, in at most {MAX_DESCRIPTION_BYTES} bytes: shorten it",
+                    m.version,
+                    m.description.len()
+                )
+                .into(),
             ));
         }
         let mut digests = Vec::with_capacity(list.len() + 1);
@@ -505,6 +527,17 @@ mod tests {
         assert_ne!(edited.latest_digest(), m.latest_digest());
         // sqlx's checksum is SHA-384 of the text.
         assert_eq!(m.iter().next().unwrap().checksum.len(), 48);
+    }
+
+    #[test]
+    fn a_description_must_fit_the_history_row() {
+        let fits = "d".repeat(MAX_DESCRIPTION_BYTES);
+        assert!(Migrations::new().try_push(fits, "SELECT 1").is_ok());
+        let err = Migrations::new()
+            .try_push("é".repeat(MAX_DESCRIPTION_BYTES / 2 + 1), "SELECT 1")
+            .unwrap_err();
+        assert!(matches!(err, Error::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains("1002 bytes"), "{err}");
     }
 
     #[test]

@@ -286,6 +286,9 @@ impl TenantCache {
     /// The tenant with this id (any status), from the cache or the registry;
     /// `None` if it is not registered.
     pub async fn get(&self, id: &TenantId) -> Result<Option<Arc<Tenant>>> {
+        if let Some(tenant) = self.get_now(id) {
+            return Ok(Some(tenant));
+        }
         self.ensure_listener().await;
         let state = &*self.handle.state;
         // Read before the lookups: a copy taken under it is dropped by the
@@ -307,6 +310,21 @@ impl TenantCache {
         // Boxed: the registry read is a large future, and keeping it out of
         // line keeps the hit path (and every future awaiting it) small.
         Box::pin(self.load(id)).await
+    }
+
+    /// The hit path of [`get`](Self::get), without waiting: this thread's
+    /// copy of a record that no change has invalidated since, if it has one
+    /// (the web layer's requests take it without an `.await`).
+    pub(crate) fn get_now(&self, id: &TenantId) -> Option<Arc<Tenant>> {
+        let state = &*self.handle.state;
+        // Copies are trusted only while the change listener runs.
+        if !state.started.load(Ordering::Acquire) {
+            return None;
+        }
+        let generation = state.generation.load(Ordering::SeqCst);
+        let tenant = front::get(state.id, generation, id)?;
+        state.hits.fetch_add(1, Ordering::Relaxed);
+        Some(tenant)
     }
 
     /// The miss path of [`get`](Self::get): reads the registry, coalescing

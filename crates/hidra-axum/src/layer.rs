@@ -11,7 +11,6 @@ use axum::response::{IntoResponse, Response};
 use hidra::{Hidra, TenantId};
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::cache::TenantCache;
 use crate::error::{BoxError, Error};
@@ -313,7 +312,7 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Error>;
+    type Future = ResponseFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -323,9 +322,43 @@ where
         // The clone may not be ready: keep the one that is, leave the clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        ResponseFuture::new(Box::pin(handle(shared, inner, req)))
+        let shared = &self.shared;
+        if shared.is_excluded(req.uri().path()) {
+            return ResponseFuture::plain(inner, req);
+        }
+        let (mut parts, body) = req.into_parts();
+        // The hit path, with nothing to wait for: every resolver answers at
+        // once and this thread has the record. Nothing is boxed.
+        let found = match shared.resolutions_now(&parts) {
+            None => {
+                let shared = Arc::clone(shared);
+                return ResponseFuture::boxed(handle(shared, inner, parts, body, None));
+            }
+            Some(found) => found,
+        };
+        let decided = found.and_then(|mut found| {
+            let id = shared.decide(&mut parts, &mut found)?;
+            Ok((id, found))
+        });
+        let (id, found) = match decided {
+            Ok(decided) => decided,
+            Err(refusal) => return ResponseFuture::ready(shared.refuse(refusal, &parts)),
+        };
+        let Some(tenant) = shared.cache.get_now(&id) else {
+            let shared = Arc::clone(shared);
+            let decided = Some((id, found));
+            return ResponseFuture::boxed(handle(shared, inner, parts, body, decided));
+        };
+        match shared.admit(Some(tenant), id, &found) {
+            Ok(tenant) => shared.start(inner, parts, body, tenant),
+            Err(refusal) => ResponseFuture::ready(shared.refuse(refusal, &parts)),
+        }
     }
+}
+
+/// The request's `X-Request-ID`, for logs and the span.
+fn request_id(parts: &http::request::Parts) -> Option<&str> {
+    parts.headers.get(REQUEST_ID).and_then(|v| v.to_str().ok())
 }
 
 /// Why a request gets the uniform not-found answer; logged, never sent.
@@ -359,96 +392,45 @@ impl From<Error> for Refusal {
     }
 }
 
+/// The path that waits: a resolver that looks something up, or a record
+/// this thread does not hold. It ends like the hit path, in
+/// [`Shared::start`].
 async fn handle<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
-    mut inner: S,
-    req: Request<ReqBody>,
+    inner: S,
+    mut parts: http::request::Parts,
+    body: ReqBody,
+    decided: Option<(TenantId, Vec<Resolution>)>,
 ) -> Result<Response, S::Error>
 where
     S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    if shared.is_excluded(req.uri().path()) {
-        return inner.call(req).await.map(|res| res.map(Body::new));
+    let admitted = async {
+        let (id, found) = match decided {
+            Some(decided) => decided,
+            None => {
+                let mut found = shared.resolutions(&parts).await?;
+                let id = shared.decide(&mut parts, &mut found)?;
+                (id, found)
+            }
+        };
+        let tenant = shared.cache.get(&id).await?;
+        shared.admit(tenant, id, &found)
     }
-    let (mut parts, body) = req.into_parts();
-    let request_id = parts
-        .headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-
-    let tenant = match shared.resolve(&mut parts).await {
-        Ok(tenant) => tenant,
-        Err(Refusal::Missing(reason)) => {
-            tracing::debug!(
-                request_id = request_id.as_deref(),
-                %reason,
-                "refusing request: tenant not found"
-            );
-            return Ok(shared.not_found());
-        }
-        Err(Refusal::Error(error)) => {
-            tracing::debug!(request_id = request_id.as_deref(), %error, "refusing request");
-            return Ok(error.into_response());
-        }
-    };
-
-    let hidra = shared.cache.hidra();
-    if let Some(rate) = &shared.rate
-        && let Err(retry_after) = rate.check(&tenant)
-    {
-        hidra.load().record_rate_limited(&tenant.id);
-        tracing::debug!(
-            request_id = request_id.as_deref(),
-            tenant = %tenant.id,
-            "refusing request: the tenant's request rate is used up"
-        );
-        return Ok(Error::RateLimited { retry_after }.into_response());
-    }
-
-    let span = tracing::info_span!(
-        "tenant",
-        tenant = %tenant.id,
-        request_id = tracing::field::Empty
-    );
-    if let Some(id) = &request_id {
-        span.record("request_id", id.as_str());
-    }
-    hidra.load().record_request(&tenant.id);
-    let scope = Scope::new(
-        CurrentTenant(Arc::clone(&tenant)),
-        hidra.clone(),
-        shared.busy,
-    );
-    parts.extensions.insert(scope.clone());
-    let req = Request::from_parts(parts, body);
-
-    // `call` inside the scope too: a service may do work before its future.
-    let call = hidra::context::scope(Arc::clone(&tenant), async move { inner.call(req).await });
-    // Without a subscriber that wants the span, instrumenting would only
-    // enter and leave nothing on every poll.
-    if span.is_disabled() {
-        let response = call.await?.map(Body::new);
-        return Ok(finish(scope, response).await);
-    }
-    let response = call.instrument(span.clone()).await?.map(Body::new);
-    Ok(finish(scope, response).instrument(span).await)
-}
-
-/// Commits or rolls back the request's transaction, if the handler began one.
-async fn finish(scope: Scope, response: Response) -> Response {
-    match scope.take_tx() {
-        Ok(None) => response,
-        // Boxed: settling is a large future, needed only when there is a
-        // transaction.
-        Ok(Some(tx)) => Box::pin(settle(tx, response)).await,
-        Err(error) => error.into_response(),
+    .await;
+    match admitted {
+        Ok(tenant) => shared.start(inner, parts, body, tenant).await,
+        Err(refusal) => Ok(shared.refuse(refusal, &parts)),
     }
 }
 
-async fn settle(tx: hidra::TenantTx, response: Response) -> Response {
+/// Commits the request's transaction if the response is a success, rolls it
+/// back otherwise.
+pub(crate) async fn settle(tx: hidra::TenantTx, response: Response) -> Response {
     let status = response.status();
     if status.is_success() || status.is_redirection() {
         match tx.commit().await {
@@ -491,31 +473,62 @@ impl Shared {
         res
     }
 
-    async fn resolve(
+    /// The chain's answers, when every resolver gives its own at once.
+    fn resolutions_now(
         &self,
-        parts: &mut http::request::Parts,
-    ) -> Result<Arc<hidra::Tenant>, Refusal> {
-        let chain = if self.resolvers.is_empty() {
-            std::slice::from_ref(&self.fallback)
-        } else {
-            &self.resolvers[..]
-        };
-        let cx = ResolveContext::new(&self.cache);
-        let mut found: Vec<Resolution> = Vec::new();
-        // Nested layers: the tenant an outer layer resolved binds this one
-        // too, so an inner chain (say, a header alone) cannot replace it.
-        if let Some(outer) = parts.extensions.get::<Scope>() {
-            found.push(Resolution::verified(outer.tenant().id.as_str()));
-        }
-        let mut new_uri = None;
+        parts: &http::request::Parts,
+    ) -> Option<Result<Vec<Resolution>, Refusal>> {
+        let chain = self.chain();
+        let mut found = self.outer(parts, chain.len());
         for resolver in chain {
-            if let Some(mut resolution) = resolver.resolve_boxed(parts, cx).await? {
-                if let Some(uri) = resolution.take_uri() {
-                    new_uri = Some(uri);
-                }
+            match resolver.resolve_now(parts)? {
+                Ok(Some(resolution)) => found.push(resolution),
+                Ok(None) => {}
+                Err(error) => return Some(Err(error.into())),
+            }
+        }
+        Some(Ok(found))
+    }
+
+    /// The chain's answers, in order.
+    async fn resolutions(&self, parts: &http::request::Parts) -> Result<Vec<Resolution>, Refusal> {
+        let chain = self.chain();
+        let cx = ResolveContext::new(&self.cache);
+        let mut found = self.outer(parts, chain.len());
+        for resolver in chain {
+            if let Some(resolution) = resolver.resolve_boxed(parts, cx).await? {
                 found.push(resolution);
             }
         }
+        Ok(found)
+    }
+
+    fn chain(&self) -> &[Arc<dyn DynResolver>] {
+        if self.resolvers.is_empty() {
+            std::slice::from_ref(&self.fallback)
+        } else {
+            &self.resolvers[..]
+        }
+    }
+
+    /// The answers list, starting with the tenant of an outer layer: it
+    /// binds this one too, so an inner chain (say, a header alone) cannot
+    /// replace it.
+    fn outer(&self, parts: &http::request::Parts, chain: usize) -> Vec<Resolution> {
+        let mut found = Vec::with_capacity(chain + 1);
+        if let Some(outer) = parts.extensions.get::<Scope>() {
+            found.push(Resolution::verified(outer.tenant().id.as_str()));
+        }
+        found
+    }
+
+    /// Combines the answers into the tenant id the request names, applying
+    /// their extensions and rewritten URI to `parts`.
+    fn decide(
+        &self,
+        parts: &mut http::request::Parts,
+        found: &mut [Resolution],
+    ) -> Result<TenantId, Refusal> {
         if let Some(verified) = found.iter().find(|r| r.is_verified())
             && found.iter().any(|r| r.candidate() != verified.candidate())
         {
@@ -524,7 +537,11 @@ impl Shared {
         if self.credentials_required && !found.iter().any(Resolution::is_verified) {
             return Err(Error::Unauthorized("no credential".into()).into());
         }
-        for resolution in &mut found {
+        let mut new_uri = None;
+        for resolution in found.iter_mut() {
+            if let Some(uri) = resolution.take_uri() {
+                new_uri = Some(uri);
+            }
             parts.extensions.extend(resolution.take_extensions());
         }
         if let Some(uri) = new_uri {
@@ -537,14 +554,23 @@ impl Shared {
             // Nothing to name a tenant with, where a credential could have:
             // the client must log in, which a 404 would not tell it. This
             // reveals nothing about tenants, since no tenant was named.
-            if chain.iter().any(|r| r.reads_credentials()) {
+            if self.chain().iter().any(|r| r.reads_credentials()) {
                 return Err(Error::Unauthorized("no credential".into()).into());
             }
             return Err(Refusal::Missing(Missing::NoCandidate));
         };
-        let id = TenantId::new(first.candidate())
-            .map_err(|e| Refusal::Missing(Missing::Malformed(e)))?;
-        let Some(tenant) = self.cache.get(&id).await? else {
+        TenantId::new(first.candidate()).map_err(|e| Refusal::Missing(Missing::Malformed(e)))
+    }
+
+    /// Accepts the registry's record of `id` (`None`: not registered) for a
+    /// request whose answers were `found`.
+    fn admit(
+        &self,
+        tenant: Option<Arc<hidra::Tenant>>,
+        id: TenantId,
+        found: &[Resolution],
+    ) -> Result<Arc<hidra::Tenant>, Refusal> {
+        let Some(tenant) = tenant else {
             return Err(Refusal::Missing(Missing::Unknown(id)));
         };
         if !tenant.is_active() {
@@ -562,5 +588,74 @@ impl Shared {
             .into());
         }
         Ok(tenant)
+    }
+
+    /// The answer to a refused request, its reason logged with the request id.
+    fn refuse(&self, refusal: Refusal, parts: &http::request::Parts) -> Response {
+        let request_id = request_id(parts);
+        match refusal {
+            Refusal::Missing(reason) => {
+                tracing::debug!(request_id, %reason, "refusing request: tenant not found");
+                self.not_found()
+            }
+            Refusal::Error(error) => {
+                tracing::debug!(request_id, %error, "refusing request");
+                error.into_response()
+            }
+        }
+    }
+
+    /// Runs the inner service for an admitted request: the rate limit, the
+    /// span, the request's [`Scope`] in its extensions, and the tenant as the
+    /// task's current one (for `call` too: a service may work before its
+    /// future).
+    fn start<S, ReqBody, ResBody>(
+        &self,
+        mut inner: S,
+        mut parts: http::request::Parts,
+        body: ReqBody,
+        tenant: Arc<hidra::Tenant>,
+    ) -> ResponseFuture<S::Future, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ResBody: HttpBody<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let hidra = self.cache.hidra();
+        if let Some(rate) = &self.rate
+            && let Err(retry_after) = rate.check(&tenant)
+        {
+            hidra.load().record_rate_limited(&tenant.id);
+            tracing::debug!(
+                request_id = request_id(&parts),
+                tenant = %tenant.id,
+                "refusing request: the tenant's request rate is used up"
+            );
+            return ResponseFuture::ready(Error::RateLimited { retry_after }.into_response());
+        }
+        let span = tracing::info_span!(
+            "tenant",
+            tenant = %tenant.id,
+            request_id = tracing::field::Empty
+        );
+        // Without a subscriber that wants the span, entering it on every
+        // poll would only cost.
+        let span = (!span.is_disabled()).then(|| {
+            if let Some(id) = request_id(&parts) {
+                span.record("request_id", id);
+            }
+            span
+        });
+        hidra.load().record_request(&tenant.id);
+        let scope = Scope::new(CurrentTenant(Arc::clone(&tenant)), hidra.clone(), self.busy);
+        parts.extensions.insert(scope.clone());
+        let req = Request::from_parts(parts, body);
+        let future = {
+            let _entered = span.as_ref().map(tracing::Span::enter);
+            hidra::context::sync_scope(Arc::clone(&tenant), || inner.call(req))
+        };
+        ResponseFuture::scoped(hidra::context::scope(tenant, future), scope, span)
     }
 }

@@ -218,6 +218,10 @@ pub(crate) trait DynResolver: Send + Sync + fmt::Debug + 'static {
         cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>>;
 
+    /// The answer, when this resolver is one of those that never wait
+    /// (today [`HeaderResolver`]): the layer's hit path then boxes nothing.
+    fn resolve_now(&self, parts: &Parts) -> Option<Result<Option<Resolution>>>;
+
     fn reads_credentials(&self) -> bool;
 }
 
@@ -228,6 +232,12 @@ impl<R: TenantResolver> DynResolver for R {
         cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>> {
         Box::pin(self.resolve(parts, cx))
+    }
+
+    fn resolve_now(&self, parts: &Parts) -> Option<Result<Option<Resolution>>> {
+        let any: &dyn std::any::Any = self;
+        any.downcast_ref::<HeaderResolver>()
+            .map(|header| header.answer(parts))
     }
 
     fn reads_credentials(&self) -> bool {
@@ -281,28 +291,30 @@ impl HeaderResolver {
     }
 }
 
+impl HeaderResolver {
+    fn answer(&self, parts: &Parts) -> Result<Option<Resolution>> {
+        let mut values = parts.headers.get_all(&self.name).iter();
+        let Some(first) = values.next() else {
+            return Ok(None);
+        };
+        if values.any(|v| v != first) {
+            return Err(Error::Conflict);
+        }
+        // Non-UTF-8 bytes cannot form a valid id: pass a candidate that
+        // fails validation, so the answer stays uniform.
+        Ok(Some(Resolution::claimed(
+            first.to_str().unwrap_or("\u{fffd}").trim(),
+        )))
+    }
+}
+
 impl TenantResolver for HeaderResolver {
     fn resolve(
         &self,
         parts: &Parts,
         _cx: ResolveContext<'_>,
     ) -> impl Future<Output = Result<Option<Resolution>>> + Send {
-        let mut values = parts.headers.get_all(&self.name).iter();
-        let found = match values.next() {
-            None => Ok(None),
-            Some(first) => {
-                if values.any(|v| v != first) {
-                    Err(Error::Conflict)
-                } else {
-                    // Non-UTF-8 bytes cannot form a valid id: pass a candidate
-                    // that fails validation, so the answer stays uniform.
-                    Ok(Some(Resolution::claimed(
-                        first.to_str().unwrap_or("\u{fffd}").trim(),
-                    )))
-                }
-            }
-        };
-        ready(found)
+        ready(self.answer(parts))
     }
 }
 

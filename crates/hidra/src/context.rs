@@ -30,8 +30,11 @@
 //! `TenantTx` after the handler returns). Commit first, or hand the task the
 //! data it needs.
 
+use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use crate::tenant::{Tenant, TenantId};
 
@@ -40,8 +43,41 @@ tokio::task_local! {
 }
 
 /// Runs `fut` with `tenant` as the current tenant of this task.
-pub async fn scope<F: Future>(tenant: impl Into<Arc<Tenant>>, fut: F) -> F::Output {
-    CURRENT.scope(tenant.into(), fut).await
+///
+/// The returned future is a named type, [`Scoped`], so that a hand-written
+/// future (a tower service's, say) can hold it without boxing.
+pub fn scope<F: Future>(tenant: impl Into<Arc<Tenant>>, fut: F) -> Scoped<F> {
+    Scoped {
+        inner: CURRENT.scope(tenant.into(), fut),
+    }
+}
+
+/// Runs `f` with `tenant` as the current tenant, synchronously: for work
+/// done before a future exists, such as a tower service's `call`.
+pub fn sync_scope<R>(tenant: impl Into<Arc<Tenant>>, f: impl FnOnce() -> R) -> R {
+    CURRENT.sync_scope(tenant.into(), f)
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`scope`]: `F`, run with a current tenant.
+    pub struct Scoped<F: Future> {
+        #[pin]
+        inner: tokio::task::futures::TaskLocalFuture<Arc<Tenant>, F>,
+    }
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+impl<F: Future> fmt::Debug for Scoped<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped").finish_non_exhaustive()
+    }
 }
 
 /// The current tenant of this task, if it runs inside [`scope`].

@@ -76,14 +76,9 @@ impl<F: Future, E: Send + 'static> ResponseFuture<F, E> {
 }
 
 impl<F: Future, E> ResponseFuture<F, E> {
-    pub(crate) fn plain<S, R>(mut inner: S, req: R) -> Self
-    where
-        S: tower::Service<R, Future = F>,
-    {
+    pub(crate) fn plain(future: F) -> Self {
         ResponseFuture {
-            state: State::Plain {
-                future: inner.call(req),
-            },
+            state: State::Plain { future },
         }
     }
 }

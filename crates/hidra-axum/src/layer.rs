@@ -319,22 +319,16 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // The clone may not be ready: keep the one that is, leave the clone.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
         if shared.is_excluded(req.uri().path()) {
-            return ResponseFuture::plain(inner, req);
+            return ResponseFuture::plain(self.inner.call(req));
         }
         let (mut parts, body) = req.into_parts();
         // The hit path, with nothing to wait for: every resolver answers at
-        // once and this thread has the record. Nothing is boxed.
-        let found = match shared.resolutions_now(&parts) {
-            None => {
-                let shared = Arc::clone(shared);
-                return ResponseFuture::boxed(handle(shared, inner, parts, body, None));
-            }
-            Some(found) => found,
+        // once and this thread has the record. The inner service, which
+        // `poll_ready` readied, is called right here; nothing is boxed.
+        let Some(found) = shared.resolutions_now(&parts) else {
+            return self.wait(parts, body, None);
         };
         let decided = found.and_then(|mut found| {
             let id = shared.decide(&mut parts, &mut found)?;
@@ -345,14 +339,36 @@ where
             Err(refusal) => return ResponseFuture::ready(shared.refuse(refusal, &parts)),
         };
         let Some(tenant) = shared.cache.get_now(&id) else {
-            let shared = Arc::clone(shared);
-            let decided = Some((id, found));
-            return ResponseFuture::boxed(handle(shared, inner, parts, body, decided));
+            return self.wait(parts, body, Some((id, found)));
         };
         match shared.admit(Some(tenant), id, &found) {
-            Ok(tenant) => shared.start(inner, parts, body, tenant),
+            Ok(tenant) => shared.start(&mut self.inner, parts, body, tenant),
             Err(refusal) => ResponseFuture::ready(shared.refuse(refusal, &parts)),
         }
+    }
+}
+
+impl<S> TenantService<S> {
+    /// The path that waits, boxed, with the inner service that is ready
+    /// (a clone stays behind for the next request, which polls it ready).
+    fn wait<ReqBody, ResBody>(
+        &mut self,
+        parts: http::request::Parts,
+        body: ReqBody,
+        decided: Option<(TenantId, Vec<Resolution>)>,
+    ) -> ResponseFuture<S::Future, S::Error>
+    where
+        S: Service<Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+        ReqBody: Send + 'static,
+        ResBody: HttpBody<Data = Bytes> + Send + 'static,
+        ResBody::Error: Into<BoxError>,
+    {
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        ResponseFuture::boxed(handle(shared, inner, parts, body, decided))
     }
 }
 
@@ -397,7 +413,7 @@ impl From<Error> for Refusal {
 /// [`Shared::start`].
 async fn handle<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
-    inner: S,
+    mut inner: S,
     mut parts: http::request::Parts,
     body: ReqBody,
     decided: Option<(TenantId, Vec<Resolution>)>,
@@ -423,7 +439,7 @@ where
     }
     .await;
     match admitted {
-        Ok(tenant) => shared.start(inner, parts, body, tenant).await,
+        Ok(tenant) => shared.start(&mut inner, parts, body, tenant).await,
         Err(refusal) => Ok(shared.refuse(refusal, &parts)),
     }
 }
@@ -611,7 +627,7 @@ impl Shared {
     /// future).
     fn start<S, ReqBody, ResBody>(
         &self,
-        mut inner: S,
+        inner: &mut S,
         mut parts: http::request::Parts,
         body: ReqBody,
         tenant: Arc<hidra::Tenant>,

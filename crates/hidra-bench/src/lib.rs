@@ -65,6 +65,54 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
     })
 }
 
+/// CPU time so far, in clock ticks (`USER_HZ`, 100 per second on Linux):
+/// this process's (user + system), and the whole machine's busy and total
+/// (every CPU, from `/proc/stat`). `None` off Linux.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTicks {
+    /// This process, user and system.
+    pub process: u64,
+    /// Every CPU, not idle (nor waiting for I/O).
+    pub busy: u64,
+    /// Every CPU, all states.
+    pub total: u64,
+}
+
+impl CpuTicks {
+    /// The counters now.
+    pub fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces), from field 3.
+        let after = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let process = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let machine = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = machine
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        let total: u64 = cpu.iter().take(8).sum();
+        let idle = cpu.get(3)? + cpu.get(4)?;
+        Some(CpuTicks {
+            process,
+            busy: total - idle,
+            total,
+        })
+    }
+
+    /// The ticks from `earlier` to `self`.
+    pub fn since(&self, earlier: &CpuTicks) -> CpuTicks {
+        CpuTicks {
+            process: self.process.saturating_sub(earlier.process),
+            busy: self.busy.saturating_sub(earlier.busy),
+            total: self.total.saturating_sub(earlier.total),
+        }
+    }
+}
+
 /// Runs `f(i)` for `i` in `0..n` on `concurrency` tasks; returns the results
 /// in order of `i` and the time it all took.
 pub async fn fan_out<T, F, Fut>(
@@ -172,6 +220,20 @@ mod tests {
         let d: Vec<_> = (1..=100).map(Duration::from_millis).collect();
         assert_eq!(percentile(&d, 50.0), Duration::from_millis(51));
         assert_eq!(percentile(&d, 99.0), Duration::from_millis(99));
+    }
+
+    #[test]
+    fn reads_cpu_ticks() {
+        let a = CpuTicks::now().expect("Linux");
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(100) {
+            std::hint::black_box(started.elapsed());
+        }
+        let d = CpuTicks::now().unwrap().since(&a);
+        assert!(
+            d.process >= 1 && d.busy >= d.process.min(d.busy) && d.total >= d.busy,
+            "{d:?}"
+        );
     }
 
     #[test]

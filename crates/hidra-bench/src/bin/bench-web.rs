@@ -63,7 +63,7 @@ use clap::Parser;
 use hidra::testing::TestDatabase;
 use hidra::{Hidra, NewTenant, TenantId};
 use hidra_axum::{RequestConn, TenantLayer};
-use hidra_bench::{percentile, rate, read_reference};
+use hidra_bench::{CpuTicks, percentile, rate, read_reference};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -386,6 +386,8 @@ struct Measured {
     errors: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    /// CPU ticks spent while measuring: this process's and the machine's.
+    cpu: CpuTicks,
 }
 
 impl Measured {
@@ -394,6 +396,9 @@ impl Measured {
         self.errors += other.errors;
         self.elapsed += other.elapsed;
         self.latencies.extend(other.latencies);
+        self.cpu.process += other.cpu.process;
+        self.cpu.busy += other.cpu.busy;
+        self.cpu.total += other.cpu.total;
     }
 }
 
@@ -411,6 +416,13 @@ async fn load(
     let start = Instant::now();
     let measure_from = start + warmup;
     let until = measure_from + duration;
+    // Where the CPU went while measuring, this process and the machine.
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let from = CpuTicks::now();
+        tokio::time::sleep_until(until.into()).await;
+        from.zip(CpuTicks::now()).map(|(a, b)| b.since(&a))
+    });
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (tenants, mix) = (Arc::clone(&tenants), mix.clone());
@@ -456,6 +468,7 @@ async fn load(
         total.merge(worker.await??);
     }
     total.elapsed = duration;
+    total.cpu = cpu.await?.unwrap_or_default();
     Ok(total)
 }
 
@@ -466,6 +479,16 @@ struct Variant {
     measured: Measured,
     /// Throughput, p50 and p99 of each round.
     rounds: Vec<(f64, Duration, Duration)>,
+    /// CPU µs per request of each round: this process's, the machine's.
+    cpu: Vec<(f64, f64)>,
+}
+
+/// CPU µs per request of a measurement: this process's (the servers and the
+/// load generator) and the whole machine's (PostgreSQL and the kernel too).
+fn cpu_per_request(m: &Measured) -> (f64, f64) {
+    // Clock ticks are 10 ms (USER_HZ = 100).
+    let per = |ticks: u64| ticks as f64 * 10_000.0 / m.requests.max(1) as f64;
+    (per(m.cpu.process), per(m.cpu.busy))
 }
 
 /// The median of `values` (sorted in place).
@@ -654,6 +677,7 @@ async fn main() -> anyhow::Result<()> {
             addr: serve(hidra_app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         },
         Variant {
             key: "raw",
@@ -661,6 +685,7 @@ async fn main() -> anyhow::Result<()> {
             addr: serve(raw_app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         },
         Variant {
             key: "raw-noping",
@@ -668,6 +693,7 @@ async fn main() -> anyhow::Result<()> {
             addr: serve(noping_app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         },
         Variant {
             key: "layer",
@@ -675,6 +701,7 @@ async fn main() -> anyhow::Result<()> {
             addr: serve(layered_app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         },
         Variant {
             key: "search-path",
@@ -682,6 +709,7 @@ async fn main() -> anyhow::Result<()> {
             addr: serve(bind_app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         },
     ]);
     #[cfg(feature = "pg-query")]
@@ -734,6 +762,7 @@ async fn main() -> anyhow::Result<()> {
             addr: serve(app).await?,
             measured: Measured::default(),
             rounds: Vec::new(),
+            cpu: Vec::new(),
         });
     }
 
@@ -792,13 +821,15 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&sorted, 50.0),
                 percentile(&sorted, 99.0),
             );
+            let (process, machine) = cpu_per_request(&m);
             println!(
-                "  round {round}: {:<34} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms",
+                "  round {round}: {:<34} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  CPU per request: this process {process:>5.1} µs, machine {machine:>5.1} µs",
                 v.name,
                 row.0,
                 ms(row.1),
                 ms(row.2)
             );
+            v.cpu.push((process, machine));
             v.rounds.push(row);
             v.measured.merge(m);
         }
@@ -809,20 +840,31 @@ async fn main() -> anyhow::Result<()> {
     // round, back to back.
     println!();
     println!(
-        "{:<34} {:>10} {:>9} {:>9} {:>7}   (median of {} rounds)",
-        "variant", "req/s", "p50 ms", "p99 ms", "errors", args.rounds
+        "{:<34} {:>10} {:>9} {:>9} {:>7} {:>14} {:>14}   (median of {} rounds)",
+        "variant",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "process µs/req",
+        "machine µs/req",
+        args.rounds
     );
     for v in variants.iter().filter(|v| !v.rounds.is_empty()) {
         let mut tput: Vec<f64> = v.rounds.iter().map(|r| r.0).collect();
         let mut p50: Vec<f64> = v.rounds.iter().map(|r| ms(r.1)).collect();
         let mut p99: Vec<f64> = v.rounds.iter().map(|r| ms(r.2)).collect();
+        let mut process: Vec<f64> = v.cpu.iter().map(|c| c.0).collect();
+        let mut machine: Vec<f64> = v.cpu.iter().map(|c| c.1).collect();
         println!(
-            "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>7}",
+            "{:<34} {:>10.0} {:>9.3} {:>9.3} {:>7} {:>14.1} {:>14.1}",
             v.name,
             median(&mut tput),
             median(&mut p50),
             median(&mut p99),
-            v.measured.errors
+            v.measured.errors,
+            median(&mut process),
+            median(&mut machine),
         );
     }
     if let Some(churn) = churn {

@@ -289,9 +289,8 @@ impl HeaderResolver {
     pub fn named(name: HeaderName) -> Self {
         HeaderResolver { name }
     }
-}
 
-impl HeaderResolver {
+    /// The answer, which never waits (see `DynResolver::resolve_now`).
     fn answer(&self, parts: &Parts) -> Result<Option<Resolution>> {
         let mut values = parts.headers.get_all(&self.name).iter();
         let Some(first) = values.next() else {

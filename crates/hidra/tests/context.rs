@@ -32,6 +32,18 @@ async fn scope_sets_current_and_spawn_does_not_inherit() {
     })
     .await;
     assert!(hidra::context::current().is_none());
+    // The synchronous scope, and the named future held across polls (as a
+    // tower service's response future holds it).
+    let seen = hidra::context::sync_scope(t.clone(), hidra::context::current_id);
+    assert_eq!(seen, Some(id("ctx")));
+    assert!(hidra::context::current().is_none());
+    let mut held: std::pin::Pin<Box<hidra::context::Scoped<_>>> =
+        Box::pin(hidra::context::scope(t.clone(), async {
+            tokio::task::yield_now().await;
+            hidra::context::current_id()
+        }));
+    assert_eq!((&mut held).await, Some(id("ctx")));
+    assert!(hidra::context::current().is_none());
     // Outside any scope, a carried task has no tenant either.
     let none = hidra::context::spawn(async { hidra::context::current_id() });
     assert_eq!(none.await.unwrap(), None);

@@ -289,15 +289,13 @@ impl TenantCache {
         if let Some(tenant) = self.get_now(id) {
             return Ok(Some(tenant));
         }
+        // This thread's copies were just looked at (there are none before
+        // the listener runs, which `get_now` checks).
         self.ensure_listener().await;
         let state = &*self.handle.state;
-        // Read before the lookups: a copy taken under it is dropped by the
+        // Read before the lookup: a copy taken under it is dropped by the
         // next invalidation, even one racing with this lookup.
         let generation = state.generation.load(Ordering::SeqCst);
-        if let Some(tenant) = front::get(state.id, generation, id) {
-            state.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(Some(tenant));
-        }
         if let Some(slot) = state.tenants.get(id).await {
             state.hits.fetch_add(1, Ordering::Relaxed);
             if let Some(tenant) = &slot.value {

@@ -47,38 +47,38 @@ pin_project_lite::pin_project! {
     }
 }
 
-impl<F: Future, E: Send + 'static> ResponseFuture<F, E> {
+impl<F: Future, E> ResponseFuture<F, E> {
     pub(crate) fn ready(response: Response) -> Self {
-        Self::from(State::Ready {
-            response: Some(response),
-        })
+        ResponseFuture {
+            state: State::Ready {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn plain(future: F) -> Self {
+        ResponseFuture {
+            state: State::Plain { future },
+        }
+    }
+
+    pub(crate) fn scoped(future: Scoped<F>, scope: Scope, span: Option<tracing::Span>) -> Self {
+        ResponseFuture {
+            state: State::Scoped {
+                future,
+                scope: Some(scope),
+                span,
+            },
+        }
     }
 
     pub(crate) fn boxed(
         future: impl Future<Output = Result<Response, E>> + Send + 'static,
     ) -> Self {
-        Self::from(State::Boxed {
-            future: Box::pin(future),
-        })
-    }
-
-    pub(crate) fn scoped(future: Scoped<F>, scope: Scope, span: Option<tracing::Span>) -> Self {
-        Self::from(State::Scoped {
-            future,
-            scope: Some(scope),
-            span,
-        })
-    }
-
-    fn from(state: State<F, E>) -> Self {
-        ResponseFuture { state }
-    }
-}
-
-impl<F: Future, E> ResponseFuture<F, E> {
-    pub(crate) fn plain(future: F) -> Self {
         ResponseFuture {
-            state: State::Plain { future },
+            state: State::Boxed {
+                future: Box::pin(future),
+            },
         }
     }
 }

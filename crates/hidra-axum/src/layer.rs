@@ -328,7 +328,8 @@ where
         // once and this thread has the record. The inner service, which
         // `poll_ready` readied, is called right here; nothing is boxed.
         let Some(found) = shared.resolutions_now(&parts) else {
-            return self.wait(parts, body, None);
+            let inner = take_ready(&mut self.inner);
+            return ResponseFuture::boxed(handle(shared.clone(), inner, parts, body, None));
         };
         let decided = found.and_then(|mut found| {
             let id = shared.decide(&mut parts, &mut found)?;
@@ -339,7 +340,8 @@ where
             Err(refusal) => return ResponseFuture::ready(shared.refuse(refusal, &parts)),
         };
         let Some(tenant) = shared.cache.get_now(&id) else {
-            return self.wait(parts, body, Some((id, found)));
+            let (inner, decided) = (take_ready(&mut self.inner), Some((id, found)));
+            return ResponseFuture::boxed(handle(shared.clone(), inner, parts, body, decided));
         };
         match shared.admit(Some(tenant), id, &found) {
             Ok(tenant) => shared.start(&mut self.inner, parts, body, tenant),
@@ -348,28 +350,11 @@ where
     }
 }
 
-impl<S> TenantService<S> {
-    /// The path that waits, boxed, with the inner service that is ready
-    /// (a clone stays behind for the next request, which polls it ready).
-    fn wait<ReqBody, ResBody>(
-        &mut self,
-        parts: http::request::Parts,
-        body: ReqBody,
-        decided: Option<(TenantId, Vec<Resolution>)>,
-    ) -> ResponseFuture<S::Future, S::Error>
-    where
-        S: Service<Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ReqBody: Send + 'static,
-        ResBody: HttpBody<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
-    {
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        ResponseFuture::boxed(handle(shared, inner, parts, body, decided))
-    }
+/// The inner service that `poll_ready` readied, for a future that owns it;
+/// a clone stays behind for the next request, which polls it ready.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
 }
 
 /// The request's `X-Request-ID`, for logs and the span.
@@ -420,7 +405,6 @@ async fn handle<S, ReqBody, ResBody>(
 ) -> Result<Response, S::Error>
 where
     S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
@@ -625,7 +609,7 @@ impl Shared {
     /// span, the request's [`Scope`] in its extensions, and the tenant as the
     /// task's current one (for `call` too: a service may work before its
     /// future).
-    fn start<S, ReqBody, ResBody>(
+    fn start<S, ReqBody>(
         &self,
         inner: &mut S,
         mut parts: http::request::Parts,
@@ -633,11 +617,7 @@ impl Shared {
         tenant: Arc<hidra::Tenant>,
     ) -> ResponseFuture<S::Future, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = http::Response<ResBody>>,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-        ResBody: HttpBody<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        S: Service<Request<ReqBody>>,
     {
         let hidra = self.cache.hidra();
         if let Some(rate) = &self.rate

@@ -188,6 +188,16 @@ pub trait TenantResolver: Send + Sync + fmt::Debug + 'static {
         cx: ResolveContext<'_>,
     ) -> impl Future<Output = Result<Option<Resolution>>> + Send;
 
+    /// The same answer as [`resolve`](Self::resolve), given at once, for a
+    /// resolver that never waits (it reads only the request head, as
+    /// [`HeaderResolver`] does). The layer then admits a request whose
+    /// record is cached without boxing or awaiting anything. Default `None`:
+    /// the layer awaits `resolve`.
+    fn resolve_now(&self, parts: &Parts) -> Option<Result<Option<Resolution>>> {
+        let _ = parts;
+        None
+    }
+
     /// Whether this resolver reads a credential (a token, an API key) that
     /// the client must present, rather than a claim anyone can make. Default
     /// `false`; the `JwtResolver` and `ApiKeyResolver` of the feature `auth`
@@ -218,8 +228,6 @@ pub(crate) trait DynResolver: Send + Sync + fmt::Debug + 'static {
         cx: ResolveContext<'a>,
     ) -> BoxFuture<'a, Result<Option<Resolution>>>;
 
-    /// The answer, when this resolver is one of those that never wait
-    /// (today [`HeaderResolver`]): the layer's hit path then boxes nothing.
     fn resolve_now(&self, parts: &Parts) -> Option<Result<Option<Resolution>>>;
 
     fn reads_credentials(&self) -> bool;
@@ -235,9 +243,7 @@ impl<R: TenantResolver> DynResolver for R {
     }
 
     fn resolve_now(&self, parts: &Parts) -> Option<Result<Option<Resolution>>> {
-        let any: &dyn std::any::Any = self;
-        any.downcast_ref::<HeaderResolver>()
-            .map(|header| header.answer(parts))
+        TenantResolver::resolve_now(self, parts)
     }
 
     fn reads_credentials(&self) -> bool {
@@ -290,7 +296,6 @@ impl HeaderResolver {
         HeaderResolver { name }
     }
 
-    /// The answer, which never waits (see `DynResolver::resolve_now`).
     fn answer(&self, parts: &Parts) -> Result<Option<Resolution>> {
         let mut values = parts.headers.get_all(&self.name).iter();
         let Some(first) = values.next() else {
@@ -314,6 +319,10 @@ impl TenantResolver for HeaderResolver {
         _cx: ResolveContext<'_>,
     ) -> impl Future<Output = Result<Option<Resolution>>> + Send {
         ready(self.answer(parts))
+    }
+
+    fn resolve_now(&self, parts: &Parts) -> Option<Result<Option<Resolution>>> {
+        Some(self.answer(parts))
     }
 }
 

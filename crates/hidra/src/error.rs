@@ -583,7 +583,8 @@ pub(crate) mod sqlstate {
     pub(crate) const DEADLOCK_DETECTED: &str = "40P01";
     pub(crate) const INVALID_CATALOG_NAME: &str = "3D000";
     pub(crate) const UNIQUE_VIOLATION: &str = "23505";
-    pub(crate) const DIVISION_BY_ZERO: &str = "22012";
+    pub(crate) const SERIALIZATION_FAILURE: &str = "40001";
+    pub(crate) const UNDEFINED_FUNCTION: &str = "42883";
     pub(crate) const DUPLICATE_SCHEMA: &str = "42P06";
     pub(crate) const UNDEFINED_TABLE: &str = "42P01";
 }

@@ -151,6 +151,15 @@ async fn database_tenants_are_isolated_migrated_and_dropped() {
     tx.rollback().await.unwrap();
     assert_eq!(customer_names(h, &b).await.len(), 1);
 
+    // A tenant database made before the version claim was a function gets
+    // it from the run that needs it.
+    let mut conn = h.acquire(&a).await.unwrap();
+    sqlx::query("DROP FUNCTION hidra.claim_version(bigint, text, bigint, bigint, bytea)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    drop(conn);
+
     // The runner migrates tenant databases too.
     let v2 = Hidra::builder()
         .tenant_migrations(
@@ -169,6 +178,13 @@ async fn database_tenants_are_isolated_migrated_and_dropped() {
         .await
         .unwrap();
     assert_eq!(n, 0);
+    let claim: bool = sqlx::query_scalar(
+        "SELECT to_regprocedure('hidra.claim_version(bigint,text,bigint,bigint,bytea)') IS NOT NULL",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(claim);
     drop(conn);
     // New tenants come from the template, which is brought up to date first.
     let c = database_tenant(&v2, "gamma").await;

@@ -818,6 +818,31 @@ async fn history_shape(h: &Hidra, schema: &str) -> (bool, i64, Vec<(String, Stri
 }
 
 #[tokio::test]
+async fn an_internal_schema_without_the_claim_function_gets_it_from_the_next_run() {
+    let ctx = setup_with(builder_with(v1(), 2)).await;
+    let h = &ctx.hidra;
+    let tenants = provision_n(h, "claim", 3).await;
+    let mut admin = PgConnection::connect_with(&ctx.db.connect_options())
+        .await
+        .unwrap();
+    sqlx::query("DROP FUNCTION hidra.claim_version(bigint, text, bigint, bigint, bytea)")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    assert!(!h.internal_schema_status().await.unwrap().is_complete());
+    let v2 = hidra_with(&ctx, v2(), 2).await;
+    let summary = v2.migrator().run().await.unwrap();
+    assert!(summary.is_success(), "{summary}");
+    assert_eq!(summary.migrated.len(), tenants.len(), "{summary}");
+    assert!(h.internal_schema_status().await.unwrap().is_complete());
+    for t in &tenants {
+        assert_eq!(recorded_version(&v2, &t.placement.schema).await, Some(2));
+    }
+    v2.close().await;
+    ctx.db.drop_now().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_new_history_is_one_relation_and_an_older_one_still_migrates() {
     // The longest description allowed fits the history row uncompressed.
     let long = v1().push(

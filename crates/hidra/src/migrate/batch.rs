@@ -78,6 +78,10 @@ pub(crate) struct Batch<'a> {
     pub(crate) create_history: bool,
 }
 
+/// The internal schema's function that takes a schema's migration lock and
+/// claims its next version (see [`bookkeeping::CLAIM_VERSION`](super::bookkeeping)).
+pub(crate) const CLAIM_FUNCTION: &str = "hidra.claim_version";
+
 /// Column name of the row a batch's claim returns (see [`migration_batch`]).
 pub(crate) const CLAIMED_COLUMN: &str = "hidra_claimed";
 
@@ -98,13 +102,6 @@ pub(crate) fn migration_batch(
 ) -> (SqlStr, Spans) {
     let mut spans = Spans::default();
     let mut sql = Statement::new();
-    let version_row = |sql: &mut Statement| {
-        sql.sql("version = ")
-            .int(final_version)
-            .sql(", digest = ")
-            .bytea(final_digest)
-            .sql(", updated_at = now()");
-    };
     let insert_row = |sql: &mut Statement| {
         sql.sql("INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES (")
             .literal(b.schema.as_str())
@@ -115,46 +112,43 @@ pub(crate) fn migration_batch(
             .sql(")");
     };
     if let Some(expected) = b.own_transaction {
-        sql.sql("BEGIN;\nSELECT pg_advisory_xact_lock(");
+        // The lock and the claim, in one call of the internal schema's
+        // function (its statements are planned once per connection): the
+        // recorded version moves only from the one planned. A runner that
+        // got there first leaves no row to update or a row to conflict with,
+        // and the call fails before any migration runs; the row it returns
+        // tells the caller that the claim passed.
+        sql.sql("BEGIN;\nSELECT ").sql(CLAIM_FUNCTION).sql("(");
         migration_lock_key(&mut sql, b.schema);
-        sql.sql(");\n");
-        // The claim: the recorded version moves only from the one planned,
-        // in the same statement that checks it. A runner that got there first
-        // leaves no row to update (a division by zero) or a row to conflict
-        // with (a unique violation), before any migration runs; the row it
-        // returns tells the caller that the claim passed.
+        sql.sql(", ").literal(b.schema.as_str()).sql(", ");
         match expected {
-            Some(v) => {
-                sql.sql("WITH claimed AS (UPDATE hidra.schema_versions SET ");
-                version_row(&mut sql);
-                sql.sql(" WHERE schema_name = ")
-                    .literal(b.schema.as_str())
-                    .sql(" AND version = ")
-                    .int(v)
-                    .sql(" RETURNING 1) SELECT 1 / count(*) > 0 AS ")
-                    .sql(CLAIMED_COLUMN)
-                    .sql(" FROM claimed;\n");
-            }
-            None => {
-                insert_row(&mut sql);
-                sql.sql(" RETURNING true AS ")
-                    .sql(CLAIMED_COLUMN)
-                    .sql(";\n");
-            }
-        }
+            Some(v) => sql.int(v),
+            None => sql.sql("NULL"),
+        };
+        sql.sql(", ")
+            .int(final_version)
+            .sql(", ")
+            .bytea(final_digest)
+            .sql(") AS ")
+            .sql(CLAIMED_COLUMN)
+            .sql(";\n");
     }
     if b.create_schema {
         sql.sql("CREATE SCHEMA ").ident(b.schema).sql(";\n");
     }
-    sql.sql("SELECT set_config('search_path', ")
-        .literal(b.search_path)
-        .sql(", true);\n");
+    // A utility `SET` skips the planner `SELECT set_config(…)` goes through.
+    sql.sql("SET LOCAL search_path TO ")
+        .trusted(b.search_path)
+        .sql(";\n");
     if b.create_history {
         sql.trusted(tenant_history_ddl(b.schema).as_str())
             .sql(";\n");
     }
-    for m in migrations {
-        sql.sql("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
+    for (i, m) in migrations.iter().enumerate() {
+        // The claim function starts the first migration's clock.
+        if i > 0 || b.own_transaction.is_none() {
+            sql.sql("SELECT set_config('hidra.t0', clock_timestamp()::text, true);\n");
+        }
         spans.push(sql.as_str());
         // The application's own migration.
         sql.trusted(&m.sql).sql("\n;\n");
@@ -178,9 +172,11 @@ pub(crate) fn migration_batch(
     } else {
         // A new schema (or a renamed spare): its row is written here.
         insert_row(&mut sql);
-        sql.sql(" ON CONFLICT (schema_name) DO UPDATE SET ");
-        version_row(&mut sql);
-        sql.sql(";\nSET LOCAL search_path TO DEFAULT;\n");
+        sql.sql(" ON CONFLICT (schema_name) DO UPDATE SET version = ")
+            .int(final_version)
+            .sql(", digest = ")
+            .bytea(final_digest)
+            .sql(", updated_at = now();\nSET LOCAL search_path TO DEFAULT;\n");
     }
     (sql.into_sql(), spans)
 }

@@ -728,13 +728,18 @@ impl MigrationRunner {
         // The batch stopped inside its transaction: end it.
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut **conn).await;
         // Only the claim fails these ways before it answers: the schema's
-        // recorded version moved since the plan (no row to update: a
-        // division by zero), or a row appeared (a unique violation).
+        // recorded version moved since the plan, or a row appeared.
         if !claimed
             && db_code(&err).is_some_and(|(code, _)| {
-                code == sqlstate::DIVISION_BY_ZERO || code == sqlstate::UNIQUE_VIOLATION
+                code == sqlstate::SERIALIZATION_FAILURE || code == sqlstate::UNIQUE_VIOLATION
             })
         {
+            return Err(Step::Raced);
+        }
+        // A tenant database created before the claim function existed:
+        // give it the function, then take the claim again.
+        if !claimed && db_code(&err).is_some_and(|(code, _)| code == sqlstate::UNDEFINED_FUNCTION) {
+            super::ensure_internal(conn).await?;
             return Err(Step::Raced);
         }
         let failed =

@@ -14,6 +14,7 @@
 //! [`LoadReport::to_prometheus`] renders exactly that, never one series per
 //! tenant.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -253,9 +254,31 @@ impl LoadReport {
 /// The per-tenant load counters of a [`Hidra`](crate::Hidra) handle
 /// ([`Hidra::load`](crate::Hidra::load)); cheap to clone, shared by clones of
 /// the handle.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TenantLoads {
+    /// Tells this handle's per-thread copies from another's (clones share it).
+    id: u64,
     tenants: Arc<RwLock<HashMap<TenantId, Arc<Counters>>>>,
+}
+
+impl Default for TenantLoads {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        TenantLoads {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            tenants: Arc::default(),
+        }
+    }
+}
+
+/// Most counter handles a thread keeps a copy of.
+const LOCAL_CAPACITY: usize = 16_384;
+
+thread_local! {
+    /// This thread's copies of one [`TenantLoads`]' counter handles, by the
+    /// handle's id: counting a request then takes no lock, and touches no
+    /// memory other threads write but the tenant's own counter.
+    static LOCAL: RefCell<(u64, HashMap<TenantId, Arc<Counters>>)> = RefCell::default();
 }
 
 impl fmt::Debug for TenantLoads {
@@ -291,12 +314,21 @@ impl TenantLoads {
 
     /// Counts a request served to `id` (the web layer calls it).
     pub fn record_request(&self, id: &TenantId) {
-        let counted = self
-            .read()
-            .get(id)
-            .map(|c| c.requests.fetch_add(1, Ordering::Relaxed))
-            .is_some();
-        if !counted {
+        let counted = LOCAL.try_with(|local| {
+            let mut local = local.borrow_mut();
+            let (owner, copies) = &mut *local;
+            if *owner != self.id || copies.len() >= LOCAL_CAPACITY {
+                copies.clear();
+                *owner = self.id;
+            }
+            let counters = match copies.get(id) {
+                Some(counters) => counters,
+                None => copies.entry(id.clone()).or_insert(self.counters(id)),
+            };
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+        });
+        if counted.is_err() {
+            // This thread is exiting: no copies.
             self.counters(id).requests.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -363,6 +395,27 @@ mod tests {
 
     fn id(s: &str) -> TenantId {
         TenantId::new(s).unwrap()
+    }
+
+    #[test]
+    fn requests_count_into_their_own_handle_whichever_thread_counts_them() {
+        let (a, b) = (TenantLoads::default(), TenantLoads::default());
+        let clone = a.clone();
+        let t = id("t");
+        // One thread alternating between handles, then other threads.
+        for _ in 0..3 {
+            a.record_request(&t);
+            b.record_request(&t);
+            clone.record_request(&t);
+        }
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| (0..100).for_each(|_| a.record_request(&t)));
+            }
+        });
+        assert_eq!(a.get(&t).unwrap().requests, 406);
+        assert_eq!(b.get(&t).unwrap().requests, 3);
+        assert!(a.get(&id("never")).is_none());
     }
 
     #[test]

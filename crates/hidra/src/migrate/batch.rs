@@ -67,6 +67,8 @@ pub(crate) fn record_history(schema: &Ident) -> SqlStr {
 #[derive(Debug)]
 pub(crate) struct Batch<'a> {
     pub(crate) schema: &'a Ident,
+    /// The schema's `search_path`, as `sql::search_path_value` writes it
+    /// (quoted identifiers): it goes into the batch as it is.
     pub(crate) search_path: &'a str,
     /// Wrap in `BEGIN … COMMIT` with the schema's advisory lock, claiming
     /// the new version in `hidra.schema_versions` only from this one (`None`:

@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use hidra::{Hidra, Tenant, TenantId};
 use moka::Expiry;
 use moka::future::Cache;
@@ -129,11 +130,7 @@ struct State {
 /// A counter every thread bumps, one cache line per stripe: threads on
 /// different cores count a hit without taking a line from each other.
 #[derive(Default)]
-struct Striped([Stripe; STRIPES]);
-
-#[derive(Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
+struct Striped([CachePadded<AtomicU64>; STRIPES]);
 
 const STRIPES: usize = 8;
 
@@ -144,11 +141,11 @@ impl Striped {
             static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
         }
         let stripe = STRIPE.try_with(|s| *s).unwrap_or(0);
-        self.0[stripe].0.fetch_add(1, Ordering::Relaxed);
+        self.0[stripe].fetch_add(1, Ordering::Relaxed);
     }
 
     fn sum(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.0.iter().map(|s| s.load(Ordering::Relaxed)).sum()
     }
 }
 

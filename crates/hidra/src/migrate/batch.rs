@@ -104,15 +104,6 @@ pub(crate) fn migration_batch(
 ) -> (SqlStr, Spans) {
     let mut spans = Spans::default();
     let mut sql = Statement::new();
-    let insert_row = |sql: &mut Statement| {
-        sql.sql("INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES (")
-            .literal(b.schema.as_str())
-            .sql(", ")
-            .int(final_version)
-            .sql(", ")
-            .bytea(final_digest)
-            .sql(")");
-    };
     if let Some(expected) = b.own_transaction {
         // The lock and the claim, in one call of the internal schema's
         // function (its statements are planned once per connection): the
@@ -173,12 +164,16 @@ pub(crate) fn migration_batch(
         sql.sql("COMMIT;\n");
     } else {
         // A new schema (or a renamed spare): its row is written here.
-        insert_row(&mut sql);
-        sql.sql(" ON CONFLICT (schema_name) DO UPDATE SET version = ")
+        sql.sql("INSERT INTO hidra.schema_versions (schema_name, version, digest) VALUES (")
+            .literal(b.schema.as_str())
+            .sql(", ")
             .int(final_version)
-            .sql(", digest = ")
+            .sql(", ")
             .bytea(final_digest)
-            .sql(", updated_at = now();\nSET LOCAL search_path TO DEFAULT;\n");
+            .sql(
+                ") ON CONFLICT (schema_name) DO UPDATE SET version = EXCLUDED.version, \
+                 digest = EXCLUDED.digest, updated_at = now();\nSET LOCAL search_path TO DEFAULT;\n",
+            );
     }
     (sql.into_sql(), spans)
 }

@@ -321,9 +321,12 @@ impl TenantLoads {
                 copies.clear();
                 *owner = self.id;
             }
+            // `get` first: `entry` would clone the id on every request.
             let counters = match copies.get(id) {
                 Some(counters) => counters,
-                None => copies.entry(id.clone()).or_insert(self.counters(id)),
+                None => copies
+                    .entry(id.clone())
+                    .or_insert_with(|| self.counters(id)),
             };
             counters.requests.fetch_add(1, Ordering::Relaxed);
         });

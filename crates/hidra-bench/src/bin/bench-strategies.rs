@@ -21,7 +21,12 @@
 //!    `SELECT name, email FROM customers WHERE id = $1`. The baseline, **raw**,
 //!    is a plain sqlx pool of the same size as Hidra's shared pool (default
 //!    options, so it pings every checkout) running the schema-qualified
-//!    statement against the schema tenants' tables.
+//!    statement against the schema tenants' tables. Each variant's line also
+//!    gives the CPU it cost per read, this process's (Hidra or sqlx and the
+//!    load generator) and the whole machine's (PostgreSQL and the kernel
+//!    too), read from `/proc` over the measured window: on a saturated
+//!    machine the ratio of the machine's figures is the throughput ratio to
+//!    expect, whatever the speed of the hour.
 //! 2. **Provisioning database tenants.** Tenants per second creating tenant
 //!    databases through `Hidra::provision` (the first provisioning, which
 //!    creates and migrates the template, is timed apart and excluded), against
@@ -51,7 +56,7 @@ use clap::Parser;
 use hidra::rls::tenant_table_sql;
 use hidra::testing::{PgServer, TestDatabase};
 use hidra::{DatabasePoolConfig, Hidra, Ident, Migrations, NewTenant, Strategy, Tenant, TenantId};
-use hidra_bench::{fan_out, percentile, rate, read_reference, statements};
+use hidra_bench::{CpuTicks, fan_out, percentile, rate, read_reference, statements};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -501,8 +506,8 @@ async fn reads(
     raw_pool.close().await;
 
     println!(
-        "   {:<40} {:>10} {:>9} {:>9} {:>9}",
-        "", "ops/s", "p50", "p99", "x raw"
+        "   {:<40} {:>10} {:>9} {:>9} {:>9} {:>13} {:>13}",
+        "", "ops/s", "p50", "p99", "x raw", "cpu us/op", "machine us/op"
     );
     let raw_ops: Vec<f64> = rounds[0].iter().map(Measured::ops).collect();
     for (v, (name, _)) in variants.iter().enumerate() {
@@ -516,13 +521,30 @@ async fn reads(
         let mut ratios: Vec<f64> = ops.iter().zip(&raw_ops).map(|(o, r)| o / r).collect();
         let mut p50: Vec<f64> = rounds[v].iter().map(|m| ms(m.p(50.0))).collect();
         let mut p99: Vec<f64> = rounds[v].iter().map(|m| ms(m.p(99.0))).collect();
+        let mut process: Vec<f64> = rounds[v].iter().map(|m| m.cpu_per_op().0).collect();
+        let mut machine: Vec<f64> = rounds[v].iter().map(|m| m.cpu_per_op().1).collect();
         println!(
-            "   {label:<40} {:>10.0} {:>7.2}ms {:>7.2}ms {:>8.2}x",
+            "   {label:<40} {:>10.0} {:>7.2}ms {:>7.2}ms {:>8.2}x {:>13.1} {:>13.1}",
             median(&mut ops),
             median(&mut p50),
             median(&mut p99),
-            median(&mut ratios)
+            median(&mut ratios),
+            median(&mut process),
+            median(&mut machine)
         );
+        let each = |r: &[f64]| {
+            r.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        if rounds[v].len() > 1 {
+            println!(
+                "   {:<40} rounds x raw: {}",
+                "",
+                each(&ratios_each(&rounds[v], &raw_ops))
+            );
+        }
     }
     let load_secs = ((args.warmup + args.duration) * args.rounds.max(1) as u64) as f64;
     println!(
@@ -925,6 +947,8 @@ struct Measured {
     window: Duration,
     /// Latencies of the successful reads, sorted.
     latencies: Vec<Duration>,
+    /// Where the CPU went while measuring: this process, the machine.
+    cpu: CpuTicks,
 }
 
 impl Measured {
@@ -934,6 +958,14 @@ impl Measured {
 
     fn p(&self, p: f64) -> Duration {
         percentile(&self.latencies, p)
+    }
+
+    /// CPU µs per read: this process's (Hidra or sqlx, and the load
+    /// generator) and the whole machine's (PostgreSQL and the kernel too).
+    fn cpu_per_op(&self) -> (f64, f64) {
+        // Clock ticks are 10 ms (USER_HZ = 100).
+        let per = |ticks: u64| ticks as f64 * 10_000.0 / self.ok.max(1) as f64;
+        (per(self.cpu.process), per(self.cpu.busy))
     }
 
     fn report_errors(&self, name: &str) {
@@ -957,6 +989,12 @@ async fn load(
 ) -> anyhow::Result<Measured> {
     let start = Instant::now() + warmup;
     let end = start + duration;
+    let cpu = tokio::spawn(async move {
+        tokio::time::sleep_until(start.into()).await;
+        let from = CpuTicks::now();
+        tokio::time::sleep_until(end.into()).await;
+        from.zip(CpuTicks::now()).map(|(a, b)| b.since(&a))
+    });
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let w = w.clone();
@@ -1000,7 +1038,17 @@ async fn load(
         total.latencies.extend(m.latencies);
     }
     total.latencies.sort_unstable();
+    total.cpu = cpu.await?.unwrap_or_default();
     Ok(total)
+}
+
+/// Each round's throughput against raw's in the same round.
+fn ratios_each(rounds: &[Measured], raw_ops: &[f64]) -> Vec<f64> {
+    rounds
+        .iter()
+        .zip(raw_ops)
+        .map(|(m, r)| m.ops() / r)
+        .collect()
 }
 
 /// Samples the server connections to a set of databases from

@@ -519,6 +519,8 @@ async fn reads(
         };
         let mut ops: Vec<f64> = rounds[v].iter().map(Measured::ops).collect();
         let mut ratios: Vec<f64> = ops.iter().zip(&raw_ops).map(|(o, r)| o / r).collect();
+        // In round order, before `median` sorts them.
+        let per_round = ratios.clone();
         let mut p50: Vec<f64> = rounds[v].iter().map(|m| ms(m.p(50.0))).collect();
         let mut p99: Vec<f64> = rounds[v].iter().map(|m| ms(m.p(99.0))).collect();
         let mut process: Vec<f64> = rounds[v].iter().map(|m| m.cpu_per_op().0).collect();
@@ -532,18 +534,9 @@ async fn reads(
             median(&mut process),
             median(&mut machine)
         );
-        let each = |r: &[f64]| {
-            r.iter()
-                .map(|x| format!("{x:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        if rounds[v].len() > 1 {
-            println!(
-                "   {:<40} rounds x raw: {}",
-                "",
-                each(&ratios_each(&rounds[v], &raw_ops))
-            );
+        if per_round.len() > 1 {
+            let each: Vec<String> = per_round.iter().map(|r| format!("{r:.2}")).collect();
+            println!("   {:<40} rounds x raw: {}", "", each.join(" "));
         }
     }
     let load_secs = ((args.warmup + args.duration) * args.rounds.max(1) as u64) as f64;
@@ -1040,15 +1033,6 @@ async fn load(
     total.latencies.sort_unstable();
     total.cpu = cpu.await?.unwrap_or_default();
     Ok(total)
-}
-
-/// Each round's throughput against raw's in the same round.
-fn ratios_each(rounds: &[Measured], raw_ops: &[f64]) -> Vec<f64> {
-    rounds
-        .iter()
-        .zip(raw_ops)
-        .map(|(m, r)| m.ops() / r)
-        .collect()
 }
 
 /// Samples the server connections to a set of databases from

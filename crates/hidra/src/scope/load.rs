@@ -271,14 +271,21 @@ impl Default for TenantLoads {
     }
 }
 
-/// Most counter handles a thread keeps a copy of.
+/// Most counter handles a thread keeps a copy of, per [`TenantLoads`].
 const LOCAL_CAPACITY: usize = 16_384;
 
+/// Most [`TenantLoads`] a thread keeps copies for (a process may serve
+/// several `Hidra` handles, one per database, on the same threads).
+const LOCAL_HANDLES: usize = 4;
+
+/// One [`TenantLoads`]' counter handles copied on a thread, by tenant.
+type Copies = HashMap<TenantId, Arc<Counters>>;
+
 thread_local! {
-    /// This thread's copies of one [`TenantLoads`]' counter handles, by the
+    /// This thread's copies of [`TenantLoads`]' counter handles, by the
     /// handle's id: counting a request then takes no lock, and touches no
     /// memory other threads write but the tenant's own counter.
-    static LOCAL: RefCell<(u64, HashMap<TenantId, Arc<Counters>>)> = RefCell::default();
+    static LOCAL: RefCell<Vec<(u64, Copies)>> = RefCell::default();
 }
 
 impl fmt::Debug for TenantLoads {
@@ -316,10 +323,19 @@ impl TenantLoads {
     pub fn record_request(&self, id: &TenantId) {
         let counted = LOCAL.try_with(|local| {
             let mut local = local.borrow_mut();
-            let (owner, copies) = &mut *local;
-            if *owner != self.id || copies.len() >= LOCAL_CAPACITY {
+            let at = match local.iter().position(|(owner, _)| *owner == self.id) {
+                Some(at) => at,
+                None => {
+                    if local.len() >= LOCAL_HANDLES {
+                        local.remove(0);
+                    }
+                    local.push((self.id, Copies::new()));
+                    local.len() - 1
+                }
+            };
+            let copies = &mut local[at].1;
+            if copies.len() >= LOCAL_CAPACITY {
                 copies.clear();
-                *owner = self.id;
             }
             // `get` first: `entry` would clone the id on every request.
             let counters = match copies.get(id) {
@@ -419,6 +435,22 @@ mod tests {
         assert_eq!(a.get(&t).unwrap().requests, 406);
         assert_eq!(b.get(&t).unwrap().requests, 3);
         assert!(a.get(&id("never")).is_none());
+    }
+
+    #[test]
+    fn more_handles_than_a_thread_keeps_copies_for_still_count_into_their_own() {
+        let handles: Vec<TenantLoads> = (0..LOCAL_HANDLES + 2)
+            .map(|_| TenantLoads::default())
+            .collect();
+        let t = id("t");
+        for _ in 0..10 {
+            for h in &handles {
+                h.record_request(&t);
+            }
+        }
+        for h in &handles {
+            assert_eq!(h.get(&t).unwrap().requests, 10);
+        }
     }
 
     #[test]

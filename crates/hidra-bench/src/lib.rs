@@ -111,6 +111,25 @@ impl CpuTicks {
             total: self.total.saturating_sub(earlier.total),
         }
     }
+
+    /// The ticks over the window `from..until`, counted by a task of its own
+    /// while the measured work runs (`None` off Linux).
+    pub fn over(from: Instant, until: Instant) -> tokio::task::JoinHandle<Option<CpuTicks>> {
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from.into()).await;
+            let start = CpuTicks::now();
+            tokio::time::sleep_until(until.into()).await;
+            start.zip(CpuTicks::now()).map(|(a, b)| b.since(&a))
+        })
+    }
+
+    /// CPU µs per operation over `ops` operations: this process's, and the
+    /// whole machine's (the database and the kernel too).
+    pub fn micros_per(&self, ops: usize) -> (f64, f64) {
+        // Clock ticks are 10 ms (USER_HZ = 100).
+        let per = |ticks: u64| ticks as f64 * 10_000.0 / ops.max(1) as f64;
+        (per(self.process), per(self.busy))
+    }
 }
 
 /// Runs `f(i)` for `i` in `0..n` on `concurrency` tasks; returns the results

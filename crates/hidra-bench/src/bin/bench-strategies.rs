@@ -956,9 +956,7 @@ impl Measured {
     /// CPU µs per read: this process's (Hidra or sqlx, and the load
     /// generator) and the whole machine's (PostgreSQL and the kernel too).
     fn cpu_per_op(&self) -> (f64, f64) {
-        // Clock ticks are 10 ms (USER_HZ = 100).
-        let per = |ticks: u64| ticks as f64 * 10_000.0 / self.ok.max(1) as f64;
-        (per(self.cpu.process), per(self.cpu.busy))
+        self.cpu.micros_per(self.ok)
     }
 
     fn report_errors(&self, name: &str) {
@@ -982,12 +980,7 @@ async fn load(
 ) -> anyhow::Result<Measured> {
     let start = Instant::now() + warmup;
     let end = start + duration;
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(start.into()).await;
-        let from = CpuTicks::now();
-        tokio::time::sleep_until(end.into()).await;
-        from.zip(CpuTicks::now()).map(|(a, b)| b.since(&a))
-    });
+    let cpu = CpuTicks::over(start, end);
     let mut handles = Vec::new();
     for _ in 0..tasks {
         let w = w.clone();

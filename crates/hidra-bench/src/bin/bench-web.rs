@@ -417,12 +417,7 @@ async fn load(
     let measure_from = start + warmup;
     let until = measure_from + duration;
     // Where the CPU went while measuring, this process and the machine.
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(measure_from.into()).await;
-        let from = CpuTicks::now();
-        tokio::time::sleep_until(until.into()).await;
-        from.zip(CpuTicks::now()).map(|(a, b)| b.since(&a))
-    });
+    let cpu = CpuTicks::over(measure_from, until);
     let mut workers = Vec::new();
     for _ in 0..concurrency {
         let (tenants, mix) = (Arc::clone(&tenants), mix.clone());
@@ -481,14 +476,6 @@ struct Variant {
     rounds: Vec<(f64, Duration, Duration)>,
     /// CPU µs per request of each round: this process's, the machine's.
     cpu: Vec<(f64, f64)>,
-}
-
-/// CPU µs per request of a measurement: this process's (the servers and the
-/// load generator) and the whole machine's (PostgreSQL and the kernel too).
-fn cpu_per_request(m: &Measured) -> (f64, f64) {
-    // Clock ticks are 10 ms (USER_HZ = 100).
-    let per = |ticks: u64| ticks as f64 * 10_000.0 / m.requests.max(1) as f64;
-    (per(m.cpu.process), per(m.cpu.busy))
 }
 
 /// The median of `values` (sorted in place).
@@ -821,7 +808,7 @@ async fn main() -> anyhow::Result<()> {
                 percentile(&sorted, 50.0),
                 percentile(&sorted, 99.0),
             );
-            let (process, machine) = cpu_per_request(&m);
+            let (process, machine) = m.cpu.micros_per(m.requests);
             println!(
                 "  round {round}: {:<34} {:>9.0} req/s  p50 {:>6.3} ms  p99 {:>6.3} ms  CPU per request: this process {process:>5.1} µs, machine {machine:>5.1} µs",
                 v.name,
